@@ -1,0 +1,150 @@
+//! Per-connection settings, with defaults chosen for a server holding many connections.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Settings for every connection accepted with them.
+///
+/// The defaults suit a server holding thousands of mostly idle connections: small buffers
+/// that cost little memory per connection, and limits that stop one client from making the
+/// server allocate much. tungstenite's own defaults (128 KiB read buffer allocated up front,
+/// 64 MiB messages) cost about 134 KiB of memory per idle connection.
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`max_message_size`](Config::max_message_size) | 64 KiB |
+/// | [`max_frame_size`](Config::max_frame_size) | 64 KiB |
+/// | [`read_buffer_size`](Config::read_buffer_size) | 4 KiB |
+/// | [`write_buffer_size`](Config::write_buffer_size) | 8 KiB |
+/// | [`outbound_queue_capacity`](Config::outbound_queue_capacity) | 1024 messages |
+/// | [`close_timeout`](Config::close_timeout) | 5 s |
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_handler::Config;
+///
+/// let config = Config::default()
+///     .max_message_size(1 << 20)
+///     .outbound_queue_capacity(256)
+///     .close_timeout(Duration::from_secs(2));
+/// assert_eq!(config.get_max_message_size(), 1 << 20);
+/// assert_eq!(config.get_max_frame_size(), 64 * 1024);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    max_message_size: usize,
+    max_frame_size: usize,
+    read_buffer_size: usize,
+    write_buffer_size: usize,
+    outbound_queue_capacity: usize,
+    close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 8 * 1024,
+            outbound_queue_capacity: 1024,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The default settings (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Largest message a peer may send, in bytes, after reassembling fragments. A larger one
+    /// closes the connection with 1009 and is reported to
+    /// [`on_error`](crate::WebSocketHandler::on_error). Values below 1 are raised to 1.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// Largest single frame a peer may send, in bytes (payload only). A larger one closes the
+    /// connection with 1009. Values below 1 are raised to 1.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes.max(1);
+        self
+    }
+
+    /// Size of each connection's read buffer, in bytes. It is allocated when the connection
+    /// opens and is the bulk of an idle connection's memory. Values below 256 are raised to 256.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes.max(256);
+        self
+    }
+
+    /// How many bytes of queued frames the writer gathers before it writes to the socket; the
+    /// rest of a batch is written by one flush. Larger values mean fewer system calls under
+    /// heavy fan-out and more memory per busy connection.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.write_buffer_size = bytes;
+        self
+    }
+
+    /// How many messages may wait in one connection's outbound queue. When it is full,
+    /// [`Connection::send`](crate::Connection::send) returns
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull) and broadcasts skip that
+    /// connection. Values below 1 are raised to 1.
+    pub fn outbound_queue_capacity(mut self, messages: usize) -> Self {
+        self.outbound_queue_capacity = messages.max(1);
+        self
+    }
+
+    /// How long to wait for the peer's answer to our close frame before dropping the
+    /// connection.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::max_message_size`].
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// See [`Config::max_frame_size`].
+    pub fn get_max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    /// See [`Config::read_buffer_size`].
+    pub fn get_read_buffer_size(&self) -> usize {
+        self.read_buffer_size
+    }
+
+    /// See [`Config::write_buffer_size`].
+    pub fn get_write_buffer_size(&self) -> usize {
+        self.write_buffer_size
+    }
+
+    /// See [`Config::outbound_queue_capacity`].
+    pub fn get_outbound_queue_capacity(&self) -> usize {
+        self.outbound_queue_capacity
+    }
+
+    /// See [`Config::close_timeout`].
+    pub fn get_close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
+    pub(crate) fn to_tungstenite(&self) -> WebSocketConfig {
+        // The write buffer only grows past `write_buffer_size` while the socket is blocked,
+        // and the writer stops feeding frames then, so it stays within one message of it;
+        // the outbound queue bound is what limits memory for a slow peer.
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))
+    }
+}

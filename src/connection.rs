@@ -1,0 +1,318 @@
+//! The cloneable handle to one live connection and its bounded outbound queue.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use http::{HeaderMap, Uri};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite;
+
+use crate::close::{CloseCode, CloseFrame};
+use crate::collection::Members;
+use crate::error::SendError;
+use crate::message::Message;
+
+/// A process-unique connection id, stable for the connection's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnectionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the writer task takes from a connection's queue.
+pub(crate) enum Outbound {
+    Message(tungstenite::Message),
+    Close(CloseFrame),
+}
+
+const OPEN: u8 = 0;
+const CLOSING: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// A cheap, cloneable handle to one WebSocket connection, usable from any task.
+///
+/// [`send`](Connection::send) never waits: it puts the message in the connection's bounded
+/// queue, and the connection's writer task writes queued messages in batches. Clones share
+/// one connection.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    id: ConnectionId,
+    uri: Uri,
+    headers: HeaderMap,
+    remote_addr: Option<SocketAddr>,
+    queue: mpsc::Sender<Outbound>,
+    queue_capacity: usize,
+    state: AtomicU8,
+    /// Wakes those awaiting [`Connection::closed`].
+    closed: Notify,
+    /// A close frame that must go out before anything still queued (driver errors).
+    urgent_close: Mutex<Option<CloseFrame>>,
+    pub(crate) urgent: Notify,
+    /// Signalled by the writer once our close frame is on the wire; starts the close timeout.
+    pub(crate) close_sent: Notify,
+    /// The first close frame on the wire, in either direction.
+    first_close: Mutex<Option<CloseFrame>>,
+    /// Collections this connection is in, so that closing leaves all of them.
+    memberships: Mutex<Vec<Weak<Members>>>,
+}
+
+/// The parts of the upgrade request a connection keeps.
+pub(crate) struct RequestParts {
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) remote_addr: Option<SocketAddr>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        request: RequestParts,
+        queue_capacity: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (queue, receiver) = mpsc::channel(queue_capacity);
+        let shared = Shared {
+            id: ConnectionId::next(),
+            uri: request.uri,
+            headers: request.headers,
+            remote_addr: request.remote_addr,
+            queue,
+            queue_capacity,
+            state: AtomicU8::new(OPEN),
+            closed: Notify::new(),
+            urgent_close: Mutex::new(None),
+            urgent: Notify::new(),
+            close_sent: Notify::new(),
+            first_close: Mutex::new(None),
+            memberships: Mutex::new(Vec::new()),
+        };
+        (
+            Connection {
+                shared: Arc::new(shared),
+            },
+            receiver,
+        )
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// The upgrade request's URI (path and query).
+    pub fn uri(&self) -> &Uri {
+        &self.shared.uri
+    }
+
+    /// The upgrade request's path, for example `/api/Chat`.
+    pub fn path(&self) -> &str {
+        self.shared.uri.path()
+    }
+
+    /// The upgrade request's raw query string, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.shared.uri.query()
+    }
+
+    /// One query parameter of the upgrade request, percent-decoded; `None` if it is absent or
+    /// not valid UTF-8. See [`query_param`](crate::query_param) to tell those apart.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        crate::query::query_param(self.query()?, name)
+            .ok()
+            .flatten()
+    }
+
+    /// The upgrade request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.shared.headers
+    }
+
+    /// The peer's address, if the server put it in the request's extensions as a
+    /// [`SocketAddr`] (see [`upgrade`](crate::upgrade)).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.remote_addr
+    }
+
+    /// Whether the connection is open: not closed and no close requested.
+    pub fn is_open(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Queues a text or binary message without waiting.
+    ///
+    /// Returns [`SendError::Closed`] once the connection is closed or closing, and
+    /// [`SendError::QueueFull`] when the peer is too far behind.
+    pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.send_wire(message.into().into_wire())
+    }
+
+    /// The broadcast path: the payload is already shared, so this only bumps a ref-count.
+    pub(crate) fn send_wire(&self, message: tungstenite::Message) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        self.shared
+            .queue
+            .try_send(Outbound::Message(message))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull {
+                    capacity: self.shared.queue_capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            })
+    }
+
+    /// Starts the close handshake with `code` and `reason`, behind any messages already
+    /// queued. Later sends fail with [`SendError::Closed`]. If the queue is full, the close
+    /// frame goes out ahead of what is queued.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code.as_u16()));
+        }
+        if reason.len() > 123 {
+            return Err(SendError::CloseReasonTooLong(reason.len()));
+        }
+        if self
+            .shared
+            .state
+            .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(SendError::Closed);
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned(),
+        };
+        match self.shared.queue.try_send(Outbound::Close(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Outbound::Close(frame))) => {
+                self.close_urgently(frame);
+                Ok(())
+            }
+            Err(_) => Err(SendError::Closed),
+        }
+    }
+
+    /// Resolves once the connection has ended (immediately if it already has).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.state.load(Ordering::Acquire) == CLOSED {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the writer to send `frame` ahead of anything still queued, then stop.
+    pub(crate) fn close_urgently(&self, frame: CloseFrame) {
+        let _ =
+            self.shared
+                .state
+                .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        let mut slot = lock(&self.shared.urgent_close);
+        if slot.is_none() {
+            *slot = Some(frame);
+        }
+        drop(slot);
+        self.shared.urgent.notify_one();
+    }
+
+    pub(crate) fn take_urgent_close(&self) -> Option<CloseFrame> {
+        lock(&self.shared.urgent_close).take()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Records a close frame seen on the wire; only the first one counts.
+    pub(crate) fn record_close(&self, frame: CloseFrame) {
+        lock(&self.shared.first_close).get_or_insert(frame);
+    }
+
+    pub(crate) fn first_close(&self) -> Option<CloseFrame> {
+        lock(&self.shared.first_close).clone()
+    }
+
+    /// Marks the connection closed: it leaves every collection and `closed()` resolves.
+    pub(crate) fn mark_closed(&self) {
+        let memberships = {
+            let mut memberships = lock(&self.shared.memberships);
+            self.shared.state.store(CLOSED, Ordering::Release);
+            std::mem::take(&mut *memberships)
+        };
+        for members in memberships.iter().filter_map(Weak::upgrade) {
+            members.remove(self.id());
+        }
+        self.shared.closed.notify_waiters();
+    }
+
+    /// Runs `insert` under the membership lock if the connection is not closed, and remembers
+    /// the collection so that closing leaves it. Returns what `insert` returned.
+    pub(crate) fn join(&self, members: &Arc<Members>, insert: impl FnOnce() -> bool) -> bool {
+        let mut memberships = lock(&self.shared.memberships);
+        if self.shared.state.load(Ordering::Acquire) == CLOSED {
+            return false;
+        }
+        let inserted = insert();
+        memberships.retain(|weak| weak.strong_count() > 0);
+        if !memberships
+            .iter()
+            .any(|weak| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(members)))
+        {
+            memberships.push(Arc::downgrade(members));
+        }
+        inserted
+    }
+
+    /// Forgets a collection after this connection was removed from it, unless a concurrent
+    /// `join` put it back.
+    pub(crate) fn forget(&self, members: &Arc<Members>) {
+        let mut memberships = lock(&self.shared.memberships);
+        if !members.contains(self.id()) {
+            memberships.retain(|weak| !std::ptr::eq(weak.as_ptr(), Arc::as_ptr(members)));
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("path", &self.path())
+            .field("remote_addr", &self.shared.remote_addr)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the guarded data stays consistent because no
+/// code here panics while holding these locks.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

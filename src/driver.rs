@@ -1,0 +1,181 @@
+//! The per-connection engine: a reader that calls the handler, and a writer that drains the
+//! outbound queue in batches.
+
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::close::CloseFrame;
+use crate::connection::{Connection, Outbound};
+use crate::error::Error;
+use crate::handler::WebSocketHandler;
+use crate::message::Message;
+
+/// Most queued items the writer takes at once; all of them are written with one flush.
+const MAX_BATCH: usize = 256;
+
+/// Drives one connection until it ends, calling `handler` along the way.
+pub(crate) async fn run<S, H>(
+    socket: WebSocketStream<S>,
+    conn: Connection,
+    queue: mpsc::Receiver<Outbound>,
+    mut handler: H,
+    close_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: WebSocketHandler,
+{
+    // Whatever happens below, even a panicking handler, the connection ends up closed,
+    // out of its collections, and its writer stopped.
+    let (sink, mut stream) = socket.split();
+    let mut guard = EndGuard {
+        conn: conn.clone(),
+        writer: Some(tokio::spawn(write_loop(sink, queue, conn.clone()))),
+    };
+
+    handler.on_open(&conn).await;
+    let failure = read_loop(&mut stream, &mut handler, &conn, close_timeout).await;
+
+    if let Some(error) = failure {
+        tracing::debug!(id = %conn.id(), %error, "connection failed");
+        handler.on_error(&conn, &error).await;
+        if let Some(code) = error.close_code() {
+            conn.close_urgently(CloseFrame {
+                code,
+                reason: String::new(),
+            });
+            // Give the writer a bounded time to put the close frame on the wire.
+            if let Some(writer) = guard.writer.as_mut() {
+                let _ = tokio::time::timeout(close_timeout, writer).await;
+            }
+        }
+    }
+    drop(stream);
+    let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
+    drop(guard);
+    handler.on_close(&conn, &frame).await;
+}
+
+struct EndGuard {
+    conn: Connection,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+        self.conn.mark_closed();
+    }
+}
+
+/// Reads until the connection ends. Returns the failure, if it did not end cleanly.
+async fn read_loop<S, H>(
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    handler: &mut H,
+    conn: &Connection,
+    close_timeout: Duration,
+) -> Option<Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: WebSocketHandler,
+{
+    // Once our close frame is out, the peer has `close_timeout` to answer it.
+    let close_deadline = async {
+        conn.shared().close_sent.notified().await;
+        tokio::time::sleep(close_timeout).await;
+    };
+    tokio::pin!(close_deadline);
+    loop {
+        let item = tokio::select! {
+            biased;
+            item = stream.next() => item,
+            () = &mut close_deadline => return Some(Error::CloseTimeout(close_timeout)),
+        };
+        let message = match item {
+            None => return None,
+            Some(Err(error)) => return Some(Error::from_tungstenite(error)),
+            Some(Ok(message)) => message,
+        };
+        match message {
+            tungstenite::Message::Text(text) => handler.on_message(conn, Message::Text(text)).await,
+            tungstenite::Message::Binary(bytes) => {
+                handler.on_message(conn, Message::Binary(bytes)).await
+            }
+            // tungstenite queues the answer to a close frame and sends it on the next read.
+            tungstenite::Message::Close(frame) => conn.record_close(CloseFrame::from_wire(frame)),
+            // tungstenite answers pings itself; pongs and raw frames need nothing.
+            tungstenite::Message::Ping(_)
+            | tungstenite::Message::Pong(_)
+            | tungstenite::Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Writes queued messages: everything queued is fed, then flushed once.
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, tungstenite::Message>,
+    mut queue: mpsc::Receiver<Outbound>,
+    conn: Connection,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.shared().urgent.notified() => {
+                if let Some(frame) = conn.take_urgent_close() {
+                    send_close(&mut sink, &conn, frame).await;
+                }
+                return;
+            }
+            received = queue.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                for item in batch.drain(..) {
+                    match item {
+                        Outbound::Message(message) => {
+                            if sink.feed(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Outbound::Close(frame) => {
+                            send_close(&mut sink, &conn, frame).await;
+                            return;
+                        }
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send_close<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, tungstenite::Message>,
+    conn: &Connection,
+    frame: CloseFrame,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let wire = frame.to_wire();
+    conn.record_close(frame);
+    if sink
+        .send(tungstenite::Message::Close(Some(wire)))
+        .await
+        .is_ok()
+    {
+        conn.shared().close_sent.notify_one();
+    }
+}

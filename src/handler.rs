@@ -1,0 +1,52 @@
+//! The trait an application implements to handle one connection.
+
+use async_trait::async_trait;
+
+use crate::close::CloseFrame;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::message::Message;
+
+/// Handles the events of one WebSocket connection. Create one value per connection and pass
+/// it to [`upgrade`](crate::upgrade); per-connection state lives in its fields.
+///
+/// Callbacks run one at a time, in this order:
+///
+/// 1. [`on_open`](WebSocketHandler::on_open), first, once;
+/// 2. [`on_message`](WebSocketHandler::on_message) for each whole text or binary message;
+/// 3. [`on_error`](WebSocketHandler::on_error) at most once, when the connection fails;
+/// 4. [`on_close`](WebSocketHandler::on_close) exactly once and last, also when the peer
+///    vanished without a close frame.
+///
+/// Every method has a default that does nothing, so implement only what you need. While a
+/// callback runs, the connection reads no further messages, but its queued messages keep
+/// being written by a separate task.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use websocket_handler::{Connection, Message, WebSocketHandler};
+///
+/// /// Echoes every message back to its sender.
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl WebSocketHandler for Echo {
+///     async fn on_message(&mut self, conn: &Connection, message: Message) {
+///         let _ = conn.send(message);
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait WebSocketHandler: Send + 'static {
+    /// The connection is open. Called first, once.
+    async fn on_open(&mut self, _conn: &Connection) {}
+
+    /// A whole text or binary message arrived (fragments are already reassembled).
+    async fn on_message(&mut self, _conn: &Connection, _message: Message) {}
+
+    /// The connection failed; `on_close` follows. Called at most once.
+    async fn on_error(&mut self, _conn: &Connection, _error: &Error) {}
+
+    /// The connection has ended and left every collection. Called exactly once, last.
+    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {}
+}

@@ -1,0 +1,88 @@
+//! Reading one parameter from a URL query string.
+
+use crate::error::QueryError;
+
+/// Reads the parameter `name` from a query string (`a=1&b=two`, without the `?`),
+/// percent-decoded, with `+` read as a space as HTML forms encode it.
+///
+/// Returns `Ok(None)` when the parameter is absent, the first value when it is repeated,
+/// and an error when its decoded value is not UTF-8. Malformed `%` escapes are kept as
+/// they are.
+///
+/// ```
+/// use websocket_handler::query_param;
+///
+/// assert_eq!(query_param("username=Ana%20Mar%C3%ADa&x=1", "username").unwrap(),
+///            Some("Ana María".to_string()));
+/// assert_eq!(query_param("x=1", "username").unwrap(), None);
+/// assert!(query_param("username=%FF", "username").is_err());
+/// ```
+pub fn query_param(query: &str, name: &str) -> Result<Option<String>, QueryError> {
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(key).as_deref() == Ok(name) {
+            return decode(value)
+                .map(Some)
+                .map_err(|_| QueryError::InvalidUtf8 {
+                    name: name.to_owned(),
+                });
+        }
+    }
+    Ok(None)
+}
+
+fn decode(component: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+}
+
+fn hex(digit: &u8) -> Option<u8> {
+    (*digit as char).to_digit(16).map(|value| value as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn decodes_plus_percent_and_keeps_malformed_escapes() {
+        assert_eq!(
+            query_param("q=a+b%2Bc", "q").unwrap().as_deref(),
+            Some("a b+c")
+        );
+        assert_eq!(
+            query_param("q=100%&r", "q").unwrap().as_deref(),
+            Some("100%")
+        );
+        assert_eq!(
+            query_param("q=%zz%4", "q").unwrap().as_deref(),
+            Some("%zz%4")
+        );
+        assert_eq!(query_param("r&q", "q").unwrap().as_deref(), Some(""));
+        assert_eq!(query_param("", "q").unwrap(), None);
+        assert_eq!(query_param("q=1&q=2", "q").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            query_param("na%6De=x", "name").unwrap().as_deref(),
+            Some("x")
+        );
+    }
+}
