@@ -1,0 +1,95 @@
+//! Shared test harness: a real hyper server on 127.0.0.1 and real tokio-tungstenite clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use websocket_handler::{upgrade, Config, WebSocketHandler};
+
+/// A client connected to a test server.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for any single wait in a test, so a broken feature fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts a hyper server on a free loopback port; every request is upgraded with a handler
+/// made by `make_handler` from the request. Returns the server's address.
+pub async fn serve<H, F>(config: Config, make_handler: F) -> SocketAddr
+where
+    H: WebSocketHandler,
+    F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let make_handler = Arc::new(make_handler);
+    let config = Arc::new(config);
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let make_handler = make_handler.clone();
+            let config = config.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(peer);
+                let handler = make_handler(&req);
+                let response = upgrade(req, &config, handler);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(
+                http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+/// Connects a WebSocket client to `ws://addr{path}`.
+pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+    let (client, response) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// The next data or close message a client receives (pings and pongs are skipped).
+pub async fn next_message(client: &mut Client) -> Option<WsMessage> {
+    loop {
+        let item = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("timed out waiting for a message");
+        match item {
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(message)) => return Some(message),
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The next text message a client receives; panics on anything else.
+pub async fn next_text(client: &mut Client) -> String {
+    match next_message(client).await {
+        Some(WsMessage::Text(text)) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Sends a text message from a client.
+pub async fn send_text(client: &mut Client, text: &str) {
+    client.send(WsMessage::text(text)).await.expect("send");
+}
