@@ -130,3 +130,57 @@ impl std::fmt::Debug for WebSocketCollection {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WebSocketCollection;
+    use crate::connection::{Connection, Outbound, RequestParts};
+    use bytes::Bytes;
+    use tokio_tungstenite::tungstenite;
+
+    fn connection() -> (Connection, tokio::sync::mpsc::Receiver<Outbound>) {
+        let parts = RequestParts {
+            uri: http::Uri::from_static("/"),
+            headers: http::HeaderMap::new(),
+            remote_addr: None,
+        };
+        Connection::new(parts, 4)
+    }
+
+    #[test]
+    fn broadcast_queues_the_same_payload_allocation_to_everyone() {
+        let room = WebSocketCollection::new();
+        let (a, mut a_queue) = connection();
+        let (b, mut b_queue) = connection();
+        room.add(a);
+        room.add(b);
+        let payload = Bytes::from(vec![1u8; 1000]);
+        assert_eq!(room.broadcast(payload.clone()), 2);
+        for queue in [&mut a_queue, &mut b_queue] {
+            match queue.try_recv() {
+                Ok(Outbound::Message(tungstenite::Message::Binary(bytes))) => {
+                    assert_eq!(bytes.as_ptr(), payload.as_ptr(), "payload was copied");
+                }
+                _ => panic!("expected the queued broadcast"),
+            }
+        }
+    }
+
+    #[test]
+    fn full_queue_is_skipped_and_not_counted() {
+        let room = WebSocketCollection::new();
+        let (a, _a_queue) = connection();
+        let (b, mut b_queue) = connection();
+        room.add(a.clone());
+        room.add(b);
+        for _ in 0..4 {
+            assert_eq!(room.broadcast("fill"), 2);
+        }
+        let _ = b_queue.try_recv();
+        assert_eq!(room.broadcast("one more"), 1, "a's queue of 4 is full");
+        assert_eq!(
+            a.send("x"),
+            Err(crate::SendError::QueueFull { capacity: 4 })
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The classic chat room: every message is broadcast to everyone as `NAME: message`.
+//!
+//! ```text
+//! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
+//! cargo run --example chat -- --addr 0.0.0.0:3000
+//! ```
+//!
+//! Routes: `/` leads to `/chat.htm` (the page), and `/api/Chat?username=NAME` is the
+//! WebSocket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use websocket_handler::{
+    query_param, upgrade, Config, Connection, Message, WebSocketCollection, WebSocketHandler,
+};
+
+const PAGE: &str = include_str!("chat.htm");
+
+/// One chat user's connection.
+struct Chat {
+    username: String,
+    room: WebSocketCollection,
+}
+
+#[async_trait]
+impl WebSocketHandler for Chat {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.room.add(conn.clone());
+    }
+
+    async fn on_message(&mut self, _conn: &Connection, message: Message) {
+        if let Message::Text(text) = message {
+            self.room.broadcast(format!("{}: {}", self.username, text));
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = parse_addr()?;
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    println!("Chat server running. Open http://{local}/chat.htm in a browser.");
+
+    let room = WebSocketCollection::new();
+    let config = Config::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let room = room.clone();
+        let config = config.clone();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(peer);
+            let response = route(req, &room, &config);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                eprintln!("connection from {peer} failed: {error}");
+            }
+        });
+    }
+}
+
+fn route(
+    req: Request<Incoming>,
+    room: &WebSocketCollection,
+    config: &Config,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => {
+            let mut response = text(StatusCode::FOUND, "See /chat.htm\n");
+            response.headers_mut().insert(
+                header::LOCATION,
+                "/chat.htm".parse().expect("static header"),
+            );
+            response
+        }
+        (&Method::GET, "/chat.htm") => {
+            let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "text/html; charset=utf-8".parse().expect("static header"),
+            );
+            response
+        }
+        (_, "/api/Chat") => match username(&req) {
+            Ok(username) => {
+                let chat = Chat {
+                    username,
+                    room: room.clone(),
+                };
+                upgrade(req, config, chat)
+            }
+            Err(problem) => text(StatusCode::BAD_REQUEST, problem),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "Not found. The chat is at /chat.htm\n",
+        ),
+    }
+}
+
+/// The `username` query parameter, or what is wrong with it.
+fn username(req: &Request<Incoming>) -> Result<String, &'static str> {
+    match query_param(req.uri().query().unwrap_or(""), "username") {
+        Ok(Some(name)) if !name.trim().is_empty() => Ok(name),
+        Ok(_) => Err("missing username: connect to /api/Chat?username=NAME\n"),
+        Err(_) => Err("invalid username: it must be valid UTF-8\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    response
+}
+
+fn parse_addr() -> Result<SocketAddr, String> {
+    let mut args = std::env::args().skip(1);
+    let mut addr = "127.0.0.1:8080".to_owned();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
+            "-h" | "--help" => {
+                println!("usage: chat [--addr HOST:PORT]   (default 127.0.0.1:8080)");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    addr.parse()
+        .map_err(|error| format!("invalid --addr {addr:?}: {error}"))
+}

@@ -1,0 +1,164 @@
+//! The chat example end to end: the real `examples/chat` binary on a free loopback port, with
+//! real WebSocket and HTTP clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::{next_text, send_text, WAIT};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// The chat example process; killed when dropped.
+struct ChatServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChatServer {
+    async fn start() -> ChatServer {
+        let binary = example_binary("chat");
+        let mut child = Command::new(&binary)
+            .args(["--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // The example prints the URL to open once it listens: wait for that line.
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("chat example printed nothing")
+            .expect("read stdout")
+            .expect("chat example exited");
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        assert!(url.ends_with("/chat.htm"), "{url}");
+        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
+            .parse()
+            .expect("address in URL");
+        ChatServer { child, addr }
+    }
+}
+
+impl Drop for ChatServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Builds the example with the same cargo that runs the tests (a no-op when `cargo test`
+/// already built it, and never a stale binary when only this test target was built), and
+/// returns its path.
+fn example_binary(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
+    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    build.args(["build", "--quiet", "--example", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Sends a raw HTTP/1.1 request and returns the whole response as text.
+async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn two_users_chat_and_see_each_other() {
+    let server = ChatServer::start().await;
+    let mut alice = common::connect(server.addr, "/api/Chat?username=alice").await;
+
+    // A user's own echo proves they are in the room.
+    send_text(&mut alice, "alice here").await;
+    assert_eq!(next_text(&mut alice).await, "alice: alice here");
+    let mut bob = common::connect(server.addr, "/api/Chat?username=B%C3%B6b").await;
+    send_text(&mut bob, "hi alice").await;
+    assert_eq!(next_text(&mut bob).await, "Böb: hi alice");
+    assert_eq!(next_text(&mut alice).await, "Böb: hi alice");
+
+    send_text(&mut alice, "hello <b>bob</b>").await;
+    assert_eq!(next_text(&mut alice).await, "alice: hello <b>bob</b>");
+    assert_eq!(next_text(&mut bob).await, "alice: hello <b>bob</b>");
+
+    // When alice leaves, bob keeps chatting alone.
+    drop(alice);
+    send_text(&mut bob, "anyone?").await;
+    assert_eq!(next_text(&mut bob).await, "Böb: anyone?");
+}
+
+#[tokio::test]
+async fn page_and_routes() {
+    let server = ChatServer::start().await;
+    let page = http_get(server.addr, "/chat.htm", "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("text/html"));
+    assert!(page.contains("/api/Chat?username="));
+    assert!(page.contains("textContent"), "messages are shown as text");
+    assert!(
+        !page.contains("innerHTML"),
+        "messages must never be parsed as HTML"
+    );
+    assert!(page.contains("Connected."));
+    assert!(!page.contains("<script src"), "no external scripts");
+
+    let root = http_get(server.addr, "/", "").await;
+    assert!(root.starts_with("HTTP/1.1 302"), "{root}");
+    assert!(root.to_ascii_lowercase().contains("location: /chat.htm"));
+
+    let missing = http_get(server.addr, "/nope", "").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[tokio::test]
+async fn missing_or_empty_username_is_refused_with_400() {
+    let server = ChatServer::start().await;
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for target in [
+        "/api/Chat",
+        "/api/Chat?username=",
+        "/api/Chat?username=%20",
+        "/api/Chat?other=1",
+    ] {
+        let response = http_get(server.addr, target, upgrade).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
+        assert!(
+            response.contains("missing username"),
+            "{target}: {response}"
+        );
+    }
+    let response = http_get(server.addr, "/api/Chat?username=%FF", upgrade).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("UTF-8"), "{response}");
+}

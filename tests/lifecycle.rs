@@ -1,0 +1,322 @@
+//! Handler callbacks, their order, round trips, closing, and the message size limit, over
+//! real loopback sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use common::{connect, next_message, next_text, send_text, serve, WAIT};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use websocket_handler::{
+    CloseCode, Config, Connection, Error, Message, SendError, WebSocketHandler,
+};
+
+#[derive(Debug)]
+enum Event {
+    Open(Connection),
+    Message(Message),
+    Error(String, Option<CloseCode>),
+    Close(CloseCode, String),
+}
+
+/// Records every callback; echoes messages; "quit" makes the server say "bye" and close.
+struct Recorder {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+#[async_trait]
+impl WebSocketHandler for Recorder {
+    async fn on_open(&mut self, conn: &Connection) {
+        let _ = self.events.send(Event::Open(conn.clone()));
+    }
+    async fn on_message(&mut self, conn: &Connection, message: Message) {
+        if message.as_text() == Some("quit") {
+            conn.send("bye").expect("queue bye");
+            conn.close(CloseCode::NORMAL, "done").expect("queue close");
+            assert_eq!(conn.send("too late"), Err(SendError::Closed));
+            assert!(!conn.is_open());
+        } else {
+            conn.send(message.clone()).expect("echo");
+        }
+        let _ = self.events.send(Event::Message(message));
+    }
+    async fn on_error(&mut self, _conn: &Connection, error: &Error) {
+        let _ = self
+            .events
+            .send(Event::Error(error.to_string(), error.close_code()));
+    }
+    async fn on_close(&mut self, _conn: &Connection, frame: &websocket_handler::CloseFrame) {
+        let _ = self
+            .events
+            .send(Event::Close(frame.code, frame.reason.clone()));
+    }
+}
+
+async fn start(config: Config) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
+    let (events, receiver) = mpsc::unbounded_channel();
+    let addr = serve(config, move |_| Recorder {
+        events: events.clone(),
+    })
+    .await;
+    (addr, receiver)
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("timed out waiting for a handler event")
+        .expect("event channel closed")
+}
+
+async fn expect_open(events: &mut mpsc::UnboundedReceiver<Event>) -> Connection {
+    match next_event(events).await {
+        Event::Open(conn) => conn,
+        other => panic!("expected on_open first, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn callbacks_run_in_order_and_close_handshake_completes() {
+    let (addr, mut events) = start(Config::default()).await;
+    let mut client = connect(addr, "/chat?username=ana%20b&x=1").await;
+    let conn = expect_open(&mut events).await;
+    assert_eq!(conn.path(), "/chat");
+    assert_eq!(conn.query_param("username").as_deref(), Some("ana b"));
+    let local = client.get_ref();
+    let client_addr = match local {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("addr"),
+        _ => unreachable!("plain TCP"),
+    };
+    assert_eq!(conn.remote_addr(), Some(client_addr));
+    assert!(conn.headers().contains_key("sec-websocket-key"));
+    assert!(conn.is_open());
+
+    send_text(&mut client, "hello").await;
+    client
+        .send(WsMessage::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .expect("send binary");
+    assert_eq!(next_text(&mut client).await, "hello");
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(WsMessage::binary(vec![0u8, 1, 2, 255]))
+    );
+    match next_event(&mut events).await {
+        Event::Message(Message::Text(text)) => assert_eq!(text.as_str(), "hello"),
+        other => panic!("expected the text message, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Message(Message::Binary(bytes)) => assert_eq!(&bytes[..], &[0, 1, 2, 255]),
+        other => panic!("expected the binary message, got {other:?}"),
+    }
+
+    client
+        .close(Some(WsCloseFrame {
+            code: WsCloseCode::Away,
+            reason: "leaving".into(),
+        }))
+        .await
+        .expect("close");
+    // The server answers the close frame and ends the stream.
+    match next_message(&mut client).await {
+        Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected the server's close answer, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Close(code, reason) => {
+            assert_eq!(code, CloseCode::GOING_AWAY);
+            assert_eq!(reason, "leaving");
+        }
+        other => panic!("expected on_close without on_error, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed() resolves");
+    assert!(!conn.is_open());
+    assert_eq!(conn.send("after close"), Err(SendError::Closed));
+}
+
+#[tokio::test]
+async fn abrupt_tcp_drop_reports_error_then_close_1006() {
+    let (addr, mut events) = start(Config::default()).await;
+    let mut client = connect(addr, "/").await;
+    let conn = expect_open(&mut events).await;
+    send_text(&mut client, "last words").await;
+    assert_eq!(next_text(&mut client).await, "last words");
+    drop(client); // no close frame: the TCP connection just goes away
+
+    assert!(matches!(next_event(&mut events).await, Event::Message(_)));
+    match next_event(&mut events).await {
+        Event::Error(message, None) => {
+            assert!(message.contains("without a close frame"), "{message}")
+        }
+        other => panic!("expected on_error, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Close(code, _) => assert_eq!(code, CloseCode::ABNORMAL),
+        other => panic!("expected on_close last, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed() resolves");
+    // Nothing follows on_close.
+    assert!(events.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn server_close_goes_out_after_queued_messages() {
+    let (addr, mut events) = start(Config::default()).await;
+    let mut client = connect(addr, "/").await;
+    let conn = expect_open(&mut events).await;
+    send_text(&mut client, "quit").await;
+    assert_eq!(next_text(&mut client).await, "bye");
+    match next_message(&mut client).await {
+        Some(WsMessage::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1000);
+            assert_eq!(frame.reason.as_str(), "done");
+        }
+        other => panic!("expected close 1000, got {other:?}"),
+    }
+    assert!(
+        next_message(&mut client).await.is_none(),
+        "stream ends after close"
+    );
+    assert!(matches!(next_event(&mut events).await, Event::Message(_)));
+    match next_event(&mut events).await {
+        Event::Close(code, reason) => {
+            assert_eq!(code, CloseCode::NORMAL);
+            assert_eq!(reason, "done");
+        }
+        other => panic!("expected on_close, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed() resolves");
+}
+
+#[tokio::test]
+async fn close_rejects_codes_and_reasons_that_cannot_be_sent() {
+    let (addr, mut events) = start(Config::default()).await;
+    let _client = connect(addr, "/").await;
+    let conn = expect_open(&mut events).await;
+    assert_eq!(
+        conn.close(CloseCode::ABNORMAL, ""),
+        Err(SendError::InvalidCloseCode(1006))
+    );
+    assert_eq!(
+        conn.close(CloseCode::NORMAL, &"x".repeat(124)),
+        Err(SendError::CloseReasonTooLong(124))
+    );
+    assert!(conn.is_open(), "a refused close leaves the connection open");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009_and_reports_error() {
+    let (addr, mut events) = start(Config::default().max_message_size(1024)).await;
+    let mut client = connect(addr, "/").await;
+    expect_open(&mut events).await;
+    // A message exactly at the limit is fine...
+    send_text(&mut client, &"a".repeat(1024)).await;
+    assert_eq!(next_text(&mut client).await.len(), 1024);
+    assert!(matches!(next_event(&mut events).await, Event::Message(_)));
+    // ...one byte more is not.
+    send_text(&mut client, &"a".repeat(1025)).await;
+    match next_message(&mut client).await {
+        Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Error(message, code) => {
+            assert_eq!(code, Some(CloseCode::MESSAGE_TOO_BIG));
+            assert!(message.contains("1024"), "{message}");
+        }
+        other => panic!("expected on_error, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Close(code, _) => assert_eq!(code, CloseCode::MESSAGE_TOO_BIG),
+        other => panic!("expected on_close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn oversized_fragmented_message_closes_with_1009() {
+    let (addr, mut events) = start(Config::default().max_message_size(1000)).await;
+    let mut client = connect(addr, "/").await;
+    expect_open(&mut events).await;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    // Three 400-byte fragments: each frame is small, the message is not.
+    let fragments = [
+        (OpCode::Data(Data::Text), false),
+        (OpCode::Data(Data::Continue), false),
+        (OpCode::Data(Data::Continue), true),
+    ];
+    for (opcode, fin) in fragments {
+        let frame = Frame::message(vec![b'x'; 400], opcode, fin);
+        if client.send(WsMessage::Frame(frame)).await.is_err() {
+            break; // the server may already have closed
+        }
+    }
+    match next_message(&mut client).await {
+        Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Error(_, Some(CloseCode::MESSAGE_TOO_BIG))
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Close(CloseCode::MESSAGE_TOO_BIG, _)
+    ));
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let (addr, mut events) = start(Config::default()).await;
+    let mut client = connect(addr, "/").await;
+    expect_open(&mut events).await;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let frame = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
+    client.send(WsMessage::Frame(frame)).await.expect("send");
+    match next_message(&mut client).await {
+        Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1007),
+        other => panic!("expected close 1007, got {other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Error(_, Some(CloseCode::INVALID_PAYLOAD))
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Close(CloseCode::INVALID_PAYLOAD, _)
+    ));
+}
+
+#[tokio::test]
+async fn send_from_outside_the_handler_and_large_round_trip() {
+    let (addr, mut events) = start(
+        Config::default()
+            .max_message_size(256 * 1024)
+            .max_frame_size(256 * 1024),
+    )
+    .await;
+    let mut client = connect(addr, "/").await;
+    let conn = expect_open(&mut events).await;
+    // Another task holds a clone of the handle and sends through it.
+    let handle = conn.clone();
+    tokio::spawn(async move { handle.send("pushed from a task").expect("send") })
+        .await
+        .expect("task");
+    assert_eq!(next_text(&mut client).await, "pushed from a task");
+
+    let big: String = (0..200_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    send_text(&mut client, &big).await;
+    assert_eq!(next_text(&mut client).await, big);
+}
