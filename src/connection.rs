@@ -199,17 +199,24 @@ impl Connection {
         {
             return Err(SendError::Closed);
         }
-        let frame = CloseFrame {
+        self.queue_close(CloseFrame {
             code,
             reason: reason.to_owned(),
-        };
-        match self.shared.queue.try_send(Outbound::Close(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outbound::Close(frame))) => {
-                self.close_urgently(frame);
-                Ok(())
-            }
-            Err(_) => Err(SendError::Closed),
+        });
+        Ok(())
+    }
+
+    /// Queues a close frame behind everything already queued (so nothing queued is lost),
+    /// or sends it ahead of the queue when the queue is full.
+    pub(crate) fn queue_close(&self, frame: CloseFrame) {
+        let _ =
+            self.shared
+                .state
+                .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        if let Err(mpsc::error::TrySendError::Full(Outbound::Close(frame))) =
+            self.shared.queue.try_send(Outbound::Close(frame))
+        {
+            self.close_urgently(frame);
         }
     }
 

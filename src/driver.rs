@@ -46,11 +46,11 @@ pub(crate) async fn run<S, H>(
         tracing::debug!(id = %conn.id(), %error, "connection failed");
         handler.on_error(&conn, &error).await;
         if let Some(code) = error.close_code() {
-            conn.close_urgently(CloseFrame {
+            conn.queue_close(CloseFrame {
                 code,
                 reason: String::new(),
             });
-            // Give the writer a bounded time to put the close frame on the wire.
+            // Give the writer a bounded time to write what is queued and the close frame.
             if let Some(writer) = guard.writer.as_mut() {
                 let _ = tokio::time::timeout(close_timeout, writer).await;
             }

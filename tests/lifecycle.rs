@@ -276,13 +276,18 @@ async fn oversized_fragmented_message_closes_with_1009() {
 }
 
 #[tokio::test]
-async fn invalid_utf8_closes_with_1007() {
+async fn invalid_utf8_closes_with_1007_after_queued_messages() {
     let (addr, mut events) = start(Config::default()).await;
     let mut client = connect(addr, "/").await;
     expect_open(&mut events).await;
     use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
     let frame = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
+    // A valid message right before the bad one: its echo was queued first and must not be
+    // lost to the error close.
+    client.feed(WsMessage::text("valid")).await.expect("feed");
     client.send(WsMessage::Frame(frame)).await.expect("send");
+    assert_eq!(next_text(&mut client).await, "valid");
+    assert!(matches!(next_event(&mut events).await, Event::Message(_)));
     match next_message(&mut client).await {
         Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1007),
         other => panic!("expected close 1007, got {other:?}"),
