@@ -310,13 +310,14 @@ impl BaselineServer {
                         tokio::spawn(
                             async move { while let Some(Ok(_)) = receiver.next().await {} },
                         );
-                    tokio::select! {
-                        _ = &mut send_task => recv_task.abort(),
-                        _ = &mut recv_task => send_task.abort(),
-                    }
-                    // Both tasks have ended (and the receiver is dropped) before we report.
-                    let _ = send_task.await;
-                    let _ = recv_task.await;
+                    let send_ended = tokio::select! {
+                        _ = &mut send_task => true,
+                        _ = &mut recv_task => false,
+                    };
+                    // Stop the other task; once it has ended, the receiver is dropped.
+                    let other = if send_ended { recv_task } else { send_task };
+                    other.abort();
+                    let _ = other.await;
                     events.signal();
                 });
             }

@@ -104,7 +104,8 @@ pub enum HandshakeError {
     /// The request method is not `GET` (405).
     #[error("WebSocket upgrade requires GET, got {0}")]
     MethodNotAllowed(http::Method),
-    /// The request is not HTTP/1.1 or later (400).
+    /// The request is not HTTP/1.1 (400): HTTP/1.0 cannot upgrade, and HTTP/2 upgrades (RFC 8441)
+    /// are not supported.
     #[error("WebSocket upgrade requires HTTP/1.1, got {0:?}")]
     HttpVersion(http::Version),
     /// The `Connection` header does not contain `upgrade` (400).
