@@ -234,7 +234,7 @@ impl Connection {
     }
 
     /// Asks the writer to send `frame` ahead of anything still queued, then stop.
-    pub(crate) fn close_urgently(&self, frame: CloseFrame) {
+    fn close_urgently(&self, frame: CloseFrame) {
         let _ =
             self.shared
                 .state

@@ -138,7 +138,7 @@ fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeErro
     if request.method() != http::Method::GET {
         return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
     }
-    if request.version() < Version::HTTP_11 || request.version() > Version::HTTP_11 {
+    if request.version() != Version::HTTP_11 {
         return Err(HandshakeError::HttpVersion(request.version()));
     }
     let headers = request.headers();
