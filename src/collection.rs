@@ -1,7 +1,7 @@
 //! A shared set of live connections with broadcast.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::connection::{Connection, ConnectionId};
 use crate::message::Message;
@@ -27,29 +27,81 @@ pub struct WebSocketCollection {
     members: Arc<Members>,
 }
 
-/// The set itself; connections hold weak references to it to leave on close.
-#[derive(Default)]
+/// The set itself, in shards so that a broadcast to thousands of connections holds any one
+/// lock only briefly: connects and disconnects wait for one shard's sends at most, never for
+/// the whole broadcast. Connections hold weak references to it to leave on close.
 pub(crate) struct Members {
-    map: RwLock<HashMap<ConnectionId, Connection>>,
+    shards: [RwLock<Shard>; SHARDS],
+}
+
+/// Ids are sequential, so `id % SHARDS` spreads connections evenly.
+const SHARDS: usize = 16;
+
+/// A dense list for fast iteration, and an index for O(1) removal.
+#[derive(Default)]
+struct Shard {
+    list: Vec<Connection>,
+    index: HashMap<ConnectionId, usize>,
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members {
+            shards: std::array::from_fn(|_| RwLock::default()),
+        }
+    }
 }
 
 impl Members {
+    fn shard(&self, id: ConnectionId) -> &RwLock<Shard> {
+        &self.shards[(id.as_u64() % SHARDS as u64) as usize]
+    }
+
+    fn insert(&self, connection: Connection) -> bool {
+        let mut shard = write(self.shard(connection.id()));
+        if shard.index.contains_key(&connection.id()) {
+            return false;
+        }
+        let at = shard.list.len();
+        shard.index.insert(connection.id(), at);
+        shard.list.push(connection);
+        true
+    }
+
     pub(crate) fn remove(&self, id: ConnectionId) -> Option<Connection> {
-        self.map
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&id)
+        let mut shard = write(self.shard(id));
+        let at = shard.index.remove(&id)?;
+        let removed = shard.list.swap_remove(at);
+        if let Some(moved) = shard.list.get(at) {
+            let moved = moved.id();
+            shard.index.insert(moved, at);
+        }
+        Some(removed)
     }
 
     pub(crate) fn contains(&self, id: ConnectionId) -> bool {
-        self.read().contains_key(&id)
+        read(self.shard(id)).index.contains_key(&id)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ConnectionId, Connection>> {
-        self.map
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| read(shard).list.len()).sum()
     }
+
+    /// Calls `each` for every connection, one shard lock at a time.
+    fn for_each(&self, mut each: impl FnMut(&Connection)) {
+        for shard in &self.shards {
+            read(shard).list.iter().for_each(&mut each);
+        }
+    }
+}
+
+fn read(lock: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write(lock: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl WebSocketCollection {
@@ -62,10 +114,9 @@ impl WebSocketCollection {
     /// already closed (a closed connection is never added).
     pub fn add(&self, connection: Connection) -> bool {
         let members = &self.members;
-        connection.clone().join(members, || {
-            let mut map = members.map.write().unwrap_or_else(|p| p.into_inner());
-            map.insert(connection.id(), connection).is_none()
-        })
+        connection
+            .clone()
+            .join(members, || members.insert(connection))
     }
 
     /// Removes a connection; returns it if it was in the collection.
@@ -82,7 +133,7 @@ impl WebSocketCollection {
 
     /// Number of connections in the collection.
     pub fn len(&self) -> usize {
-        self.members.read().len()
+        self.members.len()
     }
 
     /// Whether the collection is empty.
@@ -92,7 +143,10 @@ impl WebSocketCollection {
 
     /// A snapshot of the connections, in no particular order.
     pub fn connections(&self) -> Vec<Connection> {
-        self.members.read().values().cloned().collect()
+        let mut all = Vec::new();
+        self.members
+            .for_each(|connection| all.push(connection.clone()));
+        all
     }
 
     /// Queues `message` to every open connection and returns to how many it was queued.
@@ -115,11 +169,13 @@ impl WebSocketCollection {
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
         let wire = message.into_wire();
-        let map = self.members.read();
-        map.values()
-            .filter(|connection| include(connection.id()))
-            .filter(|connection| connection.send_wire(wire.clone()).is_ok())
-            .count()
+        let mut queued = 0;
+        self.members.for_each(|connection| {
+            if include(connection.id()) && connection.send_wire(wire.clone()).is_ok() {
+                queued += 1;
+            }
+        });
+        queued
     }
 }
 
@@ -134,11 +190,12 @@ impl std::fmt::Debug for WebSocketCollection {
 #[cfg(test)]
 mod tests {
     use super::WebSocketCollection;
-    use crate::connection::{Connection, Outbound, RequestParts};
+    use crate::connection::{Connection, RequestParts};
+    use crate::outbound::Outbound;
     use bytes::Bytes;
     use tokio_tungstenite::tungstenite;
 
-    fn connection() -> (Connection, tokio::sync::mpsc::Receiver<Outbound>) {
+    fn connection() -> Connection {
         let parts = RequestParts {
             uri: http::Uri::from_static("/"),
             headers: http::HeaderMap::new(),
@@ -150,15 +207,15 @@ mod tests {
     #[test]
     fn broadcast_queues_the_same_payload_allocation_to_everyone() {
         let room = WebSocketCollection::new();
-        let (a, mut a_queue) = connection();
-        let (b, mut b_queue) = connection();
-        room.add(a);
-        room.add(b);
+        let (a, b) = (connection(), connection());
+        room.add(a.clone());
+        room.add(b.clone());
         let payload = Bytes::from(vec![1u8; 1000]);
         assert_eq!(room.broadcast(payload.clone()), 2);
-        for queue in [&mut a_queue, &mut b_queue] {
-            match queue.try_recv() {
-                Ok(Outbound::Message(tungstenite::Message::Binary(bytes))) => {
+        for conn in [&a, &b] {
+            assert_eq!(conn.shared().queue.depth(), (1, 1000));
+            match conn.shared().queue.try_take() {
+                Some(Outbound::Message(tungstenite::Message::Binary(bytes))) => {
                     assert_eq!(bytes.as_ptr(), payload.as_ptr(), "payload was copied");
                 }
                 _ => panic!("expected the queued broadcast"),
@@ -169,14 +226,13 @@ mod tests {
     #[test]
     fn full_queue_is_skipped_and_not_counted() {
         let room = WebSocketCollection::new();
-        let (a, _a_queue) = connection();
-        let (b, mut b_queue) = connection();
+        let (a, b) = (connection(), connection());
         room.add(a.clone());
-        room.add(b);
+        room.add(b.clone());
         for _ in 0..4 {
             assert_eq!(room.broadcast("fill"), 2);
         }
-        let _ = b_queue.try_recv();
+        let _ = b.shared().queue.try_take();
         assert_eq!(room.broadcast("one more"), 1, "a's queue of 4 is full");
         assert_eq!(
             a.send("x"),

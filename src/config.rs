@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// | --- | --- |
 /// | [`max_message_size`](Config::max_message_size) | 64 KiB |
 /// | [`max_frame_size`](Config::max_frame_size) | 64 KiB |
-/// | [`read_buffer_size`](Config::read_buffer_size) | 4 KiB |
+/// | [`read_buffer_size`](Config::read_buffer_size) | 2 KiB |
 /// | [`write_buffer_size`](Config::write_buffer_size) | 8 KiB |
 /// | [`outbound_queue_capacity`](Config::outbound_queue_capacity) | 1024 messages |
 /// | [`close_timeout`](Config::close_timeout) | 5 s |
@@ -46,7 +46,7 @@ impl Default for Config {
         Config {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 2 * 1024,
             write_buffer_size: 8 * 1024,
             outbound_queue_capacity: 1024,
             close_timeout: Duration::from_secs(5),
@@ -75,8 +75,11 @@ impl Config {
         self
     }
 
-    /// Size of each connection's read buffer, in bytes. It is allocated when the connection
-    /// opens and is the bulk of an idle connection's memory. Values below 256 are raised to 256.
+    /// Size of each connection's read buffer, in bytes, which is also the most read from the
+    /// socket at once. It is allocated when the connection opens and is the largest part of
+    /// an idle connection's memory, so the default is small: chat-like traffic (small
+    /// messages from each client) does not need more. Raise it for clients that upload large
+    /// messages, which then take fewer reads. Values below 256 are raised to 256.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes.max(256);
         self

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use http::{HeaderMap, Uri};
-use tokio::sync::{mpsc, Notify};
+use http::{HeaderMap, HeaderValue, Uri};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite;
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::collection::Members;
 use crate::error::SendError;
 use crate::message::Message;
+use crate::outbound::{OutboundQueue, Rejected};
 
 /// A process-unique connection id, stable for the connection's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,12 +37,6 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// What the writer task takes from a connection's queue.
-pub(crate) enum Outbound {
-    Message(tungstenite::Message),
-    Close(CloseFrame),
-}
-
 const OPEN: u8 = 0;
 const CLOSING: u8 = 1;
 const CLOSED: u8 = 2;
@@ -61,14 +56,10 @@ pub(crate) struct Shared {
     uri: Uri,
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
-    queue: mpsc::Sender<Outbound>,
-    queue_capacity: usize,
+    pub(crate) queue: OutboundQueue,
     state: AtomicU8,
     /// Wakes those awaiting [`Connection::closed`].
     closed: Notify,
-    /// A close frame that must go out before anything still queued (driver errors).
-    urgent_close: Mutex<Option<CloseFrame>>,
-    pub(crate) urgent: Notify,
     /// Signalled by the writer once our close frame is on the wire; starts the close timeout.
     pub(crate) close_sent: Notify,
     /// The first close frame on the wire, in either direction.
@@ -84,33 +75,63 @@ pub(crate) struct RequestParts {
     pub(crate) remote_addr: Option<SocketAddr>,
 }
 
+impl RequestParts {
+    /// Keeps the request's URI and headers in one small buffer of their own.
+    ///
+    /// hyper parses them as slices of its 8 KiB read buffer, so keeping them as they are
+    /// would pin that whole buffer for the connection's lifetime: more than everything else
+    /// an idle connection costs.
+    pub(crate) fn detached(
+        uri: &Uri,
+        headers: &HeaderMap,
+        remote_addr: Option<SocketAddr>,
+    ) -> Self {
+        let uri_text = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let total = uri_text.len() + headers.values().map(|v| v.len()).sum::<usize>();
+        let mut buffer = bytes::BytesMut::with_capacity(total);
+        buffer.extend_from_slice(uri_text.as_bytes());
+        for value in headers.values() {
+            buffer.extend_from_slice(value.as_bytes());
+        }
+        let buffer = buffer.freeze();
+
+        // Both were valid a moment ago, so re-parsing the same bytes cannot fail.
+        let uri = Uri::from_maybe_shared(buffer.slice(..uri_text.len())).unwrap_or_default();
+        let mut copy = HeaderMap::with_capacity(headers.len());
+        let mut at = uri_text.len();
+        for (name, value) in headers {
+            let range = at..at + value.len();
+            at = range.end;
+            if let Ok(mut detached) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
+                detached.set_sensitive(value.is_sensitive());
+                copy.append(name.clone(), detached);
+            }
+        }
+        RequestParts {
+            uri,
+            headers: copy,
+            remote_addr,
+        }
+    }
+}
+
 impl Connection {
-    pub(crate) fn new(
-        request: RequestParts,
-        queue_capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (queue, receiver) = mpsc::channel(queue_capacity);
+    pub(crate) fn new(request: RequestParts, queue_capacity: usize) -> Self {
         let shared = Shared {
             id: ConnectionId::next(),
             uri: request.uri,
             headers: request.headers,
             remote_addr: request.remote_addr,
-            queue,
-            queue_capacity,
+            queue: OutboundQueue::new(queue_capacity),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
-            urgent_close: Mutex::new(None),
-            urgent: Notify::new(),
             close_sent: Notify::new(),
             first_close: Mutex::new(None),
             memberships: Mutex::new(Vec::new()),
         };
-        (
-            Connection {
-                shared: Arc::new(shared),
-            },
-            receiver,
-        )
+        Connection {
+            shared: Arc::new(shared),
+        }
     }
 
     /// This connection's id.
@@ -172,12 +193,12 @@ impl Connection {
         }
         self.shared
             .queue
-            .try_send(Outbound::Message(message))
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SendError::QueueFull {
-                    capacity: self.shared.queue_capacity,
+            .push(message)
+            .map_err(|rejected| match rejected {
+                Rejected::Full => SendError::QueueFull {
+                    capacity: self.shared.queue.max_messages(),
                 },
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+                Rejected::Stopped => SendError::Closed,
             })
     }
 
@@ -213,11 +234,7 @@ impl Connection {
             self.shared
                 .state
                 .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        if let Err(mpsc::error::TrySendError::Full(Outbound::Close(frame))) =
-            self.shared.queue.try_send(Outbound::Close(frame))
-        {
-            self.close_urgently(frame);
-        }
+        self.shared.queue.push_close(frame);
     }
 
     /// Resolves once the connection has ended (immediately if it already has).
@@ -231,24 +248,6 @@ impl Connection {
             }
             notified.await;
         }
-    }
-
-    /// Asks the writer to send `frame` ahead of anything still queued, then stop.
-    fn close_urgently(&self, frame: CloseFrame) {
-        let _ =
-            self.shared
-                .state
-                .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        let mut slot = lock(&self.shared.urgent_close);
-        if slot.is_none() {
-            *slot = Some(frame);
-        }
-        drop(slot);
-        self.shared.urgent.notify_one();
-    }
-
-    pub(crate) fn take_urgent_close(&self) -> Option<CloseFrame> {
-        lock(&self.shared.urgent_close).take()
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -322,4 +321,33 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestParts;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, Uri};
+
+    #[test]
+    fn detached_parts_do_not_point_into_the_request_buffer() {
+        // Like hyper: the URI and header values are slices of one big read buffer.
+        let buffer = Bytes::from(b"/api/Chat?username=ann secret-cookie".repeat(100));
+        let inside = |ptr: *const u8| buffer.as_ptr_range().contains(&ptr);
+        let uri = Uri::from_maybe_shared(buffer.slice(0..22)).expect("valid uri");
+        let mut headers = HeaderMap::new();
+        let mut cookie = HeaderValue::from_maybe_shared(buffer.slice(23..36)).expect("value");
+        cookie.set_sensitive(true);
+        headers.insert(http::header::COOKIE, cookie);
+        headers.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        assert!(inside(headers[http::header::COOKIE].as_bytes().as_ptr()));
+
+        let parts = RequestParts::detached(&uri, &headers, None);
+        assert_eq!(parts.uri.query(), Some("username=ann"));
+        let cookies: Vec<_> = parts.headers.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["secret-cookie", "b=2"]);
+        assert!(cookies[0].is_sensitive());
+        assert!(!inside(parts.uri.path().as_ptr()));
+        assert!(!inside(cookies[0].as_bytes().as_ptr()));
+    }
 }

@@ -1,30 +1,27 @@
 //! The per-connection engine: a reader that calls the handler, and a writer that drains the
 //! outbound queue in batches.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::close::CloseFrame;
-use crate::connection::{Connection, Outbound};
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::handler::WebSocketHandler;
 use crate::message::Message;
-
-/// Most queued items the writer takes at once; all of them are written with one flush.
-const MAX_BATCH: usize = 256;
+use crate::outbound::{Outbound, Taken};
 
 /// Drives one connection until it ends, calling `handler` along the way.
 pub(crate) async fn run<S, H>(
     socket: WebSocketStream<S>,
     conn: Connection,
-    queue: mpsc::Receiver<Outbound>,
     mut handler: H,
     close_timeout: Duration,
 ) where
@@ -36,7 +33,7 @@ pub(crate) async fn run<S, H>(
     let (sink, mut stream) = socket.split();
     let mut guard = EndGuard {
         conn: conn.clone(),
-        writer: Some(tokio::spawn(write_loop(sink, queue, conn.clone()))),
+        writer: Some(tokio::spawn(write_loop(sink, conn.clone()))),
     };
 
     handler.on_open(&conn).await;
@@ -72,6 +69,7 @@ impl Drop for EndGuard {
         if let Some(writer) = self.writer.take() {
             writer.abort();
         }
+        self.conn.shared().queue.stop();
         self.conn.mark_closed();
     }
 }
@@ -119,29 +117,34 @@ where
     }
 }
 
-/// Writes queued messages: everything queued is fed, then flushed once.
-async fn write_loop<S>(
+/// Writes queued messages until the connection closes or the socket fails; then the queue
+/// refuses further messages, so senders learn at once that nothing more will be written.
+async fn write_loop<S>(sink: SplitSink<WebSocketStream<S>, tungstenite::Message>, conn: Connection)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    write_batches(sink, &conn).await;
+    conn.shared().queue.stop();
+}
+
+/// Everything queued is taken at once, fed, then flushed once.
+async fn write_batches<S>(
     mut sink: SplitSink<WebSocketStream<S>, tungstenite::Message>,
-    mut queue: mpsc::Receiver<Outbound>,
-    conn: Connection,
+    conn: &Connection,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut batch = Vec::new();
+    let queue = &conn.shared().queue;
+    let mut batch = VecDeque::new();
     loop {
-        tokio::select! {
-            biased;
-            () = conn.shared().urgent.notified() => {
-                if let Some(frame) = conn.take_urgent_close() {
-                    send_close(&mut sink, &conn, frame).await;
-                }
+        match std::future::poll_fn(|cx| queue.poll_take(cx, &mut batch)).await {
+            Taken::Urgent(frame) => {
+                batch.clear();
+                send_close(&mut sink, conn, frame).await;
                 return;
             }
-            received = queue.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    return;
-                }
-                for item in batch.drain(..) {
+            Taken::Items => {
+                while let Some(item) = batch.pop_front() {
                     match item {
                         Outbound::Message(message) => {
                             if sink.feed(message).await.is_err() {
@@ -149,7 +152,8 @@ async fn write_loop<S>(
                             }
                         }
                         Outbound::Close(frame) => {
-                            send_close(&mut sink, &conn, frame).await;
+                            batch.clear();
+                            send_close(&mut sink, conn, frame).await;
                             return;
                         }
                     }

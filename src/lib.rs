@@ -71,6 +71,7 @@ mod driver;
 mod error;
 mod handler;
 mod message;
+mod outbound;
 mod query;
 mod upgrade;
 

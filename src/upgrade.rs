@@ -94,15 +94,11 @@ where
         .ok_or(HandshakeError::NotUpgradable)?;
 
     let remote_addr = request.extensions().get::<SocketAddr>().copied();
-    let (parts, _body) = request.into_parts();
-    let (conn, queue) = Connection::new(
-        RequestParts {
-            uri: parts.uri,
-            headers: parts.headers,
-            remote_addr,
-        },
+    let conn = Connection::new(
+        RequestParts::detached(request.uri(), request.headers(), remote_addr),
         config.get_outbound_queue_capacity(),
     );
+    drop(request);
     let ws_config = config.to_tungstenite();
     let close_timeout = config.get_close_timeout();
     tokio::spawn(async move {
@@ -114,7 +110,7 @@ where
                     Some(ws_config),
                 )
                 .await;
-                driver::run(socket, conn, queue, handler, close_timeout).await;
+                driver::run(socket, conn, handler, close_timeout).await;
             }
             Err(error) => {
                 tracing::debug!(%error, "HTTP upgrade did not complete");
