@@ -95,11 +95,4 @@ impl CloseFrame {
             },
         }
     }
-
-    pub(crate) fn to_wire(&self) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: self.code.0.into(),
-            reason: self.reason.as_str().into(),
-        }
-    }
 }

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// | [`max_message_size`](Config::max_message_size) | 64 KiB |
 /// | [`max_frame_size`](Config::max_frame_size) | 64 KiB |
 /// | [`read_buffer_size`](Config::read_buffer_size) | 2 KiB |
-/// | [`write_buffer_size`](Config::write_buffer_size) | 8 KiB |
+/// | [`write_buffer_size`](Config::write_buffer_size) | 64 KiB |
 /// | [`outbound_queue_capacity`](Config::outbound_queue_capacity) | 1024 messages |
 /// | [`close_timeout`](Config::close_timeout) | 5 s |
 ///
@@ -47,7 +47,7 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
             read_buffer_size: 2 * 1024,
-            write_buffer_size: 8 * 1024,
+            write_buffer_size: 64 * 1024,
             outbound_queue_capacity: 1024,
             close_timeout: Duration::from_secs(5),
         }
@@ -85,11 +85,11 @@ impl Config {
         self
     }
 
-    /// How many bytes of queued frames the writer gathers before it writes to the socket; the
-    /// rest of a batch is written by one flush. Larger values mean fewer system calls under
-    /// heavy fan-out and more memory per busy connection.
+    /// The most bytes of queued frames handed to the socket in one (vectored) write. Frames
+    /// are written straight from the queue, so this allocates nothing; larger values mean
+    /// fewer system calls when a client has much queued. Values below 1 are raised to 1.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
-        self.write_buffer_size = bytes;
+        self.write_buffer_size = bytes.max(1);
         self
     }
 
@@ -140,12 +140,11 @@ impl Config {
     }
 
     pub(crate) fn to_tungstenite(&self) -> WebSocketConfig {
-        // The write buffer only grows past `write_buffer_size` while the socket is blocked,
-        // and the writer stops feeding frames then, so it stays within one message of it;
-        // the outbound queue bound is what limits memory for a slow peer.
+        // tungstenite writes only its own replies (pongs, the answer to a close frame), into
+        // the outbound queue; with no write buffer they join the queue at once.
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
+            .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))

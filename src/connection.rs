@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::{HeaderMap, HeaderValue, Uri};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite;
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::collection::Members;
 use crate::error::SendError;
 use crate::message::Message;
-use crate::outbound::{OutboundQueue, Rejected};
+use crate::outbound::{Frame, OutboundQueue, Pushed, Rejected};
+use crate::writer::WriteSide;
 
 /// A process-unique connection id, stable for the connection's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
     pub(crate) queue: OutboundQueue,
+    /// The socket's write half, once the upgrade has completed.
+    pub(crate) write_side: Mutex<Option<WriteSide>>,
     state: AtomicU8,
     /// Wakes those awaiting [`Connection::closed`].
     closed: Notify,
@@ -123,6 +125,7 @@ impl Connection {
             headers: request.headers,
             remote_addr: request.remote_addr,
             queue: OutboundQueue::new(queue_capacity),
+            write_side: Mutex::new(None),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
             close_sent: Notify::new(),
@@ -183,17 +186,20 @@ impl Connection {
     /// Returns [`SendError::Closed`] once the connection is closed or closing, and
     /// [`SendError::QueueFull`] when the peer is too far behind.
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        self.send_wire(message.into().into_wire())
+        let pushed = self.send_frame(Frame::from_message(message.into()))?;
+        self.after_push(pushed);
+        Ok(())
     }
 
-    /// The broadcast path: the payload is already shared, so this only bumps a ref-count.
-    pub(crate) fn send_wire(&self, message: tungstenite::Message) -> Result<(), SendError> {
+    /// Queues an encoded frame; the broadcast path, where the frame is shared. The caller
+    /// must act on [`Pushed::MustFlush`].
+    pub(crate) fn send_frame(&self, frame: Frame) -> Result<Pushed, SendError> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
         self.shared
             .queue
-            .push(message)
+            .push_data(frame)
             .map_err(|rejected| match rejected {
                 Rejected::Full => SendError::QueueFull {
                     capacity: self.shared.queue.max_messages(),
@@ -234,7 +240,9 @@ impl Connection {
             self.shared
                 .state
                 .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        self.shared.queue.push_close(frame);
+        if let Ok(pushed) = self.shared.queue.push_close(frame) {
+            self.after_push(pushed);
+        }
     }
 
     /// Resolves once the connection has ended (immediately if it already has).
@@ -256,7 +264,7 @@ impl Connection {
 
     /// Records a close frame seen on the wire; only the first one counts.
     pub(crate) fn record_close(&self, frame: CloseFrame) {
-        lock(&self.shared.first_close).get_or_insert(frame);
+        self.shared.record_close(frame);
     }
 
     pub(crate) fn first_close(&self) -> Option<CloseFrame> {
@@ -301,6 +309,18 @@ impl Connection {
         if !members.contains(self.id()) {
             memberships.retain(|weak| !std::ptr::eq(weak.as_ptr(), Arc::as_ptr(members)));
         }
+    }
+}
+
+impl Shared {
+    fn record_close(&self, frame: CloseFrame) {
+        lock(&self.first_close).get_or_insert(frame);
+    }
+
+    /// Our close frame is on the wire: the peer's answer is now awaited.
+    pub(crate) fn close_written(&self, frame: CloseFrame) {
+        self.record_close(frame);
+        self.close_sent.notify_one();
     }
 }
 

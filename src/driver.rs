@@ -1,88 +1,104 @@
-//! The per-connection engine: a reader that calls the handler, and a writer that drains the
-//! outbound queue in batches.
+//! The per-connection engine: one task reads, calls the handler, and finishes writes that
+//! met a full socket (see [`crate::writer`] for how writing is arranged).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::close::CloseFrame;
-use crate::connection::Connection;
+use crate::config::Config;
+use crate::connection::{lock, Connection};
 use crate::error::Error;
 use crate::handler::WebSocketHandler;
 use crate::message::Message;
-use crate::outbound::{Outbound, Taken};
+use crate::stream::ProtocolStream;
+use crate::writer::WriteSide;
 
 /// Drives one connection until it ends, calling `handler` along the way.
-pub(crate) async fn run<S, H>(
-    socket: WebSocketStream<S>,
-    conn: Connection,
-    mut handler: H,
-    close_timeout: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+pub(crate) async fn run<S, H>(io: S, conn: Connection, mut handler: H, config: Config)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: WebSocketHandler,
 {
-    // Whatever happens below, even a panicking handler, the connection ends up closed,
-    // out of its collections, and its writer stopped.
-    let (sink, mut stream) = socket.split();
-    let mut guard = EndGuard {
-        conn: conn.clone(),
-        writer: Some(tokio::spawn(write_loop(sink, conn.clone()))),
+    // Whatever happens below, even a panicking handler, the connection ends up closed, out
+    // of its collections, and its socket released.
+    let _guard = EndGuard { conn: conn.clone() };
+    let close_timeout = config.get_close_timeout();
+
+    let (read, write) = tokio::io::split(io);
+    *lock(&conn.shared().write_side) = Some(WriteSide::new(
+        Box::pin(write),
+        config.get_write_buffer_size(),
+    ));
+    let mut socket = WebSocketStream::from_raw_socket(
+        ProtocolStream::new(read, conn.clone()),
+        Role::Server,
+        Some(config.to_tungstenite()),
+    )
+    .await;
+
+    let failure = {
+        let reads = async {
+            handler.on_open(&conn).await;
+            read_loop(&mut socket, &mut handler, &conn, close_timeout).await
+        };
+        let writes = conn.write_handed_over();
+        match select(std::pin::pin!(reads), std::pin::pin!(writes)).await {
+            Either::Left((failure, _)) => failure,
+            // Writing has ended (our close frame is out, or the socket failed); reading
+            // goes on until the peer's answer or the close timeout.
+            Either::Right((_, reads)) => reads.await,
+        }
     };
 
-    handler.on_open(&conn).await;
-    let failure = read_loop(&mut stream, &mut handler, &conn, close_timeout).await;
-
-    if let Some(error) = failure {
+    if let Some(error) = &failure {
         tracing::debug!(id = %conn.id(), %error, "connection failed");
-        handler.on_error(&conn, &error).await;
+        handler.on_error(&conn, error).await;
         if let Some(code) = error.close_code() {
             conn.queue_close(CloseFrame {
                 code,
                 reason: String::new(),
             });
-            // Give the writer a bounded time to write what is queued and the close frame.
-            if let Some(writer) = guard.writer.as_mut() {
-                let _ = tokio::time::timeout(close_timeout, writer).await;
-            }
         }
     }
-    drop(stream);
+    // Write what is still queued (our close frame, or tungstenite's answer to the peer's)
+    // before the socket goes, within the close timeout.
+    conn.shared().queue.hand_over();
+    let _ = tokio::time::timeout(close_timeout, conn.write_queue()).await;
+    drop(socket);
     let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
-    drop(guard);
+    drop(_guard);
     handler.on_close(&conn, &frame).await;
 }
 
 struct EndGuard {
     conn: Connection,
-    writer: Option<JoinHandle<()>>,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            writer.abort();
-        }
         self.conn.shared().queue.stop();
+        // Dropping the write half (with the read half, already gone) closes the socket.
+        let write_side = lock(&self.conn.shared().write_side).take();
+        drop(write_side);
         self.conn.mark_closed();
     }
 }
 
 /// Reads until the connection ends. Returns the failure, if it did not end cleanly.
 async fn read_loop<S, H>(
-    stream: &mut SplitStream<WebSocketStream<S>>,
+    stream: &mut WebSocketStream<ProtocolStream<S>>,
     handler: &mut H,
     conn: &Connection,
     close_timeout: Duration,
 ) -> Option<Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead,
     H: WebSocketHandler,
 {
     // Once our close frame is out, the peer has `close_timeout` to answer it.
@@ -114,72 +130,5 @@ where
             | tungstenite::Message::Pong(_)
             | tungstenite::Message::Frame(_) => {}
         }
-    }
-}
-
-/// Writes queued messages until the connection closes or the socket fails; then the queue
-/// refuses further messages, so senders learn at once that nothing more will be written.
-async fn write_loop<S>(sink: SplitSink<WebSocketStream<S>, tungstenite::Message>, conn: Connection)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    write_batches(sink, &conn).await;
-    conn.shared().queue.stop();
-}
-
-/// Everything queued is taken at once, fed, then flushed once.
-async fn write_batches<S>(
-    mut sink: SplitSink<WebSocketStream<S>, tungstenite::Message>,
-    conn: &Connection,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let queue = &conn.shared().queue;
-    let mut batch = VecDeque::new();
-    loop {
-        match std::future::poll_fn(|cx| queue.poll_take(cx, &mut batch)).await {
-            Taken::Urgent(frame) => {
-                batch.clear();
-                send_close(&mut sink, conn, frame).await;
-                return;
-            }
-            Taken::Items => {
-                while let Some(item) = batch.pop_front() {
-                    match item {
-                        Outbound::Message(message) => {
-                            if sink.feed(message).await.is_err() {
-                                return;
-                            }
-                        }
-                        Outbound::Close(frame) => {
-                            batch.clear();
-                            send_close(&mut sink, conn, frame).await;
-                            return;
-                        }
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn send_close<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, tungstenite::Message>,
-    conn: &Connection,
-    frame: CloseFrame,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let wire = frame.to_wire();
-    conn.record_close(frame);
-    if sink
-        .send(tungstenite::Message::Close(Some(wire)))
-        .await
-        .is_ok()
-    {
-        conn.shared().close_sent.notify_one();
     }
 }

@@ -73,7 +73,9 @@ mod handler;
 mod message;
 mod outbound;
 mod query;
+mod stream;
 mod upgrade;
+mod writer;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -8,8 +8,6 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Versio
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::config::Config;
 use crate::connection::{Connection, RequestParts};
@@ -99,19 +97,10 @@ where
         config.get_outbound_queue_capacity(),
     );
     drop(request);
-    let ws_config = config.to_tungstenite();
-    let close_timeout = config.get_close_timeout();
+    let config = config.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                driver::run(socket, conn, handler, close_timeout).await;
-            }
+            Ok(upgraded) => driver::run(TokioIo::new(upgraded), conn, handler, config).await,
             Err(error) => {
                 tracing::debug!(%error, "HTTP upgrade did not complete");
                 conn.mark_closed();

@@ -171,3 +171,32 @@ async fn collection_snapshot_and_concurrent_broadcasters() {
         }
     }
 }
+
+/// A client that stops reading fills its socket; the write that meets the full socket is
+/// handed to that connection's own task, so the others are not held up, and once the slow
+/// client reads again it gets everything, in order.
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_up_nobody_and_loses_nothing() {
+    let (room, mut clients, _) = room_with_clients(2).await;
+    let mut slow = clients.pop().expect("two clients");
+    let mut fast = clients.pop().expect("two clients");
+    // 200 x 32 KiB = 6.4 MiB: far more than loopback socket buffers hold.
+    const COUNT: usize = 200;
+    let payload = |i: usize| {
+        let mut bytes = vec![(i % 251) as u8; 32 * 1024];
+        bytes[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        bytes
+    };
+    for i in 0..COUNT {
+        assert_eq!(room.broadcast(payload(i)), 2, "message {i} queued to both");
+    }
+    // The fast client gets everything while the slow one has read nothing.
+    for i in 0..COUNT {
+        let message = next_message(&mut fast).await.expect("fast client open");
+        assert_eq!(message.into_data(), payload(i), "fast client, message {i}");
+    }
+    for i in 0..COUNT {
+        let message = next_message(&mut slow).await.expect("slow client open");
+        assert_eq!(message.into_data(), payload(i), "slow client, message {i}");
+    }
+}

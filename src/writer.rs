@@ -1,0 +1,201 @@
+//! The write side of a connection: queued frames go to the socket with vectored writes,
+//! header and payload straight from the queue, no copy.
+//!
+//! Writing is arranged without a task per connection. Whoever finds a connection's queue
+//! idle when queueing ([`Pushed::MustFlush`]) makes sure it gets flushed: `send` flushes at
+//! once, and a broadcast hands all the connections it found idle to a few flush tasks, which
+//! write to each in turn, oldest broadcast first. Those writes never wait: when a socket is
+//! full, the connection's own task takes over and waits for it (a slow client never holds
+//! up a flush task, nor any other client).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::AsyncWrite;
+
+use crate::connection::{lock, Connection, Shared};
+use crate::outbound::{Outbound, Pushed};
+
+/// Most slices handed to one vectored write (Linux allows 1024).
+const MAX_SLICES: usize = 128;
+
+/// Connections flushed by one flush task: big enough that spawning is cheap next to the
+/// writes, small enough that a broadcast to thousands spreads over every core.
+const FLUSH_CHUNK: usize = 128;
+
+/// The socket's write half and what has been taken from the queue but not yet written.
+pub(crate) struct WriteSide {
+    io: Pin<Box<dyn AsyncWrite + Send>>,
+    in_flight: VecDeque<Outbound>,
+    /// Bytes of `in_flight[0]` already written.
+    written: usize,
+    /// Most bytes handed to one write.
+    max_write: usize,
+    failed: bool,
+}
+
+/// Why the writing stopped for good.
+pub(crate) enum WriteEnd {
+    /// Our close frame is on the wire.
+    Closed,
+    /// The socket failed.
+    Failed,
+}
+
+impl WriteSide {
+    pub(crate) fn new(io: Pin<Box<dyn AsyncWrite + Send>>, max_write: usize) -> Self {
+        WriteSide {
+            io,
+            in_flight: VecDeque::new(),
+            written: 0,
+            max_write: max_write.max(1),
+            failed: false,
+        }
+    }
+
+    /// Writes until the queue is empty (`Ready(None)`), the socket is full (`Pending`), or
+    /// writing ended for good.
+    fn poll_write_queue(
+        &mut self,
+        shared: &Shared,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<WriteEnd>> {
+        if self.failed {
+            return Poll::Ready(Some(WriteEnd::Failed));
+        }
+        loop {
+            if self.in_flight.is_empty() {
+                if shared.queue.take(&mut self.in_flight) {
+                    continue;
+                }
+                // Nothing more queued: make sure buffering transports (TLS) send it all.
+                return match self.io.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(None),
+                    Poll::Ready(Err(_)) => Poll::Ready(Some(self.fail(shared))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+
+            let mut slices = Vec::with_capacity(MAX_SLICES.min(2 * self.in_flight.len()));
+            let mut skip = self.written;
+            let mut gathered = 0;
+            for item in &self.in_flight {
+                if slices.len() >= MAX_SLICES - 1 || gathered >= self.max_write {
+                    break;
+                }
+                gathered += item.slices(skip, &mut slices);
+                skip = 0;
+            }
+            let polled = self.io.as_mut().poll_write_vectored(cx, &slices);
+            drop(slices);
+            let wrote = match polled {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Some(self.fail(shared)))
+                }
+                Poll::Ready(Ok(wrote)) => wrote,
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Some(end) = self.advance(wrote, shared) {
+                return Poll::Ready(Some(end));
+            }
+        }
+    }
+
+    /// Drops the items `wrote` bytes completed.
+    fn advance(&mut self, wrote: usize, shared: &Shared) -> Option<WriteEnd> {
+        let mut done = self.written + wrote;
+        while let Some(front) = self.in_flight.front() {
+            let len = front.len();
+            if done < len {
+                break;
+            }
+            done -= len;
+            if let Some(Outbound::Close(frame, _)) = self.in_flight.pop_front() {
+                // `take` put nothing behind our close frame.
+                shared.close_written(frame);
+                self.written = 0;
+                return Some(WriteEnd::Closed);
+            }
+        }
+        self.written = done;
+        None
+    }
+
+    fn fail(&mut self, shared: &Shared) -> WriteEnd {
+        self.failed = true;
+        self.in_flight.clear();
+        shared.queue.stop();
+        WriteEnd::Failed
+    }
+}
+
+impl Connection {
+    /// Writes what is queued without waiting; a full socket is handed to the connection's
+    /// own task.
+    pub(crate) fn flush_now(&self) {
+        let shared = self.shared();
+        let mut side = lock(&shared.write_side);
+        let Some(side) = side.as_mut() else {
+            // Not connected yet: the driver flushes once the socket is in place.
+            return;
+        };
+        if shared.queue.is_handed_over() {
+            // The connection's task is writing and waiting for the socket; polling it here
+            // would replace the waker it waits with.
+            return;
+        }
+        if side
+            .poll_write_queue(shared, &mut Context::from_waker(Waker::noop()))
+            .is_pending()
+        {
+            shared.queue.hand_over();
+        }
+    }
+
+    /// Acts on what queueing returned.
+    pub(crate) fn after_push(&self, pushed: Pushed) {
+        if pushed == Pushed::MustFlush {
+            self.flush_now();
+        }
+    }
+
+    /// The connection task's share of writing: finishes flushes handed over to it, waiting
+    /// for the socket. Returns when writing has ended for good.
+    pub(crate) async fn write_handed_over(&self) -> WriteEnd {
+        loop {
+            std::future::poll_fn(|cx| self.shared().queue.poll_handed_over(cx)).await;
+            if let Some(end) = self.write_queue().await {
+                return end;
+            }
+        }
+    }
+
+    /// Writes until the queue is empty, waiting for the socket as needed. Returns `Some` if
+    /// writing has ended for good.
+    pub(crate) async fn write_queue(&self) -> Option<WriteEnd> {
+        std::future::poll_fn(|cx| {
+            let shared = self.shared();
+            match lock(&shared.write_side).as_mut() {
+                Some(side) => side.poll_write_queue(shared, cx),
+                None => Poll::Ready(Some(WriteEnd::Failed)),
+            }
+        })
+        .await
+    }
+}
+
+/// Flushes connections a broadcast found idle, spread over a few tasks so that every core
+/// helps; inline when called outside a tokio runtime.
+pub(crate) fn flush_all(mut connections: Vec<Connection>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        connections.iter().for_each(Connection::flush_now);
+        return;
+    };
+    // In order, so that connections that have waited longest are written first.
+    while !connections.is_empty() {
+        let rest = connections.split_off(connections.len().min(FLUSH_CHUNK));
+        let chunk = std::mem::replace(&mut connections, rest);
+        runtime.spawn(async move { chunk.iter().for_each(Connection::flush_now) });
+    }
+}
