@@ -1,17 +1,23 @@
 //! Broadcast fan-out to N real loopback clients, with a baseline measured in the same run.
 //!
-//! For N = 10, 100 and 1000, N tokio-tungstenite clients connect over 127.0.0.1 TCP and count
-//! every text message they receive. One iteration broadcasts a burst of B identical 64-byte
-//! text messages and stops the clock once all N * B deliveries have reached the clients, so
-//! criterion's throughput figure is **deliveries per second** (higher is better).
+//! N tokio-tungstenite clients connect over 127.0.0.1 TCP and count every text message they
+//! receive. One iteration broadcasts a burst of B identical text messages and stops the clock
+//! once all N * B deliveries have reached the clients, so criterion's throughput figure is
+//! **deliveries per second** (higher is better). Servers and clients share one multi-thread
+//! tokio runtime with 2 workers; the bench thread broadcasts. The burst B is chosen per group
+//! (see [`burst_for`]) to keep each iteration in the tens of milliseconds.
 //!
-//! Each benchmark group (`fanout/N`) holds two functions, measured one after the other with
-//! the same number of clients, payload and runtime (one multi-thread tokio runtime, 2 workers,
-//! holding servers and clients; the bench thread broadcasts):
+//! # Groups
+//!
+//! **`fanout/<size>B/<n>`**, for payloads of 64 and 4096 bytes and N = 10, 100, 1000 and
+//! 5000 clients, holds two functions, measured one after the other with the same number of
+//! clients, payload and runtime (the first server's clients disconnect before the second's
+//! connect):
 //!
 //! - `websocket_handler`: a hyper 1.x server whose handler adds every connection to a
 //!   [`WebSocketCollection`] in `on_open`; the bench calls `collection.broadcast(payload)`.
-//!   Each connection's writer drains its queue in batches with one flush per batch.
+//!   Each broadcast queues one encoded frame per connection; idle connections are written
+//!   by a few flush tasks with vectored writes.
 //! - `baseline_broadcast_channel`: the axum-chat pattern without axum: `accept_async` with
 //!   tungstenite's default config, a `tokio::sync::broadcast` channel, and per connection a
 //!   task doing `ws.send(Message::Text(rx.recv().await?))`, i.e. one flush per message. The
@@ -19,37 +25,79 @@
 //!
 //! Read the result as the ratio of the two throughputs within a group:
 //! `websocket_handler / baseline_broadcast_channel` above 1 means the crate delivers faster
-//! than the hand-written broadcast-channel server on this machine. Absolute numbers depend
-//! heavily on the machine (clients and servers share its cores); the ratio is what to compare.
+//! than the hand-written broadcast-channel server on this machine.
 //!
-//! Run with `cargo bench --bench fanout`.
+//! **`churn/1000`** measures only the crate's server, with 1000 stable clients receiving
+//! bursts of 64-byte messages:
+//!
+//! - `no_churn`: nothing else happens.
+//! - `with_churn`: meanwhile [`CHURN_LOOPS`] background loops connect another client to the
+//!   same collection, wait until the server has added it (it greets every connection with a
+//!   binary message after adding it), and drop it, as fast as they can. Churn clients receive
+//!   broadcasts too, but only the stable clients' deliveries are counted. The bench prints
+//!   how many churn connects per second happened while `with_churn` ran.
+//!
+//! Read it as the ratio `with_churn / no_churn`: close to 1 means connects and disconnects
+//! do not stall the broadcast; well below 1 means they do (or that the churn's own handshakes
+//! and extra deliveries took the shared cores, which the printed connect rate helps judge).
+//!
+//! Absolute numbers depend heavily on the machine (clients and servers share its cores); the
+//! ratios are what to compare.
+//!
+//! # Running
+//!
+//! `cargo bench --bench fanout` runs every group (one to two minutes on 2 cores). N = 5000 needs
+//! 10 000 sockets in this one process, so the soft open-files limit (`ulimit -n`) must be
+//! above that; the bench checks it at start. Run one group with a filter, e.g.
+//! `cargo bench --bench fanout -- fanout/64B/1000` or `cargo bench --bench fanout -- churn`;
+//! clients connect only for the benchmarks that the filter selects.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::{
-    async_trait, upgrade, CloseFrame, Config, Connection, Utf8Bytes, WebSocketCollection,
+    async_trait, upgrade, Bytes, CloseFrame, Config, Connection, Utf8Bytes, WebSocketCollection,
     WebSocketHandler,
 };
 
-/// The broadcast payload: 64 bytes of text.
-const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// Payload sizes of the `fanout` groups, in bytes.
+const PAYLOAD_SIZES: [usize; 2] = [64, 4096];
+
+/// Client counts of the `fanout` groups.
+const CLIENT_COUNTS: [usize; 4] = [10, 100, 1000, 5000];
+
+/// Stable clients of the `churn` group.
+const CHURN_CLIENTS: usize = 1000;
+
+/// Payload size of the `churn` group, in bytes.
+const CHURN_PAYLOAD: usize = 64;
+
+/// Messages per burst in the `churn` group: long enough that many churn connects overlap
+/// each iteration.
+const CHURN_BURST: usize = 20;
+
+/// Concurrent connect-and-drop loops while `churn/<n>/with_churn` runs.
+const CHURN_LOOPS: usize = 8;
+
+/// What the server sends a connection once it is in the collection; the churn clients wait
+/// for it. Binary, so that the stable clients, which count text messages, ignore it.
+const GREETING: &[u8] = b"joined";
 
 /// Capacity of the baseline's broadcast channel; every burst is far smaller, and each
 /// iteration waits for all deliveries, so no receiver can lag.
@@ -58,17 +106,58 @@ const CHANNEL_CAPACITY: usize = 4096;
 /// Clients connected concurrently while setting up.
 const CONNECT_BATCH: usize = 100;
 
+/// File descriptors needed besides two sockets per client (runtime, listeners, stdio).
+const FD_SLACK: usize = 256;
+
 /// Upper bound for any single wait, so that a broken run fails with a message instead of
 /// hanging.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Messages broadcast per iteration for `n` clients: keeps an iteration short at N = 1000.
-fn burst_for(n: usize) -> usize {
-    if n <= 100 {
-        100
-    } else {
-        20
-    }
+/// Messages broadcast per iteration to `n` clients with `size`-byte payloads: about 8000
+/// small or 4000 large deliveries, so that an iteration of the slower server stays in the
+/// tens of milliseconds and the whole run within a few minutes, but at most 100 messages.
+fn burst_for(n: usize, size: usize) -> usize {
+    let deliveries = if size <= 1024 { 8000 } else { 4000 };
+    (deliveries / n).clamp(1, 100)
+}
+
+/// A text payload of `size` bytes.
+fn payload(size: usize) -> Utf8Bytes {
+    let text: String = "0123456789abcdef".chars().cycle().take(size).collect();
+    Utf8Bytes::from(text)
+}
+
+/// Panics with advice unless the soft open-files limit allows `clients` client sockets and
+/// their `clients` server sockets in this process. Checks nothing where `/proc` is missing;
+/// connect failures then name the limit.
+fn check_fd_limit(clients: usize) {
+    let needed = 2 * clients + FD_SLACK;
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3));
+    let Some(soft) = soft.filter(|soft| *soft != "unlimited") else {
+        return;
+    };
+    let soft: usize = soft
+        .parse()
+        .unwrap_or_else(|_| panic!("unreadable open-files limit {soft:?} in /proc/self/limits"));
+    assert!(
+        soft >= needed,
+        "{clients} clients need {needed} file descriptors but the open-files limit is {soft}; \
+         raise it with `ulimit -n {needed}` (or more) before running this bench"
+    );
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime")
 }
 
 /// A wake-up for one waiter, which re-checks its condition after every event.
@@ -131,6 +220,17 @@ impl Deliveries {
     }
 }
 
+type ClientStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects one client to `url`, or panics saying why.
+async fn connect_client(url: String) -> ClientStream {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("timed out connecting a client")
+        .expect("client failed to connect (out of file descriptors, see `ulimit -n`, or ports?)");
+    ws
+}
+
 /// N connected clients, each a task counting the text messages it receives.
 struct Clients {
     tasks: Vec<JoinHandle<()>>,
@@ -145,14 +245,10 @@ impl Clients {
         while tasks.len() < n {
             let batch = CONNECT_BATCH.min(n - tasks.len());
             let connecting: Vec<_> = (0..batch)
-                .map(|_| tokio::spawn(tokio_tungstenite::connect_async(url.clone())))
+                .map(|_| tokio::spawn(connect_client(url.clone())))
                 .collect();
             for handle in connecting {
-                let (mut ws, _) = tokio::time::timeout(WAIT, handle)
-                    .await
-                    .expect("timed out connecting a client")
-                    .expect("client connect task panicked")
-                    .expect("client failed to connect (out of file descriptors or ports?)");
+                let mut ws = handle.await.expect("client connect task panicked");
                 let deliveries = deliveries.clone();
                 tasks.push(tokio::spawn(async move {
                     while let Some(Ok(message)) = ws.next().await {
@@ -177,6 +273,17 @@ impl Clients {
     }
 }
 
+/// What the benchmark needs from a server under test.
+trait Server {
+    fn addr(&self) -> SocketAddr;
+
+    /// Waits until the server holds exactly `n` connections.
+    async fn wait_for_members(&self, n: usize);
+
+    /// Broadcasts `payload` once, asserting that at least `n` connections were sent it.
+    fn broadcast(&self, payload: &Utf8Bytes, n: usize);
+}
+
 // ---- websocket_handler ----------------------------------------------------------------------
 
 struct Member {
@@ -188,6 +295,8 @@ struct Member {
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());
+        // Fails only if the client is already gone, which needs no greeting.
+        let _ = conn.send(Bytes::from_static(GREETING));
         self.events.signal();
     }
 
@@ -201,6 +310,7 @@ struct CrateServer {
     addr: SocketAddr,
     room: WebSocketCollection,
     events: Arc<Events>,
+    config: Arc<Config>,
 }
 
 impl CrateServer {
@@ -212,12 +322,16 @@ impl CrateServer {
         let room = WebSocketCollection::new();
         let events = Arc::new(Events::default());
         let config = Arc::new(Config::default());
-        let (accept_room, accept_events) = (room.clone(), events.clone());
+        let (accept_room, accept_events, accept_config) =
+            (room.clone(), events.clone(), config.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                let (room, events, config) =
-                    (accept_room.clone(), accept_events.clone(), config.clone());
+                let (room, events, config) = (
+                    accept_room.clone(),
+                    accept_events.clone(),
+                    accept_config.clone(),
+                );
                 let service = service_fn(move |req: Request<Incoming>| {
                     let member = Member {
                         room: room.clone(),
@@ -233,7 +347,18 @@ impl CrateServer {
                 );
             }
         });
-        CrateServer { addr, room, events }
+        CrateServer {
+            addr,
+            room,
+            events,
+            config,
+        }
+    }
+}
+
+impl Server for CrateServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     async fn wait_for_members(&self, n: usize) {
@@ -245,12 +370,13 @@ impl CrateServer {
             .await;
     }
 
-    fn broadcast(&self, n: usize) {
-        let queued = self.room.broadcast(Utf8Bytes::from_static(PAYLOAD));
-        assert_eq!(
-            queued, n,
-            "websocket_handler queued a broadcast to {queued} of {n} connections \
-             (a queue was full or a connection closed)"
+    fn broadcast(&self, payload: &Utf8Bytes, n: usize) {
+        // Churn clients may add to the count, so it can exceed `n`.
+        let queued = self.room.broadcast(payload.clone());
+        assert!(
+            queued >= n,
+            "websocket_handler queued a broadcast to {queued} connections, fewer than the \
+             {n} clients (a queue was full or a connection closed)"
         );
     }
 }
@@ -329,6 +455,12 @@ impl BaselineServer {
             lagged,
         }
     }
+}
+
+impl Server for BaselineServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 
     async fn wait_for_members(&self, n: usize) {
         let tx = &self.tx;
@@ -339,10 +471,10 @@ impl BaselineServer {
             .await;
     }
 
-    fn broadcast(&self, n: usize) {
+    fn broadcast(&self, payload: &Utf8Bytes, n: usize) {
         let receivers = self
             .tx
-            .send(Utf8Bytes::from_static(PAYLOAD))
+            .send(payload.clone())
             .expect("the baseline broadcast channel has no receivers");
         assert_eq!(
             receivers, n,
@@ -352,6 +484,69 @@ impl BaselineServer {
             !self.lagged.load(Ordering::Relaxed),
             "a baseline receiver lagged; raise CHANNEL_CAPACITY or lower the burst"
         );
+    }
+}
+
+// ---- churn ----------------------------------------------------------------------------------
+
+/// Background loops that each connect a client, wait for the server's greeting (sent once
+/// the connection is in the collection) and drop it, over and over.
+struct Churn {
+    loops: Vec<JoinHandle<()>>,
+    connects: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Churn {
+    /// Starts `loops` loops against `addr`. Call from within the runtime.
+    fn start(addr: SocketAddr, loops: usize) -> Churn {
+        let connects = Arc::new(AtomicU64::new(0));
+        let url = format!("ws://{addr}/churn");
+        let loops = (0..loops)
+            .map(|_| tokio::spawn(Self::churn(url.clone(), connects.clone())))
+            .collect();
+        Churn {
+            loops,
+            connects,
+            started: Instant::now(),
+        }
+    }
+
+    async fn churn(url: String, connects: Arc<AtomicU64>) {
+        loop {
+            let mut ws = connect_client(url.clone()).await;
+            loop {
+                let message = tokio::time::timeout(WAIT, ws.next())
+                    .await
+                    .expect("timed out waiting for the server to greet a churn client");
+                match message {
+                    Some(Ok(message)) if message.is_binary() => break,
+                    // A broadcast that reached the churn client first: not counted.
+                    Some(Ok(_)) => {}
+                    other => {
+                        panic!("a churn client lost its connection before the greeting: {other:?}")
+                    }
+                }
+            }
+            connects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the loops (re-raising a panic from any of them); returns the connects that
+    /// completed and how long the churn ran.
+    async fn stop(self) -> (u64, Duration) {
+        let elapsed = self.started.elapsed();
+        for task in &self.loops {
+            task.abort();
+        }
+        for task in self.loops {
+            if let Err(error) = task.await {
+                if error.is_panic() {
+                    std::panic::resume_unwind(error.into_panic());
+                }
+            }
+        }
+        (self.connects.load(Ordering::Relaxed), elapsed)
     }
 }
 
@@ -382,79 +577,149 @@ fn measure(
     })
 }
 
-/// Connects `n` clients, waits until the server holds them all, runs `bench`, then drops
-/// the clients and waits until the server has let them all go.
-fn with_clients<W>(
-    rt: &Runtime,
-    addr: SocketAddr,
+/// `n` clients of `server`, connected on first use, so that benchmarks that criterion's
+/// filter skips connect none.
+struct LazyClients<'a, S> {
+    rt: &'a Runtime,
+    server: &'a S,
     n: usize,
-    server_holds: impl Fn(usize) -> W,
-    bench: impl FnOnce(&Clients),
-) where
-    W: Future<Output = ()>,
-{
-    let clients = rt.block_on(async {
-        let clients = Clients::connect(addr, n).await;
-        server_holds(n).await;
-        clients
-    });
-    bench(&clients);
-    rt.block_on(async {
-        clients.disconnect().await;
-        server_holds(0).await;
-    });
+    clients: Option<Clients>,
 }
 
-fn fanout(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build the tokio runtime");
-    let crate_server = rt.block_on(CrateServer::start());
-    let baseline = rt.block_on(BaselineServer::start());
-
-    for n in [10usize, 100, 1000] {
-        let burst = burst_for(n);
-        assert!(burst < CHANNEL_CAPACITY);
-        let mut group = c.benchmark_group(format!("fanout/{n}"));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
-            .throughput(Throughput::Elements((n * burst) as u64));
-
-        with_clients(
-            &rt,
-            crate_server.addr,
+impl<'a, S: Server> LazyClients<'a, S> {
+    fn new(rt: &'a Runtime, server: &'a S, n: usize) -> Self {
+        LazyClients {
+            rt,
+            server,
             n,
-            |n| crate_server.wait_for_members(n),
-            |clients| {
-                group.bench_function("websocket_handler", |b| {
-                    b.iter_custom(|iters| {
-                        measure(&rt, clients, iters, n, burst, || crate_server.broadcast(n))
-                    })
-                });
-            },
-        );
+            clients: None,
+        }
+    }
 
-        with_clients(
-            &rt,
-            baseline.addr,
-            n,
-            |n| baseline.wait_for_members(n),
-            |clients| {
-                group.bench_function("baseline_broadcast_channel", |b| {
-                    b.iter_custom(|iters| {
-                        measure(&rt, clients, iters, n, burst, || baseline.broadcast(n))
-                    })
-                });
-            },
-        );
+    /// The clients, connected and held by the server.
+    fn get(&mut self) -> &Clients {
+        let (rt, server, n) = (self.rt, self.server, self.n);
+        self.clients.get_or_insert_with(|| {
+            rt.block_on(async {
+                let clients = Clients::connect(server.addr(), n).await;
+                server.wait_for_members(n).await;
+                clients
+            })
+        })
+    }
 
-        group.finish();
+    /// Drops the clients, if connected, and waits until the server has let them all go.
+    fn finish(self) {
+        if let Some(clients) = self.clients {
+            self.rt.block_on(async {
+                clients.disconnect().await;
+                self.server.wait_for_members(0).await;
+            });
+        }
+    }
+
+    /// Benchmarks `name` in `group`: bursts of `burst` broadcasts of `payload`.
+    fn bench(
+        &mut self,
+        group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        burst: usize,
+        payload: &Utf8Bytes,
+    ) {
+        group.bench_function(name, |b| {
+            let (rt, server, n) = (self.rt, self.server, self.n);
+            let clients = self.get();
+            b.iter_custom(|iters| {
+                measure(rt, clients, iters, n, burst, || {
+                    server.broadcast(payload, n)
+                })
+            })
+        });
     }
 }
 
-criterion_group!(benches, fanout);
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, deliveries: usize) {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(deliveries as u64));
+}
+
+/// `fanout/<size>B/<n>`: the crate and the baseline, one after the other.
+fn fanout(c: &mut Criterion) {
+    check_fd_limit(CLIENT_COUNTS.into_iter().max().unwrap_or(0));
+    let rt = runtime();
+    let crate_server = rt.block_on(CrateServer::start());
+    let baseline = rt.block_on(BaselineServer::start());
+
+    for size in PAYLOAD_SIZES {
+        let payload = payload(size);
+        for n in CLIENT_COUNTS {
+            let burst = burst_for(n, size);
+            assert!(
+                burst < CHANNEL_CAPACITY,
+                "the baseline would lag: burst {burst} >= capacity {CHANNEL_CAPACITY}"
+            );
+            let queue = crate_server.config.get_outbound_queue_capacity();
+            assert!(
+                burst <= queue,
+                "websocket_handler would skip clients: burst {burst} > outbound queue {queue}"
+            );
+            let mut group = c.benchmark_group(format!("fanout/{size}B/{n}"));
+            configure(&mut group, n * burst);
+
+            // One server's clients leave before the other's connect.
+            let mut clients = LazyClients::new(&rt, &crate_server, n);
+            clients.bench(&mut group, "websocket_handler", burst, &payload);
+            clients.finish();
+
+            let mut clients = LazyClients::new(&rt, &baseline, n);
+            clients.bench(&mut group, "baseline_broadcast_channel", burst, &payload);
+            clients.finish();
+
+            group.finish();
+        }
+    }
+}
+
+/// `churn/<n>`: the crate's broadcast without and with clients coming and going.
+fn churn(c: &mut Criterion) {
+    let n = CHURN_CLIENTS;
+    check_fd_limit(n + CHURN_LOOPS);
+    let rt = runtime();
+    let server = rt.block_on(CrateServer::start());
+    let payload = payload(CHURN_PAYLOAD);
+    let mut group = c.benchmark_group(format!("churn/{n}"));
+    configure(&mut group, n * CHURN_BURST);
+
+    let mut clients = LazyClients::new(&rt, &server, n);
+    clients.bench(&mut group, "no_churn", CHURN_BURST, &payload);
+
+    // Started on first use (after the stable clients have connected), so that a filter that
+    // skips `with_churn` starts no churn.
+    let mut churn = None;
+    group.bench_function("with_churn", |b| {
+        let clients = clients.get();
+        churn.get_or_insert_with(|| rt.block_on(async { Churn::start(server.addr, CHURN_LOOPS) }));
+        b.iter_custom(|iters| {
+            measure(&rt, clients, iters, n, CHURN_BURST, || {
+                server.broadcast(&payload, n)
+            })
+        })
+    });
+    if let Some(churn) = churn {
+        let (connects, elapsed) = rt.block_on(churn.stop());
+        let rate = connects as f64 / elapsed.as_secs_f64();
+        eprintln!(
+            "churn/{n}/with_churn: {connects} churn connects in {:.1} s = {rate:.0} connects/s",
+            elapsed.as_secs_f64()
+        );
+        assert!(connects > 0, "no churn connect completed during with_churn");
+    }
+    clients.finish();
+    group.finish();
+}
+
+criterion_group!(benches, fanout, churn);
 criterion_main!(benches);
