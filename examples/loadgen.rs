@@ -1,0 +1,1097 @@
+//! Load generator for servers speaking the "chat protocol": a WebSocket at
+//! `/api/Chat?username=NAME` where every text message a client sends is broadcast to
+//! every connected client (sender included) as `NAME: <message>`.
+//!
+//! It is built to cost much less per delivery than the server it measures (hand-written
+//! handshake and frame parser, one small read buffer per client, two runtime workers), so
+//! that on a shared machine the numbers describe the server.
+//!
+//! ```text
+//! cargo run --release --example chat -- --addr 127.0.0.1:8080 &
+//! # closed loop: the most deliveries/s the server sustains, 1000 clients, 10 of them sending
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
+//!     --clients 1000 --senders 10 --duration 10 --server-pid $!
+//! # open loop: latency under 1000 broadcasts/s (1M deliveries/s offered)
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat --rate 1000
+//! # server memory per idle connection
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
+//!     --idle --clients 10000 --server-pid $!
+//! ```
+//!
+//! Sender `s` sends `<s> <seq> <send_time_ns> ` padded with `x` to `--size` bytes. Every
+//! client parses what follows `: ` in each broadcast, records the latency and checks the
+//! sequence per sender. A progress line and a summary go to stderr, exactly one JSON line to
+//! stdout. The exit code is non-zero if a client failed to connect or was disconnected.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat [options]
+  --clients N          clients to connect (default 1000)
+  --senders S          clients 0..S also send (default 10)
+  --rate R             broadcasts/s, all senders together; 0 = closed loop (default 0)
+  --window W           closed loop: broadcasts in flight per sender (default 8)
+  --size BYTES         message length, padded, at least 32 (default 64)
+  --duration SECS      measured phase (default 10)
+  --warmup SECS        unmeasured phase before it (default 2)
+  --connect-batch B    clients connected concurrently (default 100)
+  --server-pid PID     read the server's RSS and CPU time from /proc
+  --idle               connect, measure server RSS, hold for --duration, send nothing
+  --quiet              no progress display";
+
+/// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
+const READ_BUF: usize = 16 * 1024;
+const MAX_FRAME: u64 = 16 << 20;
+/// Room for `<s> <seq> <send_ns> ` with 5, 10 and 14 digits.
+const MIN_SIZE: usize = 32;
+const LATENCY_BATCH: usize = 512;
+const HIST_SHARDS: usize = 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+const SETTLE: Duration = Duration::from_secs(1);
+const DRAIN: Duration = Duration::from_secs(5);
+const WINDOW_STALL: Duration = Duration::from_secs(2);
+
+// Phases, for the progress display.
+const CONNECT: u8 = 0;
+const SETTLING: u8 = 1;
+const HOLD: u8 = 2;
+const WARMUP: u8 = 3;
+const MEASURE: u8 = 4;
+const DRAINING: u8 = 5;
+const CLOSING: u8 = 6;
+
+type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+struct Args {
+    url: String,
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    window: usize,
+    size: usize,
+    duration: f64,
+    warmup: f64,
+    connect_batch: usize,
+    server_pid: Option<u32>,
+    idle: bool,
+    quiet: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        url: String::new(),
+        clients: 1000,
+        senders: 10,
+        rate: 0.0,
+        window: 8,
+        size: 64,
+        duration: 10.0,
+        warmup: 2.0,
+        connect_batch: 100,
+        server_pid: None,
+        idle: false,
+        quiet: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => a.url = value()?,
+            "--clients" => a.clients = number(&flag, value()?)?,
+            "--senders" => a.senders = number(&flag, value()?)?,
+            "--rate" => a.rate = number(&flag, value()?)?,
+            "--window" => a.window = number(&flag, value()?)?,
+            "--size" => a.size = number(&flag, value()?)?,
+            "--duration" => a.duration = number(&flag, value()?)?,
+            "--warmup" => a.warmup = number(&flag, value()?)?,
+            "--connect-batch" => a.connect_batch = number(&flag, value()?)?,
+            "--server-pid" => a.server_pid = Some(number(&flag, value()?)?),
+            "--idle" => a.idle = true,
+            "--quiet" => a.quiet = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let ok = |x: f64| x.is_finite() && x >= 0.0;
+    match () {
+        _ if a.url.is_empty() => Err("--url is required".into()),
+        _ if a.clients == 0 || a.connect_batch == 0 || a.window == 0 => {
+            Err("--clients, --connect-batch and --window must be at least 1".into())
+        }
+        _ if a.senders > a.clients => Err("--senders cannot exceed --clients".into()),
+        _ if a.size < MIN_SIZE => Err(format!("--size must be at least {MIN_SIZE}")),
+        _ if !ok(a.rate) || !ok(a.warmup) || !ok(a.duration) || a.duration == 0.0 => {
+            Err("--rate, --warmup and --duration must be >= 0 (--duration > 0)".into())
+        }
+        _ => Ok(a),
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, text: String) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{flag}: not a number: {text:?}"))
+}
+
+/// Where to connect, resolved once so that 10k connects are not 10k lookups.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    /// Path and query up to the username's number: `/api/Chat?username=u`.
+    path: String,
+}
+
+async fn resolve_target(url: &str) -> Result<Target, Box<dyn Error>> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--url must start with ws://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut addrs = tokio::net::lookup_host(host).await?;
+    Ok(Target {
+        addr: addrs.next().ok_or("the --url host did not resolve")?,
+        host: host.to_owned(),
+        path: format!("{path}{sep}username=u"),
+    })
+}
+
+/// Keeps a hot atomic on its own cache line, so that writes to it do not slow down reads of
+/// its neighbours (false sharing costs a lot at millions of deliveries per second).
+#[derive(Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Counters shared by all tasks. Clients add to them once per read, not per message.
+#[derive(Default)]
+struct Stats {
+    phase: AtomicU8,
+    phase_start_ns: AtomicU64,
+    measure_start_ns: AtomicU64,
+    measure_end_ns: AtomicU64,
+    connected: AtomicU32,
+    live: AtomicU32,
+    stopping: AtomicBool,
+    sent_total: AtomicU64,
+    sent_measured: AtomicU64,
+    received_total: Padded<AtomicU64>,
+    deliveries: Padded<AtomicU64>,
+    gaps: Padded<AtomicU64>,
+    reordered: Padded<AtomicU64>,
+    window_stalls: AtomicU64,
+}
+
+struct Shared {
+    start: Instant,
+    window: usize,
+    closed_loop: bool,
+    stats: Stats,
+    /// Closed loop: per sender, how many clients have seen each in-flight seq (slot seq % W).
+    ring: Vec<Vec<Padded<AtomicU32>>>,
+    wake: Vec<Notify>,
+    hist: Vec<Mutex<Histogram<u64>>>,
+    /// Error message (without client ids, so 10k identical failures stay one line) -> count.
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    fn new(args: &Args) -> Self {
+        let slots = || (0..args.window).map(|_| Padded::default()).collect();
+        Shared {
+            start: Instant::now(),
+            window: args.window,
+            closed_loop: args.rate == 0.0,
+            stats: Stats::default(),
+            ring: (0..args.senders).map(|_| slots()).collect(),
+            wake: (0..args.senders).map(|_| Notify::new()).collect(),
+            hist: (0..HIST_SHARDS)
+                .map(|_| Mutex::new(new_histogram()))
+                .collect(),
+            errors: Mutex::default(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, ns: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start + Duration::from_nanos(ns))
+    }
+
+    fn set_phase(&self, phase: u8) {
+        self.stats.phase_start_ns.store(self.now_ns(), Relaxed);
+        self.stats.phase.store(phase, Relaxed);
+    }
+
+    /// Send times whose deliveries are measured.
+    fn measured(&self) -> Range<u64> {
+        self.stats.measure_start_ns.load(Relaxed)..self.stats.measure_end_ns.load(Relaxed)
+    }
+
+    fn error(&self, message: String) {
+        *self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .entry(message)
+            .or_insert(0) += 1;
+    }
+
+    /// A client has now seen `seqs` of sender `s`: wake the sender once all live clients have.
+    fn advance_window(&self, s: usize, seqs: RangeInclusive<u32>, live: u32) {
+        for seq in seqs {
+            if self.ring[s][seq as usize % self.window].fetch_add(1, AcqRel) + 1 >= live {
+                self.wake[s].notify_one();
+            }
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds are valid")
+}
+
+/// Connects one client, reports on `ready`, then reads until the connection ends.
+async fn client_task(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    idx: usize,
+    ready: oneshot::Sender<Result<Writer, String>>,
+) {
+    let connected = match timeout(CONNECT_TIMEOUT, connect(&target, idx)).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out after 10 s".into()),
+    };
+    let (read, writer, buf) = match connected {
+        Ok(connection) => connection,
+        Err(reason) => {
+            let _ = ready.send(Err(reason));
+            return;
+        }
+    };
+    shared.stats.connected.fetch_add(1, Relaxed);
+    shared.stats.live.fetch_add(1, AcqRel);
+    let _ = ready.send(Ok(writer.clone()));
+
+    let mut client = Client::new(shared.clone(), idx);
+    let reason = client.run(read, &writer, buf).await;
+    client.flush();
+    client.flush_latencies();
+    if !shared.stats.stopping.load(Acquire) {
+        shared.error(format!("client disconnected: {reason}"));
+        shared.stats.live.fetch_sub(1, AcqRel);
+        // Closed-loop senders may be waiting for this client.
+        shared.wake.iter().for_each(Notify::notify_one);
+    }
+}
+
+/// TCP connect and the HTTP upgrade, by hand. Bytes read past the response stay in the buffer.
+async fn connect(target: &Target, idx: usize) -> Result<(OwnedReadHalf, Writer, BytesMut), String> {
+    let mut stream = TcpStream::connect(target.addr)
+        .await
+        .map_err(connect_error)?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let mut rng = seed(idx as u64);
+    let key: Vec<u8> = (0..2)
+        .flat_map(|_| xorshift(&mut rng).to_le_bytes())
+        .collect();
+    let key = base64(&key);
+    let request = format!(
+        "GET {}{idx} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.path, target.host
+    );
+    let io = |e: std::io::Error| format!("handshake: {e}");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let end = loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 8192 {
+            return Err("handshake: response headers too long".into());
+        }
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err("handshake: server closed the connection".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let status = head.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) != Some("101") {
+        return Err(format!("handshake refused: {status}"));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let accepted = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
+        });
+    if !accepted {
+        return Err("handshake: missing or wrong Sec-WebSocket-Accept".into());
+    }
+    buf.advance(end + 4);
+    let (read, write) = stream.into_split();
+    Ok((read, Arc::new(tokio::sync::Mutex::new(write)), buf))
+}
+
+fn connect_error(e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(24) => "too many open files (EMFILE): raise ulimit -n".into(),
+        Some(99) => "no free local port (EADDRNOTAVAIL)".into(),
+        _ => format!("connect: {e}"),
+    }
+}
+
+/// A fragmented message being reassembled (the in-repo server never fragments; others may).
+enum Fragment {
+    None,
+    Text(Vec<u8>),
+    Ignored,
+}
+
+/// One client's receive side. Counts locally and publishes once per read.
+struct Client {
+    shared: Arc<Shared>,
+    shard: usize,
+    next_seq: Vec<u32>,
+    latencies: Vec<u32>,
+    received: u64,
+    deliveries: u64,
+    gaps: u64,
+    reordered: u64,
+    fragment: Fragment,
+    /// Snapshots taken once per read rather than per message: arrival time, the measured
+    /// window and the live client count.
+    now_ns: u64,
+    measured: Range<u64>,
+    live: u32,
+    /// Pongs and close replies to write after handling a read's frames.
+    out: Vec<u8>,
+    rng: u64,
+}
+
+impl Client {
+    fn new(shared: Arc<Shared>, idx: usize) -> Self {
+        Client {
+            next_seq: vec![0; shared.ring.len()],
+            shared,
+            shard: idx % HIST_SHARDS,
+            latencies: Vec::new(),
+            received: 0,
+            deliveries: 0,
+            gaps: 0,
+            reordered: 0,
+            fragment: Fragment::None,
+            now_ns: 0,
+            measured: 0..0,
+            live: 0,
+            out: Vec::new(),
+            rng: seed(!(idx as u64)),
+        }
+    }
+
+    /// Reads and handles frames until the connection ends; returns why it ended.
+    async fn run(&mut self, mut read: OwnedReadHalf, writer: &Writer, mut buf: BytesMut) -> String {
+        loop {
+            // Everything in one read arrived at the same moment.
+            self.now_ns = self.shared.now_ns();
+            self.measured = self.shared.measured();
+            self.live = self.shared.stats.live.load(Relaxed);
+            let result = self.handle_frames(&mut buf);
+            self.flush();
+            if !self.out.is_empty() {
+                let written = writer.lock().await.write_all(&self.out).await;
+                self.out.clear();
+                // A failed close reply matters less than the close itself.
+                if let (Err(e), Ok(())) = (written, &result) {
+                    return format!("write failed: {e}");
+                }
+            }
+            if let Err(reason) = result {
+                return reason;
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_BUF / 2); // reclaims the consumed front when it can
+            }
+            match read.read_buf(&mut buf).await {
+                Ok(0) => return "server closed the TCP connection".into(),
+                Ok(_) => {}
+                Err(e) => return format!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Handles every complete frame in `buf`. `Err` ends the connection (close or error).
+    fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+        while let Some(head) = frame_head(buf)? {
+            let total = head.len + head.payload;
+            if buf.len() < total {
+                buf.reserve(total - buf.len());
+                break;
+            }
+            let payload = &mut buf[head.len..total];
+            if let Some(mask) = head.mask {
+                payload
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b ^= mask[i & 3]);
+            }
+            match (head.opcode, head.fin) {
+                (0x1, true) => self.on_text(payload),
+                (0x1, false) => self.fragment = Fragment::Text(payload.to_vec()),
+                (0x2, false) => self.fragment = Fragment::Ignored,
+                (0x0, fin) => {
+                    if let Fragment::Text(text) = &mut self.fragment {
+                        text.extend_from_slice(payload);
+                    }
+                    if fin {
+                        let done = std::mem::replace(&mut self.fragment, Fragment::None);
+                        if let Fragment::Text(text) = done {
+                            self.on_text(&text);
+                        }
+                    }
+                }
+                (0x8, _) => {
+                    let code = payload.get(..2).unwrap_or_default();
+                    if !self.shared.stats.stopping.load(Acquire) {
+                        push_frame(&mut self.out, 0x8, code, xorshift(&mut self.rng));
+                    }
+                    let code = code.first().map(|&hi| u16::from_be_bytes([hi, code[1]]));
+                    return Err(format!("server sent close (code {})", opt(code)));
+                }
+                (0x9, _) => push_frame(&mut self.out, 0xA, payload, xorshift(&mut self.rng)),
+                (0x2 | 0xA, _) => {}
+                (op, _) => return Err(format!("protocol error: opcode {op:#x}")),
+            }
+            buf.advance(total);
+        }
+        Ok(())
+    }
+
+    fn on_text(&mut self, text: &[u8]) {
+        let Some((s, seq, send_ns)) = parse_chat(text) else {
+            return;
+        };
+        let Some(&expected) = self.next_seq.get(s) else {
+            return;
+        };
+        self.received += 1;
+        if seq < expected {
+            self.reordered += 1;
+        } else {
+            self.gaps += u64::from(seq - expected);
+            if self.shared.closed_loop {
+                // Skipped seqs count as seen, or one lost message would stall its sender.
+                // More than W back cannot be in flight, so clamp (guards against odd input).
+                let oldest = seq.saturating_sub(self.shared.window as u32 - 1);
+                self.shared
+                    .advance_window(s, expected.max(oldest)..=seq, self.live);
+            }
+            self.next_seq[s] = seq.saturating_add(1);
+        }
+        if self.measured.contains(&send_ns) {
+            self.deliveries += 1;
+            let micros = (self.now_ns.saturating_sub(send_ns) / 1000).min(u32::MAX.into());
+            self.latencies.push(micros as u32);
+            if self.latencies.len() >= LATENCY_BATCH {
+                self.flush_latencies();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let stats = &self.shared.stats;
+        for (local, global) in [
+            (&mut self.received, &stats.received_total),
+            (&mut self.deliveries, &stats.deliveries),
+            (&mut self.gaps, &stats.gaps),
+            (&mut self.reordered, &stats.reordered),
+        ] {
+            if *local > 0 {
+                global.fetch_add(std::mem::take(local), AcqRel);
+            }
+        }
+    }
+
+    fn flush_latencies(&mut self) {
+        let mut hist = self.shared.hist[self.shard].lock().expect("histogram lock");
+        for micros in self.latencies.drain(..) {
+            hist.saturating_record(micros.into());
+        }
+    }
+}
+
+struct FrameHead {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: usize,
+    payload: usize,
+}
+
+/// Parses a frame header; `None` if `buf` does not hold all of it yet.
+fn frame_head(buf: &[u8]) -> Result<Option<FrameHead>, String> {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    let (payload, mut len) = match (b1 & 0x7f, buf.get(2..4), buf.get(2..10)) {
+        (126, Some(b), _) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+        (127, _, Some(b)) => (b.iter().fold(0, |n, &x| n << 8 | u64::from(x)), 10),
+        (126 | 127, _, _) => return Ok(None),
+        (n, _, _) => (u64::from(n), 2),
+    };
+    if payload > MAX_FRAME {
+        return Err(format!("protocol error: {payload}-byte frame"));
+    }
+    let mut mask = None;
+    if b1 & 0x80 != 0 {
+        let Some(m) = buf.get(len..len + 4) else {
+            return Ok(None);
+        };
+        mask = Some([m[0], m[1], m[2], m[3]]);
+        len += 4;
+    }
+    let (fin, opcode, payload) = (b0 & 0x80 != 0, b0 & 0x0f, payload as usize);
+    Ok(Some(FrameHead {
+        fin,
+        opcode,
+        mask,
+        len,
+        payload,
+    }))
+}
+
+/// Appends a masked client frame (clients must mask; the key need not be strong).
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], key: u64) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = (key as u32).to_be_bytes();
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// `NAME: <s> <seq> <send_ns> xxx…` into `(s, seq, send_ns)`; `None` for anything else.
+fn parse_chat(text: &[u8]) -> Option<(usize, u32, u64)> {
+    let mut rest = &text[find(text, b": ")? + 2..];
+    let s = parse_field(&mut rest)?;
+    let seq = parse_field(&mut rest)?;
+    let send_ns = parse_field(&mut rest)?;
+    Some((usize::try_from(s).ok()?, u32::try_from(seq).ok()?, send_ns))
+}
+
+/// Takes `<digits> ` off the front of `rest`, without scanning the padding after it.
+fn parse_field(rest: &mut &[u8]) -> Option<u64> {
+    let mut n: u64 = 0;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
+            b' ' if i > 0 => {
+                *rest = &rest[i + 1..];
+                return Some(n);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Sends sender `s`'s broadcasts until the measured phase ends.
+async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Args>) {
+    let end_ns = shared.stats.measure_end_ns.load(Relaxed);
+    let start_ns = shared.now_ns();
+    // Open loop: each sender sends every senders/rate s, staggered so the senders interleave.
+    let interval_ns = args.senders as f64 * 1e9 / args.rate;
+    let stagger = s as f64 / args.senders as f64;
+    let mut rng = seed(s as u64 ^ 0xface);
+    let (mut text, mut frame) = (String::new(), Vec::new());
+    for seq in 0u32.. {
+        let stamp = if shared.closed_loop {
+            if !wait_window(&shared, s, seq, end_ns).await {
+                break;
+            }
+            shared.now_ns()
+        } else {
+            let due = start_ns + ((f64::from(seq) + stagger) * interval_ns) as u64;
+            // tokio timers fire on the next whole millisecond, so wake up to 1 ms early and
+            // stamp min(now, due): a late send of ours (coordinated omission) counts as latency.
+            sleep_until(shared.at(due.saturating_sub(1_000_000))).await;
+            shared.now_ns().min(due)
+        };
+        if stamp >= end_ns {
+            break;
+        }
+        text.clear();
+        let _ = write!(text, "{s} {seq} {stamp} ");
+        let pad = args.size.saturating_sub(text.len());
+        text.extend(std::iter::repeat_n('x', pad));
+        frame.clear();
+        push_frame(&mut frame, 0x1, text.as_bytes(), xorshift(&mut rng));
+        if let Err(e) = writer.lock().await.write_all(&frame).await {
+            shared.error(format!("sender write failed: {e}"));
+            break;
+        }
+        shared.stats.sent_total.fetch_add(1, AcqRel);
+        if shared.measured().contains(&stamp) {
+            shared.stats.sent_measured.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Closed loop: waits until seq - W has reached every live client; `false` once time is up.
+async fn wait_window(shared: &Shared, s: usize, seq: u32, end_ns: u64) -> bool {
+    let slot = &shared.ring[s][seq as usize % shared.window];
+    if seq as usize >= shared.window {
+        let give_up = Instant::now() + WINDOW_STALL;
+        while slot.load(Acquire) < shared.stats.live.load(Acquire) {
+            if shared.now_ns() >= end_ns {
+                return false;
+            }
+            if Instant::now() >= give_up {
+                // Should not happen; counted so that a stuck window shows in the report.
+                shared.stats.window_stalls.fetch_add(1, Relaxed);
+                break;
+            }
+            let _ = timeout(Duration::from_millis(100), shared.wake[s].notified()).await;
+        }
+    }
+    slot.store(0, Release);
+    true
+}
+
+/// Connects all clients, `--connect-batch` at a time; stops at the first failing batch.
+async fn connect_all(
+    shared: &Arc<Shared>,
+    target: Arc<Target>,
+    args: &Args,
+) -> (Vec<Writer>, Vec<JoinHandle<()>>) {
+    let deadline = tokio::time::Instant::now() + CONNECT_PHASE_TIMEOUT;
+    let (mut writers, mut tasks) = (Vec::new(), Vec::new());
+    for first in (0..args.clients).step_by(args.connect_batch) {
+        let mut ready = Vec::new();
+        for idx in first..args.clients.min(first + args.connect_batch) {
+            let (tx, rx) = oneshot::channel();
+            tasks.push(tokio::spawn(client_task(
+                shared.clone(),
+                target.clone(),
+                idx,
+                tx,
+            )));
+            ready.push(rx);
+        }
+        for rx in ready {
+            match timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(writer))) => writers.push(writer),
+                Ok(Ok(Err(reason))) => shared.error(format!("connect failed: {reason}")),
+                Ok(Err(_)) => shared.error("client task ended while connecting".into()),
+                Err(_) => {
+                    shared.error("connect phase took over 120 s".into());
+                    return (writers, tasks);
+                }
+            }
+        }
+        if writers.len() < tasks.len() {
+            break; // no point connecting more: the run will not start
+        }
+    }
+    (writers, tasks)
+}
+
+/// Warmup, then the measured phase, then the drain. Returns (server, loadgen) CPU seconds
+/// over the measured phase.
+async fn run_load(
+    shared: &Arc<Shared>,
+    args: &Arc<Args>,
+    writers: &[Writer],
+) -> (Option<f64>, Option<f64>) {
+    let measure_start = shared.now_ns() + (args.warmup * 1e9) as u64;
+    let measure_end = measure_start + (args.duration * 1e9) as u64;
+    shared.stats.measure_start_ns.store(measure_start, Relaxed);
+    shared.stats.measure_end_ns.store(measure_end, Relaxed);
+    shared.set_phase(WARMUP);
+    let senders: Vec<_> = (0..args.senders)
+        .map(|s| {
+            tokio::spawn(sender_task(
+                shared.clone(),
+                s,
+                writers[s].clone(),
+                args.clone(),
+            ))
+        })
+        .collect();
+    sleep_until(shared.at(measure_start)).await;
+    shared.set_phase(MEASURE);
+    let server = args.server_pid.map(|pid| pid.to_string());
+    let ticks = || (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
+    let before = ticks();
+    sleep_until(shared.at(measure_end)).await;
+    let after = ticks();
+    shared.set_phase(DRAINING);
+    for sender in senders {
+        let abort = sender.abort_handle();
+        if timeout(Duration::from_secs(2), sender).await.is_err() {
+            abort.abort(); // stuck writing to a server that stopped reading
+        }
+    }
+    drain(shared).await;
+    let clk_tck = clock_ticks();
+    let secs = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / clk_tck);
+    (secs(before.0, after.0), secs(before.1, after.1))
+}
+
+/// Waits (at most `DRAIN`) until everything sent has reached every live client.
+async fn drain(shared: &Shared) {
+    let deadline = Instant::now() + DRAIN;
+    let stats = &shared.stats;
+    while Instant::now() < deadline {
+        let expected = stats.sent_total.load(Acquire) * u64::from(stats.live.load(Acquire));
+        if stats.received_total.load(Acquire) >= expected {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Closes every connection with a close frame, then waits (bounded) for the client tasks.
+async fn shutdown(shared: &Shared, writers: Vec<Writer>, tasks: Vec<JoinHandle<()>>) {
+    shared.stats.stopping.store(true, Release);
+    shared.set_phase(CLOSING);
+    for (i, writer) in writers.into_iter().enumerate() {
+        tokio::spawn(async move {
+            let mut frame = Vec::new();
+            push_frame(&mut frame, 0x8, &1000u16.to_be_bytes(), seed(i as u64));
+            let close = async { writer.lock().await.write_all(&frame).await };
+            let _ = timeout(Duration::from_secs(2), close).await;
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for task in tasks {
+        let abort = task.abort_handle();
+        if timeout_at(deadline, task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+async fn progress(shared: Arc<Shared>, clients: usize, duration: f64) {
+    let stats = &shared.stats;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let since = shared
+            .now_ns()
+            .saturating_sub(stats.phase_start_ns.load(Relaxed));
+        let t = since as f64 / 1e9;
+        let connected = stats.connected.load(Relaxed);
+        let line = match stats.phase.load(Relaxed) {
+            CONNECT => format!("connected {connected}/{clients} ({t:.1} s)"),
+            SETTLING => format!("connected {connected}/{clients}, settling"),
+            HOLD => format!(
+                "idle {t:.1}/{duration} s, {} connected",
+                stats.live.load(Relaxed)
+            ),
+            WARMUP => format!("warmup {t:.1} s, sent {}", stats.sent_total.load(Relaxed)),
+            MEASURE => {
+                let rate = stats.deliveries.load(Relaxed) as f64 / t.max(1e-3);
+                format!("run {t:.1}/{duration} s, {rate:.0} deliveries/s")
+            }
+            DRAINING => format!("draining ({t:.1} s)"),
+            _ => "closing".into(),
+        };
+        eprint!("\r{line:<60}");
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => Arc::new(args),
+        Err(e) => {
+            eprintln!("loadgen: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("failed to build the tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the phases measured, beyond the shared counters.
+#[derive(Default)]
+struct Measured {
+    connect_s: f64,
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+    rss_end: Option<u64>,
+    server_cpu_s: Option<f64>,
+    loadgen_cpu_s: Option<f64>,
+}
+
+/// Runs all phases and reports; `Ok(false)` if a client failed to connect or was dropped.
+async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
+    let target = Arc::new(resolve_target(&args.url).await?);
+    let shared = Arc::new(Shared::new(&args));
+    let display =
+        (!args.quiet).then(|| tokio::spawn(progress(shared.clone(), args.clients, args.duration)));
+    let rss = || args.server_pid.and_then(rss_kib);
+    let mut m = Measured {
+        rss_before: rss(),
+        ..Measured::default()
+    };
+
+    let (writers, tasks) = connect_all(&shared, target, &args).await;
+    m.connect_s = shared.now_ns() as f64 / 1e9;
+    if writers.len() == args.clients {
+        shared.set_phase(SETTLING);
+        sleep(SETTLE).await;
+        m.rss_connected = rss();
+        if args.idle {
+            shared.set_phase(HOLD);
+            sleep(Duration::from_secs_f64(args.duration)).await;
+        } else {
+            (m.server_cpu_s, m.loadgen_cpu_s) = run_load(&shared, &args, &writers).await;
+        }
+        m.rss_end = rss();
+    }
+    shutdown(&shared, writers, tasks).await;
+    if let Some(display) = display {
+        display.abort();
+        eprintln!();
+    }
+    Ok(report(&args, &shared, &m))
+}
+
+/// Prints the summary to stderr and the JSON line to stdout; returns whether all went well.
+fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
+    let st = &shared.stats;
+    let n = args.clients as u64;
+    let sent = st.sent_measured.load(Acquire);
+    let deliveries = st.deliveries.load(Acquire);
+    let received = st.received_total.load(Acquire);
+    // Loss is over everything sent (warmup too), against every client that connected.
+    let lost = (st.sent_total.load(Acquire) * n).saturating_sub(received);
+    let per_s = deliveries as f64 / args.duration;
+    let mut hist = new_histogram();
+    for shard in &shared.hist {
+        hist.add(&*shard.lock().expect("histogram lock"))
+            .expect("same bounds");
+    }
+    let some = !hist.is_empty();
+    let [p50, p90, p99, p999, max] =
+        [0.5, 0.9, 0.99, 0.999, 1.0].map(|q| opt(some.then(|| hist.value_at_quantile(q))));
+    let mean = num(some.then(|| hist.mean()), 1);
+    let rss_delta = m
+        .rss_connected
+        .zip(m.rss_before)
+        .map(|(c, b)| c as f64 - b as f64);
+    let per_conn = num(rss_delta.map(|kib| kib * 1024.0 / n as f64), 0);
+    let per_million = m
+        .server_cpu_s
+        .filter(|_| deliveries > 0)
+        .map(|c| c * 1e6 / deliveries as f64);
+    let (per_million, cpu) = (num(per_million, 4), num(m.server_cpu_s, 3));
+    let [rss0, rss1, rss2] = [m.rss_before, m.rss_connected, m.rss_end].map(opt);
+    let errors = shared.errors.lock().expect("errors lock");
+    let errors: Vec<String> = (errors.iter())
+        .map(|(e, &count)| {
+            if count > 1 {
+                format!("{count} x {e}")
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    let mode = match (args.idle, args.rate == 0.0) {
+        (true, _) => "idle",
+        (false, true) => "closed-loop",
+        (false, false) => "open-loop",
+    };
+
+    let connected = st.connected.load(Relaxed);
+    eprintln!(
+        "{mode}: {connected}/{n} clients connected in {:.2} s",
+        m.connect_s
+    );
+    if !args.idle && u64::from(connected) == n {
+        let secs = args.duration;
+        eprintln!(
+            "  {sent} broadcasts in {secs} s: {deliveries} deliveries, {per_s:.0}/s, lost {lost}"
+        );
+        eprintln!("  latency us: p50 {p50} p90 {p90} p99 {p99} p99.9 {p999} max {max}");
+    }
+    if args.server_pid.is_some() {
+        eprintln!(
+            "  server RSS KiB: {rss0} before, {rss1} connected, {rss2} at end ({per_conn} B/conn)"
+        );
+    }
+    if m.server_cpu_s.is_some() {
+        eprintln!("  server CPU: {cpu} s measured, {per_million} s per million deliveries");
+    }
+    for e in &errors {
+        eprintln!("  error: {e}");
+    }
+
+    let latency = format!(
+        "{{\"p50\":{p50},\"p90\":{p90},\"p99\":{p99},\"p999\":{p999},\"max\":{max},\"mean\":{mean}}}"
+    );
+    let errors_json: Vec<String> = errors.iter().map(|e| json_str(e)).collect();
+    let fields = [
+        ("server_url", json_str(&args.url)),
+        ("mode", json_str(mode)),
+        ("clients", n.to_string()),
+        ("senders", args.senders.to_string()),
+        ("rate", args.rate.to_string()),
+        ("window", args.window.to_string()),
+        ("size", args.size.to_string()),
+        ("duration_s", args.duration.to_string()),
+        ("warmup_s", args.warmup.to_string()),
+        ("connect_s", format!("{:.3}", m.connect_s)),
+        ("sent", sent.to_string()),
+        ("sent_total", st.sent_total.load(Acquire).to_string()),
+        ("expected_deliveries", (sent * n).to_string()),
+        ("deliveries", deliveries.to_string()),
+        ("received_total", received.to_string()),
+        ("lost", lost.to_string()),
+        ("gaps", st.gaps.load(Acquire).to_string()),
+        ("reordered", st.reordered.load(Acquire).to_string()),
+        ("window_stalls", st.window_stalls.load(Acquire).to_string()),
+        ("deliveries_per_s", format!("{per_s:.1}")),
+        ("latency_us", latency),
+        ("server_rss_kib_before", rss0),
+        ("server_rss_kib_connected", rss1),
+        ("server_rss_kib_end", rss2),
+        ("rss_per_conn_bytes", per_conn),
+        ("server_cpu_s", cpu),
+        ("cpu_s_per_million", per_million),
+        ("loadgen_cpu_s", num(m.loadgen_cpu_s, 3)),
+        ("errors", format!("[{}]", errors_json.join(","))),
+    ];
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    println!("{{{}}}", body.join(","));
+    errors.is_empty()
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("null".into(), |v| v.to_string())
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    v.filter(|v| v.is_finite())
+        .map_or("null".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => out.extend(['\\', c]),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out + "\""
+}
+
+/// The server's resident memory, from /proc/PID/status.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime in clock ticks: fields 14 and 15 of /proc/PID/stat (after `(comm)`).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output();
+    let text = out.ok().and_then(|o| String::from_utf8(o.stdout).ok());
+    text.and_then(|t| t.trim().parse().ok()).unwrap_or(100.0)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn seed(salt: u64) -> u64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    let nanos = now.map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (chunk.iter().enumerate()).fold(0, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            let digit = ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char;
+            out.push(if i <= chunk.len() { digit } else { '=' });
+        }
+    }
+    out
+}
