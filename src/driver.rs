@@ -20,9 +20,15 @@ use crate::stream::ProtocolStream;
 use crate::writer::WriteSide;
 
 /// Drives one connection until it ends, calling `handler` along the way.
-pub(crate) async fn run<S, H>(io: S, conn: Connection, mut handler: H, config: Config)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+pub(crate) async fn run<R, W, H>(
+    read: R,
+    write: W,
+    conn: Connection,
+    mut handler: H,
+    config: Config,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Send + 'static,
     H: WebSocketHandler,
 {
     // Whatever happens below, even a panicking handler, the connection ends up closed, out
@@ -30,7 +36,6 @@ where
     let _guard = EndGuard { conn: conn.clone() };
     let close_timeout = config.get_close_timeout();
 
-    let (read, write) = tokio::io::split(io);
     *lock(&conn.shared().write_side) = Some(WriteSide::new(
         Box::pin(write),
         config.get_write_buffer_size(),
@@ -91,14 +96,14 @@ impl Drop for EndGuard {
 }
 
 /// Reads until the connection ends. Returns the failure, if it did not end cleanly.
-async fn read_loop<S, H>(
-    stream: &mut WebSocketStream<ProtocolStream<S>>,
+async fn read_loop<R, H>(
+    stream: &mut WebSocketStream<ProtocolStream<R>>,
     handler: &mut H,
     conn: &Connection,
     close_timeout: Duration,
 ) -> Option<Error>
 where
-    S: AsyncRead,
+    R: AsyncRead + Unpin,
     H: WebSocketHandler,
 {
     // Once our close frame is out, the peer has `close_timeout` to answer it.

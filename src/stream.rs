@@ -7,22 +7,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::Connection;
 
-pub(crate) struct ProtocolStream<S> {
-    read: ReadHalf<S>,
+pub(crate) struct ProtocolStream<R> {
+    read: R,
     conn: Connection,
 }
 
-impl<S> ProtocolStream<S> {
-    pub(crate) fn new(read: ReadHalf<S>, conn: Connection) -> Self {
+impl<R> ProtocolStream<R> {
+    pub(crate) fn new(read: R, conn: Connection) -> Self {
         ProtocolStream { read, conn }
     }
 }
 
-impl<S: AsyncRead> AsyncRead for ProtocolStream<S> {
+impl<R: AsyncRead + Unpin> AsyncRead for ProtocolStream<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -32,7 +32,7 @@ impl<S: AsyncRead> AsyncRead for ProtocolStream<S> {
     }
 }
 
-impl<S> AsyncWrite for ProtocolStream<S> {
+impl<R> AsyncWrite for ProtocolStream<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
@@ -58,4 +58,16 @@ impl<S> AsyncWrite for ProtocolStream<S> {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// A reader of the bytes the client sent right behind its handshake, which hyper read along
+/// with it; chained before the socket. They are copied: hyper's slice would keep its whole
+/// 8 KiB read buffer alive as long as the reader lives.
+pub(crate) fn leftover(bytes: Bytes) -> io::Cursor<Bytes> {
+    let bytes = if bytes.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&bytes)
+    };
+    io::Cursor::new(bytes)
 }

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::Config;
@@ -14,6 +16,7 @@ use crate::connection::{Connection, RequestParts};
 use crate::driver;
 use crate::error::HandshakeError;
 use crate::handler::WebSocketHandler;
+use crate::stream;
 
 /// Answers a WebSocket upgrade request and, once hyper hands over the connection, runs it
 /// with `handler`.
@@ -100,7 +103,18 @@ where
     let config = config.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => driver::run(TokioIo::new(upgraded), conn, handler, config).await,
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                // A plain TCP socket: its halves need no lock between reading and writing.
+                Ok(parts) => {
+                    let (read, write) = parts.io.into_inner().into_split();
+                    let read = stream::leftover(parts.read_buf).chain(read);
+                    driver::run(read, write, conn, handler, config).await
+                }
+                Err(upgraded) => {
+                    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                    driver::run(read, write, conn, handler, config).await
+                }
+            },
             Err(error) => {
                 tracing::debug!(%error, "HTTP upgrade did not complete");
                 conn.mark_closed();

@@ -20,6 +20,9 @@ use crate::outbound::{Outbound, Pushed};
 /// Most slices handed to one vectored write (Linux allows 1024).
 const MAX_SLICES: usize = 128;
 
+/// Writes up to this size are copied together and sent with one plain write.
+const SMALL_WRITE: usize = 1024;
+
 /// Connections flushed by one flush task: big enough that spawning is cheap next to the
 /// writes, small enough that a broadcast to thousands spreads over every core.
 const FLUSH_CHUNK: usize = 128;
@@ -87,7 +90,19 @@ impl WriteSide {
                 gathered += item.slices(skip, &mut slices);
                 skip = 0;
             }
-            let polled = self.io.as_mut().poll_write_vectored(cx, &slices);
+            let polled = if gathered <= SMALL_WRITE {
+                // Typical at low rates: one small frame. A plain send of a copy is cheaper
+                // in the kernel than a vectored write.
+                let mut small = [0u8; SMALL_WRITE];
+                let mut at = 0;
+                for slice in &slices {
+                    small[at..at + slice.len()].copy_from_slice(slice);
+                    at += slice.len();
+                }
+                self.io.as_mut().poll_write(cx, &small[..at])
+            } else {
+                self.io.as_mut().poll_write_vectored(cx, &slices)
+            };
             drop(slices);
             let wrote = match polled {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {

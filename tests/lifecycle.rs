@@ -325,3 +325,48 @@ async fn send_from_outside_the_handler_and_large_round_trip() {
     send_text(&mut client, &big).await;
     assert_eq!(next_text(&mut client).await, big);
 }
+
+/// A client may send its first frame in the same packet as its handshake; hyper reads both,
+/// and the frame must still reach the handler.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (addr, mut events) = start(Config::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = b"GET /early HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // A masked text frame "early" (RFC 6455 section 5.3), zero mask for simplicity.
+    request.extend_from_slice(&[0x81, 0x80 | 5, 0, 0, 0, 0]);
+    request.extend_from_slice(b"early");
+    stream
+        .write_all(&request)
+        .await
+        .expect("send handshake and frame");
+
+    // The answer: the 101 response, then the echo as an unmasked text frame.
+    let mut received = Vec::new();
+    let echo = [0x81, 5, b'e', b'a', b'r', b'l', b'y'];
+    tokio::time::timeout(WAIT, async {
+        while !received.ends_with(&echo) {
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "server closed: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("echo of the early frame in time");
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    assert!(matches!(events.recv().await, Some(Event::Open(_))));
+    match events.recv().await {
+        Some(Event::Message(message)) => assert_eq!(message.as_text(), Some("early")),
+        other => panic!("expected the early message, got {other:?}"),
+    }
+}
