@@ -162,3 +162,59 @@ async fn missing_or_empty_username_is_refused_with_400() {
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("UTF-8"), "{response}");
 }
+
+/// The benchmark tooling works: `examples/loadgen` drives the chat example, every broadcast
+/// reaches every client, and the JSON line carries the figures the benchmarks read.
+#[tokio::test]
+async fn loadgen_drives_the_chat_example_without_losing_a_message() {
+    let server = ChatServer::start().await;
+    let loadgen = example_binary("loadgen");
+    let pid = server.child.id().expect("chat example pid").to_string();
+    let url = format!("ws://{}/api/Chat", server.addr);
+    let run = Command::new(&loadgen)
+        .args(["--url", &url, "--clients", "20", "--senders", "2"])
+        .args([
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--quiet",
+            "--server-pid",
+            &pid,
+        ])
+        .output();
+    let output = tokio::time::timeout(WAIT * 3, run)
+        .await
+        .expect("loadgen finished in time")
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |name: &str| -> f64 {
+        let key = format!("\"{name}\":");
+        let start = stdout
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            + key.len();
+        let value: String = stdout[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number in {stdout}"))
+    };
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    assert!(field("deliveries") >= 20.0, "{stdout}");
+    assert_eq!(field("lost"), 0.0, "{stdout}");
+    assert_eq!(
+        field("deliveries"),
+        field("expected_deliveries"),
+        "{stdout}"
+    );
+    assert!(field("server_rss_kib_connected") > 0.0, "{stdout}");
+    assert!(stdout.contains("\"errors\":[]"), "{stdout}");
+}
