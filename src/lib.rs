@@ -89,3 +89,17 @@ pub use handler::WebSocketHandler;
 pub use message::{Message, Utf8Bytes};
 pub use query::query_param;
 pub use upgrade::{try_upgrade, upgrade};
+
+/// Entry points for the fuzz targets in `fuzz/` (built with `cargo fuzz`, which sets
+/// `--cfg fuzzing`); not part of the public API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The upgrade request checks of [`upgrade`](crate::upgrade): the accept key, or why the
+    /// request is refused.
+    pub fn check_handshake(
+        request: &http::Request<()>,
+    ) -> Result<http::HeaderValue, crate::HandshakeError> {
+        crate::upgrade::check_handshake(request)
+    }
+}

@@ -133,7 +133,7 @@ where
 
 /// Checks the handshake headers (RFC 6455 section 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` value to answer with.
-fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
+pub(crate) fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
     if request.method() != http::Method::GET {
         return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
     }
