@@ -227,7 +227,12 @@ mod tests {
             headers: http::HeaderMap::new(),
             remote_addr: None,
         };
-        Connection::new(parts, 4)
+        Connection::new(
+            parts,
+            &crate::Config::default()
+                .outbound_queue_capacity(4)
+                .slow_consumer(crate::SlowConsumer::DropMessages),
+        )
     }
 
     #[test]

@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// | [`read_buffer_size`](Config::read_buffer_size) | 2 KiB |
 /// | [`write_buffer_size`](Config::write_buffer_size) | 64 KiB |
 /// | [`outbound_queue_capacity`](Config::outbound_queue_capacity) | 1024 messages |
+/// | [`outbound_queue_bytes`](Config::outbound_queue_bytes) | 1 MiB |
+/// | [`slow_consumer`](Config::slow_consumer) | [`SlowConsumer::Disconnect`] |
 /// | [`close_timeout`](Config::close_timeout) | 5 s |
 ///
 /// ```
@@ -38,7 +40,27 @@ pub struct Config {
     read_buffer_size: usize,
     write_buffer_size: usize,
     outbound_queue_capacity: usize,
+    outbound_queue_bytes: usize,
+    slow_consumer: SlowConsumer,
     close_timeout: Duration,
+}
+
+/// What happens to a client whose outbound queue is full: it is not reading as fast as
+/// messages are sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close the connection with 1008 (policy violation) and report
+    /// [`Error::SlowConsumer`](crate::Error::SlowConsumer) to its handler. What was queued
+    /// for it is dropped, the close frame goes out next, and the connection ends within the
+    /// close timeout even if the client never reads again. The default: a client that
+    /// cannot keep up would otherwise silently miss messages.
+    #[default]
+    Disconnect,
+    /// Keep the connection and drop the messages that do not fit:
+    /// [`Connection::send`](crate::Connection::send) returns
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull) and broadcasts skip the client.
+    DropMessages,
 }
 
 impl Default for Config {
@@ -49,6 +71,8 @@ impl Default for Config {
             read_buffer_size: 2 * 1024,
             write_buffer_size: 64 * 1024,
             outbound_queue_capacity: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            slow_consumer: SlowConsumer::Disconnect,
             close_timeout: Duration::from_secs(5),
         }
     }
@@ -95,10 +119,27 @@ impl Config {
 
     /// How many messages may wait in one connection's outbound queue. When it is full,
     /// [`Connection::send`](crate::Connection::send) returns
-    /// [`SendError::QueueFull`](crate::SendError::QueueFull) and broadcasts skip that
-    /// connection. Values below 1 are raised to 1.
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull), broadcasts skip that
+    /// connection, and the [`slow_consumer`](Config::slow_consumer) policy applies. Values
+    /// below 1 are raised to 1.
     pub fn outbound_queue_capacity(mut self, messages: usize) -> Self {
         self.outbound_queue_capacity = messages.max(1);
+        self
+    }
+
+    /// How many payload bytes may wait in one connection's outbound queue; the queue is full
+    /// when either bound is reached. A message larger than this still goes to an empty
+    /// queue. Besides the queue, the writer holds at most one batch it has taken but not
+    /// yet written, so a connection pins at most about twice this. Values below 1 are
+    /// raised to 1.
+    pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
+        self.outbound_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// What to do with a client whose outbound queue is full (see [`SlowConsumer`]).
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.slow_consumer = policy;
         self
     }
 
@@ -132,6 +173,16 @@ impl Config {
     /// See [`Config::outbound_queue_capacity`].
     pub fn get_outbound_queue_capacity(&self) -> usize {
         self.outbound_queue_capacity
+    }
+
+    /// See [`Config::outbound_queue_bytes`].
+    pub fn get_outbound_queue_bytes(&self) -> usize {
+        self.outbound_queue_bytes
+    }
+
+    /// See [`Config::slow_consumer`].
+    pub fn get_slow_consumer(&self) -> SlowConsumer {
+        self.slow_consumer
     }
 
     /// See [`Config::close_timeout`].

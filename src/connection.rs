@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::collection::Members;
+use crate::config::{Config, SlowConsumer};
 use crate::error::SendError;
 use crate::message::Message;
 use crate::outbound::{Frame, OutboundQueue, Pushed, Rejected};
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
     pub(crate) queue: OutboundQueue,
+    slow_consumer: SlowConsumer,
+    /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
+    overflow: Mutex<Option<(usize, usize)>>,
     /// The socket's write half, once the upgrade has completed.
     pub(crate) write_side: Mutex<Option<WriteSide>>,
     state: AtomicU8,
@@ -118,13 +122,18 @@ impl RequestParts {
 }
 
 impl Connection {
-    pub(crate) fn new(request: RequestParts, queue_capacity: usize) -> Self {
+    pub(crate) fn new(request: RequestParts, config: &Config) -> Self {
         let shared = Shared {
             id: ConnectionId::next(),
             uri: request.uri,
             headers: request.headers,
             remote_addr: request.remote_addr,
-            queue: OutboundQueue::new(queue_capacity),
+            queue: OutboundQueue::new(
+                config.get_outbound_queue_capacity(),
+                config.get_outbound_queue_bytes(),
+            ),
+            slow_consumer: config.get_slow_consumer(),
+            overflow: Mutex::new(None),
             write_side: Mutex::new(None),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
@@ -176,6 +185,12 @@ impl Connection {
         self.shared.remote_addr
     }
 
+    /// How many messages wait in this connection's outbound queue, and their payload bytes.
+    /// A batch the writer has taken but not yet fully written is not counted.
+    pub fn queued(&self) -> (usize, usize) {
+        self.shared.queue.queued()
+    }
+
     /// Whether the connection is open: not closed and no close requested.
     pub fn is_open(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) == OPEN
@@ -201,11 +216,40 @@ impl Connection {
             .queue
             .push_data(frame)
             .map_err(|rejected| match rejected {
-                Rejected::Full => SendError::QueueFull {
-                    capacity: self.shared.queue.max_messages(),
-                },
+                Rejected::Full { messages, bytes } => {
+                    if self.shared.slow_consumer == SlowConsumer::Disconnect {
+                        self.disconnect_slow_consumer(messages, bytes);
+                    }
+                    SendError::QueueFull {
+                        capacity: self.shared.queue.max_messages(),
+                    }
+                }
                 Rejected::Stopped => SendError::Closed,
             })
+    }
+
+    /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
+    /// connection within the close timeout even if the peer never reads again.
+    fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
+        lock(&self.shared.overflow).get_or_insert((messages, bytes));
+        let frame = CloseFrame {
+            code: CloseCode::POLICY_VIOLATION,
+            reason: "slow consumer: outbound queue full".to_owned(),
+        };
+        let _ =
+            self.shared
+                .state
+                .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        if let Ok(pushed) = self.shared.queue.push_close(frame, true) {
+            self.after_push(pushed);
+        }
+        // Start the close timeout now: the close frame may never get onto a full socket.
+        self.shared.close_sent.notify_one();
+    }
+
+    /// Set once the slow-consumer policy closed this connection: the queue's size then.
+    pub(crate) fn overflow(&self) -> Option<(usize, usize)> {
+        *lock(&self.shared.overflow)
     }
 
     /// Starts the close handshake with `code` and `reason`, behind any messages already
@@ -240,7 +284,7 @@ impl Connection {
             self.shared
                 .state
                 .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        if let Ok(pushed) = self.shared.queue.push_close(frame) {
+        if let Ok(pushed) = self.shared.queue.push_close(frame, false) {
             self.after_push(pushed);
         }
     }

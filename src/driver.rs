@@ -61,6 +61,11 @@ pub(crate) async fn run<R, W, H>(
         }
     };
 
+    // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
+    let failure = match conn.overflow() {
+        Some((messages, bytes)) => Some(Error::SlowConsumer { messages, bytes }),
+        None => failure,
+    };
     if let Some(error) = &failure {
         tracing::debug!(id = %conn.id(), %error, "connection failed");
         handler.on_error(&conn, error).await;

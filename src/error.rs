@@ -31,6 +31,16 @@ pub enum Error {
         /// What the peer did wrong.
         reason: String,
     },
+    /// The peer did not read fast enough: its outbound queue reached its bound, and the
+    /// [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect) policy closed it with
+    /// 1008.
+    #[error("peer is not reading fast enough: its outbound queue is full ({messages} messages, {bytes} bytes)")]
+    SlowConsumer {
+        /// Messages queued when the bound was reached.
+        messages: usize,
+        /// Payload bytes queued when the bound was reached.
+        bytes: usize,
+    },
     /// The peer dropped the TCP connection without a close frame (close code 1006).
     #[error("peer closed the connection without a close frame")]
     AbruptClose,
@@ -50,6 +60,7 @@ impl Error {
             Error::MessageTooLarge { .. } => Some(CloseCode::MESSAGE_TOO_BIG),
             Error::InvalidUtf8 => Some(CloseCode::INVALID_PAYLOAD),
             Error::Protocol { .. } => Some(CloseCode::PROTOCOL_ERROR),
+            Error::SlowConsumer { .. } => Some(CloseCode::POLICY_VIOLATION),
             Error::AbruptClose | Error::CloseTimeout(_) | Error::Io(_) => None,
         }
     }

@@ -82,7 +82,7 @@ pub use bytes::Bytes;
 
 pub use close::{CloseCode, CloseFrame};
 pub use collection::WebSocketCollection;
-pub use config::Config;
+pub use config::{Config, SlowConsumer};
 pub use connection::{Connection, ConnectionId};
 pub use error::{Error, HandshakeError, QueryError, SendError};
 pub use handler::WebSocketHandler;

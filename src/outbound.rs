@@ -133,8 +133,13 @@ impl Outbound {
 /// Why an item was not queued.
 #[derive(Debug)]
 pub(crate) enum Rejected {
-    /// The queue holds its bound of messages.
-    Full,
+    /// The queue holds its bound of messages or bytes.
+    Full {
+        /// Messages queued.
+        messages: usize,
+        /// Their payload bytes.
+        bytes: usize,
+    },
     /// The connection is closed or closing; nothing more will be written.
     Stopped,
 }
@@ -151,13 +156,17 @@ pub(crate) enum Pushed {
 pub(crate) struct OutboundQueue {
     state: Mutex<State>,
     max_messages: usize,
+    max_bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     items: VecDeque<Outbound>,
-    /// Queued messages (only data frames count against the bound).
+    /// Queued messages and their payload bytes (only data frames count against the bounds).
     messages: usize,
+    bytes: usize,
+    /// Our close frame is queued; a second one is ignored.
+    close_queued: bool,
     /// Someone will write what is queued: set by the producer that finds the queue idle,
     /// cleared by the writer that finds it empty.
     scheduled: bool,
@@ -174,10 +183,11 @@ struct State {
 pub(crate) const KEEP_CAPACITY: usize = 64;
 
 impl OutboundQueue {
-    pub(crate) fn new(max_messages: usize) -> Self {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
         OutboundQueue {
             state: Mutex::new(State::default()),
             max_messages,
+            max_bytes,
         }
     }
 
@@ -191,10 +201,16 @@ impl OutboundQueue {
         if state.stopped {
             return Err(Rejected::Stopped);
         }
-        if state.messages >= self.max_messages {
-            return Err(Rejected::Full);
+        let len = frame.payload().len();
+        let over_bytes = state.messages > 0 && state.bytes + len > self.max_bytes;
+        if state.messages >= self.max_messages || over_bytes {
+            return Err(Rejected::Full {
+                messages: state.messages,
+                bytes: state.bytes,
+            });
         }
         state.messages += 1;
+        state.bytes += len;
         state.items.push_back(Outbound::Data(frame));
         Ok(schedule(&mut state))
     }
@@ -209,17 +225,23 @@ impl OutboundQueue {
         Ok(schedule(&mut state))
     }
 
-    /// Queues our close frame behind everything already queued. If the queue is full, the
-    /// peer is so far behind that the queued messages are dropped so that the close frame
-    /// goes out next.
-    pub(crate) fn push_close(&self, frame: CloseFrame) -> Result<Pushed, Rejected> {
+    /// Queues our close frame behind everything already queued; only the first one counts.
+    /// With `drop_queued`, or if the queue is full, the peer is so far behind that the
+    /// queued messages are dropped, so that the close frame goes out next.
+    pub(crate) fn push_close(
+        &self,
+        frame: CloseFrame,
+        drop_queued: bool,
+    ) -> Result<Pushed, Rejected> {
         let mut state = lock(&self.state);
-        if state.stopped {
+        if state.stopped || state.close_queued {
             return Err(Rejected::Stopped);
         }
-        if state.messages >= self.max_messages {
+        state.close_queued = true;
+        if drop_queued || state.messages >= self.max_messages || state.bytes >= self.max_bytes {
             state.items.clear();
             state.messages = 0;
+            state.bytes = 0;
         }
         let wire = Frame::close(&frame);
         state.items.push_back(Outbound::Close(frame, wire));
@@ -245,6 +267,7 @@ impl OutboundQueue {
             into.append(&mut state.items);
         }
         state.messages = 0;
+        state.bytes = 0;
         if let Some(close) = into
             .iter()
             .position(|item| matches!(item, Outbound::Close(..)))
@@ -291,11 +314,18 @@ impl OutboundQueue {
         let mut state = lock(&self.state);
         state.stopped = true;
         state.messages = 0;
+        state.bytes = 0;
         state.owner = None;
         let items = std::mem::take(&mut state.items);
         drop(state);
         // Payloads are dropped outside the lock.
         drop(items);
+    }
+
+    /// Messages queued and their payload bytes.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        (state.messages, state.bytes)
     }
 
     /// Number of queued items, for tests that inspect the queue without a writer.
@@ -309,8 +339,9 @@ impl OutboundQueue {
     pub(crate) fn try_take(&self) -> Option<Outbound> {
         let mut state = lock(&self.state);
         let item = state.items.pop_front()?;
-        if matches!(item, Outbound::Data(_)) {
+        if let Outbound::Data(frame) = &item {
             state.messages -= 1;
+            state.bytes -= frame.payload().len();
         }
         Some(item)
     }
@@ -379,10 +410,16 @@ mod tests {
 
     #[test]
     fn only_the_first_producer_of_a_batch_must_flush_and_the_bound_holds() {
-        let queue = OutboundQueue::new(2);
+        let queue = OutboundQueue::new(2, usize::MAX);
         assert_eq!(queue.push_data(text("a")).ok(), Some(Pushed::MustFlush));
         assert_eq!(queue.push_data(text("b")).ok(), Some(Pushed::Queued));
-        assert!(matches!(queue.push_data(text("c")), Err(Rejected::Full)));
+        assert!(matches!(
+            queue.push_data(text("c")),
+            Err(Rejected::Full {
+                messages: 2,
+                bytes: 2
+            })
+        ));
         // Protocol replies are never refused for space.
         assert_eq!(
             queue.push_raw(Bytes::from_static(b"\x8a\x00")).ok(),
@@ -397,10 +434,40 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_holds_but_a_big_message_still_fits_an_empty_queue() {
+        let queue = OutboundQueue::new(100, 4);
+        assert!(
+            queue.push_data(text("hello")).is_ok(),
+            "alone, it may exceed the bound"
+        );
+        assert!(matches!(
+            queue.push_data(text("a")),
+            Err(Rejected::Full {
+                messages: 1,
+                bytes: 5
+            })
+        ));
+        assert!(queue.take(&mut VecDeque::new()));
+        assert!(queue.push_data(text("abc")).is_ok());
+        assert!(queue.push_data(text("d")).is_ok());
+        assert!(queue.push_data(text("e")).is_err());
+    }
+
+    #[test]
+    fn only_one_close_frame_is_ever_queued() {
+        let queue = OutboundQueue::new(10, usize::MAX);
+        assert!(queue.push_close(close(), false).is_ok());
+        assert!(queue.push_close(close(), true).is_err());
+        let mut batch = VecDeque::new();
+        assert!(queue.take(&mut batch));
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
     fn close_waits_behind_messages_unless_the_queue_is_full() {
-        let queue = OutboundQueue::new(2);
+        let queue = OutboundQueue::new(2, usize::MAX);
         assert!(queue.push_data(text("a")).is_ok());
-        assert!(queue.push_close(close()).is_ok());
+        assert!(queue.push_close(close(), false).is_ok());
         assert!(queue.push_data(text("b")).is_ok());
         let mut batch = VecDeque::new();
         assert!(queue.take(&mut batch));
@@ -411,9 +478,9 @@ mod tests {
         );
         assert!(matches!(queue.push_data(text("c")), Err(Rejected::Stopped)));
 
-        let queue = OutboundQueue::new(1);
+        let queue = OutboundQueue::new(1, usize::MAX);
         assert!(queue.push_data(text("a")).is_ok());
-        assert!(queue.push_close(close()).is_ok());
+        assert!(queue.push_close(close(), false).is_ok());
         let mut batch = VecDeque::new();
         assert!(queue.take(&mut batch));
         assert_eq!(
@@ -425,7 +492,7 @@ mod tests {
 
     #[test]
     fn a_burst_does_not_pin_memory_and_a_stopped_queue_refuses() {
-        let queue = OutboundQueue::new(10_000);
+        let queue = OutboundQueue::new(10_000, usize::MAX);
         let mut batch = VecDeque::new();
         for round in 0..3 {
             let burst = if round == 0 { 5_000 } else { 1 };

@@ -97,7 +97,7 @@ where
     let remote_addr = request.extensions().get::<SocketAddr>().copied();
     let conn = Connection::new(
         RequestParts::detached(request.uri(), request.headers(), remote_addr),
-        config.get_outbound_queue_capacity(),
+        config,
     );
     drop(request);
     let config = config.clone();

@@ -26,10 +26,18 @@ impl WebSocketHandler for Member {
 /// Starts a server whose connections join one room, and connects `n` clients to it.
 /// Returns the room, the clients and their server-side handles, in connect order.
 async fn room_with_clients(n: usize) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
+    room_with_clients_and(n, Config::default()).await
+}
+
+/// Like [`room_with_clients`], with the server using `config`.
+async fn room_with_clients_and(
+    n: usize,
+    config: Config,
+) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
     let room = WebSocketCollection::new();
     let (opened, mut opened_rx) = mpsc::unbounded_channel();
     let server_room = room.clone();
-    let addr = common::serve(Config::default(), move |_| Member {
+    let addr = common::serve(config, move |_| Member {
         room: server_room.clone(),
         opened: opened.clone(),
     })
@@ -177,7 +185,9 @@ async fn collection_snapshot_and_concurrent_broadcasters() {
 /// client reads again it gets everything, in order.
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_up_nobody_and_loses_nothing() {
-    let (room, mut clients, _) = room_with_clients(2).await;
+    // Queue bounds big enough for the whole burst: this is about writing, not the policy.
+    let config = Config::default().outbound_queue_bytes(16 << 20);
+    let (room, mut clients, _) = room_with_clients_and(2, config).await;
     let mut slow = clients.pop().expect("two clients");
     let mut fast = clients.pop().expect("two clients");
     // 200 x 32 KiB = 6.4 MiB: far more than loopback socket buffers hold.

@@ -30,12 +30,32 @@ where
     H: WebSocketHandler,
     F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
 {
+    serve_with_send_buffer(config, None, make_handler).await
+}
+
+/// Like [`serve`], with each accepted socket's kernel send buffer set to `send_buffer`
+/// bytes, so that a client that stops reading fills it quickly.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn serve_with_send_buffer<H, F>(
+    config: Config,
+    send_buffer: Option<usize>,
+    make_handler: F,
+) -> SocketAddr
+where
+    H: WebSocketHandler,
+    F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let make_handler = Arc::new(make_handler);
     let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
+            if let Some(bytes) = send_buffer {
+                socket2::SockRef::from(&stream)
+                    .set_send_buffer_size(bytes)
+                    .expect("set the send buffer size");
+            }
             let make_handler = make_handler.clone();
             let config = config.clone();
             let service = service_fn(move |mut req: Request<Incoming>| {
