@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// | [`outbound_queue_bytes`](Config::outbound_queue_bytes) | 1 MiB |
 /// | [`slow_consumer`](Config::slow_consumer) | [`SlowConsumer::Disconnect`] |
 /// | [`close_timeout`](Config::close_timeout) | 5 s |
+/// | [`ping_interval`](Config::ping_interval) | 15 s |
+/// | [`idle_timeout`](Config::idle_timeout) | 30 s |
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,6 +45,8 @@ pub struct Config {
     outbound_queue_bytes: usize,
     slow_consumer: SlowConsumer,
     close_timeout: Duration,
+    ping_interval: Option<Duration>,
+    idle_timeout: Option<Duration>,
 }
 
 /// What happens to a client whose outbound queue is full: it is not reading as fast as
@@ -74,6 +78,8 @@ impl Default for Config {
             outbound_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumer::Disconnect,
             close_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(15)),
+            idle_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -150,6 +156,22 @@ impl Config {
         self
     }
 
+    /// Ping a connection that has sent nothing for this long (browsers answer pings
+    /// automatically); `None` never pings.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Drop a connection that has sent no frame at all, not even a pong, for this long:
+    /// [`Error::IdleTimeout`](crate::Error::IdleTimeout) goes to its handler. This is what
+    /// removes half-open connections (a client that vanished without closing). Keep it
+    /// above the ping interval. `None` never drops an idle connection.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
     /// See [`Config::max_message_size`].
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size
@@ -183,6 +205,16 @@ impl Config {
     /// See [`Config::slow_consumer`].
     pub fn get_slow_consumer(&self) -> SlowConsumer {
         self.slow_consumer
+    }
+
+    /// See [`Config::ping_interval`].
+    pub fn get_ping_interval(&self) -> Option<Duration> {
+        self.ping_interval
+    }
+
+    /// See [`Config::idle_timeout`].
+    pub fn get_idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
     }
 
     /// See [`Config::close_timeout`].

@@ -228,6 +228,17 @@ impl Connection {
             })
     }
 
+    /// Queues a ping (an empty one: only the answer matters).
+    pub(crate) fn send_ping(&self) {
+        if let Ok(pushed) = self
+            .shared
+            .queue
+            .push_raw(bytes::Bytes::from_static(&[0x89, 0]))
+        {
+            self.after_push(pushed);
+        }
+    }
+
     /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
     /// connection within the close timeout even if the peer never reads again.
     fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {

@@ -1,7 +1,7 @@
 //! The per-connection engine: one task reads, calls the handler, and finishes writes that
 //! met a full socket (see [`crate::writer`] for how writing is arranged).
 
-use std::time::Duration;
+use tokio::time::Instant;
 
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::connection::{lock, Connection};
 use crate::error::Error;
 use crate::handler::WebSocketHandler;
+use crate::keepalive::{Due, KeepAlive};
 use crate::message::Message;
 use crate::stream::ProtocolStream;
 use crate::writer::WriteSide;
@@ -50,7 +51,7 @@ pub(crate) async fn run<R, W, H>(
     let failure = {
         let reads = async {
             handler.on_open(&conn).await;
-            read_loop(&mut socket, &mut handler, &conn, close_timeout).await
+            read_loop(&mut socket, &mut handler, &conn, &config).await
         };
         let writes = conn.write_handed_over();
         match select(std::pin::pin!(reads), std::pin::pin!(writes)).await {
@@ -77,9 +78,11 @@ pub(crate) async fn run<R, W, H>(
         }
     }
     // Write what is still queued (our close frame, or tungstenite's answer to the peer's)
-    // before the socket goes, within the close timeout.
-    conn.shared().queue.hand_over();
-    let _ = tokio::time::timeout(close_timeout, conn.write_queue()).await;
+    // before the socket goes, within the close timeout; a peer presumed gone gets nothing.
+    if !matches!(failure, Some(Error::IdleTimeout(_))) {
+        conn.shared().queue.hand_over();
+        let _ = tokio::time::timeout(close_timeout, conn.write_queue()).await;
+    }
     drop(socket);
     let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
     drop(_guard);
@@ -105,29 +108,56 @@ async fn read_loop<R, H>(
     stream: &mut WebSocketStream<ProtocolStream<R>>,
     handler: &mut H,
     conn: &Connection,
-    close_timeout: Duration,
+    config: &Config,
 ) -> Option<Error>
 where
     R: AsyncRead + Unpin,
     H: WebSocketHandler,
 {
     // Once our close frame is out, the peer has `close_timeout` to answer it.
+    let close_timeout = config.get_close_timeout();
     let close_deadline = async {
         conn.shared().close_sent.notified().await;
         tokio::time::sleep(close_timeout).await;
     };
     tokio::pin!(close_deadline);
+    let mut keepalive = KeepAlive::new(
+        config.get_ping_interval(),
+        config.get_idle_timeout(),
+        Instant::now(),
+    );
+    let keepalive_timer =
+        tokio::time::sleep_until(keepalive.deadline().unwrap_or_else(Instant::now));
+    tokio::pin!(keepalive_timer);
     loop {
         let item = tokio::select! {
             biased;
             item = stream.next() => item,
             () = &mut close_deadline => return Some(Error::CloseTimeout(close_timeout)),
+            () = &mut keepalive_timer, if keepalive.deadline().is_some() => {
+                match keepalive.due(Instant::now()) {
+                    Due::Idle => {
+                        let idle = keepalive.idle_timeout().unwrap_or_default();
+                        return Some(Error::IdleTimeout(idle));
+                    }
+                    Due::Ping => conn.send_ping(),
+                    Due::Nothing => {}
+                }
+                if let Some(next) = keepalive.deadline() {
+                    keepalive_timer.as_mut().reset(next);
+                }
+                continue;
+            }
         };
         let message = match item {
             None => return None,
             Some(Err(error)) => return Some(Error::from_tungstenite(error)),
             Some(Ok(message)) => message,
         };
+        keepalive.seen(Instant::now());
+        if let Some(next) = keepalive.deadline() {
+            keepalive_timer.as_mut().reset(next);
+        }
         match message {
             tungstenite::Message::Text(text) => handler.on_message(conn, Message::Text(text)).await,
             tungstenite::Message::Binary(bytes) => {
@@ -135,7 +165,7 @@ where
             }
             // tungstenite queues the answer to a close frame and sends it on the next read.
             tungstenite::Message::Close(frame) => conn.record_close(CloseFrame::from_wire(frame)),
-            // tungstenite answers pings itself; pongs and raw frames need nothing.
+            // tungstenite answers pings itself; pongs and raw frames need nothing more.
             tungstenite::Message::Ping(_)
             | tungstenite::Message::Pong(_)
             | tungstenite::Message::Frame(_) => {}

@@ -44,6 +44,10 @@ pub enum Error {
     /// The peer dropped the TCP connection without a close frame (close code 1006).
     #[error("peer closed the connection without a close frame")]
     AbruptClose,
+    /// The peer sent nothing, not even a pong, for the configured idle timeout; the
+    /// connection is dropped without a close handshake (the peer is presumed gone).
+    #[error("peer sent nothing for {0:?}")]
+    IdleTimeout(Duration),
     /// The peer did not answer our close frame in time.
     #[error("peer did not complete the close handshake within {0:?}")]
     CloseTimeout(Duration),
@@ -61,7 +65,9 @@ impl Error {
             Error::InvalidUtf8 => Some(CloseCode::INVALID_PAYLOAD),
             Error::Protocol { .. } => Some(CloseCode::PROTOCOL_ERROR),
             Error::SlowConsumer { .. } => Some(CloseCode::POLICY_VIOLATION),
-            Error::AbruptClose | Error::CloseTimeout(_) | Error::Io(_) => None,
+            Error::AbruptClose | Error::IdleTimeout(_) | Error::CloseTimeout(_) | Error::Io(_) => {
+                None
+            }
         }
     }
 

@@ -70,6 +70,7 @@ mod connection;
 mod driver;
 mod error;
 mod handler;
+mod keepalive;
 mod message;
 mod outbound;
 mod query;
