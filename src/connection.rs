@@ -13,7 +13,7 @@ use crate::collection::Members;
 use crate::config::{Config, SlowConsumer};
 use crate::error::SendError;
 use crate::message::Message;
-use crate::outbound::{Frame, OutboundQueue, Pushed, Rejected};
+use crate::outbound::{Frame, Outbound, OutboundQueue, Pushed, Rejected};
 use crate::writer::WriteSide;
 
 /// A process-unique connection id, stable for the connection's lifetime.
@@ -233,7 +233,7 @@ impl Connection {
         if let Ok(pushed) = self
             .shared
             .queue
-            .push_raw(bytes::Bytes::from_static(&[0x89, 0]))
+            .push_protocol(Outbound::Raw(bytes::Bytes::from_static(&[0x89, 0])))
         {
             self.after_push(pushed);
         }
@@ -320,6 +320,15 @@ impl Connection {
     /// Records a close frame seen on the wire; only the first one counts.
     pub(crate) fn record_close(&self, frame: CloseFrame) {
         self.shared.record_close(frame);
+    }
+
+    /// The peer sent its close frame: sending is over.
+    pub(crate) fn peer_closed(&self, frame: CloseFrame) {
+        let _ =
+            self.shared
+                .state
+                .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        self.record_close(frame);
     }
 
     pub(crate) fn first_close(&self) -> Option<CloseFrame> {

@@ -78,8 +78,12 @@ pub(crate) async fn run<R, W, H>(
         }
     }
     // Write what is still queued (our close frame, or tungstenite's answer to the peer's)
-    // before the socket goes, within the close timeout; a peer presumed gone gets nothing.
-    if !matches!(failure, Some(Error::IdleTimeout(_))) {
+    // before the socket goes, within the close timeout; a peer that is gone gets nothing.
+    let peer_gone = matches!(
+        failure,
+        Some(Error::IdleTimeout(_) | Error::AbruptClose | Error::Io(_))
+    );
+    if !peer_gone {
         conn.shared().queue.hand_over();
         let _ = tokio::time::timeout(close_timeout, conn.write_queue()).await;
     }
@@ -164,7 +168,7 @@ where
                 handler.on_message(conn, Message::Binary(bytes)).await
             }
             // tungstenite queues the answer to a close frame and sends it on the next read.
-            tungstenite::Message::Close(frame) => conn.record_close(CloseFrame::from_wire(frame)),
+            tungstenite::Message::Close(frame) => conn.peer_closed(CloseFrame::from_wire(frame)),
             // tungstenite answers pings itself; pongs and raw frames need nothing more.
             tungstenite::Message::Ping(_)
             | tungstenite::Message::Pong(_)

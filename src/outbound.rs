@@ -92,8 +92,12 @@ impl Frame {
 pub(crate) enum Outbound {
     /// A text or binary message.
     Data(Frame),
-    /// Bytes tungstenite wrote itself: pongs and its answer to the peer's close frame.
+    /// Protocol bytes tungstenite wrote itself, other than those below.
     Raw(Bytes),
+    /// tungstenite's answer to a ping; only the latest unsent one is kept.
+    Pong(Bytes),
+    /// tungstenite's answer to the peer's close frame; nothing is written after it.
+    Reply(Bytes),
     /// Our close frame; nothing is written after it.
     Close(CloseFrame, Frame),
 }
@@ -105,7 +109,7 @@ impl Outbound {
             Outbound::Data(frame) | Outbound::Close(_, frame) => {
                 frame.header().len() + frame.payload.len()
             }
-            Outbound::Raw(bytes) => bytes.len(),
+            Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => bytes.len(),
         }
     }
 
@@ -113,7 +117,7 @@ impl Outbound {
     pub(crate) fn slices<'a>(&'a self, skip: usize, slices: &mut Vec<IoSlice<'a>>) -> usize {
         let parts: [&'a [u8]; 2] = match self {
             Outbound::Data(frame) | Outbound::Close(_, frame) => [frame.header(), &frame.payload],
-            Outbound::Raw(bytes) => [bytes, &[]],
+            Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => [bytes, &[]],
         };
         let mut skip = skip;
         let mut added = 0;
@@ -165,8 +169,10 @@ struct State {
     /// Queued messages and their payload bytes (only data frames count against the bounds).
     messages: usize,
     bytes: usize,
-    /// Our close frame is queued; a second one is ignored.
+    /// A close frame (ours or the answer to the peer's) is queued; later ones are ignored.
     close_queued: bool,
+    /// Where the unsent pong is in `items`, so that a newer one replaces it.
+    pong_at: Option<usize>,
     /// Someone will write what is queued: set by the producer that finds the queue idle,
     /// cleared by the writer that finds it empty.
     scheduled: bool,
@@ -215,13 +221,26 @@ impl OutboundQueue {
         Ok(schedule(&mut state))
     }
 
-    /// Queues protocol bytes written by tungstenite; they are never refused for space.
-    pub(crate) fn push_raw(&self, bytes: Bytes) -> Result<Pushed, Rejected> {
+    /// Queues protocol bytes written by tungstenite; they are never refused for space, but
+    /// a pong replaces an unsent one (RFC 6455 allows answering only the latest ping), so a
+    /// client that floods pings and never reads cannot grow the queue.
+    pub(crate) fn push_protocol(&self, item: Outbound) -> Result<Pushed, Rejected> {
         let mut state = lock(&self.state);
-        if state.stopped {
+        if state.stopped || state.close_queued {
             return Err(Rejected::Stopped);
         }
-        state.items.push_back(Outbound::Raw(bytes));
+        match item {
+            Outbound::Pong(_) => {
+                if let Some(at) = state.pong_at {
+                    state.items[at] = item;
+                    return Ok(Pushed::Queued);
+                }
+                state.pong_at = Some(state.items.len());
+            }
+            Outbound::Reply(_) => state.close_queued = true,
+            _ => {}
+        }
+        state.items.push_back(item);
         Ok(schedule(&mut state))
     }
 
@@ -268,9 +287,10 @@ impl OutboundQueue {
         }
         state.messages = 0;
         state.bytes = 0;
+        state.pong_at = None;
         if let Some(close) = into
             .iter()
-            .position(|item| matches!(item, Outbound::Close(..)))
+            .position(|item| matches!(item, Outbound::Close(..) | Outbound::Reply(_)))
         {
             into.truncate(close + 1);
             state.stopped = true;
@@ -315,6 +335,7 @@ impl OutboundQueue {
         state.stopped = true;
         state.messages = 0;
         state.bytes = 0;
+        state.pong_at = None;
         state.owner = None;
         let items = std::mem::take(&mut state.items);
         drop(state);
@@ -339,6 +360,7 @@ impl OutboundQueue {
     pub(crate) fn try_take(&self) -> Option<Outbound> {
         let mut state = lock(&self.state);
         let item = state.items.pop_front()?;
+        state.pong_at = None;
         if let Outbound::Data(frame) = &item {
             state.messages -= 1;
             state.bytes -= frame.payload().len();
@@ -358,7 +380,7 @@ fn schedule(state: &mut State) -> Pushed {
 
 #[cfg(test)]
 mod tests {
-    use super::{Frame, OutboundQueue, Pushed, Rejected, KEEP_CAPACITY};
+    use super::{Frame, Outbound, OutboundQueue, Pushed, Rejected, KEEP_CAPACITY};
     use crate::close::{CloseCode, CloseFrame};
     use bytes::Bytes;
     use std::collections::VecDeque;
@@ -422,7 +444,9 @@ mod tests {
         ));
         // Protocol replies are never refused for space.
         assert_eq!(
-            queue.push_raw(Bytes::from_static(b"\x8a\x00")).ok(),
+            queue
+                .push_protocol(Outbound::Pong(Bytes::from_static(b"\x8a\x00")))
+                .ok(),
             Some(Pushed::Queued)
         );
         let mut batch = VecDeque::new();
@@ -451,6 +475,30 @@ mod tests {
         assert!(queue.push_data(text("abc")).is_ok());
         assert!(queue.push_data(text("d")).is_ok());
         assert!(queue.push_data(text("e")).is_err());
+    }
+
+    #[test]
+    fn a_ping_flood_keeps_one_pong_and_the_answer_to_a_close_is_last() {
+        let queue = OutboundQueue::new(10, usize::MAX);
+        for i in 0..=255u8 {
+            let pong = Bytes::from(vec![0x8a, 1, i]);
+            assert!(queue.push_protocol(Outbound::Pong(pong)).is_ok());
+        }
+        assert_eq!(queue.depth(), 1, "only the latest pong waits");
+        let reply = Bytes::from_static(b"\x88\x02\x03\xe8");
+        assert!(queue.push_protocol(Outbound::Reply(reply)).is_ok());
+        assert!(
+            queue.push_data(text("late")).is_ok(),
+            "queued, but never written"
+        );
+        assert!(
+            queue.push_close(close(), false).is_err(),
+            "one close frame only"
+        );
+        let mut batch = VecDeque::new();
+        assert!(queue.take(&mut batch));
+        assert_eq!(wire(&batch), b"\x8a\x01\xff\x88\x02\x03\xe8");
+        assert!(matches!(queue.push_data(text("x")), Err(Rejected::Stopped)));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 
 use crate::connection::{lock, Connection, Shared};
-use crate::outbound::{Outbound, Pushed};
+use crate::outbound::{Outbound, Pushed, KEEP_CAPACITY};
 
 /// Most slices handed to one vectored write (Linux allows 1024).
 const MAX_SLICES: usize = 128;
@@ -35,12 +35,14 @@ pub(crate) struct WriteSide {
     written: usize,
     /// Most bytes handed to one write.
     max_write: usize,
+    /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
+    closed: bool,
     failed: bool,
 }
 
 /// Why the writing stopped for good.
 pub(crate) enum WriteEnd {
-    /// Our close frame is on the wire.
+    /// A close frame is on the wire.
     Closed,
     /// The socket failed.
     Failed,
@@ -53,6 +55,7 @@ impl WriteSide {
             in_flight: VecDeque::new(),
             written: 0,
             max_write: max_write.max(1),
+            closed: false,
             failed: false,
         }
     }
@@ -69,15 +72,25 @@ impl WriteSide {
         }
         loop {
             if self.in_flight.is_empty() {
+                // Flush before looking for more: the queue may be marked idle only once all
+                // is on the wire. Marked idle while a flush is pending, a producer could poll
+                // the socket with another waker and strand this one (buffering transports).
+                match self.io.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Some(self.fail(shared))),
+                    Poll::Pending => return Poll::Pending,
+                }
+                if self.closed {
+                    return Poll::Ready(Some(WriteEnd::Closed));
+                }
                 if shared.queue.take(&mut self.in_flight) {
                     continue;
                 }
-                // Nothing more queued: make sure buffering transports (TLS) send it all.
-                return match self.io.as_mut().poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(None),
-                    Poll::Ready(Err(_)) => Poll::Ready(Some(self.fail(shared))),
-                    Poll::Pending => Poll::Pending,
-                };
+                // Idle: give back what a burst grew.
+                if self.in_flight.capacity() > KEEP_CAPACITY {
+                    self.in_flight.shrink_to(KEEP_CAPACITY);
+                }
+                return Poll::Ready(None);
             }
 
             let mut slices = Vec::with_capacity(MAX_SLICES.min(2 * self.in_flight.len()));
@@ -111,14 +124,12 @@ impl WriteSide {
                 Poll::Ready(Ok(wrote)) => wrote,
                 Poll::Pending => return Poll::Pending,
             };
-            if let Some(end) = self.advance(wrote, shared) {
-                return Poll::Ready(Some(end));
-            }
+            self.advance(wrote, shared);
         }
     }
 
     /// Drops the items `wrote` bytes completed.
-    fn advance(&mut self, wrote: usize, shared: &Shared) -> Option<WriteEnd> {
+    fn advance(&mut self, wrote: usize, shared: &Shared) {
         let mut done = self.written + wrote;
         while let Some(front) = self.in_flight.front() {
             let len = front.len();
@@ -126,15 +137,17 @@ impl WriteSide {
                 break;
             }
             done -= len;
-            if let Some(Outbound::Close(frame, _)) = self.in_flight.pop_front() {
-                // `take` put nothing behind our close frame.
-                shared.close_written(frame);
-                self.written = 0;
-                return Some(WriteEnd::Closed);
+            match self.in_flight.pop_front() {
+                // `take` put nothing behind a close frame.
+                Some(Outbound::Close(frame, _)) => {
+                    shared.close_written(frame);
+                    self.closed = true;
+                }
+                Some(Outbound::Reply(_)) => self.closed = true,
+                _ => {}
             }
         }
         self.written = done;
-        None
     }
 
     fn fail(&mut self, shared: &Shared) -> WriteEnd {
@@ -211,6 +224,10 @@ pub(crate) fn flush_all(mut connections: Vec<Connection>) {
     while !connections.is_empty() {
         let rest = connections.split_off(connections.len().min(FLUSH_CHUNK));
         let chunk = std::mem::replace(&mut connections, rest);
-        runtime.spawn(async move { chunk.iter().for_each(Connection::flush_now) });
+        // Unconstrained: tokio's cooperative budget would otherwise report writable sockets
+        // as full after a hundred or so writes, and hand them over for nothing.
+        runtime.spawn(tokio::task::unconstrained(async move {
+            chunk.iter().for_each(Connection::flush_now)
+        }));
     }
 }

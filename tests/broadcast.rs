@@ -26,18 +26,19 @@ impl WebSocketHandler for Member {
 /// Starts a server whose connections join one room, and connects `n` clients to it.
 /// Returns the room, the clients and their server-side handles, in connect order.
 async fn room_with_clients(n: usize) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
-    room_with_clients_and(n, Config::default()).await
+    room_with_clients_and(n, Config::default(), common::Options::default()).await
 }
 
-/// Like [`room_with_clients`], with the server using `config`.
+/// Like [`room_with_clients`], with the server using `config` and `options`.
 async fn room_with_clients_and(
     n: usize,
     config: Config,
+    options: common::Options,
 ) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
     let room = WebSocketCollection::new();
     let (opened, mut opened_rx) = mpsc::unbounded_channel();
     let server_room = room.clone();
-    let addr = common::serve(config, move |_| Member {
+    let addr = common::serve_with(config, options, move |_| Member {
         room: server_room.clone(),
         opened: opened.clone(),
     })
@@ -185,9 +186,24 @@ async fn collection_snapshot_and_concurrent_broadcasters() {
 /// client reads again it gets everything, in order.
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_up_nobody_and_loses_nothing() {
+    stop_reading_then_resume(common::Options::default()).await;
+}
+
+/// The same over a transport that buffers writes (like TLS): its flush can be pending too,
+/// and writing must still resume.
+#[tokio::test]
+async fn writing_resumes_over_a_buffering_transport() {
+    let options = common::Options {
+        buffered: true,
+        ..Default::default()
+    };
+    stop_reading_then_resume(options).await;
+}
+
+async fn stop_reading_then_resume(options: common::Options) {
     // Queue bounds big enough for the whole burst: this is about writing, not the policy.
     let config = Config::default().outbound_queue_bytes(16 << 20);
-    let (room, mut clients, _) = room_with_clients_and(2, config).await;
+    let (room, mut clients, _) = room_with_clients_and(2, config, options).await;
     let mut slow = clients.pop().expect("two clients");
     let mut fast = clients.pop().expect("two clients");
     // 200 x 32 KiB = 6.4 MiB: far more than loopback socket buffers hold.
@@ -205,7 +221,11 @@ async fn a_client_that_stops_reading_holds_up_nobody_and_loses_nothing() {
         let message = next_message(&mut fast).await.expect("fast client open");
         assert_eq!(message.into_data(), payload(i), "fast client, message {i}");
     }
-    for i in 0..COUNT {
+    // Then a few more messages to the slow one, queued while its socket is still full.
+    for i in COUNT..COUNT + 3 {
+        assert_eq!(room.broadcast(payload(i)), 2, "message {i} queued to both");
+    }
+    for i in 0..COUNT + 3 {
         let message = next_message(&mut slow).await.expect("slow client open");
         assert_eq!(message.into_data(), payload(i), "slow client, message {i}");
     }

@@ -370,3 +370,52 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
         other => panic!("expected the early message, got {other:?}"),
     }
 }
+
+/// Once the peer has sent its close frame, sending is over: the server answers it, writes
+/// no data after the answer, and the connection ends at once rather than at the close
+/// timeout, even while another task keeps sending.
+#[tokio::test]
+async fn after_the_peers_close_nothing_follows_the_answer() {
+    // A close timeout far beyond WAIT: waiting it out would fail the test.
+    let config = Config::default().close_timeout(WAIT * 6);
+    let (addr, mut events) = start(config).await;
+    let mut client = connect(addr, "/").await;
+    let conn = expect_open(&mut events).await;
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while conn.send(format!("data {sent}")).is_ok() {
+            sent += 1;
+            tokio::task::yield_now().await;
+        }
+        sent
+    });
+    assert!(next_text(&mut client).await.starts_with("data "));
+    client.close(None).await.expect("send close");
+    // Data already queued may come first; after the close answer, nothing.
+    loop {
+        match next_message(&mut client).await {
+            Some(WsMessage::Text(_)) => continue,
+            Some(WsMessage::Close(_)) => break,
+            other => panic!("expected data or the close answer, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        next_message(&mut client).await,
+        None,
+        "nothing after the answer"
+    );
+    tokio::time::timeout(WAIT, sender)
+        .await
+        .expect("sending stops")
+        .expect("sender task");
+    loop {
+        match next_event(&mut events).await {
+            Event::Close(code, _) => {
+                assert_eq!(code, CloseCode::NO_STATUS);
+                break;
+            }
+            Event::Message(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

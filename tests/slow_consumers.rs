@@ -89,7 +89,11 @@ async fn run(slow_clients: usize) {
     let room = WebSocketCollection::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let server_room = room.clone();
-    let addr = common::serve_with_send_buffer(config, Some(16 * 1024), move |_| Member {
+    let options = common::Options {
+        send_buffer: Some(16 * 1024),
+        ..Default::default()
+    };
+    let addr = common::serve_with(config, options, move |_| Member {
         room: server_room.clone(),
         events: events_tx.clone(),
     })

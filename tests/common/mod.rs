@@ -30,17 +30,23 @@ where
     H: WebSocketHandler,
     F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
 {
-    serve_with_send_buffer(config, None, make_handler).await
+    serve_with(config, Options::default(), make_handler).await
 }
 
-/// Like [`serve`], with each accepted socket's kernel send buffer set to `send_buffer`
-/// bytes, so that a client that stops reading fills it quickly.
+/// How [`serve_with`] treats accepted sockets.
+#[derive(Default, Clone, Copy)]
+#[allow(dead_code)] // not every test binary uses every option
+pub struct Options {
+    /// The kernel send buffer, in bytes: small, a client that stops reading fills it fast.
+    pub send_buffer: Option<usize>,
+    /// Wrap the socket in a `BufStream`: a transport that buffers writes (like TLS), whose
+    /// flush can be pending, and which the crate cannot split without a lock.
+    pub buffered: bool,
+}
+
+/// Like [`serve`], with [`Options`] for the accepted sockets.
 #[allow(dead_code)] // not every test binary uses it
-pub async fn serve_with_send_buffer<H, F>(
-    config: Config,
-    send_buffer: Option<usize>,
-    make_handler: F,
-) -> SocketAddr
+pub async fn serve_with<H, F>(config: Config, options: Options, make_handler: F) -> SocketAddr
 where
     H: WebSocketHandler,
     F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
@@ -51,7 +57,7 @@ where
     let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
-            if let Some(bytes) = send_buffer {
+            if let Some(bytes) = options.send_buffer {
                 socket2::SockRef::from(&stream)
                     .set_send_buffer_size(bytes)
                     .expect("set the send buffer size");
@@ -64,11 +70,20 @@ where
                 let response = upgrade(req, &config, handler);
                 async move { Ok::<_, Infallible>(response) }
             });
-            tokio::spawn(
-                http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades(),
-            );
+            if options.buffered {
+                let stream = tokio::io::BufStream::new(stream);
+                tokio::spawn(
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            } else {
+                tokio::spawn(
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            }
         }
     });
     addr
