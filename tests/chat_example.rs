@@ -140,27 +140,84 @@ async fn page_and_routes() {
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }
 
+/// The headers of a valid WebSocket upgrade request, for [`http_get`].
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
 #[tokio::test]
 async fn missing_or_empty_username_is_refused_with_400() {
     let server = ChatServer::start().await;
-    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     for target in [
         "/api/Chat",
         "/api/Chat?username=",
         "/api/Chat?username=%20",
         "/api/Chat?other=1",
     ] {
-        let response = http_get(server.addr, target, upgrade).await;
+        let response = http_get(server.addr, target, UPGRADE).await;
         assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
         assert!(
             response.contains("missing username"),
             "{target}: {response}"
         );
     }
-    let response = http_get(server.addr, "/api/Chat?username=%FF", upgrade).await;
+    let response = http_get(server.addr, "/api/Chat?username=%FF", UPGRADE).await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("UTF-8"), "{response}");
+}
+
+#[tokio::test]
+async fn too_long_or_control_character_usernames_are_refused_with_400() {
+    let server = ChatServer::start().await;
+    let too_long = "username too long: at most 32 characters";
+    let control = "invalid username: control characters are not allowed";
+    let cases = [
+        // 10 KiB: hyper accepts the URI, so the example itself answers.
+        (
+            format!("/api/Chat?username={}", "a".repeat(10 * 1024)),
+            too_long,
+        ),
+        // 33 characters (66 bytes of UTF-8) is one too many.
+        (
+            format!("/api/Chat?username={}", "%C3%A9".repeat(33)),
+            too_long,
+        ),
+        ("/api/Chat?username=al%07ice".to_owned(), control),
+        ("/api/Chat?username=a%0Ab".to_owned(), control),
+        ("/api/Chat?username=%7F".to_owned(), control),
+    ];
+    for (target, problem) in cases {
+        let response = http_get(server.addr, &target, UPGRADE).await;
+        let shown = &target[..target.len().min(60)];
+        assert!(response.starts_with("HTTP/1.1 400"), "{shown}: {response}");
+        assert!(
+            response.ends_with(&format!("\r\n\r\n{problem}\n")),
+            "{shown}: {response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unusual_but_valid_usernames_are_accepted() {
+    let server = ChatServer::start().await;
+    // "Zoë 🙂": a non-ASCII letter, a space and an emoji.
+    let mut zoe = common::connect(server.addr, "/api/Chat?username=Zo%C3%AB%20%F0%9F%99%82").await;
+    send_text(&mut zoe, "hi").await;
+    assert_eq!(next_text(&mut zoe).await, "Zoë 🙂: hi");
+
+    // Surrounding whitespace (a tab included) is trimmed; `+` reads as a space.
+    let mut bob = common::connect(server.addr, "/api/Chat?username=%09+bob+").await;
+    send_text(&mut bob, "hi").await;
+    assert_eq!(next_text(&mut bob).await, "bob: hi");
+    assert_eq!(next_text(&mut zoe).await, "bob: hi");
+
+    // 32 characters is the limit, counted in characters: 64 bytes of UTF-8 still fit.
+    let path = format!("/api/Chat?username={}", "%C3%A9".repeat(32));
+    let mut long = common::connect(server.addr, &path).await;
+    send_text(&mut long, "hi").await;
+    assert_eq!(
+        next_text(&mut long).await,
+        format!("{}: hi", "é".repeat(32))
+    );
 }
 
 /// The benchmark tooling works: `examples/loadgen` drives the chat example, every broadcast

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Routes: `/` leads to `/chat.htm` (the page), and `/api/Chat?username=NAME` is the
-//! WebSocket.
+//! WebSocket. NAME is trimmed and must then be 1 to 32 characters of UTF-8 without control
+//! characters; any other NAME is refused with a 400 that says what is wrong.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -120,17 +121,33 @@ fn route(
     }
 }
 
-/// The `username` query parameter, or what is wrong with it.
-fn username(req: &Request<Incoming>) -> Result<String, &'static str> {
-    match query_param(req.uri().query().unwrap_or(""), "username") {
-        Ok(Some(name)) if !name.trim().is_empty() => Ok(name),
-        Ok(_) => Err("missing username: connect to /api/Chat?username=NAME\n"),
-        Err(_) => Err("invalid username: it must be valid UTF-8\n"),
+/// Longest accepted username, in characters (not bytes).
+const MAX_USERNAME_CHARS: usize = 32;
+
+/// The `username` query parameter without surrounding whitespace, or what is wrong with it.
+fn username(req: &Request<Incoming>) -> Result<String, String> {
+    let name = match query_param(req.uri().query().unwrap_or(""), "username") {
+        Ok(Some(name)) => name,
+        Ok(None) => String::new(),
+        Err(_) => return Err("invalid username: it must be valid UTF-8\n".into()),
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("missing username: connect to /api/Chat?username=NAME\n".into());
     }
+    if name.chars().count() > MAX_USERNAME_CHARS {
+        return Err(format!(
+            "username too long: at most {MAX_USERNAME_CHARS} characters\n"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("invalid username: control characters are not allowed\n".into());
+    }
+    Ok(name.to_owned())
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
