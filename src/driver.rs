@@ -4,7 +4,9 @@
 use tokio::time::Instant;
 
 use futures_util::future::{select, Either};
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -50,7 +52,9 @@ pub(crate) async fn run<R, W, H>(
 
     let failure = {
         let reads = async {
-            handler.on_open(&conn).await;
+            if let Err(panic) = caught(handler.on_open(&conn)).await {
+                return Some(panic);
+            }
             read_loop(&mut socket, &mut handler, &conn, &config).await
         };
         let writes = conn.write_handed_over();
@@ -69,7 +73,10 @@ pub(crate) async fn run<R, W, H>(
     };
     if let Some(error) = &failure {
         tracing::debug!(id = %conn.id(), %error, "connection failed");
-        handler.on_error(&conn, error).await;
+        if let Error::HandlerPanicked { message } = error {
+            tracing::error!(id = %conn.id(), %message, "WebSocket handler panicked");
+        }
+        let _ = caught(handler.on_error(&conn, error)).await;
         if let Some(code) = error.close_code() {
             conn.queue_close(CloseFrame {
                 code,
@@ -90,7 +97,9 @@ pub(crate) async fn run<R, W, H>(
     drop(socket);
     let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
     drop(_guard);
-    handler.on_close(&conn, &frame).await;
+    if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
+        tracing::error!(id = %conn.id(), %message, "WebSocket handler panicked in on_close");
+    }
 }
 
 struct EndGuard {
@@ -162,17 +171,37 @@ where
         if let Some(next) = keepalive.deadline() {
             keepalive_timer.as_mut().reset(next);
         }
-        match message {
-            tungstenite::Message::Text(text) => handler.on_message(conn, Message::Text(text)).await,
-            tungstenite::Message::Binary(bytes) => {
-                handler.on_message(conn, Message::Binary(bytes)).await
-            }
+        let message = match message {
+            tungstenite::Message::Text(text) => Message::Text(text),
+            tungstenite::Message::Binary(bytes) => Message::Binary(bytes),
             // tungstenite queues the answer to a close frame and sends it on the next read.
-            tungstenite::Message::Close(frame) => conn.peer_closed(CloseFrame::from_wire(frame)),
+            tungstenite::Message::Close(frame) => {
+                conn.peer_closed(CloseFrame::from_wire(frame));
+                continue;
+            }
             // tungstenite answers pings itself; pongs and raw frames need nothing more.
             tungstenite::Message::Ping(_)
             | tungstenite::Message::Pong(_)
-            | tungstenite::Message::Frame(_) => {}
+            | tungstenite::Message::Frame(_) => continue,
+        };
+        if let Err(panic) = caught(handler.on_message(conn, message)).await {
+            return Some(panic);
         }
     }
+}
+
+/// Runs a handler callback, turning a panic into [`Error::HandlerPanicked`]: a panicking
+/// handler ends only its own connection (with 1011), never the server's other ones.
+async fn caught<F: std::future::Future<Output = ()>>(callback: F) -> Result<(), Error> {
+    AssertUnwindSafe(callback)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic payload".to_owned());
+            Error::HandlerPanicked { message }
+        })
 }

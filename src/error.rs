@@ -31,6 +31,13 @@ pub enum Error {
         /// What the peer did wrong.
         reason: String,
     },
+    /// The connection's handler panicked; the connection is closed with 1011 (internal
+    /// error), and every other connection carries on.
+    #[error("the connection's handler panicked: {message}")]
+    HandlerPanicked {
+        /// The panic's message, when it was a string.
+        message: String,
+    },
     /// The peer did not read fast enough: its outbound queue reached its bound, and the
     /// [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect) policy closed it with
     /// 1008.
@@ -65,6 +72,7 @@ impl Error {
             Error::InvalidUtf8 => Some(CloseCode::INVALID_PAYLOAD),
             Error::Protocol { .. } => Some(CloseCode::PROTOCOL_ERROR),
             Error::SlowConsumer { .. } => Some(CloseCode::POLICY_VIOLATION),
+            Error::HandlerPanicked { .. } => Some(CloseCode::INTERNAL_ERROR),
             Error::AbruptClose | Error::IdleTimeout(_) | Error::CloseTimeout(_) | Error::Io(_) => {
                 None
             }

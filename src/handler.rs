@@ -20,7 +20,12 @@ use crate::message::Message;
 ///
 /// Every method has a default that does nothing, so implement only what you need. While a
 /// callback runs, the connection reads no further messages, but its queued messages keep
-/// being written by a separate task.
+/// being written.
+///
+/// A callback that panics ends only its own connection: the peer gets close code 1011,
+/// [`on_error`](WebSocketHandler::on_error) gets
+/// [`Error::HandlerPanicked`](crate::Error::HandlerPanicked), the panic is logged with
+/// `tracing`, and [`on_close`](WebSocketHandler::on_close) still comes last.
 ///
 /// ```
 /// use async_trait::async_trait;

@@ -419,3 +419,74 @@ async fn after_the_peers_close_nothing_follows_the_answer() {
         }
     }
 }
+
+/// Panics in `on_open` or `on_message` close only their own connection, with 1011; the
+/// handler still hears `on_error` and `on_close`, and other connections carry on.
+#[tokio::test]
+async fn a_panicking_handler_closes_only_its_own_connection_with_1011() {
+    struct Fragile {
+        events: mpsc::UnboundedSender<Event>,
+        panic_on_open: bool,
+    }
+    #[async_trait]
+    impl WebSocketHandler for Fragile {
+        async fn on_open(&mut self, conn: &Connection) {
+            let _ = self.events.send(Event::Open(conn.clone()));
+            assert!(!self.panic_on_open, "on_open panics on purpose");
+        }
+        async fn on_message(&mut self, conn: &Connection, message: Message) {
+            assert_ne!(
+                message.as_text(),
+                Some("panic"),
+                "on_message panics on purpose"
+            );
+            let _ = conn.send(message);
+        }
+        async fn on_error(&mut self, _conn: &Connection, error: &Error) {
+            let _ = self
+                .events
+                .send(Event::Error(error.to_string(), error.close_code()));
+        }
+        async fn on_close(&mut self, _conn: &Connection, frame: &websocket_handler::CloseFrame) {
+            let _ = self
+                .events
+                .send(Event::Close(frame.code, frame.reason.clone()));
+        }
+    }
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let addr = serve(Config::default(), move |req| Fragile {
+        events: events_tx.clone(),
+        panic_on_open: req.uri().path() == "/panic-on-open",
+    })
+    .await;
+
+    let mut steady = connect(addr, "/").await;
+    expect_open(&mut events).await;
+    for (path, trigger) in [("/", true), ("/panic-on-open", false)] {
+        let mut fragile = connect(addr, path).await;
+        expect_open(&mut events).await;
+        if trigger {
+            send_text(&mut fragile, "panic").await;
+        }
+        match next_message(&mut fragile).await {
+            Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1011),
+            other => panic!("expected close 1011 on {path}, got {other:?}"),
+        }
+        match next_event(&mut events).await {
+            Event::Error(message, code) => {
+                assert!(message.contains("on purpose"), "{message}");
+                assert_eq!(code, Some(CloseCode::INTERNAL_ERROR));
+            }
+            other => panic!("expected on_error, got {other:?}"),
+        }
+        // The connection still ends properly; `on_close` comes last.
+        drop(fragile);
+        match next_event(&mut events).await {
+            Event::Close(..) => {}
+            other => panic!("expected on_close, got {other:?}"),
+        }
+    }
+    send_text(&mut steady, "still here").await;
+    assert_eq!(next_text(&mut steady).await, "still here");
+}
