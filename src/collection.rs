@@ -229,6 +229,7 @@ mod tests {
         };
         Connection::new(
             parts,
+            None,
             &crate::Config::default()
                 .outbound_queue_capacity(4)
                 .slow_consumer(crate::SlowConsumer::DropMessages),

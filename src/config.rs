@@ -1,8 +1,13 @@
 //! Per-connection settings, with defaults chosen for a server holding many connections.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::error::HandshakeError;
 
 /// Settings for every connection accepted with them.
 ///
@@ -23,6 +28,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// | [`close_timeout`](Config::close_timeout) | 5 s |
 /// | [`ping_interval`](Config::ping_interval) | 15 s |
 /// | [`idle_timeout`](Config::idle_timeout) | 30 s |
+/// | [`allowed_origins`](Config::allowed_origins) | any |
+/// | [`max_connections`](Config::max_connections) | unlimited |
+/// | [`protocols`](Config::protocols) | none |
 ///
 /// ```
 /// use std::time::Duration;
@@ -47,6 +55,29 @@ pub struct Config {
     close_timeout: Duration,
     ping_interval: Option<Duration>,
     idle_timeout: Option<Duration>,
+    allowed_origins: Option<Arc<[String]>>,
+    same_origin: bool,
+    protocols: Arc<[HeaderValue]>,
+    limit: Option<Arc<ConnectionLimit>>,
+}
+
+/// Counts the connections upgraded with one [`Config`] and its clones.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+/// One connection counted against [`Config::max_connections`]; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Permit(Option<Arc<ConnectionLimit>>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(limit) = &self.0 {
+            limit.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// What happens to a client whose outbound queue is full: it is not reading as fast as
@@ -80,6 +111,10 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             ping_interval: Some(Duration::from_secs(15)),
             idle_timeout: Some(Duration::from_secs(30)),
+            allowed_origins: None,
+            same_origin: false,
+            protocols: Arc::from([]),
+            limit: None,
         }
     }
 }
@@ -172,6 +207,64 @@ impl Config {
         self
     }
 
+    /// Accept upgrades only from pages of these origins (`scheme://host[:port]`, compared
+    /// without regard to ASCII case); others are refused with 403 before the handshake
+    /// completes. This stops another site's page from opening a WebSocket with your users'
+    /// cookies (cross-site WebSocket hijacking). Requests without an `Origin` header come
+    /// from non-browser clients and are accepted. By default every origin is accepted.
+    ///
+    /// ```
+    /// use websocket_handler::Config;
+    ///
+    /// let config = Config::default().allowed_origins(["https://chat.example"]);
+    /// ```
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Accept upgrades only from pages served by this same server: the `Origin`'s host and
+    /// port must equal the request's `Host` (what a browser sends for a page of this
+    /// server, whatever name or address it was opened with). Other origins get 403, like
+    /// with [`allowed_origins`](Config::allowed_origins), which it adds to; requests without
+    /// an `Origin` header are accepted.
+    pub fn same_origin(mut self) -> Self {
+        self.same_origin = true;
+        self.allowed_origins.get_or_insert_with(|| Arc::from([]));
+        self
+    }
+
+    /// Subprotocols the server speaks, most preferred first. The first of them that the
+    /// client offers in `Sec-WebSocket-Protocol` is chosen and answered
+    /// (see [`Connection::protocol`](crate::Connection::protocol)); if the client offers
+    /// none of them, none is chosen. Names that are not valid header values are skipped.
+    pub fn protocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.protocols = protocols
+            .into_iter()
+            .filter_map(|name| HeaderValue::from_str(name.as_ref()).ok())
+            .collect();
+        self
+    }
+
+    /// Refuse upgrades with 503 while this many connections upgraded with this `Config` (or
+    /// its clones) are open; the connections already open are not affected. Unlimited by
+    /// default.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limit = Some(Arc::new(ConnectionLimit {
+            max,
+            open: AtomicUsize::new(0),
+        }));
+        self
+    }
+
     /// See [`Config::max_message_size`].
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size
@@ -205,6 +298,70 @@ impl Config {
     /// See [`Config::slow_consumer`].
     pub fn get_slow_consumer(&self) -> SlowConsumer {
         self.slow_consumer
+    }
+
+    /// See [`Config::max_connections`].
+    pub fn get_max_connections(&self) -> Option<usize> {
+        self.limit.as_ref().map(|limit| limit.max)
+    }
+
+    /// Counts one more connection, unless the limit is reached.
+    pub(crate) fn admit(&self) -> Result<Permit, HandshakeError> {
+        let Some(limit) = &self.limit else {
+            return Ok(Permit(None));
+        };
+        limit
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit.max).then_some(open + 1)
+            })
+            .map(|_| Permit(Some(limit.clone())))
+            .map_err(|_| HandshakeError::TooManyConnections(limit.max))
+    }
+
+    /// Whether a request from `origin` (its `Origin` header, if any) to `host` (its `Host`
+    /// header) may upgrade.
+    pub(crate) fn origin_allowed(
+        &self,
+        origin: Option<&HeaderValue>,
+        host: Option<&HeaderValue>,
+    ) -> bool {
+        let (Some(allowed), Some(origin)) = (&self.allowed_origins, origin) else {
+            return true;
+        };
+        let origin = origin.as_bytes();
+        let listed = allowed
+            .iter()
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin));
+        // `scheme://host[:port]`: compare what follows the scheme with `Host`.
+        let same = self.same_origin
+            && host.is_some_and(|host| {
+                origin
+                    .windows(3)
+                    .position(|window| window == b"://")
+                    .is_some_and(|at| origin[at + 3..].eq_ignore_ascii_case(host.as_bytes()))
+            });
+        listed || same
+    }
+
+    /// The subprotocol to answer with: ours, in our order of preference, that the client
+    /// offered.
+    pub(crate) fn choose_protocol(&self, offered: &http::HeaderMap) -> Option<HeaderValue> {
+        let offered: Vec<&str> = offered
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect();
+        self.protocols
+            .iter()
+            .find(|ours| {
+                offered
+                    .iter()
+                    .any(|name| name.as_bytes() == ours.as_bytes())
+            })
+            .cloned()
     }
 
     /// See [`Config::ping_interval`].

@@ -57,6 +57,7 @@ pub(crate) struct Shared {
     uri: Uri,
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
+    protocol: Option<HeaderValue>,
     pub(crate) queue: OutboundQueue,
     slow_consumer: SlowConsumer,
     /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
@@ -122,12 +123,17 @@ impl RequestParts {
 }
 
 impl Connection {
-    pub(crate) fn new(request: RequestParts, config: &Config) -> Self {
+    pub(crate) fn new(
+        request: RequestParts,
+        protocol: Option<HeaderValue>,
+        config: &Config,
+    ) -> Self {
         let shared = Shared {
             id: ConnectionId::next(),
             uri: request.uri,
             headers: request.headers,
             remote_addr: request.remote_addr,
+            protocol,
             queue: OutboundQueue::new(
                 config.get_outbound_queue_capacity(),
                 config.get_outbound_queue_bytes(),
@@ -189,6 +195,12 @@ impl Connection {
     /// A batch the writer has taken but not yet fully written is not counted.
     pub fn queued(&self) -> (usize, usize) {
         self.shared.queue.queued()
+    }
+
+    /// The subprotocol chosen in the handshake (see
+    /// [`Config::protocols`](crate::Config::protocols)), if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.shared.protocol.as_ref()?.to_str().ok()
     }
 
     /// Whether the connection is open: not closed and no close requested.

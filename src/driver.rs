@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::close::CloseFrame;
-use crate::config::Config;
+use crate::config::{Config, Permit};
 use crate::connection::{lock, Connection};
 use crate::error::Error;
 use crate::handler::WebSocketHandler;
@@ -29,6 +29,7 @@ pub(crate) async fn run<R, W, H>(
     conn: Connection,
     mut handler: H,
     config: Config,
+    permit: Permit,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Send + 'static,
@@ -36,7 +37,10 @@ pub(crate) async fn run<R, W, H>(
 {
     // Whatever happens below, even a panicking handler, the connection ends up closed, out
     // of its collections, and its socket released.
-    let _guard = EndGuard { conn: conn.clone() };
+    let _guard = EndGuard {
+        conn: conn.clone(),
+        _permit: permit,
+    };
     let close_timeout = config.get_close_timeout();
 
     *lock(&conn.shared().write_side) = Some(WriteSide::new(
@@ -104,6 +108,8 @@ pub(crate) async fn run<R, W, H>(
 
 struct EndGuard {
     conn: Connection,
+    /// Counts the connection against `Config::max_connections` until it has ended.
+    _permit: Permit,
 }
 
 impl Drop for EndGuard {

@@ -152,6 +152,14 @@ pub enum HandshakeError {
     /// Serve the connection with hyper's `with_upgrades()`.
     #[error("this connection cannot be upgraded (is the hyper connection served with_upgrades?)")]
     NotUpgradable,
+    /// The request's `Origin` is not in [`Config::allowed_origins`](crate::Config::allowed_origins)
+    /// (403): a page from another site tried to connect with the user's cookies.
+    #[error("origin {0:?} is not allowed")]
+    OriginNotAllowed(String),
+    /// The server already holds [`Config::max_connections`](crate::Config::max_connections)
+    /// connections (503).
+    #[error("server is at its limit of {0} connections; try again later")]
+    TooManyConnections(usize),
 }
 
 impl HandshakeError {
@@ -161,6 +169,8 @@ impl HandshakeError {
             HandshakeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
+            HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HandshakeError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             HandshakeError::HttpVersion(_)
             | HandshakeError::MissingConnectionUpgrade
             | HandshakeError::MissingUpgradeWebSocket

@@ -89,14 +89,32 @@ where
     H: WebSocketHandler,
 {
     let accept_key = check_handshake(&request)?;
+    let origin = request.headers().get(header::ORIGIN);
+    if !config.origin_allowed(origin, request.headers().get(header::HOST)) {
+        let origin = origin.map_or_else(String::new, |origin| {
+            String::from_utf8_lossy(origin.as_bytes()).into_owned()
+        });
+        return Err(HandshakeError::OriginNotAllowed(origin));
+    }
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return Err(HandshakeError::NotUpgradable);
+    }
+    // Counted from here until the connection ends.
+    let permit = config.admit()?;
     let on_upgrade = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or(HandshakeError::NotUpgradable)?;
+    let protocol = config.choose_protocol(request.headers());
 
     let remote_addr = request.extensions().get::<SocketAddr>().copied();
     let conn = Connection::new(
         RequestParts::detached(request.uri(), request.headers(), remote_addr),
+        protocol.clone(),
         config,
     );
     drop(request);
@@ -108,11 +126,11 @@ where
                 Ok(parts) => {
                     let (read, write) = parts.io.into_inner().into_split();
                     let read = stream::leftover(parts.read_buf).chain(read);
-                    driver::run(read, write, conn, handler, config).await
+                    driver::run(read, write, conn, handler, config, permit).await
                 }
                 Err(upgraded) => {
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                    driver::run(read, write, conn, handler, config).await
+                    driver::run(read, write, conn, handler, config, permit).await
                 }
             },
             Err(error) => {
@@ -128,6 +146,9 @@ where
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     Ok(response)
 }
 

@@ -275,3 +275,28 @@ async fn loadgen_drives_the_chat_example_without_losing_a_message() {
     assert!(field("server_rss_kib_connected") > 0.0, "{stdout}");
     assert!(stdout.contains("\"errors\":[]"), "{stdout}");
 }
+
+/// Only the chat's own page may connect: another site's page gets 403 before the upgrade.
+#[tokio::test]
+async fn only_pages_of_the_chat_itself_may_connect() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = ChatServer::start().await;
+    let evil = format!("{UPGRADE}Origin: http://evil.example\r\n");
+    let response = http_get(server.addr, "/api/Chat?username=eve", &evil).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+
+    let mut request = format!("ws://{}/api/Chat?username=ann", server.addr)
+        .into_client_request()
+        .expect("request");
+    let origin = format!("http://{}", server.addr);
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().expect("origin header"));
+    let (mut ann, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+        .expect("the chat's own origin is accepted");
+    send_text(&mut ann, "hi").await;
+    assert_eq!(next_text(&mut ann).await, "ann: hi");
+}

@@ -116,9 +116,13 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    async fn start_with(config: Config) -> Self {
         let counters = Counters::new();
         let for_server = counters.clone();
-        let addr = common::serve(Config::default(), move |_req| Tracked::new(&for_server)).await;
+        let addr = common::serve(config, move |_req| Tracked::new(&for_server)).await;
         Server { addr, counters }
     }
 
@@ -783,4 +787,71 @@ async fn try_upgrade_reports_each_refusal() {
         "Sec-WebSocket-Key",
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origins, connection limit, subprotocols.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cross_origin_upgrades_are_refused_with_403() {
+    let config = Config::default().allowed_origins(["http://chat.example:8080"]);
+    let server = Server::start_with(config).await;
+    let evil = Req::valid().add("Origin", "http://evil.example");
+    server.send(&evil).await.assert_refused(403, "not allowed");
+    // Same origin, any ASCII case; and non-browser clients, which send no Origin.
+    let good = Req::valid().add("Origin", "http://Chat.Example:8080");
+    assert_eq!(server.send(&good).await.status, 101);
+    assert_eq!(server.send(&Req::valid()).await.status, 101);
+}
+
+#[tokio::test]
+async fn same_origin_accepts_pages_of_this_server_only() {
+    let server = Server::start_with(Config::default().same_origin()).await;
+    let page = Req::valid()
+        .set("Host", "127.0.0.1:8080")
+        .add("Origin", "http://127.0.0.1:8080");
+    assert_eq!(server.send(&page).await.status, 101);
+    let other_port = page.clone().set("Origin", "http://127.0.0.1:9999");
+    server
+        .send(&other_port)
+        .await
+        .assert_refused(403, "not allowed");
+    let evil = page.set("Origin", "https://evil.example");
+    server.send(&evil).await.assert_refused(403, "not allowed");
+}
+
+#[tokio::test]
+async fn beyond_max_connections_upgrades_get_503_and_the_open_ones_are_untouched() {
+    let server = Server::start_with(Config::default().max_connections(2)).await;
+    let mut first = common::connect(server.addr, "/ws").await;
+    let mut second = common::connect(server.addr, "/ws").await;
+    server
+        .send(&Req::valid())
+        .await
+        .assert_refused(503, "limit of 2");
+    for client in [&mut first, &mut second] {
+        common::send_text(client, "still here").await;
+        assert_eq!(common::next_text(client).await, "still here");
+    }
+    // Once one has gone (its handler dropped, after its end), there is room again.
+    drop(first);
+    server.counters.wait_dropped(2).await; // the refused request's handler, then first's
+    let mut third = common::connect(server.addr, "/ws").await;
+    common::send_text(&mut third, "in").await;
+    assert_eq!(common::next_text(&mut third).await, "in");
+}
+
+#[tokio::test]
+async fn the_servers_preferred_subprotocol_among_those_offered_is_chosen() {
+    let server = Server::start_with(Config::default().protocols(["chat.v2", "chat"])).await;
+    let offered = Req::valid().add("Sec-WebSocket-Protocol", "chat, chat.v2");
+    let response = server.send(&offered).await;
+    assert_eq!(response.status, 101);
+    assert_eq!(response.header("sec-websocket-protocol"), "chat.v2");
+
+    let other = Req::valid().add("Sec-WebSocket-Protocol", "mqtt");
+    let response = server.send(&other).await;
+    assert_eq!(response.status, 101);
+    assert!(response.header_all("sec-websocket-protocol").is_empty());
 }

@@ -54,7 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
 
     let room = WebSocketCollection::new();
-    let config = Config::default();
+    // Only pages served by this server may connect: no other site can open the chat with
+    // a visitor's browser.
+    let config = Config::default().same_origin();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
