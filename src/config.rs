@@ -8,6 +8,7 @@ use http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::HandshakeError;
+use crate::shutdown::Shutdown;
 
 /// Settings for every connection accepted with them.
 ///
@@ -59,6 +60,7 @@ pub struct Config {
     same_origin: bool,
     protocols: Arc<[HeaderValue]>,
     limit: Option<Arc<ConnectionLimit>>,
+    shutdown: Option<Shutdown>,
 }
 
 /// Counts the connections upgraded with one [`Config`] and its clones.
@@ -115,6 +117,7 @@ impl Default for Config {
             same_origin: false,
             protocols: Arc::from([]),
             limit: None,
+            shutdown: None,
         }
     }
 }
@@ -298,6 +301,17 @@ impl Config {
     /// See [`Config::slow_consumer`].
     pub fn get_slow_consumer(&self) -> SlowConsumer {
         self.slow_consumer
+    }
+
+    /// Connections upgraded with this `Config` can be closed together, gracefully, with
+    /// [`Shutdown::close_all`].
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    pub(crate) fn get_shutdown(&self) -> Option<&Shutdown> {
+        self.shutdown.as_ref()
     }
 
     /// See [`Config::max_connections`].

@@ -203,6 +203,11 @@ impl Connection {
         self.shared.protocol.as_ref()?.to_str().ok()
     }
 
+    /// Whether the connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == CLOSED
+    }
+
     /// Whether the connection is open: not closed and no close requested.
     pub fn is_open(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) == OPEN

@@ -47,6 +47,8 @@ pub(crate) async fn run<R, W, H>(
         Box::pin(write),
         config.get_write_buffer_size(),
     ));
+    // Anything queued before the socket was in place (a shutdown's close frame) goes now.
+    conn.flush_now();
     let mut socket = WebSocketStream::from_raw_socket(
         ProtocolStream::new(read, conn.clone()),
         Role::Server,

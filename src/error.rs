@@ -160,6 +160,9 @@ pub enum HandshakeError {
     /// connections (503).
     #[error("server is at its limit of {0} connections; try again later")]
     TooManyConnections(usize),
+    /// The server is shutting down (503); see [`Shutdown`](crate::Shutdown).
+    #[error("server is shutting down")]
+    ShuttingDown,
 }
 
 impl HandshakeError {
@@ -170,7 +173,9 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
             HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
-            HandshakeError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::TooManyConnections(_) | HandshakeError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HandshakeError::HttpVersion(_)
             | HandshakeError::MissingConnectionUpgrade
             | HandshakeError::MissingUpgradeWebSocket

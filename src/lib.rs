@@ -74,6 +74,7 @@ mod keepalive;
 mod message;
 mod outbound;
 mod query;
+mod shutdown;
 mod stream;
 mod upgrade;
 mod writer;
@@ -89,6 +90,7 @@ pub use error::{Error, HandshakeError, QueryError, SendError};
 pub use handler::WebSocketHandler;
 pub use message::{Message, Utf8Bytes};
 pub use query::query_param;
+pub use shutdown::Shutdown;
 pub use upgrade::{try_upgrade, upgrade};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `cargo fuzz`, which sets

@@ -118,6 +118,9 @@ where
         config,
     );
     drop(request);
+    if let Some(shutdown) = config.get_shutdown() {
+        shutdown.track(&conn)?;
+    }
     let config = config.clone();
     tokio::spawn(async move {
         match on_upgrade.await {

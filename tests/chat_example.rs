@@ -300,3 +300,49 @@ async fn only_pages_of_the_chat_itself_may_connect() {
     send_text(&mut ann, "hi").await;
     assert_eq!(next_text(&mut ann).await, "ann: hi");
 }
+
+/// Ctrl-C (SIGINT) stops the chat gracefully: each user gets close code 1001, and the
+/// process exits successfully.
+#[tokio::test]
+async fn ctrl_c_says_goodbye_with_1001_and_exits() {
+    let mut server = ChatServer::start().await;
+    let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
+    send_text(&mut ann, "bye all").await;
+    assert_eq!(next_text(&mut ann).await, "ann: bye all");
+
+    let pid = server.child.id().expect("chat example pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    match common::next_message(&mut ann).await {
+        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1001)
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert_eq!(common::next_message(&mut ann).await, None);
+    let exit = tokio::time::timeout(WAIT, server.child.wait())
+        .await
+        .expect("the chat example exits")
+        .expect("wait for it");
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// A client that connects and never sends its request is disconnected (handshake timeout).
+#[tokio::test]
+async fn a_client_that_never_sends_its_request_is_dropped() {
+    let server = ChatServer::start().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /api/Chat?user")
+        .await
+        .expect("partial request");
+    let mut rest = Vec::new();
+    // The example's handshake timeout is 10 s; give it twice as long to act.
+    tokio::time::timeout(WAIT * 2, stream.read_to_end(&mut rest))
+        .await
+        .expect("server closes the connection")
+        .expect("read");
+}

@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,11 +20,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use websocket_handler::{
-    query_param, upgrade, Config, Connection, Message, WebSocketCollection, WebSocketHandler,
+    query_param, upgrade, Config, Connection, Message, Shutdown, WebSocketCollection,
+    WebSocketHandler,
 };
+
+/// How long a client may take to send its HTTP request (the WebSocket handshake).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PAGE: &str = include_str!("chat.htm");
 
@@ -54,11 +59,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
 
     let room = WebSocketCollection::new();
+    let shutdown = Shutdown::new();
     // Only pages served by this server may connect: no other site can open the chat with
     // a visitor's browser.
-    let config = Config::default().same_origin();
+    let config = Config::default().same_origin().shutdown(&shutdown);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 eprintln!("accept failed: {error}");
@@ -74,7 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
+            // A client that opens a connection and never finishes its request is dropped.
             let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(error) = connection.await {
@@ -82,6 +95,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+
+    // Ctrl-C: stop accepting, then say goodbye (1001) to everyone, after what is queued.
+    eprintln!("Shutting down: closing {} connections.", room.len());
+    let unfinished = shutdown.close_all(Duration::from_secs(5)).await;
+    eprintln!("Stopped ({unfinished} connections did not close in time).");
+    Ok(())
 }
 
 fn route(
