@@ -8,6 +8,7 @@ use http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::HandshakeError;
+use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 
 /// Settings for every connection accepted with them.
@@ -32,6 +33,7 @@ use crate::shutdown::Shutdown;
 /// | [`allowed_origins`](Config::allowed_origins) | any |
 /// | [`max_connections`](Config::max_connections) | unlimited |
 /// | [`protocols`](Config::protocols) | none |
+/// | [`rate_limit`](Config::rate_limit) | none |
 ///
 /// ```
 /// use std::time::Duration;
@@ -61,6 +63,7 @@ pub struct Config {
     protocols: Arc<[HeaderValue]>,
     limit: Option<Arc<ConnectionLimit>>,
     shutdown: Option<Shutdown>,
+    rate_limit: Option<RateLimit>,
 }
 
 /// Counts the connections upgraded with one [`Config`] and its clones.
@@ -118,6 +121,7 @@ impl Default for Config {
             protocols: Arc::from([]),
             limit: None,
             shutdown: None,
+            rate_limit: None,
         }
     }
 }
@@ -301,6 +305,22 @@ impl Config {
     /// See [`Config::slow_consumer`].
     pub fn get_slow_consumer(&self) -> SlowConsumer {
         self.slow_consumer
+    }
+
+    /// Limit what each client may send: `per_second` messages on average, up to `burst` at
+    /// once. A client over its limit is closed with 1008 and its handler gets
+    /// [`Error::RateLimited`](crate::Error::RateLimited). Values below 1 are raised to 1.
+    /// No limit by default.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = Some(RateLimit {
+            per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
+        });
+        self
+    }
+
+    pub(crate) fn get_rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
     }
 
     /// Connections upgraded with this `Config` can be closed together, gracefully, with

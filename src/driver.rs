@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::handler::WebSocketHandler;
 use crate::keepalive::{Due, KeepAlive};
 use crate::message::Message;
+use crate::rate_limit::Bucket;
 use crate::stream::ProtocolStream;
 use crate::writer::WriteSide;
 
@@ -147,6 +148,9 @@ where
         config.get_idle_timeout(),
         Instant::now(),
     );
+    let mut rate = config
+        .get_rate_limit()
+        .map(|limit| Bucket::new(limit, Instant::now()));
     let keepalive_timer =
         tokio::time::sleep_until(keepalive.deadline().unwrap_or_else(Instant::now));
     tokio::pin!(keepalive_timer);
@@ -192,6 +196,14 @@ where
             | tungstenite::Message::Pong(_)
             | tungstenite::Message::Frame(_) => continue,
         };
+        if let Some(bucket) = &mut rate {
+            if !bucket.take(Instant::now()) {
+                let per_second = config
+                    .get_rate_limit()
+                    .map_or(0, |limit| limit.per_second as u32);
+                return Some(Error::RateLimited { per_second });
+            }
+        }
         if let Err(panic) = caught(handler.on_message(conn, message)).await {
             return Some(panic);
         }

@@ -31,6 +31,13 @@ pub enum Error {
         /// What the peer did wrong.
         reason: String,
     },
+    /// The peer sent messages faster than [`Config::rate_limit`](crate::Config::rate_limit)
+    /// allows. Closed with 1008.
+    #[error("peer sent messages faster than {per_second} per second")]
+    RateLimited {
+        /// The configured average rate.
+        per_second: u32,
+    },
     /// The connection's handler panicked; the connection is closed with 1011 (internal
     /// error), and every other connection carries on.
     #[error("the connection's handler panicked: {message}")]
@@ -71,7 +78,9 @@ impl Error {
             Error::MessageTooLarge { .. } => Some(CloseCode::MESSAGE_TOO_BIG),
             Error::InvalidUtf8 => Some(CloseCode::INVALID_PAYLOAD),
             Error::Protocol { .. } => Some(CloseCode::PROTOCOL_ERROR),
-            Error::SlowConsumer { .. } => Some(CloseCode::POLICY_VIOLATION),
+            Error::SlowConsumer { .. } | Error::RateLimited { .. } => {
+                Some(CloseCode::POLICY_VIOLATION)
+            }
             Error::HandlerPanicked { .. } => Some(CloseCode::INTERNAL_ERROR),
             Error::AbruptClose | Error::IdleTimeout(_) | Error::CloseTimeout(_) | Error::Io(_) => {
                 None

@@ -74,6 +74,7 @@ mod keepalive;
 mod message;
 mod outbound;
 mod query;
+mod rate_limit;
 mod shutdown;
 mod stream;
 mod upgrade;

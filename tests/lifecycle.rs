@@ -490,3 +490,69 @@ async fn a_panicking_handler_closes_only_its_own_connection_with_1011() {
     send_text(&mut steady, "still here").await;
     assert_eq!(next_text(&mut steady).await, "still here");
 }
+
+/// A client over its rate limit is closed with 1008, and its handler hears why.
+#[tokio::test]
+async fn a_client_over_its_rate_limit_is_closed_with_1008() {
+    let (addr, mut events) = start(Config::default().rate_limit(1, 3)).await;
+    let mut client = connect(addr, "/").await;
+    expect_open(&mut events).await;
+    for i in 0..10 {
+        send_text(&mut client, &format!("m{i}")).await;
+    }
+    let mut echoes = 0;
+    loop {
+        match next_message(&mut client).await {
+            Some(WsMessage::Text(_)) => echoes += 1,
+            Some(WsMessage::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                break;
+            }
+            other => panic!("expected echoes then close 1008, got {other:?}"),
+        }
+    }
+    assert!((3..10).contains(&echoes), "{echoes} echoes");
+    loop {
+        match next_event(&mut events).await {
+            Event::Message(_) => {}
+            Event::Error(message, code) => {
+                assert!(message.contains("per second"), "{message}");
+                assert_eq!(code, Some(CloseCode::POLICY_VIOLATION));
+                break;
+            }
+            other => panic!("expected on_error, got {other:?}"),
+        }
+    }
+}
+
+/// A protocol violation (here an unmasked frame from the client) closes with 1002.
+#[tokio::test]
+async fn a_protocol_violation_closes_with_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (addr, mut events) = start(Config::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(&[0x81, 2, b'h', b'i']); // not masked
+    stream.write_all(&request).await.expect("send");
+    let close_1002 = [0x88, 2, 0x03, 0xea];
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !received.windows(4).any(|window| window == close_1002) {
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed without 1002: {received:?}");
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("close 1002 in time");
+    expect_open(&mut events).await;
+    match next_event(&mut events).await {
+        Event::Error(_, code) => assert_eq!(code, Some(CloseCode::PROTOCOL_ERROR)),
+        other => panic!("expected on_error, got {other:?}"),
+    }
+}
