@@ -311,8 +311,9 @@ async fn ctrl_c_says_goodbye_with_1001_and_exits() {
     assert_eq!(next_text(&mut ann).await, "ann: bye all");
 
     let pid = server.child.id().expect("chat example pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+    // The shell's own `kill`: no procps needed on a minimal machine.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
         .status()
         .expect("run kill");
     assert!(status.success());
