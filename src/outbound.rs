@@ -267,8 +267,8 @@ impl OutboundQueue {
         Ok(schedule(&mut state))
     }
 
-    /// Moves everything queued into `into`, up to and including a close frame. Returns
-    /// `false`, and marks the queue idle, if nothing was queued.
+    /// Moves everything queued into `into` (which must be empty), up to and including a
+    /// close frame. Returns `false`, and marks the queue idle, if nothing was queued.
     pub(crate) fn take(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut state = lock(&self.state);
         if state.items.is_empty() {
@@ -276,24 +276,26 @@ impl OutboundQueue {
             state.handed_over = false;
             return false;
         }
-        if into.is_empty() {
-            // Swap buffers: the producers get the writer's empty one, keeping its capacity.
-            if into.capacity() > KEEP_CAPACITY {
-                into.shrink_to(KEEP_CAPACITY);
-            }
-            std::mem::swap(&mut state.items, into);
-        } else {
-            into.append(&mut state.items);
+        debug_assert!(
+            into.is_empty(),
+            "the writer takes only when it has written all"
+        );
+        // Swap buffers: the producers get the writer's empty one, keeping its capacity.
+        if into.capacity() > KEEP_CAPACITY {
+            into.shrink_to(KEEP_CAPACITY);
         }
+        std::mem::swap(&mut state.items, into);
         state.messages = 0;
         state.bytes = 0;
         state.pong_at = None;
-        if let Some(close) = into
-            .iter()
-            .position(|item| matches!(item, Outbound::Close(..) | Outbound::Reply(_)))
-        {
-            into.truncate(close + 1);
-            state.stopped = true;
+        if state.close_queued {
+            if let Some(close) = into
+                .iter()
+                .position(|item| matches!(item, Outbound::Close(..) | Outbound::Reply(_)))
+            {
+                into.truncate(close + 1);
+                state.stopped = true;
+            }
         }
         true
     }
