@@ -98,17 +98,17 @@ pub(crate) enum Outbound {
     Pong(Bytes),
     /// tungstenite's answer to the peer's close frame; nothing is written after it.
     Reply(Bytes),
-    /// Our close frame; nothing is written after it.
-    Close(CloseFrame, Frame),
+    /// Our close frame, and its encoding; nothing is written after it. Boxed: it is rare,
+    /// and every queue slot is as large as the largest variant.
+    Close(Box<(CloseFrame, Frame)>),
 }
 
 impl Outbound {
     /// Length on the wire.
     pub(crate) fn len(&self) -> usize {
         match self {
-            Outbound::Data(frame) | Outbound::Close(_, frame) => {
-                frame.header().len() + frame.payload.len()
-            }
+            Outbound::Data(frame) => frame.header().len() + frame.payload.len(),
+            Outbound::Close(close) => close.1.header().len() + close.1.payload.len(),
             Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => bytes.len(),
         }
     }
@@ -116,7 +116,8 @@ impl Outbound {
     /// Adds this item's bytes, from `skip` on, to `slices`; returns how many were added.
     pub(crate) fn slices<'a>(&'a self, skip: usize, slices: &mut Vec<IoSlice<'a>>) -> usize {
         let parts: [&'a [u8]; 2] = match self {
-            Outbound::Data(frame) | Outbound::Close(_, frame) => [frame.header(), &frame.payload],
+            Outbound::Data(frame) => [frame.header(), &frame.payload],
+            Outbound::Close(close) => [close.1.header(), &close.1.payload],
             Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => [bytes, &[]],
         };
         let mut skip = skip;
@@ -186,7 +187,7 @@ struct State {
 
 /// Above this, a drained buffer gives its memory back, so a burst does not pin memory on an
 /// idle connection.
-pub(crate) const KEEP_CAPACITY: usize = 64;
+pub(crate) const KEEP_CAPACITY: usize = 16;
 
 impl OutboundQueue {
     pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
@@ -263,7 +264,9 @@ impl OutboundQueue {
             state.bytes = 0;
         }
         let wire = Frame::close(&frame);
-        state.items.push_back(Outbound::Close(frame, wire));
+        state
+            .items
+            .push_back(Outbound::Close(Box::new((frame, wire))));
         Ok(schedule(&mut state))
     }
 

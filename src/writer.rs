@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 
 use crate::connection::{lock, Connection, Shared};
-use crate::outbound::{Outbound, Pushed, KEEP_CAPACITY};
+use crate::outbound::{Outbound, Pushed};
 
 /// Most slices handed to one vectored write (Linux allows 1024).
 const MAX_SLICES: usize = 128;
@@ -86,10 +86,8 @@ impl WriteSide {
                 if shared.queue.take(&mut self.in_flight) {
                     continue;
                 }
-                // Idle: give back what a burst grew.
-                if self.in_flight.capacity() > KEEP_CAPACITY {
-                    self.in_flight.shrink_to(KEEP_CAPACITY);
-                }
+                // Idle: give the buffer back; an idle connection should hold no queue memory.
+                self.in_flight = VecDeque::new();
                 return Poll::Ready(None);
             }
 
@@ -139,8 +137,8 @@ impl WriteSide {
             done -= len;
             match self.in_flight.pop_front() {
                 // `take` put nothing behind a close frame.
-                Some(Outbound::Close(frame, _)) => {
-                    shared.close_written(frame);
+                Some(Outbound::Close(close)) => {
+                    shared.close_written(close.0);
                     self.closed = true;
                 }
                 Some(Outbound::Reply(_)) => self.closed = true,
