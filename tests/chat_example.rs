@@ -79,6 +79,30 @@ fn example_binary(name: &str) -> PathBuf {
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// Whether `text` is one of the chat's join or leave notices, `NAME joined (N online)` or
+/// `NAME left (N online)`.
+fn is_notice(text: &str) -> bool {
+    let Some(rest) = text.strip_suffix(" online)") else {
+        return false;
+    };
+    let Some((before, count)) = rest.rsplit_once(" (") else {
+        return false;
+    };
+    !count.is_empty()
+        && count.chars().all(|c| c.is_ascii_digit())
+        && (before.ends_with(" joined") || before.ends_with(" left"))
+}
+
+/// The next chat line (`NAME: text`) a client receives, skipping join and leave notices.
+async fn next_chat(client: &mut common::Client) -> String {
+    loop {
+        let text = next_text(client).await;
+        if !is_notice(&text) {
+            return text;
+        }
+    }
+}
+
 /// Sends a raw HTTP/1.1 request and returns the whole response as text.
 async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -101,20 +125,51 @@ async fn two_users_chat_and_see_each_other() {
 
     // A user's own echo proves they are in the room.
     send_text(&mut alice, "alice here").await;
-    assert_eq!(next_text(&mut alice).await, "alice: alice here");
+    assert_eq!(next_chat(&mut alice).await, "alice: alice here");
     let mut bob = common::connect(server.addr, "/api/Chat?username=B%C3%B6b").await;
     send_text(&mut bob, "hi alice").await;
-    assert_eq!(next_text(&mut bob).await, "Böb: hi alice");
-    assert_eq!(next_text(&mut alice).await, "Böb: hi alice");
+    assert_eq!(next_chat(&mut bob).await, "Böb: hi alice");
+    assert_eq!(next_chat(&mut alice).await, "Böb: hi alice");
 
     send_text(&mut alice, "hello <b>bob</b>").await;
-    assert_eq!(next_text(&mut alice).await, "alice: hello <b>bob</b>");
-    assert_eq!(next_text(&mut bob).await, "alice: hello <b>bob</b>");
+    assert_eq!(next_chat(&mut alice).await, "alice: hello <b>bob</b>");
+    assert_eq!(next_chat(&mut bob).await, "alice: hello <b>bob</b>");
 
     // When alice leaves, bob keeps chatting alone.
     drop(alice);
     send_text(&mut bob, "anyone?").await;
-    assert_eq!(next_text(&mut bob).await, "Böb: anyone?");
+    assert_eq!(next_chat(&mut bob).await, "Böb: anyone?");
+}
+
+/// Everyone sees who joins and leaves, with how many are online, counted by the room itself.
+#[tokio::test]
+async fn join_and_leave_notices_carry_the_online_count() {
+    let server = ChatServer::start().await;
+    let mut alice = common::connect(server.addr, "/api/Chat?username=alice").await;
+    assert_eq!(next_text(&mut alice).await, "alice joined (1 online)");
+    let mut bob = common::connect(server.addr, "/api/Chat?username=bob").await;
+    assert_eq!(next_text(&mut bob).await, "bob joined (2 online)");
+    assert_eq!(next_text(&mut alice).await, "bob joined (2 online)");
+
+    // Chat lines keep their exact `NAME: text` form between the notices.
+    send_text(&mut bob, "hi").await;
+    assert_eq!(next_text(&mut bob).await, "bob: hi");
+    assert_eq!(next_text(&mut alice).await, "bob: hi");
+
+    let mut carol = common::connect(server.addr, "/api/Chat?username=carol").await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(next_text(client).await, "carol joined (3 online)");
+    }
+
+    // A clean close and a vanished client are both announced, without the one who left.
+    bob.close(None).await.expect("close");
+    assert_eq!(next_text(&mut alice).await, "bob left (2 online)");
+    assert_eq!(next_text(&mut carol).await, "bob left (2 online)");
+    drop(carol);
+    assert_eq!(next_text(&mut alice).await, "carol left (1 online)");
+
+    send_text(&mut alice, "alone").await;
+    assert_eq!(next_text(&mut alice).await, "alice: alone");
 }
 
 #[tokio::test]
@@ -129,7 +184,9 @@ async fn page_and_routes() {
         !page.contains("innerHTML"),
         "messages must never be parsed as HTML"
     );
-    assert!(page.contains("Connected."));
+    for state in ["connecting", "connected", "reconnecting", "closed"] {
+        assert!(page.contains(&format!("\"{state}\"")), "state {state}");
+    }
     assert!(!page.contains("<script src"), "no external scripts");
 
     let root = http_get(server.addr, "/", "").await;
@@ -202,20 +259,20 @@ async fn unusual_but_valid_usernames_are_accepted() {
     // "Zoë 🙂": a non-ASCII letter, a space and an emoji.
     let mut zoe = common::connect(server.addr, "/api/Chat?username=Zo%C3%AB%20%F0%9F%99%82").await;
     send_text(&mut zoe, "hi").await;
-    assert_eq!(next_text(&mut zoe).await, "Zoë 🙂: hi");
+    assert_eq!(next_chat(&mut zoe).await, "Zoë 🙂: hi");
 
     // Surrounding whitespace (a tab included) is trimmed; `+` reads as a space.
     let mut bob = common::connect(server.addr, "/api/Chat?username=%09+bob+").await;
     send_text(&mut bob, "hi").await;
-    assert_eq!(next_text(&mut bob).await, "bob: hi");
-    assert_eq!(next_text(&mut zoe).await, "bob: hi");
+    assert_eq!(next_chat(&mut bob).await, "bob: hi");
+    assert_eq!(next_chat(&mut zoe).await, "bob: hi");
 
     // 32 characters is the limit, counted in characters: 64 bytes of UTF-8 still fit.
     let path = format!("/api/Chat?username={}", "%C3%A9".repeat(32));
     let mut long = common::connect(server.addr, &path).await;
     send_text(&mut long, "hi").await;
     assert_eq!(
-        next_text(&mut long).await,
+        next_chat(&mut long).await,
         format!("{}: hi", "é".repeat(32))
     );
 }
@@ -298,7 +355,7 @@ async fn only_pages_of_the_chat_itself_may_connect() {
         .expect("connect in time")
         .expect("the chat's own origin is accepted");
     send_text(&mut ann, "hi").await;
-    assert_eq!(next_text(&mut ann).await, "ann: hi");
+    assert_eq!(next_chat(&mut ann).await, "ann: hi");
 }
 
 /// Ctrl-C (SIGINT) stops the chat gracefully: each user gets close code 1001, and the
@@ -308,7 +365,7 @@ async fn ctrl_c_says_goodbye_with_1001_and_exits() {
     let mut server = ChatServer::start().await;
     let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
     send_text(&mut ann, "bye all").await;
-    assert_eq!(next_text(&mut ann).await, "ann: bye all");
+    assert_eq!(next_chat(&mut ann).await, "ann: bye all");
 
     let pid = server.child.id().expect("chat example pid").to_string();
     // The shell's own `kill`: no procps needed on a minimal machine.

@@ -1,4 +1,5 @@
-//! The classic chat room: every message is broadcast to everyone as `NAME: message`.
+//! The classic chat room: every message is broadcast to everyone as `NAME: message`, and
+//! everyone sees who comes and goes as `NAME joined (N online)` and `NAME left (N online)`.
 //!
 //! ```text
 //! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
@@ -23,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use websocket_handler::{
-    query_param, upgrade, Config, Connection, Message, Shutdown, WebSocketCollection,
+    query_param, upgrade, CloseFrame, Config, Connection, Message, Shutdown, WebSocketCollection,
     WebSocketHandler,
 };
 
@@ -36,12 +37,33 @@ const PAGE: &str = include_str!("chat.htm");
 struct Chat {
     username: String,
     room: WebSocketCollection,
+    /// Whether `room.add` took this connection (it refuses one that already closed): only
+    /// then is there a join, and so a leave, to announce.
+    joined: bool,
+    /// Whether to announce joins and leaves (`--no-notices` turns them off, for benchmarks
+    /// against servers that have none).
+    announce: bool,
 }
 
 #[async_trait]
 impl WebSocketHandler for Chat {
     async fn on_open(&mut self, conn: &Connection) {
-        self.room.add(conn.clone());
+        self.joined = self.room.add(conn.clone());
+        if self.joined && self.announce {
+            // The count is the room itself, so it cannot drift from who is really there.
+            let online = self.room.len();
+            self.room
+                .broadcast(format!("{} joined ({online} online)", self.username));
+        }
+    }
+
+    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {
+        if self.joined && self.announce {
+            // The connection has already left the room, so it is not counted.
+            let online = self.room.len();
+            self.room
+                .broadcast(format!("{} left ({online} online)", self.username));
+        }
     }
 
     async fn on_message(&mut self, _conn: &Connection, message: Message) {
@@ -53,7 +75,7 @@ impl WebSocketHandler for Chat {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = parse_addr()?;
+    let Args { addr, announce } = parse_args()?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
@@ -80,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let config = config.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
-            let response = route(req, &room, &config);
+            let response = route(req, &room, &config, announce);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -107,6 +129,7 @@ fn route(
     req: Request<Incoming>,
     room: &WebSocketCollection,
     config: &Config,
+    announce: bool,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => {
@@ -130,6 +153,8 @@ fn route(
                 let chat = Chat {
                     username,
                     room: room.clone(),
+                    joined: false,
+                    announce,
                 };
                 upgrade(req, config, chat)
             }
@@ -177,19 +202,33 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
-fn parse_addr() -> Result<SocketAddr, String> {
+/// The command line.
+struct Args {
+    addr: SocketAddr,
+    announce: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:8080".to_owned();
+    let mut announce = true;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
+            "--no-notices" => announce = false,
             "-h" | "--help" => {
-                println!("usage: chat [--addr HOST:PORT]   (default 127.0.0.1:8080)");
+                println!(
+                    "usage: chat [--addr HOST:PORT] [--no-notices]\n  \
+                     --addr        where to listen (default 127.0.0.1:8080)\n  \
+                     --no-notices  do not announce joins and leaves"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
-    addr.parse()
-        .map_err(|error| format!("invalid --addr {addr:?}: {error}"))
+    let addr = addr
+        .parse()
+        .map_err(|error| format!("invalid --addr {addr:?}: {error}"))?;
+    Ok(Args { addr, announce })
 }

@@ -1,0 +1,407 @@
+//! The chat example in a real browser: headless Chromium, driven through chromedriver with
+//! `fantoccini`, against the real `examples/chat` binary on a free loopback port.
+//!
+//! Two users chat from two browser sessions, HTML in a message shows as text, and after the
+//! server is killed and restarted on the same port both pages reconnect by themselves and
+//! chat again. Every wait polls the page until a condition holds, within [`WAIT`].
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
+//! `chromium-driver`; `CHROMIUM` and `CHROMEDRIVER` name others). Without them the test fails
+//! under CI (`CI` set) and otherwise prints a notice and passes. `UPDATE_SCREENSHOT=1` also
+//! writes `docs/chat.png`, the README's picture of two users chatting.
+#![cfg(unix)] // chromedriver runs in its own process group, ended with `kill`
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Upper bound for any single wait, so a broken page fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How often a condition is checked again while waiting for it.
+const POLL: Duration = Duration::from_millis(50);
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// The chat example process; killed when dropped.
+struct ChatServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChatServer {
+    /// Starts the example on `addr` (port 0: a free one) and waits until it listens.
+    async fn start(addr: &str) -> ChatServer {
+        let binary = example_binary("chat");
+        let mut child = Command::new(&binary)
+            .args(["--addr", addr])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // The example prints the URL to open once it listens: wait for that line.
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("chat example printed nothing")
+            .expect("read stdout")
+            .expect("chat example exited");
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
+            .parse()
+            .expect("address in URL");
+        ChatServer { child, addr }
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    async fn kill(mut self) {
+        self.child.start_kill().expect("kill the chat example");
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// Builds the example with the same cargo that runs the tests and returns its path.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
+    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    build.args(["build", "--quiet", "--example", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// chromedriver in its own process group, with the browsers it starts; all killed on drop.
+struct ChromeDriver {
+    child: std::process::Child,
+    url: String,
+    profiles: Vec<PathBuf>,
+}
+
+impl ChromeDriver {
+    fn start(chromedriver: &Path) -> ChromeDriver {
+        // A free port: bind port 0, note it, let it go for chromedriver.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new(chromedriver)
+                .args([format!("--port={port}"), "--silent".into()])
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()))
+        };
+        ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            profiles: Vec::new(),
+        }
+    }
+
+    /// A new browser (its own fresh profile) with a desktop-sized window.
+    async fn browser(&mut self, chromium: &Path) -> Result<Client> {
+        let profile = std::env::temp_dir().join(format!(
+            "websocket-handler-browser-{}-{}",
+            std::process::id(),
+            self.profiles.len()
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile)?;
+        self.profiles.push(profile.clone());
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--disable-quic".into(),
+            "--window-size=1000,700".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": chromium, "args": args },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object")
+        };
+        // chromedriver may still be starting: retry until it answers, within WAIT.
+        let started = Instant::now();
+        loop {
+            // Plain HTTP to chromedriver on loopback: no TLS needed (the `client-legacy`
+            // connector comes with fantoccini's own hyper-util features).
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&self.url)
+                .await
+            {
+                Ok(client) => return Ok(client),
+                Err(_) if started.elapsed() < WAIT => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        return Err(format!("chromedriver exited ({status})").into());
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(error) => return Err(format!("no browser session: {error}").into()),
+            }
+        }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and any browser it started that is still running.
+        let group = self.child.id();
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -KILL -{group} 2>/dev/null")])
+            .status();
+        let _ = self.child.wait();
+        for profile in &self.profiles {
+            let _ = std::fs::remove_dir_all(profile);
+        }
+    }
+}
+
+/// Where Debian puts the browser and its driver, unless the environment says otherwise.
+fn tool(variable: &str, default: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "0" && value != "false")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
+    let chromium = tool("CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
+    let missing: Vec<_> = [&chromium, &chromedriver]
+        .into_iter()
+        .filter(|path| !path.is_file())
+        .collect();
+    if !missing.is_empty() {
+        let message = format!(
+            "the browser test needs {missing:?} (Debian: apt-get install chromium chromium-driver)"
+        );
+        assert!(!in_ci(), "{message}");
+        eprintln!("\n!!!!!!!!!!\n!!! SKIPPED the real-browser chat test: {message}\n!!!!!!!!!!\n");
+        return;
+    }
+
+    let started = Instant::now();
+    let server = ChatServer::start("127.0.0.1:0").await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let alice = driver.browser(&chromium).await.expect("alice's browser");
+    let bob = driver.browser(&chromium).await.expect("bob's browser");
+    let mut outcome = chat(server, &alice, &bob).await;
+    if let Err(error) = &outcome {
+        // What each page showed, to see why.
+        let mut report = error.to_string();
+        for (client, name) in [(&alice, "alice"), (&bob, "bob")] {
+            let status = client
+                .execute(
+                    "return document.getElementById('status').textContent;",
+                    vec![],
+                )
+                .await;
+            report += &format!(
+                "\n{name}'s status: {status:?}\n{name}'s lines: {:?}",
+                lines(client).await
+            );
+        }
+        outcome = Err(report.into());
+    }
+    // Close the browsers whatever happened; the driver's drop ends anything left.
+    let _ = alice.close().await;
+    let _ = bob.close().await;
+    drop(driver);
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+    eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The scenario itself; an error says which condition was not met in time.
+async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
+    let addr = server.addr;
+    let page = format!("http://{addr}/chat.htm");
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        client.goto(&page).await?;
+        let field = client.wait().for_element(Locator::Id("username")).await?;
+        // Enter submits the form, as a person would.
+        field
+            .send_keys(&format!("{name}{}", char::from(Key::Enter)))
+            .await?;
+        wait_for_state(client, name, "connected").await?;
+    }
+    // Bob is in the room once alice has seen him join: only then can he hear her.
+    wait_for_line(alice, "alice", "bob joined (2 online)", 0).await?;
+
+    say(alice, "Hi Bob! Is the new chat page working for you?").await?;
+    say(
+        bob,
+        "It is: I see who is online, and <b>bold</b> stays text.",
+    )
+    .await?;
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        wait_for_line(
+            client,
+            name,
+            "alice: Hi Bob! Is the new chat page working for you?",
+            0,
+        )
+        .await?;
+        wait_for_line(
+            client,
+            name,
+            "bob: It is: I see who is online, and <b>bold</b> stays text.",
+            0,
+        )
+        .await?;
+        // The markup was shown, not parsed: no <b> element anywhere on the page.
+        let bold = client
+            .execute("return document.getElementsByTagName('b').length;", vec![])
+            .await?;
+        if bold != json!(0) {
+            return Err(format!("{name}'s page made <b> elements from a message: {bold}").into());
+        }
+    }
+    say(alice, "Great. Let me restart the server and see.").await?;
+    wait_for_line(
+        bob,
+        "bob",
+        "alice: Great. Let me restart the server and see.",
+        0,
+    )
+    .await?;
+
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some_and(|value| value == "1") {
+        let png = alice.screenshot().await?;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/chat.png");
+        std::fs::write(&path, png)?;
+        eprintln!("wrote {}", path.display());
+    }
+
+    // The server goes away; both pages say so and keep trying.
+    let before_alice = lines(alice).await?.len();
+    let before_bob = lines(bob).await?.len();
+    server.kill().await;
+    wait_for_state(alice, "alice", "reconnecting").await?;
+    wait_for_state(bob, "bob", "reconnecting").await?;
+
+    // Back on the same port: both pages return by themselves.
+    let server = ChatServer::start(&addr.to_string()).await;
+    assert_eq!(server.addr, addr);
+    wait_for_state(alice, "alice", "connected").await?;
+    wait_for_state(bob, "bob", "connected").await?;
+    // Whoever came back second was announced to both as the second one online.
+    for (client, name, before) in [(alice, "alice", before_alice), (bob, "bob", before_bob)] {
+        wait_for(
+            name,
+            "a join notice with 2 online after the restart",
+            || async {
+                Ok(lines(client).await?[before..]
+                    .iter()
+                    .any(|line| line.ends_with(" joined (2 online)")))
+            },
+        )
+        .await?;
+    }
+    say(bob, "Back again!").await?;
+    say(alice, "Me too.").await?;
+    for (client, name, before) in [(alice, "alice", before_alice), (bob, "bob", before_bob)] {
+        wait_for_line(client, name, "bob: Back again!", before).await?;
+        wait_for_line(client, name, "alice: Me too.", before).await?;
+    }
+    drop(server);
+    Ok(())
+}
+
+/// Types a message and presses Enter.
+async fn say(client: &Client, text: &str) -> Result<()> {
+    let input = client.find(Locator::Id("inputbox")).await?;
+    input
+        .send_keys(&format!("{text}{}", char::from(Key::Enter)))
+        .await?;
+    Ok(())
+}
+
+/// The text of every line in the message list, oldest first.
+async fn lines(client: &Client) -> Result<Vec<String>> {
+    let value = client
+        .execute(
+            "return Array.from(document.querySelectorAll('#messages li'), li => li.textContent);",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(value)?)
+}
+
+/// Waits until the page lists `line`, exactly, at index `from` or later.
+async fn wait_for_line(client: &Client, name: &str, line: &str, from: usize) -> Result<()> {
+    wait_for(name, &format!("the line {line:?}"), || async {
+        Ok(lines(client)
+            .await?
+            .iter()
+            .skip(from)
+            .any(|shown| shown == line))
+    })
+    .await
+}
+
+/// Waits until the page's connection state (`#status[data-state]`) is `state`.
+async fn wait_for_state(client: &Client, name: &str, state: &str) -> Result<()> {
+    wait_for(name, &format!("the state {state:?}"), || async {
+        let status = client.find(Locator::Id("status")).await?;
+        Ok(status.attr("data-state").await?.as_deref() == Some(state))
+    })
+    .await
+}
+
+/// Checks `condition` every [`POLL`] until it holds; an error after [`WAIT`].
+async fn wait_for<F, Fut>(name: &str, what: &str, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        if started.elapsed() > WAIT {
+            return Err(format!("{name}'s page did not show {what} within {WAIT:?}").into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
