@@ -61,6 +61,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Exposed to the internet
+//!
+//! [`Config`] holds the limits, with defaults for a server of thousands of connections:
+//! bounded queues and a [`SlowConsumer`] policy (a client that stops reading is closed with
+//! 1008 before it costs memory), pings and an idle timeout (half-open connections go away),
+//! message size and rate limits, allowed origins (403), a connection limit (503) and
+//! subprotocols. A handler that panics closes only its own connection (1011), and a
+//! [`Shutdown`] closes every connection gracefully (1001).
 #![deny(missing_docs)]
 
 mod close;
