@@ -11,6 +11,8 @@
 //! writes `docs/chat.png`, the README's picture of two users chatting.
 #![cfg(unix)] // chromedriver runs in its own process group, ended with `kill`
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,7 +41,7 @@ struct ChatServer {
 impl ChatServer {
     /// Starts the example on `addr` (port 0: a free one) and waits until it listens.
     async fn start(addr: &str) -> ChatServer {
-        let binary = example_binary("chat");
+        let binary = common::example_binary("chat");
         let mut child = Command::new(&binary)
             .args(["--addr", addr])
             .stdout(Stdio::piped())
@@ -69,28 +71,6 @@ impl ChatServer {
         self.child.start_kill().expect("kill the chat example");
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
     }
-}
-
-/// Builds the example with the same cargo that runs the tests and returns its path.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile dir");
-    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
-    build.args(["build", "--quiet", "--example", name]);
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example");
-    assert!(status.success(), "cargo build --example {name} failed");
-    profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// chromedriver in its own process group, with the browsers it starts; all killed on drop.

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use common::{next_text, send_text, WAIT};
@@ -20,7 +19,7 @@ struct ChatServer {
 
 impl ChatServer {
     async fn start() -> ChatServer {
-        let binary = example_binary("chat");
+        let binary = common::example_binary("chat");
         let mut child = Command::new(&binary)
             .args(["--addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -51,32 +50,6 @@ impl Drop for ChatServer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
-}
-
-/// Builds the example with the same cargo that runs the tests (a no-op when `cargo test`
-/// already built it, and never a stale binary when only this test target was built), and
-/// returns its path.
-fn example_binary(name: &str) -> PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile dir");
-    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
-    build.args(["build", "--quiet", "--example", name]);
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example");
-    assert!(status.success(), "cargo build --example {name} failed");
-    profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Whether `text` is one of the chat's join or leave notices, `NAME joined (N online)` or
@@ -282,7 +255,7 @@ async fn unusual_but_valid_usernames_are_accepted() {
 #[tokio::test]
 async fn loadgen_drives_the_chat_example_without_losing_a_message() {
     let server = ChatServer::start().await;
-    let loadgen = example_binary("loadgen");
+    let loadgen = common::example_binary("loadgen");
     let pid = server.child.id().expect("chat example pid").to_string();
     let url = format!("ws://{}/api/Chat", server.addr);
     let run = Command::new(&loadgen)

@@ -128,3 +128,30 @@ pub async fn next_text(client: &mut Client) -> String {
 pub async fn send_text(client: &mut Client, text: &str) {
     client.send(WsMessage::text(text)).await.expect("send");
 }
+
+/// Builds the example with the same cargo that runs the tests (a no-op when `cargo test`
+/// already built it, and never a stale binary when only this test target was built), and
+/// returns its path.
+#[allow(dead_code)] // not every test binary runs an example
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
+    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    build.args(["build", "--quiet", "--example", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
