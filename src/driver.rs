@@ -179,10 +179,9 @@ where
             Some(Err(error)) => return Some(Error::from_tungstenite(error)),
             Some(Ok(message)) => message,
         };
+        // Only noted here: re-arming the timer on every message would cost a timer-wheel
+        // update per message. When the timer fires early, `due` says so and it is re-armed.
         keepalive.seen(Instant::now());
-        if let Some(next) = keepalive.deadline() {
-            keepalive_timer.as_mut().reset(next);
-        }
         let message = match message {
             tungstenite::Message::Text(text) => Message::Text(text),
             tungstenite::Message::Binary(bytes) => Message::Binary(bytes),
