@@ -13,7 +13,9 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use common::ChatServer;
+
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -21,8 +23,6 @@ use std::time::{Duration, Instant};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Upper bound for any single wait, so a broken page fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(20);
@@ -31,47 +31,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-/// The chat example process; killed when dropped.
-struct ChatServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChatServer {
-    /// Starts the example on `addr` (port 0: a free one) and waits until it listens.
-    async fn start(addr: &str) -> ChatServer {
-        let binary = common::example_binary("chat");
-        let mut child = Command::new(&binary)
-            .args(["--addr", addr])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // The example prints the URL to open once it listens: wait for that line.
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("chat example printed nothing")
-            .expect("read stdout")
-            .expect("chat example exited");
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"));
-        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
-            .parse()
-            .expect("address in URL");
-        ChatServer { child, addr }
-    }
-
-    /// Kills the server (as a crash would) and waits until it is gone.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("kill the chat example");
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-}
 
 /// chromedriver in its own process group, with the browsers it starts; all killed on drop.
 struct ChromeDriver {

@@ -4,53 +4,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
-use common::{next_text, send_text, WAIT};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{next_text, send_text, ChatServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-/// The chat example process; killed when dropped.
-struct ChatServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChatServer {
-    async fn start() -> ChatServer {
-        let binary = common::example_binary("chat");
-        let mut child = Command::new(&binary)
-            .args(["--addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // The example prints the URL to open once it listens: wait for that line.
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("chat example printed nothing")
-            .expect("read stdout")
-            .expect("chat example exited");
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"));
-        assert!(url.ends_with("/chat.htm"), "{url}");
-        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
-            .parse()
-            .expect("address in URL");
-        ChatServer { child, addr }
-    }
-}
-
-impl Drop for ChatServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
+use tokio::process::Command;
 
 /// Whether `text` is one of the chat's join or leave notices, `NAME joined (N online)` or
 /// `NAME left (N online)`.
@@ -93,7 +51,7 @@ async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String
 
 #[tokio::test]
 async fn two_users_chat_and_see_each_other() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let mut alice = common::connect(server.addr, "/api/Chat?username=alice").await;
 
     // A user's own echo proves they are in the room.
@@ -117,7 +75,7 @@ async fn two_users_chat_and_see_each_other() {
 /// Everyone sees who joins and leaves, with how many are online, counted by the room itself.
 #[tokio::test]
 async fn join_and_leave_notices_carry_the_online_count() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let mut alice = common::connect(server.addr, "/api/Chat?username=alice").await;
     assert_eq!(next_text(&mut alice).await, "alice joined (1 online)");
     let mut bob = common::connect(server.addr, "/api/Chat?username=bob").await;
@@ -147,7 +105,7 @@ async fn join_and_leave_notices_carry_the_online_count() {
 
 #[tokio::test]
 async fn page_and_routes() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let page = http_get(server.addr, "/chat.htm", "").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("text/html"));
@@ -176,7 +134,7 @@ const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocke
 
 #[tokio::test]
 async fn missing_or_empty_username_is_refused_with_400() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     for target in [
         "/api/Chat",
         "/api/Chat?username=",
@@ -197,7 +155,7 @@ async fn missing_or_empty_username_is_refused_with_400() {
 
 #[tokio::test]
 async fn too_long_or_control_character_usernames_are_refused_with_400() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let too_long = "username too long: at most 32 characters";
     let control = "invalid username: control characters are not allowed";
     let cases = [
@@ -228,7 +186,7 @@ async fn too_long_or_control_character_usernames_are_refused_with_400() {
 
 #[tokio::test]
 async fn unusual_but_valid_usernames_are_accepted() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     // "Zoë 🙂": a non-ASCII letter, a space and an emoji.
     let mut zoe = common::connect(server.addr, "/api/Chat?username=Zo%C3%AB%20%F0%9F%99%82").await;
     send_text(&mut zoe, "hi").await;
@@ -254,7 +212,7 @@ async fn unusual_but_valid_usernames_are_accepted() {
 /// reaches every client, and the JSON line carries the figures the benchmarks read.
 #[tokio::test]
 async fn loadgen_drives_the_chat_example_without_losing_a_message() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let loadgen = common::example_binary("loadgen");
     let pid = server.child.id().expect("chat example pid").to_string();
     let url = format!("ws://{}/api/Chat", server.addr);
@@ -311,7 +269,7 @@ async fn loadgen_drives_the_chat_example_without_losing_a_message() {
 async fn only_pages_of_the_chat_itself_may_connect() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let evil = format!("{UPGRADE}Origin: http://evil.example\r\n");
     let response = http_get(server.addr, "/api/Chat?username=eve", &evil).await;
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
@@ -335,7 +293,7 @@ async fn only_pages_of_the_chat_itself_may_connect() {
 /// process exits successfully.
 #[tokio::test]
 async fn ctrl_c_says_goodbye_with_1001_and_exits() {
-    let mut server = ChatServer::start().await;
+    let mut server = ChatServer::start("127.0.0.1:0").await;
     let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
     send_text(&mut ann, "bye all").await;
     assert_eq!(next_chat(&mut ann).await, "ann: bye all");
@@ -364,7 +322,7 @@ async fn ctrl_c_says_goodbye_with_1001_and_exits() {
 /// A client that connects and never sends its request is disconnected (handshake timeout).
 #[tokio::test]
 async fn a_client_that_never_sends_its_request_is_dropped() {
-    let server = ChatServer::start().await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream
         .write_all(b"GET /api/Chat?user")

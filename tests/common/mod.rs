@@ -155,3 +155,55 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
+
+/// The chat example process, listening; killed when dropped.
+#[allow(dead_code)] // not every test binary runs the chat example
+pub struct ChatServer {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+#[allow(dead_code)]
+impl ChatServer {
+    /// Starts the example on `addr` (port 0: a free one) and waits until it listens.
+    pub async fn start(addr: &str) -> ChatServer {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+
+        let binary = example_binary("chat");
+        let mut child = tokio::process::Command::new(&binary)
+            .args(["--addr", addr])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // The example prints the URL to open once it listens: wait for that line.
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("chat example printed nothing")
+            .expect("read stdout")
+            .expect("chat example exited");
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        assert!(url.ends_with("/chat.htm"), "{url}");
+        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
+            .parse()
+            .expect("address in URL");
+        ChatServer { child, addr }
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill the chat example");
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+impl Drop for ChatServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
