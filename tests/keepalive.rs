@@ -76,10 +76,7 @@ async fn a_silent_peer_is_dropped_and_an_answering_one_is_kept() {
     // A half-open client: it completes the handshake, then never reads nor answers.
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
     silent
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
+        .write_all(&common::raw_handshake("/"))
         .await
         .expect("handshake");
     let mut response = [0u8; 12];

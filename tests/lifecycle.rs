@@ -330,14 +330,11 @@ async fn send_from_outside_the_handler_and_large_round_trip() {
 /// and the frame must still reach the handler.
 #[tokio::test]
 async fn a_frame_sent_with_the_handshake_is_not_lost() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let (addr, mut events) = start(Config::default()).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = b"GET /early HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
-        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        .to_vec();
+    let mut request = common::raw_handshake("/early");
     // A masked text frame "early" (RFC 6455 section 5.3), zero mask for simplicity.
     request.extend_from_slice(&[0x81, 0x80 | 5, 0, 0, 0, 0]);
     request.extend_from_slice(b"early");
@@ -347,22 +344,8 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
         .expect("send handshake and frame");
 
     // The answer: the 101 response, then the echo as an unmasked text frame.
-    let mut received = Vec::new();
     let echo = [0x81, 5, b'e', b'a', b'r', b'l', b'y'];
-    tokio::time::timeout(WAIT, async {
-        while !received.ends_with(&echo) {
-            let mut chunk = [0u8; 512];
-            let n = stream.read(&mut chunk).await.expect("read");
-            assert!(
-                n > 0,
-                "server closed: {:?}",
-                String::from_utf8_lossy(&received)
-            );
-            received.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("echo of the early frame in time");
+    let received = common::read_until_contains(&mut stream, &echo).await;
     assert!(received.starts_with(b"HTTP/1.1 101"));
     assert!(matches!(events.recv().await, Some(Event::Open(_))));
     match events.recv().await {
@@ -528,28 +511,14 @@ async fn a_client_over_its_rate_limit_is_closed_with_1008() {
 /// A protocol violation (here an unmasked frame from the client) closes with 1002.
 #[tokio::test]
 async fn a_protocol_violation_closes_with_1002() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let (addr, mut events) = start(Config::default()).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
-        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        .to_vec();
+    let mut request = common::raw_handshake("/");
     request.extend_from_slice(&[0x81, 2, b'h', b'i']); // not masked
     stream.write_all(&request).await.expect("send");
-    let close_1002 = [0x88, 2, 0x03, 0xea];
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while !received.windows(4).any(|window| window == close_1002) {
-            let mut chunk = [0u8; 256];
-            let n = stream.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed without 1002: {received:?}");
-            received.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("close 1002 in time");
+    common::read_until_contains(&mut stream, &[0x88, 2, 0x03, 0xea]).await; // close 1002
     expect_open(&mut events).await;
     match next_event(&mut events).await {
         Event::Error(_, code) => assert_eq!(code, Some(CloseCode::PROTOCOL_ERROR)),

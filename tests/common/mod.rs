@@ -207,3 +207,41 @@ impl Drop for ChatServer {
         let _ = self.child.start_kill();
     }
 }
+
+/// A valid opening handshake for `path`, written by hand, for raw TCP clients.
+#[allow(dead_code)] // not every test binary uses it
+pub fn raw_handshake(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads from a raw client until the bytes received contain `needle`; panics if the server
+/// closes first or it takes longer than [`WAIT`]. Returns everything read.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn read_until_contains(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+
+    let mut received = Vec::new();
+    let reading = async {
+        while !received
+            .windows(needle.len())
+            .any(|window| window == needle)
+        {
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "server closed before sending {needle:?}: {received:?}"
+            );
+            received.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, reading)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}"));
+    received
+}
