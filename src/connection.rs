@@ -44,9 +44,9 @@ const CLOSED: u8 = 2;
 
 /// A cheap, cloneable handle to one WebSocket connection, usable from any task.
 ///
-/// [`send`](Connection::send) never waits: it puts the message in the connection's bounded
-/// queue, and the connection's writer task writes queued messages in batches. Clones share
-/// one connection.
+/// [`send`](Connection::send) never blocks on the peer: it puts the message in the
+/// connection's bounded queue and writes what the socket takes at once; the rest is written
+/// by the connection's own task as the socket drains. Clones share one connection.
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
