@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::backplane::{Backplane, Link};
 use crate::connection::{Connection, ConnectionId};
 use crate::message::Message;
 use crate::outbound::{Frame, Pushed};
@@ -27,6 +28,8 @@ use crate::writer;
 #[derive(Clone, Default)]
 pub struct WebSocketCollection {
     members: Arc<Members>,
+    /// Set by [`with_backplane`](WebSocketCollection::with_backplane).
+    link: Option<Arc<Link>>,
 }
 
 /// The set itself, in shards so that a broadcast to thousands of connections holds any one
@@ -87,6 +90,41 @@ impl Members {
 
     fn len(&self) -> usize {
         self.shards.iter().map(|shard| read(shard).list.len()).sum()
+    }
+
+    /// Queues `message` to the members `include` accepts; returns to how many.
+    pub(crate) fn broadcast(
+        &self,
+        message: Message,
+        include: impl Fn(ConnectionId) -> bool,
+    ) -> usize {
+        let frame = Frame::from_message(message);
+        let copy_per_shard = frame.payload().len() <= COPY_PER_SHARD_MAX;
+        let mut queued = 0;
+        let mut to_flush = Vec::new();
+        for shard in &self.shards {
+            let shard = read(shard);
+            if shard.list.is_empty() {
+                continue;
+            }
+            let local = if copy_per_shard {
+                frame.fresh_copy()
+            } else {
+                frame.clone()
+            };
+            for connection in shard.list.iter().filter(|c| include(c.id())) {
+                match connection.send_frame(local.clone()) {
+                    Ok(Pushed::MustFlush) => {
+                        queued += 1;
+                        to_flush.push(connection.clone());
+                    }
+                    Ok(Pushed::Queued) => queued += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+        writer::flush_all(to_flush);
+        queued
     }
 
     /// Calls `each` for every connection, one shard lock at a time.
@@ -155,6 +193,9 @@ impl WebSocketCollection {
     ///
     /// Never waits: a connection whose queue is full, or that is closing, is skipped.
     /// Messages broadcast one after another from one task reach each connection in order.
+    ///
+    /// With a [backplane](WebSocketCollection::with_backplane), the message is then published
+    /// to the other processes on the same topic; the count is of local connections only.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         self.broadcast_filtered(message.into(), |_| true)
     }
@@ -165,38 +206,52 @@ impl WebSocketCollection {
         self.broadcast_filtered(message.into(), |id| id != except)
     }
 
+    /// Like [`broadcast`](WebSocketCollection::broadcast), but only to this process's
+    /// connections, never through the backplane.
+    pub fn broadcast_local(&self, message: impl Into<Message>) -> usize {
+        self.members.broadcast(message.into(), |_| true)
+    }
+
     fn broadcast_filtered(
         &self,
         message: Message,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
-        let frame = Frame::from_message(message);
-        let copy_per_shard = frame.payload().len() <= COPY_PER_SHARD_MAX;
-        let mut queued = 0;
-        let mut to_flush = Vec::new();
-        for shard in &self.members.shards {
-            let shard = read(shard);
-            if shard.list.is_empty() {
-                continue;
-            }
-            let local = if copy_per_shard {
-                frame.fresh_copy()
-            } else {
-                frame.clone()
-            };
-            for connection in shard.list.iter().filter(|c| include(c.id())) {
-                match connection.send_frame(local.clone()) {
-                    Ok(Pushed::MustFlush) => {
-                        queued += 1;
-                        to_flush.push(connection.clone());
-                    }
-                    Ok(Pushed::Queued) => queued += 1,
-                    Err(_) => {}
-                }
-            }
-        }
-        writer::flush_all(to_flush);
+        let Some(link) = &self.link else {
+            return self.members.broadcast(message, include);
+        };
+        // Local connections first, so the backplane adds nothing to their latency.
+        let queued = self.members.broadcast(message.clone(), include);
+        link.publish(&message);
         queued
+    }
+
+    /// An empty collection whose broadcasts reach every collection on `topic` in other
+    /// processes, through `backplane`, and that delivers theirs to its own connections.
+    ///
+    /// Membership stays local: [`len`](WebSocketCollection::len) and
+    /// [`connections`](WebSocketCollection::connections) count this process's connections.
+    /// See [`backplane`](crate::backplane) for the guarantees.
+    ///
+    /// ```
+    /// use websocket_handler::backplane::MemoryBackplane;
+    /// use websocket_handler::WebSocketCollection;
+    ///
+    /// let room = WebSocketCollection::with_backplane("chat", MemoryBackplane::new());
+    /// assert_eq!(room.topic(), Some("chat"));
+    /// ```
+    pub fn with_backplane(topic: impl Into<String>, backplane: impl Backplane) -> Self {
+        let members = Arc::new(Members::default());
+        let link = Link::attach(topic.into(), Box::new(backplane), &members);
+        WebSocketCollection {
+            members,
+            link: Some(Arc::new(link)),
+        }
+    }
+
+    /// The backplane topic, if the collection has a backplane.
+    pub fn topic(&self) -> Option<&str> {
+        self.link.as_deref().map(Link::topic)
     }
 }
 
@@ -210,6 +265,7 @@ impl std::fmt::Debug for WebSocketCollection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocketCollection")
             .field("len", &self.len())
+            .field("topic", &self.topic())
             .finish()
     }
 }

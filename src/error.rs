@@ -230,3 +230,25 @@ pub enum QueryError {
         name: String,
     },
 }
+
+/// Bytes from a backplane that are not a message envelope of this crate. Nothing is
+/// delivered; the backplane reports and drops them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Shorter than the 26-byte envelope header.
+    #[error("backplane message of {len} bytes is shorter than the 26-byte envelope header")]
+    TooShort {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Written by a different version of this crate's envelope format.
+    #[error("backplane message has envelope version {0}; this build reads version 1")]
+    UnknownVersion(u8),
+    /// The message kind is neither text (1) nor binary (2).
+    #[error("backplane message has unknown kind {0} (1 is text, 2 is binary)")]
+    UnknownKind(u8),
+    /// A text message whose payload is not valid UTF-8.
+    #[error("backplane text message is not valid UTF-8")]
+    InvalidUtf8,
+}

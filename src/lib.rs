@@ -72,6 +72,7 @@
 //! [`Shutdown`] closes every connection gracefully (1001).
 #![deny(missing_docs)]
 
+pub mod backplane;
 mod close;
 mod collection;
 mod config;

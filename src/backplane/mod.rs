@@ -1,0 +1,293 @@
+//! Carrying a collection's broadcasts between server processes.
+//!
+//! A chat room that outgrows one process needs every server behind the load balancer to
+//! deliver every message. A [`WebSocketCollection`](crate::WebSocketCollection) built with
+//! [`with_backplane`](crate::WebSocketCollection::with_backplane) does this: each
+//! [`broadcast`](crate::WebSocketCollection::broadcast) is delivered to its local connections first,
+//! exactly as without a backplane, and then published on the collection's *topic*. Every
+//! other process with a collection on the same topic receives it and delivers it to its own
+//! connections.
+//!
+//! - **Once per client.** A process ignores its own messages when they come back.
+//! - **Per-sender order.** Every message carries its sender's sequence number; a receiver
+//!   delivers each sender's messages in that order, drops any it has already delivered (a
+//!   retry after a reconnect), and counts any it never got.
+//! - **Never waiting on the network.** Publishing only queues; a backplane that is down costs
+//!   local delivery nothing.
+//!
+//! Two backplanes come with the crate: [`MemoryBackplane`] joins collections within one
+//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses Redis
+//! pub/sub. Any other transport implements [`Backplane`].
+//!
+//! ```
+//! use websocket_handler::backplane::MemoryBackplane;
+//! use websocket_handler::WebSocketCollection;
+//!
+//! // Two "servers" sharing one topic: in production, two processes sharing one Redis.
+//! let bus = MemoryBackplane::new();
+//! let room_a = WebSocketCollection::with_backplane("chat", bus.clone());
+//! let room_b = WebSocketCollection::with_backplane("chat", bus.clone());
+//! // Queued to room_a's own connections (none here) and published to room_b.
+//! assert_eq!(room_a.broadcast("hello"), 0);
+//! # drop(room_b);
+//! ```
+
+mod envelope;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+
+use crate::collection::Members;
+use crate::message::Message;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisConfig, RedisStats};
+pub use crate::error::EnvelopeError;
+pub use memory::MemoryBackplane;
+
+/// A transport that carries envelopes between the processes subscribed to a topic.
+///
+/// The collection does the rest: it encodes each broadcast into an envelope (the sender's
+/// id, its sequence number and the message), and its [`Inbox`] decodes what arrives, skips
+/// the process's own messages and duplicates, and delivers the rest locally. A transport
+/// only has to move bytes.
+///
+/// Rules for an implementation:
+/// - [`publish`](Backplane::publish) never waits: queue and return. It may drop envelopes
+///   when it must (a bounded queue while the network is down), and should say so.
+/// - Envelopes published on a topic arrive at each subscriber in the order they were
+///   published. Delivering one again is harmless (the inbox drops duplicates).
+/// - Each subscribing process also receives its own envelopes, or not: either is fine.
+pub trait Backplane: Send + Sync + 'static {
+    /// Sends `envelope` to every process subscribed to `topic`.
+    fn publish(&self, topic: &str, envelope: Bytes);
+
+    /// Delivers every envelope published on `topic` from now on to `inbox`, until
+    /// [`Inbox::is_closed`] says its collection is gone.
+    fn subscribe(&self, topic: &str, inbox: Inbox);
+}
+
+/// Whether a network backplane can reach its server, as reported by
+/// `RedisBackplane::state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackplaneState {
+    /// Connecting for the first time.
+    Connecting,
+    /// Connected and subscribed, with what queued up meanwhile published: broadcasts flow
+    /// between processes.
+    Connected,
+    /// The connection was lost; retrying with backoff. Local broadcasts keep working, and
+    /// publications wait in a bounded queue.
+    Reconnecting,
+}
+
+/// What [`Inbox::deliver`] did with an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered to the local connections.
+    Delivered {
+        /// Connections the message was queued to.
+        queued: usize,
+        /// Earlier messages from the same sender that never arrived (a gap in its sequence
+        /// numbers), for example dropped while the backplane was down.
+        missed: u64,
+    },
+    /// This collection's own message, already delivered locally.
+    Own,
+    /// A message from this sender that was delivered already, or older than one that was.
+    Duplicate,
+    /// The collection is gone; the backplane may drop this inbox.
+    Closed,
+}
+
+/// Where a backplane hands in envelopes for one collection: see [`Backplane::subscribe`].
+///
+/// Cheap to clone; holds only a weak reference to the collection.
+#[derive(Clone)]
+pub struct Inbox {
+    shared: Arc<InboxShared>,
+}
+
+struct InboxShared {
+    members: Weak<Members>,
+    /// The collection's own sender id, to skip its own messages.
+    own: SenderId,
+    /// The last sequence number delivered per sender.
+    last_seen: Mutex<HashMap<SenderId, u64>>,
+}
+
+/// Identifies one publishing collection, in one process. Random, so that two processes (or
+/// one restarted) never share it.
+pub(crate) type SenderId = u128;
+
+impl Inbox {
+    /// Decodes `envelope` and, unless it is the collection's own or a duplicate, delivers
+    /// its message to the collection's local connections.
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError`] if `envelope` is not one (truncated, another version, or text that
+    /// is not UTF-8). Nothing is delivered then.
+    pub fn deliver(&self, envelope: Bytes) -> Result<Delivery, EnvelopeError> {
+        let Some(members) = self.shared.members.upgrade() else {
+            return Ok(Delivery::Closed);
+        };
+        let envelope = envelope::decode(envelope)?;
+        if envelope.sender == self.shared.own {
+            return Ok(Delivery::Own);
+        }
+        let missed = {
+            let mut last_seen = lock(&self.shared.last_seen);
+            match last_seen.get_mut(&envelope.sender) {
+                Some(last) if envelope.seq <= *last => return Ok(Delivery::Duplicate),
+                Some(last) => {
+                    let missed = envelope.seq - *last - 1;
+                    *last = envelope.seq;
+                    missed
+                }
+                None => {
+                    // Whatever came before we subscribed is not missed.
+                    last_seen.insert(envelope.sender, envelope.seq);
+                    0
+                }
+            }
+        };
+        let queued = members.broadcast(envelope.message, |_| true);
+        Ok(Delivery::Delivered { queued, missed })
+    }
+
+    /// Whether the collection behind this inbox has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.members.strong_count() == 0
+    }
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A collection's attachment to a backplane: its topic and its place in the sequence.
+pub(crate) struct Link {
+    topic: String,
+    sender: SenderId,
+    /// The last sequence number used. Numbering and publishing happen under this lock, so
+    /// that concurrent broadcasts are published in the order they were numbered.
+    seq: Mutex<u64>,
+    backplane: Box<dyn Backplane>,
+}
+
+impl Link {
+    /// Subscribes `members` to `topic` on `backplane`.
+    pub(crate) fn attach(
+        topic: String,
+        backplane: Box<dyn Backplane>,
+        members: &Arc<Members>,
+    ) -> Link {
+        let sender = new_sender_id();
+        let inbox = Inbox {
+            shared: Arc::new(InboxShared {
+                members: Arc::downgrade(members),
+                own: sender,
+                last_seen: Mutex::new(HashMap::new()),
+            }),
+        };
+        backplane.subscribe(&topic, inbox);
+        Link {
+            topic,
+            sender,
+            seq: Mutex::new(0),
+            backplane,
+        }
+    }
+
+    /// The topic other processes receive this collection's broadcasts on.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes `message` to the other processes.
+    pub(crate) fn publish(&self, message: &Message) {
+        let mut seq = lock(&self.seq);
+        *seq += 1;
+        let envelope = envelope::encode(self.sender, *seq, message);
+        self.backplane.publish(&self.topic, envelope);
+    }
+}
+
+/// A random id: std's `RandomState` is seeded from the operating system's randomness once
+/// per thread and changes with every call, mixed here with the time and process id.
+fn new_sender_id() -> SenderId {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            hasher.write_u128(now.as_nanos());
+        }
+        hasher.finish()
+    };
+    (u128::from(half()) << 64) | u128::from(half())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_ids_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_sender_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    fn inbox(members: &Arc<Members>) -> Inbox {
+        Inbox {
+            shared: Arc::new(InboxShared {
+                members: Arc::downgrade(members),
+                own: 7,
+                last_seen: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    #[test]
+    fn inbox_skips_own_and_duplicate_messages_and_counts_gaps() {
+        let members = Arc::new(Members::default());
+        let inbox = inbox(&members);
+        let from = |sender, seq| envelope::encode(sender, seq, &Message::from("m"));
+        assert_eq!(inbox.deliver(from(7, 1)), Ok(Delivery::Own));
+        let delivered = |missed| Ok(Delivery::Delivered { queued: 0, missed });
+        assert_eq!(
+            inbox.deliver(from(1, 5)),
+            delivered(0),
+            "first seen: no gap"
+        );
+        assert_eq!(inbox.deliver(from(1, 6)), delivered(0));
+        assert_eq!(inbox.deliver(from(1, 6)), Ok(Delivery::Duplicate));
+        assert_eq!(inbox.deliver(from(1, 4)), Ok(Delivery::Duplicate));
+        assert_eq!(inbox.deliver(from(1, 9)), delivered(2), "7 and 8 missed");
+        assert_eq!(
+            inbox.deliver(from(2, 1)),
+            delivered(0),
+            "senders are independent"
+        );
+        assert!(inbox.deliver(Bytes::from_static(b"junk")).is_err());
+        drop(members);
+        assert!(inbox.is_closed());
+        assert_eq!(inbox.deliver(from(1, 10)), Ok(Delivery::Closed));
+    }
+}
