@@ -4,11 +4,16 @@
 //! ```text
 //! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
 //! cargo run --example chat -- --addr 0.0.0.0:3000
+//! # one room across processes, through Redis (see README, "Scaling out"):
+//! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! ```
 //!
-//! Routes: `/` leads to `/chat.htm` (the page), and `/api/Chat?username=NAME` is the
-//! WebSocket. NAME is trimmed and must then be 1 to 32 characters of UTF-8 without control
+//! Routes: `/` leads to `/chat.htm` (the page), `/health` answers 200 when the server can
+//! serve the whole room (503 while its Redis backplane is reconnecting), and
+//! `/api/Chat?username=NAME` is the WebSocket. NAME is trimmed and must then be 1 to 32 characters of UTF-8 without control
 //! characters; any other NAME is refused with a 400 that says what is wrong.
+//!
+//! With `--redis`, the join and leave notices count the users on this server only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,18 +56,18 @@ impl WebSocketHandler for Chat {
         self.joined = self.room.add(conn.clone());
         if self.joined && self.announce {
             // The count is the room itself, so it cannot drift from who is really there.
-            let online = self.room.len();
+            let online = online(&self.room);
             self.room
-                .broadcast(format!("{} joined ({online} online)", self.username));
+                .broadcast(format!("{} joined ({online})", self.username));
         }
     }
 
     async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {
         if self.joined && self.announce {
             // The connection has already left the room, so it is not counted.
-            let online = self.room.len();
+            let online = online(&self.room);
             self.room
-                .broadcast(format!("{} left ({online} online)", self.username));
+                .broadcast(format!("{} left ({online})", self.username));
         }
     }
 
@@ -73,14 +78,26 @@ impl WebSocketHandler for Chat {
     }
 }
 
+/// `N online`, or with a backplane `N on this server`: membership is per process.
+fn online(room: &WebSocketCollection) -> String {
+    match room.topic() {
+        None => format!("{} online", room.len()),
+        Some(_) => format!("{} on this server", room.len()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Args { addr, announce } = parse_args()?;
+    let Args {
+        addr,
+        announce,
+        redis,
+    } = parse_args()?;
+    let (room, backplane) = open_room(redis.as_deref())?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
 
-    let room = WebSocketCollection::new();
     let shutdown = Shutdown::new();
     // Only pages served by this server may connect: no other site can open the chat with
     // a visitor's browser.
@@ -100,9 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stream.set_nodelay(true);
         let room = room.clone();
         let config = config.clone();
+        let backplane = backplane.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
-            let response = route(req, &room, &config, announce);
+            let response = route(req, &room, &config, announce, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -130,8 +148,13 @@ fn route(
     room: &WebSocketCollection,
     config: &Config,
     announce: bool,
+    backplane: &Backplane,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => match backplane.problem() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, problem),
+        },
         (&Method::GET, "/") => {
             let mut response = text(StatusCode::FOUND, "See /chat.htm\n");
             response.headers_mut().insert(
@@ -165,6 +188,54 @@ fn route(
             "Not found. The chat is at /chat.htm\n",
         ),
     }
+}
+
+/// The room's link to other servers, if any.
+#[derive(Clone, Default)]
+struct Backplane {
+    #[cfg(feature = "redis")]
+    redis: Option<websocket_handler::backplane::RedisBackplane>,
+}
+
+impl Backplane {
+    /// Why this server cannot reach the whole room now, if it cannot.
+    fn problem(&self) -> Option<String> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            let state = redis.state();
+            if state != websocket_handler::backplane::BackplaneState::Connected {
+                return Some(format!("redis backplane: {state:?}\n"));
+            }
+        }
+        None
+    }
+}
+
+/// The chat room: local, or joined to the same room in other processes through Redis.
+fn open_room(redis: Option<&str>) -> Result<(WebSocketCollection, Backplane), String> {
+    let Some(url) = redis else {
+        return Ok((WebSocketCollection::new(), Backplane::default()));
+    };
+    #[cfg(feature = "redis")]
+    {
+        use websocket_handler::backplane::{RedisBackplane, RedisConfig};
+        let redis = RedisBackplane::new(RedisConfig::new(url)).map_err(|e| e.to_string())?;
+        // Say when the room spans the servers and when it does not.
+        let mut state = redis.state_changes();
+        tokio::spawn(async move {
+            while state.changed().await.is_ok() {
+                let now = *state.borrow_and_update();
+                eprintln!("Redis backplane: {now:?}");
+            }
+        });
+        let room = WebSocketCollection::with_backplane("chat", redis.clone());
+        Ok((room, Backplane { redis: Some(redis) }))
+    }
+    #[cfg(not(feature = "redis"))]
+    Err(format!(
+        "--redis {url}: this build has no Redis support; \
+         run with `cargo run --example chat --features redis -- --redis {url}`"
+    ))
 }
 
 /// Longest accepted username, in characters (not bytes).
@@ -206,21 +277,26 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 struct Args {
     addr: SocketAddr,
     announce: bool,
+    redis: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut announce = true;
+    let mut redis = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
             "--no-notices" => announce = false,
+            "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: chat [--addr HOST:PORT] [--no-notices]\n  \
+                    "usage: chat [--addr HOST:PORT] [--no-notices] [--redis URL]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
-                     --no-notices  do not announce joins and leaves"
+                     --no-notices  do not announce joins and leaves\n  \
+                     --redis URL   share the room with other servers through Redis\n                \
+                     (redis://127.0.0.1:6379; needs --features redis)"
                 );
                 std::process::exit(0);
             }
@@ -230,5 +306,9 @@ fn parse_args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|error| format!("invalid --addr {addr:?}: {error}"))?;
-    Ok(Args { addr, announce })
+    Ok(Args {
+        addr,
+        announce,
+        redis,
+    })
 }

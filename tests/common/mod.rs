@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::{upgrade, Config, WebSocketHandler};
 
+pub mod redis_server;
+
 /// A client connected to a test server.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -143,6 +145,10 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         .expect("target profile dir");
     let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
     build.args(["build", "--quiet", "--example", name]);
+    // The same features as this test build, so that `--all-features` tests the whole example.
+    if cfg!(feature = "redis") {
+        build.args(["--features", "redis"]);
+    }
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
@@ -161,18 +167,27 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
 pub struct ChatServer {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Lines the example printed to stderr, not yet consumed by `wait_for_stderr`.
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 #[allow(dead_code)]
 impl ChatServer {
     /// Starts the example on `addr` (port 0: a free one) and waits until it listens.
     pub async fn start(addr: &str) -> ChatServer {
+        Self::start_with(addr, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more command-line arguments.
+    pub async fn start_with(addr: &str, args: &[&str]) -> ChatServer {
         use tokio::io::{AsyncBufReadExt, BufReader};
 
         let binary = example_binary("chat");
         let mut child = tokio::process::Command::new(&binary)
             .args(["--addr", addr])
+            .args(args)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
@@ -189,10 +204,44 @@ impl ChatServer {
             .find(|word| word.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"));
         assert!(url.ends_with("/chat.htm"), "{url}");
-        let addr = url["http://".len()..url.len() - "/chat.htm".len()]
+        let addr: SocketAddr = url["http://".len()..url.len() - "/chat.htm".len()]
             .parse()
             .expect("address in URL");
-        ChatServer { child, addr }
+        // Keep reading stdout, so the example never writes into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Stderr is echoed, as if inherited, and kept for `wait_for_stderr`.
+        let (stderr_tx, stderr) = tokio::sync::mpsc::unbounded_channel();
+        let mut err_lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                eprintln!("[chat {addr}] {line}");
+                let _ = stderr_tx.send(line);
+            }
+        });
+        ChatServer {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Waits until the example prints a line to stderr containing `needle`; panics after
+    /// [`WAIT`]. Lines before it are consumed.
+    pub async fn wait_for_stderr(&mut self, needle: &str) -> String {
+        let waiting = async {
+            while let Some(line) = self.stderr.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!(
+                "chat example {} exited before printing {needle:?}",
+                self.addr
+            )
+        };
+        tokio::time::timeout(WAIT, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("chat example {} did not print {needle:?}", self.addr))
     }
 
     /// Kills the server (as a crash would) and waits until it is gone.

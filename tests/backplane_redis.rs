@@ -1,0 +1,336 @@
+//! One chat room across several chat example processes, joined by a real `redis-server`.
+//!
+//! Needs `redis-server` (Debian package `redis-server`): without it these tests fail under
+//! CI and are skipped loudly elsewhere.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{connect, next_text, send_text, ChatServer, Client};
+use futures_util::future::join_all;
+use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
+use websocket_handler::{async_trait, Config, Connection, WebSocketCollection, WebSocketHandler};
+
+/// Starts `n` chat servers on free ports, all on `redis`, and waits until each has
+/// subscribed (it prints `Redis backplane: Connected`).
+async fn chat_servers(n: usize, redis: &RedisServer) -> Vec<ChatServer> {
+    let url = redis.url();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let args = ["--no-notices", "--redis", url.as_str()];
+        servers.push(ChatServer::start_with("127.0.0.1:0", &args).await);
+    }
+    for server in &mut servers {
+        server.wait_for_stderr("Redis backplane: Connected").await;
+    }
+    servers
+}
+
+/// Every client sends `per_client` numbered messages at once; every client must then receive
+/// every message of every client exactly once, each sender's in the order sent.
+async fn everyone_gets_everything_once_in_order(servers: &[ChatServer], clients_per_server: usize) {
+    let per_client = 40;
+    let mut clients = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        for c in 0..clients_per_server {
+            let name = format!("s{s}c{c}");
+            let client = connect(server.addr, &format!("/api/Chat?username={name}")).await;
+            clients.push((name, client));
+        }
+    }
+    let names: Vec<String> = clients.iter().map(|(name, _)| name.clone()).collect();
+    // A client is in the room once it sees its own "hello": only then is nobody missing
+    // messages because its server has not added it yet.
+    let clients = join_all(clients.into_iter().map(|(name, mut client)| async move {
+        send_text(&mut client, "hello").await;
+        while next_text(&mut client).await != format!("{name}: hello") {}
+        (name, client)
+    }))
+    .await;
+    let total = names.len() * per_client;
+    let results = join_all(clients.into_iter().map(|(name, mut client)| async move {
+        for n in 0..per_client {
+            send_text(&mut client, &format!("{n}")).await;
+        }
+        let mut received = Vec::with_capacity(total);
+        // Stop early on a timeout: the checks below then say what is missing.
+        while received.len() < total {
+            match tokio::time::timeout(common::WAIT / 2, next_text(&mut client)).await {
+                Ok(text) if text.ends_with(": hello") => {}
+                Ok(text) => received.push(text),
+                Err(_) => break,
+            }
+        }
+        (name, client, received)
+    }))
+    .await;
+
+    let mut clients = Vec::new();
+    for (name, client, received) in results {
+        let mut next_from: HashMap<&str, usize> = HashMap::new();
+        for text in &received {
+            let (sender, n) = text
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("{name} got {text:?}"));
+            let n: usize = n.parse().unwrap_or_else(|_| panic!("{name} got {text:?}"));
+            let expected = next_from.entry(sender).or_default();
+            assert_eq!(
+                n, *expected,
+                "{name} got {sender}'s message {n} when {expected} was next (lost, repeated or out of order)"
+            );
+            *expected += 1;
+        }
+        for sender in &names {
+            assert_eq!(
+                next_from.get(sender.as_str()).copied(),
+                Some(per_client),
+                "{name} did not get all of {sender}'s messages"
+            );
+        }
+        clients.push(client);
+    }
+    // Nothing more is on its way: a last message is the next thing everyone receives, so no
+    // duplicate was still in flight.
+    send_text(&mut clients[0], "last").await;
+    for client in &mut clients {
+        assert_eq!(next_text(client).await, format!("{}: last", names[0]));
+    }
+}
+
+#[tokio::test]
+async fn two_servers_share_one_room() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let servers = chat_servers(2, &redis).await;
+    everyone_gets_everything_once_in_order(&servers, 3).await;
+}
+
+#[tokio::test]
+async fn three_servers_share_one_room() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let servers = chat_servers(3, &redis).await;
+    everyone_gets_everything_once_in_order(&servers, 2).await;
+}
+
+/// Reads the next chat line whose text starts with `prefix`, skipping others.
+async fn next_starting_with(client: &mut Client, prefix: &str) -> String {
+    loop {
+        let text = next_text(client).await;
+        if text
+            .split_once(": ")
+            .is_some_and(|(_, body)| body.starts_with(prefix))
+        {
+            return text;
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let port = redis.port;
+    let mut servers = chat_servers(2, &redis).await;
+    let (a, b) = (servers[0].addr, servers[1].addr);
+    let mut ann = connect(a, "/api/Chat?username=ann").await;
+    let mut amy = connect(a, "/api/Chat?username=amy").await;
+    let mut bob = connect(b, "/api/Chat?username=bob").await;
+
+    send_text(&mut ann, "before").await;
+    assert_eq!(next_text(&mut bob).await, "ann: before");
+    assert_eq!(next_text(&mut amy).await, "ann: before");
+
+    redis.kill().await;
+    for server in &mut servers {
+        server
+            .wait_for_stderr("Redis backplane: Reconnecting")
+            .await;
+    }
+    for server in &servers {
+        let health = http_status(server.addr, "/health").await;
+        assert_eq!(health, 503, "health while Redis is down");
+    }
+    // Local broadcasts keep working while Redis is down.
+    send_text(&mut ann, "during").await;
+    assert_eq!(next_text(&mut amy).await, "ann: during");
+
+    let redis = RedisServer::restart_on(port).await;
+    for server in &mut servers {
+        server.wait_for_stderr("Redis backplane: Connected").await;
+    }
+    for server in &servers {
+        assert_eq!(http_status(server.addr, "/health").await, 200);
+    }
+    // Both ways across, once each. "during" may or may not have reached bob: it was
+    // published after a's reconnect, which may have been before b resubscribed.
+    send_text(&mut ann, "after").await;
+    assert_eq!(next_starting_with(&mut bob, "after").await, "ann: after");
+    send_text(&mut bob, "back").await;
+    for line in ["ann: before", "ann: during", "ann: after"] {
+        assert_eq!(next_text(&mut ann).await, line, "ann sees her own lines");
+    }
+    assert_eq!(next_text(&mut ann).await, "bob: back");
+    assert_eq!(next_text(&mut amy).await, "ann: after");
+    assert_eq!(next_text(&mut amy).await, "bob: back");
+    assert_eq!(next_text(&mut bob).await, "bob: back");
+    drop(redis);
+}
+
+/// The status code of a GET, over a raw connection.
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+/// Joins each connection to `room`, then tells the client "in".
+struct Member(WebSocketCollection);
+
+#[async_trait]
+impl WebSocketHandler for Member {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.0.add(conn.clone());
+        conn.send("in").expect("room for one message");
+    }
+}
+
+/// A server in this process whose connections join `room`, and one client of it, in the room.
+async fn client_in(room: &WebSocketCollection) -> Client {
+    let room = room.clone();
+    let addr = common::serve(Config::default(), move |_| Member(room.clone())).await;
+    let mut client = connect(addr, "/").await;
+    assert_eq!(next_text(&mut client).await, "in");
+    client
+}
+
+async fn wait_for_state(redis: &RedisBackplane, wanted: BackplaneState) {
+    let mut state = redis.state_changes();
+    tokio::time::timeout(common::WAIT, state.wait_for(|now| *now == wanted))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "backplane never became {wanted:?}, it is {:?}",
+                redis.state()
+            )
+        })
+        .expect("backplane task alive");
+}
+
+fn backplane(url: &str) -> RedisBackplane {
+    let config = RedisConfig::new(url)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .max_pending(3);
+    RedisBackplane::new(config).expect("valid URL, in a runtime")
+}
+
+/// Redis is not there at first: local broadcasts work, the state says so, publications wait
+/// (the oldest beyond `max_pending` dropped and counted). Once Redis is up, the backplane
+/// connects by itself and publishes what waited.
+#[tokio::test]
+async fn backplane_without_redis_keeps_local_broadcasts_and_catches_up_later() {
+    let Some(probe) = RedisServer::start().await else {
+        return;
+    };
+    // A port where nothing listens: where this Redis was.
+    let port = probe.port;
+    probe.kill().await;
+    let url = format!("redis://127.0.0.1:{port}");
+
+    let redis = backplane(&url);
+    let room = WebSocketCollection::with_backplane("t", redis.clone());
+    let mut client = client_in(&room).await;
+    wait_for_state(&redis, BackplaneState::Reconnecting).await;
+    for n in 0..5 {
+        assert_eq!(room.broadcast(format!("local {n}")), 1);
+    }
+    for n in 0..5 {
+        assert_eq!(next_text(&mut client).await, format!("local {n}"));
+    }
+    let stats = redis.stats();
+    assert_eq!((stats.pending, stats.dropped, stats.published), (3, 2, 0));
+
+    let _redis_server = RedisServer::restart_on(port).await;
+    wait_for_state(&redis, BackplaneState::Connected).await;
+    let stats = redis.stats();
+    assert_eq!((stats.pending, stats.dropped, stats.published), (0, 2, 3));
+
+    // And it carries broadcasts now: to a second "process" on the same topic.
+    let other = backplane(&url);
+    let other_room = WebSocketCollection::with_backplane("t", other.clone());
+    let mut other_client = client_in(&other_room).await;
+    wait_for_state(&other, BackplaneState::Connected).await;
+    room.broadcast("across");
+    assert_eq!(next_text(&mut client).await, "across");
+    assert_eq!(next_text(&mut other_client).await, "across");
+    assert_eq!(other.stats().delivered, 1);
+}
+
+/// Whatever else is published on the channel is counted and ignored, and the room carries on.
+#[tokio::test]
+async fn foreign_messages_on_the_channel_are_ignored() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let redis = backplane(&server.url());
+    let room = WebSocketCollection::with_backplane("t", redis.clone());
+    let mut client = client_in(&room).await;
+    let other = backplane(&server.url());
+    let other_room = WebSocketCollection::with_backplane("t", other.clone());
+    wait_for_state(&redis, BackplaneState::Connected).await;
+    wait_for_state(&other, BackplaneState::Connected).await;
+
+    let raw = redis::Client::open(server.url()).expect("url");
+    let mut raw = raw
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    for junk in [&b"not an envelope"[..], &[1, 1, 0, 0], &[9; 40]] {
+        let receivers: u32 = redis::cmd("PUBLISH")
+            .arg("websocket-handler:t")
+            .arg(junk)
+            .query_async(&mut raw)
+            .await
+            .expect("publish");
+        assert_eq!(receivers, 2, "both backplanes are subscribed");
+    }
+    // Published after the junk, so delivered after it: when it arrives, the junk was seen.
+    other_room.broadcast("still fine");
+    assert_eq!(next_text(&mut client).await, "still fine");
+    let stats = redis.stats();
+    assert_eq!((stats.invalid, stats.delivered), (3, 1));
+}
+
+#[test]
+fn a_backplane_needs_a_valid_url_and_a_runtime() {
+    let invalid = RedisBackplane::new(RedisConfig::new("http://nope")).unwrap_err();
+    assert!(
+        invalid
+            .to_string()
+            .contains("invalid Redis URL `http://nope`"),
+        "{invalid}"
+    );
+    let no_runtime = RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:1")).unwrap_err();
+    assert!(
+        no_runtime.to_string().contains("tokio runtime"),
+        "{no_runtime}"
+    );
+}
