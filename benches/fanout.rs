@@ -41,6 +41,12 @@
 //! do not stall the broadcast; well below 1 means they do (or that the churn's own handshakes
 //! and extra deliveries took the shared cores, which the printed connect rate helps judge).
 //!
+//! `backplane/1000` broadcasts 64 B to 1000 clients from a room without a backplane
+//! (`no_backplane`) and from a room on a `MemoryBackplane` with a peer room (`memory_backplane`),
+//! where each broadcast is also put in an envelope, delivered to the peer and decoded. Read it
+//! as `memory_backplane / no_backplane`: close to 1 means the backplane costs local delivery
+//! nothing noticeable. (Cross-process figures through Redis are in `bench/backplane.py`.)
+//!
 //! Absolute numbers depend heavily on the machine (clients and servers share its cores); the
 //! ratios are what to compare.
 //!
@@ -71,6 +77,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use websocket_handler::backplane::MemoryBackplane;
 use websocket_handler::{
     async_trait, upgrade, Bytes, CloseFrame, Config, Connection, Utf8Bytes, WebSocketCollection,
     WebSocketHandler,
@@ -87,6 +94,10 @@ const CHURN_CLIENTS: usize = 1000;
 
 /// Payload size of the `churn` group, in bytes.
 const CHURN_PAYLOAD: usize = 64;
+
+/// Clients and payload size of the `backplane` group.
+const BACKPLANE_CLIENTS: usize = 1000;
+const BACKPLANE_PAYLOAD: usize = 64;
 
 /// Messages per burst in the `churn` group: long enough that many churn connects overlap
 /// each iteration.
@@ -315,11 +326,15 @@ struct CrateServer {
 
 impl CrateServer {
     async fn start() -> CrateServer {
+        Self::start_in(WebSocketCollection::new()).await
+    }
+
+    /// A server whose connections join `room`.
+    async fn start_in(room: WebSocketCollection) -> CrateServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the websocket_handler server");
         let addr = listener.local_addr().expect("server local addr");
-        let room = WebSocketCollection::new();
         let events = Arc::new(Events::default());
         let config = Arc::new(Config::default());
         let (accept_room, accept_events, accept_config) =
@@ -721,5 +736,34 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, churn);
+/// `backplane/<n>`: what a backplane adds to local delivery. The same broadcast, to a room
+/// without a backplane and to a room on a [`MemoryBackplane`] with one other (empty) room
+/// on the topic, so each broadcast is also encoded, delivered and decoded once.
+fn backplane(c: &mut Criterion) {
+    let n = BACKPLANE_CLIENTS;
+    let rt = runtime();
+    let plain = rt.block_on(CrateServer::start());
+    let bus = MemoryBackplane::new();
+    let linked = rt.block_on(CrateServer::start_in(WebSocketCollection::with_backplane(
+        "bench",
+        bus.clone(),
+    )));
+    let peer = WebSocketCollection::with_backplane("bench", bus);
+    let payload = payload(BACKPLANE_PAYLOAD);
+    let burst = burst_for(n, BACKPLANE_PAYLOAD);
+    let mut group = c.benchmark_group(format!("backplane/{n}"));
+    configure(&mut group, n * burst);
+
+    let mut clients = LazyClients::new(&rt, &plain, n);
+    clients.bench(&mut group, "no_backplane", burst, &payload);
+    clients.finish();
+
+    let mut clients = LazyClients::new(&rt, &linked, n);
+    clients.bench(&mut group, "memory_backplane", burst, &payload);
+    clients.finish();
+    group.finish();
+    drop(peer);
+}
+
+criterion_group!(benches, fanout, churn, backplane);
 criterion_main!(benches);
