@@ -122,4 +122,14 @@ async fn a_dropped_collection_stops_receiving() {
     // Delivering to the dropped room's inbox finds it closed; nothing is queued anywhere.
     assert_eq!(room_a.broadcast("anyone?"), 0);
     assert_eq!(format!("{bus:?}"), "MemoryBackplane { topics: 1 }");
+    // The last collection on the topic ends its subscription.
+    let clone = room_a.clone();
+    drop(room_a);
+    assert_eq!(
+        format!("{bus:?}"),
+        "MemoryBackplane { topics: 1 }",
+        "a clone is left"
+    );
+    drop(clone);
+    assert_eq!(format!("{bus:?}"), "MemoryBackplane { topics: 0 }");
 }

@@ -317,6 +317,26 @@ async fn foreign_messages_on_the_channel_are_ignored() {
     assert_eq!(next_text(&mut client).await, "still fine");
     let stats = redis.stats();
     assert_eq!((stats.invalid, stats.delivered), (3, 1));
+
+    // A dropped collection's subscription ends; the other's stays.
+    drop(other_room);
+    let subscribers = || async {
+        let (_, count): (String, u32) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("websocket-handler:t")
+            .query_async(&mut raw.clone())
+            .await
+            .expect("PUBSUB NUMSUB");
+        count
+    };
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while subscribers().await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped collection is still subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]

@@ -49,6 +49,16 @@ impl Backplane for MemoryBackplane {
             .or_default()
             .push(inbox);
     }
+
+    fn unsubscribe(&self, topic: &str) {
+        let mut topics = lock(&self.topics);
+        if let Some(inboxes) = topics.get_mut(topic) {
+            inboxes.retain(|inbox| !inbox.is_closed());
+            if inboxes.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryBackplane {

@@ -70,6 +70,13 @@ pub trait Backplane: Send + Sync + 'static {
     /// Delivers every envelope published on `topic` from now on to `inbox`, until
     /// [`Inbox::is_closed`] says its collection is gone.
     fn subscribe(&self, topic: &str, inbox: Inbox);
+
+    /// A collection on `topic` was dropped: its inbox is closed now, and once no inbox on
+    /// `topic` is open, the subscription can end. Called once per dropped collection. The
+    /// default does nothing, leaving closed inboxes to be dropped when next seen.
+    fn unsubscribe(&self, topic: &str) {
+        let _ = topic;
+    }
 }
 
 /// Whether a network backplane can reach its server, as reported by
@@ -183,6 +190,14 @@ pub(crate) struct Link {
     /// that concurrent broadcasts are published in the order they were numbered.
     seq: Mutex<u64>,
     backplane: Box<dyn Backplane>,
+}
+
+impl Drop for Link {
+    /// The last clone of the collection is gone (its members with it, so its inbox is
+    /// closed): let the backplane end the subscription.
+    fn drop(&mut self) {
+        self.backplane.unsubscribe(&self.topic);
+    }
 }
 
 impl Link {

@@ -315,6 +315,11 @@ impl Backplane for RedisBackplane {
             .push(inbox);
         self.shared.work.notify_one();
     }
+
+    fn unsubscribe(&self, _topic: &str) {
+        // The task drops closed inboxes, and the channels left without any.
+        self.shared.work.notify_one();
+    }
 }
 
 impl std::fmt::Debug for RedisBackplane {
@@ -403,7 +408,7 @@ async fn serve(
         .get_multiplexed_async_connection_with_config(&publisher_config)
         .await?;
     let mut subscribed = HashSet::new();
-    subscribe_new(shared, &mut sink, &mut subscribed).await?;
+    sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
     // What queued up while disconnected goes out before the state says `Connected`.
     publish_pending(shared, &mut publisher).await?;
     *connected = true;
@@ -423,7 +428,7 @@ async fn serve(
                 ping.reset();
             }
             () = shared.work.notified() => {
-                subscribe_new(shared, &mut sink, &mut subscribed).await?;
+                sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
             }
             _ = ping.tick() => {
                 tokio::time::timeout(config.response_timeout, sink.ping::<redis::Value>())
@@ -434,25 +439,47 @@ async fn serve(
     }
 }
 
-/// Subscribes to channels that have inboxes but no subscription yet on this connection.
-async fn subscribe_new(
+/// Makes this connection's subscriptions match the channels that have live inboxes:
+/// subscribes to new ones and unsubscribes from those whose collections are all gone.
+async fn sync_subscriptions(
     shared: &Shared,
     sink: &mut PubSubSink,
     subscribed: &mut HashSet<String>,
 ) -> Result<(), SessionError> {
-    let wanted: Vec<String> = lock(&shared.inboxes)
-        .keys()
-        .filter(|channel| !subscribed.contains(*channel))
-        .cloned()
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
+    let (wanted, unwanted): (Vec<String>, Vec<String>) = {
+        let mut inboxes = lock(&shared.inboxes);
+        inboxes.retain(|_, list| {
+            list.retain(|inbox| !inbox.is_closed());
+            !list.is_empty()
+        });
+        let wanted = inboxes
+            .keys()
+            .filter(|channel| !subscribed.contains(*channel))
+            .cloned()
+            .collect();
+        let unwanted = subscribed
+            .iter()
+            .filter(|channel| !inboxes.contains_key(*channel))
+            .cloned()
+            .collect();
+        (wanted, unwanted)
+    };
     let timeout = shared.config.response_timeout;
-    tokio::time::timeout(timeout, sink.subscribe(&wanted))
-        .await
-        .map_err(|_| SessionError::Timeout(timeout))??;
-    subscribed.extend(wanted);
+    let timed_out = |_| SessionError::Timeout(timeout);
+    if !wanted.is_empty() {
+        tokio::time::timeout(timeout, sink.subscribe(&wanted))
+            .await
+            .map_err(timed_out)??;
+        subscribed.extend(wanted);
+    }
+    if !unwanted.is_empty() {
+        tokio::time::timeout(timeout, sink.unsubscribe(&unwanted))
+            .await
+            .map_err(timed_out)??;
+        for channel in &unwanted {
+            subscribed.remove(channel);
+        }
+    }
     Ok(())
 }
 
