@@ -62,6 +62,28 @@
 //! # }
 //! ```
 //!
+//! # Scaling out
+//!
+//! A room that outgrows one process spans many:
+//! [`WebSocketCollection::with_backplane`] makes every broadcast reach the collections on
+//! the same topic in other processes too, each client getting each message once and each
+//! sender's messages in order. The cargo feature `redis` adds `RedisBackplane`, over Redis
+//! pub/sub; see [`backplane`] for the guarantees and for what happens when Redis goes away.
+//!
+//! ```
+//! use websocket_handler::backplane::MemoryBackplane;
+//! use websocket_handler::WebSocketCollection;
+//!
+//! // In production: RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?
+//! let backplane = MemoryBackplane::new();
+//! let room = WebSocketCollection::with_backplane("chat", backplane);
+//! room.broadcast("to this process's clients, then to every other process on \"chat\"");
+//! ```
+//!
+//! # Cargo features
+//!
+//! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate.
+//!
 //! # Exposed to the internet
 //!
 //! [`Config`] holds the limits, with defaults for a server of thousands of connections:
