@@ -1,7 +1,7 @@
 //! A shared set of live connections with broadcast.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::backplane::{Backplane, Link};
 use crate::connection::{Connection, ConnectionId};
@@ -37,6 +37,9 @@ pub struct WebSocketCollection {
 /// the whole broadcast. Connections hold weak references to it to leave on close.
 pub(crate) struct Members {
     shards: [RwLock<Shard>; SHARDS],
+    /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
+    /// empty rooms.
+    on_empty: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
@@ -53,6 +56,7 @@ impl Default for Members {
     fn default() -> Self {
         Members {
             shards: std::array::from_fn(|_| RwLock::default()),
+            on_empty: OnceLock::new(),
         }
     }
 }
@@ -74,12 +78,21 @@ impl Members {
     }
 
     pub(crate) fn remove(&self, id: ConnectionId) -> Option<Connection> {
-        let mut shard = write(self.shard(id));
-        let at = shard.index.remove(&id)?;
-        let removed = shard.list.swap_remove(at);
-        if let Some(moved) = shard.list.get(at) {
-            let moved = moved.id();
-            shard.index.insert(moved, at);
+        let (removed, shard_empty) = {
+            let mut shard = write(self.shard(id));
+            let at = shard.index.remove(&id)?;
+            let removed = shard.list.swap_remove(at);
+            if let Some(moved) = shard.list.get(at) {
+                let moved = moved.id();
+                shard.index.insert(moved, at);
+            }
+            (removed, shard.list.is_empty())
+        };
+        // No lock held: the callback takes its own.
+        if shard_empty && self.len() == 0 {
+            if let Some(on_empty) = self.on_empty.get() {
+                on_empty();
+            }
         }
         Some(removed)
     }
@@ -88,7 +101,7 @@ impl Members {
         read(self.shard(id)).index.contains_key(&id)
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|shard| read(shard).list.len()).sum()
     }
 
@@ -249,9 +262,29 @@ impl WebSocketCollection {
         }
     }
 
+    /// Calls `on_empty` whenever a removal leaves the collection empty (once set).
+    pub(crate) fn set_on_empty(&self, on_empty: impl Fn() + Send + Sync + 'static) {
+        let _ = self.members.on_empty.set(Box::new(on_empty));
+    }
+
+    /// A reference that does not keep the collection alive.
+    pub(crate) fn downgrade(&self) -> WeakCollection {
+        WeakCollection(Arc::downgrade(&self.members))
+    }
+
     /// The backplane topic, if the collection has a backplane.
     pub fn topic(&self) -> Option<&str> {
         self.link.as_deref().map(Link::topic)
+    }
+}
+
+/// Identifies a collection without keeping it alive.
+pub(crate) struct WeakCollection(Weak<Members>);
+
+impl WeakCollection {
+    /// Whether `collection` is (a clone of) this one.
+    pub(crate) fn is(&self, collection: &WebSocketCollection) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&collection.members))
     }
 }
 

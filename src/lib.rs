@@ -107,6 +107,7 @@ mod message;
 mod outbound;
 mod query;
 mod rate_limit;
+mod rooms;
 mod shutdown;
 mod stream;
 mod upgrade;
@@ -123,6 +124,7 @@ pub use error::{Error, HandshakeError, QueryError, SendError};
 pub use handler::WebSocketHandler;
 pub use message::{Message, Utf8Bytes};
 pub use query::query_param;
+pub use rooms::Rooms;
 pub use shutdown::Shutdown;
 pub use upgrade::{try_upgrade, upgrade};
 
