@@ -8,6 +8,7 @@ use http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::HandshakeError;
+use crate::metrics::Metrics;
 use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 
@@ -64,6 +65,7 @@ pub struct Config {
     limit: Option<Arc<ConnectionLimit>>,
     shutdown: Option<Shutdown>,
     rate_limit: Option<RateLimit>,
+    metrics: Metrics,
 }
 
 /// Counts the connections upgraded with one [`Config`] and its clones.
@@ -122,6 +124,7 @@ impl Default for Config {
             limit: None,
             shutdown: None,
             rate_limit: None,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -321,6 +324,19 @@ impl Config {
 
     pub(crate) fn get_rate_limit(&self) -> Option<RateLimit> {
         self.rate_limit
+    }
+
+    /// Counts what connections upgraded with this `Config` do into `metrics` (see
+    /// [`Metrics`]). Several configs may share one. By default each `Config` has counters of
+    /// its own, readable with [`get_metrics`](Config::get_metrics).
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    /// The counters of connections upgraded with this `Config`.
+    pub fn get_metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Connections upgraded with this `Config` can be closed together, gracefully, with

@@ -13,6 +13,7 @@ use crate::collection::Members;
 use crate::config::{Config, SlowConsumer};
 use crate::error::SendError;
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound, OutboundQueue, Pushed, Rejected};
 use crate::writer::WriteSide;
 
@@ -53,7 +54,7 @@ pub struct Connection {
 }
 
 pub(crate) struct Shared {
-    id: ConnectionId,
+    pub(crate) id: ConnectionId,
     uri: Uri,
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
@@ -73,6 +74,7 @@ pub(crate) struct Shared {
     first_close: Mutex<Option<CloseFrame>>,
     /// Collections this connection is in, so that closing leaves all of them.
     memberships: Mutex<Vec<Weak<Members>>>,
+    pub(crate) metrics: Metrics,
 }
 
 /// The parts of the upgrade request a connection keeps.
@@ -146,6 +148,7 @@ impl Connection {
             close_sent: Notify::new(),
             first_close: Mutex::new(None),
             memberships: Mutex::new(Vec::new()),
+            metrics: config.get_metrics().clone(),
         };
         Connection {
             shared: Arc::new(shared),
@@ -234,6 +237,7 @@ impl Connection {
             .push_data(frame)
             .map_err(|rejected| match rejected {
                 Rejected::Full { messages, bytes } => {
+                    self.shared.metrics.dropped(self.id(), 1);
                     if self.shared.slow_consumer == SlowConsumer::Disconnect {
                         self.disconnect_slow_consumer(messages, bytes);
                     }
@@ -259,7 +263,16 @@ impl Connection {
     /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
     /// connection within the close timeout even if the peer never reads again.
     fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
-        lock(&self.shared.overflow).get_or_insert((messages, bytes));
+        {
+            let mut overflow = lock(&self.shared.overflow);
+            if overflow.is_none() {
+                *overflow = Some((messages, bytes));
+                // The queued messages go unsent: the close frame replaces them.
+                let metrics = &self.shared.metrics;
+                metrics.dropped(self.id(), messages as u64);
+                metrics.slow_consumer_disconnected(self.id());
+            }
+        }
         let frame = CloseFrame {
             code: CloseCode::POLICY_VIOLATION,
             reason: "slow consumer: outbound queue full".to_owned(),

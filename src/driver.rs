@@ -43,6 +43,8 @@ pub(crate) async fn run<R, W, H>(
         _permit: permit,
     };
     let close_timeout = config.get_close_timeout();
+    let metrics = config.get_metrics().clone();
+    metrics.opened();
 
     *lock(&conn.shared().write_side) = Some(WriteSide::new(
         Box::pin(write),
@@ -79,9 +81,9 @@ pub(crate) async fn run<R, W, H>(
         None => failure,
     };
     if let Some(error) = &failure {
-        tracing::debug!(id = %conn.id(), %error, "connection failed");
+        tracing::debug!(%error, "connection failed");
         if let Error::HandlerPanicked { message } = error {
-            tracing::error!(id = %conn.id(), %message, "WebSocket handler panicked");
+            tracing::error!(%message, "WebSocket handler panicked");
         }
         let _ = caught(handler.on_error(&conn, error)).await;
         if let Some(code) = error.close_code() {
@@ -104,8 +106,10 @@ pub(crate) async fn run<R, W, H>(
     drop(socket);
     let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
     drop(_guard);
+    metrics.closed(frame.code.as_u16());
+    tracing::debug!(code = frame.code.as_u16(), "connection closed");
     if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
-        tracing::error!(id = %conn.id(), %message, "WebSocket handler panicked in on_close");
+        tracing::error!(%message, "WebSocket handler panicked in on_close");
     }
 }
 
@@ -195,6 +199,7 @@ where
             | tungstenite::Message::Pong(_)
             | tungstenite::Message::Frame(_) => continue,
         };
+        conn.shared().metrics.received(conn.id(), message.len());
         if let Some(bucket) = &mut rate {
             if !bucket.take(Instant::now()) {
                 let per_second = config

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::connection::{Connection, RequestParts};
@@ -122,7 +123,13 @@ where
         shutdown.track(&conn)?;
     }
     let config = config.clone();
-    tokio::spawn(async move {
+    // Everything the connection logs, the handler's own events included, carries its id
+    // and the peer's address.
+    let span = match conn.remote_addr() {
+        Some(remote) => tracing::info_span!("websocket", id = %conn.id(), %remote),
+        None => tracing::info_span!("websocket", id = %conn.id()),
+    };
+    let connection = async move {
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 // A plain TCP socket: its halves need no lock between reading and writing.
@@ -141,7 +148,8 @@ where
                 conn.mark_closed();
             }
         }
-    });
+    };
+    tokio::spawn(connection.instrument(span));
 
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

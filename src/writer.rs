@@ -129,6 +129,7 @@ impl WriteSide {
     /// Drops the items `wrote` bytes completed.
     fn advance(&mut self, wrote: usize, shared: &Shared) {
         let mut done = self.written + wrote;
+        let (mut messages, mut payload) = (0, 0);
         while let Some(front) = self.in_flight.front() {
             let len = front.len();
             if done < len {
@@ -136,6 +137,10 @@ impl WriteSide {
             }
             done -= len;
             match self.in_flight.pop_front() {
+                Some(Outbound::Data(frame)) => {
+                    messages += 1;
+                    payload += frame.payload().len() as u64;
+                }
                 // `take` put nothing behind a close frame.
                 Some(Outbound::Close(close)) => {
                     shared.close_written(close.0);
@@ -144,6 +149,10 @@ impl WriteSide {
                 Some(Outbound::Reply(_)) => self.closed = true,
                 _ => {}
             }
+        }
+        if messages > 0 {
+            // Once per write, not per message: the counters are shared.
+            shared.metrics.sent(shared.id, messages, payload);
         }
         self.written = done;
     }

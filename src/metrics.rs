@@ -1,0 +1,210 @@
+//! Counters of what the connections of a server do, for the application to read and export.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::connection::ConnectionId;
+
+/// Live counters shared by every connection upgraded with a [`Config`](crate::Config) (and
+/// its clones): open connections, messages and bytes each way, messages dropped for slow
+/// consumers, and closes by code.
+///
+/// Cheap to clone; clones share the counters. Every `Config` has one; to read it, make one
+/// and give it to the config:
+///
+/// ```
+/// use websocket_handler::{Config, Metrics};
+///
+/// let metrics = Metrics::new();
+/// let config = Config::default().metrics(&metrics);
+/// // ... serve with `config`, then, say on every scrape:
+/// let now = metrics.snapshot();
+/// assert_eq!(now.connections_open(), 0);
+/// ```
+///
+/// Counting is cheap: the per-message counters are split into stripes, by connection, so
+/// that cores writing to different clients do not contend for one counter, and sent
+/// messages are counted once per socket write, not per message.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    stripes: [Stripe; STRIPES],
+    opened: AtomicU64,
+    closed: AtomicU64,
+    /// Closes with the codes 1000 to 1015, the ones the protocol defines.
+    closes_standard: [AtomicU64; 16],
+    /// Closes with any other code (applications' own 4000-4999).
+    closes_other: Mutex<BTreeMap<u16, u64>>,
+}
+
+const STRIPES: usize = 16;
+
+/// One cache line (two, on machines that fetch pairs) of counters.
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_dropped: AtomicU64,
+    slow_consumer_disconnects: AtomicU64,
+}
+
+/// The counters of a [`Metrics`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Connections upgraded so far.
+    pub connections_opened: u64,
+    /// Connections that have ended so far.
+    pub connections_closed: u64,
+    /// Data messages received (text and binary).
+    pub messages_received: u64,
+    /// Payload bytes of the messages received.
+    pub bytes_received: u64,
+    /// Data messages written to sockets.
+    pub messages_sent: u64,
+    /// Payload bytes of the messages written.
+    pub bytes_sent: u64,
+    /// Messages that never went out because the client was too slow: those its full queue
+    /// refused, and those still queued when the slow-consumer policy closed it.
+    pub messages_dropped: u64,
+    /// Connections closed by [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).
+    pub slow_consumer_disconnects: u64,
+    /// Ended connections by close code: the first close frame on the wire, in either
+    /// direction, or 1006 if there was none.
+    pub closes: BTreeMap<u16, u64>,
+}
+
+impl MetricsSnapshot {
+    /// Connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_opened
+            .saturating_sub(self.connections_closed)
+    }
+}
+
+impl Metrics {
+    /// New counters, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counters now. Each is read on its own, so under load the figures may be a few
+    /// messages apart from each other.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let c = &self.counters;
+        let sum = |field: fn(&Stripe) -> &AtomicU64| -> u64 {
+            c.stripes
+                .iter()
+                .map(|stripe| field(stripe).load(Relaxed))
+                .sum()
+        };
+        let mut closes: BTreeMap<u16, u64> = c
+            .closes_other
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for (offset, count) in c.closes_standard.iter().enumerate() {
+            let count = count.load(Relaxed);
+            if count > 0 {
+                closes.insert(1000 + offset as u16, count);
+            }
+        }
+        MetricsSnapshot {
+            connections_opened: c.opened.load(Relaxed),
+            connections_closed: c.closed.load(Relaxed),
+            messages_received: sum(|s| &s.messages_received),
+            bytes_received: sum(|s| &s.bytes_received),
+            messages_sent: sum(|s| &s.messages_sent),
+            bytes_sent: sum(|s| &s.bytes_sent),
+            messages_dropped: sum(|s| &s.messages_dropped),
+            slow_consumer_disconnects: sum(|s| &s.slow_consumer_disconnects),
+            closes,
+        }
+    }
+
+    fn stripe(&self, id: ConnectionId) -> &Stripe {
+        &self.counters.stripes[(id.as_u64() % STRIPES as u64) as usize]
+    }
+
+    pub(crate) fn opened(&self) {
+        self.counters.opened.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn closed(&self, code: u16) {
+        let c = &self.counters;
+        match code
+            .checked_sub(1000)
+            .and_then(|i| c.closes_standard.get(i as usize))
+        {
+            Some(count) => {
+                count.fetch_add(1, Relaxed);
+            }
+            None => {
+                *c.closes_other
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .entry(code)
+                    .or_default() += 1;
+            }
+        }
+        // Last, so that a snapshot never shows a close without its code.
+        c.closed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn received(&self, id: ConnectionId, bytes: usize) {
+        let stripe = self.stripe(id);
+        stripe.messages_received.fetch_add(1, Relaxed);
+        stripe.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn sent(&self, id: ConnectionId, messages: u64, bytes: u64) {
+        let stripe = self.stripe(id);
+        stripe.messages_sent.fetch_add(messages, Relaxed);
+        stripe.bytes_sent.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn dropped(&self, id: ConnectionId, messages: u64) {
+        self.stripe(id)
+            .messages_dropped
+            .fetch_add(messages, Relaxed);
+    }
+
+    pub(crate) fn slow_consumer_disconnected(&self, id: ConnectionId) {
+        self.stripe(id)
+            .slow_consumer_disconnects
+            .fetch_add(1, Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn closes_are_counted_by_code() {
+        let metrics = Metrics::new();
+        for code in [1000, 1000, 1006, 4001, 999] {
+            metrics.opened();
+            metrics.closed(code);
+        }
+        let snapshot = metrics.snapshot();
+        let closes: Vec<_> = snapshot.closes.into_iter().collect();
+        assert_eq!(closes, [(999, 1), (1000, 2), (1006, 1), (4001, 1)]);
+        assert_eq!(snapshot.connections_opened, 5);
+        assert_eq!(snapshot.connections_closed, 5);
+    }
+}
