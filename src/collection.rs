@@ -235,7 +235,7 @@ impl WebSocketCollection {
         };
         // Local connections first, so the backplane adds nothing to their latency.
         let queued = self.members.broadcast(message.clone(), include);
-        link.publish(&message);
+        link.publish(None, &message);
         queued
     }
 

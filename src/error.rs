@@ -248,7 +248,19 @@ pub enum EnvelopeError {
     /// The message kind is neither text (1) nor binary (2).
     #[error("backplane message has unknown kind {0} (1 is text, 2 is binary)")]
     UnknownKind(u8),
-    /// A text message whose payload is not valid UTF-8.
-    #[error("backplane text message is not valid UTF-8")]
+    /// A text message, or a room name, that is not valid UTF-8.
+    #[error("backplane message has text or a room name that is not valid UTF-8")]
     InvalidUtf8,
+    /// The room name's length points past the end of the message.
+    #[error("backplane message ends inside its room name")]
+    Truncated,
+    /// A message for one room of a `Rooms` on a collection's topic, or the other way
+    /// round: two applications share a topic.
+    #[error("backplane message for a {got} arrived on the topic of a {expected}; do two applications share the topic?")]
+    WrongTarget {
+        /// What the message is for: `room` or `collection`.
+        got: &'static str,
+        /// What subscribed to the topic.
+        expected: &'static str,
+    },
 }

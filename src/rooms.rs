@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, Link, RoomRouter};
 use crate::collection::WebSocketCollection;
 use crate::connection::{Connection, ConnectionId};
 use crate::message::Message;
@@ -52,12 +52,23 @@ pub struct Rooms<K> {
 }
 
 struct Shared<K> {
-    rooms: Mutex<HashMap<K, WebSocketCollection>>,
-    /// Makes a room's collection: plain, or on a backplane topic.
-    make_room: Box<dyn Fn(&K) -> WebSocketCollection + Send + Sync>,
-    /// Whether rooms have a backplane, so a room with no members here may have some
-    /// elsewhere.
-    remote: bool,
+    rooms: Mutex<RoomMap<K>>,
+    /// Set by [`Rooms::with_backplane`].
+    remote: OnceLock<Remote<K>>,
+}
+
+struct RoomMap<K> {
+    by_key: HashMap<K, WebSocketCollection>,
+    /// With a backplane: the same rooms by their name there, for delivering what arrives.
+    by_name: HashMap<String, WebSocketCollection>,
+}
+
+/// The rooms' link to other processes: one topic for all rooms, each envelope naming its
+/// room. One subscription, made once, so a room is reachable from the moment it exists
+/// here: no subscription per room that could lag behind its first join.
+struct Remote<K> {
+    link: Link,
+    name: Box<dyn Fn(&K) -> String + Send + Sync>,
 }
 
 impl<K> Clone for Rooms<K> {
@@ -77,63 +88,71 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for Rooms<K> {
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     /// No rooms yet.
     pub fn new() -> Self {
-        Self::with_maker(false, |_| WebSocketCollection::new())
+        Rooms {
+            shared: Arc::new(Shared {
+                rooms: Mutex::new(RoomMap {
+                    by_key: HashMap::new(),
+                    by_name: HashMap::new(),
+                }),
+                remote: OnceLock::new(),
+            }),
+        }
     }
 
-    /// Rooms whose broadcasts reach the same rooms in other processes: room `key` is a
-    /// collection on the backplane topic `"{topic_prefix}{key}"` (see
-    /// [`WebSocketCollection::with_backplane`]).
+    /// Rooms whose broadcasts reach the rooms of the same name in other processes with a
+    /// `Rooms` on `topic`. Room `key` is named `key.to_string()` there.
     ///
-    /// [`broadcast_to`](Rooms::broadcast_to) a room with no members in this process still
-    /// publishes, for the members elsewhere; membership queries answer for this process.
+    /// One subscription carries every room, so a room's members here receive what is sent
+    /// to it elsewhere from the moment they join. A send to a room with no members here
+    /// still reaches its members elsewhere; membership queries answer for this process.
+    /// The guarantees are those of [`backplane`](crate::backplane): once per client, each
+    /// sender's messages in order.
     ///
     /// ```
     /// use websocket_handler::backplane::MemoryBackplane;
     /// use websocket_handler::Rooms;
     ///
-    /// let rooms: Rooms<String> = Rooms::with_backplane("chat:", MemoryBackplane::new());
+    /// let bus = MemoryBackplane::new(); // in production: a RedisBackplane
+    /// let rooms: Rooms<String> = Rooms::with_backplane("chat-rooms", bus);
+    /// assert_eq!(rooms.broadcast_to(&"lobby".to_string(), "hello"), 0); // none here
     /// ```
-    pub fn with_backplane<B>(topic_prefix: impl Into<String>, backplane: B) -> Self
+    pub fn with_backplane<B>(topic: impl Into<String>, backplane: B) -> Self
     where
         K: fmt::Display,
-        B: Backplane + Clone,
+        B: Backplane,
     {
-        let prefix = topic_prefix.into();
-        Self::with_maker(true, move |key| {
-            WebSocketCollection::with_backplane(format!("{prefix}{key}"), backplane.clone())
-        })
-    }
-
-    fn with_maker(
-        remote: bool,
-        make_room: impl Fn(&K) -> WebSocketCollection + Send + Sync + 'static,
-    ) -> Self {
-        Rooms {
-            shared: Arc::new(Shared {
-                rooms: Mutex::new(HashMap::new()),
-                make_room: Box::new(make_room),
-                remote,
-            }),
-        }
+        let rooms = Self::new();
+        let router: Arc<dyn RoomRouter> = rooms.shared.clone();
+        let link = Link::attach_rooms(topic.into(), Box::new(backplane), Arc::downgrade(&router));
+        let remote = Remote {
+            link,
+            name: Box::new(|key: &K| key.to_string()),
+        };
+        let _ = rooms.shared.remote.set(remote);
+        rooms
     }
 
     /// Adds the connection to `room`, creating the room if needed. Returns `false` if it
     /// was already there or has closed.
     pub fn join(&self, room: K, connection: &Connection) -> bool {
         let mut rooms = self.lock();
-        let collection = match rooms.get(&room) {
+        let collection = match rooms.by_key.get(&room) {
             Some(collection) => collection.clone(),
             None => {
-                let collection = (self.shared.make_room)(&room);
+                let collection = WebSocketCollection::new();
                 collection.set_on_empty(self.drop_when_empty(room.clone(), &collection));
-                rooms.insert(room.clone(), collection.clone());
+                if let Some(remote) = self.shared.remote.get() {
+                    let name = (remote.name)(&room);
+                    rooms.by_name.insert(name, collection.clone());
+                }
+                rooms.by_key.insert(room.clone(), collection.clone());
                 collection
             }
         };
         // Under the lock, so that the room cannot be dropped as empty meanwhile.
         let joined = collection.add(connection.clone());
         if !joined && collection.is_empty() {
-            rooms.remove(&room);
+            rooms.remove(&room, self.shared.remote.get());
         }
         joined
     }
@@ -149,10 +168,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     /// Queues `message` to every member of `room`; returns to how many (in this process).
     /// See [`WebSocketCollection::broadcast`].
     pub fn broadcast_to(&self, room: &K, message: impl Into<Message>) -> usize {
-        match self.room_or_publisher(room) {
-            Some(collection) => collection.broadcast(message),
-            None => 0,
-        }
+        self.send(room, message.into(), None)
     }
 
     /// Like [`broadcast_to`](Rooms::broadcast_to), but skips the connection `except`
@@ -163,15 +179,28 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         except: ConnectionId,
         message: impl Into<Message>,
     ) -> usize {
-        match self.room_or_publisher(room) {
-            Some(collection) => collection.broadcast_except(except, message),
-            None => 0,
+        self.send(room, message.into(), Some(except))
+    }
+
+    fn send(&self, room: &K, message: Message, except: Option<ConnectionId>) -> usize {
+        let remote = self.shared.remote.get();
+        let local = self.room(room);
+        // Local members first, so that the backplane adds nothing to their latency.
+        let queued = match (&local, except, remote) {
+            (None, _, _) => 0,
+            (Some(local), None, None) => return local.broadcast_local(message),
+            (Some(local), None, Some(_)) => local.broadcast_local(message.clone()),
+            (Some(local), Some(except), _) => local.broadcast_except(except, message.clone()),
+        };
+        if let Some(remote) = remote {
+            remote.link.publish(Some(&(remote.name)(room)), &message);
         }
+        queued
     }
 
     /// The room's collection, if it has members in this process.
     pub fn room(&self, room: &K) -> Option<WebSocketCollection> {
-        self.lock().get(room).cloned()
+        self.lock().by_key.get(room).cloned()
     }
 
     /// The room's members in this process, in no particular order.
@@ -188,12 +217,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     /// The rooms with members in this process, in no particular order.
     pub fn rooms(&self) -> Vec<K> {
-        self.lock().keys().cloned().collect()
+        self.lock().by_key.keys().cloned().collect()
     }
 
     /// The rooms the connection is in.
     pub fn rooms_of(&self, id: ConnectionId) -> Vec<K> {
         self.lock()
+            .by_key
             .iter()
             .filter(|(_, collection)| collection.contains(id))
             .map(|(key, _)| key.clone())
@@ -202,19 +232,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     /// Number of rooms.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_key.len()
     }
 
     /// Whether there are no rooms.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The room; or, with a backplane, a short-lived collection on the room's topic, to
-    /// reach its members in other processes.
-    fn room_or_publisher(&self, room: &K) -> Option<WebSocketCollection> {
-        self.room(room)
-            .or_else(|| self.shared.remote.then(|| (self.shared.make_room)(room)))
     }
 
     /// The callback that drops `room` once `collection` is empty, unless the room has been
@@ -232,16 +255,33 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             };
             let mut rooms = lock(&shared.rooms);
             let is_this_one_and_empty = rooms
+                .by_key
                 .get(&room)
                 .is_some_and(|current| current.is_empty() && members.is(current));
             if is_this_one_and_empty {
-                rooms.remove(&room);
+                rooms.remove(&room, shared.remote.get());
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, WebSocketCollection>> {
+    fn lock(&self) -> MutexGuard<'_, RoomMap<K>> {
         lock(&self.shared.rooms)
+    }
+}
+
+impl<K: Eq + Hash> RoomMap<K> {
+    fn remove(&mut self, room: &K, remote: Option<&Remote<K>>) {
+        self.by_key.remove(room);
+        if let Some(remote) = remote {
+            self.by_name.remove(&(remote.name)(room));
+        }
+    }
+}
+
+impl<K: Send + Sync> RoomRouter for Shared<K> {
+    fn deliver(&self, room: &str, message: Message) -> usize {
+        let local = lock(&self.rooms).by_name.get(room).cloned();
+        local.map_or(0, |room| room.broadcast_local(message))
     }
 }
 
@@ -255,7 +295,7 @@ impl<K: fmt::Debug> fmt::Debug for Rooms<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rooms = lock(&self.shared.rooms);
         f.debug_map()
-            .entries(rooms.iter().map(|(key, room)| (key, room.len())))
+            .entries(rooms.by_key.iter().map(|(key, room)| (key, room.len())))
             .finish()
     }
 }

@@ -1,7 +1,8 @@
 //! The bytes a backplane carries: one broadcast with its sender and sequence number.
 //!
-//! Layout, big-endian: version (1 byte), kind (1 byte: 1 text, 2 binary), sender id
-//! (16 bytes), sequence number (8 bytes), then the payload as it goes on the wire.
+//! Layout, big-endian: version (1 byte), kind (1 byte: 1 text, 2 binary, plus 16 when a
+//! room follows), sender id (16 bytes), sequence number (8 bytes), then for a room its
+//! name's length (2 bytes) and the name in UTF-8, then the payload as it goes on the wire.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -12,6 +13,8 @@ use crate::message::{Message, Utf8Bytes};
 const VERSION: u8 = 1;
 const TEXT: u8 = 1;
 const BINARY: u8 = 2;
+/// Set in the kind when the envelope is for one room of a [`Rooms`](crate::Rooms).
+const ROOM: u8 = 16;
 pub(crate) const HEADER_LEN: usize = 1 + 1 + 16 + 8;
 
 /// A decoded envelope.
@@ -19,19 +22,31 @@ pub(crate) const HEADER_LEN: usize = 1 + 1 + 16 + 8;
 pub(crate) struct Envelope {
     pub(crate) sender: SenderId,
     pub(crate) seq: u64,
+    pub(crate) room: Option<String>,
     pub(crate) message: Message,
 }
 
-pub(crate) fn encode(sender: SenderId, seq: u64, message: &Message) -> Bytes {
+/// Longest room name an envelope can carry, in bytes.
+pub(crate) const MAX_ROOM_LEN: usize = u16::MAX as usize;
+
+/// `room` must be at most [`MAX_ROOM_LEN`] bytes.
+pub(crate) fn encode(sender: SenderId, seq: u64, room: Option<&str>, message: &Message) -> Bytes {
     let payload = message.as_bytes();
-    let mut bytes = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    let room_len = room.map_or(0, |room| 2 + room.len());
+    let mut bytes = BytesMut::with_capacity(HEADER_LEN + room_len + payload.len());
     bytes.put_u8(VERSION);
-    bytes.put_u8(match message {
+    let kind = match message {
         Message::Text(_) => TEXT,
         Message::Binary(_) => BINARY,
-    });
+    };
+    bytes.put_u8(if room.is_some() { kind | ROOM } else { kind });
     bytes.put_u128(sender);
     bytes.put_u64(seq);
+    if let Some(room) = room {
+        debug_assert!(room.len() <= MAX_ROOM_LEN);
+        bytes.put_u16(room.len() as u16);
+        bytes.put_slice(room.as_bytes());
+    }
     bytes.put_slice(payload);
     bytes.freeze()
 }
@@ -48,7 +63,21 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, EnvelopeError> {
     let kind = bytes.get_u8();
     let sender = bytes.get_u128();
     let seq = bytes.get_u64();
-    let message = match kind {
+    let room = if kind & ROOM != 0 {
+        if bytes.len() < 2 {
+            return Err(EnvelopeError::Truncated);
+        }
+        let len = usize::from(bytes.get_u16());
+        if bytes.len() < len {
+            return Err(EnvelopeError::Truncated);
+        }
+        let name = bytes.split_to(len);
+        let name = std::str::from_utf8(&name).map_err(|_| EnvelopeError::InvalidUtf8)?;
+        Some(name.to_owned())
+    } else {
+        None
+    };
+    let message = match kind & !ROOM {
         TEXT => Message::Text(Utf8Bytes::try_from(bytes).map_err(|_| EnvelopeError::InvalidUtf8)?),
         BINARY => Message::Binary(bytes),
         other => return Err(EnvelopeError::UnknownKind(other)),
@@ -56,6 +85,7 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, EnvelopeError> {
     Ok(Envelope {
         sender,
         seq,
+        room,
         message,
     })
 }
@@ -67,18 +97,22 @@ mod tests {
     #[test]
     fn round_trips_text_and_binary() {
         for message in [Message::from("héllo"), Message::from(vec![0u8, 255, 3])] {
-            let bytes = encode(u128::MAX - 1, 42, &message);
-            assert_eq!(bytes.len(), HEADER_LEN + message.len());
-            let envelope = decode(bytes).expect("decodes");
-            assert_eq!(envelope.sender, u128::MAX - 1);
-            assert_eq!(envelope.seq, 42);
-            assert_eq!(envelope.message, message);
+            for room in [None, Some(""), Some("salle à manger")] {
+                let bytes = encode(u128::MAX - 1, 42, room, &message);
+                let room_len = room.map_or(0, |room| 2 + room.len());
+                assert_eq!(bytes.len(), HEADER_LEN + room_len + message.len());
+                let envelope = decode(bytes).expect("decodes");
+                assert_eq!(envelope.sender, u128::MAX - 1);
+                assert_eq!(envelope.seq, 42);
+                assert_eq!(envelope.room.as_deref(), room);
+                assert_eq!(envelope.message, message);
+            }
         }
     }
 
     #[test]
     fn rejects_what_is_not_an_envelope() {
-        let good = encode(1, 1, &Message::from("x"));
+        let good = encode(1, 1, None, &Message::from("x"));
         assert_eq!(
             decode(good.slice(..HEADER_LEN - 1)).unwrap_err(),
             EnvelopeError::TooShort {
@@ -101,6 +135,20 @@ mod tests {
         bad_text.put_slice(&[0xff, 0xfe]);
         assert_eq!(
             decode(bad_text.freeze()).unwrap_err(),
+            EnvelopeError::InvalidUtf8
+        );
+        let roomed = encode(1, 1, Some("abc"), &Message::from("x"));
+        for cut in [HEADER_LEN, HEADER_LEN + 1, HEADER_LEN + 4] {
+            assert_eq!(
+                decode(roomed.slice(..cut)).unwrap_err(),
+                EnvelopeError::Truncated,
+                "cut at {cut}"
+            );
+        }
+        let mut bad_room = BytesMut::from(&roomed[..HEADER_LEN + 2]);
+        bad_room.put_slice(&[0xff, 0xfe, 0xfd]);
+        assert_eq!(
+            decode(bad_room.freeze()).unwrap_err(),
             EnvelopeError::InvalidUtf8
         );
     }

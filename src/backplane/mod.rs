@@ -121,11 +121,25 @@ pub struct Inbox {
 }
 
 struct InboxShared {
-    members: Weak<Members>,
+    target: Target,
     /// The collection's own sender id, to skip its own messages.
     own: SenderId,
     /// The last sequence number delivered per sender.
     last_seen: Mutex<HashMap<SenderId, u64>>,
+}
+
+/// Where an inbox delivers.
+enum Target {
+    /// One collection: envelopes without a room.
+    Collection(Weak<Members>),
+    /// The rooms of a [`Rooms`](crate::Rooms): envelopes with a room.
+    Rooms(Weak<dyn RoomRouter>),
+}
+
+/// Delivers a message to one room, by its name on the backplane.
+pub(crate) trait RoomRouter: Send + Sync {
+    /// Queues `message` to the local members of `room`; returns to how many.
+    fn deliver(&self, room: &str, message: Message) -> usize;
 }
 
 /// Identifies one publishing collection, in one process. Random, so that two processes (or
@@ -141,10 +155,19 @@ impl Inbox {
     /// [`EnvelopeError`] if `envelope` is not one (truncated, another version, or text that
     /// is not UTF-8). Nothing is delivered then.
     pub fn deliver(&self, envelope: Bytes) -> Result<Delivery, EnvelopeError> {
-        let Some(members) = self.shared.members.upgrade() else {
+        if self.is_closed() {
             return Ok(Delivery::Closed);
-        };
+        }
         let envelope = envelope::decode(envelope)?;
+        let rooms = matches!(self.shared.target, Target::Rooms(_));
+        if envelope.room.is_some() != rooms {
+            let [got, expected] = if rooms {
+                ["collection", "rooms"]
+            } else {
+                ["room", "collection"]
+            };
+            return Err(EnvelopeError::WrongTarget { got, expected });
+        }
         if envelope.sender == self.shared.own {
             return Ok(Delivery::Own);
         }
@@ -164,13 +187,24 @@ impl Inbox {
                 }
             }
         };
-        let queued = members.broadcast(envelope.message, |_| true);
+        let queued = match (&self.shared.target, envelope.room) {
+            (Target::Collection(members), _) => members
+                .upgrade()
+                .map_or(0, |members| members.broadcast(envelope.message, |_| true)),
+            (Target::Rooms(router), Some(room)) => router
+                .upgrade()
+                .map_or(0, |router| router.deliver(&room, envelope.message)),
+            (Target::Rooms(_), None) => 0, // refused above
+        };
         Ok(Delivery::Delivered { queued, missed })
     }
 
-    /// Whether the collection behind this inbox has been dropped.
+    /// Whether the collection (or rooms) behind this inbox has been dropped.
     pub fn is_closed(&self) -> bool {
-        self.shared.members.strong_count() == 0
+        match &self.shared.target {
+            Target::Collection(members) => members.strong_count() == 0,
+            Target::Rooms(router) => router.strong_count() == 0,
+        }
     }
 }
 
@@ -207,10 +241,27 @@ impl Link {
         backplane: Box<dyn Backplane>,
         members: &Arc<Members>,
     ) -> Link {
+        Self::attach_to(
+            topic,
+            backplane,
+            Target::Collection(Arc::downgrade(members)),
+        )
+    }
+
+    /// Subscribes the rooms behind `router` to `topic` on `backplane`.
+    pub(crate) fn attach_rooms(
+        topic: String,
+        backplane: Box<dyn Backplane>,
+        router: Weak<dyn RoomRouter>,
+    ) -> Link {
+        Self::attach_to(topic, backplane, Target::Rooms(router))
+    }
+
+    fn attach_to(topic: String, backplane: Box<dyn Backplane>, target: Target) -> Link {
         let sender = new_sender_id();
         let inbox = Inbox {
             shared: Arc::new(InboxShared {
-                members: Arc::downgrade(members),
+                target,
                 own: sender,
                 last_seen: Mutex::new(HashMap::new()),
             }),
@@ -229,11 +280,16 @@ impl Link {
         &self.topic
     }
 
-    /// Publishes `message` to the other processes.
-    pub(crate) fn publish(&self, message: &Message) {
+    /// Publishes `message` to the other processes: to their collection on the topic, or
+    /// to one of their rooms.
+    pub(crate) fn publish(&self, room: Option<&str>, message: &Message) {
+        if room.is_some_and(|room| room.len() > envelope::MAX_ROOM_LEN) {
+            tracing::warn!(topic = %self.topic, "backplane: room name too long to publish");
+            return;
+        }
         let mut seq = lock(&self.seq);
         *seq += 1;
-        let envelope = envelope::encode(self.sender, *seq, message);
+        let envelope = envelope::encode(self.sender, *seq, room, message);
         self.backplane.publish(&self.topic, envelope);
     }
 }
@@ -272,7 +328,7 @@ mod tests {
     fn inbox(members: &Arc<Members>) -> Inbox {
         Inbox {
             shared: Arc::new(InboxShared {
-                members: Arc::downgrade(members),
+                target: Target::Collection(Arc::downgrade(members)),
                 own: 7,
                 last_seen: Mutex::new(HashMap::new()),
             }),
@@ -283,7 +339,7 @@ mod tests {
     fn inbox_skips_own_and_duplicate_messages_and_counts_gaps() {
         let members = Arc::new(Members::default());
         let inbox = inbox(&members);
-        let from = |sender, seq| envelope::encode(sender, seq, &Message::from("m"));
+        let from = |sender, seq| envelope::encode(sender, seq, None, &Message::from("m"));
         assert_eq!(inbox.deliver(from(7, 1)), Ok(Delivery::Own));
         let delivered = |missed| Ok(Delivery::Delivered { queued: 0, missed });
         assert_eq!(
@@ -301,6 +357,19 @@ mod tests {
             "senders are independent"
         );
         assert!(inbox.deliver(Bytes::from_static(b"junk")).is_err());
+        let for_a_room = envelope::encode(1, 20, Some("r"), &Message::from("m"));
+        assert_eq!(
+            inbox.deliver(for_a_room),
+            Err(EnvelopeError::WrongTarget {
+                got: "room",
+                expected: "collection"
+            })
+        );
+        assert_eq!(
+            inbox.deliver(from(1, 10)),
+            delivered(0),
+            "the refused one left no trace"
+        );
         drop(members);
         assert!(inbox.is_closed());
         assert_eq!(inbox.deliver(from(1, 10)), Ok(Delivery::Closed));
