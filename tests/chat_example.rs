@@ -335,3 +335,138 @@ async fn a_client_that_never_sends_its_request_is_dropped() {
         .expect("server closes the connection")
         .expect("read");
 }
+
+/// Rooms: `?room=` picks one (default `lobby`), messages and notices stay in their room,
+/// `/join ROOM` moves, and `/msg NAME text` reaches every tab of one user.
+#[tokio::test]
+async fn rooms_keep_their_messages_and_users_can_move_and_whisper() {
+    let server = ChatServer::start("127.0.0.1:0").await;
+    let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
+    assert_eq!(next_text(&mut ann).await, "ann joined (1 online)");
+    let mut bob = common::connect(server.addr, "/api/Chat?username=bob&room=red").await;
+    assert_eq!(
+        next_text(&mut bob).await,
+        "bob joined (1 online)",
+        "red is a room of its own"
+    );
+    let mut cat = common::connect(server.addr, "/api/Chat?username=cat&room=red").await;
+    assert_eq!(next_text(&mut cat).await, "cat joined (2 online)");
+    assert_eq!(next_text(&mut bob).await, "cat joined (2 online)");
+
+    send_text(&mut bob, "red only").await;
+    assert_eq!(next_text(&mut bob).await, "bob: red only");
+    assert_eq!(next_text(&mut cat).await, "bob: red only");
+    // ann, in the lobby, saw none of it: her next line is her own.
+    send_text(&mut ann, "lobby only").await;
+    assert_eq!(next_text(&mut ann).await, "ann: lobby only");
+
+    // ann moves to red: the lobby (empty now) is gone, red sees her arrive, she is told.
+    send_text(&mut ann, "/join red").await;
+    for client in [&mut bob, &mut cat, &mut ann] {
+        assert_eq!(next_text(client).await, "ann joined (3 online)");
+    }
+    assert_eq!(next_text(&mut ann).await, "You are in room red");
+    send_text(&mut ann, "hi red").await;
+    for client in [&mut bob, &mut cat, &mut ann] {
+        assert_eq!(next_text(client).await, "ann: hi red");
+    }
+    // cat leaves red for blue: red hears it, and so does cat's new room's one member (cat).
+    send_text(&mut cat, "/join blue").await;
+    assert_eq!(next_text(&mut ann).await, "cat left (2 online)");
+    assert_eq!(next_text(&mut bob).await, "cat left (2 online)");
+    assert_eq!(next_text(&mut cat).await, "cat joined (1 online)");
+    assert_eq!(next_text(&mut cat).await, "You are in room blue");
+    send_text(&mut cat, "/join no spaces allowed").await;
+    assert!(
+        next_text(&mut cat)
+            .await
+            .starts_with("Cannot join: invalid room name"),
+        "a bad room name is refused"
+    );
+
+    // A private message reaches both of bob's tabs and ann's own, and nobody else.
+    let mut bob_tab2 = common::connect(server.addr, "/api/Chat?username=bob&room=green").await;
+    assert_eq!(next_text(&mut bob_tab2).await, "bob joined (1 online)");
+    send_text(&mut ann, "/msg bob psst").await;
+    assert_eq!(next_text(&mut bob).await, "ann → bob: psst");
+    assert_eq!(next_text(&mut bob_tab2).await, "ann → bob: psst");
+    assert_eq!(next_text(&mut ann).await, "ann → bob: psst");
+    send_text(&mut ann, "/msg nobody hello?").await;
+    assert_eq!(
+        next_text(&mut ann).await,
+        "Cannot send: nobody is not online"
+    );
+    send_text(&mut cat, "still alone").await;
+    assert_eq!(
+        next_text(&mut cat).await,
+        "cat: still alone",
+        "cat got no whisper"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_room_name_is_refused_with_400() {
+    let server = ChatServer::start("127.0.0.1:0").await;
+    for (room, why) in [
+        ("a%20b", "invalid room name"),
+        (&"r".repeat(33), "room name too long"),
+        ("", "missing room name"),
+    ] {
+        let response = http_get(
+            server.addr,
+            &format!("/api/Chat?username=ann&room={room}"),
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{room}: {response}");
+        assert!(response.contains(why), "{room}: {response}");
+    }
+}
+
+/// `/metrics` is the crate's counters in the Prometheus text format.
+#[tokio::test]
+async fn metrics_endpoint_counts_connections_messages_and_closes() {
+    let server = ChatServer::start("127.0.0.1:0").await;
+    let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
+    assert_eq!(next_text(&mut ann).await, "ann joined (1 online)");
+    send_text(&mut ann, "hello").await;
+    assert_eq!(next_text(&mut ann).await, "ann: hello");
+    let mut bob = common::connect(server.addr, "/api/Chat?username=bob").await;
+    assert_eq!(next_text(&mut bob).await, "bob joined (2 online)");
+    assert_eq!(next_text(&mut ann).await, "bob joined (2 online)");
+    bob.close(None).await.expect("close");
+    assert_eq!(next_text(&mut ann).await, "bob left (1 online)");
+
+    // Sent: ann got 4 lines (her join, her echo, bob's join and leave), bob 1 (his join).
+    // A message is counted just after its write returns, so a client can read it a moment
+    // before it is counted: ask again until the count is there.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let response = loop {
+        let response = http_get(server.addr, "/metrics", "").await;
+        if response
+            .lines()
+            .any(|l| l == "websocket_messages_sent_total 5")
+        {
+            break response;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{response}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    for line in [
+        "# TYPE websocket_connections_open gauge",
+        "websocket_connections_open 1",
+        "websocket_connections_opened_total 2",
+        "websocket_messages_received_total 1",
+        "websocket_received_bytes_total 5",
+        "websocket_closes_total{code=\"1005\"} 1",
+        "websocket_chat_rooms 1",
+    ] {
+        assert!(
+            response.lines().any(|l| l == line),
+            "no line {line:?} in:\n{response}"
+        );
+    }
+}

@@ -61,6 +61,13 @@ async fn metrics_count_connections_messages_bytes_drops_and_closes() {
         send_text(&mut client, text).await;
         assert_eq!(next_text(&mut client).await, text);
     }
+    // A message is counted just after its write returns, so the client can read it a
+    // moment before: wait for the count.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while metrics.snapshot().messages_sent < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "{metrics:?}");
+        tokio::task::yield_now().await;
+    }
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.connections_open(), 1);
     assert_eq!(

@@ -1,90 +1,53 @@
-//! The classic chat room: every message is broadcast to everyone as `NAME: message`, and
-//! everyone sees who comes and goes as `NAME joined (N online)` and `NAME left (N online)`.
+//! The classic chat, with rooms: every message goes to everyone in the sender's room as
+//! `NAME: message`, and the room sees who comes and goes as `NAME joined (N online)` and
+//! `NAME left (N online)`. The handler is in `handler.rs`, shared with the axum version
+//! (`examples/axum_chat.rs`).
 //!
 //! ```text
 //! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
 //! cargo run --example chat -- --addr 0.0.0.0:3000
-//! # one room across processes, through Redis (see README, "Scaling out"):
+//! # rooms across processes, through Redis (see README, "Scaling out"):
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! ```
 //!
-//! Routes: `/` leads to `/chat.htm` (the page), `/health` answers 200 when the server can
-//! serve the whole room (503 while its Redis backplane is reconnecting), and
-//! `/api/Chat?username=NAME` is the WebSocket. NAME is trimmed and must then be 1 to 32 characters of UTF-8 without control
-//! characters; any other NAME is refused with a 400 that says what is wrong.
+//! Routes:
+//! - `/` leads to `/chat.htm`, the page;
+//! - `/api/Chat?username=NAME&room=ROOM` is the WebSocket. NAME is trimmed and must then be
+//!   1 to 32 characters of UTF-8 without control characters; ROOM (default `lobby`) 1 to 32
+//!   letters, digits, `-`, `_` or `.`. Anything else is refused with a 400 that says why.
+//!   In the chat, `/join ROOM` changes rooms and `/msg NAME text` writes to one user;
+//! - `/metrics`: the server's counters in the Prometheus text format;
+//! - `/health` answers 200 when the server can serve the whole chat (503 while its Redis
+//!   backplane is reconnecting).
 //!
 //! With `--redis`, the join and leave notices count the users on this server only.
+
+mod handler;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use handler::ChatRooms;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use websocket_handler::{
-    query_param, upgrade, CloseFrame, Config, Connection, Message, Shutdown, WebSocketCollection,
-    WebSocketHandler,
-};
+use websocket_handler::{upgrade, Config, Metrics, Shutdown};
 
 /// How long a client may take to send its HTTP request (the WebSocket handshake).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PAGE: &str = include_str!("chat.htm");
-
-/// One chat user's connection.
-struct Chat {
-    username: String,
-    room: WebSocketCollection,
-    /// Whether `room.add` took this connection (it refuses one that already closed): only
-    /// then is there a join, and so a leave, to announce.
-    joined: bool,
-    /// Whether to announce joins and leaves (`--no-notices` turns them off, for benchmarks
-    /// against servers that have none).
-    announce: bool,
-}
-
-#[async_trait]
-impl WebSocketHandler for Chat {
-    async fn on_open(&mut self, conn: &Connection) {
-        self.joined = self.room.add(conn.clone());
-        if self.joined && self.announce {
-            // The count is the room itself, so it cannot drift from who is really there.
-            let online = online(&self.room);
-            self.room
-                .broadcast(format!("{} joined ({online})", self.username));
-        }
-    }
-
-    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {
-        if self.joined && self.announce {
-            // The connection has already left the room, so it is not counted.
-            let online = online(&self.room);
-            self.room
-                .broadcast(format!("{} left ({online})", self.username));
-        }
-    }
-
-    async fn on_message(&mut self, _conn: &Connection, message: Message) {
-        if let Message::Text(text) = message {
-            self.room.broadcast(format!("{}: {}", self.username, text));
-        }
-    }
-}
-
-/// `N online`, or with a backplane `N on this server`: membership is per process.
-fn online(room: &WebSocketCollection) -> String {
-    match room.topic() {
-        None => format!("{} online", room.len()),
-        Some(_) => format!("{} on this server", room.len()),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -93,7 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         announce,
         redis,
     } = parse_args()?;
-    let (room, backplane) = open_room(redis.as_deref())?;
+    // The crate's warnings (a panicking handler, a lost Redis connection) go to stderr.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .init();
+    let (chat, backplane) = open_rooms(redis.as_deref(), announce)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
@@ -101,7 +69,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = Shutdown::new();
     // Only pages served by this server may connect: no other site can open the chat with
     // a visitor's browser.
-    let config = Config::default().same_origin().shutdown(&shutdown);
+    let metrics = Metrics::new();
+    let config = Config::default()
+        .same_origin()
+        .shutdown(&shutdown)
+        .metrics(&metrics);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -115,12 +87,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let room = room.clone();
+        let chat = chat.clone();
         let config = config.clone();
         let backplane = backplane.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
-            let response = route(req, &room, &config, announce, &backplane);
+            let response = route(req, &chat, &config, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -137,7 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Ctrl-C: stop accepting, then say goodbye (1001) to everyone, after what is queued.
-    eprintln!("Shutting down: closing {} connections.", room.len());
+    let open = metrics.snapshot().connections_open();
+    eprintln!("Shutting down: closing {open} connections.");
     let unfinished = shutdown.close_all(Duration::from_secs(5)).await;
     eprintln!("Stopped ({unfinished} connections did not close in time).");
     Ok(())
@@ -145,9 +118,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn route(
     req: Request<Incoming>,
-    room: &WebSocketCollection,
+    chat: &ChatRooms,
     config: &Config,
-    announce: bool,
     backplane: &Backplane,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
@@ -155,6 +127,16 @@ fn route(
             None => text(StatusCode::OK, "ok\n"),
             Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, problem),
         },
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, prometheus_text(config.get_metrics(), chat));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8"
+                    .parse()
+                    .expect("static header"),
+            );
+            response
+        }
         (&Method::GET, "/") => {
             let mut response = text(StatusCode::FOUND, "See /chat.htm\n");
             response.headers_mut().insert(
@@ -171,16 +153,8 @@ fn route(
             );
             response
         }
-        (_, "/api/Chat") => match username(&req) {
-            Ok(username) => {
-                let chat = Chat {
-                    username,
-                    room: room.clone(),
-                    joined: false,
-                    announce,
-                };
-                upgrade(req, config, chat)
-            }
+        (_, "/api/Chat") => match chat.handler_for(req.uri().query().unwrap_or("")) {
+            Ok(handler) => upgrade(req, config, handler),
             Err(problem) => text(StatusCode::BAD_REQUEST, problem),
         },
         _ => text(
@@ -188,6 +162,73 @@ fn route(
             "Not found. The chat is at /chat.htm\n",
         ),
     }
+}
+
+/// The crate's counters, and the chat's own, in the Prometheus text format.
+fn prometheus_text(metrics: &Metrics, chat: &ChatRooms) -> String {
+    let now = metrics.snapshot();
+    let mut registry = Registry::with_prefix("websocket");
+    let counters = [
+        (
+            "connections_opened",
+            "WebSocket connections upgraded",
+            now.connections_opened,
+        ),
+        (
+            "messages_received",
+            "Data messages received",
+            now.messages_received,
+        ),
+        (
+            "received_bytes",
+            "Payload bytes received",
+            now.bytes_received,
+        ),
+        (
+            "messages_sent",
+            "Data messages written to sockets",
+            now.messages_sent,
+        ),
+        (
+            "sent_bytes",
+            "Payload bytes written to sockets",
+            now.bytes_sent,
+        ),
+        (
+            "messages_dropped",
+            "Messages not sent because the client was too slow",
+            now.messages_dropped,
+        ),
+        (
+            "slow_consumer_disconnects",
+            "Connections closed for being too slow",
+            now.slow_consumer_disconnects,
+        ),
+    ];
+    for (name, help, value) in counters {
+        registry.register(name, help, ConstCounter::new(value));
+    }
+    registry.register(
+        "connections_open",
+        "WebSocket connections open now",
+        ConstGauge::new(now.connections_open() as i64),
+    );
+    let closes = Family::<Vec<(String, String)>, Counter>::default();
+    for (code, count) in &now.closes {
+        closes
+            .get_or_create(&vec![("code".to_owned(), code.to_string())])
+            .inc_by(*count);
+    }
+    registry.register("closes", "Connections ended, by close code", closes);
+    registry.register(
+        "chat_rooms",
+        "Chat rooms with members on this server",
+        ConstGauge::new(chat.rooms.len() as i64),
+    );
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
 }
 
 /// The room's link to other servers, if any.
@@ -211,16 +252,16 @@ impl Backplane {
     }
 }
 
-/// The chat room: local, or joined to the same room in other processes through Redis.
-fn open_room(redis: Option<&str>) -> Result<(WebSocketCollection, Backplane), String> {
+/// The chat's rooms: local, or shared with other processes through Redis.
+fn open_rooms(redis: Option<&str>, announce: bool) -> Result<(ChatRooms, Backplane), String> {
     let Some(url) = redis else {
-        return Ok((WebSocketCollection::new(), Backplane::default()));
+        return Ok((ChatRooms::new(announce), Backplane::default()));
     };
     #[cfg(feature = "redis")]
     {
         use websocket_handler::backplane::{RedisBackplane, RedisConfig};
         let redis = RedisBackplane::new(RedisConfig::new(url)).map_err(|e| e.to_string())?;
-        // Say when the room spans the servers and when it does not.
+        // Say when the rooms span the servers and when they do not.
         let mut state = redis.state_changes();
         tokio::spawn(async move {
             while state.changed().await.is_ok() {
@@ -228,39 +269,17 @@ fn open_room(redis: Option<&str>) -> Result<(WebSocketCollection, Backplane), St
                 eprintln!("Redis backplane: {now:?}");
             }
         });
-        let room = WebSocketCollection::with_backplane("chat", redis.clone());
-        Ok((room, Backplane { redis: Some(redis) }))
+        let chat = ChatRooms::with_backplane(redis.clone(), announce);
+        Ok((chat, Backplane { redis: Some(redis) }))
     }
     #[cfg(not(feature = "redis"))]
-    Err(format!(
-        "--redis {url}: this build has no Redis support; \
-         run with `cargo run --example chat --features redis -- --redis {url}`"
-    ))
-}
-
-/// Longest accepted username, in characters (not bytes).
-const MAX_USERNAME_CHARS: usize = 32;
-
-/// The `username` query parameter without surrounding whitespace, or what is wrong with it.
-fn username(req: &Request<Incoming>) -> Result<String, String> {
-    let name = match query_param(req.uri().query().unwrap_or(""), "username") {
-        Ok(Some(name)) => name,
-        Ok(None) => String::new(),
-        Err(_) => return Err("invalid username: it must be valid UTF-8\n".into()),
-    };
-    let name = name.trim();
-    if name.is_empty() {
-        return Err("missing username: connect to /api/Chat?username=NAME\n".into());
+    {
+        let _ = announce;
+        Err(format!(
+            "--redis {url}: this build has no Redis support; \
+             run with `cargo run --example chat --features redis -- --redis {url}`"
+        ))
     }
-    if name.chars().count() > MAX_USERNAME_CHARS {
-        return Err(format!(
-            "username too long: at most {MAX_USERNAME_CHARS} characters\n"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("invalid username: control characters are not allowed\n".into());
-    }
-    Ok(name.to_owned())
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

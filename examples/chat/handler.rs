@@ -1,0 +1,209 @@
+//! The chat's WebSocket handler and its rooms: shared by the hyper server
+//! (`examples/chat/main.rs`) and the axum one (`examples/axum_chat.rs`).
+//!
+//! Every text message goes to the sender's room as `NAME: message`. Commands:
+//! `/join ROOM` moves to another room (the sender alone then gets `You are in room ROOM`),
+//! and `/msg NAME text` goes to every tab of user NAME, and the sender's, as
+//! `ALICE → NAME: text`. Joins and leaves are announced in the room as
+//! `NAME joined (N online)` and `NAME left (N online)`.
+
+use websocket_handler::backplane::Backplane;
+use websocket_handler::{
+    async_trait, query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler,
+};
+
+/// The room everyone starts in unless the URL says otherwise.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// Longest accepted username and room name, in characters (not bytes).
+const MAX_NAME_CHARS: usize = 32;
+
+/// Everything the chat's connections share: the rooms, and each user's connections (tabs).
+#[derive(Clone)]
+pub struct ChatRooms {
+    pub rooms: Rooms<String>,
+    pub users: Rooms<String>,
+    /// Whether to announce joins and leaves (`--no-notices` turns them off, for benchmarks
+    /// against servers that have none).
+    pub announce: bool,
+    /// Whether rooms span processes through a backplane: counts are then per process.
+    spans_processes: bool,
+}
+
+impl ChatRooms {
+    /// Rooms in this process only.
+    pub fn new(announce: bool) -> Self {
+        ChatRooms {
+            rooms: Rooms::new(),
+            users: Rooms::new(),
+            announce,
+            spans_processes: false,
+        }
+    }
+
+    /// Rooms and users shared with other processes on `backplane`.
+    #[allow(dead_code)] // the axum example has no backplane
+    pub fn with_backplane(backplane: impl Backplane + Clone, announce: bool) -> Self {
+        ChatRooms {
+            rooms: Rooms::with_backplane("chat-rooms", backplane.clone()),
+            users: Rooms::with_backplane("chat-users", backplane),
+            announce,
+            spans_processes: true,
+        }
+    }
+
+    /// `N online`, or with a backplane `N on this server`: membership is per process.
+    fn online(&self, room: &String) -> String {
+        let count = self.rooms.count(room);
+        if self.spans_processes {
+            format!("{count} on this server")
+        } else {
+            format!("{count} online")
+        }
+    }
+
+    /// A handler for the WebSocket request with this query string, or a 400 message.
+    pub fn handler_for(&self, query: &str) -> Result<Chat, String> {
+        Ok(Chat {
+            username: username(query)?,
+            room: match query_param(query, "room") {
+                Ok(Some(room)) => room_name(&room)?,
+                Ok(None) => DEFAULT_ROOM.to_owned(),
+                Err(_) => return Err("invalid room: it must be valid UTF-8\n".into()),
+            },
+            chat: self.clone(),
+            joined: false,
+        })
+    }
+}
+
+/// One chat user's connection.
+pub struct Chat {
+    username: String,
+    room: String,
+    chat: ChatRooms,
+    /// Whether joining took this connection (it refuses one that already closed): only
+    /// then is there a join, and so a leave, to announce.
+    joined: bool,
+}
+
+impl Chat {
+    fn announce(&self, room: &String, what: &str) {
+        if self.chat.announce {
+            // The count is the room itself, so it cannot drift from who is really there.
+            let online = self.chat.online(room);
+            self.chat
+                .rooms
+                .broadcast_to(room, format!("{} {what} ({online})", self.username));
+        }
+    }
+
+    fn join(&mut self, conn: &Connection, to: &str) {
+        let to = match room_name(to) {
+            Ok(to) => to,
+            Err(problem) => {
+                let _ = conn.send(format!("Cannot join: {}", problem.trim_end()));
+                return;
+            }
+        };
+        if to != self.room {
+            let from = std::mem::replace(&mut self.room, to.clone());
+            self.chat.rooms.leave(&from, conn.id());
+            self.announce(&from, "left");
+            self.chat.rooms.join(to.clone(), conn);
+            self.announce(&to, "joined");
+        }
+        let _ = conn.send(format!("You are in room {to}"));
+    }
+
+    fn private_message(&self, conn: &Connection, to_and_text: &str) {
+        let Some((to, text)) = to_and_text.split_once(' ') else {
+            let _ = conn.send("Cannot send: write /msg NAME text");
+            return;
+        };
+        let line = format!("{} → {to}: {text}", self.username);
+        let reached = self.chat.users.broadcast_to(&to.to_owned(), line.as_str());
+        if reached == 0 && !self.chat.spans_processes {
+            let _ = conn.send(format!("Cannot send: {to} is not online"));
+            return;
+        }
+        if to != self.username {
+            // The sender's own tabs see what they wrote.
+            self.chat.users.broadcast_to(&self.username, line);
+        }
+    }
+}
+
+#[async_trait]
+impl WebSocketHandler for Chat {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.joined = self.chat.rooms.join(self.room.clone(), conn);
+        if self.joined {
+            self.chat.users.join(self.username.clone(), conn);
+            self.announce(&self.room, "joined");
+        }
+    }
+
+    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {
+        if self.joined {
+            // The connection has already left its rooms, so it is not counted.
+            self.announce(&self.room, "left");
+        }
+    }
+
+    async fn on_message(&mut self, conn: &Connection, message: Message) {
+        let Message::Text(text) = message else {
+            return;
+        };
+        if let Some(room) = text.strip_prefix("/join ") {
+            self.join(conn, room);
+        } else if let Some(rest) = text.strip_prefix("/msg ") {
+            self.private_message(conn, rest);
+        } else {
+            let line = format!("{}: {}", self.username, text);
+            self.chat.rooms.broadcast_to(&self.room, line);
+        }
+    }
+}
+
+/// The `username` query parameter without surrounding whitespace, or what is wrong with it.
+fn username(query: &str) -> Result<String, String> {
+    let name = match query_param(query, "username") {
+        Ok(Some(name)) => name,
+        Ok(None) => String::new(),
+        Err(_) => return Err("invalid username: it must be valid UTF-8\n".into()),
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("missing username: connect to /api/Chat?username=NAME\n".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!(
+            "username too long: at most {MAX_NAME_CHARS} characters\n"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("invalid username: control characters are not allowed\n".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// A room name: 1 to 32 letters, digits, `-`, `_` or `.`, after trimming.
+fn room_name(room: &str) -> Result<String, String> {
+    let room = room.trim();
+    if room.is_empty() {
+        return Err("missing room name\n".into());
+    }
+    if room.chars().count() > MAX_NAME_CHARS {
+        return Err(format!(
+            "room name too long: at most {MAX_NAME_CHARS} characters\n"
+        ));
+    }
+    if !room
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("invalid room name: letters, digits, '-', '_' and '.' only\n".into());
+    }
+    Ok(room.to_owned())
+}
