@@ -354,3 +354,50 @@ fn a_backplane_needs_a_valid_url_and_a_runtime() {
         "{no_runtime}"
     );
 }
+
+/// Rooms and private messages across servers: a room's messages reach its members on every
+/// server and nobody else; `/msg` finds a user on another server.
+#[tokio::test]
+async fn rooms_and_private_messages_span_servers() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let servers = chat_servers(2, &redis).await;
+    let (a, b) = (servers[0].addr, servers[1].addr);
+    let mut ann = connect(a, "/api/Chat?username=ann&room=red").await;
+    let mut bob = connect(b, "/api/Chat?username=bob&room=red").await;
+    let mut cat = connect(b, "/api/Chat?username=cat&room=blue").await;
+    // Each is in its room once its own line comes back.
+    for (client, name) in [(&mut ann, "ann"), (&mut bob, "bob"), (&mut cat, "cat")] {
+        let here = format!("here-{name}");
+        send_text(client, &here).await;
+        assert_eq!(
+            next_starting_with(client, &here).await,
+            format!("{name}: {here}")
+        );
+    }
+    // The others' "here" lines may still be on their way: skip to what comes next.
+    send_text(&mut ann, "red across").await;
+    assert_eq!(
+        next_starting_with(&mut bob, "red across").await,
+        "ann: red across"
+    );
+    send_text(&mut ann, "/msg cat psst").await;
+    assert_eq!(
+        next_text(&mut cat).await,
+        "ann → cat: psst",
+        "cat saw nothing from red"
+    );
+    assert_eq!(
+        next_starting_with(&mut ann, "psst").await,
+        "ann → cat: psst"
+    );
+    send_text(&mut cat, "/join red").await;
+    assert_eq!(next_text(&mut cat).await, "You are in room red");
+    send_text(&mut bob, "welcome").await;
+    assert_eq!(next_text(&mut cat).await, "bob: welcome");
+    assert_eq!(
+        next_starting_with(&mut ann, "welcome").await,
+        "bob: welcome"
+    );
+}
