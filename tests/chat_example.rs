@@ -293,30 +293,11 @@ async fn only_pages_of_the_chat_itself_may_connect() {
 /// process exits successfully.
 #[tokio::test]
 async fn ctrl_c_says_goodbye_with_1001_and_exits() {
-    let mut server = ChatServer::start("127.0.0.1:0").await;
+    let server = ChatServer::start("127.0.0.1:0").await;
     let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
     send_text(&mut ann, "bye all").await;
     assert_eq!(next_chat(&mut ann).await, "ann: bye all");
-
-    let pid = server.child.id().expect("chat example pid").to_string();
-    // The shell's own `kill`: no procps needed on a minimal machine.
-    let status = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {pid}")])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    match common::next_message(&mut ann).await {
-        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
-            assert_eq!(u16::from(frame.code), 1001)
-        }
-        other => panic!("expected close 1001, got {other:?}"),
-    }
-    assert_eq!(common::next_message(&mut ann).await, None);
-    let exit = tokio::time::timeout(WAIT, server.child.wait())
-        .await
-        .expect("the chat example exits")
-        .expect("wait for it");
-    assert!(exit.success(), "{exit:?}");
+    server.ctrl_c_expecting_goodbye(&mut ann).await;
 }
 
 /// A client that connects and never sends its request is disconnected (handshake timeout).

@@ -180,9 +180,15 @@ impl ChatServer {
 
     /// Like [`start`](Self::start), with more command-line arguments.
     pub async fn start_with(addr: &str, args: &[&str]) -> ChatServer {
+        Self::start_example("chat", addr, args).await
+    }
+
+    /// Starts the chat example `name` (`chat` or `axum_chat`), which takes `--addr` and
+    /// prints the page's URL once it listens.
+    pub async fn start_example(name: &str, addr: &str, args: &[&str]) -> ChatServer {
         use tokio::io::{AsyncBufReadExt, BufReader};
 
-        let binary = example_binary("chat");
+        let binary = example_binary(name);
         let mut child = tokio::process::Command::new(&binary)
             .args(["--addr", addr])
             .args(args)
@@ -242,6 +248,28 @@ impl ChatServer {
         tokio::time::timeout(WAIT, waiting)
             .await
             .unwrap_or_else(|_| panic!("chat example {} did not print {needle:?}", self.addr))
+    }
+
+    /// Presses Ctrl-C (sends SIGINT): `client` must then get a 1001 close and the server
+    /// must exit with success.
+    pub async fn ctrl_c_expecting_goodbye(mut self, client: &mut Client) {
+        let pid = self.child.id().expect("example pid").to_string();
+        // The shell's own `kill`: no procps needed on a minimal machine.
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -INT {pid}")])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        match next_message(client).await {
+            Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+        assert_eq!(next_message(client).await, None);
+        let exit = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the example exits")
+            .expect("wait for it");
+        assert!(exit.success(), "{exit:?}");
     }
 
     /// Kills the server (as a crash would) and waits until it is gone.
