@@ -5,6 +5,11 @@
 //! connections in a [`WebSocketCollection`] to [`broadcast`](WebSocketCollection::broadcast)
 //! to all of them.
 //!
+//! This guide goes from the classic chat room to [rooms and users](#rooms-and-users), then
+//! to [many server processes](#scaling-out), [what the server is doing](#observability),
+//! and the [limits for a server exposed to the internet](#exposed-to-the-internet). The
+//! runnable versions are `examples/chat` (hyper) and `examples/axum_chat` (axum).
+//!
 //! # The classic chat room
 //!
 //! ```
@@ -62,22 +67,75 @@
 //! # }
 //! ```
 //!
+//! The same handler works in axum: its `Request` is an `http::Request`, so a route handler
+//! calls `upgrade(request, &config, chat).map(axum::body::Body::new)`
+//! (`examples/axum_chat.rs`). Put the peer's `SocketAddr` in the request's extensions for
+//! [`Connection::remote_addr`].
+//!
+//! # Rooms and users
+//!
+//! [`Rooms`] keys many collections: a chat's rooms, a game's tables, or every connection
+//! (tab) of one user. A connection may be in many rooms and leaves them all when it closes;
+//! a room exists while it has members.
+//!
+//! ```
+//! use websocket_handler::{async_trait, Connection, Message, Rooms, WebSocketHandler};
+//!
+//! struct Chat { username: String, room: String, rooms: Rooms<String>, users: Rooms<String> }
+//!
+//! #[async_trait]
+//! impl WebSocketHandler for Chat {
+//!     async fn on_open(&mut self, conn: &Connection) {
+//!         self.rooms.join(self.room.clone(), conn);
+//!         self.users.join(self.username.clone(), conn); // all of this user's tabs
+//!     }
+//!     async fn on_message(&mut self, conn: &Connection, message: Message) {
+//!         let Some(text) = message.as_text() else { return };
+//!         if let Some(room) = text.strip_prefix("/join ") {
+//!             self.rooms.leave(&self.room, conn.id());
+//!             self.room = room.to_owned();
+//!             self.rooms.join(self.room.clone(), conn);
+//!         } else {
+//!             let line = format!("{}: {text}", self.username);
+//!             self.rooms.broadcast_to(&self.room, line);
+//!         }
+//!     }
+//! }
+//! ```
+//!
 //! # Scaling out
 //!
-//! A room that outgrows one process spans many:
-//! [`WebSocketCollection::with_backplane`] makes every broadcast reach the collections on
-//! the same topic in other processes too, each client getting each message once and each
-//! sender's messages in order. The cargo feature `redis` adds `RedisBackplane`, over Redis
-//! pub/sub; see [`backplane`] for the guarantees and for what happens when Redis goes away.
+//! A room that outgrows one process spans many: a collection or rooms built with a
+//! [backplane] reach the same room in every other process on the backplane,
+//! each client getting each message once and each sender's messages in order. The cargo
+//! feature `redis` adds `RedisBackplane`, over Redis pub/sub; see [`backplane`] for the
+//! guarantees and for what happens when Redis goes away.
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;
-//! use websocket_handler::WebSocketCollection;
+//! use websocket_handler::{Rooms, WebSocketCollection};
 //!
 //! // In production: RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?
 //! let backplane = MemoryBackplane::new();
-//! let room = WebSocketCollection::with_backplane("chat", backplane);
+//! let room = WebSocketCollection::with_backplane("chat", backplane.clone());
 //! room.broadcast("to this process's clients, then to every other process on \"chat\"");
+//! let rooms: Rooms<String> = Rooms::with_backplane("chat-rooms", backplane);
+//! ```
+//!
+//! # Observability
+//!
+//! [`Metrics`] counts, for the connections of a [`Config`]: open connections, messages and
+//! bytes each way, messages dropped for slow consumers, and closes by code; the chat
+//! example exports them at `/metrics` in the Prometheus text format. Each connection runs
+//! in a `tracing` span named `websocket` with its `id` and `remote` address, so the
+//! handler's own events carry them too.
+//!
+//! ```
+//! use websocket_handler::{Config, Metrics};
+//!
+//! let metrics = Metrics::new();
+//! let config = Config::default().metrics(&metrics);
+//! assert_eq!(metrics.snapshot().connections_open(), 0);
 //! ```
 //!
 //! # Cargo features
