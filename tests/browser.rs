@@ -282,6 +282,30 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
         wait_for_line(client, name, "bob: Back again!", before).await?;
         wait_for_line(client, name, "alice: Me too.", before).await?;
     }
+
+    // Rooms: alice moves with a command; the page shows her new room, and each room keeps
+    // its messages.
+    say(alice, "/join red").await?;
+    wait_for_line(alice, "alice", "You are in room red", before_alice).await?;
+    wait_for_line(bob, "bob", "alice left (1 online)", before_bob).await?;
+    wait_for("alice", "the room shown as \"# red\"", || async {
+        let room = alice.find(Locator::Id("room-name")).await?.text().await?;
+        Ok(room == "# red")
+    })
+    .await?;
+    say(bob, "Lobby only.").await?;
+    say(alice, "Red only.").await?;
+    wait_for_line(bob, "bob", "bob: Lobby only.", before_bob).await?;
+    wait_for_line(alice, "alice", "alice: Red only.", before_alice).await?;
+    // Each sender's own line is out, so the other room's broadcast is over: nothing crossed.
+    for (client, name, foreign) in [
+        (alice, "alice", "bob: Lobby only."),
+        (bob, "bob", "alice: Red only."),
+    ] {
+        if lines(client).await?.iter().any(|line| line == foreign) {
+            return Err(format!("{name} saw {foreign:?} from another room").into());
+        }
+    }
     drop(server);
     Ok(())
 }
