@@ -16,12 +16,19 @@
 //! # server memory per idle connection
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
 //!     --idle --clients 10000 --server-pid $!
+//! # several servers sharing one room (e.g. through Redis): client i connects to URL i % n
+//! cargo run --release --example loadgen -- \
+//!     --url ws://127.0.0.1:8081/api/Chat,ws://127.0.0.1:8082/api/Chat --server-pid $A,$B
 //! ```
 //!
 //! Sender `s` sends `<s> <seq> <send_time_ns> ` padded with `x` to `--size` bytes. Every
 //! client parses what follows `: ` in each broadcast, records the latency and checks the
 //! sequence per sender. A progress line and a summary go to stderr, exactly one JSON line to
 //! stdout. The exit code is non-zero if a client failed to connect or was disconnected.
+//!
+//! With several URLs, clients (senders included, as they are clients 0..S) are spread
+//! round-robin over them, RSS and CPU are summed over all `--server-pid`s, and the JSON line
+//! also gives the latency of deliveries through the sender's own server and through another.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -43,7 +50,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat [options]
+const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...] [options]
+  --url URL[,URL...]   server(s) to load; client i connects to URL i % n
   --clients N          clients to connect (default 1000)
   --senders S          clients 0..S also send (default 10)
   --rate R             broadcasts/s, all senders together; 0 = closed loop (default 0)
@@ -52,7 +60,8 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat [options]
   --duration SECS      measured phase (default 10)
   --warmup SECS        unmeasured phase before it (default 2)
   --connect-batch B    clients connected concurrently (default 100)
-  --server-pid PID     read the server's RSS and CPU time from /proc
+  --server-pid PID[,PID...]
+                       read the servers' RSS and CPU time from /proc (summed)
   --idle               connect, measure server RSS, hold for --duration, send nothing
   --quiet              no progress display";
 
@@ -63,6 +72,9 @@ const MAX_FRAME: u64 = 16 << 20;
 const MIN_SIZE: usize = 32;
 const LATENCY_BATCH: usize = 512;
 const HIST_SHARDS: usize = 8;
+/// Latency paths: through the sender's own server, or through another one.
+const SAME: usize = 0;
+const CROSS: usize = 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
@@ -81,7 +93,9 @@ const CLOSING: u8 = 6;
 type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
 struct Args {
+    /// `--url` as given (it goes into the JSON line), and split at commas.
     url: String,
+    urls: Vec<String>,
     clients: usize,
     senders: usize,
     rate: f64,
@@ -90,7 +104,7 @@ struct Args {
     duration: f64,
     warmup: f64,
     connect_batch: usize,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     idle: bool,
     quiet: bool,
 }
@@ -98,6 +112,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         url: String::new(),
+        urls: Vec::new(),
         clients: 1000,
         senders: 10,
         rate: 0.0,
@@ -106,7 +121,7 @@ fn parse_args() -> Result<Args, String> {
         duration: 10.0,
         warmup: 2.0,
         connect_batch: 100,
-        server_pid: None,
+        server_pids: Vec::new(),
         idle: false,
         quiet: false,
     };
@@ -114,7 +129,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => a.url = value()?,
+            "--url" => {
+                a.url = value()?;
+                a.urls = a.url.split(',').map(|u| u.trim().to_owned()).collect();
+            }
             "--clients" => a.clients = number(&flag, value()?)?,
             "--senders" => a.senders = number(&flag, value()?)?,
             "--rate" => a.rate = number(&flag, value()?)?,
@@ -123,7 +141,11 @@ fn parse_args() -> Result<Args, String> {
             "--duration" => a.duration = number(&flag, value()?)?,
             "--warmup" => a.warmup = number(&flag, value()?)?,
             "--connect-batch" => a.connect_batch = number(&flag, value()?)?,
-            "--server-pid" => a.server_pid = Some(number(&flag, value()?)?),
+            "--server-pid" => {
+                a.server_pids = (value()?.split(','))
+                    .map(|pid| number(&flag, pid.trim().to_owned()))
+                    .collect::<Result<_, _>>()?;
+            }
             "--idle" => a.idle = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
@@ -136,6 +158,7 @@ fn parse_args() -> Result<Args, String> {
     let ok = |x: f64| x.is_finite() && x >= 0.0;
     match () {
         _ if a.url.is_empty() => Err("--url is required".into()),
+        _ if a.urls.iter().any(String::is_empty) => Err("--url: empty URL in the list".into()),
         _ if a.clients == 0 || a.connect_batch == 0 || a.window == 0 => {
             Err("--clients, --connect-batch and --window must be at least 1".into())
         }
@@ -212,11 +235,15 @@ struct Shared {
     start: Instant,
     window: usize,
     closed_loop: bool,
+    /// How many `--url`s; client `i` (and so sender `i`) is on server `i % servers`.
+    servers: usize,
     stats: Stats,
     /// Closed loop: per sender, how many clients have seen each in-flight seq (slot seq % W).
     ring: Vec<Vec<Padded<AtomicU32>>>,
     wake: Vec<Notify>,
-    hist: Vec<Mutex<Histogram<u64>>>,
+    /// Latency histograms, sharded; `[SAME]` for deliveries by the sender's own server,
+    /// `[CROSS]` for those through another server (always empty with one URL).
+    hist: [Vec<Mutex<Histogram<u64>>>; 2],
     /// Error message (without client ids, so 10k identical failures stay one line) -> count.
     errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -228,12 +255,15 @@ impl Shared {
             start: Instant::now(),
             window: args.window,
             closed_loop: args.rate == 0.0,
+            servers: args.urls.len(),
             stats: Stats::default(),
             ring: (0..args.senders).map(|_| slots()).collect(),
             wake: (0..args.senders).map(|_| Notify::new()).collect(),
-            hist: (0..HIST_SHARDS)
-                .map(|_| Mutex::new(new_histogram()))
-                .collect(),
+            hist: [(); 2].map(|()| {
+                (0..HIST_SHARDS)
+                    .map(|_| Mutex::new(new_histogram()))
+                    .collect()
+            }),
             errors: Mutex::default(),
         }
     }
@@ -386,7 +416,10 @@ struct Client {
     shared: Arc<Shared>,
     shard: usize,
     next_seq: Vec<u32>,
-    latencies: Vec<u32>,
+    /// Per sender: `CROSS` if it is connected to another server than this client, else `SAME`.
+    path: Vec<usize>,
+    /// Per path, latencies not yet added to the histograms.
+    latencies: [Vec<u32>; 2],
     received: u64,
     deliveries: u64,
     gaps: u64,
@@ -404,11 +437,22 @@ struct Client {
 
 impl Client {
     fn new(shared: Arc<Shared>, idx: usize) -> Self {
+        let servers = shared.servers.max(1);
+        let path = (0..shared.ring.len())
+            .map(|s| {
+                if s % servers == idx % servers {
+                    SAME
+                } else {
+                    CROSS
+                }
+            })
+            .collect();
         Client {
             next_seq: vec![0; shared.ring.len()],
+            path,
             shared,
             shard: idx % HIST_SHARDS,
-            latencies: Vec::new(),
+            latencies: [Vec::new(), Vec::new()],
             received: 0,
             deliveries: 0,
             gaps: 0,
@@ -524,8 +568,9 @@ impl Client {
         if self.measured.contains(&send_ns) {
             self.deliveries += 1;
             let micros = (self.now_ns.saturating_sub(send_ns) / 1000).min(u32::MAX.into());
-            self.latencies.push(micros as u32);
-            if self.latencies.len() >= LATENCY_BATCH {
+            let latencies = &mut self.latencies[self.path[s]];
+            latencies.push(micros as u32);
+            if latencies.len() >= LATENCY_BATCH {
                 self.flush_latencies();
             }
         }
@@ -546,9 +591,14 @@ impl Client {
     }
 
     fn flush_latencies(&mut self) {
-        let mut hist = self.shared.hist[self.shard].lock().expect("histogram lock");
-        for micros in self.latencies.drain(..) {
-            hist.saturating_record(micros.into());
+        for (hists, latencies) in self.shared.hist.iter().zip(&mut self.latencies) {
+            if latencies.is_empty() {
+                continue;
+            }
+            let mut hist = hists[self.shard].lock().expect("histogram lock");
+            for micros in latencies.drain(..) {
+                hist.saturating_record(micros.into());
+            }
         }
     }
 }
@@ -700,10 +750,11 @@ async fn wait_window(shared: &Shared, s: usize, seq: u32, end_ns: u64) -> bool {
     true
 }
 
-/// Connects all clients, `--connect-batch` at a time; stops at the first failing batch.
+/// Connects all clients, `--connect-batch` at a time, client `i` to `targets[i % n]`; stops
+/// at the first failing batch.
 async fn connect_all(
     shared: &Arc<Shared>,
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     args: &Args,
 ) -> (Vec<Writer>, Vec<JoinHandle<()>>) {
     let deadline = tokio::time::Instant::now() + CONNECT_PHASE_TIMEOUT;
@@ -714,7 +765,7 @@ async fn connect_all(
             let (tx, rx) = oneshot::channel();
             tasks.push(tokio::spawn(client_task(
                 shared.clone(),
-                target.clone(),
+                targets[idx % targets.len()].clone(),
                 idx,
                 tx,
             )));
@@ -738,13 +789,13 @@ async fn connect_all(
     (writers, tasks)
 }
 
-/// Warmup, then the measured phase, then the drain. Returns (server, loadgen) CPU seconds
-/// over the measured phase.
+/// Warmup, then the measured phase, then the drain. Returns the CPU seconds over the
+/// measured phase of each server (in `--server-pid` order) and of loadgen.
 async fn run_load(
     shared: &Arc<Shared>,
     args: &Arc<Args>,
     writers: &[Writer],
-) -> (Option<f64>, Option<f64>) {
+) -> (Vec<Option<f64>>, Option<f64>) {
     let measure_start = shared.now_ns() + (args.warmup * 1e9) as u64;
     let measure_end = measure_start + (args.duration * 1e9) as u64;
     shared.stats.measure_start_ns.store(measure_start, Relaxed);
@@ -762,8 +813,11 @@ async fn run_load(
         .collect();
     sleep_until(shared.at(measure_start)).await;
     shared.set_phase(MEASURE);
-    let server = args.server_pid.map(|pid| pid.to_string());
-    let ticks = || (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
+    let servers: Vec<String> = args.server_pids.iter().map(u32::to_string).collect();
+    let ticks = || {
+        let each: Vec<_> = servers.iter().map(|pid| cpu_ticks(pid)).collect();
+        (each, cpu_ticks("self"))
+    };
     let before = ticks();
     sleep_until(shared.at(measure_end)).await;
     let after = ticks();
@@ -777,7 +831,10 @@ async fn run_load(
     drain(shared).await;
     let clk_tck = clock_ticks();
     let secs = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / clk_tck);
-    (secs(before.0, after.0), secs(before.1, after.1))
+    let each = (before.0.iter().zip(&after.0))
+        .map(|(&a, &b)| secs(a, b))
+        .collect();
+    (each, secs(before.1, after.1))
 }
 
 /// Waits (at most `DRAIN`) until everything sent has reached every live client.
@@ -873,23 +930,33 @@ struct Measured {
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
     rss_end: Option<u64>,
+    /// Summed over the servers; `None` unless every one of them could be read.
     server_cpu_s: Option<f64>,
+    server_cpu_s_each: Vec<Option<f64>>,
     loadgen_cpu_s: Option<f64>,
 }
 
 /// Runs all phases and reports; `Ok(false)` if a client failed to connect or was dropped.
 async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
-    let target = Arc::new(resolve_target(&args.url).await?);
+    let mut targets = Vec::new();
+    for url in &args.urls {
+        targets.push(Arc::new(resolve_target(url).await?));
+    }
     let shared = Arc::new(Shared::new(&args));
     let display =
         (!args.quiet).then(|| tokio::spawn(progress(shared.clone(), args.clients, args.duration)));
-    let rss = || args.server_pid.and_then(rss_kib);
+    // Summed over the servers; `None` without pids or when one cannot be read.
+    let pids = &args.server_pids;
+    let rss = || {
+        let sum = || pids.iter().map(|&pid| rss_kib(pid)).sum();
+        (!pids.is_empty()).then(sum).flatten()
+    };
     let mut m = Measured {
         rss_before: rss(),
         ..Measured::default()
     };
 
-    let (writers, tasks) = connect_all(&shared, target, &args).await;
+    let (writers, tasks) = connect_all(&shared, &targets, &args).await;
     m.connect_s = shared.now_ns() as f64 / 1e9;
     if writers.len() == args.clients {
         shared.set_phase(SETTLING);
@@ -899,7 +966,11 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
             shared.set_phase(HOLD);
             sleep(Duration::from_secs_f64(args.duration)).await;
         } else {
-            (m.server_cpu_s, m.loadgen_cpu_s) = run_load(&shared, &args, &writers).await;
+            (m.server_cpu_s_each, m.loadgen_cpu_s) = run_load(&shared, &args, &writers).await;
+            let each = &m.server_cpu_s_each;
+            m.server_cpu_s = (!each.is_empty())
+                .then(|| each.iter().copied().sum())
+                .flatten();
         }
         m.rss_end = rss();
     }
@@ -921,15 +992,9 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
     // Loss is over everything sent (warmup too), against every client that connected.
     let lost = (st.sent_total.load(Acquire) * n).saturating_sub(received);
     let per_s = deliveries as f64 / args.duration;
-    let mut hist = new_histogram();
-    for shard in &shared.hist {
-        hist.add(&*shard.lock().expect("histogram lock"))
-            .expect("same bounds");
-    }
-    let some = !hist.is_empty();
-    let [p50, p90, p99, p999, max] =
-        [0.5, 0.9, 0.99, 0.999, 1.0].map(|q| opt(some.then(|| hist.value_at_quantile(q))));
-    let mean = num(some.then(|| hist.mean()), 1);
+    let all = percentiles(&merged(shared.hist.iter().flatten()));
+    let [same, cross] = [SAME, CROSS].map(|path| percentiles(&merged(&shared.hist[path])));
+    let [p50, p90, p99, p999, max, _] = &all;
     let rss_delta = m
         .rss_connected
         .zip(m.rss_before)
@@ -969,7 +1034,13 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         );
         eprintln!("  latency us: p50 {p50} p90 {p90} p99 {p99} p99.9 {p999} max {max}");
     }
-    if args.server_pid.is_some() {
+    if args.urls.len() > 1 && !args.idle && u64::from(connected) == n {
+        let [p50, _, p99, _, max, _] = &same;
+        eprintln!("  through the sender's server: p50 {p50} p99 {p99} max {max}");
+        let [p50, _, p99, _, max, _] = &cross;
+        eprintln!("  through another server:      p50 {p50} p99 {p99} max {max}");
+    }
+    if !args.server_pids.is_empty() {
         eprintln!(
             "  server RSS KiB: {rss0} before, {rss1} connected, {rss2} at end ({per_conn} B/conn)"
         );
@@ -977,13 +1048,14 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
     if m.server_cpu_s.is_some() {
         eprintln!("  server CPU: {cpu} s measured, {per_million} s per million deliveries");
     }
+    let cpu_each: Vec<String> = m.server_cpu_s_each.iter().map(|&c| num(c, 3)).collect();
+    if cpu_each.len() > 1 {
+        eprintln!("  server CPU by server: {} s", cpu_each.join(" + "));
+    }
     for e in &errors {
         eprintln!("  error: {e}");
     }
 
-    let latency = format!(
-        "{{\"p50\":{p50},\"p90\":{p90},\"p99\":{p99},\"p999\":{p999},\"max\":{max},\"mean\":{mean}}}"
-    );
     let errors_json: Vec<String> = errors.iter().map(|e| json_str(e)).collect();
     let fields = [
         ("server_url", json_str(&args.url)),
@@ -1006,7 +1078,7 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("reordered", st.reordered.load(Acquire).to_string()),
         ("window_stalls", st.window_stalls.load(Acquire).to_string()),
         ("deliveries_per_s", format!("{per_s:.1}")),
-        ("latency_us", latency),
+        ("latency_us", latency_json(&all)),
         ("server_rss_kib_before", rss0),
         ("server_rss_kib_connected", rss1),
         ("server_rss_kib_end", rss2),
@@ -1015,10 +1087,38 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("cpu_s_per_million", per_million),
         ("loadgen_cpu_s", num(m.loadgen_cpu_s, 3)),
         ("errors", format!("[{}]", errors_json.join(","))),
+        ("servers", args.urls.len().to_string()),
+        ("server_cpu_s_each", format!("[{}]", cpu_each.join(","))),
+        ("latency_same_server_us", latency_json(&same)),
+        ("latency_cross_server_us", latency_json(&cross)),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     println!("{{{}}}", body.join(","));
     errors.is_empty()
+}
+
+/// One histogram from the given shards.
+fn merged<'a>(shards: impl IntoIterator<Item = &'a Mutex<Histogram<u64>>>) -> Histogram<u64> {
+    let mut hist = new_histogram();
+    for shard in shards {
+        hist.add(&*shard.lock().expect("histogram lock"))
+            .expect("same bounds");
+    }
+    hist
+}
+
+/// p50, p90, p99, p99.9, max and mean in microseconds, as JSON numbers (`null` if empty).
+fn percentiles(hist: &Histogram<u64>) -> [String; 6] {
+    let some = !hist.is_empty();
+    let [p50, p90, p99, p999, max] =
+        [0.5, 0.9, 0.99, 0.999, 1.0].map(|q| opt(some.then(|| hist.value_at_quantile(q))));
+    [p50, p90, p99, p999, max, num(some.then(|| hist.mean()), 1)]
+}
+
+fn latency_json([p50, p90, p99, p999, max, mean]: &[String; 6]) -> String {
+    format!(
+        "{{\"p50\":{p50},\"p90\":{p90},\"p99\":{p99},\"p999\":{p999},\"max\":{max},\"mean\":{mean}}}"
+    )
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
