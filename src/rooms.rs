@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::backplane::{Backplane, Link, RoomRouter};
 use crate::collection::WebSocketCollection;
-use crate::connection::{Connection, ConnectionId};
+use crate::connection::{lock, Connection, ConnectionId};
 use crate::message::Message;
 
 /// A keyed set of [`WebSocketCollection`]s: chat rooms, game tables, document sessions, or
@@ -283,12 +283,6 @@ impl<K: Send + Sync> RoomRouter for Shared<K> {
         let local = lock(&self.rooms).by_name.get(room).cloned();
         local.map_or(0, |room| room.broadcast_local(message))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<K: fmt::Debug> fmt::Debug for Rooms<K> {

@@ -3,40 +3,27 @@
 
 mod common;
 
-use common::{next_text, send_text, ChatServer, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn http_get(addr: std::net::SocketAddr, target: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
-}
+use common::{next_text, send_text, ChatServer};
 
 #[tokio::test]
 async fn the_chat_works_the_same_inside_axum() {
     let server = ChatServer::start_example("axum_chat", "127.0.0.1:0", &[]).await;
 
-    let page = http_get(server.addr, "/chat.htm").await;
+    let page = common::http_get(server.addr, "/chat.htm", "").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
         page.contains("text/html"),
         "tower-http sets the type: {page}"
     );
     assert!(page.contains("/api/Chat?username="));
-    let root = http_get(server.addr, "/").await;
+    let root = common::http_get(server.addr, "/", "").await;
     assert!(root.starts_with("HTTP/1.1 303"), "{root}");
-    let sources = http_get(server.addr, "/handler.rs").await;
+    let sources = common::http_get(server.addr, "/handler.rs", "").await;
     assert!(
         sources.starts_with("HTTP/1.1 404"),
         "only the page is served: {sources}"
     );
-    let refused = http_get(server.addr, "/api/Chat?username=").await;
+    let refused = common::http_get(server.addr, "/api/Chat?username=", "").await;
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     assert!(refused.contains("missing username"), "{refused}");
 

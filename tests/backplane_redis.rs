@@ -155,7 +155,7 @@ async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
             .await;
     }
     for server in &servers {
-        let health = http_status(server.addr, "/health").await;
+        let health = common::http_status(server.addr, "/health").await;
         assert_eq!(health, 503, "health while Redis is down");
     }
     // Local broadcasts keep working while Redis is down.
@@ -167,7 +167,7 @@ async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
         server.wait_for_stderr("Redis backplane: Connected").await;
     }
     for server in &servers {
-        assert_eq!(http_status(server.addr, "/health").await, 200);
+        assert_eq!(common::http_status(server.addr, "/health").await, 200);
     }
     // Both ways across, once each. "during" may or may not have reached bob: it was
     // published after a's reconnect, which may have been before b resubscribed.
@@ -182,24 +182,6 @@ async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
     assert_eq!(next_text(&mut amy).await, "bob: back");
     assert_eq!(next_text(&mut bob).await, "bob: back");
     drop(redis);
-}
-
-/// The status code of a GET, over a raw connection.
-async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
 
 /// Joins each connection to `room`, then tells the client "in".

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use common::{next_text, send_text, ChatServer, WAIT};
+use common::{http_get, next_text, send_text, ChatServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -32,21 +30,6 @@ async fn next_chat(client: &mut common::Client) -> String {
             return text;
         }
     }
-}
-
-/// Sends a raw HTTP/1.1 request and returns the whole response as text.
-async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 #[tokio::test]

@@ -38,11 +38,12 @@ mod memory;
 mod redis;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
 use crate::collection::Members;
+pub(crate) use crate::connection::lock;
 use crate::message::Message;
 
 #[cfg(feature = "redis")]
@@ -307,12 +308,6 @@ fn new_sender_id() -> SenderId {
         hasher.finish()
     };
     (u128::from(half()) << 64) | u128::from(half())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

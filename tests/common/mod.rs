@@ -322,3 +322,33 @@ pub async fn read_until_contains(stream: &mut TcpStream, needle: &[u8]) -> Vec<u
         .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}"));
     received
 }
+
+/// Sends a raw HTTP/1.1 GET for `target` (with `extra_headers`, each ending in `\r\n`) and
+/// returns the whole response as text.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The status code of [`http_get`]'s response.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn http_status(addr: SocketAddr, target: &str) -> u16 {
+    let response = http_get(addr, target, "").await;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
