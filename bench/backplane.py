@@ -29,30 +29,26 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
-import math
 import os
-import platform
-import re
 import resource
-import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import (ROOT, ServerOutput, cargo_build, fmt_stat, int_list, last_json,
+                      loadgen_flags, loadgen_timeout, log, machine_info, machine_line,
+                      median_ratios, ms, name_list, raise_nofile_limit, ratio, record_loadgen,
+                      save, si, summarize, target_dir, terminate)
+
 ALL_CONFIGS = ["single", "redis-1", "redis-2"]
 # config -> (chat processes, with --redis?)
 CONFIGS = {"single": (1, False), "redis-1": (1, True), "redis-2": (2, True)}
-READY_LINE = re.compile(r"Chat server running\. Open http://(\S+)/chat\.htm")
 CONNECTED_LINE = "Redis backplane: Connected"
 # Metrics aggregated per (load, config): key -> higher is better?
 METRICS = {
@@ -71,28 +67,12 @@ METRICS = {
 }
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def rate_list(text: str) -> list[int]:
+    """Empty is allowed: closed loop only."""
+    return int_list(text, allow_empty=True, positive=True)
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {error}")
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("expected positive comma-separated integers")
-    return values
-
-
-def config_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in ALL_CONFIGS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown configuration(s) {unknown}; choose from {','.join(ALL_CONFIGS)}"
-        )
-    return names
+config_list = name_list(ALL_CONFIGS, "configuration")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -109,7 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=8,
                         help="messages in flight per sender (closed loop)")
     parser.add_argument("--size", type=int, default=64, help="payload bytes")
-    parser.add_argument("--rates", type=int_list, default=[100, 1000],
+    parser.add_argument("--rates", type=rate_list, default=[100, 1000],
                         help="open-loop rates (broadcasts/s, all senders together); "
                              "empty for closed loop only")
     parser.add_argument("--no-closed-loop", action="store_true",
@@ -153,76 +133,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # ---------------------------------------------------------------- environment
 
 
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise this process's (and so its children's) open-file limit to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as error:
-            log(f"note: could not raise RLIMIT_NOFILE to {target}: {error}")
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def command_output(cmd: list[str]) -> str | None:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def machine_info() -> dict:
-    info: dict = {
-        "nproc": os.cpu_count(),
-        "cpu_model": None,
-        "mem_total_kib": None,
-        "kernel": platform.release(),
-        "rustc": command_output(["rustc", "--version"]),
-        "redis": command_output(["redis-server", "--version"]),
-        "python": platform.python_version(),
-        "git_commit": command_output(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(command_output(["git", "status", "--porcelain"])),
-        "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-    }
-    try:
-        info["nproc"] = int(command_output(["nproc"]) or info["nproc"])
-    except (TypeError, ValueError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["mem_total_kib"] = int(line.split()[1])
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
-
-
-def target_dir() -> Path:
-    configured = os.environ.get("CARGO_TARGET_DIR")
-    return Path(configured) if configured else ROOT / "target"
-
-
 def build_and_copy(args: argparse.Namespace, into: Path) -> dict[str, Path]:
     """Builds chat (with Redis) and loadgen, and copies both into `into`, so that another
     build in the same target directory (say, chat without the feature) cannot swap a binary
     out from under a run."""
     if not args.no_build:
-        cmd = ["cargo", "build", "--release", "--features", "redis",
-               "--example", "chat", "--example", "loadgen"]
-        log("$ " + " ".join(cmd))
-        done = subprocess.run(cmd, cwd=ROOT)
-        if done.returncode != 0:
-            sys.exit(f"cargo build failed (exit {done.returncode})")
+        cargo_build(["chat", "loadgen"], features=["redis"])
     binaries = {}
     for name in ["chat", "loadgen"]:
         built = target_dir() / "release" / "examples" / name
@@ -306,16 +222,9 @@ class Processes:
     def stop(self, proc: subprocess.Popen, grace: float = 3.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` s; returns the exit status."""
         try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            return terminate(proc, grace)
         finally:
             self.live.pop(proc.pid, None)
-        return proc.returncode
 
     def stop_all(self) -> None:
         for proc in list(self.live.values()):
@@ -376,7 +285,7 @@ class Redis:
         self.log.close()
 
 
-class Chat:
+class Chat(ServerOutput):
     """One chat process on port 0; with `redis_url`, ready only once subscribed and healthy."""
 
     def __init__(self, binary: Path, redis_url: str | None, work_dir: Path):
@@ -386,8 +295,12 @@ class Chat:
             cmd += ["--redis", redis_url]
         self.proc = PROCS.start(cmd, stdout=subprocess.PIPE, stderr=self.stderr)
         try:
-            self.addr = self._wait_ready(timeout=15.0)
-            threading.Thread(target=self._drain, daemon=True).start()
+            addr, seen = self.read_address(timeout=15.0)
+            if addr is None:
+                raise RuntimeError(f"chat did not print its address (stdout {seen[-300:]!r}, "
+                                   f"stderr {self.stderr_tail()!r})")
+            self.addr = addr
+            self.drain_stdout()
             if redis_url:
                 self._wait_connected(timeout=15.0)
         except BaseException:
@@ -395,34 +308,8 @@ class Chat:
             raise
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
     def url(self) -> str:
         return f"ws://{self.addr}/api/Chat"
-
-    def _wait_ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        seen = b""
-        try:
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    continue
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                seen += line
-                match = READY_LINE.search(line.decode("utf-8", "replace"))
-                if match:
-                    return match.group(1)
-        finally:
-            selector.close()
-        raise RuntimeError(f"chat did not print its address (stdout {seen[-300:]!r}, "
-                           f"stderr {self.stderr_tail()!r})")
 
     def _wait_connected(self, timeout: float) -> None:
         """`Redis backplane: Connected` on stderr, and GET /health answering 200."""
@@ -448,22 +335,6 @@ class Chat:
         finally:
             conn.close()
 
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            while self.proc.stdout.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    def stderr_text(self) -> str:
-        self.stderr.flush()
-        self.stderr.seek(0)
-        return self.stderr.read().decode("utf-8", "replace")
-
-    def stderr_tail(self, chars: int = 400) -> str:
-        return self.stderr_text()[-chars:]
-
     def stop(self) -> int | None:
         try:
             return PROCS.stop(self.proc)
@@ -473,12 +344,6 @@ class Chat:
 
 
 # ---------------------------------------------------------------- one run
-
-
-def loadgen_timeout(args: argparse.Namespace) -> float:
-    if args.timeout:
-        return args.timeout
-    return 30.0 + args.warmup + args.duration + args.clients / 1000.0 * 3.0
 
 
 def run_loadgen(cmd: list[str], timeout: float) -> tuple[int | None, str, str]:
@@ -521,37 +386,17 @@ def run_one(args: argparse.Namespace, bins: dict[str, Path], redis: Redis, confi
             str(bins["loadgen"]),
             "--url", ",".join(c.url for c in chats),
             "--server-pid", ",".join(map(str, pids)),
-            "--clients", str(args.clients),
-            "--senders", str(args.senders),
-            "--rate", str(rate),
-            "--window", str(args.window),
-            "--size", str(args.size),
-            "--duration", f"{args.duration:g}",
-            "--warmup", f"{args.warmup:g}",
-            "--connect-batch", str(args.connect_batch),
+            *loadgen_flags(args, args.clients, rate, args.size, args.duration, args.warmup),
             "--quiet",
         ]
         record["command"] = " ".join(cmd)
         other = OtherLoad(pids)
-        code, stdout, stderr = run_loadgen(cmd, loadgen_timeout(args))
+        code, stdout, stderr = run_loadgen(
+            cmd, loadgen_timeout(args, args.clients, args.warmup, args.duration))
         record["other_load_cores"] = other.cores()
         record["loadgen_exit"] = code
         record["loadgen_stderr"] = stderr.strip()[-1500:]
-        result = None
-        for line in reversed(stdout.splitlines()):
-            if line.strip().startswith("{"):
-                try:
-                    result = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                break
-        record["loadgen"] = result
-        if result is None:
-            record["error"] = f"no JSON from loadgen (exit {code}): {stderr.strip()[-400:]}"
-        elif code != 0:
-            record["error"] = f"loadgen exit {code}: {stderr.strip()[-400:]}"
-        else:
-            record["ok"] = True
+        record_loadgen(record, last_json(stdout), code, stderr)
         for chat in chats:
             if chat.proc.poll() is not None:
                 record["ok"] = False
@@ -622,61 +467,20 @@ def aggregate(runs: list[dict], configs: list[str]) -> list[dict]:
         groups.setdefault(record["rate"], {}).setdefault(record["config"], []).append(record)
     out = []
     for rate in sorted(groups):
-        per_config = {}
-        for name in configs:
-            records = groups[rate].get(name, [])
-            entry = {"runs": len(records), "ok_runs": sum(r["ok"] for r in records)}
-            for metric in METRICS:
-                # Failed runs still count if loadgen reported numbers; their errors are listed.
-                values = [v for v in (flatten(r)[metric] for r in records)
-                          if isinstance(v, (int, float)) and math.isfinite(v)]
-                entry[metric] = ({"median": statistics.median(values), "min": min(values),
-                                  "max": max(values), "n": len(values)} if values else None)
-            per_config[name] = entry
+        per_config = {name: summarize(groups[rate].get(name, []), METRICS, flatten)
+                      for name in configs}
         # Each configuration's median divided by single's (deliveries/s: below 1 = slower).
         ratios: dict[str, dict[str, float | None]] = {}
         base = per_config.get("single")
         if base:
             for name, entry in per_config.items():
-                ratios[name] = {}
-                for metric in METRICS:
-                    a, b = entry.get(metric), base.get(metric)
-                    ratios[name][metric] = (a["median"] / b["median"]
-                                            if a and b and b["median"] else None)
+                ratios[name] = median_ratios(entry, base, METRICS)
         out.append({"rate": rate, "load": load_name(rate), "configs": per_config,
                     "over_single": ratios})
     return out
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def si(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    value = float(f"{value:.{digits}g}")  # round first, so 999.96k shows as 1M
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.{digits}g}{suffix}"
-    return f"{value:.{digits}g}"
-
-
-def fmt_stat(stat: dict | None, fmt, spread: bool = True) -> str:
-    if not stat:
-        return "–"
-    text = fmt(stat["median"])
-    low, high = fmt(stat["min"]), fmt(stat["max"])
-    if spread and stat["n"] > 1 and low != high:
-        text += f" ({low}–{high})"
-    return text
-
-
-def ms(us: float) -> str:
-    return f"{us / 1000:.2f}" if us < 100_000 else f"{us / 1000:.0f}"
-
-
-def ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
 
 
 def count(v: float) -> str:
@@ -690,15 +494,9 @@ def cpu(v: float) -> str:
 def markdown(report: dict) -> str:
     args, aggregates, machine = report["args"], report["aggregates"], report["machine"]
     lines = ["# Cross-process fan-out through Redis", ""]
-    lines.append(
-        f"{machine.get('cpu_model') or '?'}, {machine.get('nproc')} CPUs, "
-        f"{(machine.get('mem_total_kib') or 0) / 1048576:.1f} GiB, Linux {machine.get('kernel')}, "
-        f"{machine.get('rustc') or 'rustc ?'}, "
-        f"{(machine.get('redis') or 'redis ?').split(' sha=')[0]}; "
-        f"commit {(machine.get('git_commit') or '?')[:10]}"
-        f"{' (dirty)' if machine.get('git_dirty') else ''}. "
-        "Chat servers, redis-server and the load generator share the machine."
-    )
+    lines.append(machine_line(
+        machine, (machine.get("redis") or "redis ?").split(" sha=")[0],
+        "Chat servers, redis-server and the load generator share the machine."))
     lines.append("")
     lines.append(
         f"{args['clients']} clients, {args['senders']} senders, {args['size']}-byte messages; "
@@ -781,12 +579,6 @@ def plan(args: argparse.Namespace) -> list[tuple[int, int, str]]:
             for rate in rates for run in range(args.runs) for config in args.configs]
 
 
-def save(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def on_signal(signum: int, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -812,7 +604,8 @@ def main(argv: list[str]) -> int:
     public_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": False, "args": public_args, "machine": machine_info(), "notes": notes,
+        "complete": False, "args": public_args,
+        "machine": machine_info({"redis": ["redis-server", "--version"]}), "notes": notes,
         "results_file": str(results_path), "redis_port": None, "runs": [], "discarded_runs": [], "aggregates": [],
     }
     began = time.monotonic()

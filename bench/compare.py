@@ -24,30 +24,27 @@ payload size).  Python 3.11 standard library only.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
-import os
-import platform
 import re
-import resource
-import selectors
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-ROOT = Path(__file__).resolve().parent.parent
+import benchlib
+from benchlib import (ROOT, ServerOutput, cargo_build, int_list, last_json, loadgen_flags,
+                      loadgen_timeout, log, machine_info, machine_line, median_ratios, ms,
+                      name_list, raise_nofile_limit, ratio, record_loadgen, save, si,
+                      summarize, target_dir)
+
 NODE_DIR = ROOT / "bench" / "node-baseline"
 ALL_SERVERS = ["chat", "axum", "tungstenite", "node"]
 RUST_EXAMPLES = {"chat": "chat", "axum": "baseline_axum", "tungstenite": "baseline_tungstenite"}
-READY_LINE = re.compile(r"Chat server running\. Open http://(\S+)/chat\.htm in a browser\.")
 # Metrics aggregated per group: (key in the run record, higher is better?)
 METRICS = {
     "deliveries_per_s": True,
@@ -61,32 +58,11 @@ COLORS = {"chat": "#1f5fbf", "axum": "#e07b00", "tungstenite": "#2a9d3a", "node"
 MARKERS = {"chat": "circle", "axum": "square", "tungstenite": "triangle", "node": "diamond"}
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def int_list(text: str, allow_empty: bool = False) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {error}")
-    if (not values and not allow_empty) or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("expected non-negative comma-separated integers")
-    return values
-
-
 def int_list_or_empty(text: str) -> list[int]:
     return int_list(text, allow_empty=True)
 
 
-def server_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in ALL_SERVERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown server(s) {unknown}; choose from {','.join(ALL_SERVERS)}"
-        )
-    return names
+server_list = name_list(ALL_SERVERS, "server")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -155,78 +131,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # ---------------------------------------------------------------- environment
 
 
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise this process's (and so its children's) open-file limit to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as error:
-            log(f"note: could not raise RLIMIT_NOFILE to {target}: {error}")
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def command_output(cmd: list[str]) -> str | None:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def machine_info() -> dict:
-    info: dict = {
-        "nproc": command_output(["nproc"]) or str(os.cpu_count()),
-        "cpu_model": None,
-        "mem_total_kib": None,
-        "kernel": platform.release(),
-        "rustc": command_output(["rustc", "--version"]),
-        "node": command_output(["node", "--version"]) if shutil.which("node") else None,
-        "python": platform.python_version(),
-        "git_commit": command_output(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(command_output(["git", "status", "--porcelain"])),
-        "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-    }
-    try:
-        info["nproc"] = int(info["nproc"])
-    except (TypeError, ValueError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["mem_total_kib"] = int(line.split()[1])
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
-
-
-def target_dir() -> Path:
-    configured = os.environ.get("CARGO_TARGET_DIR")
-    return Path(configured) if configured else ROOT / "target"
-
-
 def build(servers: list[str], with_loadgen: bool) -> None:
     examples = [RUST_EXAMPLES[s] for s in servers if s in RUST_EXAMPLES]
     if with_loadgen:
         examples.append("loadgen")
-    if not examples:
-        return
-    cmd = ["cargo", "build", "--release"]
-    for example in examples:
-        cmd += ["--example", example]
-    log("$ " + " ".join(cmd))
-    done = subprocess.run(cmd, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"cargo build failed (exit {done.returncode})")
+    if examples:
+        cargo_build(examples)
 
 
 def prepare_node() -> str | None:
@@ -265,7 +175,7 @@ def server_command(name: str) -> list[str]:
 # ---------------------------------------------------------------- one run
 
 
-class Server:
+class Server(ServerOutput):
     """A server process started on port 0, stopped by its PID."""
 
     def __init__(self, name: str, log_dir: Path):
@@ -278,92 +188,32 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=self.stderr,
         )
-        self.addr = self._wait_ready(timeout=15.0)
-        # Keep draining stdout so a chatty server can never block on a full pipe.
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _wait_ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        seen = b""
-        try:
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    continue
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                seen += line
-                match = READY_LINE.search(line.decode("utf-8", "replace"))
-                if match:
-                    return match.group(1)
-        finally:
-            selector.close()
-        self.stop()
-        raise RuntimeError(
-            f"{self.name} did not print its address (stdout {seen[-300:]!r}, "
-            f"stderr {self.stderr_tail()!r})"
-        )
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            while self.proc.stdout.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    def stderr_text(self) -> str:
-        self.stderr.flush()
-        self.stderr.seek(0)
-        return self.stderr.read().decode("utf-8", "replace")
-
-    def stderr_tail(self, chars: int = 400) -> str:
-        return self.stderr_text()[-chars:]
+        addr, seen = self.read_address(timeout=15.0)
+        if addr is None:
+            self.stop()
+            raise RuntimeError(
+                f"{self.name} did not print its address (stdout {seen[-300:]!r}, "
+                f"stderr {self.stderr_tail()!r})"
+            )
+        self.addr = addr
+        self.drain_stdout()
 
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after 3 s; returns the exit status."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return benchlib.terminate(self.proc)
 
 
 def loadgen_command(args: argparse.Namespace, url: str, pid: int, params: dict) -> list[str]:
     cmd = [
         str(target_dir() / "release" / "examples" / "loadgen"),
         "--url", url,
-        "--clients", str(params["clients"]),
-        "--senders", str(min(args.senders, params["clients"])),
-        "--rate", str(params["rate"]),
-        "--window", str(args.window),
-        "--size", str(params["size"]),
-        "--duration", f"{params['duration']:g}",
-        "--warmup", f"{params['warmup']:g}",
-        "--connect-batch", str(args.connect_batch),
+        *loadgen_flags(args, params["clients"], params["rate"], params["size"],
+                       params["duration"], params["warmup"]),
         "--server-pid", str(pid),
         "--quiet",
     ]
     if params["kind"] == "idle":
         cmd.append("--idle")
     return cmd
-
-
-def loadgen_timeout(args: argparse.Namespace, params: dict) -> float:
-    if args.timeout:
-        return args.timeout
-    # Connecting is the slow, size-dependent part: allow ~1 ms per client on top.
-    return 30.0 + params["warmup"] + params["duration"] + params["clients"] / 1000.0 * 3.0
 
 
 def fake_loadgen(server: Server, params: dict, run_index: int) -> dict:
@@ -421,29 +271,18 @@ def run_one(args: argparse.Namespace, name: str, params: dict, run_index: int,
         else:
             cmd = loadgen_command(args, url, server.pid, params)
             record["command"] = " ".join(cmd)
+            timeout = loadgen_timeout(args, params["clients"], params["warmup"],
+                                      params["duration"])
             try:
                 done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                      timeout=loadgen_timeout(args, params))
+                                      timeout=timeout)
             except subprocess.TimeoutExpired:
-                record["error"] = f"loadgen timed out after {loadgen_timeout(args, params):g} s"
+                record["error"] = f"loadgen timed out after {timeout:g} s"
                 return record
             code, stderr = done.returncode, done.stderr
-            result = None
-            for line in reversed(done.stdout.splitlines()):
-                if line.strip().startswith("{"):
-                    try:
-                        result = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    break
-        record["loadgen"] = result
+            result = last_json(done.stdout)
         record["loadgen_exit"] = code
-        if result is None:
-            record["error"] = f"no JSON from loadgen (exit {code}): {stderr.strip()[-400:]}"
-        elif code != 0:
-            record["error"] = f"loadgen exit {code}: {stderr.strip()[-400:]}"
-        else:
-            record["ok"] = True
+        record_loadgen(record, result, code, stderr)
         if server.proc.poll() is not None:
             record["ok"] = False
             record["error"] = (record["error"] or "") + (
@@ -486,28 +325,14 @@ def aggregate(runs: list[dict], servers: list[str]) -> list[dict]:
     for key in sorted(groups, key=lambda k: (["throughput", "latency", "idle"].index(k[0]),
                                              k[1], k[2], k[3])):
         kind, size, clients, rate = key
-        per_server = {}
-        for name in servers:
-            records = groups[key].get(name, [])
-            entry = {"runs": len(records), "ok_runs": sum(r["ok"] for r in records)}
-            for metric in METRICS:
-                # Failed runs still count if loadgen reported numbers; its errors are listed.
-                values = [v for v in (flatten(r)[metric] for r in records)
-                          if isinstance(v, (int, float)) and math.isfinite(v)]
-                entry[metric] = ({"median": statistics.median(values), "min": min(values),
-                                  "max": max(values), "n": len(values)} if values else None)
-            per_server[name] = entry
+        per_server = {name: summarize(groups[key].get(name, []), METRICS, flatten)
+                      for name in servers}
         ratios: dict[str, dict[str, float | None]] = {}
         chat = per_server.get("chat")
         if chat:
             for name, entry in per_server.items():
-                if name == "chat":
-                    continue
-                ratios[name] = {}
-                for metric in METRICS:
-                    a, b = chat.get(metric), entry.get(metric)
-                    ratios[name][metric] = (a["median"] / b["median"]
-                                            if a and b and b["median"] else None)
+                if name != "chat":
+                    ratios[name] = median_ratios(chat, entry, METRICS)
         out.append({"kind": kind, "size": size, "clients": clients, "rate": rate,
                     "servers": per_server, "chat_over": ratios})
     return out
@@ -516,35 +341,13 @@ def aggregate(runs: list[dict], servers: list[str]) -> list[dict]:
 # ---------------------------------------------------------------- formatting
 
 
-def si(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    value = float(f"{value:.{digits}g}")  # round first, so 999.96k shows as 1M
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.{digits}g}{suffix}"
-    return f"{value:.{digits}g}"
-
-
-def fmt_stat(stat: dict | None, fmt, spread: bool = True) -> str:
-    if not stat:
-        return "–"
-    text = fmt(stat["median"])
-    if spread and stat["n"] > 1:
-        text += f" ({fmt(stat['min'])}–{fmt(stat['max'])})"
-    return text
-
-
-def ms(us: float) -> str:
-    return f"{us / 1000:.2f}" if us < 100_000 else f"{us / 1000:.0f}"
+# These tables have always shown (min–max) over several runs, even when both ends round
+# alike; backplane.py's leave it out then.
+fmt_stat = functools.partial(benchlib.fmt_stat, equal_spread=True)
 
 
 def kib(b: float) -> str:
     return f"{b / 1024:.1f}"
-
-
-def ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
 
 
 def markdown(report: dict) -> str:
@@ -554,13 +357,8 @@ def markdown(report: dict) -> str:
     if report["dry_run"]:
         title += " — DRY RUN (fake loadgen numbers, plumbing check only)"
     lines += [title, ""]
-    lines.append(
-        f"{machine.get('cpu_model') or '?'}, {machine.get('nproc')} CPUs, "
-        f"{(machine.get('mem_total_kib') or 0) / 1048576:.1f} GiB, Linux {machine.get('kernel')}, "
-        f"{machine.get('rustc') or 'rustc ?'}, node {machine.get('node') or '–'}; "
-        f"commit {(machine.get('git_commit') or '?')[:10]}{' (dirty)' if machine.get('git_dirty') else ''}. "
-        f"Servers and load generator share the machine."
-    )
+    lines.append(machine_line(machine, f"node {machine.get('node') or '–'}",
+                              "Servers and load generator share the machine."))
     lines.append("")
     lines.append(
         f"Median of {args['runs']} run(s), (min–max) when more than one; "
@@ -818,12 +616,6 @@ def plan(args: argparse.Namespace, servers: list[str]) -> list[tuple[dict, int, 
     return steps
 
 
-def save(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     nofile = raise_nofile_limit()
@@ -860,7 +652,8 @@ def main(argv: list[str]) -> int:
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "complete": False, "dry_run": args.dry_run, "args": public_args,
-        "machine": machine_info(), "skipped_servers": skipped, "notes": notes,
+        "machine": machine_info({"node": ["node", "--version"]}),
+        "skipped_servers": skipped, "notes": notes,
         "results_file": str(results_path), "plot_file": str(svg_path),
         "runs": [], "aggregates": [],
     }
