@@ -267,10 +267,7 @@ impl Connection {
             let mut overflow = lock(&self.shared.overflow);
             if overflow.is_none() {
                 *overflow = Some((messages, bytes));
-                // The queued messages go unsent: the close frame replaces them.
-                let metrics = &self.shared.metrics;
-                metrics.dropped(self.id(), messages as u64);
-                metrics.slow_consumer_disconnected(self.id());
+                self.shared.metrics.slow_consumer_disconnected(self.id());
             }
         }
         let frame = CloseFrame {
@@ -281,7 +278,9 @@ impl Connection {
             self.shared
                 .state
                 .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire);
-        if let Ok(pushed) = self.shared.queue.push_close(frame, true) {
+        if let Ok((pushed, dropped)) = self.shared.queue.push_close_counting(frame, true) {
+            // What was still queued goes unsent: the close frame replaces it.
+            self.shared.metrics.dropped(self.id(), dropped as u64);
             self.after_push(pushed);
         }
         // Start the close timeout now: the close frame may never get onto a full socket.

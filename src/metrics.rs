@@ -1,7 +1,7 @@
 //! Counters of what the connections of a server do, for the application to read and export.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex};
 
 use crate::connection::ConnectionId;
@@ -100,6 +100,9 @@ impl Metrics {
     /// messages apart from each other.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let c = &self.counters;
+        // Closes first: each close is counted after its open and its code (with Release), so
+        // reading it first (with Acquire) means the opens and codes read next include it.
+        let connections_closed = c.closed.load(Acquire);
         let sum = |field: fn(&Stripe) -> &AtomicU64| -> u64 {
             c.stripes
                 .iter()
@@ -119,7 +122,7 @@ impl Metrics {
         }
         MetricsSnapshot {
             connections_opened: c.opened.load(Relaxed),
-            connections_closed: c.closed.load(Relaxed),
+            connections_closed,
             messages_received: sum(|s| &s.messages_received),
             bytes_received: sum(|s| &s.bytes_received),
             messages_sent: sum(|s| &s.messages_sent),
@@ -155,8 +158,8 @@ impl Metrics {
                     .or_default() += 1;
             }
         }
-        // Last, so that a snapshot never shows a close without its code.
-        c.closed.fetch_add(1, Relaxed);
+        // Last, and with Release, so that a snapshot never shows a close without its code.
+        c.closed.fetch_add(1, Release);
     }
 
     pub(crate) fn received(&self, id: ConnectionId, bytes: usize) {

@@ -253,12 +253,25 @@ impl OutboundQueue {
         frame: CloseFrame,
         drop_queued: bool,
     ) -> Result<Pushed, Rejected> {
+        self.push_close_counting(frame, drop_queued)
+            .map(|(pushed, _)| pushed)
+    }
+
+    /// Like [`push_close`](Self::push_close), and also returns how many queued messages
+    /// were dropped to put the close frame next.
+    pub(crate) fn push_close_counting(
+        &self,
+        frame: CloseFrame,
+        drop_queued: bool,
+    ) -> Result<(Pushed, usize), Rejected> {
         let mut state = lock(&self.state);
         if state.stopped || state.close_queued {
             return Err(Rejected::Stopped);
         }
         state.close_queued = true;
+        let mut dropped = 0;
         if drop_queued || state.messages >= self.max_messages || state.bytes >= self.max_bytes {
+            dropped = state.messages;
             state.items.clear();
             state.messages = 0;
             state.bytes = 0;
@@ -267,7 +280,7 @@ impl OutboundQueue {
         state
             .items
             .push_back(Outbound::Close(Box::new((frame, wire))));
-        Ok(schedule(&mut state))
+        Ok((schedule(&mut state), dropped))
     }
 
     /// Moves everything queued into `into` (which must be empty), up to and including a

@@ -100,7 +100,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     }
 
     /// Rooms whose broadcasts reach the rooms of the same name in other processes with a
-    /// `Rooms` on `topic`. Room `key` is named `key.to_string()` there.
+    /// `Rooms` on `topic`. Room `key` is named `key.to_string()` there, so keys must have
+    /// distinct `Display` strings (true of strings and numbers).
     ///
     /// One subscription carries every room, so a room's members here receive what is sent
     /// to it elsewhere from the moment they join. A send to a room with no members here
@@ -198,7 +199,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         queued
     }
 
-    /// The room's collection, if it has members in this process.
+    /// The room's collection, if it has members in this process: to read, or to send to
+    /// its members here only.
+    ///
+    /// Join and leave through [`join`](Rooms::join) and [`leave`](Rooms::leave), not through
+    /// the collection: a connection added to it directly may land in a room already
+    /// dropped as empty. Its `broadcast` stays in this process, even with a backplane; use
+    /// [`broadcast_to`](Rooms::broadcast_to) to reach the room everywhere.
     pub fn room(&self, room: &K) -> Option<WebSocketCollection> {
         self.lock().by_key.get(room).cloned()
     }

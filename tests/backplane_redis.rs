@@ -383,3 +383,66 @@ async fn rooms_and_private_messages_span_servers() {
         "bob: welcome"
     );
 }
+
+/// A backplane connects as soon as it is made, before any collection uses it; and when its
+/// last handle goes, it publishes what is still queued, then says it has stopped.
+#[tokio::test]
+async fn a_backplane_connects_at_once_and_flushes_on_the_way_out() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let receiver = backplane(&server.url());
+    wait_for_state(&receiver, BackplaneState::Connected).await;
+    let room = WebSocketCollection::with_backplane("t", receiver.clone());
+    let mut client = client_in(&room).await;
+
+    let sender = backplane(&server.url());
+    wait_for_state(&sender, BackplaneState::Connected).await;
+    let mut state = sender.state_changes();
+    let outgoing = WebSocketCollection::with_backplane("t", sender);
+    for n in 0..3 {
+        outgoing.broadcast(format!("last words {n}"));
+    }
+    drop(outgoing); // the last handle
+    for n in 0..3 {
+        assert_eq!(next_text(&mut client).await, format!("last words {n}"));
+    }
+    tokio::time::timeout(
+        common::WAIT,
+        state.wait_for(|now| *now == BackplaneState::Stopped),
+    )
+    .await
+    .expect("the dropped backplane says Stopped")
+    .ok();
+    assert_eq!(*state.borrow(), BackplaneState::Stopped);
+}
+
+/// A server that publishes a flood still delivers what other servers send, while its own
+/// flood is being published: publishing and receiving take turns.
+#[tokio::test]
+async fn a_publishing_flood_does_not_hold_up_receiving() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let config = |url: String| RedisConfig::new(url).max_pending(1_000_000);
+    let busy = RedisBackplane::new(config(server.url())).expect("backplane");
+    let quiet = RedisBackplane::new(config(server.url())).expect("backplane");
+    let flood = WebSocketCollection::with_backplane("flood", busy.clone());
+    let room = WebSocketCollection::with_backplane("chat", busy.clone());
+    let other = WebSocketCollection::with_backplane("chat", quiet.clone());
+    let mut client = client_in(&room).await;
+    wait_for_state(&busy, BackplaneState::Connected).await;
+    wait_for_state(&quiet, BackplaneState::Connected).await;
+
+    let flood_size = 300_000;
+    for n in 0..flood_size {
+        flood.broadcast(format!("{n}"));
+    }
+    other.broadcast("from the other server");
+    assert_eq!(next_text(&mut client).await, "from the other server");
+    let pending = busy.stats().pending;
+    assert!(
+        pending > 0,
+        "delivered only after the flood was published (pending {pending})"
+    );
+}

@@ -39,6 +39,7 @@ mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -92,6 +93,9 @@ pub enum BackplaneState {
     /// The connection was lost; retrying with backoff. Local broadcasts keep working, and
     /// publications wait in a bounded queue.
     Reconnecting,
+    /// The backplane's task has ended: its last handle (and collection) was dropped, after
+    /// publishing what was queued (for a second at most). Nothing is carried any more.
+    Stopped,
 }
 
 /// What [`Inbox::deliver`] did with an envelope.
@@ -125,8 +129,8 @@ struct InboxShared {
     target: Target,
     /// The collection's own sender id, to skip its own messages.
     own: SenderId,
-    /// The last sequence number delivered per sender.
-    last_seen: Mutex<HashMap<SenderId, u64>>,
+    /// Per sender: the last sequence number delivered, and when.
+    last_seen: Mutex<HashMap<SenderId, (u64, Instant)>>,
 }
 
 /// Where an inbox delivers.
@@ -141,6 +145,31 @@ enum Target {
 pub(crate) trait RoomRouter: Send + Sync {
     /// Queues `message` to the local members of `room`; returns to how many.
     fn deliver(&self, room: &str, message: Message) -> usize;
+}
+
+/// Senders remembered at most: every process restart brings new ones.
+const MAX_SENDERS: usize = 1024;
+
+/// A sender not heard from for this long is forgotten once the map is full. If it speaks
+/// again it counts as new: nothing is missed, and a duplicate from before could slip in.
+const QUIET_SENDER: Duration = Duration::from_secs(600);
+
+/// Keeps the per-sender map bounded: past [`MAX_SENDERS`], drops the senders quiet for
+/// [`QUIET_SENDER`], or else the quietest one.
+fn forget_quiet_senders(last_seen: &mut HashMap<SenderId, (u64, Instant)>, now: Instant) {
+    if last_seen.len() < MAX_SENDERS {
+        return;
+    }
+    last_seen.retain(|_, (_, at)| now.duration_since(*at) < QUIET_SENDER);
+    if last_seen.len() >= MAX_SENDERS {
+        let quietest = last_seen
+            .iter()
+            .min_by_key(|(_, (_, at))| *at)
+            .map(|(sender, _)| *sender);
+        if let Some(sender) = quietest {
+            last_seen.remove(&sender);
+        }
+    }
 }
 
 /// Identifies one publishing collection, in one process. Random, so that two processes (or
@@ -173,17 +202,20 @@ impl Inbox {
             return Ok(Delivery::Own);
         }
         let missed = {
+            let now = Instant::now();
             let mut last_seen = lock(&self.shared.last_seen);
             match last_seen.get_mut(&envelope.sender) {
-                Some(last) if envelope.seq <= *last => return Ok(Delivery::Duplicate),
-                Some(last) => {
+                Some((last, _)) if envelope.seq <= *last => return Ok(Delivery::Duplicate),
+                Some((last, at)) => {
                     let missed = envelope.seq - *last - 1;
                     *last = envelope.seq;
+                    *at = now;
                     missed
                 }
                 None => {
+                    forget_quiet_senders(&mut last_seen, now);
                     // Whatever came before we subscribed is not missed.
-                    last_seen.insert(envelope.sender, envelope.seq);
+                    last_seen.insert(envelope.sender, (envelope.seq, now));
                     0
                 }
             }
@@ -313,6 +345,20 @@ fn new_sender_id() -> SenderId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sender_map_stays_bounded() {
+        let members = Arc::new(Members::default());
+        let inbox = inbox(&members);
+        for sender in 0..(MAX_SENDERS as u128 * 3) {
+            let envelope = envelope::encode(sender + 100, 1, None, &Message::from("m"));
+            assert!(matches!(
+                inbox.deliver(envelope),
+                Ok(Delivery::Delivered { .. })
+            ));
+        }
+        assert!(lock(&inbox.shared.last_seen).len() <= MAX_SENDERS);
+    }
 
     #[test]
     fn sender_ids_differ() {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionLike, PubSubSink};
 use redis::AsyncConnectionConfig;
 use tokio::sync::{watch, Notify};
@@ -68,10 +68,11 @@ impl RedisConfig {
     }
 
     /// The wait before reconnecting: `min` after the first failure, doubling up to `max`,
-    /// with jitter. Default 100 ms to 3 s.
+    /// with jitter. Default 100 ms to 3 s; at least 1 ms.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min = min;
-        self.reconnect_max = max.max(min);
+        // Never zero: a zero wait would retry a dead server in a busy loop.
+        self.reconnect_min = min.max(MIN_WAIT);
+        self.reconnect_max = max.max(self.reconnect_min);
         self
     }
 
@@ -88,9 +89,10 @@ impl RedisConfig {
         self
     }
 
-    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s.
+    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s;
+    /// at least 1 ms.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
+        self.ping_interval = interval.max(MIN_WAIT);
         self
     }
 
@@ -104,6 +106,9 @@ impl RedisConfig {
         &self.channel_prefix
     }
 }
+
+/// The shortest wait the settings allow.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// Counters of a [`RedisBackplane`] since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,7 +142,11 @@ pub struct RedisStats {
 ///   and then publishes what queued up meanwhile (up to
 ///   [`max_pending`](RedisConfig::max_pending)). Local broadcasts work throughout. Messages
 ///   published while a process's subscription was down do not reach it: Redis pub/sub does
-///   not store them. Each loss is logged with `tracing` and counted in [`stats`](Self::stats).
+///   not store them. Losses are counted in [`stats`](Self::stats) and logged with `tracing`
+///   (a full queue once per outage).
+/// - **Ends cleanly.** When the last clone and collection are dropped, the task publishes
+///   what is still queued (for a second at most), closes its connections, and the state
+///   becomes [`Stopped`](BackplaneState::Stopped).
 /// - **Observable.** [`state`](Self::state) and [`state_changes`](Self::state_changes).
 ///
 /// ```no_run
@@ -163,12 +172,15 @@ struct Shared {
     config: RedisConfig,
     /// Channel name and envelope, in publishing order.
     pending: Mutex<VecDeque<(String, Bytes)>>,
-    /// Something to publish, or a new subscription.
+    /// Something to publish, subscriptions to change, or stop.
     work: Notify,
+    /// Subscriptions changed since the task last looked.
+    subscriptions_changed: AtomicBool,
+    /// A full queue has been reported in the current outage (one warning per outage).
+    drop_reported: AtomicBool,
     /// Inboxes by Redis channel name.
     inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
     state: watch::Sender<BackplaneState>,
-    stop: Notify,
     stopped: AtomicBool,
     published: AtomicU64,
     delivered: AtomicU64,
@@ -183,7 +195,7 @@ struct Owner(Arc<Shared>);
 impl Drop for Owner {
     fn drop(&mut self) {
         self.0.stopped.store(true, Ordering::Release);
-        self.0.stop.notify_one();
+        self.0.work.notify_one();
     }
 }
 
@@ -224,9 +236,10 @@ impl RedisBackplane {
             config,
             pending: Mutex::new(VecDeque::new()),
             work: Notify::new(),
+            subscriptions_changed: AtomicBool::new(false),
+            drop_reported: AtomicBool::new(false),
             inboxes: Mutex::new(HashMap::new()),
             state: watch::Sender::new(BackplaneState::Connecting),
-            stop: Notify::new(),
             stopped: AtomicBool::new(false),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -292,12 +305,7 @@ impl Backplane for RedisBackplane {
             pending.push_back((channel, envelope));
             if pending.len() > shared.config.max_pending {
                 pending.pop_front();
-                if shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        max_pending = shared.config.max_pending,
-                        "redis backplane: publish queue full, dropping the oldest messages"
-                    );
-                }
+                shared.dropped_one();
             }
             was_empty
         };
@@ -313,12 +321,31 @@ impl Backplane for RedisBackplane {
             .entry(channel)
             .or_default()
             .push(inbox);
-        self.shared.work.notify_one();
+        self.shared.subscriptions_changed();
     }
 
     fn unsubscribe(&self, _topic: &str) {
         // The task drops closed inboxes, and the channels left without any.
-        self.shared.work.notify_one();
+        self.shared.subscriptions_changed();
+    }
+}
+
+impl Shared {
+    fn subscriptions_changed(&self) {
+        self.subscriptions_changed.store(true, Ordering::Release);
+        self.work.notify_one();
+    }
+
+    /// Counts a message dropped from the queue; warns once per outage.
+    fn dropped_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.drop_reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_pending = self.config.max_pending,
+                "redis backplane: publish queue full, dropping the oldest messages \
+                 (counted in RedisStats::dropped)"
+            );
+        }
     }
 }
 
@@ -334,24 +361,34 @@ impl std::fmt::Debug for RedisBackplane {
 /// Messages per pipelined round trip to Redis.
 const PUBLISH_BATCH: usize = 256;
 
-/// The background task: connect, serve until the connection is lost, wait, repeat.
+/// How long a backplane whose last handle is gone may take to publish what is still queued.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// The background task: connect, serve until the connection is lost, wait, repeat; until
+/// the last handle is dropped.
 async fn run(shared: Arc<Shared>, client: redis::Client) {
-    // Connect once there is something to do. A collection subscribes as it is created, so
-    // its subscription is in place when the state first says `Connected`.
-    tokio::select! {
-        () = shared.work.notified() => {}
-        () = shared.stop.notified() => return,
+    // Whatever ends the task, even a panic, the state says so.
+    struct Ended<'a>(&'a Shared);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            self.0.state.send_replace(BackplaneState::Stopped);
+        }
     }
+    let _ended = Ended(&shared);
+
     let mut delay = shared.config.reconnect_min;
-    while !shared.stopped.load(Ordering::Acquire) {
+    loop {
         let mut connected = false;
-        let lost = tokio::select! {
-            lost = session(&shared, &client, &mut connected) => lost,
-            () = shared.stop.notified() => break,
+        let lost = match serve(&shared, &client, &mut connected).await {
+            Ok(()) => return, // stopped
+            Err(lost) => lost,
         };
         if connected {
             shared.disconnects.fetch_add(1, Ordering::Relaxed);
             delay = shared.config.reconnect_min;
+        }
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
         }
         shared.state.send_replace(BackplaneState::Reconnecting);
         let wait = jitter(delay);
@@ -362,19 +399,18 @@ async fn run(shared: Arc<Shared>, client: redis::Client) {
             "redis backplane: {}",
             if connected { "connection lost" } else { "cannot connect" }
         );
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shared.stop.notified() => break,
+        let deadline = tokio::time::Instant::now() + wait;
+        // Publishes wake the task too: sleep on until the deadline unless it is stopping.
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = shared.work.notified() => {}
+            }
+            if shared.stopped.load(Ordering::Acquire) {
+                return;
+            }
         }
         delay = (delay * 2).min(shared.config.reconnect_max);
-    }
-}
-
-/// One connection's life: returns why it ended.
-async fn session(shared: &Shared, client: &redis::Client, connected: &mut bool) -> SessionError {
-    match serve(shared, client, connected).await {
-        Ok(never) => match never {},
-        Err(error) => error,
     }
 }
 
@@ -388,13 +424,12 @@ enum SessionError {
     SubscriptionClosed,
 }
 
-enum Never {}
-
+/// One connection's life: `Ok` once stopped, or why the connection was lost.
 async fn serve(
     shared: &Shared,
     client: &redis::Client,
     connected: &mut bool,
-) -> Result<Never, SessionError> {
+) -> Result<(), SessionError> {
     let config = &shared.config;
     let timed = |timeout: Duration| move |_| SessionError::Timeout(timeout);
     let pubsub = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
@@ -408,32 +443,57 @@ async fn serve(
         .get_multiplexed_async_connection_with_config(&publisher_config)
         .await?;
     let mut subscribed = HashSet::new();
+    shared.subscriptions_changed.store(false, Ordering::Release);
     sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
     // What queued up while disconnected goes out before the state says `Connected`.
-    publish_pending(shared, &mut publisher).await?;
+    while publish_batch(shared, &mut publisher).await? {}
     *connected = true;
+    shared.drop_reported.store(false, Ordering::Relaxed);
     shared.state.send_replace(BackplaneState::Connected);
     tracing::info!(url = %config.url, "redis backplane: connected");
 
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
-        // What queued up while disconnected, or since the last wake-up.
-        publish_pending(shared, &mut publisher).await?;
+        // One batch at most per turn (one round trip), then whatever arrived meanwhile: a
+        // busy publisher never holds up delivery of the other servers' messages, nor lets
+        // them pile up unread.
+        let more = publish_batch(shared, &mut publisher).await?;
+        while let Some(message) = stream.next().now_or_never() {
+            let message = message.ok_or(SessionError::SubscriptionClosed)?;
+            dispatch(shared, &message);
+            last_heard = tokio::time::Instant::now();
+        }
+        if shared.subscriptions_changed.swap(false, Ordering::AcqRel) {
+            sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
+        }
+        if shared.stopped.load(Ordering::Acquire) {
+            // The last handle is gone: publish what is left, briefly, then end.
+            let flush = async {
+                while publish_batch(shared, &mut publisher).await? {}
+                Ok(())
+            };
+            return match tokio::time::timeout(FINAL_FLUSH, flush).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            };
+        }
+        let ping_due = last_heard + config.ping_interval;
+        if more && tokio::time::Instant::now() < ping_due {
+            continue;
+        }
         tokio::select! {
             message = stream.next() => {
                 let message = message.ok_or(SessionError::SubscriptionClosed)?;
                 dispatch(shared, &message);
-                ping.reset();
+                last_heard = tokio::time::Instant::now();
             }
-            () = shared.work.notified() => {
-                sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
-            }
-            _ = ping.tick() => {
+            () = shared.work.notified(), if !more => {}
+            () = tokio::time::sleep_until(ping_due) => {
+                // Quiet for a while: make sure the subscription is still alive.
                 tokio::time::timeout(config.response_timeout, sink.ping::<redis::Value>())
                     .await
                     .map_err(timed(config.response_timeout))??;
+                last_heard = tokio::time::Instant::now();
             }
         }
     }
@@ -483,44 +543,43 @@ async fn sync_subscriptions(
     Ok(())
 }
 
-/// Publishes everything queued, in order, in pipelined batches. A batch that fails goes back
-/// to the front of the queue to be sent again after reconnecting: receivers drop whatever
-/// part of it had arrived.
-async fn publish_pending(
+/// Publishes the oldest queued messages, up to a batch, in one pipelined round trip.
+/// Returns whether more are queued. A batch that fails goes back to the front of the queue,
+/// to be sent again after reconnecting: receivers drop whatever part of it had arrived.
+async fn publish_batch(
     shared: &Shared,
     publisher: &mut impl ConnectionLike,
-) -> Result<(), SessionError> {
-    loop {
-        let batch: Vec<(String, Bytes)> = {
-            let mut pending = lock(&shared.pending);
-            let n = pending.len().min(PUBLISH_BATCH);
-            pending.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for (channel, envelope) in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(channel)
-                .arg(envelope.as_ref())
-                .ignore();
-        }
-        if let Err(error) = pipe.query_async::<()>(publisher).await {
-            let mut pending = lock(&shared.pending);
-            for item in batch.into_iter().rev() {
-                pending.push_front(item);
-            }
-            while pending.len() > shared.config.max_pending {
-                pending.pop_front();
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return Err(error.into());
-        }
-        shared
-            .published
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+) -> Result<bool, SessionError> {
+    let batch: Vec<(String, Bytes)> = {
+        let mut pending = lock(&shared.pending);
+        let n = pending.len().min(PUBLISH_BATCH);
+        pending.drain(..n).collect()
+    };
+    if batch.is_empty() {
+        return Ok(false);
     }
+    let mut pipe = redis::pipe();
+    for (channel, envelope) in &batch {
+        pipe.cmd("PUBLISH")
+            .arg(channel)
+            .arg(envelope.as_ref())
+            .ignore();
+    }
+    if let Err(error) = pipe.query_async::<()>(publisher).await {
+        let mut pending = lock(&shared.pending);
+        for item in batch.into_iter().rev() {
+            pending.push_front(item);
+        }
+        while pending.len() > shared.config.max_pending {
+            pending.pop_front();
+            shared.dropped_one();
+        }
+        return Err(error.into());
+    }
+    shared
+        .published
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    Ok(!lock(&shared.pending).is_empty())
 }
 
 /// Hands a message from Redis to the inboxes of its channel.
@@ -576,6 +635,16 @@ fn jitter(delay: Duration) -> Duration {
 mod tests {
     use super::jitter;
     use std::time::Duration;
+
+    #[test]
+    fn waits_are_never_zero() {
+        let config = super::RedisConfig::new("redis://127.0.0.1")
+            .ping_interval(Duration::ZERO)
+            .reconnect_backoff(Duration::ZERO, Duration::ZERO);
+        assert!(config.ping_interval > Duration::ZERO);
+        assert!(config.reconnect_min > Duration::ZERO);
+        assert!(config.reconnect_max >= config.reconnect_min);
+    }
 
     #[test]
     fn jitter_stays_within_a_quarter() {
