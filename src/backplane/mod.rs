@@ -65,6 +65,43 @@ pub use memory::MemoryBackplane;
 /// - Envelopes published on a topic arrive at each subscriber in the order they were
 ///   published. Delivering one again is harmless (the inbox drops duplicates).
 /// - Each subscribing process also receives its own envelopes, or not: either is fine.
+///
+/// A minimal transport, within one process: it hands each envelope to every inbox on its
+/// topic. A network transport does the same from the task that receives:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+/// use websocket_handler::backplane::{Backplane, Inbox};
+/// use websocket_handler::{Bytes, WebSocketCollection};
+///
+/// #[derive(Clone, Default)]
+/// struct Loopback {
+///     inboxes: Arc<Mutex<HashMap<String, Vec<Inbox>>>>,
+/// }
+///
+/// impl Backplane for Loopback {
+///     fn publish(&self, topic: &str, envelope: Bytes) {
+///         let inboxes = self.inboxes.lock().expect("unpoisoned").get(topic).cloned();
+///         for inbox in inboxes.unwrap_or_default() {
+///             // What came from the network may be anything: deliver reports, never panics.
+///             if let Err(error) = inbox.deliver(envelope.clone()) {
+///                 eprintln!("dropped: {error}");
+///             }
+///         }
+///     }
+///     fn subscribe(&self, topic: &str, inbox: Inbox) {
+///         let mut inboxes = self.inboxes.lock().expect("unpoisoned");
+///         inboxes.entry(topic.to_owned()).or_default().push(inbox);
+///     }
+/// }
+///
+/// let transport = Loopback::default();
+/// let here = WebSocketCollection::with_backplane("news", transport.clone());
+/// let there = WebSocketCollection::with_backplane("news", transport.clone());
+/// here.broadcast("reaches `there` (no connections in it yet), and skips `here`");
+/// # drop(there);
+/// ```
 pub trait Backplane: Send + Sync + 'static {
     /// Sends `envelope` to every process subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: Bytes);
