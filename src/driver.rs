@@ -43,8 +43,7 @@ pub(crate) async fn run<R, W, H>(
         _permit: permit,
     };
     let close_timeout = config.get_close_timeout();
-    let metrics = config.get_metrics().clone();
-    metrics.opened();
+    conn.shared().metrics.opened();
 
     *lock(&conn.shared().write_side) = Some(WriteSide::new(
         Box::pin(write),
@@ -106,7 +105,7 @@ pub(crate) async fn run<R, W, H>(
     drop(socket);
     let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
     drop(_guard);
-    metrics.closed(frame.code.as_u16());
+    conn.shared().metrics.closed(frame.code.as_u16());
     tracing::debug!(code = frame.code.as_u16(), "connection closed");
     if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
         tracing::error!(%message, "WebSocket handler panicked in on_close");

@@ -68,7 +68,7 @@ struct RoomMap<K> {
 /// here: no subscription per room that could lag behind its first join.
 struct Remote<K> {
     link: Link,
-    name: Box<dyn Fn(&K) -> String + Send + Sync>,
+    name: fn(&K) -> String,
 }
 
 impl<K> Clone for Rooms<K> {
@@ -127,7 +127,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         let link = Link::attach_rooms(topic.into(), Box::new(backplane), Arc::downgrade(&router));
         let remote = Remote {
             link,
-            name: Box::new(|key: &K| key.to_string()),
+            name: |key: &K| key.to_string(),
         };
         let _ = rooms.shared.remote.set(remote);
         rooms
@@ -185,13 +185,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     fn send(&self, room: &K, message: Message, except: Option<ConnectionId>) -> usize {
         let remote = self.shared.remote.get();
-        let local = self.room(room);
         // Local members first, so that the backplane adds nothing to their latency.
-        let queued = match (&local, except, remote) {
-            (None, _, _) => 0,
-            (Some(local), None, None) => return local.broadcast_local(message),
-            (Some(local), None, Some(_)) => local.broadcast_local(message.clone()),
-            (Some(local), Some(except), _) => local.broadcast_except(except, message.clone()),
+        let queued = match (self.room(room), except) {
+            (None, _) => 0,
+            (Some(local), None) => local.broadcast_local(message.clone()),
+            (Some(local), Some(except)) => local.broadcast_except(except, message.clone()),
         };
         if let Some(remote) = remote {
             remote.link.publish(Some(&(remote.name)(room)), &message);
