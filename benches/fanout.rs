@@ -79,8 +79,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::backplane::MemoryBackplane;
 use websocket_handler::{
-    async_trait, upgrade, Bytes, CloseFrame, Config, Connection, Utf8Bytes, WebSocketCollection,
-    WebSocketHandler,
+    async_trait, Bytes, CloseFrame, Connection, Utf8Bytes, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
 };
 
 /// Payload sizes of the `fanout` groups, in bytes.
@@ -132,10 +132,20 @@ fn burst_for(n: usize, size: usize) -> usize {
     (deliveries / n).clamp(1, 100)
 }
 
-/// A text payload of `size` bytes.
-fn payload(size: usize) -> Utf8Bytes {
+/// A text payload of `size` bytes, as each server's text type: both reference-counted, so
+/// neither server copies it per client.
+#[derive(Clone)]
+struct Payload {
+    ours: Utf8Bytes,
+    tungstenite: tokio_tungstenite::tungstenite::Utf8Bytes,
+}
+
+fn payload(size: usize) -> Payload {
     let text: String = "0123456789abcdef".chars().cycle().take(size).collect();
-    Utf8Bytes::from(text)
+    Payload {
+        ours: Utf8Bytes::from(text.clone()),
+        tungstenite: text.into(),
+    }
 }
 
 /// Panics with advice unless the soft open-files limit allows `clients` client sockets and
@@ -292,7 +302,7 @@ trait Server {
     async fn wait_for_members(&self, n: usize);
 
     /// Broadcasts `payload` once, asserting that at least `n` connections were sent it.
-    fn broadcast(&self, payload: &Utf8Bytes, n: usize);
+    fn broadcast(&self, payload: &Payload, n: usize);
 }
 
 // ---- websocket_handler ----------------------------------------------------------------------
@@ -321,7 +331,7 @@ struct CrateServer {
     addr: SocketAddr,
     room: WebSocketCollection,
     events: Arc<Events>,
-    config: Arc<Config>,
+    server: WebSocketServer,
 }
 
 impl CrateServer {
@@ -336,23 +346,23 @@ impl CrateServer {
             .expect("bind the websocket_handler server");
         let addr = listener.local_addr().expect("server local addr");
         let events = Arc::new(Events::default());
-        let config = Arc::new(Config::default());
-        let (accept_room, accept_events, accept_config) =
-            (room.clone(), events.clone(), config.clone());
+        let server = WebSocketServer::new();
+        let (accept_room, accept_events, accept_server) =
+            (room.clone(), events.clone(), server.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                let (room, events, config) = (
+                let (room, events, server) = (
                     accept_room.clone(),
                     accept_events.clone(),
-                    accept_config.clone(),
+                    accept_server.clone(),
                 );
                 let service = service_fn(move |req: Request<Incoming>| {
                     let member = Member {
                         room: room.clone(),
                         events: events.clone(),
                     };
-                    let response = upgrade(req, &config, member);
+                    let response = server.upgrade(req, member);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 tokio::spawn(
@@ -366,7 +376,7 @@ impl CrateServer {
             addr,
             room,
             events,
-            config,
+            server,
         }
     }
 }
@@ -385,9 +395,9 @@ impl Server for CrateServer {
             .await;
     }
 
-    fn broadcast(&self, payload: &Utf8Bytes, n: usize) {
+    fn broadcast(&self, payload: &Payload, n: usize) {
         // Churn clients may add to the count, so it can exceed `n`.
-        let queued = self.room.broadcast(payload.clone());
+        let queued = self.room.broadcast(payload.ours.clone());
         assert!(
             queued >= n,
             "websocket_handler queued a broadcast to {queued} connections, fewer than the \
@@ -401,7 +411,7 @@ impl Server for CrateServer {
 /// The axum-chat pattern without axum: one broadcast channel, one send per message.
 struct BaselineServer {
     addr: SocketAddr,
-    tx: broadcast::Sender<Utf8Bytes>,
+    tx: broadcast::Sender<tokio_tungstenite::tungstenite::Utf8Bytes>,
     events: Arc<Events>,
     lagged: Arc<AtomicBool>,
 }
@@ -412,7 +422,8 @@ impl BaselineServer {
             .await
             .expect("bind the baseline server");
         let addr = listener.local_addr().expect("server local addr");
-        let (tx, _) = broadcast::channel::<Utf8Bytes>(CHANNEL_CAPACITY);
+        let (tx, _) =
+            broadcast::channel::<tokio_tungstenite::tungstenite::Utf8Bytes>(CHANNEL_CAPACITY);
         let events = Arc::new(Events::default());
         let lagged = Arc::new(AtomicBool::new(false));
         let (accept_tx, accept_events, accept_lagged) =
@@ -486,10 +497,10 @@ impl Server for BaselineServer {
             .await;
     }
 
-    fn broadcast(&self, payload: &Utf8Bytes, n: usize) {
+    fn broadcast(&self, payload: &Payload, n: usize) {
         let receivers = self
             .tx
-            .send(payload.clone())
+            .send(payload.tungstenite.clone())
             .expect("the baseline broadcast channel has no receivers");
         assert_eq!(
             receivers, n,
@@ -639,7 +650,7 @@ impl<'a, S: Server> LazyClients<'a, S> {
         group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
         name: &str,
         burst: usize,
-        payload: &Utf8Bytes,
+        payload: &Payload,
     ) {
         group.bench_function(name, |b| {
             let (rt, server, n) = (self.rt, self.server, self.n);
@@ -676,7 +687,7 @@ fn fanout(c: &mut Criterion) {
                 burst < CHANNEL_CAPACITY,
                 "the baseline would lag: burst {burst} >= capacity {CHANNEL_CAPACITY}"
             );
-            let queue = crate_server.config.get_outbound_queue_capacity();
+            let queue = crate_server.server.config().outbound_queue_capacity();
             assert!(
                 burst <= queue,
                 "websocket_handler would skip clients: burst {burst} > outbound queue {queue}"

@@ -24,13 +24,13 @@ use axum::routing::{any, get};
 use axum::Router;
 use handler::ChatRooms;
 use tower_http::services::ServeFile;
-use websocket_handler::{upgrade, Config, Shutdown};
+use websocket_handler::WebSocketServer;
 
-/// What every request handler gets: the rooms and the connection settings.
+/// What every request handler gets: the rooms and the WebSocket server.
 #[derive(Clone)]
 struct App {
     chat: ChatRooms,
-    config: Config,
+    server: WebSocketServer,
 }
 
 /// `/api/Chat?username=NAME&room=ROOM`: the WebSocket, or a 400 that says what is wrong.
@@ -42,7 +42,7 @@ async fn chat_socket(
     // Handlers see the peer's address as `Connection::remote_addr`.
     request.extensions_mut().insert(peer);
     match app.chat.handler_for(request.uri().query().unwrap_or("")) {
-        Ok(handler) => upgrade(request, &app.config, handler).map(Body::new),
+        Ok(handler) => app.server.upgrade(request, handler).map(Body::new),
         Err(problem) => (StatusCode::BAD_REQUEST, problem).into_response(),
     }
 }
@@ -50,10 +50,12 @@ async fn chat_socket(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = parse_addr()?;
-    let shutdown = Shutdown::new();
+    // Made once: every request's clone shares its connection limit and shutdown. Only
+    // pages served by this server may connect.
+    let server = WebSocketServer::builder().same_origin().build();
     let app = App {
         chat: ChatRooms::new(true),
-        config: Config::default().same_origin().shutdown(&shutdown),
+        server: server.clone(),
     };
     let page = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat/chat.htm");
     let router = Router::new()
@@ -75,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
 
     // Ctrl-C: axum has stopped accepting; say goodbye (1001) to every WebSocket.
-    let unfinished = shutdown.close_all(Duration::from_secs(5)).await;
+    let unfinished = server.close_all(Duration::from_secs(5)).await;
     eprintln!("Stopped ({unfinished} connections did not close in time).");
     Ok(())
 }

@@ -1,21 +1,13 @@
 //! Echoes every text and binary message back; the server the Autobahn conformance suite runs
-//! against.
+//! against. It is the whole server: [`WebSocketServer::serve`] does the HTTP part.
 //!
 //! ```text
 //! cargo run --release --example echo -- --addr 127.0.0.1:9001
 //! ```
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use async_trait::async_trait;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use websocket_handler::{upgrade, Config, Connection, Message, WebSocketHandler};
+use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
 
 struct Echo;
 
@@ -40,27 +32,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let listener = TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("Echo server listening on ws://{}", listener.local_addr()?);
 
     // The conformance suite sends messages of up to 16 MiB.
-    let config = Config::default()
+    let server = WebSocketServer::builder()
         .max_message_size(64 << 20)
-        .max_frame_size(16 << 20);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let config = config.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let response = upgrade(req, &config, Echo);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        tokio::spawn(
-            http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades(),
-        );
-    }
+        .max_frame_size(16 << 20)
+        .build();
+    server.serve(listener, |_request| Some(Echo)).await?;
+    Ok(())
 }

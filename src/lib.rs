@@ -1,24 +1,76 @@
 //! Real-time WebSocket servers made easy and fast.
 //!
-//! Implement [`WebSocketHandler`] for a type that holds one connection's state, answer upgrade
-//! requests with [`upgrade`] from any hyper 1.x service (or axum handler), and keep live
-//! connections in a [`WebSocketCollection`] to [`broadcast`](WebSocketCollection::broadcast)
-//! to all of them.
+//! Implement [`WebSocketHandler`] for a type that holds one connection's state, make one
+//! [`WebSocketServer`] when the program starts, and let it answer upgrade requests
+//! ([`serve`](WebSocketServer::serve) on its own, or [`upgrade`](WebSocketServer::upgrade)
+//! from any hyper 1.x service or axum handler). Keep live connections in a
+//! [`WebSocketCollection`] to [`broadcast`](WebSocketCollection::broadcast) to all of them.
 //!
-//! This guide goes from the classic chat room to [rooms and users](#rooms-and-users), then
-//! to [many server processes](#scaling-out), [what the server is doing](#observability),
-//! and the [limits for a server exposed to the internet](#exposed-to-the-internet). The
-//! runnable versions are `examples/chat` (hyper) and `examples/axum_chat` (axum).
+//! This guide goes from a first server to the classic chat room, [rooms and
+//! users](#rooms-and-users), [many server processes](#scaling-out), [what the server is
+//! doing](#observability), and the [limits for a server exposed to the
+//! internet](#exposed-to-the-internet). The runnable versions are in `examples/`
+//! (`examples/README.md` lists them).
 //!
-//! # The classic chat room
+//! # Getting started
+//!
+//! In `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! websocket-handler = "0.1"
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread", "net"] }
+//! ```
+//!
+//! A whole chat server: every message goes to everyone as `NAME: message`. Connect to
+//! `ws://127.0.0.1:8080/?username=ana`.
+//!
+//! ```no_run
+//! use websocket_handler::{async_trait, query_param, Connection, Message};
+//! use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
+//!
+//! struct Chat { username: String, room: WebSocketCollection }
+//!
+//! #[async_trait] // needed on every impl of the trait
+//! impl WebSocketHandler for Chat {
+//!     async fn on_open(&mut self, conn: &Connection) {
+//!         self.room.add(conn.clone()); // leaves the room by itself on close
+//!     }
+//!     async fn on_message(&mut self, _conn: &Connection, message: Message) {
+//!         if let Some(text) = message.as_text() {
+//!             self.room.broadcast(format!("{}: {text}", self.username));
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let room = WebSocketCollection::new();
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     WebSocketServer::new()
+//!         .serve(listener, move |request| {
+//!             let username = query_param(request.uri.query()?, "username").ok()??;
+//!             Some(Chat { username, room: room.clone() }) // None answers 404
+//!         })
+//!         .await
+//! }
+//! ```
+//!
+//! [`serve`](WebSocketServer::serve) upgrades every request. A server that also serves
+//! pages calls [`upgrade`](WebSocketServer::upgrade) from its own routes, as below.
+//!
+//! # The classic chat room, in hyper
+//!
+//! The page at `/chat.htm`, the WebSocket at `/api/Chat?username=NAME`. With hyper
+//! directly, `Cargo.toml` also needs `hyper = { version = "1", features = ["server",
+//! "http1"] }` and `hyper-util = { version = "0.1", features = ["tokio"] }`.
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use async_trait::async_trait;
-//! use futures_util::{SinkExt, StreamExt};
-//! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+//! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 //! use hyper_util::rt::TokioIo;
-//! use websocket_handler::{upgrade, Config, Connection, Message, WebSocketCollection, WebSocketHandler};
+//! use websocket_handler::{async_trait, query_param, Body, Connection, Message};
+//! use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
 //!
 //! struct Chat {
 //!     username: String,
@@ -28,7 +80,7 @@
 //! #[async_trait]
 //! impl WebSocketHandler for Chat {
 //!     async fn on_open(&mut self, conn: &Connection) {
-//!         self.room.add(conn.clone()); // leaves the room by itself on close
+//!         self.room.add(conn.clone());
 //!     }
 //!     async fn on_message(&mut self, _conn: &Connection, message: Message) {
 //!         if let Message::Text(text) = message {
@@ -37,27 +89,39 @@
 //!     }
 //! }
 //!
+//! fn route(request: Request<Incoming>, server: &WebSocketServer, room: &WebSocketCollection) -> Response<Body> {
+//!     match request.uri().path() {
+//!         "/chat.htm" => Response::new(Body::from("<!doctype html>...")),
+//!         "/api/Chat" => {
+//!             let query = request.uri().query().unwrap_or("");
+//!             let username = query_param(query, "username").ok().flatten().unwrap_or_default();
+//!             server.upgrade(request, Chat { username, room: room.clone() })
+//!         }
+//!         _ => Response::new(Body::from("not found")),
+//!     }
+//! }
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = WebSocketServer::builder().same_origin().build(); // once, shared
 //! let room = WebSocketCollection::new();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
 //! tokio::spawn(async move {
-//!     while let Ok((stream, _)) = listener.accept().await {
-//!         let room = room.clone();
-//!         let service = service_fn(move |req: Request<Incoming>| {
-//!             let username = req.uri().query().and_then(|q| {
-//!                 websocket_handler::query_param(q, "username").ok().flatten()
-//!             });
-//!             let chat = Chat { username: username.unwrap_or_default(), room: room.clone() };
-//!             async move { Ok::<_, Infallible>(upgrade(req, &Config::default(), chat)) }
+//!     while let Ok((stream, peer)) = listener.accept().await {
+//!         let (server, room) = (server.clone(), room.clone());
+//!         let service = service_fn(move |mut request: Request<Incoming>| {
+//!             request.extensions_mut().insert(peer); // for Connection::remote_addr
+//!             let response = route(request, &server, &room);
+//!             async move { Ok::<_, Infallible>(response) }
 //!         });
 //!         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-//!         tokio::spawn(conn.with_upgrades());
+//!         tokio::spawn(conn.with_upgrades()); // without it, every WebSocket is dropped
 //!     }
 //! });
 //!
 //! // A client joins as "ana" and hears its own message back.
+//! # use futures_util::{SinkExt, StreamExt};
 //! let url = format!("ws://{addr}/api/Chat?username=ana");
 //! let (mut client, _) = tokio_tungstenite::connect_async(url).await?;
 //! client.send("hello".into()).await?;
@@ -68,9 +132,9 @@
 //! ```
 //!
 //! The same handler works in axum: its `Request` is an `http::Request`, so a route handler
-//! calls `upgrade(request, &config, chat).map(axum::body::Body::new)`
-//! (`examples/axum_chat.rs`). Put the peer's `SocketAddr` in the request's extensions for
-//! [`Connection::remote_addr`].
+//! calls `server.upgrade(request, chat).map(axum::body::Body::new)`; put the peer's
+//! `SocketAddr` (from axum's `ConnectInfo`) in the request's extensions for
+//! [`Connection::remote_addr`]. `examples/axum_chat.rs` does all of it.
 //!
 //! # Rooms and users
 //!
@@ -124,69 +188,73 @@
 //!
 //! # Observability
 //!
-//! [`Metrics`] counts, for the connections of a [`Config`]: open connections, messages and
-//! bytes each way, messages dropped for slow consumers, and closes by code; the chat
-//! example exports them at `/metrics` in the Prometheus text format. Each connection runs
-//! in a `tracing` span named `websocket` with its `id` and `remote` address, so the
-//! handler's own events carry them too.
+//! [`Metrics`] counts, for a server's connections: open connections, messages and bytes
+//! each way, messages dropped for slow consumers, and closes by code; the chat example
+//! exports them at `/metrics` in the Prometheus text format. Each connection runs in a
+//! `tracing` span named `websocket` with its `id` and `remote` address, so the handler's
+//! own events carry them too.
 //!
 //! ```
-//! use websocket_handler::{Config, Metrics};
+//! use websocket_handler::WebSocketServer;
 //!
-//! let metrics = Metrics::new();
-//! let config = Config::default().metrics(&metrics);
-//! assert_eq!(metrics.snapshot().connections_open(), 0);
+//! let server = WebSocketServer::new();
+//! assert_eq!(server.metrics().snapshot().connections_open(), 0);
 //! ```
 //!
 //! # Cargo features
 //!
 //! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate.
 //!
+//! # Dependencies in the public API
+//!
+//! These crates' types appear in this crate's signatures, so a new major version of one of
+//! them is a breaking change here: `http` 1 (requests, responses, headers), `http-body` 1
+//! (what [`Body`] implements), `hyper` 1 (the upgrade mechanism [`upgrade`] relies on, and
+//! `serve`'s connections), `bytes` 1 (re-exported as [`Bytes`]), `tokio` 1 (`serve`'s
+//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`]). Message text is this
+//! crate's own [`Utf8Bytes`]; tungstenite is an implementation detail.
+//!
+//! [`upgrade`]: WebSocketServer::upgrade
+//!
 //! # Exposed to the internet
 //!
-//! [`Config`] holds the limits, with defaults for a server of thousands of connections:
-//! bounded queues and a [`SlowConsumer`] policy (a client that stops reading is closed with
-//! 1008 before it costs memory), pings and an idle timeout (half-open connections go away),
-//! message size and rate limits, allowed origins (403), a connection limit (503) and
-//! subprotocols. A handler that panics closes only its own connection (1011), and a
-//! [`Shutdown`] closes every connection gracefully (1001).
+//! [`ServerBuilder`] sets the limits, with defaults for a server of thousands of
+//! connections: bounded queues and a [`SlowConsumer`] policy (a client that stops reading
+//! is closed with 1008 before it costs memory), pings and an idle timeout (half-open
+//! connections go away), message size and rate limits, allowed origins (403), a connection
+//! limit (503) and subprotocols. A handler that panics closes only its own connection
+//! (1011), and [`WebSocketServer::close_all`] closes every connection gracefully (1001).
 #![deny(missing_docs)]
 
+// The layers, from the bottom up: each may use those above it in this list, never those
+// below (ARCHITECTURE.md; `tests/layering.rs` checks it).
 pub mod backplane;
-mod close;
-mod collection;
-mod config;
 mod connection;
-mod driver;
+mod engine;
 mod error;
-mod handler;
-mod keepalive;
-mod message;
-mod metrics;
-mod outbound;
-mod query;
-mod rate_limit;
-mod rooms;
-mod shutdown;
-mod stream;
-mod upgrade;
-mod writer;
+mod fanout;
+mod protocol;
+mod server;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
-pub use close::{CloseCode, CloseFrame};
-pub use collection::WebSocketCollection;
-pub use config::{Config, SlowConsumer};
-pub use connection::{Connection, ConnectionId};
-pub use error::{Error, HandshakeError, QueryError, SendError};
-pub use handler::WebSocketHandler;
-pub use message::{Message, Utf8Bytes};
-pub use metrics::{Metrics, MetricsSnapshot};
-pub use query::query_param;
-pub use rooms::Rooms;
-pub use shutdown::Shutdown;
-pub use upgrade::{try_upgrade, upgrade};
+pub use connection::handler::WebSocketHandler;
+pub use connection::Connection;
+pub use engine::id::ConnectionId;
+pub use engine::metrics::{Metrics, MetricsSnapshot};
+pub use engine::settings::SlowConsumer;
+pub use error::{Error, SendError};
+pub use fanout::collection::WebSocketCollection;
+pub use fanout::rooms::Rooms;
+pub use protocol::close::{CloseCode, CloseFrame};
+pub use protocol::handshake::HandshakeError;
+pub use protocol::message::{Message, Utf8Bytes};
+pub use protocol::query::{query_param, QueryError};
+pub use server::body::Body;
+pub use server::builder::ServerBuilder;
+pub use server::config::Config;
+pub use server::WebSocketServer;
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `cargo fuzz`, which sets
 /// `--cfg fuzzing`); not part of the public API.
@@ -198,6 +266,6 @@ pub mod fuzzing {
     pub fn check_handshake(
         request: &http::Request<()>,
     ) -> Result<http::HeaderValue, crate::HandshakeError> {
-        crate::upgrade::check_handshake(request)
+        crate::protocol::handshake::check_handshake(request)
     }
 }

@@ -4,18 +4,20 @@ mod common;
 
 use std::net::SocketAddr;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use http::{header, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use websocket_handler::{async_trait, upgrade, Config, Connection, Message, WebSocketHandler};
+use websocket_handler::{
+    async_trait, Body, Connection, Message, WebSocketHandler, WebSocketServer,
+};
 
 use common::WAIT;
 
@@ -29,13 +31,15 @@ impl WebSocketHandler for Echo {
     }
 }
 
-async fn ws(req: Request) -> http::Response<Full<Bytes>> {
-    upgrade(req, &Config::default(), Echo)
+async fn ws(State(server): State<WebSocketServer>, req: Request) -> http::Response<Body> {
+    server.upgrade(req, Echo)
 }
 
 /// Serves a router with `/ws` on a free loopback port.
 async fn serve_axum() -> SocketAddr {
-    let router = Router::new().route("/ws", any(ws));
+    let router = Router::new()
+        .route("/ws", any(ws))
+        .with_state(WebSocketServer::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {

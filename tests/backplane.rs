@@ -6,7 +6,7 @@ mod common;
 use common::{connect, next_text, send_text, Client};
 use websocket_handler::backplane::MemoryBackplane;
 use websocket_handler::{
-    async_trait, Config, Connection, Message, WebSocketCollection, WebSocketHandler,
+    async_trait, Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
 /// A chat member: joins `room`, says "in", and broadcasts what it receives, except to itself
@@ -40,7 +40,7 @@ impl WebSocketHandler for Member {
 /// A server whose connections join `room`.
 async fn server(room: &WebSocketCollection, except_me: bool) -> std::net::SocketAddr {
     let room = room.clone();
-    common::serve(Config::default(), move |_| Member {
+    common::serve(WebSocketServer::new(), move |_| Member {
         room: room.clone(),
         except_me,
     })

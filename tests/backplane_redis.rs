@@ -13,7 +13,9 @@ use common::redis_server::RedisServer;
 use common::{connect, next_text, send_text, ChatServer, Client};
 use futures_util::future::join_all;
 use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
-use websocket_handler::{async_trait, Config, Connection, WebSocketCollection, WebSocketHandler};
+use websocket_handler::{
+    async_trait, Connection, WebSocketCollection, WebSocketHandler, WebSocketServer,
+};
 
 /// Starts `n` chat servers on free ports, all on `redis`, and waits until each has
 /// subscribed (it prints `Redis backplane: Connected`).
@@ -221,7 +223,7 @@ impl WebSocketHandler for Member {
 /// A server in this process whose connections join `room`, and one client of it, in the room.
 async fn client_in(room: &WebSocketCollection) -> Client {
     let room = room.clone();
-    let addr = common::serve(Config::default(), move |_| Member(room.clone())).await;
+    let addr = common::serve(WebSocketServer::new(), move |_| Member(room.clone())).await;
     let mut client = connect(addr, "/").await;
     assert_eq!(next_text(&mut client).await, "in");
     client

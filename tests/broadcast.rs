@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use common::{connect, next_message, next_text, Client, WAIT};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
-use websocket_handler::{Config, Connection, WebSocketCollection, WebSocketHandler};
+use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 /// Joins `room` on open and reports the connection.
 struct Member {
@@ -26,13 +26,13 @@ impl WebSocketHandler for Member {
 /// Starts a server whose connections join one room, and connects `n` clients to it.
 /// Returns the room, the clients and their server-side handles, in connect order.
 async fn room_with_clients(n: usize) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
-    room_with_clients_and(n, Config::default(), common::Options::default()).await
+    room_with_clients_and(n, WebSocketServer::new(), common::Options::default()).await
 }
 
 /// Like [`room_with_clients`], with the server using `config` and `options`.
 async fn room_with_clients_and(
     n: usize,
-    config: Config,
+    config: WebSocketServer,
     options: common::Options,
 ) -> (WebSocketCollection, Vec<Client>, Vec<Connection>) {
     let room = WebSocketCollection::new();
@@ -202,7 +202,9 @@ async fn writing_resumes_over_a_buffering_transport() {
 
 async fn stop_reading_then_resume(options: common::Options) {
     // Queue bounds big enough for the whole burst: this is about writing, not the policy.
-    let config = Config::default().outbound_queue_bytes(16 << 20);
+    let config = WebSocketServer::builder()
+        .outbound_queue_bytes(16 << 20)
+        .build();
     let (room, mut clients, _) = room_with_clients_and(2, config, options).await;
     let mut slow = clients.pop().expect("two clients");
     let mut fast = clients.pop().expect("two clients");

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use websocket_handler::{
-    async_trait, try_upgrade, Config, Connection, HandshakeError, Message, WebSocketHandler,
+    async_trait, Connection, HandshakeError, Message, WebSocketHandler, WebSocketServer,
 };
 
 use common::WAIT;
@@ -116,13 +116,13 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
-        Self::start_with(Config::default()).await
+        Self::start_with(WebSocketServer::new()).await
     }
 
-    async fn start_with(config: Config) -> Self {
+    async fn start_with(server: WebSocketServer) -> Self {
         let counters = Counters::new();
         let for_server = counters.clone();
-        let addr = common::serve(config, move |_req| Tracked::new(&for_server)).await;
+        let addr = common::serve(server, move |_req| Tracked::new(&for_server)).await;
         Server { addr, counters }
     }
 
@@ -636,7 +636,8 @@ fn valid_request() -> http::request::Builder {
 async fn try_upgrade_without_hyper_upgrade_extension_is_not_upgradable() {
     let counters = Counters::new();
     let request = valid_request().body(()).expect("request");
-    let error = try_upgrade(request, &Config::default(), Tracked::new(&counters))
+    let error = WebSocketServer::new()
+        .try_upgrade(request, Tracked::new(&counters))
         .expect_err("a request without OnUpgrade cannot be upgraded");
     assert_eq!(error, HandshakeError::NotUpgradable);
     assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -654,7 +655,8 @@ async fn assert_try_upgrade_refuses(
     mentions: &str,
 ) {
     let counters = Counters::new();
-    let error = try_upgrade(request, &Config::default(), Tracked::new(&counters))
+    let error = WebSocketServer::new()
+        .try_upgrade(request, Tracked::new(&counters))
         .expect_err("request must be refused");
     assert_eq!(error, expected);
     assert_eq!(error.status(), status, "status of {error:?}");
@@ -795,7 +797,9 @@ async fn try_upgrade_reports_each_refusal() {
 
 #[tokio::test]
 async fn cross_origin_upgrades_are_refused_with_403() {
-    let config = Config::default().allowed_origins(["http://chat.example:8080"]);
+    let config = WebSocketServer::builder()
+        .allowed_origins(["http://chat.example:8080"])
+        .build();
     let server = Server::start_with(config).await;
     let evil = Req::valid().add("Origin", "http://evil.example");
     server.send(&evil).await.assert_refused(403, "not allowed");
@@ -807,7 +811,7 @@ async fn cross_origin_upgrades_are_refused_with_403() {
 
 #[tokio::test]
 async fn same_origin_accepts_pages_of_this_server_only() {
-    let server = Server::start_with(Config::default().same_origin()).await;
+    let server = Server::start_with(WebSocketServer::builder().same_origin().build()).await;
     let page = Req::valid()
         .set("Host", "127.0.0.1:8080")
         .add("Origin", "http://127.0.0.1:8080");
@@ -823,7 +827,7 @@ async fn same_origin_accepts_pages_of_this_server_only() {
 
 #[tokio::test]
 async fn beyond_max_connections_upgrades_get_503_and_the_open_ones_are_untouched() {
-    let server = Server::start_with(Config::default().max_connections(2)).await;
+    let server = Server::start_with(WebSocketServer::builder().max_connections(2).build()).await;
     let mut first = common::connect(server.addr, "/ws").await;
     let mut second = common::connect(server.addr, "/ws").await;
     server
@@ -844,7 +848,12 @@ async fn beyond_max_connections_upgrades_get_503_and_the_open_ones_are_untouched
 
 #[tokio::test]
 async fn the_servers_preferred_subprotocol_among_those_offered_is_chosen() {
-    let server = Server::start_with(Config::default().protocols(["chat.v2", "chat"])).await;
+    let server = Server::start_with(
+        WebSocketServer::builder()
+            .protocols(["chat.v2", "chat"])
+            .build(),
+    )
+    .await;
     let offered = Req::valid().add("Sec-WebSocket-Protocol", "chat, chat.v2");
     let response = server.send(&offered).await;
     assert_eq!(response.status, 101);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use websocket_handler::{
-    CloseFrame, Config, Connection, Error, WebSocketCollection, WebSocketHandler,
+    CloseFrame, Connection, Error, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
 const PING: Duration = Duration::from_millis(100);
@@ -55,9 +55,10 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
 
 #[tokio::test]
 async fn a_silent_peer_is_dropped_and_an_answering_one_is_kept() {
-    let config = Config::default()
+    let config = WebSocketServer::builder()
         .ping_interval(Some(PING))
-        .idle_timeout(Some(IDLE));
+        .idle_timeout(Some(IDLE))
+        .build();
     let room = WebSocketCollection::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let server_room = room.clone();

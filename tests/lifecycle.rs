@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use websocket_handler::{
-    CloseCode, Config, Connection, Error, Message, SendError, WebSocketHandler,
+    CloseCode, Connection, Error, Message, SendError, WebSocketHandler, WebSocketServer,
 };
 
 #[derive(Debug)]
@@ -57,9 +57,9 @@ impl WebSocketHandler for Recorder {
     }
 }
 
-async fn start(config: Config) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
+async fn start(server: WebSocketServer) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
     let (events, receiver) = mpsc::unbounded_channel();
-    let addr = serve(config, move |_| Recorder {
+    let addr = serve(server, move |_| Recorder {
         events: events.clone(),
     })
     .await;
@@ -82,7 +82,7 @@ async fn expect_open(events: &mut mpsc::UnboundedReceiver<Event>) -> Connection 
 
 #[tokio::test]
 async fn callbacks_run_in_order_and_close_handshake_completes() {
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut client = connect(addr, "/chat?username=ana%20b&x=1").await;
     let conn = expect_open(&mut events).await;
     assert_eq!(conn.path(), "/chat");
@@ -143,7 +143,7 @@ async fn callbacks_run_in_order_and_close_handshake_completes() {
 
 #[tokio::test]
 async fn abrupt_tcp_drop_reports_error_then_close_1006() {
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut client = connect(addr, "/").await;
     let conn = expect_open(&mut events).await;
     send_text(&mut client, "last words").await;
@@ -170,7 +170,7 @@ async fn abrupt_tcp_drop_reports_error_then_close_1006() {
 
 #[tokio::test]
 async fn server_close_goes_out_after_queued_messages() {
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut client = connect(addr, "/").await;
     let conn = expect_open(&mut events).await;
     send_text(&mut client, "quit").await;
@@ -201,7 +201,7 @@ async fn server_close_goes_out_after_queued_messages() {
 
 #[tokio::test]
 async fn close_rejects_codes_and_reasons_that_cannot_be_sent() {
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let _client = connect(addr, "/").await;
     let conn = expect_open(&mut events).await;
     assert_eq!(
@@ -217,7 +217,7 @@ async fn close_rejects_codes_and_reasons_that_cannot_be_sent() {
 
 #[tokio::test]
 async fn oversized_message_closes_with_1009_and_reports_error() {
-    let (addr, mut events) = start(Config::default().max_message_size(1024)).await;
+    let (addr, mut events) = start(WebSocketServer::builder().max_message_size(1024).build()).await;
     let mut client = connect(addr, "/").await;
     expect_open(&mut events).await;
     // A message exactly at the limit is fine...
@@ -245,7 +245,7 @@ async fn oversized_message_closes_with_1009_and_reports_error() {
 
 #[tokio::test]
 async fn oversized_fragmented_message_closes_with_1009() {
-    let (addr, mut events) = start(Config::default().max_message_size(1000)).await;
+    let (addr, mut events) = start(WebSocketServer::builder().max_message_size(1000).build()).await;
     let mut client = connect(addr, "/").await;
     expect_open(&mut events).await;
     use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
@@ -277,7 +277,7 @@ async fn oversized_fragmented_message_closes_with_1009() {
 
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007_after_queued_messages() {
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut client = connect(addr, "/").await;
     expect_open(&mut events).await;
     use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
@@ -305,9 +305,10 @@ async fn invalid_utf8_closes_with_1007_after_queued_messages() {
 #[tokio::test]
 async fn send_from_outside_the_handler_and_large_round_trip() {
     let (addr, mut events) = start(
-        Config::default()
+        WebSocketServer::builder()
             .max_message_size(256 * 1024)
-            .max_frame_size(256 * 1024),
+            .max_frame_size(256 * 1024)
+            .build(),
     )
     .await;
     let mut client = connect(addr, "/").await;
@@ -332,7 +333,7 @@ async fn send_from_outside_the_handler_and_large_round_trip() {
 async fn a_frame_sent_with_the_handshake_is_not_lost() {
     use tokio::io::AsyncWriteExt;
 
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut request = common::raw_handshake("/early");
     // A masked text frame "early" (RFC 6455 section 5.3), zero mask for simplicity.
@@ -360,7 +361,7 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
 #[tokio::test]
 async fn after_the_peers_close_nothing_follows_the_answer() {
     // A close timeout far beyond WAIT: waiting it out would fail the test.
-    let config = Config::default().close_timeout(WAIT * 6);
+    let config = WebSocketServer::builder().close_timeout(WAIT * 6).build();
     let (addr, mut events) = start(config).await;
     let mut client = connect(addr, "/").await;
     let conn = expect_open(&mut events).await;
@@ -438,7 +439,7 @@ async fn a_panicking_handler_closes_only_its_own_connection_with_1011() {
     }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let addr = serve(Config::default(), move |req| Fragile {
+    let addr = serve(WebSocketServer::new(), move |req| Fragile {
         events: events_tx.clone(),
         panic_on_open: req.uri().path() == "/panic-on-open",
     })
@@ -477,7 +478,7 @@ async fn a_panicking_handler_closes_only_its_own_connection_with_1011() {
 /// A client over its rate limit is closed with 1008, and its handler hears why.
 #[tokio::test]
 async fn a_client_over_its_rate_limit_is_closed_with_1008() {
-    let (addr, mut events) = start(Config::default().rate_limit(1, 3)).await;
+    let (addr, mut events) = start(WebSocketServer::builder().rate_limit(1, 3).build()).await;
     let mut client = connect(addr, "/").await;
     expect_open(&mut events).await;
     for i in 0..10 {
@@ -513,7 +514,7 @@ async fn a_client_over_its_rate_limit_is_closed_with_1008() {
 async fn a_protocol_violation_closes_with_1002() {
     use tokio::io::AsyncWriteExt;
 
-    let (addr, mut events) = start(Config::default()).await;
+    let (addr, mut events) = start(WebSocketServer::new()).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut request = common::raw_handshake("/");
     request.extend_from_slice(&[0x81, 2, b'h', b'i']); // not masked

@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use websocket_handler::{
-    async_trait, CloseFrame, Config, Connection, Message, Metrics, WebSocketCollection,
-    WebSocketHandler,
+    async_trait, CloseFrame, Connection, Message, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
 };
 
 /// Joins `room`, says "in", echoes, and reports each close.
@@ -36,13 +36,13 @@ impl WebSocketHandler for Echo {
 
 #[tokio::test]
 async fn metrics_count_connections_messages_bytes_drops_and_closes() {
-    let metrics = Metrics::new();
     let room = WebSocketCollection::new();
     let (tx, mut closed) = mpsc::unbounded_channel();
-    let config = Config::default()
-        .metrics(&metrics)
+    let config = WebSocketServer::builder()
         .outbound_queue_capacity(4)
-        .close_timeout(std::time::Duration::from_millis(200));
+        .close_timeout(std::time::Duration::from_millis(200))
+        .build();
+    let metrics = config.metrics().clone();
     let options = Options {
         send_buffer: Some(4096),
         ..Options::default()

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use common::{connect, next_text, send_text, Client};
 use tokio::sync::mpsc;
 use websocket_handler::{
-    async_trait, query_param, CloseFrame, Config, Connection, Message, Rooms, WebSocketHandler,
+    async_trait, query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler,
+    WebSocketServer,
 };
 
 /// A client speaking a tiny command language:
@@ -73,7 +74,7 @@ async fn server() -> Server {
     let (rooms, users) = (Rooms::new(), Rooms::new());
     let (tx, closed) = mpsc::unbounded_channel();
     let (r, u) = (rooms.clone(), users.clone());
-    let addr = common::serve(Config::default(), move |req| {
+    let addr = common::serve(WebSocketServer::new(), move |req| {
         let query = req.uri().query().unwrap_or("");
         Member {
             user: query_param(query, "user")
@@ -201,7 +202,7 @@ async fn rooms_on_a_backplane_span_servers() {
         let users: Rooms<String> = Rooms::with_backplane("user:", bus.clone());
         let tx = tx.clone();
         addrs.push(
-            common::serve(Config::default(), move |req| Member {
+            common::serve(WebSocketServer::new(), move |req| Member {
                 user: query_param(req.uri().query().unwrap_or(""), "user")
                     .ok()
                     .flatten()

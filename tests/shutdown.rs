@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use common::{connect, next_message, WAIT};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use websocket_handler::{Config, Connection, Shutdown, WebSocketCollection, WebSocketHandler};
+use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 struct Member {
     room: WebSocketCollection,
@@ -26,12 +26,11 @@ impl WebSocketHandler for Member {
 
 #[tokio::test]
 async fn a_broadcast_just_before_shutdown_reaches_everyone_then_1001() {
-    let shutdown = Shutdown::new();
     let room = WebSocketCollection::new();
     let (opened, mut opened_rx) = mpsc::unbounded_channel();
     let server_room = room.clone();
-    let config = Config::default().shutdown(&shutdown);
-    let addr = common::serve(config, move |_| Member {
+    let server = WebSocketServer::new();
+    let addr = common::serve(server.clone(), move |_| Member {
         room: server_room.clone(),
         opened: opened.clone(),
     })
@@ -49,8 +48,8 @@ async fn a_broadcast_just_before_shutdown_reaches_everyone_then_1001() {
         assert_eq!(room.broadcast(format!("last words {i}")), clients.len());
     }
     let closing = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { shutdown.close_all(Duration::from_secs(5)).await })
+        let server = server.clone();
+        tokio::spawn(async move { server.close_all(Duration::from_secs(5)).await })
     };
 
     for client in &mut clients {
@@ -75,7 +74,7 @@ async fn a_broadcast_just_before_shutdown_reaches_everyone_then_1001() {
         .expect("close_all task");
     assert_eq!(unfinished, 0, "every connection ended within the timeout");
     assert!(room.is_empty());
-    assert!(shutdown.is_started());
+    assert!(server.is_shutting_down());
 
     // New upgrades are refused.
     let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await;

@@ -13,7 +13,8 @@ use common::{connect, next_message, WAIT};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, Notify};
 use websocket_handler::{
-    CloseFrame, Config, Connection, ConnectionId, Error, WebSocketCollection, WebSocketHandler,
+    CloseFrame, Connection, ConnectionId, Error, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
 };
 
 const READERS: usize = 200;
@@ -82,10 +83,11 @@ fn payload(seq: u64) -> Vec<u8> {
 }
 
 async fn run(slow_clients: usize) {
-    let config = Config::default()
+    let config = WebSocketServer::builder()
         .outbound_queue_capacity(10_000)
         .outbound_queue_bytes(QUEUE_BYTES)
-        .close_timeout(CLOSE_TIMEOUT);
+        .close_timeout(CLOSE_TIMEOUT)
+        .build();
     let room = WebSocketCollection::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let server_room = room.clone();

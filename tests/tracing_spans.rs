@@ -12,7 +12,9 @@ use common::{connect, next_text, send_text};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use websocket_handler::{async_trait, CloseFrame, Config, Connection, Message, WebSocketHandler};
+use websocket_handler::{
+    async_trait, CloseFrame, Connection, Message, WebSocketHandler, WebSocketServer,
+};
 
 /// Logs and echoes; reports each close.
 struct Echo {
@@ -91,7 +93,7 @@ async fn handler_events_carry_the_connections_id_and_address() {
     let _default = tracing::subscriber::set_default(subscriber);
 
     let (tx, mut closed) = mpsc::unbounded_channel();
-    let addr = common::serve(Config::default(), move |_| Echo { closed: tx.clone() }).await;
+    let addr = common::serve(WebSocketServer::new(), move |_| Echo { closed: tx.clone() }).await;
     let mut client = connect(addr, "/").await;
     let client_addr = client.get_ref().get_ref().local_addr().expect("local addr");
     send_text(&mut client, "hi").await;

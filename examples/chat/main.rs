@@ -28,10 +28,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use handler::ChatRooms;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -42,7 +40,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use websocket_handler::{upgrade, Config, Metrics, Shutdown};
+use websocket_handler::{Body, Metrics, WebSocketServer};
 
 /// How long a client may take to send its HTTP request (the WebSocket handshake).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,14 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
 
-    let shutdown = Shutdown::new();
+    // Made once, shared by every connection (its clones share its limits and shutdown).
     // Only pages served by this server may connect: no other site can open the chat with
     // a visitor's browser.
-    let metrics = Metrics::new();
-    let config = Config::default()
-        .same_origin()
-        .shutdown(&shutdown)
-        .metrics(&metrics);
+    let server = WebSocketServer::builder().same_origin().build();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -88,11 +82,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let _ = stream.set_nodelay(true);
         let chat = chat.clone();
-        let config = config.clone();
+        let server = server.clone();
         let backplane = backplane.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
-            let response = route(req, &chat, &config, &backplane);
+            let response = route(req, &chat, &server, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -109,9 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Ctrl-C: stop accepting, then say goodbye (1001) to everyone, after what is queued.
-    let open = metrics.snapshot().connections_open();
+    let open = server.metrics().snapshot().connections_open();
     eprintln!("Shutting down: closing {open} connections.");
-    let unfinished = shutdown.close_all(Duration::from_secs(5)).await;
+    let unfinished = server.close_all(Duration::from_secs(5)).await;
     eprintln!("Stopped ({unfinished} connections did not close in time).");
     Ok(())
 }
@@ -119,16 +113,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn route(
     req: Request<Incoming>,
     chat: &ChatRooms,
-    config: &Config,
+    server: &WebSocketServer,
     backplane: &Backplane,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => match backplane.problem() {
             None => text(StatusCode::OK, "ok\n"),
             Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, problem),
         },
         (&Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, prometheus_text(config.get_metrics(), chat));
+            let mut response = text(StatusCode::OK, prometheus_text(server.metrics(), chat));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8"
@@ -146,7 +140,7 @@ fn route(
             response
         }
         (&Method::GET, "/chat.htm") => {
-            let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+            let mut response = Response::new(Body::from(PAGE));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 "text/html; charset=utf-8".parse().expect("static header"),
@@ -154,7 +148,7 @@ fn route(
             response
         }
         (_, "/api/Chat") => match chat.handler_for(req.uri().query().unwrap_or("")) {
-            Ok(handler) => upgrade(req, config, handler),
+            Ok(handler) => server.upgrade(req, handler),
             Err(problem) => text(StatusCode::BAD_REQUEST, problem),
         },
         _ => text(
@@ -282,8 +276,8 @@ fn open_rooms(redis: Option<&str>, announce: bool) -> Result<(ChatRooms, Backpla
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,6 +1,6 @@
 //! The whole connection engine on hostile client bytes: a valid upgrade request, then the
-//! fuzz input as the WebSocket byte stream, through hyper and `websocket_handler::upgrade`
-//! with the default `Config` and an echo handler, over an in-memory duplex pipe.
+//! fuzz input as the WebSocket byte stream, through hyper and `WebSocketServer::upgrade`
+//! with the default settings and an echo handler, over an in-memory duplex pipe.
 //!
 //! Checks, beyond "no panic": the server ends the connection once the client has sent
 //! everything and shut its side down, and the handler sees `on_open` first and exactly one
@@ -23,8 +23,8 @@ use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use websocket_handler::{
-    async_trait, upgrade, CloseCode, CloseFrame, Config, Connection, Error, Message,
-    WebSocketHandler,
+    async_trait, CloseCode, CloseFrame, Connection, Error, Message,
+    WebSocketHandler, WebSocketServer,
 };
 
 const HANDSHAKE: &[u8] = b"GET /fuzz HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n\
@@ -130,12 +130,12 @@ fuzz_target!(|data: &[u8]| {
     let handler_events = events.clone();
     runtime.block_on(async move {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let config = Config::default();
+        let server = WebSocketServer::new();
         let service = service_fn(move |request| {
             let handler = Echo {
                 events: handler_events.clone(),
             };
-            let response = upgrade(request, &config, handler);
+            let response = server.upgrade(request, handler);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(

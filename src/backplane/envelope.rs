@@ -7,8 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::SenderId;
-use crate::error::EnvelopeError;
-use crate::message::{Message, Utf8Bytes};
+use crate::protocol::message::{Message, Utf8Bytes};
 
 const VERSION: u8 = 1;
 const TEXT: u8 = 1;
@@ -16,6 +15,40 @@ const BINARY: u8 = 2;
 /// Set in the kind when the envelope is for one room of a [`Rooms`](crate::Rooms).
 const ROOM: u8 = 16;
 pub(crate) const HEADER_LEN: usize = 1 + 1 + 16 + 8;
+
+/// Bytes from a backplane that are not a message envelope of this crate. Nothing is
+/// delivered; the backplane reports and drops them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Shorter than the 26-byte envelope header.
+    #[error("backplane message of {len} bytes is shorter than the 26-byte envelope header")]
+    TooShort {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Written by a different version of this crate's envelope format.
+    #[error("backplane message has envelope version {0}; this build reads version 1")]
+    UnknownVersion(u8),
+    /// The message kind is neither text (1) nor binary (2).
+    #[error("backplane message has unknown kind {0} (1 is text, 2 is binary)")]
+    UnknownKind(u8),
+    /// A text message, or a room name, that is not valid UTF-8.
+    #[error("backplane message has text or a room name that is not valid UTF-8")]
+    InvalidUtf8,
+    /// The room name's length points past the end of the message.
+    #[error("backplane message ends inside its room name")]
+    Truncated,
+    /// A message for one room of a `Rooms` on a collection's topic, or the other way
+    /// round: two applications share a topic.
+    #[error("backplane message for a {got} arrived on the topic of a {expected}; do two applications share the topic?")]
+    WrongTarget {
+        /// What the message is for: `room` or `collection`.
+        got: &'static str,
+        /// What subscribed to the topic.
+        expected: &'static str,
+    },
+}
 
 /// A decoded envelope.
 #[derive(Debug)]

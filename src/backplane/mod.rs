@@ -43,13 +43,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::collection::Members;
-pub(crate) use crate::connection::lock;
-use crate::message::Message;
+pub(crate) use crate::engine::sync::lock;
+use crate::fanout::collection::{Members, WebSocketCollection};
+use crate::fanout::relay::{Relay, RoomDelivery};
+use crate::fanout::rooms::Rooms;
+use crate::protocol::message::Message;
 
+pub use self::envelope::EnvelopeError;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisConfig, RedisStats};
-pub use crate::error::EnvelopeError;
 pub use memory::MemoryBackplane;
 
 /// A transport that carries envelopes between the processes subscribed to a topic.
@@ -175,13 +177,7 @@ enum Target {
     /// One collection: envelopes without a room.
     Collection(Weak<Members>),
     /// The rooms of a [`Rooms`](crate::Rooms): envelopes with a room.
-    Rooms(Weak<dyn RoomRouter>),
-}
-
-/// Delivers a message to one room, by its name on the backplane.
-pub(crate) trait RoomRouter: Send + Sync {
-    /// Queues `message` to the local members of `room`; returns to how many.
-    fn deliver(&self, room: &str, message: Message) -> usize;
+    Rooms(Weak<dyn RoomDelivery>),
 }
 
 /// Senders remembered at most: every process restart brings new ones.
@@ -305,54 +301,37 @@ impl Drop for Link {
 }
 
 impl Link {
-    /// Subscribes `members` to `topic` on `backplane`.
-    pub(crate) fn attach(
-        topic: String,
-        backplane: Box<dyn Backplane>,
-        members: &Arc<Members>,
-    ) -> Link {
-        Self::attach_to(
-            topic,
-            backplane,
-            Target::Collection(Arc::downgrade(members)),
-        )
-    }
-
-    /// Subscribes the rooms behind `router` to `topic` on `backplane`.
-    pub(crate) fn attach_rooms(
-        topic: String,
-        backplane: Box<dyn Backplane>,
-        router: Weak<dyn RoomRouter>,
-    ) -> Link {
-        Self::attach_to(topic, backplane, Target::Rooms(router))
-    }
-
-    fn attach_to(topic: String, backplane: Box<dyn Backplane>, target: Target) -> Link {
-        let sender = new_sender_id();
-        let inbox = Inbox {
-            shared: Arc::new(InboxShared {
-                target,
-                own: sender,
-                last_seen: Mutex::new(HashMap::new()),
-            }),
-        };
-        backplane.subscribe(&topic, inbox);
+    /// A link of a new collection (or rooms) on `topic`, not yet subscribed.
+    fn new(topic: String, backplane: Box<dyn Backplane>) -> Link {
         Link {
             topic,
-            sender,
+            sender: new_sender_id(),
             seq: Mutex::new(0),
             backplane,
         }
     }
 
-    /// The topic other processes receive this collection's broadcasts on.
-    pub(crate) fn topic(&self) -> &str {
+    /// Has what other processes publish on the topic delivered to `target`.
+    fn subscribe(&self, target: Target) {
+        let inbox = Inbox {
+            shared: Arc::new(InboxShared {
+                target,
+                own: self.sender,
+                last_seen: Mutex::new(HashMap::new()),
+            }),
+        };
+        self.backplane.subscribe(&self.topic, inbox);
+    }
+}
+
+impl Relay for Link {
+    fn topic(&self) -> &str {
         &self.topic
     }
 
     /// Publishes `message` to the other processes: to their collection on the topic, or
     /// to one of their rooms.
-    pub(crate) fn publish(&self, room: Option<&str>, message: &Message) {
+    fn publish(&self, room: Option<&str>, message: &Message) {
         if room.is_some_and(|room| room.len() > envelope::MAX_ROOM_LEN) {
             tracing::warn!(topic = %self.topic, "backplane: room name too long to publish");
             return;
@@ -361,6 +340,60 @@ impl Link {
         *seq += 1;
         let envelope = envelope::encode(self.sender, *seq, room, message);
         self.backplane.publish(&self.topic, envelope);
+    }
+}
+
+impl WebSocketCollection {
+    /// An empty collection whose broadcasts reach every collection on `topic` in other
+    /// processes, through `backplane`, and that delivers theirs to its own connections.
+    ///
+    /// Membership stays local: [`len`](WebSocketCollection::len) and
+    /// [`connections`](WebSocketCollection::connections) count this process's connections.
+    /// See [`backplane`](crate::backplane) for the guarantees.
+    ///
+    /// ```
+    /// use websocket_handler::backplane::MemoryBackplane;
+    /// use websocket_handler::WebSocketCollection;
+    ///
+    /// let room = WebSocketCollection::with_backplane("chat", MemoryBackplane::new());
+    /// assert_eq!(room.topic(), Some("chat"));
+    /// ```
+    pub fn with_backplane(topic: impl Into<String>, backplane: impl Backplane) -> Self {
+        let link = Arc::new(Link::new(topic.into(), Box::new(backplane)));
+        let (collection, members) = WebSocketCollection::with_relay(link.clone());
+        link.subscribe(Target::Collection(Arc::downgrade(&members)));
+        collection
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone + Send + Sync + 'static> Rooms<K> {
+    /// Rooms whose broadcasts reach the rooms of the same name in other processes with a
+    /// `Rooms` on `topic`. Room `key` is named `key.to_string()` there, so keys must have
+    /// distinct `Display` strings (true of strings and numbers).
+    ///
+    /// One subscription carries every room, so a room's members here receive what is sent
+    /// to it elsewhere from the moment they join. A send to a room with no members here
+    /// still reaches its members elsewhere; membership queries answer for this process.
+    /// The guarantees are those of [`backplane`](crate::backplane): once per client, each
+    /// sender's messages in order.
+    ///
+    /// ```
+    /// use websocket_handler::backplane::MemoryBackplane;
+    /// use websocket_handler::Rooms;
+    ///
+    /// let bus = MemoryBackplane::new(); // in production: a RedisBackplane
+    /// let rooms: Rooms<String> = Rooms::with_backplane("chat-rooms", bus);
+    /// assert_eq!(rooms.broadcast_to(&"lobby".to_string(), "hello"), 0); // none here
+    /// ```
+    pub fn with_backplane<B>(topic: impl Into<String>, backplane: B) -> Self
+    where
+        K: std::fmt::Display,
+        B: Backplane,
+    {
+        let link = Arc::new(Link::new(topic.into(), Box::new(backplane)));
+        let (rooms, delivery) = Rooms::with_relay(link.clone(), |key: &K| key.to_string());
+        link.subscribe(Target::Rooms(delivery));
+        rooms
     }
 }
 

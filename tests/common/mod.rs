@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use websocket_handler::{upgrade, Config, WebSocketHandler};
+use websocket_handler::{WebSocketHandler, WebSocketServer};
 
 pub mod redis_server;
 
@@ -25,14 +25,14 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Upper bound for any single wait in a test, so a broken feature fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Starts a hyper server on a free loopback port; every request is upgraded with a handler
+/// Starts a hyper server on a free loopback port; `server` upgrades every request with a handler
 /// made by `make_handler` from the request. Returns the server's address.
-pub async fn serve<H, F>(config: Config, make_handler: F) -> SocketAddr
+pub async fn serve<H, F>(server: WebSocketServer, make_handler: F) -> SocketAddr
 where
     H: WebSocketHandler,
     F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
 {
-    serve_with(config, Options::default(), make_handler).await
+    serve_with(server, Options::default(), make_handler).await
 }
 
 /// How [`serve_with`] treats accepted sockets.
@@ -48,7 +48,11 @@ pub struct Options {
 
 /// Like [`serve`], with [`Options`] for the accepted sockets.
 #[allow(dead_code)] // not every test binary uses it
-pub async fn serve_with<H, F>(config: Config, options: Options, make_handler: F) -> SocketAddr
+pub async fn serve_with<H, F>(
+    server: WebSocketServer,
+    options: Options,
+    make_handler: F,
+) -> SocketAddr
 where
     H: WebSocketHandler,
     F: Fn(&Request<Incoming>) -> H + Send + Sync + 'static,
@@ -56,7 +60,6 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let make_handler = Arc::new(make_handler);
-    let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
             if let Some(bytes) = options.send_buffer {
@@ -65,11 +68,11 @@ where
                     .expect("set the send buffer size");
             }
             let make_handler = make_handler.clone();
-            let config = config.clone();
+            let server = server.clone();
             let service = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(peer);
                 let handler = make_handler(&req);
-                let response = upgrade(req, &config, handler);
+                let response = server.upgrade(req, handler);
                 async move { Ok::<_, Infallible>(response) }
             });
             if options.buffered {

@@ -16,77 +16,9 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-use crate::close::CloseFrame;
-use crate::connection::lock;
-use crate::message::Message;
-
-/// A server-to-client data frame, encoded once: servers never mask, so the same header and
-/// payload go to every client of a broadcast.
-#[derive(Clone)]
-pub(crate) struct Frame {
-    header: [u8; 10],
-    header_len: u8,
-    payload: Bytes,
-}
-
-impl Frame {
-    /// A final (unfragmented) frame with `opcode` (RFC 6455 section 5.2).
-    fn new(opcode: u8, payload: Bytes) -> Self {
-        let mut header = [0u8; 10];
-        header[0] = 0x80 | opcode;
-        let len = payload.len();
-        let header_len = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if let Ok(len) = u16::try_from(len) {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
-        Frame {
-            header,
-            header_len,
-            payload,
-        }
-    }
-
-    /// The frame for a text or binary message.
-    pub(crate) fn from_message(message: Message) -> Self {
-        match message {
-            Message::Text(text) => Frame::new(0x1, text.into()),
-            Message::Binary(bytes) => Frame::new(0x2, bytes),
-        }
-    }
-
-    /// The same frame with a payload of its own, for [`crate::WebSocketCollection`]'s copy
-    /// per shard.
-    pub(crate) fn fresh_copy(&self) -> Self {
-        Frame {
-            payload: Bytes::copy_from_slice(&self.payload),
-            ..*self
-        }
-    }
-
-    /// The frame for our close frame.
-    pub(crate) fn close(frame: &CloseFrame) -> Self {
-        let mut payload = Vec::with_capacity(2 + frame.reason.len());
-        payload.extend_from_slice(&frame.code.as_u16().to_be_bytes());
-        payload.extend_from_slice(frame.reason.as_bytes());
-        Frame::new(0x8, payload.into())
-    }
-
-    pub(crate) fn payload(&self) -> &Bytes {
-        &self.payload
-    }
-
-    fn header(&self) -> &[u8] {
-        &self.header[..usize::from(self.header_len)]
-    }
-}
+use crate::engine::sync::lock;
+use crate::protocol::close::CloseFrame;
+use crate::protocol::frame::Frame;
 
 /// One item of a connection's queue.
 pub(crate) enum Outbound {
@@ -107,8 +39,8 @@ impl Outbound {
     /// Length on the wire.
     pub(crate) fn len(&self) -> usize {
         match self {
-            Outbound::Data(frame) => frame.header().len() + frame.payload.len(),
-            Outbound::Close(close) => close.1.header().len() + close.1.payload.len(),
+            Outbound::Data(frame) => frame.len(),
+            Outbound::Close(close) => close.1.len(),
             Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => bytes.len(),
         }
     }
@@ -116,8 +48,8 @@ impl Outbound {
     /// Adds this item's bytes, from `skip` on, to `slices`; returns how many were added.
     pub(crate) fn slices<'a>(&'a self, skip: usize, slices: &mut Vec<IoSlice<'a>>) -> usize {
         let parts: [&'a [u8]; 2] = match self {
-            Outbound::Data(frame) => [frame.header(), &frame.payload],
-            Outbound::Close(close) => [close.1.header(), &close.1.payload],
+            Outbound::Data(frame) => [frame.header(), frame.payload()],
+            Outbound::Close(close) => [close.1.header(), close.1.payload()],
             Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => [bytes, &[]],
         };
         let mut skip = skip;
@@ -398,8 +330,9 @@ fn schedule(state: &mut State) -> Pushed {
 
 #[cfg(test)]
 mod tests {
-    use super::{Frame, Outbound, OutboundQueue, Pushed, Rejected, KEEP_CAPACITY};
-    use crate::close::{CloseCode, CloseFrame};
+    use super::{Outbound, OutboundQueue, Pushed, Rejected, KEEP_CAPACITY};
+    use crate::protocol::close::{CloseCode, CloseFrame};
+    use crate::protocol::frame::Frame;
     use bytes::Bytes;
     use std::collections::VecDeque;
     use std::io::IoSlice;
@@ -421,18 +354,6 @@ mod tests {
             item.slices(0, &mut slices);
         }
         slices.iter().flat_map(|slice| slice.to_vec()).collect()
-    }
-
-    #[test]
-    fn frames_are_encoded_as_rfc_6455_says() {
-        let short = Frame::new(0x1, Bytes::from_static(b"hi"));
-        assert_eq!(short.header(), [0x81, 2]);
-        let medium = Frame::new(0x2, Bytes::from(vec![0; 300]));
-        assert_eq!(medium.header(), [0x82, 126, 1, 44]);
-        let long = Frame::new(0x2, Bytes::from(vec![0; 70_000]));
-        assert_eq!(long.header(), [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
-        assert_eq!(Frame::close(&close()).header(), [0x88, 5]);
-        assert_eq!(&Frame::close(&close()).payload()[..], b"\x03\xe8bye");
     }
 
     #[test]

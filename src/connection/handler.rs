@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use crate::close::CloseFrame;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::message::Message;
+use crate::protocol::close::CloseFrame;
+use crate::protocol::message::Message;
 
 /// Handles the events of one WebSocket connection. Create one value per connection and pass
 /// it to [`upgrade`](crate::upgrade); per-connection state lives in its fields.

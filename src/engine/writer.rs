@@ -1,31 +1,24 @@
 //! The write side of a connection: queued frames go to the socket with vectored writes,
 //! header and payload straight from the queue, no copy.
 //!
-//! Writing is arranged without a task per connection. Whoever finds a connection's queue
-//! idle when queueing ([`Pushed::MustFlush`]) makes sure it gets flushed: `send` flushes at
-//! once, and a broadcast hands all the connections it found idle to a few flush tasks, which
-//! write to each in turn, oldest broadcast first. Those writes never wait: when a socket is
-//! full, the connection's own task takes over and waits for it (a slow client never holds
-//! up a flush task, nor any other client).
+//! Who calls it, and when, is [`core`](crate::engine::core)'s business (see there how
+//! writing is arranged without a task per connection); this module only knows how to empty
+//! a queue into a socket.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 
-use crate::connection::{lock, Connection, Shared};
-use crate::outbound::{Outbound, Pushed};
+use crate::engine::queue::{Outbound, OutboundQueue};
+use crate::protocol::close::CloseFrame;
 
 /// Most slices handed to one vectored write (Linux allows 1024).
 const MAX_SLICES: usize = 128;
 
 /// Writes up to this size are copied together and sent with one plain write.
 const SMALL_WRITE: usize = 1024;
-
-/// Connections flushed by one flush task: big enough that spawning is cheap next to the
-/// writes, small enough that a broadcast to thousands spreads over every core.
-const FLUSH_CHUNK: usize = 128;
 
 /// The socket's write half and what has been taken from the queue but not yet written.
 pub(crate) struct WriteSide {
@@ -38,6 +31,16 @@ pub(crate) struct WriteSide {
     /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
     closed: bool,
     failed: bool,
+}
+
+/// What writing put on the wire, for the connection to count and record.
+#[derive(Default)]
+pub(crate) struct Written {
+    /// Data messages written, and their payload bytes.
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    /// Our close frame, once it is on the wire.
+    pub(crate) close: Option<CloseFrame>,
 }
 
 /// Why the writing stopped for good.
@@ -62,10 +65,11 @@ impl WriteSide {
 
     /// Writes until the queue is empty (`Ready(None)`), the socket is full (`Pending`), or
     /// writing ended for good.
-    fn poll_write_queue(
+    pub(crate) fn poll_write_queue(
         &mut self,
-        shared: &Shared,
+        queue: &OutboundQueue,
         cx: &mut Context<'_>,
+        written: &mut Written,
     ) -> Poll<Option<WriteEnd>> {
         if self.failed {
             return Poll::Ready(Some(WriteEnd::Failed));
@@ -77,13 +81,13 @@ impl WriteSide {
                 // the socket with another waker and strand this one (buffering transports).
                 match self.io.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(Some(self.fail(shared))),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Some(self.fail(queue))),
                     Poll::Pending => return Poll::Pending,
                 }
                 if self.closed {
                     return Poll::Ready(Some(WriteEnd::Closed));
                 }
-                if shared.queue.take(&mut self.in_flight) {
+                if queue.take(&mut self.in_flight) {
                     continue;
                 }
                 // Idle: give the buffer back; an idle connection should hold no queue memory.
@@ -117,19 +121,18 @@ impl WriteSide {
             drop(slices);
             let wrote = match polled {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    return Poll::Ready(Some(self.fail(shared)))
+                    return Poll::Ready(Some(self.fail(queue)))
                 }
                 Poll::Ready(Ok(wrote)) => wrote,
                 Poll::Pending => return Poll::Pending,
             };
-            self.advance(wrote, shared);
+            self.advance(wrote, written);
         }
     }
 
     /// Drops the items `wrote` bytes completed.
-    fn advance(&mut self, wrote: usize, shared: &Shared) {
+    fn advance(&mut self, wrote: usize, written: &mut Written) {
         let mut done = self.written + wrote;
-        let (mut messages, mut payload) = (0, 0);
         while let Some(front) = self.in_flight.front() {
             let len = front.len();
             if done < len {
@@ -138,103 +141,25 @@ impl WriteSide {
             done -= len;
             match self.in_flight.pop_front() {
                 Some(Outbound::Data(frame)) => {
-                    messages += 1;
-                    payload += frame.payload().len() as u64;
+                    written.messages += 1;
+                    written.bytes += frame.payload().len() as u64;
                 }
                 // `take` put nothing behind a close frame.
                 Some(Outbound::Close(close)) => {
-                    shared.close_written(close.0);
+                    written.close = Some(close.0);
                     self.closed = true;
                 }
                 Some(Outbound::Reply(_)) => self.closed = true,
                 _ => {}
             }
         }
-        if messages > 0 {
-            // Once per write, not per message: the counters are shared.
-            shared.metrics.sent(shared.id, messages, payload);
-        }
         self.written = done;
     }
 
-    fn fail(&mut self, shared: &Shared) -> WriteEnd {
+    fn fail(&mut self, queue: &OutboundQueue) -> WriteEnd {
         self.failed = true;
         self.in_flight.clear();
-        shared.queue.stop();
+        queue.stop();
         WriteEnd::Failed
-    }
-}
-
-impl Connection {
-    /// Writes what is queued without waiting; a full socket is handed to the connection's
-    /// own task.
-    pub(crate) fn flush_now(&self) {
-        let shared = self.shared();
-        let mut side = lock(&shared.write_side);
-        let Some(side) = side.as_mut() else {
-            // Not connected yet: the driver flushes once the socket is in place.
-            return;
-        };
-        if shared.queue.is_handed_over() {
-            // The connection's task is writing and waiting for the socket; polling it here
-            // would replace the waker it waits with.
-            return;
-        }
-        if side
-            .poll_write_queue(shared, &mut Context::from_waker(Waker::noop()))
-            .is_pending()
-        {
-            shared.queue.hand_over();
-        }
-    }
-
-    /// Acts on what queueing returned.
-    pub(crate) fn after_push(&self, pushed: Pushed) {
-        if pushed == Pushed::MustFlush {
-            self.flush_now();
-        }
-    }
-
-    /// The connection task's share of writing: finishes flushes handed over to it, waiting
-    /// for the socket. Returns when writing has ended for good.
-    pub(crate) async fn write_handed_over(&self) -> WriteEnd {
-        loop {
-            std::future::poll_fn(|cx| self.shared().queue.poll_handed_over(cx)).await;
-            if let Some(end) = self.write_queue().await {
-                return end;
-            }
-        }
-    }
-
-    /// Writes until the queue is empty, waiting for the socket as needed. Returns `Some` if
-    /// writing has ended for good.
-    pub(crate) async fn write_queue(&self) -> Option<WriteEnd> {
-        std::future::poll_fn(|cx| {
-            let shared = self.shared();
-            match lock(&shared.write_side).as_mut() {
-                Some(side) => side.poll_write_queue(shared, cx),
-                None => Poll::Ready(Some(WriteEnd::Failed)),
-            }
-        })
-        .await
-    }
-}
-
-/// Flushes connections a broadcast found idle, spread over a few tasks so that every core
-/// helps; inline when called outside a tokio runtime.
-pub(crate) fn flush_all(mut connections: Vec<Connection>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        connections.iter().for_each(Connection::flush_now);
-        return;
-    };
-    // In order, so that connections that have waited longest are written first.
-    while !connections.is_empty() {
-        let rest = connections.split_off(connections.len().min(FLUSH_CHUNK));
-        let chunk = std::mem::replace(&mut connections, rest);
-        // Unconstrained: tokio's cooperative budget would otherwise report writable sockets
-        // as full after a hundred or so writes, and hand them over for nothing.
-        runtime.spawn(tokio::task::unconstrained(async move {
-            chunk.iter().for_each(Connection::flush_now)
-        }));
     }
 }

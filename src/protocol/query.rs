@@ -1,7 +1,5 @@
 //! Reading one parameter from a URL query string.
 
-use crate::error::QueryError;
-
 /// Reads the parameter `name` from a query string (`a=1&b=two`, without the `?`),
 /// percent-decoded, with `+` read as a space as HTML forms encode it.
 ///
@@ -57,6 +55,18 @@ fn decode(component: &str) -> Result<String, std::string::FromUtf8Error> {
 
 fn hex(digit: &u8) -> Option<u8> {
     (*digit as char).to_digit(16).map(|value| value as u8)
+}
+
+/// A query parameter could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// After percent-decoding, the value is not valid UTF-8.
+    #[error("query parameter `{name}` is not valid UTF-8")]
+    InvalidUtf8 {
+        /// The parameter's name.
+        name: String,
+    },
 }
 
 #[cfg(test)]

@@ -4,29 +4,27 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex};
 
-use crate::connection::ConnectionId;
+use crate::engine::id::ConnectionId;
 
-/// Live counters shared by every connection upgraded with a [`Config`](crate::Config) (and
-/// its clones): open connections, messages and bytes each way, messages dropped for slow
-/// consumers, and closes by code.
+/// Live counters of one [`WebSocketServer`](crate::WebSocketServer)'s connections: open
+/// connections, messages and bytes each way, messages dropped for slow consumers, and
+/// closes by code.
 ///
-/// Cheap to clone; clones share the counters. Every `Config` has one; to read it, make one
-/// and give it to the config:
+/// Cheap to clone; clones share the counters. Every server has one:
 ///
 /// ```
-/// use websocket_handler::{Config, Metrics};
+/// use websocket_handler::WebSocketServer;
 ///
-/// let metrics = Metrics::new();
-/// let config = Config::default().metrics(&metrics);
-/// // ... serve with `config`, then, say on every scrape:
-/// let now = metrics.snapshot();
+/// let server = WebSocketServer::new();
+/// // ... serve with `server`, then, say on every scrape:
+/// let now = server.metrics().snapshot();
 /// assert_eq!(now.connections_open(), 0);
 /// ```
 ///
 /// Counting is cheap: the per-message counters are split into stripes, by connection, so
 /// that cores writing to different clients do not contend for one counter, and sent
 /// messages are counted once per socket write, not per message.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     counters: Arc<Counters>,
 }
@@ -92,8 +90,10 @@ impl MetricsSnapshot {
 
 impl Metrics {
     /// New counters, all zero.
-    pub fn new() -> Self {
-        Self::default()
+    pub(crate) fn new() -> Self {
+        Metrics {
+            counters: Arc::default(),
+        }
     }
 
     /// The counters now. Each is read on its own, so under load the figures may be a few

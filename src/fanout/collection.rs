@@ -2,11 +2,13 @@
 
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
-use crate::backplane::{Backplane, Link};
-use crate::connection::{Connection, ConnectionId};
-use crate::message::Message;
-use crate::outbound::{Frame, Pushed};
-use crate::writer;
+use crate::connection::{Connection, Membership};
+use crate::engine::flush::{flush_all, HasCore};
+use crate::engine::id::ConnectionId;
+use crate::engine::queue::Pushed;
+use crate::fanout::relay::Relay;
+use crate::protocol::frame::Frame;
+use crate::protocol::message::Message;
 
 /// A cheap, cloneable, thread-safe set of connections, for broadcasting to all of them.
 ///
@@ -28,7 +30,7 @@ use crate::writer;
 pub struct WebSocketCollection {
     members: Arc<Members>,
     /// Set by [`with_backplane`](WebSocketCollection::with_backplane).
-    link: Option<Arc<Link>>,
+    relay: Option<Arc<dyn Relay>>,
 }
 
 /// The set itself, in shards so that a broadcast to thousands of connections holds any one
@@ -146,7 +148,7 @@ impl Members {
                 frame.clone()
             };
             for connection in shard.list.iter().filter(|c| include(c.id())) {
-                match connection.send_frame(local.clone()) {
+                match connection.core().send_frame(local.clone()) {
                     Ok(Pushed::MustFlush) => {
                         queued += 1;
                         to_flush.push(connection.clone());
@@ -156,7 +158,7 @@ impl Members {
                 }
             }
         }
-        writer::flush_all(to_flush);
+        flush_all(to_flush);
         queued
     }
 
@@ -165,6 +167,16 @@ impl Members {
         for shard in self.used_shards() {
             read(shard).list.iter().for_each(&mut each);
         }
+    }
+}
+
+impl Membership for Members {
+    fn remove_member(&self, id: ConnectionId) {
+        self.remove(id);
+    }
+
+    fn has_member(&self, id: ConnectionId) -> bool {
+        self.contains(id)
     }
 }
 
@@ -250,36 +262,23 @@ impl WebSocketCollection {
         message: Message,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
-        let Some(link) = &self.link else {
+        let Some(relay) = &self.relay else {
             return self.members.broadcast(message, include);
         };
         // Local connections first, so the backplane adds nothing to their latency.
         let queued = self.members.broadcast(message.clone(), include);
-        link.publish(None, &message);
+        relay.publish(None, &message);
         queued
     }
 
-    /// An empty collection whose broadcasts reach every collection on `topic` in other
-    /// processes, through `backplane`, and that delivers theirs to its own connections.
-    ///
-    /// Membership stays local: [`len`](WebSocketCollection::len) and
-    /// [`connections`](WebSocketCollection::connections) count this process's connections.
-    /// See [`backplane`](crate::backplane) for the guarantees.
-    ///
-    /// ```
-    /// use websocket_handler::backplane::MemoryBackplane;
-    /// use websocket_handler::WebSocketCollection;
-    ///
-    /// let room = WebSocketCollection::with_backplane("chat", MemoryBackplane::new());
-    /// assert_eq!(room.topic(), Some("chat"));
-    /// ```
-    pub fn with_backplane(topic: impl Into<String>, backplane: impl Backplane) -> Self {
+    /// An empty collection whose broadcasts also go to `relay`.
+    pub(crate) fn with_relay(relay: Arc<dyn Relay>) -> (Self, Arc<Members>) {
         let members = Arc::new(Members::default());
-        let link = Link::attach(topic.into(), Box::new(backplane), &members);
-        WebSocketCollection {
-            members,
-            link: Some(Arc::new(link)),
-        }
+        let collection = WebSocketCollection {
+            members: members.clone(),
+            relay: Some(relay),
+        };
+        (collection, members)
     }
 
     /// Calls `on_empty` whenever a removal leaves the collection empty (once set).
@@ -294,7 +293,7 @@ impl WebSocketCollection {
 
     /// The backplane topic, if the collection has a backplane.
     pub fn topic(&self) -> Option<&str> {
-        self.link.as_deref().map(Link::topic)
+        self.relay.as_deref().map(Relay::topic)
     }
 }
 
@@ -327,7 +326,9 @@ impl std::fmt::Debug for WebSocketCollection {
 mod tests {
     use super::{WebSocketCollection, COPY_PER_SHARD_MAX, SHARDS};
     use crate::connection::{Connection, RequestParts};
-    use crate::outbound::Outbound;
+    use crate::engine::flush::HasCore;
+    use crate::engine::queue::Outbound;
+    use crate::engine::settings::{Settings, SlowConsumer};
     use bytes::Bytes;
 
     fn connection() -> Connection {
@@ -336,12 +337,16 @@ mod tests {
             headers: http::HeaderMap::new(),
             remote_addr: None,
         };
+        let settings = Settings {
+            outbound_queue_capacity: 4,
+            slow_consumer: SlowConsumer::DropMessages,
+            ..Settings::default()
+        };
         Connection::new(
             parts,
             None,
-            &crate::Config::default()
-                .outbound_queue_capacity(4)
-                .slow_consumer(crate::SlowConsumer::DropMessages),
+            &settings,
+            crate::engine::metrics::Metrics::new(),
         )
     }
 
@@ -354,8 +359,8 @@ mod tests {
         let payload = Bytes::from(vec![1u8; COPY_PER_SHARD_MAX + 1]);
         assert_eq!(room.broadcast(payload.clone()), 2);
         for conn in [&a, &b] {
-            assert_eq!(conn.shared().queue.depth(), 1);
-            match conn.shared().queue.try_take() {
+            assert_eq!(conn.core().queue.depth(), 1);
+            match conn.core().queue.try_take() {
                 Some(Outbound::Data(frame)) => {
                     let bytes = frame.payload();
                     assert_eq!(bytes.as_ptr(), payload.as_ptr(), "payload was copied");
@@ -375,7 +380,7 @@ mod tests {
         assert_eq!(room.broadcast(Bytes::from_static(b"small")), members.len());
         let mut pointers: Vec<_> = members
             .iter()
-            .map(|conn| match conn.shared().queue.try_take() {
+            .map(|conn| match conn.core().queue.try_take() {
                 Some(Outbound::Data(frame)) => {
                     assert_eq!(&frame.payload()[..], b"small");
                     frame.payload().as_ptr()
@@ -397,7 +402,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(room.broadcast("fill"), 2);
         }
-        let _ = b.shared().queue.try_take();
+        let _ = b.core().queue.try_take();
         assert_eq!(room.broadcast("one more"), 1, "a's queue of 4 is full");
         assert_eq!(
             a.send("x"),

@@ -80,19 +80,4 @@ impl CloseFrame {
             reason: String::new(),
         }
     }
-
-    pub(crate) fn from_wire(
-        frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
-    ) -> Self {
-        match frame {
-            Some(frame) => CloseFrame {
-                code: CloseCode(frame.code.into()),
-                reason: frame.reason.as_str().to_owned(),
-            },
-            None => CloseFrame {
-                code: CloseCode::NO_STATUS,
-                reason: String::new(),
-            },
-        }
-    }
 }

@@ -1,5 +1,5 @@
-//! The per-connection engine: one task reads, calls the handler, and finishes writes that
-//! met a full socket (see [`crate::writer`] for how writing is arranged).
+//! The task that runs one connection: it reads, calls the handler, and finishes writes that
+//! met a full socket (see [`crate::engine::core`] for how writing is arranged).
 
 use tokio::time::Instant;
 
@@ -12,49 +12,51 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::close::CloseFrame;
-use crate::config::{Config, Permit};
-use crate::connection::{lock, Connection};
+use crate::connection::handler::WebSocketHandler;
+use crate::connection::Connection;
+use crate::engine::flush::HasCore;
+use crate::engine::keepalive::{Due, KeepAlive};
+use crate::engine::rate_limit::Bucket;
+use crate::engine::settings::Settings;
+use crate::engine::stream::{
+    close_from_wire, error_from_tungstenite, tungstenite_config, ProtocolStream,
+};
+use crate::engine::writer::WriteSide;
 use crate::error::Error;
-use crate::handler::WebSocketHandler;
-use crate::keepalive::{Due, KeepAlive};
-use crate::message::Message;
-use crate::rate_limit::Bucket;
-use crate::stream::ProtocolStream;
-use crate::writer::WriteSide;
+use crate::protocol::close::CloseFrame;
+use crate::protocol::message::{Message, Utf8Bytes};
 
-/// Drives one connection until it ends, calling `handler` along the way.
-pub(crate) async fn run<R, W, H>(
+/// Drives one connection until it ends, calling `handler` along the way. `lease` (the
+/// server's count of this connection, say) is held until the connection has ended.
+pub(crate) async fn run<R, W, H, L>(
     read: R,
     write: W,
     conn: Connection,
     mut handler: H,
-    config: Config,
-    permit: Permit,
+    settings: Settings,
+    lease: L,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Send + 'static,
     H: WebSocketHandler,
+    L: Send,
 {
     // Whatever happens below, even a panicking handler, the connection ends up closed, out
     // of its collections, and its socket released.
     let _guard = EndGuard {
         conn: conn.clone(),
-        _permit: permit,
+        _lease: lease,
     };
-    let close_timeout = config.get_close_timeout();
-    conn.shared().metrics.opened();
+    let core = conn.core();
+    let close_timeout = settings.close_timeout;
+    core.metrics.opened();
 
-    *lock(&conn.shared().write_side) = Some(WriteSide::new(
-        Box::pin(write),
-        config.get_write_buffer_size(),
-    ));
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
-    conn.flush_now();
+    core.attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
     let mut socket = WebSocketStream::from_raw_socket(
         ProtocolStream::new(read, conn.clone()),
         Role::Server,
-        Some(config.to_tungstenite()),
+        Some(tungstenite_config(&settings)),
     )
     .await;
 
@@ -63,9 +65,9 @@ pub(crate) async fn run<R, W, H>(
             if let Err(panic) = caught(handler.on_open(&conn)).await {
                 return Some(panic);
             }
-            read_loop(&mut socket, &mut handler, &conn, &config).await
+            read_loop(&mut socket, &mut handler, &conn, &settings).await
         };
-        let writes = conn.write_handed_over();
+        let writes = core.write_handed_over();
         match select(std::pin::pin!(reads), std::pin::pin!(writes)).await {
             Either::Left((failure, _)) => failure,
             // Writing has ended (our close frame is out, or the socket failed); reading
@@ -75,7 +77,7 @@ pub(crate) async fn run<R, W, H>(
     };
 
     // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
-    let failure = match conn.overflow() {
+    let failure = match core.overflow() {
         Some((messages, bytes)) => Some(Error::SlowConsumer { messages, bytes }),
         None => failure,
     };
@@ -86,7 +88,7 @@ pub(crate) async fn run<R, W, H>(
         }
         let _ = caught(handler.on_error(&conn, error)).await;
         if let Some(code) = error.close_code() {
-            conn.queue_close(CloseFrame {
+            core.queue_close(CloseFrame {
                 code,
                 reason: String::new(),
             });
@@ -99,60 +101,58 @@ pub(crate) async fn run<R, W, H>(
         Some(Error::IdleTimeout(_) | Error::AbruptClose | Error::Io(_))
     );
     if !peer_gone {
-        conn.shared().queue.hand_over();
-        let _ = tokio::time::timeout(close_timeout, conn.write_queue()).await;
+        core.queue.hand_over();
+        let _ = tokio::time::timeout(close_timeout, core.write_queue()).await;
     }
     drop(socket);
-    let frame = conn.first_close().unwrap_or_else(CloseFrame::abnormal);
+    let frame = core.first_close().unwrap_or_else(CloseFrame::abnormal);
     drop(_guard);
-    conn.shared().metrics.closed(frame.code.as_u16());
+    core.metrics.closed(frame.code.as_u16());
     tracing::debug!(code = frame.code.as_u16(), "connection closed");
     if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
         tracing::error!(%message, "WebSocket handler panicked in on_close");
     }
 }
 
-struct EndGuard {
+struct EndGuard<L> {
     conn: Connection,
-    /// Counts the connection against `Config::max_connections` until it has ended.
-    _permit: Permit,
+    _lease: L,
 }
 
-impl Drop for EndGuard {
+impl<L> Drop for EndGuard<L> {
     fn drop(&mut self) {
-        self.conn.shared().queue.stop();
         // Dropping the write half (with the read half, already gone) closes the socket.
-        let write_side = lock(&self.conn.shared().write_side).take();
-        drop(write_side);
+        self.conn.core().detach();
         self.conn.mark_closed();
     }
 }
 
 /// Reads until the connection ends. Returns the failure, if it did not end cleanly.
 async fn read_loop<R, H>(
-    stream: &mut WebSocketStream<ProtocolStream<R>>,
+    stream: &mut WebSocketStream<ProtocolStream<R, Connection>>,
     handler: &mut H,
     conn: &Connection,
-    config: &Config,
+    settings: &Settings,
 ) -> Option<Error>
 where
     R: AsyncRead + Unpin,
     H: WebSocketHandler,
 {
     // Once our close frame is out, the peer has `close_timeout` to answer it.
-    let close_timeout = config.get_close_timeout();
+    let core = conn.core();
+    let close_timeout = settings.close_timeout;
     let close_deadline = async {
-        conn.shared().close_sent.notified().await;
+        core.close_sent.notified().await;
         tokio::time::sleep(close_timeout).await;
     };
     tokio::pin!(close_deadline);
     let mut keepalive = KeepAlive::new(
-        config.get_ping_interval(),
-        config.get_idle_timeout(),
+        settings.ping_interval,
+        settings.idle_timeout,
         Instant::now(),
     );
-    let mut rate = config
-        .get_rate_limit()
+    let mut rate = settings
+        .rate_limit
         .map(|limit| Bucket::new(limit, Instant::now()));
     let keepalive_timer =
         tokio::time::sleep_until(keepalive.deadline().unwrap_or_else(Instant::now));
@@ -168,7 +168,7 @@ where
                         let idle = keepalive.idle_timeout().unwrap_or_default();
                         return Some(Error::IdleTimeout(idle));
                     }
-                    Due::Ping => conn.send_ping(),
+                    Due::Ping => core.send_ping(),
                     Due::Nothing => {}
                 }
                 if let Some(next) = keepalive.deadline() {
@@ -179,18 +179,20 @@ where
         };
         let message = match item {
             None => return None,
-            Some(Err(error)) => return Some(Error::from_tungstenite(error)),
+            Some(Err(error)) => return Some(error_from_tungstenite(error)),
             Some(Ok(message)) => message,
         };
         // Only noted here: re-arming the timer on every message would cost a timer-wheel
         // update per message. When the timer fires early, `due` says so and it is re-armed.
         keepalive.seen(Instant::now());
         let message = match message {
-            tungstenite::Message::Text(text) => Message::Text(text),
+            tungstenite::Message::Text(text) => {
+                Message::Text(Utf8Bytes::from_validated(text.into()))
+            }
             tungstenite::Message::Binary(bytes) => Message::Binary(bytes),
             // tungstenite queues the answer to a close frame and sends it on the next read.
             tungstenite::Message::Close(frame) => {
-                conn.peer_closed(CloseFrame::from_wire(frame));
+                core.peer_closed(close_from_wire(frame));
                 continue;
             }
             // tungstenite answers pings itself; pongs and raw frames need nothing more.
@@ -198,11 +200,11 @@ where
             | tungstenite::Message::Pong(_)
             | tungstenite::Message::Frame(_) => continue,
         };
-        conn.shared().metrics.received(conn.id(), message.len());
+        core.metrics.received(conn.id(), message.len());
         if let Some(bucket) = &mut rate {
             if !bucket.take(Instant::now()) {
-                let per_second = config
-                    .get_rate_limit()
+                let per_second = settings
+                    .rate_limit
                     .map_or(0, |limit| limit.per_second as u32);
                 return Some(Error::RateLimited { per_second });
             }

@@ -5,10 +5,12 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::backplane::{Backplane, Link, RoomRouter};
-use crate::collection::WebSocketCollection;
-use crate::connection::{lock, Connection, ConnectionId};
-use crate::message::Message;
+use crate::connection::Connection;
+use crate::engine::id::ConnectionId;
+use crate::engine::sync::lock;
+use crate::fanout::collection::WebSocketCollection;
+use crate::fanout::relay::{Relay, RoomDelivery};
+use crate::protocol::message::Message;
 
 /// A keyed set of [`WebSocketCollection`]s: chat rooms, game tables, document sessions, or
 /// all the tabs of one user.
@@ -67,7 +69,7 @@ struct RoomMap<K> {
 /// room. One subscription, made once, so a room is reachable from the moment it exists
 /// here: no subscription per room that could lag behind its first join.
 struct Remote<K> {
-    link: Link,
+    relay: Arc<dyn Relay>,
     name: fn(&K) -> String,
 }
 
@@ -99,38 +101,17 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         }
     }
 
-    /// Rooms whose broadcasts reach the rooms of the same name in other processes with a
-    /// `Rooms` on `topic`. Room `key` is named `key.to_string()` there, so keys must have
-    /// distinct `Display` strings (true of strings and numbers).
-    ///
-    /// One subscription carries every room, so a room's members here receive what is sent
-    /// to it elsewhere from the moment they join. A send to a room with no members here
-    /// still reaches its members elsewhere; membership queries answer for this process.
-    /// The guarantees are those of [`backplane`](crate::backplane): once per client, each
-    /// sender's messages in order.
-    ///
-    /// ```
-    /// use websocket_handler::backplane::MemoryBackplane;
-    /// use websocket_handler::Rooms;
-    ///
-    /// let bus = MemoryBackplane::new(); // in production: a RedisBackplane
-    /// let rooms: Rooms<String> = Rooms::with_backplane("chat-rooms", bus);
-    /// assert_eq!(rooms.broadcast_to(&"lobby".to_string(), "hello"), 0); // none here
-    /// ```
-    pub fn with_backplane<B>(topic: impl Into<String>, backplane: B) -> Self
-    where
-        K: fmt::Display,
-        B: Backplane,
-    {
+    /// Rooms whose broadcasts also go to `relay`, each room named by `name` there; and
+    /// where what arrives for a room by that name is to be delivered.
+    pub(crate) fn with_relay(
+        relay: Arc<dyn Relay>,
+        name: fn(&K) -> String,
+    ) -> (Self, Weak<dyn RoomDelivery>) {
         let rooms = Self::new();
-        let router: Arc<dyn RoomRouter> = rooms.shared.clone();
-        let link = Link::attach_rooms(topic.into(), Box::new(backplane), Arc::downgrade(&router));
-        let remote = Remote {
-            link,
-            name: |key: &K| key.to_string(),
-        };
-        let _ = rooms.shared.remote.set(remote);
-        rooms
+        let _ = rooms.shared.remote.set(Remote { relay, name });
+        let delivery: Arc<dyn RoomDelivery> = rooms.shared.clone();
+        let delivery = Arc::downgrade(&delivery);
+        (rooms, delivery)
     }
 
     /// Adds the connection to `room`, creating the room if needed. Returns `false` if it
@@ -192,7 +173,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             (Some(local), Some(except)) => local.broadcast_except(except, message.clone()),
         };
         if let Some(remote) = remote {
-            remote.link.publish(Some(&(remote.name)(room)), &message);
+            remote.relay.publish(Some(&(remote.name)(room)), &message);
         }
         queued
     }
@@ -283,7 +264,7 @@ impl<K: Eq + Hash> RoomMap<K> {
     }
 }
 
-impl<K: Send + Sync> RoomRouter for Shared<K> {
+impl<K: Send + Sync> RoomDelivery for Shared<K> {
     fn deliver(&self, room: &str, message: Message) -> usize {
         let local = lock(&self.rooms).by_name.get(room).cloned();
         local.map_or(0, |room| room.broadcast_local(message))

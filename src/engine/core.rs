@@ -1,0 +1,296 @@
+//! The engine's part of one connection: its bounded outbound queue, its socket's write
+//! half, and where it is in its life (open, closing, closed).
+//!
+//! Writing is arranged without a task per connection. Whoever finds a connection's queue
+//! idle when queueing ([`Pushed::MustFlush`]) makes sure it gets flushed: `send` flushes at
+//! once ([`Core::flush_now`]), and a broadcast hands all the connections it found idle to a
+//! few flush tasks ([`flush_all`](crate::engine::flush::flush_all)), which write to each in
+//! turn, oldest broadcast first. Those writes never wait: when a socket is full, the
+//! connection's own task takes over and waits for it ([`Core::write_handed_over`]), so a
+//! slow client never holds up a flush task, nor any other client.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::Notify;
+
+use crate::engine::id::ConnectionId;
+use crate::engine::metrics::Metrics;
+use crate::engine::queue::{Outbound, OutboundQueue, Pushed, Rejected};
+use crate::engine::settings::{Settings, SlowConsumer};
+use crate::engine::sync::lock;
+use crate::engine::writer::{WriteEnd, WriteSide, Written};
+use crate::error::SendError;
+use crate::protocol::close::{CloseCode, CloseFrame};
+use crate::protocol::frame::Frame;
+
+const OPEN: u8 = 0;
+const CLOSING: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// One connection's queue, writer and state, shared by its handle, its task, the flush
+/// tasks and the collections it is in.
+pub(crate) struct Core {
+    pub(crate) id: ConnectionId,
+    pub(crate) queue: OutboundQueue,
+    slow_consumer: SlowConsumer,
+    /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
+    overflow: Mutex<Option<(usize, usize)>>,
+    /// The socket's write half, once the upgrade has completed.
+    write_side: Mutex<Option<WriteSide>>,
+    state: AtomicU8,
+    /// Wakes those awaiting [`Core::closed`].
+    closed: Notify,
+    /// Signalled by the writer once our close frame is on the wire; starts the close timeout.
+    pub(crate) close_sent: Notify,
+    /// The first close frame on the wire, in either direction.
+    first_close: Mutex<Option<CloseFrame>>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Core {
+    pub(crate) fn new(settings: &Settings, metrics: Metrics) -> Self {
+        Core {
+            id: ConnectionId::next(),
+            queue: OutboundQueue::new(
+                settings.outbound_queue_capacity,
+                settings.outbound_queue_bytes,
+            ),
+            slow_consumer: settings.slow_consumer,
+            overflow: Mutex::new(None),
+            write_side: Mutex::new(None),
+            state: AtomicU8::new(OPEN),
+            closed: Notify::new(),
+            close_sent: Notify::new(),
+            first_close: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
+    /// Whether the connection is open: not closed and no close requested.
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Open becomes closing; closing or closed stay as they are.
+    fn start_closing(&self) -> bool {
+        self.state
+            .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Queues an encoded frame. The caller must act on [`Pushed::MustFlush`].
+    pub(crate) fn send_frame(&self, frame: Frame) -> Result<Pushed, SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        self.queue
+            .push_data(frame)
+            .map_err(|rejected| match rejected {
+                Rejected::Full { messages, bytes } => {
+                    self.metrics.dropped(self.id, 1);
+                    if self.slow_consumer == SlowConsumer::Disconnect {
+                        self.disconnect_slow_consumer(messages, bytes);
+                    }
+                    SendError::QueueFull {
+                        capacity: self.queue.max_messages(),
+                    }
+                }
+                Rejected::Stopped => SendError::Closed,
+            })
+    }
+
+    /// Queues a ping (an empty one: only the answer matters).
+    pub(crate) fn send_ping(&self) {
+        let ping = Outbound::Raw(bytes::Bytes::from_static(&[0x89, 0]));
+        if let Ok(pushed) = self.queue.push_protocol(ping) {
+            self.after_push(pushed);
+        }
+    }
+
+    /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
+    /// connection within the close timeout even if the peer never reads again.
+    fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
+        {
+            let mut overflow = lock(&self.overflow);
+            if overflow.is_none() {
+                *overflow = Some((messages, bytes));
+                self.metrics.slow_consumer_disconnected(self.id);
+            }
+        }
+        let frame = CloseFrame {
+            code: CloseCode::POLICY_VIOLATION,
+            reason: "slow consumer: outbound queue full".to_owned(),
+        };
+        self.start_closing();
+        if let Ok((pushed, dropped)) = self.queue.push_close_counting(frame, true) {
+            // What was still queued goes unsent: the close frame replaces it.
+            self.metrics.dropped(self.id, dropped as u64);
+            self.after_push(pushed);
+        }
+        // Start the close timeout now: the close frame may never get onto a full socket.
+        self.close_sent.notify_one();
+    }
+
+    /// Set once the slow-consumer policy closed this connection: the queue's size then.
+    pub(crate) fn overflow(&self) -> Option<(usize, usize)> {
+        *lock(&self.overflow)
+    }
+
+    /// Starts the close handshake with `code` and `reason`, behind what is queued (see
+    /// [`Connection::close`](crate::Connection::close)).
+    pub(crate) fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code.as_u16()));
+        }
+        if reason.len() > 123 {
+            return Err(SendError::CloseReasonTooLong(reason.len()));
+        }
+        if !self.start_closing() {
+            return Err(SendError::Closed);
+        }
+        self.queue_close(CloseFrame {
+            code,
+            reason: reason.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Queues a close frame behind everything already queued (so nothing queued is lost),
+    /// or sends it ahead of the queue when the queue is full.
+    pub(crate) fn queue_close(&self, frame: CloseFrame) {
+        self.start_closing();
+        if let Ok(pushed) = self.queue.push_close(frame, false) {
+            self.after_push(pushed);
+        }
+    }
+
+    /// Resolves once the connection has ended (immediately if it already has).
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records a close frame seen on the wire; only the first one counts.
+    pub(crate) fn record_close(&self, frame: CloseFrame) {
+        lock(&self.first_close).get_or_insert(frame);
+    }
+
+    /// The peer sent its close frame: sending is over.
+    pub(crate) fn peer_closed(&self, frame: CloseFrame) {
+        self.start_closing();
+        self.record_close(frame);
+    }
+
+    pub(crate) fn first_close(&self) -> Option<CloseFrame> {
+        lock(&self.first_close).clone()
+    }
+
+    /// The connection has ended: nothing more is queued or written. Call
+    /// [`notify_closed`](Self::notify_closed) once whatever else the end entails is done.
+    pub(crate) fn set_closed(&self) {
+        self.state.store(CLOSED, Ordering::Release);
+    }
+
+    /// Wakes those awaiting [`closed`](Self::closed).
+    pub(crate) fn notify_closed(&self) {
+        self.closed.notify_waiters();
+    }
+
+    /// Puts the socket's write half in place; what was queued before goes out now.
+    pub(crate) fn attach(&self, write_side: WriteSide) {
+        *lock(&self.write_side) = Some(write_side);
+        self.flush_now();
+    }
+
+    /// Ends writing: drops what is queued and the socket's write half.
+    pub(crate) fn detach(&self) {
+        self.queue.stop();
+        let write_side = lock(&self.write_side).take();
+        drop(write_side);
+    }
+
+    /// Acts on what queueing returned.
+    pub(crate) fn after_push(&self, pushed: Pushed) {
+        if pushed == Pushed::MustFlush {
+            self.flush_now();
+        }
+    }
+
+    /// Writes what is queued without waiting; a full socket is handed to the connection's
+    /// own task.
+    pub(crate) fn flush_now(&self) {
+        let mut side = lock(&self.write_side);
+        let Some(side) = side.as_mut() else {
+            // Not connected yet: the driver flushes once the socket is in place.
+            return;
+        };
+        if self.queue.is_handed_over() {
+            // The connection's task is writing and waiting for the socket; polling it here
+            // would replace the waker it waits with.
+            return;
+        }
+        let mut written = Written::default();
+        let polled = side.poll_write_queue(
+            &self.queue,
+            &mut Context::from_waker(Waker::noop()),
+            &mut written,
+        );
+        self.record_written(written);
+        if polled.is_pending() {
+            self.queue.hand_over();
+        }
+    }
+
+    /// The connection task's share of writing: finishes flushes handed over to it, waiting
+    /// for the socket. Returns when writing has ended for good.
+    pub(crate) async fn write_handed_over(&self) -> WriteEnd {
+        loop {
+            std::future::poll_fn(|cx| self.queue.poll_handed_over(cx)).await;
+            if let Some(end) = self.write_queue().await {
+                return end;
+            }
+        }
+    }
+
+    /// Writes until the queue is empty, waiting for the socket as needed. Returns `Some` if
+    /// writing has ended for good.
+    pub(crate) async fn write_queue(&self) -> Option<WriteEnd> {
+        std::future::poll_fn(|cx| self.poll_write_queue(cx)).await
+    }
+
+    fn poll_write_queue(&self, cx: &mut Context<'_>) -> Poll<Option<WriteEnd>> {
+        let mut written = Written::default();
+        let polled = match lock(&self.write_side).as_mut() {
+            Some(side) => side.poll_write_queue(&self.queue, cx, &mut written),
+            None => Poll::Ready(Some(WriteEnd::Failed)),
+        };
+        self.record_written(written);
+        polled
+    }
+
+    /// Counts what a write put on the wire (once per write, not per message: the counters
+    /// are shared), and starts the close timeout once our close frame is out.
+    fn record_written(&self, written: Written) {
+        if written.messages > 0 {
+            self.metrics.sent(self.id, written.messages, written.bytes);
+        }
+        if let Some(frame) = written.close {
+            self.record_close(frame);
+            self.close_sent.notify_one();
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! What the engine needs to know of the server's settings, per connection.
+
+use std::time::Duration;
+
+use crate::engine::rate_limit::RateLimit;
+
+/// The per-connection part of the server's [`Config`](crate::Config): sizes, bounds and
+/// timers. Copied into each connection's task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) outbound_queue_capacity: usize,
+    pub(crate) outbound_queue_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) close_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) rate_limit: Option<RateLimit>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            read_buffer_size: 2 * 1024,
+            write_buffer_size: 64 * 1024,
+            outbound_queue_capacity: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            slow_consumer: SlowConsumer::Disconnect,
+            close_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(15)),
+            idle_timeout: Some(Duration::from_secs(30)),
+            rate_limit: None,
+        }
+    }
+}
+
+/// What happens to a client whose outbound queue is full: it is not reading as fast as
+/// messages are sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close the connection with 1008 (policy violation) and report
+    /// [`Error::SlowConsumer`](crate::Error::SlowConsumer) to its handler. What was queued
+    /// for it is dropped, the close frame goes out next, and the connection ends within the
+    /// close timeout even if the client never reads again. The default: a client that
+    /// cannot keep up would otherwise silently miss messages.
+    #[default]
+    Disconnect,
+    /// Keep the connection and drop the messages that do not fit:
+    /// [`Connection::send`](crate::Connection::send) returns
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull) and broadcasts skip the client.
+    DropMessages,
+}

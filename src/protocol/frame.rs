@@ -1,0 +1,142 @@
+//! The frames a server sends (RFC 6455 section 5.2): encoded once, unmasked, so the same
+//! header and payload can go to every client of a broadcast.
+
+use bytes::Bytes;
+
+use crate::protocol::close::CloseFrame;
+use crate::protocol::message::Message;
+
+/// Opcodes (RFC 6455 section 5.2).
+pub(crate) mod opcode {
+    /// A text message.
+    pub(crate) const TEXT: u8 = 0x1;
+    /// A binary message.
+    pub(crate) const BINARY: u8 = 0x2;
+    /// A close frame.
+    pub(crate) const CLOSE: u8 = 0x8;
+}
+
+/// A server-to-client frame, encoded once: servers never mask, so the same header and
+/// payload go to every client of a broadcast.
+#[derive(Clone)]
+pub(crate) struct Frame {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Frame {
+    /// A final (unfragmented) frame with `opcode`.
+    pub(crate) fn new(opcode: u8, payload: Bytes) -> Self {
+        let mut header = [0u8; 10];
+        header[0] = 0x80 | opcode;
+        let len = payload.len();
+        let header_len = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Frame {
+            header,
+            header_len,
+            payload,
+        }
+    }
+
+    /// The frame for a text or binary message.
+    pub(crate) fn from_message(message: Message) -> Self {
+        match message {
+            Message::Text(text) => Frame::new(opcode::TEXT, text.into()),
+            Message::Binary(bytes) => Frame::new(opcode::BINARY, bytes),
+        }
+    }
+
+    /// The same frame with a payload of its own (see the collection's copy per shard).
+    pub(crate) fn fresh_copy(&self) -> Self {
+        Frame {
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..*self
+        }
+    }
+
+    /// The frame for our close frame.
+    pub(crate) fn close(frame: &CloseFrame) -> Self {
+        let mut payload = Vec::with_capacity(2 + frame.reason.len());
+        payload.extend_from_slice(&frame.code.as_u16().to_be_bytes());
+        payload.extend_from_slice(frame.reason.as_bytes());
+        Frame::new(opcode::CLOSE, payload.into())
+    }
+
+    pub(crate) fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    pub(crate) fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
+    /// Length on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.header().len() + self.payload.len()
+    }
+}
+
+/// Length of the unmasked frame at the start of `bytes`, if its header is all there.
+pub(crate) fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let short = usize::from(*bytes.get(1)? & 0x7f);
+    let (header, payload): (usize, usize) = match short {
+        126 => (
+            4,
+            usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+        ),
+        127 => {
+            let long: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+            (10, usize::try_from(u64::from_be_bytes(long)).ok()?)
+        }
+        short => (2, short),
+    };
+    header.checked_add(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{frame_len, Frame};
+    use crate::protocol::close::{CloseCode, CloseFrame};
+    use bytes::Bytes;
+
+    #[test]
+    fn frames_are_encoded_as_rfc_6455_says() {
+        let short = Frame::new(0x1, Bytes::from_static(b"hi"));
+        assert_eq!(short.header(), [0x81, 2]);
+        let medium = Frame::new(0x2, Bytes::from(vec![0; 300]));
+        assert_eq!(medium.header(), [0x82, 126, 1, 44]);
+        let long = Frame::new(0x2, Bytes::from(vec![0; 70_000]));
+        assert_eq!(long.header(), [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        let close = CloseFrame {
+            code: CloseCode::NORMAL,
+            reason: "bye".to_owned(),
+        };
+        assert_eq!(Frame::close(&close).header(), [0x88, 5]);
+        assert_eq!(&Frame::close(&close).payload()[..], b"\x03\xe8bye");
+    }
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(frame_len(b"\x8a\x00"), Some(2));
+        assert_eq!(frame_len(b"\x88\x02\x03\xe8\x8a\x00"), Some(4));
+        assert_eq!(frame_len(&[0x82, 126, 1, 0]), Some(4 + 256));
+        assert_eq!(
+            frame_len(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Some(10 + 65536)
+        );
+        assert_eq!(frame_len(&[0x82]), None);
+        assert_eq!(frame_len(&[0x82, 127, 0]), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! The opening handshake (RFC 6455 section 4.2): what makes an upgrade request valid, the
+//! `Sec-WebSocket-Accept` answer, and the reasons a request is refused.
+
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Why an upgrade request was refused. Each variant has an HTTP status; see
+/// [`HandshakeError::status`] and [`HandshakeError::to_response`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The request method is not `GET` (405).
+    #[error("WebSocket upgrade requires GET, got {0}")]
+    MethodNotAllowed(http::Method),
+    /// The request is not HTTP/1.1 (400): HTTP/1.0 cannot upgrade, and HTTP/2 upgrades (RFC 8441)
+    /// are not supported.
+    #[error("WebSocket upgrade requires HTTP/1.1, got {0:?}")]
+    HttpVersion(http::Version),
+    /// The `Connection` header does not contain `upgrade` (400).
+    #[error("missing `Connection: upgrade` header")]
+    MissingConnectionUpgrade,
+    /// The `Upgrade` header does not contain `websocket` (400).
+    #[error("missing `Upgrade: websocket` header")]
+    MissingUpgradeWebSocket,
+    /// `Sec-WebSocket-Version` is missing or not `13` (426, with `Sec-WebSocket-Version: 13`).
+    #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` is missing (400).
+    #[error("missing Sec-WebSocket-Key header")]
+    MissingKey,
+    /// `Sec-WebSocket-Key` is not the base64 form of 16 bytes (400).
+    #[error("invalid Sec-WebSocket-Key header (must be 16 bytes, base64-encoded)")]
+    InvalidKey,
+    /// The request did not come from a hyper server that can hand over the connection (500).
+    /// Serve the connection with hyper's `with_upgrades()`.
+    #[error("this connection cannot be upgraded (is the hyper connection served with_upgrades?)")]
+    NotUpgradable,
+    /// The request's `Origin` is not in [`Config::allowed_origins`](crate::Config::allowed_origins)
+    /// (403): a page from another site tried to connect with the user's cookies.
+    #[error("origin {0:?} is not allowed")]
+    OriginNotAllowed(String),
+    /// The server already holds [`Config::max_connections`](crate::Config::max_connections)
+    /// connections (503).
+    #[error("server is at its limit of {0} connections; try again later")]
+    TooManyConnections(usize),
+    /// The server is shutting down (503); see [`Shutdown`](crate::Shutdown).
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl HandshakeError {
+    /// The HTTP status this rejection is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            HandshakeError::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
+            HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HandshakeError::TooManyConnections(_) | HandshakeError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HandshakeError::HttpVersion(_)
+            | HandshakeError::MissingConnectionUpgrade
+            | HandshakeError::MissingUpgradeWebSocket
+            | HandshakeError::MissingKey
+            | HandshakeError::InvalidKey => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Checks the handshake headers (RFC 6455 section 4.2.1) and returns the
+/// `Sec-WebSocket-Accept` value to answer with.
+pub(crate) fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
+    if request.method() != http::Method::GET {
+        return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
+    }
+    if request.version() != Version::HTTP_11 {
+        return Err(HandshakeError::HttpVersion(request.version()));
+    }
+    let headers = request.headers();
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::MissingConnectionUpgrade);
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(HandshakeError::MissingUpgradeWebSocket);
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(version), None) if version.as_bytes().trim_ascii() == b"13" => {}
+        _ => return Err(HandshakeError::UnsupportedVersion),
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (None, _) => return Err(HandshakeError::MissingKey),
+        (Some(key), None) => key.as_bytes().trim_ascii(),
+        (Some(_), Some(_)) => return Err(HandshakeError::InvalidKey),
+    };
+    if !is_base64_of_16_bytes(key) {
+        return Err(HandshakeError::InvalidKey);
+    }
+    HeaderValue::from_str(&derive_accept_key(key)).map_err(|_| HandshakeError::InvalidKey)
+}
+
+/// Whether any value of the (comma-separated list) header contains `token`, ignoring case.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|list| {
+                list.split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(token))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// 16 bytes in base64 are 22 significant characters and `==`; the 22nd carries only
+/// two bits, so it must be one of `AQgw`.
+fn is_base64_of_16_bytes(key: &[u8]) -> bool {
+    let is_b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key[..21].iter().all(is_b64)
+        && b"AQgw".contains(&key[21])
+        && &key[22..] == b"=="
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_base64_of_16_bytes;
+
+    #[test]
+    fn key_must_be_base64_of_16_bytes() {
+        assert!(is_base64_of_16_bytes(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_base64_of_16_bytes(b"dGhlIHNhbXBsZSBub25jZR=="));
+        assert!(!is_base64_of_16_bytes(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_base64_of_16_bytes(b"not a key at all, really"));
+        assert!(!is_base64_of_16_bytes(b""));
+    }
+}

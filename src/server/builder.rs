@@ -1,0 +1,220 @@
+//! Building a server: its settings, chosen once, before the first connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::engine::rate_limit::RateLimit;
+use crate::engine::settings::SlowConsumer;
+use crate::server::config::Config;
+use crate::server::WebSocketServer;
+
+/// Builds a [`WebSocketServer`]: every setting, with builder-style setters, and
+/// [`build`](ServerBuilder::build) at the end.
+///
+/// The defaults suit a server holding thousands of mostly idle connections exposed to the
+/// internet: small buffers that cost little memory per connection, and limits that stop one
+/// client from making the server allocate much. (tungstenite's own defaults, a 128 KiB read
+/// buffer allocated up front and 64 MiB messages, cost about 134 KiB per idle connection.)
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`max_message_size`](ServerBuilder::max_message_size) | 64 KiB |
+/// | [`max_frame_size`](ServerBuilder::max_frame_size) | 64 KiB |
+/// | [`read_buffer_size`](ServerBuilder::read_buffer_size) | 2 KiB |
+/// | [`write_buffer_size`](ServerBuilder::write_buffer_size) | 64 KiB |
+/// | [`outbound_queue_capacity`](ServerBuilder::outbound_queue_capacity) | 1024 messages |
+/// | [`outbound_queue_bytes`](ServerBuilder::outbound_queue_bytes) | 1 MiB |
+/// | [`slow_consumer`](ServerBuilder::slow_consumer) | [`SlowConsumer::Disconnect`] |
+/// | [`close_timeout`](ServerBuilder::close_timeout) | 5 s |
+/// | [`ping_interval`](ServerBuilder::ping_interval) | 15 s |
+/// | [`idle_timeout`](ServerBuilder::idle_timeout) | 30 s |
+/// | [`allowed_origins`](ServerBuilder::allowed_origins) | any |
+/// | [`max_connections`](ServerBuilder::max_connections) | unlimited |
+/// | [`protocols`](ServerBuilder::protocols) | none |
+/// | [`rate_limit`](ServerBuilder::rate_limit) | none |
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_handler::WebSocketServer;
+///
+/// let server = WebSocketServer::builder()
+///     .max_message_size(1 << 20)
+///     .outbound_queue_capacity(256)
+///     .close_timeout(Duration::from_secs(2))
+///     .build();
+/// assert_eq!(server.config().max_message_size(), 1 << 20);
+/// assert_eq!(server.config().max_frame_size(), 64 * 1024);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `build` makes the server"]
+pub struct ServerBuilder {
+    config: Config,
+}
+
+impl ServerBuilder {
+    /// The default settings (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The server, with these settings and its own shared state (connection count,
+    /// metrics, shutdown). Make it once and clone it into every request's service: clones
+    /// share one server.
+    pub fn build(self) -> WebSocketServer {
+        WebSocketServer::with_config(self.config)
+    }
+
+    /// Largest message a peer may send, in bytes, after reassembling fragments. A larger one
+    /// closes the connection with 1009 and is reported to
+    /// [`on_error`](crate::WebSocketHandler::on_error). Values below 1 are raised to 1.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.engine.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// Largest single frame a peer may send, in bytes (payload only). A larger one closes the
+    /// connection with 1009. Values below 1 are raised to 1.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.engine.max_frame_size = bytes.max(1);
+        self
+    }
+
+    /// Size of each connection's read buffer, in bytes, which is also the most read from the
+    /// socket at once. It is allocated when the connection opens and is the largest part of
+    /// an idle connection's memory, so the default is small: chat-like traffic (small
+    /// messages from each client) does not need more. Raise it for clients that upload large
+    /// messages, which then take fewer reads. Values below 256 are raised to 256.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.engine.read_buffer_size = bytes.max(256);
+        self
+    }
+
+    /// The most bytes of queued frames handed to the socket in one (vectored) write. Frames
+    /// are written straight from the queue, so this allocates nothing; larger values mean
+    /// fewer system calls when a client has much queued. Values below 1 are raised to 1.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.engine.write_buffer_size = bytes.max(1);
+        self
+    }
+
+    /// How many messages may wait in one connection's outbound queue. When it is full,
+    /// [`Connection::send`](crate::Connection::send) returns
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull), broadcasts skip that
+    /// connection, and the [`slow_consumer`](ServerBuilder::slow_consumer) policy applies. Values
+    /// below 1 are raised to 1.
+    pub fn outbound_queue_capacity(mut self, messages: usize) -> Self {
+        self.config.engine.outbound_queue_capacity = messages.max(1);
+        self
+    }
+
+    /// How many payload bytes may wait in one connection's outbound queue; the queue is full
+    /// when either bound is reached. A message larger than this still goes to an empty
+    /// queue. Besides the queue, the writer holds at most one batch it has taken but not
+    /// yet written, so a connection pins at most about twice this. Values below 1 are
+    /// raised to 1.
+    pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.engine.outbound_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// What to do with a client whose outbound queue is full (see [`SlowConsumer`]).
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.config.engine.slow_consumer = policy;
+        self
+    }
+
+    /// How long to wait for the peer's answer to our close frame before dropping the
+    /// connection.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.engine.close_timeout = timeout;
+        self
+    }
+
+    /// Ping a connection that has sent nothing for this long (browsers answer pings
+    /// automatically); `None` never pings.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.engine.ping_interval = interval;
+        self
+    }
+
+    /// Drop a connection that has sent no frame at all, not even a pong, for this long:
+    /// [`Error::IdleTimeout`](crate::Error::IdleTimeout) goes to its handler. This is what
+    /// removes half-open connections (a client that vanished without closing). Keep it
+    /// above the ping interval. `None` never drops an idle connection.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.engine.idle_timeout = timeout;
+        self
+    }
+
+    /// Accept upgrades only from pages of these origins (`scheme://host[:port]`, compared
+    /// without regard to ASCII case); others are refused with 403 before the handshake
+    /// completes. This stops another site's page from opening a WebSocket with your users'
+    /// cookies (cross-site WebSocket hijacking). Requests without an `Origin` header come
+    /// from non-browser clients and are accepted. By default every origin is accepted.
+    ///
+    /// ```
+    /// use websocket_handler::WebSocketServer;
+    ///
+    /// let server = WebSocketServer::builder()
+    ///     .allowed_origins(["https://chat.example"])
+    ///     .build();
+    /// ```
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Accept upgrades only from pages served by this same server: the `Origin`'s host and
+    /// port must equal the request's `Host` (what a browser sends for a page of this
+    /// server, whatever name or address it was opened with). Other origins get 403, like
+    /// with [`allowed_origins`](ServerBuilder::allowed_origins), which it adds to; requests without
+    /// an `Origin` header are accepted.
+    pub fn same_origin(mut self) -> Self {
+        self.config.same_origin = true;
+        self.config
+            .allowed_origins
+            .get_or_insert_with(|| Arc::from([]));
+        self
+    }
+
+    /// Subprotocols the server speaks, most preferred first. The first of them that the
+    /// client offers in `Sec-WebSocket-Protocol` is chosen and answered
+    /// (see [`Connection::protocol`](crate::Connection::protocol)); if the client offers
+    /// none of them, none is chosen. Names that are not valid header values are skipped.
+    pub fn protocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.config.protocols = protocols
+            .into_iter()
+            .filter_map(|name| HeaderValue::from_str(name.as_ref()).ok())
+            .collect();
+        self
+    }
+
+    /// Refuse upgrades with 503 while this many of this server's connections are open; the
+    /// connections already open are not affected. Unlimited by default.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = Some(max);
+        self
+    }
+
+    /// Limit what each client may send: `per_second` messages on average, up to `burst` at
+    /// once. A client over its limit is closed with 1008 and its handler gets
+    /// [`Error::RateLimited`](crate::Error::RateLimited). Values below 1 are raised to 1.
+    /// No limit by default.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.engine.rate_limit = Some(RateLimit {
+            per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
+        });
+        self
+    }
+}

@@ -1,0 +1,154 @@
+//! A server's settings, as they were built: read-only, with a getter for each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::engine::settings::{Settings, SlowConsumer};
+
+/// A server's settings, read back with [`WebSocketServer::config`](crate::WebSocketServer::config).
+/// They are chosen with [`ServerBuilder`](crate::ServerBuilder), which documents each one
+/// and its default.
+///
+/// ```
+/// use websocket_handler::WebSocketServer;
+///
+/// let server = WebSocketServer::new();
+/// assert_eq!(server.config().max_message_size(), 64 * 1024);
+/// assert_eq!(server.config().max_connections(), None);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub(crate) engine: Settings,
+    pub(crate) allowed_origins: Option<Arc<[String]>>,
+    pub(crate) same_origin: bool,
+    pub(crate) protocols: Arc<[HeaderValue]>,
+    pub(crate) max_connections: Option<usize>,
+}
+
+impl Config {
+    /// See [`ServerBuilder::max_message_size`](crate::ServerBuilder::max_message_size).
+    pub fn max_message_size(&self) -> usize {
+        self.engine.max_message_size
+    }
+
+    /// See [`ServerBuilder::max_frame_size`](crate::ServerBuilder::max_frame_size).
+    pub fn max_frame_size(&self) -> usize {
+        self.engine.max_frame_size
+    }
+
+    /// See [`ServerBuilder::read_buffer_size`](crate::ServerBuilder::read_buffer_size).
+    pub fn read_buffer_size(&self) -> usize {
+        self.engine.read_buffer_size
+    }
+
+    /// See [`ServerBuilder::write_buffer_size`](crate::ServerBuilder::write_buffer_size).
+    pub fn write_buffer_size(&self) -> usize {
+        self.engine.write_buffer_size
+    }
+
+    /// See [`ServerBuilder::outbound_queue_capacity`](crate::ServerBuilder::outbound_queue_capacity).
+    pub fn outbound_queue_capacity(&self) -> usize {
+        self.engine.outbound_queue_capacity
+    }
+
+    /// See [`ServerBuilder::outbound_queue_bytes`](crate::ServerBuilder::outbound_queue_bytes).
+    pub fn outbound_queue_bytes(&self) -> usize {
+        self.engine.outbound_queue_bytes
+    }
+
+    /// See [`ServerBuilder::slow_consumer`](crate::ServerBuilder::slow_consumer).
+    pub fn slow_consumer(&self) -> SlowConsumer {
+        self.engine.slow_consumer
+    }
+
+    /// See [`ServerBuilder::close_timeout`](crate::ServerBuilder::close_timeout).
+    pub fn close_timeout(&self) -> Duration {
+        self.engine.close_timeout
+    }
+
+    /// See [`ServerBuilder::ping_interval`](crate::ServerBuilder::ping_interval).
+    pub fn ping_interval(&self) -> Option<Duration> {
+        self.engine.ping_interval
+    }
+
+    /// See [`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.engine.idle_timeout
+    }
+
+    /// See [`ServerBuilder::rate_limit`](crate::ServerBuilder::rate_limit): messages per
+    /// second and burst.
+    pub fn rate_limit(&self) -> Option<(u32, u32)> {
+        self.engine
+            .rate_limit
+            .map(|limit| (limit.per_second as u32, limit.burst as u32))
+    }
+
+    /// See [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).
+    pub fn max_connections(&self) -> Option<usize> {
+        self.max_connections
+    }
+
+    /// See [`ServerBuilder::allowed_origins`](crate::ServerBuilder::allowed_origins): `None`
+    /// when every origin is accepted.
+    pub fn allowed_origins(&self) -> Option<&[String]> {
+        self.allowed_origins.as_deref()
+    }
+
+    /// See [`ServerBuilder::same_origin`](crate::ServerBuilder::same_origin).
+    pub fn same_origin(&self) -> bool {
+        self.same_origin
+    }
+
+    /// See [`ServerBuilder::protocols`](crate::ServerBuilder::protocols).
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        self.protocols.iter().filter_map(|name| name.to_str().ok())
+    }
+
+    /// Whether a request from `origin` (its `Origin` header, if any) to `host` (its `Host`
+    /// header) may upgrade.
+    pub(crate) fn origin_allowed(
+        &self,
+        origin: Option<&HeaderValue>,
+        host: Option<&HeaderValue>,
+    ) -> bool {
+        let (Some(allowed), Some(origin)) = (&self.allowed_origins, origin) else {
+            return true;
+        };
+        let origin = origin.as_bytes();
+        let listed = allowed
+            .iter()
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin));
+        // `scheme://host[:port]`: compare what follows the scheme with `Host`.
+        let same = self.same_origin
+            && host.is_some_and(|host| {
+                origin
+                    .windows(3)
+                    .position(|window| window == b"://")
+                    .is_some_and(|at| origin[at + 3..].eq_ignore_ascii_case(host.as_bytes()))
+            });
+        listed || same
+    }
+
+    /// The subprotocol to answer with: ours, in our order of preference, that the client
+    /// offered.
+    pub(crate) fn choose_protocol(&self, offered: &http::HeaderMap) -> Option<HeaderValue> {
+        let offered: Vec<&str> = offered
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect();
+        self.protocols
+            .iter()
+            .find(|ours| {
+                offered
+                    .iter()
+                    .any(|name| name.as_bytes() == ours.as_bytes())
+            })
+            .cloned()
+    }
+}

@@ -1,0 +1,118 @@
+//! The server layer: what a WebSocket server built on hyper needs around the connections.
+//!
+//! A [`WebSocketServer`] is made once ([`builder`]) and holds what all its connections share:
+//! the settings ([`config`]), the connection limit ([`limit`]), the counters and the
+//! graceful [`shutdown`]. It answers upgrade requests ([`upgrade`], with the response
+//! [`body`]) and can run a whole plain-HTTP server by itself ([`serve`]). This is the top
+//! layer: it may use every other, and none uses it.
+
+pub(crate) mod body;
+pub(crate) mod builder;
+pub(crate) mod config;
+pub(crate) mod limit;
+pub(crate) mod serve;
+pub(crate) mod shutdown;
+pub(crate) mod upgrade;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::engine::metrics::Metrics;
+use crate::server::builder::ServerBuilder;
+use crate::server::config::Config;
+use crate::server::limit::ConnectionLimit;
+use crate::server::shutdown::ShutdownState;
+
+/// One WebSocket server: its settings and what its connections share (the connection
+/// limit, the [`Metrics`], the graceful shutdown). Make it once, when the program starts,
+/// and clone it into every request's service: clones are cheap and share one server, so a
+/// limit counts every connection, whichever clone upgraded it.
+///
+/// ```
+/// use websocket_handler::WebSocketServer;
+///
+/// let server = WebSocketServer::builder()
+///     .max_connections(10_000)
+///     .same_origin()
+///     .build();
+/// let for_a_request = server.clone(); // the same server: one limit, one set of counters
+/// assert_eq!(for_a_request.config().max_connections(), Some(10_000));
+/// assert_eq!(server.metrics().snapshot().connections_open(), 0);
+/// ```
+///
+/// [`upgrade`](WebSocketServer::upgrade) answers an upgrade request from any hyper 1.x
+/// service or axum handler; [`serve`](WebSocketServer::serve) runs a plain-HTTP server
+/// that upgrades every request; [`close_all`](WebSocketServer::close_all) shuts down
+/// gracefully.
+#[derive(Clone)]
+pub struct WebSocketServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    metrics: Metrics,
+    limit: Option<Arc<ConnectionLimit>>,
+    shutdown: ShutdownState,
+}
+
+impl WebSocketServer {
+    /// A server with the default settings (see [`ServerBuilder`]).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, to choose the settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    pub(crate) fn with_config(config: Config) -> Self {
+        let limit = config.max_connections.map(ConnectionLimit::new);
+        WebSocketServer {
+            inner: Arc::new(Inner {
+                config,
+                metrics: Metrics::new(),
+                limit,
+                shutdown: ShutdownState::default(),
+            }),
+        }
+    }
+
+    /// The settings the server was built with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The counters of this server's connections.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn limit(&self) -> Option<&Arc<ConnectionLimit>> {
+        self.inner.limit.as_ref()
+    }
+
+    pub(crate) fn shutdown_state(&self) -> &ShutdownState {
+        &self.inner.shutdown
+    }
+}
+
+impl Default for WebSocketServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for WebSocketServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketServer")
+            .field("config", &self.inner.config)
+            .field(
+                "connections_open",
+                &self.inner.metrics.snapshot().connections_open(),
+            )
+            .field("shutting_down", &self.inner.shutdown.is_started())
+            .finish()
+    }
+}

@@ -1,0 +1,181 @@
+//! Answering an upgrade request: the handshake checks, the `101` answer, and handing the
+//! upgraded socket to the connection's task.
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::connection::driver;
+use crate::connection::handler::WebSocketHandler;
+use crate::connection::{Connection, RequestParts};
+use crate::engine::stream;
+use crate::protocol::handshake::{check_handshake, HandshakeError};
+use crate::server::body::Body;
+use crate::server::limit::ConnectionLimit;
+use crate::server::WebSocketServer;
+
+impl WebSocketServer {
+    /// Answers a WebSocket upgrade request and, once hyper hands over the connection, runs it
+    /// with `handler`.
+    ///
+    /// Returns `101 Switching Protocols` for a valid handshake, or the plain-text 4xx of the
+    /// [`HandshakeError`] that refused it (405 for a method other than GET, 400 for missing or
+    /// invalid `Connection`, `Upgrade` or `Sec-WebSocket-Key` headers, 426 with
+    /// `Sec-WebSocket-Version: 13` for another protocol version). A refused request never calls
+    /// the handler. Call it from inside a tokio runtime: the connection runs on a spawned task.
+    ///
+    /// Works for any body type, so it fits a plain hyper `service_fn` and an axum handler alike
+    /// (axum's request is an `http::Request`; answer with `.map(axum::body::Body::new)`). The
+    /// hyper connection must be served with `with_upgrades()`: without it, hyper answers the
+    /// 101 and then drops the connection, which is logged as a `warn` that says so. If the
+    /// request's extensions hold a [`SocketAddr`], it becomes the connection's
+    /// [`remote_addr`](Connection::remote_addr).
+    ///
+    /// ```no_run
+    /// use std::convert::Infallible;
+    /// use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+    /// use hyper_util::rt::TokioIo;
+    /// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
+    ///
+    /// struct Echo;
+    ///
+    /// #[async_trait]
+    /// impl WebSocketHandler for Echo {
+    ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
+    ///         let _ = conn.send(message);
+    ///     }
+    /// }
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let server = WebSocketServer::new(); // once: its clones share one limit and one shutdown
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+    /// loop {
+    ///     let (stream, peer) = listener.accept().await?;
+    ///     stream.set_nodelay(true)?;
+    ///     let server = server.clone();
+    ///     let service = service_fn(move |mut req: Request<Incoming>| {
+    ///         req.extensions_mut().insert(peer);
+    ///         let response = server.upgrade(req, Echo);
+    ///         async move { Ok::<_, Infallible>(response) }
+    ///     });
+    ///     tokio::spawn(
+    ///         http1::Builder::new()
+    ///             .serve_connection(TokioIo::new(stream), service)
+    ///             .with_upgrades(),
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    #[must_use = "the response must be sent for the connection to open"]
+    pub fn upgrade<B, H>(&self, request: Request<B>, handler: H) -> Response<Body>
+    where
+        H: WebSocketHandler,
+    {
+        match self.try_upgrade(request, handler) {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "refused WebSocket upgrade");
+                error.to_response()
+            }
+        }
+    }
+
+    /// Like [`upgrade`](WebSocketServer::upgrade), but hands back the [`HandshakeError`] of
+    /// a refused request instead of its response, for servers that answer refusals their own
+    /// way.
+    pub fn try_upgrade<B, H>(
+        &self,
+        mut request: Request<B>,
+        handler: H,
+    ) -> Result<Response<Body>, HandshakeError>
+    where
+        H: WebSocketHandler,
+    {
+        let config = self.config();
+        let accept_key = check_handshake(&request)?;
+        let origin = request.headers().get(header::ORIGIN);
+        if !config.origin_allowed(origin, request.headers().get(header::HOST)) {
+            let origin = origin.map_or_else(String::new, |origin| {
+                String::from_utf8_lossy(origin.as_bytes()).into_owned()
+            });
+            return Err(HandshakeError::OriginNotAllowed(origin));
+        }
+        if request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_none()
+        {
+            return Err(HandshakeError::NotUpgradable);
+        }
+        // Counted from here until the connection ends.
+        let permit = ConnectionLimit::admit(self.limit())?;
+        let on_upgrade = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(HandshakeError::NotUpgradable)?;
+        let protocol = config.choose_protocol(request.headers());
+
+        let remote_addr = request.extensions().get::<SocketAddr>().copied();
+        let conn = Connection::new(
+            RequestParts::detached(request.uri(), request.headers(), remote_addr),
+            protocol.clone(),
+            &config.engine,
+            self.metrics().clone(),
+        );
+        drop(request);
+        self.shutdown_state().track(&conn)?;
+        let settings = config.engine;
+        // Everything the connection logs, the handler's own events included, carries its id
+        // and the peer's address.
+        let span = match conn.remote_addr() {
+            Some(remote) => tracing::info_span!("websocket", id = %conn.id(), %remote),
+            None => tracing::info_span!("websocket", id = %conn.id()),
+        };
+        let connection = async move {
+            match on_upgrade.await {
+                Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    // A plain TCP socket: its halves need no lock between reading and writing.
+                    Ok(parts) => {
+                        let (read, write) = parts.io.into_inner().into_split();
+                        let read = stream::leftover(parts.read_buf).chain(read);
+                        driver::run(read, write, conn, handler, settings, permit).await
+                    }
+                    Err(upgraded) => {
+                        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                        driver::run(read, write, conn, handler, settings, permit).await
+                    }
+                },
+                Err(error) if error.is_user() => {
+                    // hyper's only user error here: the connection is not served with
+                    // `with_upgrades()`, so every WebSocket is dropped right after its 101.
+                    tracing::warn!(
+                        %error,
+                        "WebSocket upgrade answered but the connection was dropped: serve \
+                         the hyper connection with `.with_upgrades()`"
+                    );
+                    conn.mark_closed();
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "HTTP upgrade did not complete");
+                    conn.mark_closed();
+                }
+            }
+        };
+        tokio::spawn(connection.instrument(span));
+
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+        if let Some(protocol) = protocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        Ok(response)
+    }
+}
