@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(room.broadcast("one more"), 1, "a's queue of 4 is full");
         assert_eq!(
             a.send("x"),
-            Err(crate::SendError::QueueFull { capacity: 4 })
+            Err(crate::error::SendError::QueueFull { capacity: 4 })
         );
     }
 }
