@@ -105,7 +105,8 @@ async fn everyone_gets_everything_once_in_order(servers: &[ChatServer], clients_
 
 #[tokio::test]
 async fn two_servers_share_one_room() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some(redis) = RedisServer::start("backplane_redis::two_servers_share_one_room").await
+    else {
         return;
     };
     let servers = chat_servers(2, &redis).await;
@@ -114,7 +115,8 @@ async fn two_servers_share_one_room() {
 
 #[tokio::test]
 async fn three_servers_share_one_room() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some(redis) = RedisServer::start("backplane_redis::three_servers_share_one_room").await
+    else {
         return;
     };
     let servers = chat_servers(3, &redis).await;
@@ -159,7 +161,10 @@ async fn next_starting_with(client: &mut Client, prefix: &str) -> String {
 
 #[tokio::test]
 async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some(redis) =
+        RedisServer::start("backplane_redis::redis_restart_mid_chat_and_the_room_joins_up_again")
+            .await
+    else {
         return;
     };
     let port = redis.port;
@@ -254,7 +259,11 @@ fn backplane(url: &str) -> RedisBackplane {
 /// connects by itself and publishes what waited.
 #[tokio::test]
 async fn backplane_without_redis_keeps_local_broadcasts_and_catches_up_later() {
-    let Some(probe) = RedisServer::start().await else {
+    let Some(probe) = RedisServer::start(
+        "backplane_redis::backplane_without_redis_keeps_local_broadcasts_and_catches_up_later",
+    )
+    .await
+    else {
         return;
     };
     // A port where nothing listens: where this Redis was.
@@ -294,7 +303,9 @@ async fn backplane_without_redis_keeps_local_broadcasts_and_catches_up_later() {
 /// Whatever else is published on the channel is counted and ignored, and the room carries on.
 #[tokio::test]
 async fn foreign_messages_on_the_channel_are_ignored() {
-    let Some(server) = RedisServer::start().await else {
+    let Some(server) =
+        RedisServer::start("backplane_redis::foreign_messages_on_the_channel_are_ignored").await
+    else {
         return;
     };
     let redis = backplane(&server.url());
@@ -366,7 +377,9 @@ fn a_backplane_needs_a_valid_url_and_a_runtime() {
 /// server and nobody else; `/msg` finds a user on another server.
 #[tokio::test]
 async fn rooms_and_private_messages_span_servers() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some(redis) =
+        RedisServer::start("backplane_redis::rooms_and_private_messages_span_servers").await
+    else {
         return;
     };
     let servers = chat_servers(2, &redis).await;
@@ -413,7 +426,11 @@ async fn rooms_and_private_messages_span_servers() {
 /// last handle goes, it publishes what is still queued, then says it has stopped.
 #[tokio::test]
 async fn a_backplane_connects_at_once_and_flushes_on_the_way_out() {
-    let Some(server) = RedisServer::start().await else {
+    let Some(server) = RedisServer::start(
+        "backplane_redis::a_backplane_connects_at_once_and_flushes_on_the_way_out",
+    )
+    .await
+    else {
         return;
     };
     let receiver = backplane(&server.url());
@@ -446,7 +463,9 @@ async fn a_backplane_connects_at_once_and_flushes_on_the_way_out() {
 /// flood is being published: publishing and receiving take turns.
 #[tokio::test]
 async fn a_publishing_flood_does_not_hold_up_receiving() {
-    let Some(server) = RedisServer::start().await else {
+    let Some(server) =
+        RedisServer::start("backplane_redis::a_publishing_flood_does_not_hold_up_receiving").await
+    else {
         return;
     };
     let config = |url: String| RedisConfig::new(url).max_pending(1_000_000);

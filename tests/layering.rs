@@ -138,7 +138,10 @@ fn violations(references: &[Reference], modules: &BTreeSet<Vec<String>>) -> Vec<
     }
     if let Some(cycle) = find_cycle(&edges) {
         let names: Vec<String> = cycle.iter().map(|module| module.join("::")).collect();
-        problems.push(format!("modules use each other in a cycle: {}", names.join(" -> ")));
+        problems.push(format!(
+            "modules use each other in a cycle: {}",
+            names.join(" -> ")
+        ));
     }
     problems
 }
@@ -269,7 +272,10 @@ fn the_check_catches_an_upward_use_and_a_cycle_between_siblings() {
     let upward = [reference("engine::core", "server::WebSocketServer")];
     let problems = violations(&upward, &modules);
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("higher layer `server`"), "{problems:?}");
+    assert!(
+        problems[0].contains("higher layer `server`"),
+        "{problems:?}"
+    );
 
     let cycle = [
         reference("engine::core", "engine::writer::WriteSide"),

@@ -94,6 +94,24 @@ where
     addr
 }
 
+/// Whether this is a CI run (`CI` set to something other than empty, `0` or `false`): then a
+/// test whose programs are missing fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "0" && value != "false")
+}
+
+/// Reports that `test` did not run, and why, where the person running the tests sees it:
+/// straight to stderr, which libtest does not capture (an `eprintln!` from a passing test
+/// would be hidden). Under CI it fails the test instead, so nothing is skipped there.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    assert!(!in_ci(), "{test} cannot run under CI: {why}");
+    let notice = format!(
+        "\n    SKIPPED {test}: {why}\n    (it did not run, though libtest counts it as passed)\n\n"
+    );
+    let _ = std::io::stderr().write_all(notice.as_bytes());
+}
+
 /// Connects a WebSocket client to `ws://addr{path}`.
 pub async fn connect(addr: SocketAddr, path: &str) -> Client {
     let (client, response) = tokio::time::timeout(

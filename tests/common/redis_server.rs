@@ -14,16 +14,13 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts Redis on a free port. Without `redis-server` installed, fails under CI (`CI`
-    /// set) and otherwise prints a loud notice and returns `None`, so the caller can skip.
-    pub async fn start() -> Option<RedisServer> {
+    /// Starts Redis on a free port for the test `test`. Without `redis-server` installed,
+    /// fails under CI and otherwise reports the test as skipped (see [`super::skip`]) and
+    /// returns `None`, so the caller can return.
+    pub async fn start(test: &str) -> Option<RedisServer> {
         if !installed() {
-            let help = "redis-server is not installed: `apt-get install -y redis-server` \
-                        (.ci/run does this)";
-            if std::env::var_os("CI").is_some() {
-                panic!("{help}");
-            }
-            eprintln!("\n*** SKIPPED: {help}. These tests need a real Redis. ***\n");
+            let why = "needs redis-server (Debian: apt-get install -y redis-server)";
+            super::skip(test, why);
             return None;
         }
         // Another process may take the port between our probe and Redis binding it: retry.
