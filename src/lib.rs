@@ -256,6 +256,11 @@ pub use server::builder::ServerBuilder;
 pub use server::config::Config;
 pub use server::WebSocketServer;
 
+/// Every Rust snippet of README.md, compiled as a doc test so that none can rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeSnippets;
+
 /// Entry points for the fuzz targets in `fuzz/` (built with `cargo fuzz`, which sets
 /// `--cfg fuzzing`); not part of the public API.
 #[cfg(fuzzing)]
