@@ -64,10 +64,10 @@
 //! sockets in this one process: the bench raises the soft open-files limit up to the hard
 //! one by itself, and skips (saying so) what does not fit under it.
 //!
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -699,7 +699,9 @@ impl<'a> Group<'a> {
         let Group { name, group } = self;
         group.finish();
         let rate = |function: &str| {
-            let tallies = TALLY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tallies = TALLY
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let (deliveries, took) = tallies.get(&format!("{name}/{function}")).copied()?;
             (took > Duration::ZERO).then(|| deliveries as f64 / took.as_secs_f64())
         };
@@ -721,7 +723,9 @@ impl<'a> Group<'a> {
 static TALLY: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
 
 fn tally(id: &str, deliveries: u64, took: Duration) {
-    let mut tallies = TALLY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut tallies = TALLY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let entry = tallies.entry(id.to_owned()).or_default();
     entry.0 += deliveries;
     entry.1 += took;

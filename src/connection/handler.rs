@@ -28,8 +28,7 @@ use crate::protocol::message::Message;
 /// `tracing`, and [`on_close`](WebSocketHandler::on_close) still comes last.
 ///
 /// ```
-/// use async_trait::async_trait;
-/// use websocket_handler::{Connection, Message, WebSocketHandler};
+/// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler};
 ///
 /// /// Echoes every message back to its sender.
 /// struct Echo;
@@ -41,6 +40,18 @@ use crate::protocol::message::Message;
 ///     }
 /// }
 /// ```
+///
+/// # `#[async_trait]`
+///
+/// Put [`#[async_trait]`](crate::async_trait) (re-exported by this crate, so no dependency
+/// of your own is needed) on every `impl WebSocketHandler`. Without it the compiler reports
+/// `E0195: lifetime parameters or bounds on method ... do not match the trait declaration`
+/// on each `async fn`, which says nothing of the missing attribute.
+///
+/// What it costs: each callback's future is boxed, one heap allocation per call (a few
+/// dozen nanoseconds, and tens of bytes while the callback runs), and its calls go through
+/// a pointer. Next to reading a frame from a socket and writing the answer, that is small;
+/// it is what lets a handler be stored and driven without naming its future's type.
 #[async_trait]
 pub trait WebSocketHandler: Send + 'static {
     /// The connection is open. Called first, once.

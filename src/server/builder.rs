@@ -47,16 +47,24 @@ use crate::server::WebSocketServer;
 /// assert_eq!(server.config().max_message_size(), 1 << 20);
 /// assert_eq!(server.config().max_frame_size(), 64 * 1024);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` makes the server"]
 pub struct ServerBuilder {
     config: Config,
 }
 
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ServerBuilder {
     /// The default settings (see the table above).
     pub fn new() -> Self {
-        Self::default()
+        ServerBuilder {
+            config: Config::defaults(),
+        }
     }
 
     /// The server, with these settings and its own shared state (connection count,

@@ -18,7 +18,7 @@ use crate::engine::settings::{Settings, SlowConsumer};
 /// assert_eq!(server.config().max_message_size(), 64 * 1024);
 /// assert_eq!(server.config().max_connections(), None);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) engine: Settings,
     pub(crate) allowed_origins: Option<Arc<[String]>>,
@@ -28,6 +28,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults (see [`ServerBuilder`](crate::ServerBuilder)).
+    pub(crate) fn defaults() -> Self {
+        Config {
+            engine: Settings::default(),
+            allowed_origins: None,
+            same_origin: false,
+            protocols: Arc::from([]),
+            max_connections: None,
+        }
+    }
+
     /// See [`ServerBuilder::max_message_size`](crate::ServerBuilder::max_message_size).
     pub fn max_message_size(&self) -> usize {
         self.engine.max_message_size
