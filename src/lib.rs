@@ -211,7 +211,7 @@
 //! them is a breaking change here: `http` 1 (requests, responses, headers), `http-body` 1
 //! (what [`Body`] implements), `hyper` 1 (the upgrade mechanism [`upgrade`] relies on, and
 //! `serve`'s connections), `bytes` 1 (re-exported as [`Bytes`]), `tokio` 1 (`serve`'s
-//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`]). Message text is this
+//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait)). Message text is this
 //! crate's own [`Utf8Bytes`]; tungstenite is an implementation detail.
 //!
 //! [`upgrade`]: WebSocketServer::upgrade

@@ -1,7 +1,7 @@
 //! Carrying a collection's broadcasts between server processes.
 //!
 //! A chat room that outgrows one process needs every server behind the load balancer to
-//! deliver every message. A [`WebSocketCollection`](crate::WebSocketCollection) built with
+//! deliver every message. A [`WebSocketCollection`] built with
 //! [`with_backplane`](crate::WebSocketCollection::with_backplane) does this: each
 //! [`broadcast`](crate::WebSocketCollection::broadcast) is delivered to its local connections first,
 //! exactly as without a backplane, and then published on the collection's *topic*. Every

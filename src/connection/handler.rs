@@ -8,7 +8,7 @@ use crate::protocol::close::CloseFrame;
 use crate::protocol::message::Message;
 
 /// Handles the events of one WebSocket connection. Create one value per connection and pass
-/// it to [`upgrade`](crate::upgrade); per-connection state lives in its fields.
+/// it to [`WebSocketServer::upgrade`](crate::WebSocketServer::upgrade); per-connection state lives in its fields.
 ///
 /// Callbacks run one at a time, in this order:
 ///

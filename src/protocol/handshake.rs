@@ -43,7 +43,7 @@ pub enum HandshakeError {
     /// connections (503).
     #[error("server is at its limit of {0} connections; try again later")]
     TooManyConnections(usize),
-    /// The server is shutting down (503); see [`Shutdown`](crate::Shutdown).
+    /// The server is shutting down (503); see [`WebSocketServer::close_all`](crate::WebSocketServer::close_all).
     #[error("server is shutting down")]
     ShuttingDown,
 }
