@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::protocol::close::CloseCode;
+use crate::protocol::decode::DecodeError;
 
 /// Why a connection failed. Passed to [`WebSocketHandler::on_error`](crate::WebSocketHandler::on_error).
 ///
@@ -85,6 +86,21 @@ impl Error {
             Error::AbruptClose | Error::IdleTimeout(_) | Error::CloseTimeout(_) | Error::Io(_) => {
                 None
             }
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(error: DecodeError) -> Self {
+        match error {
+            DecodeError::MessageTooLarge { size, max } => Error::MessageTooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                max,
+            },
+            DecodeError::InvalidUtf8 => Error::InvalidUtf8,
+            DecodeError::Protocol(reason) => Error::Protocol {
+                reason: reason.to_owned(),
+            },
         }
     }
 }

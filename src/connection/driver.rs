@@ -1,33 +1,32 @@
-//! The task that runs one connection: it reads, calls the handler, and finishes writes that
-//! met a full socket (see [`crate::engine::core`] for how writing is arranged).
+//! The task that runs one connection: it waits for messages, calls the handler, and ends
+//! the connection, in the order the handler's docs promise.
+//!
+//! While a callback runs, the session keeps the connection going ([`Session::watch`]): the
+//! timers fire, pings and the close handshake are answered, handed-over writes continue.
+//! If the connection is over meanwhile (the close timeout, the idle timeout, the peer gone),
+//! it ends at once: the socket goes and the connection leaves its collections, and the
+//! callback is left to finish before `on_error` and `on_close`. A callback is never
+//! cancelled halfway.
 
-use tokio::time::Instant;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 
 use futures_util::future::{select, Either};
-use std::panic::AssertUnwindSafe;
-
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
 use crate::engine::flush::HasCore;
-use crate::engine::keepalive::{Due, KeepAlive};
-use crate::engine::rate_limit::Bucket;
+use crate::engine::session::{End, Event, Session};
 use crate::engine::settings::Settings;
-use crate::engine::stream::{
-    close_from_wire, error_from_tungstenite, tungstenite_config, ProtocolStream,
-};
 use crate::engine::writer::WriteSide;
 use crate::error::Error;
 use crate::protocol::close::CloseFrame;
-use crate::protocol::message::{Message, Utf8Bytes};
 
 /// Drives one connection until it ends, calling `handler` along the way. `lease` (the
-/// server's count of this connection, say) is held until the connection has ended.
+/// server's count of this connection, say) is held until `on_close` has returned.
 pub(crate) async fn run<R, W, H, L>(
     read: R,
     write: W,
@@ -41,183 +40,147 @@ pub(crate) async fn run<R, W, H, L>(
     H: WebSocketHandler,
     L: Send,
 {
-    // Whatever happens below, even a panicking handler, the connection ends up closed, out
-    // of its collections, and its socket released.
-    let _guard = EndGuard {
+    // Whatever happens below, the connection ends up closed, out of its collections, and its
+    // socket released; the lease goes last.
+    let guard = Guard {
         conn: conn.clone(),
         _lease: lease,
     };
     let core = conn.core();
-    let close_timeout = settings.close_timeout;
     core.metrics.opened();
-
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     core.attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
-    let mut socket = WebSocketStream::from_raw_socket(
-        ProtocolStream::new(read, conn.clone()),
-        Role::Server,
-        Some(tungstenite_config(&settings)),
-    )
-    .await;
-
-    let failure = {
-        let reads = async {
-            if let Err(panic) = caught(handler.on_open(&conn)).await {
-                return Some(panic);
-            }
-            read_loop(&mut socket, &mut handler, &conn, &settings).await
-        };
-        let writes = core.write_handed_over();
-        match select(std::pin::pin!(reads), std::pin::pin!(writes)).await {
-            Either::Left((failure, _)) => failure,
-            // Writing has ended (our close frame is out, or the socket failed); reading
-            // goes on until the peer's answer or the close timeout.
-            Either::Right((_, reads)) => reads.await,
-        }
+    let mut run = Running {
+        session: Session::new(read, &settings),
+        conn: &conn,
+        ended: false,
+        failure: None,
+        closed_cleanly: false,
     };
+
+    run.call(handler.on_open(&conn)).await;
+    while !run.ended && run.failure.is_none() && !run.closed_cleanly {
+        match run.session.next(core).await {
+            Event::Message(message) => run.call(handler.on_message(&conn, message)).await,
+            Event::End(end) => run.note(end),
+        }
+    }
 
     // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
-    let failure = match core.overflow() {
-        Some((messages, bytes)) => Some(Error::SlowConsumer { messages, bytes }),
-        None => failure,
-    };
-    if let Some(error) = &failure {
+    if let Some((messages, bytes)) = core.overflow() {
+        run.failure = Some(Error::SlowConsumer { messages, bytes });
+    }
+    if let Some(error) = run.failure.take() {
         tracing::debug!(%error, "connection failed");
-        if let Error::HandlerPanicked { message } = error {
+        if let Error::HandlerPanicked { message } = &error {
             tracing::error!(%message, "WebSocket handler panicked");
         }
-        let _ = caught(handler.on_error(&conn, error)).await;
+        run.call(handler.on_error(&conn, &error)).await;
+        // Fail the connection with the code that says why, if it can still be sent:
+        // written within the close timeout, not waiting for the peer's answer.
         if let Some(code) = error.close_code() {
-            core.queue_close(CloseFrame {
-                code,
-                reason: String::new(),
-            });
+            if !run.ended {
+                core.queue_close(CloseFrame {
+                    code,
+                    reason: String::new(),
+                });
+                run.session.write_close(core).await;
+            }
         }
     }
-    // Write what is still queued (our close frame, or tungstenite's answer to the peer's)
-    // before the socket goes, within the close timeout; a peer that is gone gets nothing.
-    let peer_gone = matches!(
-        failure,
-        Some(Error::IdleTimeout(_) | Error::AbruptClose | Error::Io(_))
-    );
-    if !peer_gone {
-        core.queue.hand_over();
-        let _ = tokio::time::timeout(close_timeout, core.write_queue()).await;
-    }
-    drop(socket);
+    run.end();
+    drop(run);
+
     let frame = core.first_close().unwrap_or_else(CloseFrame::abnormal);
-    drop(_guard);
     core.metrics.closed(frame.code.as_u16());
     tracing::debug!(code = frame.code.as_u16(), "connection closed");
     if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
         tracing::error!(%message, "WebSocket handler panicked in on_close");
     }
+    drop(guard);
 }
 
-struct EndGuard<L> {
+/// The connection while its task runs it.
+struct Running<'a, R> {
+    session: Session<R>,
+    conn: &'a Connection,
+    /// The connection is over: its socket is gone and it has left its collections.
+    ended: bool,
+    /// The first thing that went wrong.
+    failure: Option<Error>,
+    /// The close handshake completed.
+    closed_cleanly: bool,
+}
+
+impl<R: AsyncRead + Unpin> Running<'_, R> {
+    /// Runs a handler callback while the session keeps the connection going. A panic
+    /// becomes the connection's failure; if the connection is over before the callback
+    /// returns, it is ended at once and the callback then finishes.
+    async fn call(&mut self, callback: impl Future<Output = ()>) {
+        let mut callback = pin!(caught(callback));
+        let outcome = if self.ended {
+            Ok(callback.as_mut().await)
+        } else {
+            let watch = pin!(self.session.watch(self.conn.core()));
+            match select(callback.as_mut(), watch).await {
+                Either::Left((result, _)) => Ok(result),
+                Either::Right((end, _)) => Err(end),
+            }
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(end) => {
+                self.note(end);
+                self.end();
+                callback.await
+            }
+        };
+        if let Err(panic) = result {
+            self.failure.get_or_insert(panic);
+        }
+    }
+
+    fn note(&mut self, end: End) {
+        match end {
+            End::Closed => self.closed_cleanly = true,
+            End::Failed(error) => {
+                self.failure.get_or_insert(error);
+            }
+        }
+    }
+
+    /// Ends the connection now: the socket goes, and it leaves every collection.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.session.close_read();
+            end_connection(self.conn);
+        }
+    }
+}
+
+/// Drops the socket (both halves, once the session has let go of the read half) and marks
+/// the connection closed: it leaves every collection and `closed()` resolves.
+fn end_connection(conn: &Connection) {
+    conn.core().detach();
+    conn.mark_closed();
+}
+
+/// Ends the connection however `run` stops, and holds the lease until then.
+struct Guard<L> {
     conn: Connection,
     _lease: L,
 }
 
-impl<L> Drop for EndGuard<L> {
+impl<L> Drop for Guard<L> {
     fn drop(&mut self) {
-        // Dropping the write half (with the read half, already gone) closes the socket.
-        self.conn.core().detach();
-        self.conn.mark_closed();
-    }
-}
-
-/// Reads until the connection ends. Returns the failure, if it did not end cleanly.
-async fn read_loop<R, H>(
-    stream: &mut WebSocketStream<ProtocolStream<R, Connection>>,
-    handler: &mut H,
-    conn: &Connection,
-    settings: &Settings,
-) -> Option<Error>
-where
-    R: AsyncRead + Unpin,
-    H: WebSocketHandler,
-{
-    // Once our close frame is out, the peer has `close_timeout` to answer it.
-    let core = conn.core();
-    let close_timeout = settings.close_timeout;
-    let close_deadline = async {
-        core.close_sent.notified().await;
-        tokio::time::sleep(close_timeout).await;
-    };
-    tokio::pin!(close_deadline);
-    let mut keepalive = KeepAlive::new(
-        settings.ping_interval,
-        settings.idle_timeout,
-        Instant::now(),
-    );
-    let mut rate = settings
-        .rate_limit
-        .map(|limit| Bucket::new(limit, Instant::now()));
-    let keepalive_timer =
-        tokio::time::sleep_until(keepalive.deadline().unwrap_or_else(Instant::now));
-    tokio::pin!(keepalive_timer);
-    loop {
-        let item = tokio::select! {
-            biased;
-            item = stream.next() => item,
-            () = &mut close_deadline => return Some(Error::CloseTimeout(close_timeout)),
-            () = &mut keepalive_timer, if keepalive.deadline().is_some() => {
-                match keepalive.due(Instant::now()) {
-                    Due::Idle => {
-                        let idle = keepalive.idle_timeout().unwrap_or_default();
-                        return Some(Error::IdleTimeout(idle));
-                    }
-                    Due::Ping => core.send_ping(),
-                    Due::Nothing => {}
-                }
-                if let Some(next) = keepalive.deadline() {
-                    keepalive_timer.as_mut().reset(next);
-                }
-                continue;
-            }
-        };
-        let message = match item {
-            None => return None,
-            Some(Err(error)) => return Some(error_from_tungstenite(error)),
-            Some(Ok(message)) => message,
-        };
-        // Only noted here: re-arming the timer on every message would cost a timer-wheel
-        // update per message. When the timer fires early, `due` says so and it is re-armed.
-        keepalive.seen(Instant::now());
-        let message = match message {
-            tungstenite::Message::Text(text) => {
-                Message::Text(Utf8Bytes::from_validated(text.into()))
-            }
-            tungstenite::Message::Binary(bytes) => Message::Binary(bytes),
-            // tungstenite queues the answer to a close frame and sends it on the next read.
-            tungstenite::Message::Close(frame) => {
-                core.peer_closed(close_from_wire(frame));
-                continue;
-            }
-            // tungstenite answers pings itself; pongs and raw frames need nothing more.
-            tungstenite::Message::Ping(_)
-            | tungstenite::Message::Pong(_)
-            | tungstenite::Message::Frame(_) => continue,
-        };
-        core.metrics.received(conn.id(), message.len());
-        if let Some(bucket) = &mut rate {
-            if !bucket.take(Instant::now()) {
-                let per_second = settings
-                    .rate_limit
-                    .map_or(0, |limit| limit.per_second as u32);
-                return Some(Error::RateLimited { per_second });
-            }
-        }
-        if let Err(panic) = caught(handler.on_message(conn, message)).await {
-            return Some(panic);
-        }
+        end_connection(&self.conn);
     }
 }
 
 /// Runs a handler callback, turning a panic into [`Error::HandlerPanicked`]: a panicking
 /// handler ends only its own connection (with 1011), never the server's other ones.
-async fn caught<F: std::future::Future<Output = ()>>(callback: F) -> Result<(), Error> {
+async fn caught<F: Future<Output = ()>>(callback: F) -> Result<(), Error> {
     AssertUnwindSafe(callback)
         .catch_unwind()
         .await

@@ -6,14 +6,16 @@
 //! once ([`Core::flush_now`]), and a broadcast hands all the connections it found idle to a
 //! few flush tasks ([`flush_all`](crate::engine::flush::flush_all)), which write to each in
 //! turn, oldest broadcast first. Those writes never wait: when a socket is full, the
-//! connection's own task takes over and waits for it ([`Core::write_handed_over`]), so a
-//! slow client never holds up a flush task, nor any other client.
+//! connection's own task takes over and waits for it ([`Core::poll_write_handed_over`]), so
+//! a slow client never holds up a flush task, nor any other client.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::engine::id::ConnectionId;
 use crate::engine::metrics::Metrics;
@@ -23,7 +25,7 @@ use crate::engine::sync::lock;
 use crate::engine::writer::{WriteEnd, WriteSide, Written};
 use crate::error::SendError;
 use crate::protocol::close::{CloseCode, CloseFrame};
-use crate::protocol::frame::Frame;
+use crate::protocol::frame::{opcode, Frame};
 
 const OPEN: u8 = 0;
 const CLOSING: u8 = 1;
@@ -42,8 +44,10 @@ pub(crate) struct Core {
     state: AtomicU8,
     /// Wakes those awaiting [`Core::closed`].
     closed: Notify,
-    /// Signalled by the writer once our close frame is on the wire; starts the close timeout.
-    pub(crate) close_sent: Notify,
+    /// When the close was asked for (by us or by the peer): the close timeout runs from here.
+    closing_since: OnceLock<Instant>,
+    /// Our close frame, or our answer to the peer's, is on the wire.
+    close_written: AtomicBool,
     /// The first close frame on the wire, in either direction.
     first_close: Mutex<Option<CloseFrame>>,
     pub(crate) metrics: Metrics,
@@ -62,7 +66,8 @@ impl Core {
             write_side: Mutex::new(None),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
-            close_sent: Notify::new(),
+            closing_since: OnceLock::new(),
+            close_written: AtomicBool::new(false),
             first_close: Mutex::new(None),
             metrics,
         }
@@ -78,11 +83,29 @@ impl Core {
         self.state.load(Ordering::Acquire) == OPEN
     }
 
-    /// Open becomes closing; closing or closed stay as they are.
+    /// Open becomes closing, and the close timeout starts; closing or closed stay as they
+    /// are. Returns whether it was open.
     fn start_closing(&self) -> bool {
-        self.state
+        let was_open = self
+            .state
             .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if was_open {
+            self.closing_since.get_or_init(Instant::now);
+            // The connection's task arms the close timeout when it next runs.
+            self.queue.wake_owner();
+        }
+        was_open
+    }
+
+    /// When the close was asked for, if it was.
+    pub(crate) fn closing_since(&self) -> Option<Instant> {
+        self.closing_since.get().copied()
+    }
+
+    /// Whether our close frame, or our answer to the peer's, is on the wire.
+    pub(crate) fn close_written(&self) -> bool {
+        self.close_written.load(Ordering::Acquire)
     }
 
     /// Queues an encoded frame. The caller must act on [`Pushed::MustFlush`].
@@ -108,8 +131,32 @@ impl Core {
 
     /// Queues a ping (an empty one: only the answer matters).
     pub(crate) fn send_ping(&self) {
-        let ping = Outbound::Raw(bytes::Bytes::from_static(&[0x89, 0]));
-        if let Ok(pushed) = self.queue.push_protocol(ping) {
+        self.push_protocol(Outbound::Raw(Bytes::from_static(&[0x89, 0])));
+    }
+
+    /// Queues the answer to the peer's ping with `payload` (at most 125 bytes).
+    pub(crate) fn send_pong(&self, payload: &[u8]) {
+        self.push_protocol(Outbound::Pong(control_frame(opcode::PONG, payload)));
+    }
+
+    /// The peer sent its close frame (`None`: without a code): sending is over. Answers it
+    /// with its code, unless our own close frame is already queued (it is the answer then).
+    pub(crate) fn peer_closed(&self, frame: Option<CloseFrame>) {
+        self.start_closing();
+        let code = frame
+            .as_ref()
+            .map(|frame| frame.code.as_u16().to_be_bytes());
+        self.record_close(frame.unwrap_or(CloseFrame {
+            code: CloseCode::NO_STATUS,
+            reason: String::new(),
+        }));
+        let answer = control_frame(opcode::CLOSE, code.as_ref().map_or(&[][..], |c| &c[..]));
+        self.push_protocol(Outbound::Reply(answer));
+    }
+
+    fn push_protocol(&self, item: Outbound) {
+        // Refused only once a close frame is queued: then nothing more is sent anyway.
+        if let Ok(pushed) = self.queue.push_protocol(item) {
             self.after_push(pushed);
         }
     }
@@ -134,8 +181,6 @@ impl Core {
             self.metrics.dropped(self.id, dropped as u64);
             self.after_push(pushed);
         }
-        // Start the close timeout now: the close frame may never get onto a full socket.
-        self.close_sent.notify_one();
     }
 
     /// Set once the slow-consumer policy closed this connection: the queue's size then.
@@ -187,12 +232,6 @@ impl Core {
     /// Records a close frame seen on the wire; only the first one counts.
     pub(crate) fn record_close(&self, frame: CloseFrame) {
         lock(&self.first_close).get_or_insert(frame);
-    }
-
-    /// The peer sent its close frame: sending is over.
-    pub(crate) fn peer_closed(&self, frame: CloseFrame) {
-        self.start_closing();
-        self.record_close(frame);
     }
 
     pub(crate) fn first_close(&self) -> Option<CloseFrame> {
@@ -256,20 +295,21 @@ impl Core {
     }
 
     /// The connection task's share of writing: finishes flushes handed over to it, waiting
-    /// for the socket. Returns when writing has ended for good.
-    pub(crate) async fn write_handed_over(&self) -> WriteEnd {
+    /// for the socket. Ready when writing has ended for good. Registers the task's waker
+    /// with the queue, which also wakes it when the connection starts closing or its close
+    /// frame has been written by someone else.
+    pub(crate) fn poll_write_handed_over(&self, cx: &mut Context<'_>) -> Poll<WriteEnd> {
         loop {
-            std::future::poll_fn(|cx| self.queue.poll_handed_over(cx)).await;
-            if let Some(end) = self.write_queue().await {
-                return end;
+            if self.queue.poll_handed_over(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match self.poll_write_queue(cx) {
+                Poll::Ready(Some(end)) => return Poll::Ready(end),
+                // All written and the queue idle again: wait for the next hand-over.
+                Poll::Ready(None) => continue,
+                Poll::Pending => return Poll::Pending,
             }
         }
-    }
-
-    /// Writes until the queue is empty, waiting for the socket as needed. Returns `Some` if
-    /// writing has ended for good.
-    pub(crate) async fn write_queue(&self) -> Option<WriteEnd> {
-        std::future::poll_fn(|cx| self.poll_write_queue(cx)).await
     }
 
     fn poll_write_queue(&self, cx: &mut Context<'_>) -> Poll<Option<WriteEnd>> {
@@ -290,7 +330,20 @@ impl Core {
         }
         if let Some(frame) = written.close {
             self.record_close(frame);
-            self.close_sent.notify_one();
+        }
+        if written.final_frame {
+            self.close_written.store(true, Ordering::Release);
+            // The connection's task may be waiting only for this (the peer has closed).
+            self.queue.wake_owner();
         }
     }
+}
+
+/// An unmasked control frame with `payload` (at most 125 bytes).
+fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(2 + payload.len());
+    frame.push(0x80 | opcode);
+    frame.push(payload.len() as u8);
+    frame.extend_from_slice(payload);
+    frame.into()
 }

@@ -3,9 +3,10 @@
 //!
 //! Per connection, a bounded outbound queue ([`queue`]) that many producers fill and one
 //! writer at a time empties into the socket ([`writer`]), the state around them
-//! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`stream`]), and the
-//! timers and limits of a live connection ([`keepalive`], [`rate_limit`]), with the
-//! [`metrics`] they count into. Crate-internal; the engine knows the protocol layer and
+//! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`reader`]), and what
+//! the connection's own task runs: the protocol's answers, the timers and the limits of a
+//! live connection ([`session`], [`keepalive`], [`rate_limit`]), with the [`metrics`] they
+//! count into. Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
 pub(crate) mod core;
@@ -15,7 +16,8 @@ pub(crate) mod keepalive;
 pub(crate) mod metrics;
 pub(crate) mod queue;
 pub(crate) mod rate_limit;
+pub(crate) mod reader;
+pub(crate) mod session;
 pub(crate) mod settings;
-pub(crate) mod stream;
 pub(crate) mod sync;
 pub(crate) mod writer;

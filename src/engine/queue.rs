@@ -24,11 +24,11 @@ use crate::protocol::frame::Frame;
 pub(crate) enum Outbound {
     /// A text or binary message.
     Data(Frame),
-    /// Protocol bytes tungstenite wrote itself, other than those below.
+    /// A control frame of ours other than those below (a ping).
     Raw(Bytes),
-    /// tungstenite's answer to a ping; only the latest unsent one is kept.
+    /// Our answer to a ping; only the latest unsent one is kept.
     Pong(Bytes),
-    /// tungstenite's answer to the peer's close frame; nothing is written after it.
+    /// Our answer to the peer's close frame; nothing is written after it.
     Reply(Bytes),
     /// Our close frame, and its encoding; nothing is written after it. Boxed: it is rare,
     /// and every queue slot is as large as the largest variant.
@@ -134,10 +134,12 @@ impl OutboundQueue {
         self.max_messages
     }
 
-    /// Queues a message behind everything already queued.
+    /// Queues a message behind everything already queued. Refused once a close frame is
+    /// queued: nothing behind it would ever be written, so a send that races a close either
+    /// goes out before the close frame or fails.
     pub(crate) fn push_data(&self, frame: Frame) -> Result<Pushed, Rejected> {
         let mut state = lock(&self.state);
-        if state.stopped {
+        if state.stopped || state.close_queued {
             return Err(Rejected::Stopped);
         }
         let len = frame.payload().len();
@@ -154,7 +156,7 @@ impl OutboundQueue {
         Ok(schedule(&mut state))
     }
 
-    /// Queues protocol bytes written by tungstenite; they are never refused for space, but
+    /// Queues a control frame of the protocol's own; never refused for space, but
     /// a pong replaces an unsent one (RFC 6455 allows answering only the latest ping), so a
     /// client that floods pings and never reads cannot grow the queue.
     pub(crate) fn push_protocol(&self, item: Outbound) -> Result<Pushed, Rejected> {
@@ -248,6 +250,14 @@ impl OutboundQueue {
         true
     }
 
+    /// Wakes the connection's task, if it is waiting on [`poll_handed_over`](Self::poll_handed_over).
+    pub(crate) fn wake_owner(&self) {
+        let owner = lock(&self.state).owner.take();
+        if let Some(owner) = owner {
+            owner.wake();
+        }
+    }
+
     /// A non-blocking flush could not finish: wake the connection's task to finish it.
     pub(crate) fn hand_over(&self) {
         let mut state = lock(&self.state);
@@ -263,12 +273,10 @@ impl OutboundQueue {
         lock(&self.state).handed_over
     }
 
-    /// Resolves when a flush was handed over to the connection's task.
+    /// Resolves when a flush was handed over to the connection's task. Either way the
+    /// task's waker is kept, for [`wake_owner`](Self::wake_owner).
     pub(crate) fn poll_handed_over(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = lock(&self.state);
-        if state.handed_over {
-            return Poll::Ready(());
-        }
         if !state
             .owner
             .as_ref()
@@ -276,7 +284,11 @@ impl OutboundQueue {
         {
             state.owner = Some(cx.waker().clone());
         }
-        Poll::Pending
+        if state.handed_over {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// The connection has ended: drop what is queued and refuse anything new.
@@ -427,8 +439,8 @@ mod tests {
         let reply = Bytes::from_static(b"\x88\x02\x03\xe8");
         assert!(queue.push_protocol(Outbound::Reply(reply)).is_ok());
         assert!(
-            queue.push_data(text("late")).is_ok(),
-            "queued, but never written"
+            matches!(queue.push_data(text("late")), Err(Rejected::Stopped)),
+            "refused: behind the close frame it would never be written"
         );
         assert!(
             queue.push_close(close(), false).is_err(),
@@ -455,7 +467,10 @@ mod tests {
         let queue = OutboundQueue::new(2, usize::MAX);
         assert!(queue.push_data(text("a")).is_ok());
         assert!(queue.push_close(close(), false).is_ok());
-        assert!(queue.push_data(text("b")).is_ok());
+        assert!(
+            queue.push_data(text("b")).is_err(),
+            "nothing is queued behind a close frame"
+        );
         let mut batch = VecDeque::new();
         assert!(queue.take(&mut batch));
         assert_eq!(
@@ -475,6 +490,25 @@ mod tests {
             b"\x88\x05\x03\xe8bye",
             "the close frame jumped ahead"
         );
+    }
+
+    #[test]
+    fn a_message_pushed_after_the_close_frame_is_refused_not_silently_cut() {
+        // A send that races a close: if it is queued at all, it must be written.
+        let queue = OutboundQueue::new(10, usize::MAX);
+        assert!(queue.push_data(text("before")).is_ok());
+        assert!(queue.push_close(close(), false).is_ok());
+        assert!(
+            matches!(queue.push_data(text("after")), Err(Rejected::Stopped)),
+            "accepted behind the close frame, where it would never be written"
+        );
+        let reply = Bytes::from_static(b"\x88\x02\x03\xe8");
+        let queue = OutboundQueue::new(10, usize::MAX);
+        assert!(queue.push_protocol(Outbound::Reply(reply)).is_ok());
+        assert!(matches!(
+            queue.push_data(text("after")),
+            Err(Rejected::Stopped)
+        ));
     }
 
     #[test]

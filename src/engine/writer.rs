@@ -41,6 +41,8 @@ pub(crate) struct Written {
     pub(crate) bytes: u64,
     /// Our close frame, once it is on the wire.
     pub(crate) close: Option<CloseFrame>,
+    /// A close frame (ours, or our answer to the peer's) is on the wire: nothing follows.
+    pub(crate) final_frame: bool,
 }
 
 /// Why the writing stopped for good.
@@ -147,9 +149,13 @@ impl WriteSide {
                 // `take` put nothing behind a close frame.
                 Some(Outbound::Close(close)) => {
                     written.close = Some(close.0);
+                    written.final_frame = true;
                     self.closed = true;
                 }
-                Some(Outbound::Reply(_)) => self.closed = true,
+                Some(Outbound::Reply(_)) => {
+                    written.final_frame = true;
+                    self.closed = true;
+                }
                 _ => {}
             }
         }

@@ -14,6 +14,8 @@ pub(crate) mod opcode {
     pub(crate) const BINARY: u8 = 0x2;
     /// A close frame.
     pub(crate) const CLOSE: u8 = 0x8;
+    /// A pong.
+    pub(crate) const PONG: u8 = 0xa;
 }
 
 /// A server-to-client frame, encoded once: servers never mask, so the same header and
@@ -88,26 +90,9 @@ impl Frame {
     }
 }
 
-/// Length of the unmasked frame at the start of `bytes`, if its header is all there.
-pub(crate) fn frame_len(bytes: &[u8]) -> Option<usize> {
-    let short = usize::from(*bytes.get(1)? & 0x7f);
-    let (header, payload): (usize, usize) = match short {
-        126 => (
-            4,
-            usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
-        ),
-        127 => {
-            let long: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
-            (10, usize::try_from(u64::from_be_bytes(long)).ok()?)
-        }
-        short => (2, short),
-    };
-    header.checked_add(payload)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{frame_len, Frame};
+    use super::Frame;
     use crate::protocol::close::{CloseCode, CloseFrame};
     use bytes::Bytes;
 
@@ -125,18 +110,5 @@ mod tests {
         };
         assert_eq!(Frame::close(&close).header(), [0x88, 5]);
         assert_eq!(&Frame::close(&close).payload()[..], b"\x03\xe8bye");
-    }
-
-    #[test]
-    fn frame_lengths() {
-        assert_eq!(frame_len(b"\x8a\x00"), Some(2));
-        assert_eq!(frame_len(b"\x88\x02\x03\xe8\x8a\x00"), Some(4));
-        assert_eq!(frame_len(&[0x82, 126, 1, 0]), Some(4 + 256));
-        assert_eq!(
-            frame_len(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
-            Some(10 + 65536)
-        );
-        assert_eq!(frame_len(&[0x82]), None);
-        assert_eq!(frame_len(&[0x82, 127, 0]), None);
     }
 }

@@ -1,21 +1,28 @@
 //! Graceful shutdown: close every connection with 1001 after what is queued for it, and
 //! refuse new ones.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::connection::Connection;
-use crate::fanout::collection::WebSocketCollection;
+use crate::engine::id::ConnectionId;
+use crate::engine::sync::lock;
 use crate::protocol::close::CloseCode;
 use crate::protocol::handshake::HandshakeError;
 use crate::server::WebSocketServer;
 
-/// The connections a server may have to close, and whether it is closing them.
+/// The connections of a server whose handlers have not finished, and whether the server is
+/// shutting down.
 #[derive(Debug, Default)]
 pub(crate) struct ShutdownState {
-    connections: WebSocketCollection,
+    /// From the upgrade until `on_close` has returned (see [`Tracked`]).
+    connections: Mutex<HashMap<ConnectionId, Connection>>,
+    /// Wakes `close_all` when one of them has finished.
+    finished: Notify,
     started: AtomicBool,
     /// Wakes [`serve`](WebSocketServer::serve) loops when the shutdown starts.
     starting: Notify,
@@ -38,16 +45,38 @@ impl ShutdownState {
             notified.await;
         }
     }
+}
 
-    /// Tracks a new connection, unless shutting down. Adding first and checking after means
-    /// a connection is either refused or seen by `close_all`.
-    pub(crate) fn track(&self, conn: &Connection) -> Result<(), HandshakeError> {
-        self.connections.add(conn.clone());
-        if self.is_started() {
-            self.connections.remove(conn.id());
+/// A connection `close_all` waits for, until its handler has finished (dropped after
+/// `on_close` returned, or when the upgrade never happened).
+pub(crate) struct Tracked {
+    server: WebSocketServer,
+    id: ConnectionId,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let state = self.server.shutdown_state();
+        lock(&state.connections).remove(&self.id);
+        state.finished.notify_waiters();
+    }
+}
+
+impl WebSocketServer {
+    /// Tracks a new connection until its handler has finished, unless shutting down.
+    /// Adding first and checking after means a connection is either refused or seen by
+    /// `close_all`.
+    pub(crate) fn track(&self, conn: &Connection) -> Result<Tracked, HandshakeError> {
+        let state = self.shutdown_state();
+        lock(&state.connections).insert(conn.id(), conn.clone());
+        let tracked = Tracked {
+            server: self.clone(),
+            id: conn.id(),
+        };
+        if state.is_started() {
             return Err(HandshakeError::ShuttingDown);
         }
-        Ok(())
+        Ok(tracked)
     }
 }
 
@@ -58,9 +87,14 @@ impl WebSocketServer {
     }
 
     /// Shuts down gracefully: refuses new upgrades (503), closes every open connection with
-    /// 1001 (going away) behind the messages already queued for it, and waits until all
-    /// have ended or `timeout` has passed. Returns how many had not ended by then; they end
-    /// by themselves within the close timeout.
+    /// 1001 (going away) behind the messages already queued for it, and waits until every
+    /// handler has seen its `on_close`, or `timeout` has passed. Returns how many had not by
+    /// then.
+    ///
+    /// Each connection ends within the close timeout of this call, whatever its client
+    /// does (one that stops reading included); a handler still busy in a callback then
+    /// gets its `on_error` and `on_close` once that callback returns. So returning from
+    /// `main` after `close_all` has returned 0 skips no `on_close`.
     ///
     /// Stop accepting TCP connections yourself first (the accept loop is yours).
     ///
@@ -79,12 +113,23 @@ impl WebSocketServer {
         let state = self.shutdown_state();
         state.started.store(true, Ordering::SeqCst);
         state.starting.notify_waiters();
-        let open = state.connections.connections();
+        let open: Vec<Connection> = lock(&state.connections).values().cloned().collect();
         for conn in &open {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        let all_closed = futures_util::future::join_all(open.iter().map(Connection::closed));
-        let _ = tokio::time::timeout(timeout, all_closed).await;
-        open.iter().filter(|conn| !conn.is_closed()).count()
+        drop(open);
+        let all_finished = async {
+            loop {
+                let finished = state.finished.notified();
+                tokio::pin!(finished);
+                finished.as_mut().enable();
+                if lock(&state.connections).is_empty() {
+                    return;
+                }
+                finished.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_finished).await;
+        lock(&state.connections).len()
     }
 }

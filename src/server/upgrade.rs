@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::connection::driver;
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
-use crate::engine::stream;
+use crate::engine::reader;
 use crate::protocol::handshake::{check_handshake, HandshakeError};
 use crate::server::body::Body;
 use crate::server::limit::ConnectionLimit;
@@ -127,7 +127,8 @@ impl WebSocketServer {
             self.metrics().clone(),
         );
         drop(request);
-        self.shutdown_state().track(&conn)?;
+        // Both are held until the handler has finished.
+        let lease = (permit, self.track(&conn)?);
         let settings = config.engine;
         // Everything the connection logs, the handler's own events included, carries its id
         // and the peer's address.
@@ -136,20 +137,29 @@ impl WebSocketServer {
             None => tracing::info_span!("websocket", id = %conn.id()),
         };
         let connection = async move {
-            match on_upgrade.await {
-                Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            // hyper hands the connection over once the 101 is written. If the application
+            // sends another response instead (or none), hyper may keep the pending upgrade as
+            // long as the HTTP connection lives: give up after the close timeout, so that
+            // the permit and the handler are not held that long.
+            let upgraded = tokio::time::timeout(settings.close_timeout, on_upgrade).await;
+            match upgraded {
+                Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     // A plain TCP socket: its halves need no lock between reading and writing.
                     Ok(parts) => {
                         let (read, write) = parts.io.into_inner().into_split();
-                        let read = stream::leftover(parts.read_buf).chain(read);
-                        driver::run(read, write, conn, handler, settings, permit).await
+                        let read = reader::leftover(parts.read_buf).chain(read);
+                        driver::run(read, write, conn, handler, settings, lease).await
                     }
                     Err(upgraded) => {
                         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                        driver::run(read, write, conn, handler, settings, permit).await
+                        driver::run(read, write, conn, handler, settings, lease).await
                     }
                 },
-                Err(error) if error.is_user() => {
+                Err(_) => {
+                    tracing::debug!("the 101 response was not sent; the upgrade is abandoned");
+                    conn.mark_closed();
+                }
+                Ok(Err(error)) if error.is_user() => {
                     // hyper's only user error here: the connection is not served with
                     // `with_upgrades()`, so every WebSocket is dropped right after its 101.
                     tracing::warn!(
@@ -159,7 +169,7 @@ impl WebSocketServer {
                     );
                     conn.mark_closed();
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "HTTP upgrade did not complete");
                     conn.mark_closed();
                 }

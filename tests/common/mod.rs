@@ -373,3 +373,46 @@ pub async fn http_status(addr: SocketAddr, target: &str) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
+
+/// A client frame as RFC 6455 says a client must send it: masked (with a fixed key).
+#[allow(dead_code)] // not every test binary uses it
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
+
+/// A raw TCP WebSocket client that has done its handshake and may then misbehave: stop
+/// reading (a receive buffer of `recv_buffer` bytes fills fast), trickle bytes, and so on.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn raw_client(addr: SocketAddr, path: &str, recv_buffer: Option<u32>) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(bytes) = recv_buffer {
+        socket.set_recv_buffer_size(bytes).expect("receive buffer");
+    }
+    let mut stream = tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    stream
+        .write_all(&raw_handshake(path))
+        .await
+        .expect("send the handshake");
+    read_until_contains(&mut stream, b"\r\n\r\n").await;
+    stream
+}

@@ -1,0 +1,174 @@
+//! The read side of a connection: bytes from the socket, through the frame decoder, into
+//! whole messages and control frames.
+//!
+//! A connection holds no read buffer of its own. Each read goes into a scratch buffer of the
+//! worker thread, and the decoder ([`crate::protocol::decode`]) takes what it needs from it
+//! at once: a frame's header into a few bytes of state, its payload straight into the
+//! message it belongs to. Only when a read brings more than one item are the bytes after the
+//! first item kept, until the next poll decodes them.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::protocol::decode::{DecodeError, Decoder, Item, Limits};
+
+/// Size of each worker thread's read buffer: the most a single read can return.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// Reads in one poll without an item before yielding to other tasks, so that a client
+/// streaming one huge message cannot monopolise a worker.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The socket failed.
+    Io(io::Error),
+    /// The peer broke the protocol or a limit.
+    Decode(DecodeError),
+}
+
+/// The socket's read half and the decoder of what comes out of it.
+pub(crate) struct Reader<R> {
+    /// `None` once reading has been given up.
+    io: Option<R>,
+    decoder: Decoder,
+    /// Bytes read but not yet decoded (from `pending_at` on); empty, and unallocated, unless
+    /// one read brought several items.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// The most bytes asked of one read.
+    max_read: usize,
+    /// Some bytes arrived since [`take_activity`](Self::take_activity) was last called.
+    activity: bool,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub(crate) fn new(io: R, limits: Limits, max_read: usize) -> Self {
+        Reader {
+            io: Some(io),
+            decoder: Decoder::new(limits),
+            pending: Vec::new(),
+            pending_at: 0,
+            max_read: max_read.clamp(1, SCRATCH_SIZE),
+            activity: false,
+        }
+    }
+
+    /// The next item; `Pending` until the socket has brought enough bytes for one.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<Item, ReadError>> {
+        if let Some(item) = self.decode_pending()? {
+            return Poll::Ready(Ok(item));
+        }
+        for _ in 0..READS_PER_POLL {
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Err(ReadError::Eof));
+            };
+            let (decoder, pending, max_read) =
+                (&mut self.decoder, &mut self.pending, self.max_read);
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..max_read]);
+                match Pin::new(io).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(ReadError::Io(error))),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        Poll::Ready(Err(ReadError::Eof))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        Poll::Ready(decode_read(decoder, buf.filled(), pending).map(Some))
+                    }
+                }
+            });
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(item)) => {
+                    self.activity = true;
+                    self.pending_at = 0;
+                    if let Some(item) = item.flatten() {
+                        return Poll::Ready(Ok(item));
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Decodes what an earlier read left; `Ok(None)` once it is all consumed.
+    fn decode_pending(&mut self) -> Result<Option<Item>, ReadError> {
+        while self.pending_at < self.pending.len() {
+            let (used, item) = self
+                .decoder
+                .feed(&self.pending[self.pending_at..])
+                .map_err(ReadError::Decode)?;
+            self.pending_at += used;
+            if self.pending_at == self.pending.len() {
+                // Give the memory back: an idle connection keeps no buffer.
+                self.pending = Vec::new();
+                self.pending_at = 0;
+            }
+            if item.is_some() {
+                return Ok(item);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether any bytes arrived since the last call: the peer is alive.
+    pub(crate) fn take_activity(&mut self) -> bool {
+        std::mem::take(&mut self.activity)
+    }
+
+    /// Stops reading and drops the socket's read half.
+    pub(crate) fn close(&mut self) {
+        self.io = None;
+        self.pending = Vec::new();
+        self.pending_at = 0;
+    }
+}
+
+/// Feeds one read's bytes to the decoder up to the first item; keeps the bytes after it in
+/// `pending` (allocated to fit).
+fn decode_read(
+    decoder: &mut Decoder,
+    bytes: &[u8],
+    pending: &mut Vec<u8>,
+) -> Result<Option<Item>, ReadError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let (used, item) = decoder.feed(&bytes[at..]).map_err(ReadError::Decode)?;
+        at += used;
+        if item.is_some() {
+            if at < bytes.len() {
+                *pending = bytes[at..].to_vec();
+            }
+            return Ok(item);
+        }
+    }
+    Ok(None)
+}
+
+/// A reader of the bytes the client sent right behind its handshake, which hyper read along
+/// with it; chained before the socket. They are copied: hyper's slice would keep its whole
+/// 8 KiB read buffer alive as long as the reader lives.
+pub(crate) fn leftover(bytes: Bytes) -> io::Cursor<Bytes> {
+    let bytes = if bytes.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&bytes)
+    };
+    io::Cursor::new(bytes)
+}

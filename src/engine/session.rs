@@ -1,0 +1,237 @@
+//! A live connection, seen from its own task: reading and answering the protocol, the
+//! timers (pings, the idle timeout, the close timeout), the inbound rate limit, and the
+//! writes handed over to the task.
+//!
+//! The task either waits for the next message ([`Session::next`]) or, while a handler
+//! callback runs, keeps everything but the delivery of messages going
+//! ([`Session::watch`]): pings go out, pongs and the peer's close are answered, writes
+//! continue, and the timers run whatever the handler does. At most one message read
+//! meanwhile is held back, so a slow handler still slows its own client down.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::time::{Instant, Sleep};
+
+use crate::engine::core::Core;
+use crate::engine::keepalive::{Due, KeepAlive};
+use crate::engine::rate_limit::Bucket;
+use crate::engine::reader::{ReadError, Reader};
+use crate::engine::settings::Settings;
+use crate::engine::writer::WriteEnd;
+use crate::error::Error;
+use crate::protocol::decode::{Item, Limits};
+use crate::protocol::message::Message;
+
+/// What the connection's task gets from [`Session::next`].
+pub(crate) enum Event {
+    /// A whole message for the handler.
+    Message(Message),
+    /// The connection is over.
+    End(End),
+}
+
+/// How a connection ended, as far as the transport is concerned.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The close handshake is done: both close frames are on the wire.
+    Closed,
+    /// The connection failed; the error says how.
+    Failed(Error),
+}
+
+pub(crate) struct Session<R> {
+    reader: Reader<R>,
+    keepalive: KeepAlive,
+    /// Armed for the keep-alive deadline; re-armed only when it fires (see `poll_timers`).
+    keepalive_timer: Pin<Box<Sleep>>,
+    rate: Option<Bucket>,
+    rate_per_second: u32,
+    close_timeout: Duration,
+    /// Armed once the close has been asked for.
+    close_timer: Option<Pin<Box<Sleep>>>,
+    /// A message read while a callback ran, for the next [`next`](Self::next).
+    held: Option<Message>,
+    /// The peer's close frame has arrived: reading is over.
+    peer_closed: bool,
+    /// The writer has ended for good (a close frame is out).
+    writes_ended: bool,
+}
+
+impl<R: AsyncRead + Unpin> Session<R> {
+    pub(crate) fn new(read: R, settings: &Settings) -> Self {
+        let limits = Limits {
+            max_frame_size: settings.max_frame_size.min(settings.max_message_size),
+            max_message_size: settings.max_message_size,
+            allow_rsv1: false,
+        };
+        let now = Instant::now();
+        let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
+        let first = keepalive.deadline().unwrap_or(now);
+        Session {
+            reader: Reader::new(read, limits, settings.read_buffer_size),
+            keepalive,
+            keepalive_timer: Box::pin(tokio::time::sleep_until(first)),
+            rate: settings.rate_limit.map(|limit| Bucket::new(limit, now)),
+            rate_per_second: settings.rate_limit.map_or(0, |l| l.per_second as u32),
+            close_timeout: settings.close_timeout,
+            close_timer: None,
+            held: None,
+            peer_closed: false,
+            writes_ended: false,
+        }
+    }
+
+    /// The next message, or the end of the connection.
+    pub(crate) async fn next(&mut self, core: &Core) -> Event {
+        poll_fn(|cx| self.poll_event(cx, core, true)).await
+    }
+
+    /// Runs the connection while its handler is busy; resolves only when the connection is
+    /// over (then the task must end it at once, without waiting for the handler).
+    pub(crate) async fn watch(&mut self, core: &Core) -> End {
+        poll_fn(|cx| match self.poll_event(cx, core, false) {
+            Poll::Ready(Event::End(end)) => Poll::Ready(end),
+            // A message is never delivered while watching: it is held instead.
+            Poll::Ready(Event::Message(_)) | Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+
+    /// Waits until our close frame is on the wire, or the connection is over anyway (the
+    /// close timeout, the socket gone). What the peer sends meanwhile is not delivered.
+    pub(crate) async fn write_close(&mut self, core: &Core) {
+        poll_fn(|cx| {
+            if core.close_written() {
+                return Poll::Ready(());
+            }
+            match self.poll_event(cx, core, false) {
+                Poll::Ready(Event::End(_)) => Poll::Ready(()),
+                Poll::Ready(Event::Message(_)) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Stops reading: the socket's read half goes.
+    pub(crate) fn close_read(&mut self) {
+        self.reader.close();
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>, core: &Core, deliver: bool) -> Poll<Event> {
+        if !self.writes_ended {
+            if let Poll::Ready(end) = core.poll_write_handed_over(cx) {
+                self.writes_ended = true;
+                if let WriteEnd::Failed = end {
+                    let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+                    return Poll::Ready(Event::End(End::Failed(Error::Io(broken))));
+                }
+            }
+        }
+        if self.peer_closed && core.close_written() {
+            return Poll::Ready(Event::End(End::Closed));
+        }
+        if let Poll::Ready(failure) = self.poll_timers(cx, core) {
+            return Poll::Ready(Event::End(End::Failed(failure)));
+        }
+        if deliver {
+            if let Some(message) = self.held.take() {
+                return Poll::Ready(Event::Message(message));
+            }
+        }
+        // Holding a message back: read no further until the handler has taken it.
+        while self.held.is_none() && !self.peer_closed {
+            let item = self.reader.poll_item(cx);
+            if self.reader.take_activity() {
+                self.keepalive.seen(Instant::now());
+            }
+            let item = match item {
+                Poll::Pending => break,
+                Poll::Ready(Ok(item)) => item,
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Event::End(End::Failed(read_failure(error))))
+                }
+            };
+            match item {
+                Item::Message(message) => {
+                    core.metrics.received(core.id, message.len());
+                    if let Some(bucket) = &mut self.rate {
+                        if !bucket.take(Instant::now()) {
+                            let per_second = self.rate_per_second;
+                            return Poll::Ready(Event::End(End::Failed(Error::RateLimited {
+                                per_second,
+                            })));
+                        }
+                    }
+                    if deliver {
+                        return Poll::Ready(Event::Message(message));
+                    }
+                    self.held = Some(message);
+                }
+                Item::Ping(payload) => core.send_pong(&payload),
+                Item::Pong(_) => {}
+                Item::Close(frame) => {
+                    self.peer_closed = true;
+                    core.peer_closed(frame);
+                    // Answered at once if the socket took it; else the writer finishes it.
+                    if core.close_written() {
+                        return Poll::Ready(Event::End(End::Closed));
+                    }
+                    return self.poll_event(cx, core, deliver);
+                }
+                Item::Compressed { .. } => {
+                    // The decoder refuses RSV1 while no extension is negotiated.
+                    let reason = "compressed message without permessage-deflate".to_owned();
+                    return Poll::Ready(Event::End(End::Failed(Error::Protocol { reason })));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The close timeout, pings and the idle timeout; ready with the failure when one of
+    /// them ends the connection.
+    fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+        if self.close_timer.is_none() {
+            if let Some(since) = core.closing_since() {
+                let deadline = since + self.close_timeout;
+                self.close_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            }
+        }
+        if let Some(timer) = &mut self.close_timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Error::CloseTimeout(self.close_timeout));
+            }
+        }
+        // Noted on every read, but the timer is re-armed only when it fires (a timer-wheel
+        // update per message would cost more): if the deadline moved, `due` says so.
+        while self.keepalive.deadline().is_some()
+            && self.keepalive_timer.as_mut().poll(cx).is_ready()
+        {
+            match self.keepalive.due(Instant::now()) {
+                Due::Idle => {
+                    let idle = self.keepalive.idle_timeout().unwrap_or_default();
+                    return Poll::Ready(Error::IdleTimeout(idle));
+                }
+                Due::Ping => core.send_ping(),
+                Due::Nothing => {}
+            }
+            if let Some(next) = self.keepalive.deadline() {
+                self.keepalive_timer.as_mut().reset(next);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The connection's failure when reading stopped.
+fn read_failure(error: ReadError) -> Error {
+    match error {
+        ReadError::Eof => Error::AbruptClose,
+        ReadError::Io(error) => Error::Io(error),
+        ReadError::Decode(error) => error.into(),
+    }
+}
