@@ -493,3 +493,40 @@ async fn an_upgrade_whose_101_is_never_sent_leaks_neither_its_permit_nor_its_han
     );
     drop(refused);
 }
+
+/// Reports the size of the headers its connection kept.
+struct HeaderSize(mpsc::UnboundedSender<usize>);
+
+#[async_trait]
+impl WebSocketHandler for HeaderSize {
+    async fn on_open(&mut self, conn: &Connection) {
+        let kept = conn
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        let _ = self.0.send(kept);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_keeps_a_bounded_part_of_huge_request_headers() {
+    let (sizes, mut kept) = mpsc::unbounded_channel();
+    let addr = common::serve(WebSocketServer::new(), move |_| HeaderSize(sizes.clone())).await;
+    // 60 headers of 4 KiB: within what hyper accepts, 240 KiB for the connection's life.
+    let mut request = String::from_utf8(common::raw_handshake("/")).expect("ascii");
+    request.truncate(request.len() - 2);
+    for i in 0..60 {
+        request += &format!("X-Padding-{i}: {}\r\n", "p".repeat(4000));
+    }
+    request += "\r\n";
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client.write_all(request.as_bytes()).await.expect("send");
+    common::read_until_contains(&mut client, b"101 Switching Protocols").await;
+    let size = tokio::time::timeout(WAIT, kept.recv())
+        .await
+        .expect("on_open ran")
+        .expect("server running");
+    assert!(size <= 4096, "the connection kept {size} bytes of headers");
+    assert!(size > 0, "the small headers are still there");
+}

@@ -59,30 +59,53 @@ pub(crate) struct RequestParts {
 }
 
 impl RequestParts {
-    /// Keeps the request's URI and headers in one small buffer of their own.
+    /// Keeps the request's URI, and its headers up to `header_bytes` (names and values),
+    /// in one small buffer of their own. Headers that do not fit are dropped whole; the
+    /// smaller ones after them are still kept.
     ///
     /// hyper parses them as slices of its 8 KiB read buffer, so keeping them as they are
     /// would pin that whole buffer for the connection's lifetime: more than everything else
-    /// an idle connection costs.
+    /// an idle connection costs. And hyper accepts hundreds of KiB of headers, which a
+    /// connection would otherwise hold for its whole life.
     pub(crate) fn detached(
         uri: &Uri,
         headers: &HeaderMap,
         remote_addr: Option<SocketAddr>,
+        header_bytes: usize,
     ) -> Self {
+        let mut budget = header_bytes;
+        let kept: Vec<_> = headers
+            .iter()
+            .filter(|(name, value)| {
+                let size = name.as_str().len() + value.len();
+                let fits = size <= budget;
+                if fits {
+                    budget -= size;
+                }
+                fits
+            })
+            .collect();
+        if kept.len() < headers.len() {
+            tracing::debug!(
+                kept = kept.len(),
+                dropped = headers.len() - kept.len(),
+                "request headers beyond the kept size dropped"
+            );
+        }
         let uri_text = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let total = uri_text.len() + headers.values().map(|v| v.len()).sum::<usize>();
+        let total = uri_text.len() + kept.iter().map(|(_, v)| v.len()).sum::<usize>();
         let mut buffer = bytes::BytesMut::with_capacity(total);
         buffer.extend_from_slice(uri_text.as_bytes());
-        for value in headers.values() {
+        for (_, value) in &kept {
             buffer.extend_from_slice(value.as_bytes());
         }
         let buffer = buffer.freeze();
 
         // Both were valid a moment ago, so re-parsing the same bytes cannot fail.
         let uri = Uri::from_maybe_shared(buffer.slice(..uri_text.len())).unwrap_or_default();
-        let mut copy = HeaderMap::with_capacity(headers.len());
+        let mut copy = HeaderMap::with_capacity(kept.len());
         let mut at = uri_text.len();
-        for (name, value) in headers {
+        for (name, value) in kept {
             let range = at..at + value.len();
             at = range.end;
             if let Ok(mut detached) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
@@ -146,7 +169,9 @@ impl Connection {
             .flatten()
     }
 
-    /// The upgrade request's headers.
+    /// The upgrade request's headers, as far as the server keeps them (see
+    /// [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes), 4 KiB
+    /// by default). The handler's constructor sees the whole request, if it needs more.
     pub fn headers(&self) -> &HeaderMap {
         &self.inner.headers
     }
@@ -284,12 +309,41 @@ mod tests {
         headers.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
         assert!(inside(headers[http::header::COOKIE].as_bytes().as_ptr()));
 
-        let parts = RequestParts::detached(&uri, &headers, None);
+        let parts = RequestParts::detached(&uri, &headers, None, usize::MAX);
         assert_eq!(parts.uri.query(), Some("username=ann"));
         let cookies: Vec<_> = parts.headers.get_all(http::header::COOKIE).iter().collect();
         assert_eq!(cookies, ["secret-cookie", "b=2"]);
         assert!(cookies[0].is_sensitive());
         assert!(!inside(parts.uri.path().as_ptr()));
         assert!(!inside(cookies[0].as_bytes().as_ptr()));
+    }
+
+    #[test]
+    fn headers_beyond_the_kept_size_are_dropped_whole() {
+        let uri = Uri::from_static("/chat");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-small", HeaderValue::from_static("1"));
+        headers.insert(
+            "x-huge",
+            HeaderValue::from_str(&"a".repeat(300_000)).expect("value"),
+        );
+        headers.insert(http::header::ORIGIN, HeaderValue::from_static("http://x"));
+        let parts = RequestParts::detached(&uri, &headers, None, 4096);
+        assert_eq!(
+            parts.headers.len(),
+            2,
+            "the huge one is dropped, the others kept"
+        );
+        assert!(parts.headers.get("x-huge").is_none());
+        assert_eq!(parts.headers[http::header::ORIGIN], "http://x");
+        let kept: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        assert!(kept <= 4096);
+        let none = RequestParts::detached(&uri, &headers, None, 0);
+        assert!(none.headers.is_empty());
+        assert_eq!(none.uri.path(), "/chat", "the URI is always kept");
     }
 }

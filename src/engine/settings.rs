@@ -19,6 +19,7 @@ pub(crate) struct Settings {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) kept_header_bytes: usize,
 }
 
 impl Default for Settings {
@@ -35,6 +36,7 @@ impl Default for Settings {
             ping_interval: Some(Duration::from_secs(15)),
             idle_timeout: Some(Duration::from_secs(30)),
             rate_limit: None,
+            kept_header_bytes: 4 * 1024,
         }
     }
 }

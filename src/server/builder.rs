@@ -34,6 +34,7 @@ use crate::server::WebSocketServer;
 /// | [`max_connections`](ServerBuilder::max_connections) | unlimited |
 /// | [`protocols`](ServerBuilder::protocols) | none |
 /// | [`rate_limit`](ServerBuilder::rate_limit) | none |
+/// | [`kept_header_bytes`](ServerBuilder::kept_header_bytes) | 4 KiB |
 ///
 /// ```
 /// use std::time::Duration;
@@ -223,6 +224,18 @@ impl ServerBuilder {
             per_second: f64::from(per_second.max(1)),
             burst: f64::from(burst.max(1)),
         });
+        self
+    }
+
+    /// How many bytes of the upgrade request's headers (names and values) each connection
+    /// keeps for [`Connection::headers`](crate::Connection::headers). Headers past this are
+    /// dropped whole, in the order they came (smaller ones after them still fit); the URI
+    /// is always kept. hyper accepts hundreds of KiB of headers, which would otherwise stay
+    /// with the connection for its whole life. Default 4 KiB: a browser's upgrade request,
+    /// cookies included, is usually one or two. The function that makes the handler sees
+    /// the whole request, so a handler can take what it needs from there instead.
+    pub fn kept_header_bytes(mut self, bytes: usize) -> Self {
+        self.config.engine.kept_header_bytes = bytes;
         self
     }
 }

@@ -97,6 +97,11 @@ impl Config {
             .map(|limit| (limit.per_second as u32, limit.burst as u32))
     }
 
+    /// See [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes).
+    pub fn kept_header_bytes(&self) -> usize {
+        self.engine.kept_header_bytes
+    }
+
     /// See [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).
     pub fn max_connections(&self) -> Option<usize> {
         self.max_connections

@@ -121,7 +121,12 @@ impl WebSocketServer {
 
         let remote_addr = request.extensions().get::<SocketAddr>().copied();
         let conn = Connection::new(
-            RequestParts::detached(request.uri(), request.headers(), remote_addr),
+            RequestParts::detached(
+                request.uri(),
+                request.headers(),
+                remote_addr,
+                config.engine.kept_header_bytes,
+            ),
             protocol.clone(),
             &config.engine,
             self.metrics().clone(),
