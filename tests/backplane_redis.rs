@@ -490,3 +490,71 @@ async fn a_publishing_flood_does_not_hold_up_receiving() {
         "delivered only after the flood was published (pending {pending})"
     );
 }
+
+/// A Redis user allowed on the channels of topic `ok` only: publishing or subscribing to
+/// any other is refused with NOPERM, while the connection stays up.
+async fn limited_user(redis: &RedisServer) -> String {
+    let client = redis::Client::open(redis.url()).expect("admin url");
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "&websocket-handler:ok*",
+            "+@all",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    format!("redis://limited:pw@127.0.0.1:{}", redis.port)
+}
+
+/// Redis refusing one channel (an ACL) is not a lost connection: that channel's messages are
+/// refused and counted, the refusal is reported, and every other topic keeps flowing both
+/// ways, without reconnecting.
+#[tokio::test]
+async fn a_channel_redis_refuses_is_reported_and_the_others_keep_flowing() {
+    let Some(redis) = RedisServer::start(
+        "backplane_redis::a_channel_redis_refuses_is_reported_and_the_others_keep_flowing",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = limited_user(&redis).await;
+    let (a, b) = (backplane(&url), backplane(&url));
+    let ok_a = WebSocketCollection::with_backplane("ok", a.clone());
+    let denied_a = WebSocketCollection::with_backplane("denied", a.clone());
+    let ok_b = WebSocketCollection::with_backplane("ok", b.clone());
+    let mut on_b = client_in(&ok_b).await;
+    let mut on_a = client_in(&ok_a).await;
+    wait_for_state(&a, BackplaneState::Connected).await;
+    wait_for_state(&b, BackplaneState::Connected).await;
+
+    denied_a.broadcast("refused by Redis");
+    ok_a.broadcast("from a");
+    assert_eq!(next_text(&mut on_b).await, "from a");
+    ok_b.broadcast("from b");
+    assert_eq!(next_text(&mut on_a).await, "from a", "its own, locally");
+    assert_eq!(next_text(&mut on_a).await, "from b");
+    let stats = a.stats();
+    assert_eq!(
+        stats.refused, 1,
+        "the refused publication is counted: {stats:?}"
+    );
+    assert_eq!(
+        stats.refused_subscriptions, 1,
+        "and the refused subscription: {stats:?}"
+    );
+    assert_eq!(
+        stats.disconnects, 0,
+        "a refusal is not a lost connection: {stats:?}"
+    );
+    assert_eq!(a.state(), BackplaneState::Connected);
+}

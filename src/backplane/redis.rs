@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionLike, PubSubSink};
-use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 use tokio::sync::{watch, Notify};
 
 use super::{lock, Backplane, BackplaneState, Delivery, Inbox};
@@ -30,6 +29,7 @@ pub struct RedisConfig {
     url: String,
     channel_prefix: String,
     max_pending: usize,
+    max_pending_bytes: usize,
     reconnect_min: Duration,
     reconnect_max: Duration,
     connect_timeout: Duration,
@@ -45,6 +45,7 @@ impl RedisConfig {
             url: url.into(),
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
+            max_pending_bytes: 64 << 20,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
@@ -64,6 +65,13 @@ impl RedisConfig {
     /// oldest are dropped (and counted in [`RedisStats::dropped`]). Default 10,000.
     pub fn max_pending(mut self, messages: usize) -> Self {
         self.max_pending = messages.max(1);
+        self
+    }
+
+    /// Bytes of messages held for publishing, the other bound of the same queue: beyond
+    /// it, the oldest are dropped (and counted). Default 64 MiB.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_bytes = bytes.max(1);
         self
     }
 
@@ -124,17 +132,26 @@ pub struct RedisStats {
     pub missed: u64,
     /// Messages received from Redis that were not envelopes of this crate.
     pub invalid: u64,
+    /// Messages Redis refused to publish (an error reply, such as `NOPERM` from an ACL that
+    /// does not allow the channel). Each refusal is logged as an error with Redis's reply,
+    /// once per channel and batch; the connection and every other channel carry on.
+    pub refused: u64,
+    /// Subscriptions Redis refused: messages from other servers on those topics do not
+    /// arrive. Logged as an error; not asked again until the subscriptions change.
+    pub refused_subscriptions: u64,
     /// Times the connection to Redis was lost.
     pub disconnects: u64,
     /// Messages waiting to be published now.
     pub pending: usize,
+    /// Their bytes.
+    pub pending_bytes: usize,
 }
 
 /// A [`Backplane`] over Redis pub/sub.
 ///
-/// Cheap to clone; clones share one pair of Redis connections (one subscribed, one for
-/// publishing) and one background task, which ends when the last clone, and the last
-/// collection using it, is dropped.
+/// Cheap to clone; clones share one Redis connection (RESP3, so Redis 6 or newer, for
+/// publishing and subscriptions alike) and one background task, which ends when the last
+/// clone, and the last collection using it, is dropped.
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.
@@ -147,6 +164,15 @@ pub struct RedisStats {
 /// - **Ends cleanly.** When the last clone and collection are dropped, the task publishes
 ///   what is still queued (for a second at most), closes its connections, and the state
 ///   becomes [`Stopped`](BackplaneState::Stopped).
+/// - **Bounded.** What waits to be published is bounded in messages and bytes
+///   ([`max_pending`](RedisConfig::max_pending), [`max_pending_bytes`](RedisConfig::max_pending_bytes));
+///   what other servers publish is delivered to the local connections as the connection
+///   reads it, so nothing queues up in between, however slow a publish is.
+/// - **Refusals are not outages.** An error reply from Redis (an ACL's `NOPERM` for one
+///   channel, say) drops that message or subscription, counts it
+///   ([`RedisStats::refused`], [`RedisStats::refused_subscriptions`]) and logs an error
+///   with the reply; the connection and every other topic carry on, and nothing is retried
+///   in a loop. Only a lost connection reconnects.
 /// - **Observable.** [`state`](Self::state) and [`state_changes`](Self::state_changes).
 ///
 /// ```no_run
@@ -170,8 +196,8 @@ pub struct RedisBackplane {
 
 struct Shared {
     config: RedisConfig,
-    /// Channel name and envelope, in publishing order.
-    pending: Mutex<VecDeque<(String, Bytes)>>,
+    /// What waits to be published, in order.
+    pending: Mutex<Pending>,
     /// Something to publish, subscriptions to change, or stop.
     work: Notify,
     /// Subscriptions changed since the task last looked.
@@ -187,7 +213,53 @@ struct Shared {
     dropped: AtomicU64,
     missed: AtomicU64,
     invalid: AtomicU64,
+    refused: AtomicU64,
+    refused_subscriptions: AtomicU64,
     disconnects: AtomicU64,
+}
+
+/// Channel names and envelopes waiting to be published, bounded in count and bytes.
+#[derive(Default)]
+struct Pending {
+    items: VecDeque<(String, Bytes)>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn push_back(&mut self, item: (String, Bytes)) {
+        self.bytes += item.1.len();
+        self.items.push_back(item);
+    }
+
+    fn push_front(&mut self, item: (String, Bytes)) {
+        self.bytes += item.1.len();
+        self.items.push_front(item);
+    }
+
+    /// Takes up to `n` from the front.
+    fn take(&mut self, n: usize) -> Vec<(String, Bytes)> {
+        let n = n.min(self.items.len());
+        let taken: Vec<_> = self.items.drain(..n).collect();
+        self.bytes -= taken
+            .iter()
+            .map(|(_, envelope)| envelope.len())
+            .sum::<usize>();
+        taken
+    }
+
+    /// Drops the oldest while over either bound; returns how many.
+    fn trim(&mut self, config: &RedisConfig) -> usize {
+        let mut dropped = 0;
+        while self.items.len() > config.max_pending
+            || (self.bytes > config.max_pending_bytes && self.items.len() > 1)
+        {
+            if let Some((_, envelope)) = self.items.pop_front() {
+                self.bytes -= envelope.len();
+                dropped += 1;
+            }
+        }
+        dropped
+    }
 }
 
 struct Owner(Arc<Shared>);
@@ -224,17 +296,24 @@ impl RedisBackplane {
     ///
     /// If the URL is invalid, or there is no tokio runtime to run the background task on.
     pub fn new(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|source| {
-            RedisBackplaneError::InvalidUrl {
-                url: config.url.clone(),
-                source,
-            }
-        })?;
+        let invalid = |source| RedisBackplaneError::InvalidUrl {
+            url: config.url.clone(),
+            source,
+        };
+        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
+        // RESP3, whatever the URL says: subscriptions and commands share one connection, and
+        // what Redis pushes is handed to us as it is read (see `serve`).
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackplaneError::NoRuntime)?;
         let shared = Arc::new(Shared {
             config,
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
             work: Notify::new(),
             subscriptions_changed: AtomicBool::new(false),
             drop_reported: AtomicBool::new(false),
@@ -246,6 +325,8 @@ impl RedisBackplane {
             dropped: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            refused_subscriptions: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
         });
         runtime.spawn(run(shared.clone(), client));
@@ -278,14 +359,18 @@ impl RedisBackplane {
     pub fn stats(&self) -> RedisStats {
         let shared = &self.shared;
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let pending = lock(&shared.pending);
         RedisStats {
             published: count(&shared.published),
             delivered: count(&shared.delivered),
             dropped: count(&shared.dropped),
             missed: count(&shared.missed),
             invalid: count(&shared.invalid),
+            refused: count(&shared.refused),
+            refused_subscriptions: count(&shared.refused_subscriptions),
             disconnects: count(&shared.disconnects),
-            pending: lock(&shared.pending).len(),
+            pending: pending.items.len(),
+            pending_bytes: pending.bytes,
         }
     }
 
@@ -299,16 +384,13 @@ impl Backplane for RedisBackplane {
     fn publish(&self, topic: &str, envelope: Bytes) {
         let shared = &self.shared;
         let channel = format!("{}{topic}", shared.config.channel_prefix);
-        let was_empty = {
+        let (was_empty, dropped) = {
             let mut pending = lock(&shared.pending);
-            let was_empty = pending.is_empty();
+            let was_empty = pending.items.is_empty();
             pending.push_back((channel, envelope));
-            if pending.len() > shared.config.max_pending {
-                pending.pop_front();
-                shared.dropped_one();
-            }
-            was_empty
+            (was_empty, pending.trim(&shared.config))
         };
+        shared.dropped(dropped);
         // The task empties the queue before it waits, so only the first push wakes it.
         if was_empty {
             shared.work.notify_one();
@@ -336,12 +418,16 @@ impl Shared {
         self.work.notify_one();
     }
 
-    /// Counts a message dropped from the queue; warns once per outage.
-    fn dropped_one(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Counts messages dropped from the queue; warns once per outage.
+    fn dropped(&self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        self.dropped.fetch_add(count as u64, Ordering::Relaxed);
         if !self.drop_reported.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 max_pending = self.config.max_pending,
+                max_pending_bytes = self.config.max_pending_bytes,
                 "redis backplane: publish queue full, dropping the oldest messages \
                  (counted in RedisStats::dropped)"
             );
@@ -420,56 +506,60 @@ enum SessionError {
     Redis(#[from] redis::RedisError),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("the subscription connection closed")]
-    SubscriptionClosed,
+    #[error("the connection closed")]
+    Closed,
 }
 
 /// One connection's life: `Ok` once stopped, or why the connection was lost.
+///
+/// One RESP3 connection carries both directions. What Redis pushes for the subscriptions is
+/// delivered from inside the connection's reader, as it is read ([`on_push`]): nothing
+/// queues up between the socket and the local connections (their own queues are bounded),
+/// however long a publish takes, so memory stays bounded whatever the other servers send.
 async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &redis::Client,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
     let config = &shared.config;
     let timed = |timeout: Duration| move |_| SessionError::Timeout(timeout);
-    let pubsub = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
-        .await
-        .map_err(timed(config.connect_timeout))??;
-    let (mut sink, mut stream) = pubsub.split();
-    let publisher_config = AsyncConnectionConfig::new()
+    let lost = Arc::new(Notify::new());
+    let push = {
+        let (shared, lost) = (shared.clone(), lost.clone());
+        move |push: PushInfo| {
+            on_push(&shared, &lost, push);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    };
+    let connection_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout));
-    let mut publisher = client
-        .get_multiplexed_async_connection_with_config(&publisher_config)
-        .await?;
-    let mut subscribed = HashSet::new();
+        .set_response_timeout(Some(config.response_timeout))
+        .set_push_sender(push);
+    let mut conn = tokio::time::timeout(
+        config.connect_timeout,
+        client.get_multiplexed_async_connection_with_config(&connection_config),
+    )
+    .await
+    .map_err(timed(config.connect_timeout))??;
+    let mut subscriptions = Subscriptions::default();
     shared.subscriptions_changed.store(false, Ordering::Release);
-    sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
+    subscriptions.sync(shared, &mut conn).await?;
     // What queued up while disconnected goes out before the state says `Connected`.
-    while publish_batch(shared, &mut publisher).await? {}
+    while publish_batch(shared, &mut conn).await? {}
     *connected = true;
     shared.drop_reported.store(false, Ordering::Relaxed);
     shared.state.send_replace(BackplaneState::Connected);
     tracing::info!(url = %config.url, "redis backplane: connected");
 
-    let mut last_heard = tokio::time::Instant::now();
     loop {
-        // One batch at most per turn (one round trip), then whatever arrived meanwhile: a
-        // busy publisher never holds up delivery of the other servers' messages, nor lets
-        // them pile up unread.
-        let more = publish_batch(shared, &mut publisher).await?;
-        while let Some(message) = stream.next().now_or_never() {
-            let message = message.ok_or(SessionError::SubscriptionClosed)?;
-            dispatch(shared, &message);
-            last_heard = tokio::time::Instant::now();
-        }
+        let more = publish_batch(shared, &mut conn).await?;
         if shared.subscriptions_changed.swap(false, Ordering::AcqRel) {
-            sync_subscriptions(shared, &mut sink, &mut subscribed).await?;
+            subscriptions.sync(shared, &mut conn).await?;
         }
         if shared.stopped.load(Ordering::Acquire) {
             // The last handle is gone: publish what is left, briefly, then end.
             let flush = async {
-                while publish_batch(shared, &mut publisher).await? {}
+                while publish_batch(shared, &mut conn).await? {}
                 Ok(())
             };
             return match tokio::time::timeout(FINAL_FLUSH, flush).await {
@@ -477,114 +567,185 @@ async fn serve(
                 Err(_) => Ok(()),
             };
         }
-        let ping_due = last_heard + config.ping_interval;
-        if more && tokio::time::Instant::now() < ping_due {
+        if more {
             continue;
         }
         tokio::select! {
-            message = stream.next() => {
-                let message = message.ok_or(SessionError::SubscriptionClosed)?;
-                dispatch(shared, &message);
-                last_heard = tokio::time::Instant::now();
-            }
-            () = shared.work.notified(), if !more => {}
-            () = tokio::time::sleep_until(ping_due) => {
-                // Quiet for a while: make sure the subscription is still alive.
-                tokio::time::timeout(config.response_timeout, sink.ping::<redis::Value>())
+            () = shared.work.notified() => {}
+            () = lost.notified() => return Err(SessionError::Closed),
+            () = tokio::time::sleep(config.ping_interval) => {
+                // Quiet for a while: make sure the connection is still alive.
+                tokio::time::timeout(config.response_timeout, redis::cmd("PING").query_async::<()>(&mut conn))
                     .await
                     .map_err(timed(config.response_timeout))??;
-                last_heard = tokio::time::Instant::now();
             }
         }
     }
 }
 
-/// Makes this connection's subscriptions match the channels that have live inboxes:
-/// subscribes to new ones and unsubscribes from those whose collections are all gone.
-async fn sync_subscriptions(
-    shared: &Shared,
-    sink: &mut PubSubSink,
-    subscribed: &mut HashSet<String>,
-) -> Result<(), SessionError> {
-    let (wanted, unwanted): (Vec<String>, Vec<String>) = {
-        let mut inboxes = lock(&shared.inboxes);
-        inboxes.retain(|_, list| {
-            list.retain(|inbox| !inbox.is_closed());
-            !list.is_empty()
-        });
-        let wanted = inboxes
-            .keys()
-            .filter(|channel| !subscribed.contains(*channel))
-            .cloned()
-            .collect();
-        let unwanted = subscribed
-            .iter()
-            .filter(|channel| !inboxes.contains_key(*channel))
-            .cloned()
-            .collect();
-        (wanted, unwanted)
-    };
-    let timeout = shared.config.response_timeout;
-    let timed_out = |_| SessionError::Timeout(timeout);
-    if !wanted.is_empty() {
-        tokio::time::timeout(timeout, sink.subscribe(&wanted))
-            .await
-            .map_err(timed_out)??;
-        subscribed.extend(wanted);
-    }
-    if !unwanted.is_empty() {
-        tokio::time::timeout(timeout, sink.unsubscribe(&unwanted))
-            .await
-            .map_err(timed_out)??;
-        for channel in &unwanted {
-            subscribed.remove(channel);
+/// The channels this connection is subscribed to, and those Redis refused.
+#[derive(Default)]
+struct Subscriptions {
+    subscribed: HashSet<String>,
+    /// Not asked again until the subscriptions change: a refusal (an ACL) would only be
+    /// refused again.
+    refused: HashSet<String>,
+}
+
+impl Subscriptions {
+    /// Makes this connection's subscriptions match the channels that have live inboxes:
+    /// subscribes to new ones and unsubscribes from those whose collections are all gone.
+    /// A channel Redis refuses is reported and left out; only a lost connection is an error.
+    async fn sync(
+        &mut self,
+        shared: &Shared,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), SessionError> {
+        let (wanted, unwanted): (Vec<String>, Vec<String>) = {
+            let mut inboxes = lock(&shared.inboxes);
+            inboxes.retain(|_, list| {
+                list.retain(|inbox| !inbox.is_closed());
+                !list.is_empty()
+            });
+            self.refused.retain(|channel| inboxes.contains_key(channel));
+            let wanted = inboxes
+                .keys()
+                .filter(|channel| {
+                    !self.subscribed.contains(*channel) && !self.refused.contains(*channel)
+                })
+                .cloned()
+                .collect();
+            let unwanted = self
+                .subscribed
+                .iter()
+                .filter(|channel| !inboxes.contains_key(*channel))
+                .cloned()
+                .collect();
+            (wanted, unwanted)
+        };
+        let timeout = shared.config.response_timeout;
+        // One channel per command, so that a refused one does not take the others with it.
+        for channel in wanted {
+            match tokio::time::timeout(timeout, conn.subscribe(&channel)).await {
+                Err(_) => return Err(SessionError::Timeout(timeout)),
+                Ok(Ok(())) => {
+                    self.subscribed.insert(channel);
+                }
+                Ok(Err(error)) if is_refusal(&error) => {
+                    shared.refused_subscriptions.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        channel,
+                        %error,
+                        "redis backplane: Redis refused the subscription; messages for this \
+                         topic from other servers will not arrive"
+                    );
+                    self.refused.insert(channel);
+                }
+                Ok(Err(error)) => return Err(error.into()),
+            }
         }
+        if !unwanted.is_empty() {
+            tokio::time::timeout(timeout, conn.unsubscribe(&unwanted))
+                .await
+                .map_err(|_| SessionError::Timeout(timeout))??;
+            for channel in &unwanted {
+                self.subscribed.remove(channel);
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Whether Redis refused a command (an error reply: `NOPERM`, `WRONGTYPE`, ...) rather than
+/// the connection failing: the connection is fine and a retry would be refused too.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    !error.is_unrecoverable_error() && !error.is_io_error() && !error.is_timeout()
 }
 
 /// Publishes the oldest queued messages, up to a batch, in one pipelined round trip.
-/// Returns whether more are queued. A batch that fails goes back to the front of the queue,
-/// to be sent again after reconnecting: receivers drop whatever part of it had arrived.
+/// Returns whether more are queued.
+///
+/// A batch whose connection fails goes back to the front of the queue, to be sent again
+/// after reconnecting (receivers drop whatever part of it had arrived). A message Redis
+/// refuses (an error reply) is dropped, counted in [`RedisStats::refused`] and logged with
+/// the reply, once per channel; the rest of the batch, and of the queue, goes on.
 async fn publish_batch(
     shared: &Shared,
-    publisher: &mut impl ConnectionLike,
+    conn: &mut MultiplexedConnection,
 ) -> Result<bool, SessionError> {
-    let batch: Vec<(String, Bytes)> = {
-        let mut pending = lock(&shared.pending);
-        let n = pending.len().min(PUBLISH_BATCH);
-        pending.drain(..n).collect()
-    };
+    let batch = lock(&shared.pending).take(PUBLISH_BATCH);
     if batch.is_empty() {
         return Ok(false);
     }
     let mut pipe = redis::pipe();
+    pipe.ignore_errors();
     for (channel, envelope) in &batch {
-        pipe.cmd("PUBLISH")
-            .arg(channel)
-            .arg(envelope.as_ref())
-            .ignore();
+        pipe.cmd("PUBLISH").arg(channel).arg(envelope.as_ref());
     }
-    if let Err(error) = pipe.query_async::<()>(publisher).await {
-        let mut pending = lock(&shared.pending);
-        for item in batch.into_iter().rev() {
-            pending.push_front(item);
+    let results = match pipe
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+        .await
+    {
+        Ok(results) => results,
+        Err(error) => {
+            let dropped = {
+                let mut pending = lock(&shared.pending);
+                for item in batch.into_iter().rev() {
+                    pending.push_front(item);
+                }
+                pending.trim(&shared.config)
+            };
+            shared.dropped(dropped);
+            return Err(error.into());
         }
-        while pending.len() > shared.config.max_pending {
-            pending.pop_front();
-            shared.dropped_one();
+    };
+    let mut published = 0;
+    let mut refused_channels = HashSet::new();
+    for ((channel, _), result) in batch.iter().zip(results) {
+        match result {
+            Ok(_) => published += 1,
+            Err(error) if is_refusal(&error) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                if refused_channels.insert(channel.as_str()) {
+                    tracing::error!(
+                        channel,
+                        %error,
+                        "redis backplane: Redis refused to publish; the message is dropped"
+                    );
+                }
+            }
+            Err(error) => return Err(error.into()),
         }
-        return Err(error.into());
     }
-    shared
-        .published
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    Ok(!lock(&shared.pending).is_empty())
+    shared.published.fetch_add(published, Ordering::Relaxed);
+    Ok(!lock(&shared.pending).items.is_empty())
+}
+
+/// What Redis pushes: a message on a subscribed channel is delivered at once; a lost
+/// connection wakes the task.
+fn on_push(shared: &Shared, lost: &Notify, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let mut data = push.data.into_iter();
+            let (Some(redis::Value::BulkString(channel)), Some(redis::Value::BulkString(payload))) =
+                (data.next(), data.next())
+            else {
+                shared.invalid.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            dispatch(
+                shared,
+                &String::from_utf8_lossy(&channel),
+                Bytes::from(payload),
+            );
+        }
+        PushKind::Disconnection => lost.notify_one(),
+        _ => {}
+    }
 }
 
 /// Hands a message from Redis to the inboxes of its channel.
-fn dispatch(shared: &Shared, message: &redis::Msg) {
-    let channel = message.get_channel_name();
+fn dispatch(shared: &Shared, channel: &str, envelope: Bytes) {
     let inboxes = {
         let mut all = lock(&shared.inboxes);
         let Some(inboxes) = all.get_mut(channel) else {
@@ -593,7 +754,6 @@ fn dispatch(shared: &Shared, message: &redis::Msg) {
         inboxes.retain(|inbox| !inbox.is_closed());
         inboxes.clone()
     };
-    let envelope = Bytes::copy_from_slice(message.get_payload_bytes());
     for inbox in inboxes {
         match inbox.deliver(envelope.clone()) {
             Ok(Delivery::Delivered { missed, .. }) => {
@@ -633,8 +793,35 @@ fn jitter(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::jitter;
+    use super::{jitter, Pending, RedisConfig};
+    use bytes::Bytes;
     use std::time::Duration;
+
+    #[test]
+    fn the_pending_queue_is_bounded_in_messages_and_in_bytes() {
+        let config = RedisConfig::new("redis://127.0.0.1")
+            .max_pending(3)
+            .max_pending_bytes(100);
+        let mut pending = Pending::default();
+        let item = |len: usize| ("c".to_owned(), Bytes::from(vec![0u8; len]));
+        for _ in 0..5 {
+            pending.push_back(item(10));
+        }
+        assert_eq!(pending.trim(&config), 2, "beyond 3 messages");
+        assert_eq!((pending.items.len(), pending.bytes), (3, 30));
+        pending.push_back(item(90));
+        assert_eq!(pending.trim(&config), 2, "beyond 100 bytes, oldest first");
+        assert_eq!((pending.items.len(), pending.bytes), (2, 100));
+        pending.push_back(item(500));
+        assert_eq!(
+            pending.trim(&config),
+            2,
+            "a message larger than the bound stays alone"
+        );
+        assert_eq!((pending.items.len(), pending.bytes), (1, 500));
+        assert_eq!(pending.take(10).len(), 1);
+        assert_eq!(pending.bytes, 0);
+    }
 
     #[test]
     fn waits_are_never_zero() {
