@@ -930,6 +930,8 @@ struct Measured {
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
     rss_end: Option<u64>,
+    /// After every client has closed and the servers have let them go.
+    rss_after_close: Option<u64>,
     /// Summed over the servers; `None` unless every one of them could be read.
     server_cpu_s: Option<f64>,
     server_cpu_s_each: Vec<Option<f64>>,
@@ -951,6 +953,8 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
         let sum = || pids.iter().map(|&pid| rss_kib(pid)).sum();
         (!pids.is_empty()).then(sum).flatten()
     };
+    let fds = || pids.iter().map(|&pid| open_fds(pid)).sum::<Option<usize>>();
+    let fds_before = fds();
     let mut m = Measured {
         rss_before: rss(),
         ..Measured::default()
@@ -975,11 +979,46 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
         m.rss_end = rss();
     }
     shutdown(&shared, writers, tasks).await;
+    if !pids.is_empty() {
+        m.rss_after_close = rss_after_close(&rss, &fds, fds_before).await;
+    }
     if let Some(display) = display {
         display.abort();
         eprintln!();
     }
     Ok(report(&args, &shared, &m))
+}
+
+/// The servers' RSS once the closes have been processed: once they hold no more sockets
+/// than before the run (at most two minutes), then unchanged (within 1%) over two seconds,
+/// or after 30 more.
+async fn rss_after_close(
+    rss: &impl Fn() -> Option<u64>,
+    fds: &impl Fn() -> Option<usize>,
+    fds_before: Option<usize>,
+) -> Option<u64> {
+    for _ in 0..1200 {
+        match (fds(), fds_before) {
+            (Some(now), Some(before)) if now > before => sleep(Duration::from_millis(100)).await,
+            _ => break,
+        }
+    }
+    let mut last = rss()?;
+    let mut steady = 0;
+    for _ in 0..30 {
+        sleep(SETTLE).await;
+        let now = rss()?;
+        steady = if now.abs_diff(last) * 100 <= last {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+        if steady == 2 {
+            break;
+        }
+    }
+    Some(last)
 }
 
 /// Prints the summary to stderr and the JSON line to stdout; returns whether all went well.
@@ -1000,12 +1039,20 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         .zip(m.rss_before)
         .map(|(c, b)| c as f64 - b as f64);
     let per_conn = num(rss_delta.map(|kib| kib * 1024.0 / n as f64), 0);
+    // The same at the end of the run: in idle mode, once the connect storm has settled.
+    let per_conn_end = num(
+        m.rss_end
+            .zip(m.rss_before)
+            .map(|(e, b)| (e as f64 - b as f64) * 1024.0 / n as f64),
+        0,
+    );
     let per_million = m
         .server_cpu_s
         .filter(|_| deliveries > 0)
         .map(|c| c * 1e6 / deliveries as f64);
     let (per_million, cpu) = (num(per_million, 4), num(m.server_cpu_s, 3));
-    let [rss0, rss1, rss2] = [m.rss_before, m.rss_connected, m.rss_end].map(opt);
+    let [rss0, rss1, rss2, rss3] =
+        [m.rss_before, m.rss_connected, m.rss_end, m.rss_after_close].map(opt);
     let errors = shared.errors.lock().expect("errors lock");
     let errors: Vec<String> = (errors.iter())
         .map(|(e, &count)| {
@@ -1042,7 +1089,8 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
     }
     if !args.server_pids.is_empty() {
         eprintln!(
-            "  server RSS KiB: {rss0} before, {rss1} connected, {rss2} at end ({per_conn} B/conn)"
+            "  server RSS KiB: {rss0} before, {rss1} connected, {rss2} at end, {rss3} after all \
+             closed ({per_conn} B/conn connected, {per_conn_end} at end)"
         );
     }
     if m.server_cpu_s.is_some() {
@@ -1082,7 +1130,9 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("server_rss_kib_before", rss0),
         ("server_rss_kib_connected", rss1),
         ("server_rss_kib_end", rss2),
+        ("server_rss_kib_after_close", rss3),
         ("rss_per_conn_bytes", per_conn),
+        ("rss_per_conn_end_bytes", per_conn_end),
         ("server_cpu_s", cpu),
         ("cpu_s_per_million", per_million),
         ("loadgen_cpu_s", num(m.loadgen_cpu_s, 3)),
@@ -1145,6 +1195,11 @@ fn json_str(s: &str) -> String {
 }
 
 /// The server's resident memory, from /proc/PID/status.
+/// Open file descriptors of a process (sockets included).
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

@@ -53,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr,
         announce,
         redis,
+        trim,
     } = parse_args()?;
     // The crate's warnings (a panicking handler, a lost Redis connection) go to stderr.
     tracing_subscriber::fmt()
@@ -67,7 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Made once, shared by every connection (its clones share its limits and shutdown).
     // Only pages served by this server may connect: no other site can open the chat with
     // a visitor's browser.
-    let server = WebSocketServer::builder().same_origin().build();
+    let server = WebSocketServer::builder()
+        .same_origin()
+        .trim_memory(trim)
+        .build();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -291,6 +295,7 @@ struct Args {
     addr: SocketAddr,
     announce: bool,
     redis: Option<String>,
+    trim: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -298,16 +303,20 @@ fn parse_args() -> Result<Args, String> {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut announce = true;
     let mut redis = None;
+    let mut trim = true;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
             "--no-notices" => announce = false,
             "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+            "--no-trim" => trim = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: chat [--addr HOST:PORT] [--no-notices] [--redis URL]\n  \
+                    "usage: chat [--addr HOST:PORT] [--no-notices] [--redis URL] [--no-trim]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --no-notices  do not announce joins and leaves\n  \
+                     --no-trim     keep memory freed after a storm in the allocator\n                \
+                     (to measure what trimming gives back)\n  \
                      --redis URL   share the room with other servers through Redis\n                \
                      (redis://127.0.0.1:6379; needs --features redis)"
                 );
@@ -323,5 +332,6 @@ fn parse_args() -> Result<Args, String> {
         addr,
         announce,
         redis,
+        trim,
     })
 }

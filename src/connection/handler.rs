@@ -18,9 +18,15 @@ use crate::protocol::message::Message;
 /// 4. [`on_close`](WebSocketHandler::on_close) exactly once and last, also when the peer
 ///    vanished without a close frame.
 ///
-/// Every method has a default that does nothing, so implement only what you need. While a
-/// callback runs, the connection reads no further messages, but its queued messages keep
-/// being written.
+/// Every method has a default that does nothing, so implement only what you need.
+///
+/// While a callback runs, the connection keeps going: its queued messages are written,
+/// pings go out and the peer's are answered, the close handshake proceeds, and the idle and
+/// close timeouts run. At most one further message is read meanwhile and held for the next
+/// `on_message`, so a slow handler slows down only its own client. If the connection ends
+/// while a callback runs (the peer vanished, or a timeout), it ends at once (the socket
+/// closes, the connection leaves its collections); the callback is never cancelled, and
+/// `on_error` and `on_close` follow when it returns.
 ///
 /// A callback that panics ends only its own connection: the peer gets close code 1011,
 /// [`on_error`](WebSocketHandler::on_error) gets
@@ -64,5 +70,6 @@ pub trait WebSocketHandler: Send + 'static {
     async fn on_error(&mut self, _conn: &Connection, _error: &Error) {}
 
     /// The connection has ended and left every collection. Called exactly once, last.
+    /// [`WebSocketServer::close_all`](crate::WebSocketServer::close_all) waits for it.
     async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {}
 }

@@ -212,12 +212,16 @@ impl Connection {
 
     /// Starts the close handshake with `code` and `reason`, behind any messages already
     /// queued. Later sends fail with [`SendError::Closed`]. If the queue is full, the close
-    /// frame goes out ahead of what is queued.
+    /// frame goes out ahead of what is queued. Whatever the peer does, the connection is gone
+    /// within the close timeout from now
+    /// ([`ServerBuilder::close_timeout`](crate::ServerBuilder::close_timeout)).
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         self.inner.core.close(code, reason)
     }
 
-    /// Resolves once the connection has ended (immediately if it already has).
+    /// Resolves once the connection has ended (immediately if it already has): its socket
+    /// is closed and it has left every collection. Its handler's `on_close` may still be to
+    /// come; [`WebSocketServer::close_all`](crate::WebSocketServer::close_all) waits for that.
     pub async fn closed(&self) {
         self.inner.core.closed().await
     }

@@ -18,10 +18,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::engine::id::ConnectionId;
+use crate::engine::memory;
 use crate::engine::metrics::Metrics;
 use crate::engine::queue::{Outbound, OutboundQueue, Pushed, Rejected};
 use crate::engine::settings::{Settings, SlowConsumer};
-use crate::engine::sync::lock;
+use crate::engine::sync::{lock, lock_handover, HandoverMutex};
 use crate::engine::writer::{WriteEnd, WriteSide, Written};
 use crate::error::SendError;
 use crate::protocol::close::{CloseCode, CloseFrame};
@@ -40,7 +41,7 @@ pub(crate) struct Core {
     /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
     overflow: Mutex<Option<(usize, usize)>>,
     /// The socket's write half, once the upgrade has completed.
-    write_side: Mutex<Option<WriteSide>>,
+    write_side: HandoverMutex<Option<WriteSide>>,
     state: AtomicU8,
     /// Wakes those awaiting [`Core::closed`].
     closed: Notify,
@@ -63,7 +64,7 @@ impl Core {
             ),
             slow_consumer: settings.slow_consumer,
             overflow: Mutex::new(None),
-            write_side: Mutex::new(None),
+            write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
             closing_since: OnceLock::new(),
@@ -251,14 +252,18 @@ impl Core {
 
     /// Puts the socket's write half in place; what was queued before goes out now.
     pub(crate) fn attach(&self, write_side: WriteSide) {
-        *lock(&self.write_side) = Some(write_side);
+        *lock_handover(&self.write_side) = Some(write_side);
         self.flush_now();
     }
 
     /// Ends writing: drops what is queued and the socket's write half.
     pub(crate) fn detach(&self) {
         self.queue.stop();
-        let write_side = lock(&self.write_side).take();
+        let write_side = lock_handover(&self.write_side).take();
+        if write_side.is_some() {
+            // Once per connection: the rest of its state goes soon after.
+            memory::freed(memory::CONNECTION);
+        }
         drop(write_side);
     }
 
@@ -272,7 +277,7 @@ impl Core {
     /// Writes what is queued without waiting; a full socket is handed to the connection's
     /// own task.
     pub(crate) fn flush_now(&self) {
-        let mut side = lock(&self.write_side);
+        let mut side = lock_handover(&self.write_side);
         let Some(side) = side.as_mut() else {
             // Not connected yet: the driver flushes once the socket is in place.
             return;
@@ -314,7 +319,7 @@ impl Core {
 
     fn poll_write_queue(&self, cx: &mut Context<'_>) -> Poll<Option<WriteEnd>> {
         let mut written = Written::default();
-        let polled = match lock(&self.write_side).as_mut() {
+        let polled = match lock_handover(&self.write_side).as_mut() {
             Some(side) => side.poll_write_queue(&self.queue, cx, &mut written),
             None => Poll::Ready(Some(WriteEnd::Failed)),
         };
@@ -346,4 +351,135 @@ fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
     frame.push(payload.len() as u8);
     frame.extend_from_slice(payload);
     frame.into()
+}
+
+/// A model check of the queue hand-over (run with `RUSTFLAGS="--cfg wsh_loom" cargo test
+/// --release --lib loom`): producers on two threads queue a frame each, flushing what they
+/// find idle without waiting; the socket takes one frame at a time; the connection's task
+/// finishes what was handed over to it. In every interleaving loom can find, every frame
+/// reaches the peer: a lost wake-up would leave a thread parked with frames unwritten,
+/// which loom reports as a deadlock.
+#[cfg(all(test, wsh_loom))]
+mod loom_tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use loom::sync::{Arc, Mutex, Notify};
+    use tokio::io::AsyncWrite;
+
+    use super::Core;
+    use crate::engine::metrics::Metrics;
+    use crate::engine::settings::Settings;
+    use crate::engine::writer::WriteSide;
+    use crate::protocol::frame::Frame;
+
+    /// A socket whose send buffer holds `capacity` bytes until the peer reads them.
+    struct Pipe {
+        buffered: usize,
+        capacity: usize,
+        delivered: usize,
+        writer: Option<Waker>,
+        /// Woken once everything has been delivered.
+        owner: Option<Waker>,
+    }
+
+    /// The pipe, and the signal that bytes arrived in it for the peer.
+    struct Socket(Arc<Mutex<Pipe>>, Arc<Notify>);
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut pipe = self.0.lock().unwrap();
+            let room = pipe.capacity - pipe.buffered;
+            if room == 0 {
+                pipe.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = room.min(buf.len());
+            pipe.buffered += n;
+            self.1.notify();
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn loom_every_queued_frame_is_written_whoever_flushes() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let frame_len = 3; // a text frame of one byte
+            let expected = 2 * frame_len;
+            let pipe = Arc::new(Mutex::new(Pipe {
+                buffered: 0,
+                capacity: frame_len,
+                delivered: 0,
+                writer: None,
+                owner: None,
+            }));
+            let arrived = Arc::new(Notify::new());
+            let core = Arc::new(Core::new(&Settings::default(), Metrics::new()));
+            let socket = Socket(pipe.clone(), arrived.clone());
+            core.attach(WriteSide::new(Box::pin(socket), 1024));
+
+            let producers: Vec<_> = (0..2)
+                .map(|_| {
+                    let core = core.clone();
+                    loom::thread::spawn(move || {
+                        let frame = Frame::new(0x1, bytes::Bytes::from_static(b"a"));
+                        let pushed = core.send_frame(frame).expect("queued");
+                        core.after_push(pushed);
+                    })
+                })
+                .collect();
+            // The peer reads whatever arrives, waking a writer that waits for room; it
+            // blocks (never spins) until something does.
+            let peer = {
+                let pipe = pipe.clone();
+                loom::thread::spawn(move || loop {
+                    let mut p = pipe.lock().unwrap();
+                    if p.buffered > 0 {
+                        p.delivered += p.buffered;
+                        p.buffered = 0;
+                        if let Some(writer) = p.writer.take() {
+                            writer.wake();
+                        }
+                    }
+                    if p.delivered == expected {
+                        if let Some(owner) = p.owner.take() {
+                            owner.wake();
+                        }
+                        return;
+                    }
+                    drop(p);
+                    arrived.wait();
+                })
+            };
+            // The connection's own task.
+            loom::future::block_on(std::future::poll_fn(|cx| {
+                let _ = core.poll_write_handed_over(cx);
+                let mut p = pipe.lock().unwrap();
+                if p.delivered == expected {
+                    return Poll::Ready(());
+                }
+                p.owner = Some(cx.waker().clone());
+                Poll::Pending
+            }));
+            for producer in producers {
+                producer.join().unwrap();
+            }
+            peer.join().unwrap();
+        });
+    }
 }

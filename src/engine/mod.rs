@@ -6,13 +6,14 @@
 //! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`reader`]), and what
 //! the connection's own task runs: the protocol's answers, the timers and the limits of a
 //! live connection ([`session`], [`keepalive`], [`rate_limit`]), with the [`metrics`] they
-//! count into. Crate-internal; the engine knows the protocol layer and
+//! count into, and giving memory back after a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
 pub(crate) mod core;
 pub(crate) mod flush;
 pub(crate) mod id;
 pub(crate) mod keepalive;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod queue;
 pub(crate) mod rate_limit;

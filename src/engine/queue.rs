@@ -11,12 +11,12 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-use crate::engine::sync::lock;
+use crate::engine::memory;
+use crate::engine::sync::{lock_handover as lock, HandoverMutex as Mutex};
 use crate::protocol::close::CloseFrame;
 use crate::protocol::frame::Frame;
 
@@ -232,6 +232,7 @@ impl OutboundQueue {
         );
         // Swap buffers: the producers get the writer's empty one, keeping its capacity.
         if into.capacity() > KEEP_CAPACITY {
+            memory::freed((into.capacity() - KEEP_CAPACITY) * std::mem::size_of::<Outbound>());
             into.shrink_to(KEEP_CAPACITY);
         }
         std::mem::swap(&mut state.items, into);

@@ -27,7 +27,7 @@ impl Default for Settings {
         Settings {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
-            read_buffer_size: 2 * 1024,
+            read_buffer_size: 16 * 1024,
             write_buffer_size: 64 * 1024,
             outbound_queue_capacity: 1024,
             outbound_queue_bytes: 1024 * 1024,

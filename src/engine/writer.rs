@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 
+use crate::engine::memory;
 use crate::engine::queue::{Outbound, OutboundQueue};
 use crate::protocol::close::CloseFrame;
 
@@ -93,7 +94,8 @@ impl WriteSide {
                     continue;
                 }
                 // Idle: give the buffer back; an idle connection should hold no queue memory.
-                self.in_flight = VecDeque::new();
+                let buffer = std::mem::take(&mut self.in_flight);
+                memory::freed(buffer.capacity() * std::mem::size_of::<Outbound>());
                 return Poll::Ready(None);
             }
 

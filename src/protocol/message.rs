@@ -121,8 +121,8 @@ impl From<Utf8Bytes> for Bytes {
 /// Payloads are reference-counted ([`Utf8Bytes`], [`Bytes`]): cloning a message, for example
 /// to queue it to a thousand connections, copies no payload bytes.
 ///
-/// Received payloads share their allocation with the connection's read buffer; copy them
-/// (`text.to_string()`, `bytes.to_vec()`) if you keep them for long.
+/// A received message's payload is an allocation of its own: keeping the message keeps
+/// nothing else of the connection alive.
 ///
 /// ```
 /// use websocket_handler::Message;

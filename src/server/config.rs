@@ -25,6 +25,7 @@ pub struct Config {
     pub(crate) same_origin: bool,
     pub(crate) protocols: Arc<[HeaderValue]>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) trim_memory: bool,
 }
 
 impl Config {
@@ -36,6 +37,7 @@ impl Config {
             same_origin: false,
             protocols: Arc::from([]),
             max_connections: None,
+            trim_memory: true,
         }
     }
 
@@ -100,6 +102,11 @@ impl Config {
     /// See [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes).
     pub fn kept_header_bytes(&self) -> usize {
         self.engine.kept_header_bytes
+    }
+
+    /// See [`ServerBuilder::trim_memory`](crate::ServerBuilder::trim_memory).
+    pub fn trim_memory(&self) -> bool {
+        self.trim_memory
     }
 
     /// See [`ServerBuilder::max_connections`](crate::ServerBuilder::max_connections).

@@ -17,6 +17,7 @@ pub(crate) mod upgrade;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::memory;
 use crate::engine::metrics::Metrics;
 use crate::server::builder::ServerBuilder;
 use crate::server::config::Config;
@@ -69,6 +70,9 @@ impl WebSocketServer {
 
     pub(crate) fn with_config(config: Config) -> Self {
         let limit = config.max_connections.map(ConnectionLimit::new);
+        if config.trim_memory {
+            memory::enable();
+        }
         WebSocketServer {
             inner: Arc::new(Inner {
                 config,
