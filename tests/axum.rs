@@ -19,7 +19,7 @@ use websocket_handler::{
     async_trait, Body, Connection, Message, WebSocketHandler, WebSocketServer,
 };
 
-use common::WAIT;
+use common::{within, WAIT};
 
 /// Echoes every message back to its sender.
 struct Echo;
@@ -79,7 +79,9 @@ async fn axum_route_upgrades_and_echoes_text_and_binary() {
 #[tokio::test]
 async fn plain_get_through_axum_is_400() {
     let addr = serve_axum().await;
-    let stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await

@@ -4,7 +4,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{connect, next_message, next_text, Client, WAIT};
+use common::{connect, next_message, next_text, within, Client, WAIT};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
@@ -115,7 +115,9 @@ async fn closed_connections_leave_the_collection_by_themselves() {
     }
 
     // Client 0 closes cleanly; client 1 vanishes without a close frame.
-    clients[0].close(None).await.expect("close");
+    within("client 0's close", clients[0].close(None))
+        .await
+        .expect("close");
     let abrupt = clients.remove(1);
     drop(abrupt);
     wait_closed(&conns[0]).await;
@@ -166,7 +168,9 @@ async fn collection_snapshot_and_concurrent_broadcasters() {
         })
     });
     for task in tasks {
-        task.await.expect("broadcaster");
+        within("a broadcaster task to finish", task)
+            .await
+            .expect("broadcaster");
     }
     for client in &mut clients {
         let (mut next_a, mut next_b) = (0, 0);

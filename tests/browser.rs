@@ -3,7 +3,8 @@
 //!
 //! Two users chat from two browser sessions, HTML in a message shows as text, and after the
 //! server is killed and restarted on the same port both pages reconnect by themselves and
-//! chat again. Every wait polls the page until a condition holds, within [`WAIT`].
+//! chat again. Every wait polls the page until a condition holds, within [`WAIT`], and every
+//! WebDriver command is bounded by [`WAIT`] too (see [`bounded`]).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `CHROMIUM` and `CHROMEDRIVER` name others). Without them the test fails
@@ -15,6 +16,7 @@ mod common;
 
 use common::ChatServer;
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,6 +33,18 @@ const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Awaits one WebDriver command (or other step) for at most [`WAIT`]: chromedriver or a
+/// page that stops answering makes it an error saying what was awaited, instead of a hang.
+async fn bounded<T, E>(what: &str, step: impl Future<Output = Result<T, E>>) -> Result<T>
+where
+    E: Into<Box<dyn std::error::Error>>,
+{
+    match tokio::time::timeout(WAIT, step).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(format!("timed out after {WAIT:?} waiting for {what}").into()),
+    }
+}
 
 /// chromedriver in its own process group, with the browsers it starts; all killed on drop.
 struct ChromeDriver {
@@ -97,10 +111,14 @@ impl ChromeDriver {
             // Plain HTTP to chromedriver on loopback: no TLS needed (the `client-legacy`
             // connector comes with fantoccini's own hyper-util features).
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(capabilities.clone())
-                .connect(&self.url)
-                .await
+            // Each attempt is bounded too: chromedriver may accept and never answer.
+            match bounded(
+                "a browser session from chromedriver",
+                ClientBuilder::new(connector)
+                    .capabilities(capabilities.clone())
+                    .connect(&self.url),
+            )
+            .await
             {
                 Ok(client) => return Ok(client),
                 Err(_) if started.elapsed() < WAIT => {
@@ -122,6 +140,8 @@ impl Drop for ChromeDriver {
         let _ = std::process::Command::new("sh")
             .args(["-c", &format!("kill -KILL -{group} 2>/dev/null")])
             .status();
+        // Killed by its id as well, so this wait ends even if the group's kill failed.
+        let _ = self.child.kill();
         let _ = self.child.wait();
         for profile in &self.profiles {
             let _ = std::fs::remove_dir_all(profile);
@@ -164,12 +184,14 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
         // What each page showed, to see why.
         let mut report = error.to_string();
         for (client, name) in [(&alice, "alice"), (&bob, "bob")] {
-            let status = client
-                .execute(
+            let status = bounded(
+                &format!("{name}'s status"),
+                client.execute(
                     "return document.getElementById('status').textContent;",
                     vec![],
-                )
-                .await;
+                ),
+            )
+            .await;
             report += &format!(
                 "\n{name}'s status: {status:?}\n{name}'s lines: {:?}",
                 lines(client).await
@@ -178,8 +200,8 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
         outcome = Err(report.into());
     }
     // Close the browsers whatever happened; the driver's drop ends anything left.
-    let _ = alice.close().await;
-    let _ = bob.close().await;
+    let _ = bounded("alice's browser to close", alice.close()).await;
+    let _ = bounded("bob's browser to close", bob.close()).await;
     drop(driver);
     if let Err(error) = outcome {
         panic!("{error}");
@@ -192,12 +214,18 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     let addr = server.addr;
     let page = format!("http://{addr}/chat.htm");
     for (client, name) in [(alice, "alice"), (bob, "bob")] {
-        client.goto(&page).await?;
-        let field = client.wait().for_element(Locator::Id("username")).await?;
+        bounded(&format!("{name}'s page to load"), client.goto(&page)).await?;
+        let field = bounded(
+            &format!("{name}'s username field"),
+            client.wait().for_element(Locator::Id("username")),
+        )
+        .await?;
         // Enter submits the form, as a person would.
-        field
-            .send_keys(&format!("{name}{}", char::from(Key::Enter)))
-            .await?;
+        bounded(
+            &format!("{name}'s username to be typed"),
+            field.send_keys(&format!("{name}{}", char::from(Key::Enter))),
+        )
+        .await?;
         wait_for_state(client, name, "connected").await?;
     }
     // Bob is in the room once alice has seen him join: only then can he hear her.
@@ -225,9 +253,11 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
         )
         .await?;
         // The markup was shown, not parsed: no <b> element anywhere on the page.
-        let bold = client
-            .execute("return document.getElementsByTagName('b').length;", vec![])
-            .await?;
+        let bold = bounded(
+            &format!("{name}'s count of <b> elements"),
+            client.execute("return document.getElementsByTagName('b').length;", vec![]),
+        )
+        .await?;
         if bold != json!(0) {
             return Err(format!("{name}'s page made <b> elements from a message: {bold}").into());
         }
@@ -242,7 +272,7 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     .await?;
 
     if std::env::var_os("UPDATE_SCREENSHOT").is_some_and(|value| value == "1") {
-        let png = alice.screenshot().await?;
+        let png = bounded("alice's screenshot", alice.screenshot()).await?;
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/chat.png");
         std::fs::write(&path, png)?;
         eprintln!("wrote {}", path.display());
@@ -309,21 +339,25 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
 
 /// Types a message and presses Enter.
 async fn say(client: &Client, text: &str) -> Result<()> {
-    let input = client.find(Locator::Id("inputbox")).await?;
-    input
-        .send_keys(&format!("{text}{}", char::from(Key::Enter)))
-        .await?;
+    let input = bounded("the input box", client.find(Locator::Id("inputbox"))).await?;
+    bounded(
+        &format!("{text:?} to be typed"),
+        input.send_keys(&format!("{text}{}", char::from(Key::Enter))),
+    )
+    .await?;
     Ok(())
 }
 
 /// The text of every line in the message list, oldest first.
 async fn lines(client: &Client) -> Result<Vec<String>> {
-    let value = client
-        .execute(
+    let value = bounded(
+        "the page's lines",
+        client.execute(
             "return Array.from(document.querySelectorAll('#messages li'), li => li.textContent);",
             vec![],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(serde_json::from_value(value)?)
 }
 
@@ -348,7 +382,8 @@ async fn wait_for_state(client: &Client, name: &str, state: &str) -> Result<()> 
     .await
 }
 
-/// Checks `condition` every [`POLL`] until it holds; an error after [`WAIT`].
+/// Checks `condition` every [`POLL`] until it holds; an error after [`WAIT`], or if one
+/// check takes longer than [`WAIT`].
 async fn wait_for<F, Fut>(name: &str, what: &str, mut condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -356,7 +391,8 @@ where
 {
     let started = Instant::now();
     loop {
-        if condition().await? {
+        let check = format!("{name}'s page to answer a check for {what}");
+        if bounded(&check, condition()).await? {
             return Ok(());
         }
         if started.elapsed() > WAIT {

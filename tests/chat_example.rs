@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{http_get, next_text, send_text, ChatServer, WAIT};
+use common::{http_get, next_text, send_text, within, ChatServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -76,7 +76,7 @@ async fn join_and_leave_notices_carry_the_online_count() {
     }
 
     // A clean close and a vanished client are both announced, without the one who left.
-    bob.close(None).await.expect("close");
+    within("bob's close", bob.close(None)).await.expect("close");
     assert_eq!(next_text(&mut alice).await, "bob left (2 online)");
     assert_eq!(next_text(&mut carol).await, "bob left (2 online)");
     drop(carol);
@@ -287,11 +287,15 @@ async fn ctrl_c_says_goodbye_with_1001_and_exits() {
 #[tokio::test]
 async fn a_client_that_never_sends_its_request_is_dropped() {
     let server = ChatServer::start("127.0.0.1:0").await;
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /api/Chat?user")
+    let mut stream = within("a TCP connection", TcpStream::connect(server.addr))
         .await
-        .expect("partial request");
+        .expect("connect");
+    within(
+        "the partial request to be written",
+        stream.write_all(b"GET /api/Chat?user"),
+    )
+    .await
+    .expect("partial request");
     let mut rest = Vec::new();
     // The example's handshake timeout is 10 s; give it twice as long to act.
     tokio::time::timeout(WAIT * 2, stream.read_to_end(&mut rest))
@@ -399,7 +403,7 @@ async fn metrics_endpoint_counts_connections_messages_and_closes() {
     let mut bob = common::connect(server.addr, "/api/Chat?username=bob").await;
     assert_eq!(next_text(&mut bob).await, "bob joined (2 online)");
     assert_eq!(next_text(&mut ann).await, "bob joined (2 online)");
-    bob.close(None).await.expect("close");
+    within("bob's close", bob.close(None)).await.expect("close");
     assert_eq!(next_text(&mut ann).await, "bob left (1 online)");
 
     // Sent: ann got 4 lines (her join, her echo, bob's join and leave), bob 1 (his join).

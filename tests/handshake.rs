@@ -23,7 +23,7 @@ use websocket_handler::{
     async_trait, Connection, HandshakeError, Message, WebSocketHandler, WebSocketServer,
 };
 
-use common::WAIT;
+use common::{within, WAIT};
 
 /// The sample key of RFC 6455 section 1.3 and the accept value derived from it.
 const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -593,10 +593,12 @@ async fn fifty_bad_requests_leave_the_server_healthy_and_leak_no_handler() {
         common::next_text(&mut client).await,
         "hello after the storm"
     );
-    client
-        .send(WsMessage::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .expect("send binary");
+    within(
+        "the binary message to be sent",
+        client.send(WsMessage::binary(vec![0u8, 1, 2, 255])),
+    )
+    .await
+    .expect("send binary");
     match common::next_message(&mut client).await {
         Some(WsMessage::Binary(bytes)) => assert_eq!(bytes.as_ref(), [0u8, 1, 2, 255]),
         other => panic!("expected the binary echo, got {other:?}"),
@@ -681,9 +683,7 @@ async fn assert_try_upgrade_refuses(
         }
         _ => {}
     }
-    let body: Bytes = response
-        .into_body()
-        .collect()
+    let body: Bytes = within("the refusal's body", response.into_body().collect())
         .await
         .expect("body")
         .to_bytes();

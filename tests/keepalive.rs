@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{connect, WAIT};
+use common::{connect, within, WAIT};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -75,13 +75,19 @@ async fn a_silent_peer_is_dropped_and_an_answering_one_is_kept() {
     };
 
     // A half-open client: it completes the handshake, then never reads nor answers.
-    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    silent
-        .write_all(&common::raw_handshake("/"))
+    let mut silent = within("a TCP connection", tokio::net::TcpStream::connect(addr))
         .await
-        .expect("handshake");
+        .expect("connect");
+    within(
+        "the handshake to be written",
+        silent.write_all(&common::raw_handshake("/")),
+    )
+    .await
+    .expect("handshake");
     let mut response = [0u8; 12];
-    silent.read_exact(&mut response).await.expect("response");
+    within("the handshake's response", silent.read_exact(&mut response))
+        .await
+        .expect("response");
     assert_eq!(&response, b"HTTP/1.1 101");
     let Event::Open(silent_conn) = next_event(&mut events).await else {
         panic!("expected on_open")

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use common::{connect, next_message, next_text, send_text, serve, WAIT};
+use common::{connect, next_message, next_text, send_text, serve, within, WAIT};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -97,10 +97,12 @@ async fn callbacks_run_in_order_and_close_handshake_completes() {
     assert!(conn.is_open());
 
     send_text(&mut client, "hello").await;
-    client
-        .send(WsMessage::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .expect("send binary");
+    within(
+        "the binary message to be sent",
+        client.send(WsMessage::binary(vec![0u8, 1, 2, 255])),
+    )
+    .await
+    .expect("send binary");
     assert_eq!(next_text(&mut client).await, "hello");
     assert_eq!(
         next_message(&mut client).await,
@@ -115,13 +117,15 @@ async fn callbacks_run_in_order_and_close_handshake_completes() {
         other => panic!("expected the binary message, got {other:?}"),
     }
 
-    client
-        .close(Some(WsCloseFrame {
+    within(
+        "the client's close",
+        client.close(Some(WsCloseFrame {
             code: WsCloseCode::Away,
             reason: "leaving".into(),
-        }))
-        .await
-        .expect("close");
+        })),
+    )
+    .await
+    .expect("close");
     // The server answers the close frame and ends the stream.
     match next_message(&mut client).await {
         Some(WsMessage::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
@@ -257,7 +261,13 @@ async fn oversized_fragmented_message_closes_with_1009() {
     ];
     for (opcode, fin) in fragments {
         let frame = Frame::message(vec![b'x'; 400], opcode, fin);
-        if client.send(WsMessage::Frame(frame)).await.is_err() {
+        if within(
+            "a fragment to be sent",
+            client.send(WsMessage::Frame(frame)),
+        )
+        .await
+        .is_err()
+        {
             break; // the server may already have closed
         }
     }
@@ -284,8 +294,18 @@ async fn invalid_utf8_closes_with_1007_after_queued_messages() {
     let frame = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
     // A valid message right before the bad one: its echo was queued first and must not be
     // lost to the error close.
-    client.feed(WsMessage::text("valid")).await.expect("feed");
-    client.send(WsMessage::Frame(frame)).await.expect("send");
+    within(
+        "the valid message to be fed",
+        client.feed(WsMessage::text("valid")),
+    )
+    .await
+    .expect("feed");
+    within(
+        "the invalid frame to be sent",
+        client.send(WsMessage::Frame(frame)),
+    )
+    .await
+    .expect("send");
     assert_eq!(next_text(&mut client).await, "valid");
     assert!(matches!(next_event(&mut events).await, Event::Message(_)));
     match next_message(&mut client).await {
@@ -315,7 +335,8 @@ async fn send_from_outside_the_handler_and_large_round_trip() {
     let conn = expect_open(&mut events).await;
     // Another task holds a clone of the handle and sends through it.
     let handle = conn.clone();
-    tokio::spawn(async move { handle.send("pushed from a task").expect("send") })
+    let task = tokio::spawn(async move { handle.send("pushed from a task").expect("send") });
+    within("the sending task to finish", task)
         .await
         .expect("task");
     assert_eq!(next_text(&mut client).await, "pushed from a task");
@@ -334,22 +355,29 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
     use tokio::io::AsyncWriteExt;
 
     let (addr, mut events) = start(WebSocketServer::new()).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut stream = within("a TCP connection", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
     let mut request = common::raw_handshake("/early");
     // A masked text frame "early" (RFC 6455 section 5.3), zero mask for simplicity.
     request.extend_from_slice(&[0x81, 0x80 | 5, 0, 0, 0, 0]);
     request.extend_from_slice(b"early");
-    stream
-        .write_all(&request)
-        .await
-        .expect("send handshake and frame");
+    within(
+        "the handshake and frame to be written",
+        stream.write_all(&request),
+    )
+    .await
+    .expect("send handshake and frame");
 
     // The answer: the 101 response, then the echo as an unmasked text frame.
     let echo = [0x81, 5, b'e', b'a', b'r', b'l', b'y'];
     let received = common::read_until_contains(&mut stream, &echo).await;
     assert!(received.starts_with(b"HTTP/1.1 101"));
-    assert!(matches!(events.recv().await, Some(Event::Open(_))));
-    match events.recv().await {
+    assert!(matches!(
+        within("on_open", events.recv()).await,
+        Some(Event::Open(_))
+    ));
+    match within("on_message with the early frame", events.recv()).await {
         Some(Event::Message(message)) => assert_eq!(message.as_text(), Some("early")),
         other => panic!("expected the early message, got {other:?}"),
     }
@@ -374,15 +402,21 @@ async fn after_the_peers_close_nothing_follows_the_answer() {
         sent
     });
     assert!(next_text(&mut client).await.starts_with("data "));
-    client.close(None).await.expect("send close");
-    // Data already queued may come first; after the close answer, nothing.
-    loop {
-        match next_message(&mut client).await {
-            Some(WsMessage::Text(_)) => continue,
-            Some(WsMessage::Close(_)) => break,
-            other => panic!("expected data or the close answer, got {other:?}"),
+    within("the client's close", client.close(None))
+        .await
+        .expect("send close");
+    // Data already queued may come first; after the close answer, nothing. One bound for
+    // the whole loop: data that never stops must not keep it going.
+    within("the close answer after the queued data", async {
+        loop {
+            match next_message(&mut client).await {
+                Some(WsMessage::Text(_)) => continue,
+                Some(WsMessage::Close(_)) => break,
+                other => panic!("expected data or the close answer, got {other:?}"),
+            }
         }
-    }
+    })
+    .await;
     assert_eq!(
         next_message(&mut client).await,
         None,
@@ -515,10 +549,17 @@ async fn a_protocol_violation_closes_with_1002() {
     use tokio::io::AsyncWriteExt;
 
     let (addr, mut events) = start(WebSocketServer::new()).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut stream = within("a TCP connection", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
     let mut request = common::raw_handshake("/");
     request.extend_from_slice(&[0x81, 2, b'h', b'i']); // not masked
-    stream.write_all(&request).await.expect("send");
+    within(
+        "the handshake and frame to be written",
+        stream.write_all(&request),
+    )
+    .await
+    .expect("send");
     common::read_until_contains(&mut stream, &[0x88, 2, 0x03, 0xea]).await; // close 1002
     expect_open(&mut events).await;
     match next_event(&mut events).await {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{connect, next_text, send_text, Options};
+use common::{connect, next_text, send_text, within, Options};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
@@ -79,14 +79,19 @@ async fn metrics_count_connections_messages_bytes_drops_and_closes() {
         (4, 1010),
         "with the \"in\""
     );
-    client
-        .close(Some(WsCloseFrame {
+    within(
+        "the client's close",
+        client.close(Some(WsCloseFrame {
             code: WsCloseCode::Normal,
             reason: "".into(),
-        }))
-        .await
-        .expect("close");
-    assert_eq!(closed.recv().await, Some(1000));
+        })),
+    )
+    .await
+    .expect("close");
+    assert_eq!(
+        within("on_close after the client's close", closed.recv()).await,
+        Some(1000)
+    );
 
     // Another that never reads: a burst of large broadcasts fills its socket and then its
     // queue of 4, so it is closed with 1008 and the rest is counted as dropped.
@@ -100,7 +105,10 @@ async fn metrics_count_connections_messages_bytes_drops_and_closes() {
         }
     }
     assert!(refused > 0, "the queue never filled");
-    assert_eq!(closed.recv().await, Some(1008));
+    assert_eq!(
+        within("on_close of the stalled client", closed.recv()).await,
+        Some(1008)
+    );
     drop(stalled);
 
     let snapshot = metrics.snapshot();

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{connect, next_text, send_text, Client};
+use common::{connect, next_text, send_text, within, Client};
 use tokio::sync::mpsc;
 use websocket_handler::{
     async_trait, query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler,
@@ -165,7 +165,9 @@ async fn a_closed_connection_leaves_all_its_rooms_and_empty_rooms_go() {
 
     // Closing leaves every room; "b" is left empty and goes, "a" keeps bob.
     drop(ann);
-    server.closed.recv().await.expect("ann's on_close");
+    within("ann's on_close", server.closed.recv())
+        .await
+        .expect("ann's on_close");
     assert_eq!(server.rooms.rooms(), ["a"]);
     assert_eq!(ask(&mut bob, "count a").await, "count a: 1");
     assert_eq!(server.users.rooms(), ["bob"], "ann's user room went too");

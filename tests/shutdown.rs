@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{connect, next_message, WAIT};
+use common::{connect, next_message, within, WAIT};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
@@ -77,7 +77,11 @@ async fn a_broadcast_just_before_shutdown_reaches_everyone_then_1001() {
     assert!(server.is_shutting_down());
 
     // New upgrades are refused.
-    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await;
+    let refused = within(
+        "the answer to an upgrade during shutdown",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+    )
+    .await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{connect, next_message, WAIT};
+use common::{connect, next_message, within, WAIT};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, Notify};
 use websocket_handler::{
@@ -133,10 +133,15 @@ async fn run(slow_clients: usize) {
         socket
             .set_recv_buffer_size(4096)
             .expect("small receive buffer");
-        let stream = socket.connect(addr).await.expect("connect");
-        let (client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+        let stream = within("a slow client's TCP connection", socket.connect(addr))
             .await
-            .expect("handshake");
+            .expect("connect");
+        let (client, _) = within(
+            "a slow client's handshake",
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), stream),
+        )
+        .await
+        .expect("handshake");
         slow.push(client);
         slow_conns.push(next_open(&mut events).await);
     }

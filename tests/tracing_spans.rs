@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{connect, next_text, send_text};
+use common::{connect, next_text, send_text, within};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -98,8 +98,13 @@ async fn handler_events_carry_the_connections_id_and_address() {
     let client_addr = client.get_ref().get_ref().local_addr().expect("local addr");
     send_text(&mut client, "hi").await;
     assert_eq!(next_text(&mut client).await, "hi");
-    client.send(WsMessage::Close(None)).await.expect("close");
-    closed.recv().await.expect("closed");
+    within(
+        "the close frame to be sent",
+        client.send(WsMessage::Close(None)),
+    )
+    .await
+    .expect("close");
+    within("on_close", closed.recv()).await.expect("closed");
 
     let events = recorder.events.lock().expect("not poisoned").clone();
     let echo = events

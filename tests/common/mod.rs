@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,26 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Upper bound for any single wait in a test, so a broken feature fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `future` for at most [`WAIT`]: a wait that would never end fails the test with
+/// "timed out after 10s waiting for {what}" and the caller's line, instead of hanging it.
+///
+/// For any wait that is not already bounded (a helper below, or a `timeout` of its own):
+/// `within("the server's close answer", client.next()).await`.
+#[allow(dead_code)] // not every test binary uses it
+#[track_caller]
+pub fn within<'a, F>(what: &'a str, future: F) -> impl Future<Output = F::Output> + 'a
+where
+    F: Future + 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        match tokio::time::timeout(WAIT, future).await {
+            Ok(output) => output,
+            Err(_) => panic!("timed out after {WAIT:?} waiting for {what} (at {caller})"),
+        }
+    }
+}
 
 /// Starts a hyper server on a free loopback port; `server` upgrades every request with a handler
 /// made by `make_handler` from the request. Returns the server's address.
@@ -125,18 +146,19 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Client {
     client
 }
 
-/// The next data or close message a client receives (pings and pongs are skipped).
+/// The next data or close message a client receives (pings and pongs are skipped), within
+/// [`WAIT`] in all: pings that keep coming (a short ping interval) do not extend the wait.
 pub async fn next_message(client: &mut Client) -> Option<WsMessage> {
-    loop {
-        let item = tokio::time::timeout(WAIT, client.next())
-            .await
-            .expect("timed out waiting for a message");
-        match item {
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Some(Ok(message)) => return Some(message),
-            Some(Err(_)) | None => return None,
+    within("a message", async {
+        loop {
+            match client.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(message)) => return Some(message),
+                Some(Err(_)) | None => return None,
+            }
         }
-    }
+    })
+    .await
 }
 
 /// The next text message a client receives; panics on anything else.
@@ -149,7 +171,9 @@ pub async fn next_text(client: &mut Client) -> String {
 
 /// Sends a text message from a client.
 pub async fn send_text(client: &mut Client, text: &str) {
-    client.send(WsMessage::text(text)).await.expect("send");
+    within("a client's send", client.send(WsMessage::text(text)))
+        .await
+        .expect("send");
 }
 
 /// Builds the example with the same cargo that runs the tests (a no-op when `cargo test`
@@ -293,10 +317,10 @@ impl ChatServer {
         assert!(exit.success(), "{exit:?}");
     }
 
-    /// Kills the server (as a crash would) and waits until it is gone.
+    /// Kills the server (as a crash would) and waits until it is gone; panics after [`WAIT`].
     pub async fn kill(mut self) {
         self.child.start_kill().expect("kill the chat example");
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        let _ = within("the killed chat example to exit", self.child.wait()).await;
     }
 }
 
@@ -350,11 +374,18 @@ pub async fn read_until_contains(stream: &mut TcpStream, needle: &[u8]) -> Vec<u
 pub async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
     let request = format!(
         "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
+    within(
+        "the request to be written",
+        stream.write_all(request.as_bytes()),
+    )
+    .await
+    .expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
@@ -409,10 +440,12 @@ pub async fn raw_client(addr: SocketAddr, path: &str, recv_buffer: Option<u32>) 
         .await
         .expect("connect timed out")
         .expect("connect");
-    stream
-        .write_all(&raw_handshake(path))
-        .await
-        .expect("send the handshake");
+    within(
+        "the handshake to be written",
+        stream.write_all(&raw_handshake(path)),
+    )
+    .await
+    .expect("send the handshake");
     read_until_contains(&mut stream, b"\r\n\r\n").await;
     stream
 }

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::{within, WAIT};
 
 /// A running `redis-server`; killed when dropped.
 pub struct RedisServer {
@@ -61,7 +61,8 @@ impl RedisServer {
         .await
         .expect("redis-server neither started nor exited");
         if !ready {
-            let _ = child.wait().await;
+            // Its output ended: it is exiting (or has exited).
+            let _ = within("redis-server to exit", child.wait()).await;
             return None;
         }
         // Keep reading its log, so Redis never blocks on a full pipe.
@@ -74,10 +75,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills Redis (SIGKILL, as a crash would) and waits until it is gone.
+    /// Kills Redis (SIGKILL, as a crash would) and waits until it is gone; panics after
+    /// [`WAIT`].
     pub async fn kill(mut self) {
         self.child.start_kill().expect("kill redis-server");
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        let _ = within("the killed redis-server to exit", self.child.wait()).await;
     }
 }
 
