@@ -90,8 +90,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--hold", type=float, default=5.0,
-                        help="seconds the clients stay idle after connecting (default 5)")
+    parser.add_argument("--hold", type=float, default=8.0,
+                        help="seconds the clients stay idle after connecting (default 8)")
     parser.add_argument("--configs", type=benchlib.name_list(list(CONFIGS), "config"),
                         default=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")

@@ -990,8 +990,8 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
 }
 
 /// The servers' RSS once the closes have been processed: once they hold no more sockets
-/// than before the run (at most two minutes), then unchanged (within 1%) over two seconds,
-/// or after 30 more.
+/// than before the run (at most two minutes), then unchanged (within 1%) over six seconds
+/// (a server may give memory back some seconds later), or after 30 more.
 async fn rss_after_close(
     rss: &impl Fn() -> Option<u64>,
     fds: &impl Fn() -> Option<usize>,
@@ -1014,7 +1014,7 @@ async fn rss_after_close(
             0
         };
         last = now;
-        if steady == 2 {
+        if steady == 6 {
             break;
         }
     }

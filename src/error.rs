@@ -63,6 +63,27 @@ pub enum Error {
     /// connection is dropped without a close handshake (the peer is presumed gone).
     #[error("peer sent nothing for {0:?}")]
     IdleTimeout(Duration),
+    /// A message began to arrive and did not finish in time: within
+    /// [`ServerBuilder::message_timeout`](crate::ServerBuilder::message_timeout), or later
+    /// only while it averaged [`min_message_rate`](crate::ServerBuilder::min_message_rate).
+    /// Closed with 1008: a client that trickles a message it never ends holds the server's
+    /// memory.
+    #[error("message not finished in time: {received} bytes in {elapsed:?}")]
+    MessageTimeout {
+        /// How long the message had been arriving.
+        elapsed: Duration,
+        /// Its bytes so far.
+        received: usize,
+    },
+    /// The server's budget for partially received messages
+    /// ([`ServerBuilder::max_partial_bytes`](crate::ServerBuilder::max_partial_bytes)) was
+    /// spent and this connection held the most of it: it was refused further bytes and
+    /// closed with 1013 (try again later).
+    #[error("the server's budget of {budget} bytes for partial messages is spent, and this connection held the most")]
+    PartialBudget {
+        /// The budget, in bytes.
+        budget: usize,
+    },
     /// The peer did not answer our close frame in time.
     #[error("peer did not complete the close handshake within {0:?}")]
     CloseTimeout(Duration),
@@ -79,9 +100,10 @@ impl Error {
             Error::MessageTooLarge { .. } => Some(CloseCode::MESSAGE_TOO_BIG),
             Error::InvalidUtf8 => Some(CloseCode::INVALID_PAYLOAD),
             Error::Protocol { .. } => Some(CloseCode::PROTOCOL_ERROR),
-            Error::SlowConsumer { .. } | Error::RateLimited { .. } => {
-                Some(CloseCode::POLICY_VIOLATION)
-            }
+            Error::SlowConsumer { .. }
+            | Error::RateLimited { .. }
+            | Error::MessageTimeout { .. } => Some(CloseCode::POLICY_VIOLATION),
+            Error::PartialBudget { .. } => Some(CloseCode::TRY_AGAIN_LATER),
             Error::HandlerPanicked { .. } => Some(CloseCode::INTERNAL_ERROR),
             Error::AbruptClose | Error::IdleTimeout(_) | Error::CloseTimeout(_) | Error::Io(_) => {
                 None

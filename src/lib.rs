@@ -251,6 +251,7 @@ pub use protocol::close::{CloseCode, CloseFrame};
 pub use protocol::handshake::HandshakeError;
 pub use protocol::message::{Message, Utf8Bytes};
 pub use protocol::query::{query_param, QueryError};
+pub use server::address::{IpNetwork, IpNetworkError};
 pub use server::body::Body;
 pub use server::builder::ServerBuilder;
 pub use server::config::Config;
@@ -266,11 +267,28 @@ struct ReadmeSnippets;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
-    /// The upgrade request checks of [`upgrade`](crate::upgrade): the accept key, or why the
-    /// request is refused.
+    /// The upgrade request checks of [`upgrade`](crate::WebSocketServer::upgrade): the accept
+    /// key, or why the request is refused.
     pub fn check_handshake(
         request: &http::Request<()>,
     ) -> Result<http::HeaderValue, crate::HandshakeError> {
         crate::protocol::handshake::check_handshake(request)
+    }
+
+    /// The frame decoder on `data` as a client's byte stream, whole, byte by byte and in
+    /// other chunkings, with generous and with tight limits: panics if the results differ,
+    /// or if the decoder holds more than twice what arrived.
+    pub fn decoder_chunking(data: &[u8]) {
+        crate::protocol::decode::check_chunking_invariance(data)
+    }
+
+    /// The client address of a request from `peer` with these header lines (`name: value`,
+    /// one per line), through `trusted` proxies.
+    pub fn client_address(
+        peer: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        trusted: &[crate::IpNetwork],
+    ) -> std::net::IpAddr {
+        crate::server::address::client_address(peer, headers, trusted)
     }
 }

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
+use crate::engine::budget::PartialBudget;
 use crate::engine::flush::HasCore;
 use crate::engine::session::{End, Event, Session};
 use crate::engine::settings::Settings;
@@ -33,6 +35,7 @@ pub(crate) async fn run<R, W, H, L>(
     conn: Connection,
     mut handler: H,
     settings: Settings,
+    budget: Arc<PartialBudget>,
     lease: L,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -51,7 +54,7 @@ pub(crate) async fn run<R, W, H, L>(
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     core.attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
     let mut run = Running {
-        session: Session::new(read, &settings),
+        session: Session::new(read, &settings, budget, conn.id()),
         conn: &conn,
         ended: false,
         failure: None,

@@ -8,8 +8,8 @@
 //! 1.8 MiB in use. `malloc_trim` gives it back (64 MiB and 8.6 MiB).
 //!
 //! So the engine counts what it frees in bulk (drained queue buffers, ended connections)
-//! and, once enough has been freed and the burst has calmed down, trims the heap once, on
-//! a blocking thread. Elsewhere than Linux with glibc this does nothing: other allocators
+//! and, once a MiB has been freed and the burst has calmed down, trims the heap once, on
+//! a blocking thread, at most every five seconds. Elsewhere than Linux with glibc this does nothing: other allocators
 //! return memory by themselves, or offer no such call.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,14 +25,19 @@ static FREED: AtomicUsize = AtomicUsize::new(0);
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
 
 /// Trim once this much has been freed: less is not worth walking the heap for.
-const THRESHOLD: usize = 8 << 20;
+const THRESHOLD: usize = 1 << 20;
 
 /// A burst is over when less than [`THRESHOLD`] was freed in the last `CALM`. While it
 /// goes on, what is freed is soon reused, and trimming would only cost page faults.
 const CALM: Duration = Duration::from_secs(1);
 
-/// What an ended connection frees, besides its queue: its state, request parts, task.
-pub(crate) const CONNECTION: usize = 4096;
+/// At most one trim this often: under steady churn, often enough to keep RSS near what is
+/// used, rarely enough that walking the heap costs nothing noticeable.
+const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What an ended connection frees, besides its queue: its state, request parts, task,
+/// socket registration (about what an idle one costs).
+pub(crate) const CONNECTION: usize = 8 * 1024;
 
 /// Lets the process trim: the heap is one per process, so one server asking is enough.
 pub(crate) fn enable() {
@@ -53,6 +58,11 @@ pub(crate) fn freed(bytes: usize) {
         return;
     };
     runtime.spawn(async {
+        static LAST: std::sync::Mutex<Option<tokio::time::Instant>> = std::sync::Mutex::new(None);
+        let last = *LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + MIN_INTERVAL).await;
+        }
         // Wait for the burst to calm down: memory freed now would only be reused.
         loop {
             let before = FREED.load(Ordering::Relaxed);
@@ -64,6 +74,8 @@ pub(crate) fn freed(bytes: usize) {
         FREED.store(0, Ordering::Relaxed);
         // Walking the heap can take milliseconds: not on a worker thread.
         let _ = tokio::task::spawn_blocking(trim).await;
+        *LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(tokio::time::Instant::now());
         SCHEDULED.store(false, Ordering::Release);
     });
 }

@@ -9,6 +9,7 @@
 //! count into, and giving memory back after a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
+pub(crate) mod budget;
 pub(crate) mod core;
 pub(crate) mod flush;
 pub(crate) mod id;

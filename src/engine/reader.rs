@@ -127,6 +127,22 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(None)
     }
 
+    /// Whether a data message has started to arrive and not finished.
+    pub(crate) fn in_message(&self) -> bool {
+        self.decoder.in_message()
+    }
+
+    /// Payload bytes of the message in progress so far.
+    pub(crate) fn message_len(&self) -> usize {
+        self.decoder.message_len()
+    }
+
+    /// Heap bytes held for what has arrived but is not a whole item yet: the partial
+    /// message, and the bytes of a read not yet decoded.
+    pub(crate) fn held(&self) -> usize {
+        self.decoder.buffered() + self.pending.capacity()
+    }
+
     /// Whether any bytes arrived since the last call: the peer is alive.
     pub(crate) fn take_activity(&mut self) -> bool {
         std::mem::take(&mut self.activity)

@@ -10,12 +10,14 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
 use tokio::time::{Instant, Sleep};
 
+use crate::engine::budget::{PartialBudget, Refusal};
 use crate::engine::core::Core;
 use crate::engine::keepalive::{Due, KeepAlive};
 use crate::engine::rate_limit::Bucket;
@@ -59,10 +61,30 @@ pub(crate) struct Session<R> {
     peer_closed: bool,
     /// The writer has ended for good (a close frame is out).
     writes_ended: bool,
+    /// The message in progress must finish by this deadline (see `poll_timers`).
+    message: Option<MessageDeadline>,
+    message_timeout: Duration,
+    min_message_rate: u32,
+    /// The server's budget for partial messages, and what this connection holds of it.
+    budget: Arc<PartialBudget>,
+    refusal: Option<Arc<Refusal>>,
+    held_bytes: usize,
+    id: crate::engine::id::ConnectionId,
+}
+
+/// When the message in progress began to arrive, and the timer of its deadline.
+struct MessageDeadline {
+    started: Instant,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<R: AsyncRead + Unpin> Session<R> {
-    pub(crate) fn new(read: R, settings: &Settings) -> Self {
+    pub(crate) fn new(
+        read: R,
+        settings: &Settings,
+        budget: Arc<PartialBudget>,
+        id: crate::engine::id::ConnectionId,
+    ) -> Self {
         let limits = Limits {
             max_frame_size: settings.max_frame_size.min(settings.max_message_size),
             max_message_size: settings.max_message_size,
@@ -82,6 +104,13 @@ impl<R: AsyncRead + Unpin> Session<R> {
             held: None,
             peer_closed: false,
             writes_ended: false,
+            message: None,
+            message_timeout: settings.message_timeout,
+            min_message_rate: settings.min_message_rate.max(1),
+            budget,
+            refusal: None,
+            held_bytes: 0,
+            id,
         }
     }
 
@@ -116,9 +145,19 @@ impl<R: AsyncRead + Unpin> Session<R> {
         .await
     }
 
-    /// Stops reading: the socket's read half goes.
+    /// Stops reading: the socket's read half goes, and with it what was half-received.
     pub(crate) fn close_read(&mut self) {
         self.reader.close();
+        self.release_partial();
+    }
+
+    fn release_partial(&mut self) {
+        if let Some(refusal) = &self.refusal {
+            if self.held_bytes > 0 {
+                self.budget.hold(self.id, refusal, 0);
+                self.held_bytes = 0;
+            }
+        }
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>, core: &Core, deliver: bool) -> Poll<Event> {
@@ -137,6 +176,10 @@ impl<R: AsyncRead + Unpin> Session<R> {
         if let Poll::Ready(failure) = self.poll_timers(cx, core) {
             return Poll::Ready(Event::End(End::Failed(failure)));
         }
+        if self.refusal.as_ref().is_some_and(|r| r.poll_refused(cx)) {
+            let budget = self.budget.limit();
+            return Poll::Ready(Event::End(End::Failed(Error::PartialBudget { budget })));
+        }
         if deliver {
             if let Some(message) = self.held.take() {
                 return Poll::Ready(Event::Message(message));
@@ -147,6 +190,9 @@ impl<R: AsyncRead + Unpin> Session<R> {
             let item = self.reader.poll_item(cx);
             if self.reader.take_activity() {
                 self.keepalive.seen(Instant::now());
+                if let Poll::Ready(failure) = self.account_partial(cx) {
+                    return Poll::Ready(Event::End(End::Failed(failure)));
+                }
             }
             let item = match item {
                 Poll::Pending => break,
@@ -192,8 +238,33 @@ impl<R: AsyncRead + Unpin> Session<R> {
         Poll::Pending
     }
 
-    /// The close timeout, pings and the idle timeout; ready with the failure when one of
-    /// them ends the connection.
+    /// After bytes arrived: starts (or ends) the deadline of the message in progress, and
+    /// tells the server's budget what this connection now holds of what is half-received.
+    fn account_partial(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        if !self.reader.in_message() {
+            self.message = None;
+        } else if self.message.is_none() {
+            let started = Instant::now();
+            self.message = Some(MessageDeadline {
+                started,
+                timer: Box::pin(tokio::time::sleep_until(started + self.message_timeout)),
+            });
+        }
+        let held = self.reader.held();
+        if held != self.held_bytes {
+            self.held_bytes = held;
+            let refusal = self.refusal.get_or_insert_with(Arc::default);
+            self.budget.hold(self.id, refusal, held);
+            if refusal.poll_refused(cx) {
+                let budget = self.budget.limit();
+                return Poll::Ready(Error::PartialBudget { budget });
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The close timeout, pings, the idle timeout and the deadline of the message in
+    /// progress; ready with the failure when one of them ends the connection.
     fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
         if self.close_timer.is_none() {
             if let Some(since) = core.closing_since() {
@@ -204,6 +275,23 @@ impl<R: AsyncRead + Unpin> Session<R> {
         if let Some(timer) = &mut self.close_timer {
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Error::CloseTimeout(self.close_timeout));
+            }
+        }
+        // A message must finish within the timeout, or later only while it keeps up the
+        // minimum rate: a client on a slow phone finishes; one that trickles a message it
+        // never ends (control frames in between change nothing) is dropped.
+        if let Some(message) = &mut self.message {
+            if message.timer.as_mut().poll(cx).is_ready() {
+                let received = self.reader.message_len();
+                let by_rate =
+                    Duration::from_secs_f64(received as f64 / f64::from(self.min_message_rate));
+                let allowed = self.message_timeout.max(by_rate);
+                let elapsed = message.started.elapsed();
+                if elapsed >= allowed {
+                    return Poll::Ready(Error::MessageTimeout { elapsed, received });
+                }
+                message.timer.as_mut().reset(message.started + allowed);
+                let _ = message.timer.as_mut().poll(cx);
             }
         }
         // Noted on every read, but the timer is re-armed only when it fires (a timer-wheel
@@ -224,6 +312,14 @@ impl<R: AsyncRead + Unpin> Session<R> {
             }
         }
         Poll::Pending
+    }
+}
+
+impl<R> Drop for Session<R> {
+    fn drop(&mut self) {
+        if let (Some(refusal), true) = (&self.refusal, self.held_bytes > 0) {
+            self.budget.hold(self.id, refusal, 0);
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) kept_header_bytes: usize,
+    pub(crate) message_timeout: Duration,
+    /// Bytes per second.
+    pub(crate) min_message_rate: u32,
 }
 
 impl Default for Settings {
@@ -37,6 +40,8 @@ impl Default for Settings {
             idle_timeout: Some(Duration::from_secs(30)),
             rate_limit: None,
             kept_header_bytes: 4 * 1024,
+            message_timeout: Duration::from_secs(30),
+            min_message_rate: 1024,
         }
     }
 }

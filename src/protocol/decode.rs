@@ -212,14 +212,12 @@ impl Decoder {
     /// Whether a data message is in progress: from the first byte of a data frame's header
     /// until its last fragment completes (control frames alone do not count). False after
     /// an error or a close frame.
-    #[allow(dead_code)] // for the partial-message budget, next
     pub(crate) fn in_message(&self) -> bool {
         self.message.is_some()
     }
 
     /// Heap bytes held for the partial message (the capacity of its buffer), for a
     /// server-wide memory budget. 0 when no message is in progress.
-    #[allow(dead_code)] // for the partial-message budget, next
     pub(crate) fn buffered(&self) -> usize {
         self.message.as_ref().map_or(0, |m| m.buf.capacity())
     }

@@ -43,6 +43,22 @@ pub enum HandshakeError {
     /// connections (503).
     #[error("server is at its limit of {0} connections; try again later")]
     TooManyConnections(usize),
+    /// The client's address already holds
+    /// [`ServerBuilder::max_connections_per_address`](crate::ServerBuilder::max_connections_per_address)
+    /// connections (429, with `Retry-After`).
+    #[error("too many connections from this address (limit {limit})")]
+    AddressBusy {
+        /// The limit per address.
+        limit: u32,
+    },
+    /// The client's address opens connections faster than
+    /// [`ServerBuilder::handshake_rate_per_address`](crate::ServerBuilder::handshake_rate_per_address)
+    /// allows (429, with `Retry-After`).
+    #[error("this address opens connections faster than {per_second} per second")]
+    AddressRateLimited {
+        /// The average rate allowed per address.
+        per_second: u32,
+    },
     /// The server is shutting down (503); see [`WebSocketServer::close_all`](crate::WebSocketServer::close_all).
     #[error("server is shutting down")]
     ShuttingDown,
@@ -56,6 +72,9 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
             HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HandshakeError::AddressBusy { .. } | HandshakeError::AddressRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             HandshakeError::TooManyConnections(_) | HandshakeError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

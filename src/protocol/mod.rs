@@ -8,6 +8,7 @@
 
 pub(crate) mod close;
 pub(crate) mod decode;
+pub(crate) mod forwarded;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod message;

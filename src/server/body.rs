@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Response};
 use http_body::{Frame, SizeHint};
 
 use crate::protocol::handshake::HandshakeError;
+use crate::server::address::RETRY_AFTER;
 
 /// A whole response body in memory: empty for a `101 Switching Protocols`, a short text for
 /// a refused upgrade. It implements [`http_body::Body`], so hyper serves it as it is, and
@@ -89,7 +90,8 @@ impl http_body::Body for Body {
 
 impl HandshakeError {
     /// The plain-text HTTP response for this rejection, with the headers RFC 6455 and RFC 9110
-    /// ask for (`Allow: GET` on 405, `Sec-WebSocket-Version: 13` on 426).
+    /// ask for (`Allow: GET` on 405, `Sec-WebSocket-Version: 13` on 426, `Retry-After` on
+    /// 429).
     pub fn to_response(&self) -> Response<Body> {
         let mut response = Response::new(Body::from(format!("{self}\n")));
         *response.status_mut() = self.status();
@@ -107,6 +109,12 @@ impl HandshakeError {
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
                 );
+            }
+            HandshakeError::AddressBusy { .. } | HandshakeError::AddressRateLimited { .. } => {
+                let seconds = RETRY_AFTER.as_secs().to_string();
+                if let Ok(value) = HeaderValue::from_str(&seconds) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
             }
             _ => {}
         }

@@ -7,6 +7,7 @@ use http::HeaderValue;
 
 use crate::engine::rate_limit::RateLimit;
 use crate::engine::settings::SlowConsumer;
+use crate::server::address::IpNetwork;
 use crate::server::config::Config;
 use crate::server::WebSocketServer;
 
@@ -36,6 +37,12 @@ use crate::server::WebSocketServer;
 /// | [`rate_limit`](ServerBuilder::rate_limit) | none |
 /// | [`kept_header_bytes`](ServerBuilder::kept_header_bytes) | 4 KiB |
 /// | [`trim_memory`](ServerBuilder::trim_memory) | on |
+/// | [`message_timeout`](ServerBuilder::message_timeout) | 30 s |
+/// | [`min_message_rate`](ServerBuilder::min_message_rate) | 1 KiB/s |
+/// | [`max_partial_bytes`](ServerBuilder::max_partial_bytes) | 64 MiB |
+/// | [`max_connections_per_address`](ServerBuilder::max_connections_per_address) | unlimited |
+/// | [`handshake_rate_per_address`](ServerBuilder::handshake_rate_per_address) | unlimited |
+/// | [`trusted_proxies`](ServerBuilder::trusted_proxies) | none |
 ///
 /// ```
 /// use std::time::Duration;
@@ -257,6 +264,86 @@ impl ServerBuilder {
     /// another allocator, say).
     pub fn trim_memory(mut self, on: bool) -> Self {
         self.config.trim_memory = on;
+        self
+    }
+
+    /// How long a message may take to arrive, from its first byte to its last (whatever
+    /// control frames come in between). A message still arriving after this is allowed
+    /// to go on only while it averages [`min_message_rate`](ServerBuilder::min_message_rate);
+    /// otherwise the connection is closed with 1008 and its handler gets
+    /// [`Error::MessageTimeout`](crate::Error::MessageTimeout). Without it, a client that
+    /// starts a message and trickles the rest forever (which RFC 6455 allows, pings
+    /// answered in between) holds the server's memory for as long as it likes. Default 30 s:
+    /// a phone on a 2G link (4 KB/s) sends a whole 64 KiB message in 16.
+    pub fn message_timeout(mut self, timeout: Duration) -> Self {
+        self.config.engine.message_timeout = timeout;
+        self
+    }
+
+    /// The rate, in bytes per second, at which a message may take longer than
+    /// [`message_timeout`](ServerBuilder::message_timeout): a message of `n` bytes so far
+    /// may have taken up to `max(message_timeout, n / rate)`. Default 1 KiB/s, a quarter of
+    /// a 2G link, so that large uploads from slow clients finish. Values below 1 are raised
+    /// to 1.
+    pub fn min_message_rate(mut self, bytes_per_second: u32) -> Self {
+        self.config.engine.min_message_rate = bytes_per_second.max(1);
+        self
+    }
+
+    /// The most bytes of partially received messages the server holds, all connections
+    /// together. A message that has begun to arrive and not finished holds what has
+    /// arrived (never more: the buffer grows with the bytes, not with what a frame
+    /// header announces); past this budget, the connection holding the most is refused
+    /// further bytes and closed with 1013 (try again later), with
+    /// [`Error::PartialBudget`](crate::Error::PartialBudget), and the server goes on.
+    /// Messages that arrive in one read never count. Default 64 MiB: a thousand clients
+    /// each midway through a 64 KiB message.
+    pub fn max_partial_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_partial_bytes = bytes;
+        self
+    }
+
+    /// Refuse upgrades with 429 (and `Retry-After`) from a client address that already
+    /// holds this many connections. IPv4 addresses count one by one, IPv6 ones by their
+    /// /64. Behind a proxy, see [`trusted_proxies`](ServerBuilder::trusted_proxies).
+    ///
+    /// Off by default: many users can share one address (a company's NAT, a mobile
+    /// carrier's CGNAT, a proxy), so only the deployment knows what is too many. A chat
+    /// facing the internet directly might use 100.
+    pub fn max_connections_per_address(mut self, max: u32) -> Self {
+        self.config.max_connections_per_address = Some(max.max(1));
+        self
+    }
+
+    /// Refuse upgrades with 429 (and `Retry-After`) from a client address that opens
+    /// connections faster than `per_second` on average, `burst` at once. Counted like
+    /// [`max_connections_per_address`](ServerBuilder::max_connections_per_address). Off by
+    /// default, for the same reason; a reconnect storm after a deploy is every client at
+    /// once, so keep the burst generous (say 20 per second, bursts of 50). Values below 1
+    /// are raised to 1.
+    pub fn handshake_rate_per_address(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.handshake_rate_per_address = Some((per_second.max(1), burst.max(1)));
+        self
+    }
+
+    /// The proxies (or networks of them) in front of the server. When the peer is one of
+    /// them, the limits per address count the client that `Forwarded` (RFC 7239) or, without
+    /// it, `X-Forwarded-For` names: the last address in them that is not a trusted proxy.
+    /// From any other peer those headers are ignored, so a client cannot make itself count
+    /// as someone else. None by default.
+    ///
+    /// ```
+    /// use websocket_handler::{IpNetwork, WebSocketServer};
+    ///
+    /// let proxies: Vec<IpNetwork> = ["10.0.0.0/8", "::1"].iter().map(|n| n.parse().unwrap()).collect();
+    /// let server = WebSocketServer::builder()
+    ///     .trusted_proxies(proxies)
+    ///     .max_connections_per_address(100)
+    ///     .build();
+    /// assert_eq!(server.config().trusted_proxies().len(), 2);
+    /// ```
+    pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNetwork>) -> Self {
+        self.config.trusted_proxies = networks.into_iter().collect();
         self
     }
 }

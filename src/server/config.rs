@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::engine::settings::{Settings, SlowConsumer};
+use crate::server::address::IpNetwork;
 
 /// A server's settings, read back with [`WebSocketServer::config`](crate::WebSocketServer::config).
 /// They are chosen with [`ServerBuilder`](crate::ServerBuilder), which documents each one
@@ -26,6 +27,11 @@ pub struct Config {
     pub(crate) protocols: Arc<[HeaderValue]>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) trim_memory: bool,
+    pub(crate) max_partial_bytes: usize,
+    pub(crate) max_connections_per_address: Option<u32>,
+    /// Per second, and burst.
+    pub(crate) handshake_rate_per_address: Option<(u32, u32)>,
+    pub(crate) trusted_proxies: Arc<[IpNetwork]>,
 }
 
 impl Config {
@@ -38,6 +44,10 @@ impl Config {
             protocols: Arc::from([]),
             max_connections: None,
             trim_memory: true,
+            max_partial_bytes: 64 << 20,
+            max_connections_per_address: None,
+            handshake_rate_per_address: None,
+            trusted_proxies: Arc::from([]),
         }
     }
 
@@ -102,6 +112,38 @@ impl Config {
     /// See [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes).
     pub fn kept_header_bytes(&self) -> usize {
         self.engine.kept_header_bytes
+    }
+
+    /// See [`ServerBuilder::message_timeout`](crate::ServerBuilder::message_timeout).
+    pub fn message_timeout(&self) -> Duration {
+        self.engine.message_timeout
+    }
+
+    /// See [`ServerBuilder::min_message_rate`](crate::ServerBuilder::min_message_rate), in
+    /// bytes per second.
+    pub fn min_message_rate(&self) -> u32 {
+        self.engine.min_message_rate
+    }
+
+    /// See [`ServerBuilder::max_partial_bytes`](crate::ServerBuilder::max_partial_bytes).
+    pub fn max_partial_bytes(&self) -> usize {
+        self.max_partial_bytes
+    }
+
+    /// See [`ServerBuilder::max_connections_per_address`](crate::ServerBuilder::max_connections_per_address).
+    pub fn max_connections_per_address(&self) -> Option<u32> {
+        self.max_connections_per_address
+    }
+
+    /// See [`ServerBuilder::handshake_rate_per_address`](crate::ServerBuilder::handshake_rate_per_address):
+    /// per second, and burst.
+    pub fn handshake_rate_per_address(&self) -> Option<(u32, u32)> {
+        self.handshake_rate_per_address
+    }
+
+    /// See [`ServerBuilder::trusted_proxies`](crate::ServerBuilder::trusted_proxies).
+    pub fn trusted_proxies(&self) -> &[IpNetwork] {
+        &self.trusted_proxies
     }
 
     /// See [`ServerBuilder::trim_memory`](crate::ServerBuilder::trim_memory).

@@ -1,11 +1,13 @@
 //! The server layer: what a WebSocket server built on hyper needs around the connections.
 //!
 //! A [`WebSocketServer`] is made once ([`builder`]) and holds what all its connections share:
-//! the settings ([`config`]), the connection limit ([`limit`]), the counters and the
-//! graceful [`shutdown`]. It answers upgrade requests ([`upgrade`], with the response
+//! the settings ([`config`]), the connection limits ([`limit`], and per client
+//! [`address`]), the budget for partial messages, the counters and the graceful
+//! [`shutdown`]. It answers upgrade requests ([`upgrade`], with the response
 //! [`body`]) and can run a whole plain-HTTP server by itself ([`serve`]). This is the top
 //! layer: it may use every other, and none uses it.
 
+pub(crate) mod address;
 pub(crate) mod body;
 pub(crate) mod builder;
 pub(crate) mod config;
@@ -17,8 +19,10 @@ pub(crate) mod upgrade;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::budget::PartialBudget;
 use crate::engine::memory;
 use crate::engine::metrics::Metrics;
+use crate::server::address::AddressLimits;
 use crate::server::builder::ServerBuilder;
 use crate::server::config::Config;
 use crate::server::limit::ConnectionLimit;
@@ -54,6 +58,8 @@ struct Inner {
     config: Config,
     metrics: Metrics,
     limit: Option<Arc<ConnectionLimit>>,
+    addresses: Option<Arc<AddressLimits>>,
+    partial_budget: Arc<PartialBudget>,
     shutdown: ShutdownState,
 }
 
@@ -73,11 +79,22 @@ impl WebSocketServer {
         if config.trim_memory {
             memory::enable();
         }
+        let addresses = (config.max_connections_per_address.is_some()
+            || config.handshake_rate_per_address.is_some())
+        .then(|| {
+            AddressLimits::new(
+                config.max_connections_per_address,
+                config.handshake_rate_per_address,
+            )
+        });
+        let partial_budget = PartialBudget::new(config.max_partial_bytes);
         WebSocketServer {
             inner: Arc::new(Inner {
                 config,
                 metrics: Metrics::new(),
                 limit,
+                addresses,
+                partial_budget,
                 shutdown: ShutdownState::default(),
             }),
         }
@@ -93,8 +110,22 @@ impl WebSocketServer {
         &self.inner.metrics
     }
 
+    /// Bytes held now for partially received messages, all connections together (see
+    /// [`ServerBuilder::max_partial_bytes`]).
+    pub fn partial_bytes(&self) -> usize {
+        self.inner.partial_budget.total()
+    }
+
     pub(crate) fn limit(&self) -> Option<&Arc<ConnectionLimit>> {
         self.inner.limit.as_ref()
+    }
+
+    pub(crate) fn addresses(&self) -> Option<&Arc<AddressLimits>> {
+        self.inner.addresses.as_ref()
+    }
+
+    pub(crate) fn partial_budget(&self) -> &Arc<PartialBudget> {
+        &self.inner.partial_budget
     }
 
     pub(crate) fn shutdown_state(&self) -> &ShutdownState {

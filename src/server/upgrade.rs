@@ -14,6 +14,7 @@ use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
 use crate::engine::reader;
 use crate::protocol::handshake::{check_handshake, HandshakeError};
+use crate::server::address::client_address;
 use crate::server::body::Body;
 use crate::server::limit::ConnectionLimit;
 use crate::server::WebSocketServer;
@@ -112,6 +113,13 @@ impl WebSocketServer {
             return Err(HandshakeError::NotUpgradable);
         }
         // Counted from here until the connection ends.
+        let per_address = match (self.addresses(), request.extensions().get::<SocketAddr>()) {
+            (Some(limits), Some(peer)) => {
+                let client = client_address(*peer, request.headers(), &config.trusted_proxies);
+                Some(limits.admit(client)?)
+            }
+            _ => None,
+        };
         let permit = ConnectionLimit::admit(self.limit())?;
         let on_upgrade = request
             .extensions_mut()
@@ -133,7 +141,8 @@ impl WebSocketServer {
         );
         drop(request);
         // Both are held until the handler has finished.
-        let lease = (permit, self.track(&conn)?);
+        let lease = (permit, per_address, self.track(&conn)?);
+        let budget = self.partial_budget().clone();
         let settings = config.engine;
         // Everything the connection logs, the handler's own events included, carries its id
         // and the peer's address.
@@ -153,11 +162,11 @@ impl WebSocketServer {
                     Ok(parts) => {
                         let (read, write) = parts.io.into_inner().into_split();
                         let read = reader::leftover(parts.read_buf).chain(read);
-                        driver::run(read, write, conn, handler, settings, lease).await
+                        driver::run(read, write, conn, handler, settings, budget, lease).await
                     }
                     Err(upgraded) => {
                         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                        driver::run(read, write, conn, handler, settings, lease).await
+                        driver::run(read, write, conn, handler, settings, budget, lease).await
                     }
                 },
                 Err(_) => {
