@@ -65,7 +65,7 @@ pub enum Error {
     IdleTimeout(Duration),
     /// A message began to arrive and did not finish in time: within
     /// [`ServerBuilder::message_timeout`](crate::ServerBuilder::message_timeout), or later
-    /// only while it averaged [`min_message_rate`](crate::ServerBuilder::min_message_rate).
+    /// only while it kept up [`min_message_rate`](crate::ServerBuilder::min_message_rate).
     /// Closed with 1008: a client that trickles a message it never ends holds the server's
     /// memory.
     #[error("message not finished in time: {received} bytes in {elapsed:?}")]

@@ -130,12 +130,12 @@ fuzz_target!(|data: &[u8]| {
     let handler_events = events.clone();
     runtime.block_on(async move {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketServer::new();
+        let websockets = WebSocketServer::new();
         let service = service_fn(move |request| {
             let handler = Echo {
                 events: handler_events.clone(),
             };
-            let response = server.upgrade(request, handler);
+            let response = websockets.upgrade(request, handler);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(

@@ -72,11 +72,17 @@ pub(crate) struct Session<R> {
     id: crate::engine::id::ConnectionId,
 }
 
-/// When the message in progress began to arrive, and the timer of its deadline.
+/// When the message in progress began to arrive, and its checks: every `window`, how much
+/// of it has arrived.
 struct MessageDeadline {
     started: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Its length at the last check.
+    checked_len: usize,
 }
+
+/// How often a message that takes long is checked for progress.
+const MESSAGE_WINDOW: Duration = Duration::from_secs(5);
 
 impl<R: AsyncRead + Unpin> Session<R> {
     pub(crate) fn new(
@@ -245,9 +251,11 @@ impl<R: AsyncRead + Unpin> Session<R> {
             self.message = None;
         } else if self.message.is_none() {
             let started = Instant::now();
+            let window = MESSAGE_WINDOW.min(self.message_timeout);
             self.message = Some(MessageDeadline {
                 started,
-                timer: Box::pin(tokio::time::sleep_until(started + self.message_timeout)),
+                timer: Box::pin(tokio::time::sleep_until(started + window)),
+                checked_len: 0,
             });
         }
         let held = self.reader.held();
@@ -277,21 +285,24 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 return Poll::Ready(Error::CloseTimeout(self.close_timeout));
             }
         }
-        // A message must finish within the timeout, or later only while it keeps up the
-        // minimum rate: a client on a slow phone finishes; one that trickles a message it
-        // never ends (control frames in between change nothing) is dropped.
+        // A message must finish within the timeout, or later only while each window keeps
+        // bringing the minimum rate: a client on a slow phone finishes; one that trickles a
+        // message it never ends (control frames in between change nothing) is dropped.
         if let Some(message) = &mut self.message {
-            if message.timer.as_mut().poll(cx).is_ready() {
+            let window = MESSAGE_WINDOW.min(self.message_timeout);
+            while message.timer.as_mut().poll(cx).is_ready() {
                 let received = self.reader.message_len();
-                let by_rate =
-                    Duration::from_secs_f64(received as f64 / f64::from(self.min_message_rate));
-                let allowed = self.message_timeout.max(by_rate);
+                let recent = received - message.checked_len.min(received);
+                message.checked_len = received;
                 let elapsed = message.started.elapsed();
-                if elapsed >= allowed {
+                let enough =
+                    recent as f64 >= f64::from(self.min_message_rate) * window.as_secs_f64();
+                if elapsed >= self.message_timeout && !enough {
                     return Poll::Ready(Error::MessageTimeout { elapsed, received });
                 }
-                message.timer.as_mut().reset(message.started + allowed);
-                let _ = message.timer.as_mut().poll(cx);
+                let next = message.started
+                    + window * (elapsed.as_nanos() / window.as_nanos().max(1) + 1) as u32;
+                message.timer.as_mut().reset(next);
             }
         }
         // Noted on every read, but the timer is re-armed only when it fires (a timer-wheel

@@ -1,11 +1,13 @@
 //! A shared set of live connections with broadcast.
 
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::connection::{Connection, Membership};
 use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::Pushed;
+use crate::engine::sync::lock;
+use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring};
 use crate::fanout::relay::Relay;
 use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
@@ -43,6 +45,10 @@ pub(crate) struct Members {
     /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
     /// empty rooms.
     on_empty: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Set by [`WebSocketCollection::with_history`]. Held while a broadcast is given its
+    /// position and delivered, so that a resume sees every broadcast either in the
+    /// history or live, never both and never neither.
+    history: OnceLock<Mutex<Ring>>,
 }
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
@@ -57,6 +63,8 @@ struct Shard {
     list: Vec<Connection>,
     /// `ids[i]` is `list[i].id()`.
     ids: Vec<ConnectionId>,
+    /// `tagged[i]`: `list[i]` gets messages with their positions (see [`History::tag`]).
+    tagged: Vec<bool>,
 }
 
 impl Shard {
@@ -70,6 +78,7 @@ impl Default for Members {
         Members {
             shards: std::array::from_fn(|_| OnceLock::new()),
             on_empty: OnceLock::new(),
+            history: OnceLock::new(),
         }
     }
 }
@@ -91,13 +100,16 @@ impl Members {
             .filter_map(|slot| slot.get().map(|shard| &**shard))
     }
 
-    fn insert(&self, connection: Connection) -> bool {
+    fn insert(&self, connection: Connection, tagged: bool) -> bool {
         let mut shard = write(self.slot(connection.id()).get_or_init(Box::default));
-        if shard.position(connection.id()).is_some() {
+        if let Some(at) = shard.position(connection.id()) {
+            // Already there: asking for tags again still takes.
+            shard.tagged[at] |= tagged;
             return false;
         }
         shard.ids.push(connection.id());
         shard.list.push(connection);
+        shard.tagged.push(tagged);
         true
     }
 
@@ -106,6 +118,7 @@ impl Members {
             let mut shard = write(self.shard(id)?);
             let at = shard.position(id)?;
             shard.ids.swap_remove(at);
+            shard.tagged.swap_remove(at);
             let removed = shard.list.swap_remove(at);
             (removed, shard.list.is_empty())
         };
@@ -127,14 +140,51 @@ impl Members {
         self.used_shards().map(|shard| read(shard).list.len()).sum()
     }
 
-    /// Queues `message` to the members `include` accepts; returns to how many.
+    /// Queues `message` to the members `include` accepts, with the next position of the
+    /// history if there is one; returns to how many.
     pub(crate) fn broadcast(
         &self,
         message: Message,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
-        let frame = Frame::from_message(message);
-        let copy_per_shard = frame.payload().len() <= COPY_PER_SHARD_MAX;
+        self.broadcast_at(None, message, include)
+    }
+
+    /// Like [`broadcast`](Self::broadcast), at `position` (a backplane's) if given.
+    pub(crate) fn broadcast_at(
+        &self,
+        position: Option<Position>,
+        message: Message,
+        include: impl Fn(ConnectionId) -> bool,
+    ) -> usize {
+        let Some(history) = self.history.get() else {
+            return self.deliver(&message, None, include);
+        };
+        let mut ring = lock(history);
+        let tag = match position {
+            Some(position) => ring.append_at(position, &message),
+            None => ring.append(&message),
+        };
+        let tagged = (ring.tag())(&tag, &message);
+        self.deliver(&message, Some(&tagged), include)
+    }
+
+    /// Queues `plain` (and `tagged` to the tagged members) to the members `include` accepts.
+    fn deliver(
+        &self,
+        plain: &Message,
+        tagged: Option<&Message>,
+        include: impl Fn(ConnectionId) -> bool,
+    ) -> usize {
+        let plain = Frame::from_message(plain.clone());
+        let tagged = tagged.map(|tagged| Frame::from_message(tagged.clone()));
+        let copy = |frame: &Frame| {
+            if frame.payload().len() <= COPY_PER_SHARD_MAX {
+                frame.fresh_copy()
+            } else {
+                frame.clone()
+            }
+        };
         let mut queued = 0;
         let mut to_flush = Vec::new();
         for shard in self.used_shards() {
@@ -142,13 +192,18 @@ impl Members {
             if shard.list.is_empty() {
                 continue;
             }
-            let local = if copy_per_shard {
-                frame.fresh_copy()
-            } else {
-                frame.clone()
-            };
-            for connection in shard.list.iter().filter(|c| include(c.id())) {
-                match connection.core().send_frame(local.clone()) {
+            let local = copy(&plain);
+            let local_tagged = tagged
+                .as_ref()
+                .filter(|_| shard.tagged.contains(&true))
+                .map(copy);
+            let members = shard.list.iter().zip(&shard.tagged);
+            for (connection, &is_tagged) in members.filter(|(c, _)| include(c.id())) {
+                let frame = match (&local_tagged, is_tagged) {
+                    (Some(tagged), true) => tagged.clone(),
+                    _ => local.clone(),
+                };
+                match connection.core().send_frame(frame) {
                     Ok(Pushed::MustFlush) => {
                         queued += 1;
                         to_flush.push(connection.clone());
@@ -201,7 +256,105 @@ impl WebSocketCollection {
         let members = &self.members;
         connection
             .clone()
-            .join(members, || members.insert(connection))
+            .join(members, || members.insert(connection, false))
+    }
+
+    /// Adds a connection that gets every message with its position: what the
+    /// [`History`]'s tag function makes of it. Like [`add`](Self::add) without a history.
+    pub fn add_tagged(&self, connection: Connection) -> bool {
+        let members = &self.members;
+        connection
+            .clone()
+            .join(members, || members.insert(connection, true))
+    }
+
+    /// Adds a connection that was in the collection before and saw messages up to `after`
+    /// (a position it was given with a tagged message): it is queued exactly what it
+    /// missed, in order, and then gets the live messages, all tagged, with no gap and no
+    /// duplicate between the two (a broadcast during the resume is either replayed or
+    /// live). The replay goes through the connection's bounded queue like everything else,
+    /// so a client that missed more than its queue holds meets the slow-consumer policy.
+    ///
+    /// When not everything it missed is known, the connection is still added (tagged, from
+    /// the live messages on), and the error says why, so the application can tell its
+    /// user or reload: [`ResumeError::TooOld`] (the history no longer goes back that far)
+    /// or [`ResumeError::OtherEpoch`] (the position is of another history: the process
+    /// restarted, say).
+    ///
+    /// ```
+    /// use websocket_handler::{History, ResumeError, WebSocketCollection};
+    ///
+    /// # async fn run(conn: websocket_handler::Connection) {
+    /// let room = WebSocketCollection::new().with_history(History::new());
+    /// let last_seen = "5f.17".parse().unwrap(); // sent back by the client
+    /// match room.resume(&conn, &last_seen).await {
+    ///     Ok(resumed) => println!("replayed {}", resumed.replayed),
+    ///     Err(ResumeError::TooOld { .. } | ResumeError::OtherEpoch { .. }) => {
+    ///         let _ = conn.send("Some messages could not be recovered.");
+    ///     }
+    ///     Err(other) => println!("{other}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn resume(
+        &self,
+        connection: &Connection,
+        after: &Position,
+    ) -> Result<Resumed, ResumeError> {
+        self.resume_now(connection, after)
+    }
+
+    /// [`resume`](Self::resume) from the history kept here, without waiting: what rooms
+    /// call while they hold their lock.
+    pub(crate) fn resume_now(
+        &self,
+        connection: &Connection,
+        after: &Position,
+    ) -> Result<Resumed, ResumeError> {
+        let members = &self.members;
+        let Some(history) = members.history.get() else {
+            return Err(ResumeError::NoHistory);
+        };
+        let mut ring = lock(history);
+        let missed = ring.after(*after);
+        connection.join(members, || members.insert(connection.clone(), true));
+        if !members.contains(connection.id()) {
+            return Err(ResumeError::Closed);
+        }
+        let missed = missed?;
+        let tag = ring.tag();
+        let replayed = missed.len();
+        let core = connection.core();
+        let mut must_flush = false;
+        for (position, message) in missed {
+            // The bounded queue and the slow-consumer policy apply, as to everything.
+            match core.send_frame(Frame::from_message(tag(&position, &message))) {
+                Ok(Pushed::MustFlush) => must_flush = true,
+                Ok(Pushed::Queued) => {}
+                Err(_) => break,
+            }
+        }
+        drop(ring);
+        if must_flush {
+            core.flush_now();
+        }
+        Ok(Resumed { replayed })
+    }
+
+    /// This collection, keeping `history` of its broadcasts (see [`History`]). Call it
+    /// before sharing the collection: clones made before do not get it.
+    pub fn with_history(self, history: History) -> Self {
+        let _ = self.members.history.set(Mutex::new(Ring::new(history)));
+        self
+    }
+
+    /// The position of the last broadcast, if the collection keeps a history and has
+    /// broadcast anything.
+    pub fn last_position(&self) -> Option<Position> {
+        self.members
+            .history
+            .get()
+            .and_then(|ring| lock(ring).last())
     }
 
     /// Removes a connection; returns it if it was in the collection.

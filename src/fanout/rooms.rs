@@ -1,6 +1,6 @@
 //! Rooms: many collections under keys, created on first join and dropped when empty.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -9,6 +9,7 @@ use crate::connection::Connection;
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
 use crate::fanout::collection::WebSocketCollection;
+use crate::fanout::history::{History, Position, ResumeError, Resumed};
 use crate::fanout::relay::{Relay, RoomDelivery};
 use crate::protocol::message::Message;
 
@@ -57,13 +58,22 @@ struct Shared<K> {
     rooms: Mutex<RoomMap<K>>,
     /// Set by [`Rooms::with_backplane`].
     remote: OnceLock<Remote<K>>,
+    /// Set by [`Rooms::with_history`]: every room keeps this much history.
+    history: OnceLock<History>,
 }
 
 struct RoomMap<K> {
     by_key: HashMap<K, WebSocketCollection>,
     /// With a backplane: the same rooms by their name there, for delivering what arrives.
     by_name: HashMap<String, WebSocketCollection>,
+    /// With a history: the rooms that emptied, oldest first. Their history is kept for the
+    /// members that come back, up to [`EMPTY_ROOMS_KEPT`] of them.
+    emptied: VecDeque<K>,
 }
+
+/// Empty rooms whose history is kept (with a history), so that a client whose room emptied
+/// when it lost its connection can still resume there.
+const EMPTY_ROOMS_KEPT: usize = 1024;
 
 /// The rooms' link to other processes: one topic for all rooms, each envelope naming its
 /// room. One subscription, made once, so a room is reachable from the moment it exists
@@ -95,8 +105,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                 rooms: Mutex::new(RoomMap {
                     by_key: HashMap::new(),
                     by_name: HashMap::new(),
+                    emptied: VecDeque::new(),
                 }),
                 remote: OnceLock::new(),
+                history: OnceLock::new(),
             }),
         }
     }
@@ -114,29 +126,85 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         (rooms, delivery)
     }
 
+    /// Rooms that each keep `history` of their broadcasts (see [`History`]), for clients
+    /// that resume ([`resume`](Rooms::resume)). A room that empties keeps its history for
+    /// its members to come back (the last 1,024 such rooms). Call it before sharing the
+    /// rooms.
+    pub fn with_history(self, history: History) -> Self {
+        let _ = self.shared.history.set(history);
+        self
+    }
+
     /// Adds the connection to `room`, creating the room if needed. Returns `false` if it
     /// was already there or has closed.
     pub fn join(&self, room: K, connection: &Connection) -> bool {
         let mut rooms = self.lock();
-        let collection = match rooms.by_key.get(&room) {
-            Some(collection) => collection.clone(),
-            None => {
-                let collection = WebSocketCollection::new();
-                collection.set_on_empty(self.drop_when_empty(room.clone(), &collection));
-                if let Some(remote) = self.shared.remote.get() {
-                    let name = (remote.name)(&room);
-                    rooms.by_name.insert(name, collection.clone());
-                }
-                rooms.by_key.insert(room.clone(), collection.clone());
-                collection
-            }
-        };
+        let collection = self.room_to_join(&mut rooms, &room);
         // Under the lock, so that the room cannot be dropped as empty meanwhile.
         let joined = collection.add(connection.clone());
-        if !joined && collection.is_empty() {
-            rooms.remove(&room, self.shared.remote.get());
-        }
+        self.drop_if_refused(&mut rooms, &room, &collection);
         joined
+    }
+
+    /// Like [`join`](Rooms::join), for a connection that gets every message of the room
+    /// with its position (see [`WebSocketCollection::add_tagged`]).
+    pub fn join_tagged(&self, room: K, connection: &Connection) -> bool {
+        let mut rooms = self.lock();
+        let collection = self.room_to_join(&mut rooms, &room);
+        let joined = collection.add_tagged(connection.clone());
+        self.drop_if_refused(&mut rooms, &room, &collection);
+        joined
+    }
+
+    /// Adds a connection that was in `room` before and saw its messages up to `after`: it
+    /// gets exactly what it missed, then the live messages, tagged. See
+    /// [`WebSocketCollection::resume`]; a room unknown here (never joined, or emptied long
+    /// ago) answers [`ResumeError::OtherEpoch`].
+    pub async fn resume(
+        &self,
+        room: K,
+        connection: &Connection,
+        after: &Position,
+    ) -> Result<Resumed, ResumeError> {
+        let mut rooms = self.lock();
+        let collection = self.room_to_join(&mut rooms, &room);
+        let resumed = collection.resume_now(connection, after);
+        self.drop_if_refused(&mut rooms, &room, &collection);
+        resumed
+    }
+
+    /// The position of the room's last broadcast, if the rooms keep a history.
+    pub fn last_position(&self, room: &K) -> Option<Position> {
+        self.lock()
+            .by_key
+            .get(room)
+            .and_then(WebSocketCollection::last_position)
+    }
+
+    /// The room's collection, made if there is none.
+    fn room_to_join(&self, rooms: &mut RoomMap<K>, room: &K) -> WebSocketCollection {
+        if let Some(collection) = rooms.by_key.get(room) {
+            return collection.clone();
+        }
+        let mut collection = WebSocketCollection::new();
+        if let Some(history) = self.shared.history.get() {
+            collection = collection.with_history(history.clone());
+        }
+        collection.set_on_empty(self.drop_when_empty(room.clone(), &collection));
+        if let Some(remote) = self.shared.remote.get() {
+            let name = (remote.name)(room);
+            rooms.by_name.insert(name, collection.clone());
+        }
+        rooms.by_key.insert(room.clone(), collection.clone());
+        collection
+    }
+
+    /// After a join that was refused (the connection had closed), a room it made empty
+    /// goes again.
+    fn drop_if_refused(&self, rooms: &mut RoomMap<K>, room: &K, collection: &WebSocketCollection) {
+        if collection.is_empty() && self.shared.history.get().is_none() {
+            rooms.remove(room, self.shared.remote.get());
+        }
     }
 
     /// Removes the connection from `room`; returns whether it was there. The room is
@@ -203,7 +271,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     /// The rooms with members in this process, in no particular order.
     pub fn rooms(&self) -> Vec<K> {
-        self.lock().by_key.keys().cloned().collect()
+        self.lock()
+            .by_key
+            .iter()
+            .filter(|(_, collection)| !collection.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// The rooms the connection is in.
@@ -216,9 +289,14 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .collect()
     }
 
-    /// Number of rooms.
+    /// Number of rooms with members in this process.
     pub fn len(&self) -> usize {
-        self.lock().by_key.len()
+        let rooms = self.lock();
+        rooms
+            .by_key
+            .values()
+            .filter(|room| !room.is_empty())
+            .count()
     }
 
     /// Whether there are no rooms.
@@ -227,7 +305,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     }
 
     /// The callback that drops `room` once `collection` is empty, unless the room has been
-    /// made anew meanwhile.
+    /// made anew meanwhile. With a history, the room is kept among the last
+    /// [`EMPTY_ROOMS_KEPT`] emptied, and the oldest of those goes instead.
     fn drop_when_empty(
         &self,
         room: K,
@@ -244,8 +323,26 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                 .by_key
                 .get(&room)
                 .is_some_and(|current| current.is_empty() && members.is(current));
-            if is_this_one_and_empty {
+            if !is_this_one_and_empty {
+                return;
+            }
+            if shared.history.get().is_none() {
                 rooms.remove(&room, shared.remote.get());
+                return;
+            }
+            rooms.emptied.push_back(room.clone());
+            while rooms.emptied.len() > EMPTY_ROOMS_KEPT {
+                let Some(oldest) = rooms.emptied.pop_front() else {
+                    break;
+                };
+                // Only if still empty: it may have been joined again since.
+                if rooms
+                    .by_key
+                    .get(&oldest)
+                    .is_some_and(WebSocketCollection::is_empty)
+                {
+                    rooms.remove(&oldest, shared.remote.get());
+                }
             }
         }
     }

@@ -268,9 +268,10 @@ impl ServerBuilder {
     }
 
     /// How long a message may take to arrive, from its first byte to its last (whatever
-    /// control frames come in between). A message still arriving after this is allowed
-    /// to go on only while it averages [`min_message_rate`](ServerBuilder::min_message_rate);
-    /// otherwise the connection is closed with 1008 and its handler gets
+    /// control frames come in between). A message still arriving after this may go on only
+    /// while every 5 s (or every `timeout`, if shorter) bring at least
+    /// [`min_message_rate`](ServerBuilder::min_message_rate) of it; otherwise the
+    /// connection is closed with 1008 and its handler gets
     /// [`Error::MessageTimeout`](crate::Error::MessageTimeout). Without it, a client that
     /// starts a message and trickles the rest forever (which RFC 6455 allows, pings
     /// answered in between) holds the server's memory for as long as it likes. Default 30 s:
@@ -280,11 +281,11 @@ impl ServerBuilder {
         self
     }
 
-    /// The rate, in bytes per second, at which a message may take longer than
-    /// [`message_timeout`](ServerBuilder::message_timeout): a message of `n` bytes so far
-    /// may have taken up to `max(message_timeout, n / rate)`. Default 1 KiB/s, a quarter of
-    /// a 2G link, so that large uploads from slow clients finish. Values below 1 are raised
-    /// to 1.
+    /// The rate, in bytes per second, that a message taking longer than
+    /// [`message_timeout`](ServerBuilder::message_timeout) must keep up to go on, measured
+    /// over windows of 5 s. Default 1 KiB/s, a quarter of a 2G link, so that large uploads
+    /// from slow clients finish, while a client trickling a byte a second is dropped at the
+    /// timeout. Values below 1 are raised to 1.
     pub fn min_message_rate(mut self, bytes_per_second: u32) -> Self {
         self.config.engine.min_message_rate = bytes_per_second.max(1);
         self

@@ -1,0 +1,212 @@
+//! History and resume over real sockets: a client that reconnects with the last position it
+//! saw gets exactly what it missed, in order, then the live messages, with nothing lost or
+//! repeated at the seam, even while broadcasts go on; and it is told clearly when that
+//! cannot be.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{next_message, next_text, within, Client, WAIT};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use websocket_handler::{
+    async_trait, Connection, History, Position, ResumeError, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
+};
+
+/// Joins the room tagged, or resumes from `?after=POSITION`; says how a resume went.
+struct Member {
+    room: WebSocketCollection,
+    after: Option<Position>,
+}
+
+#[async_trait]
+impl WebSocketHandler for Member {
+    async fn on_open(&mut self, conn: &Connection) {
+        match self.after {
+            None => {
+                self.room.add_tagged(conn.clone());
+            }
+            Some(after) => match self.room.resume(conn, &after).await {
+                Ok(resumed) => {
+                    let _ = conn.send(format!("resumed {}", resumed.replayed));
+                }
+                Err(error @ (ResumeError::TooOld { .. } | ResumeError::OtherEpoch { .. })) => {
+                    let _ = conn.send(format!("not recovered: {error}"));
+                }
+                Err(error) => panic!("unexpected {error}"),
+            },
+        }
+    }
+}
+
+async fn start(room: WebSocketCollection, server: WebSocketServer) -> SocketAddr {
+    common::serve(server, move |req| Member {
+        room: room.clone(),
+        after: req
+            .uri()
+            .query()
+            .and_then(|q| websocket_handler::query_param(q, "after").ok().flatten())
+            .and_then(|after| after.parse().ok()),
+    })
+    .await
+}
+
+/// A tagged line: `POSITION PREVIOUS text`.
+fn parse(line: &str) -> (Position, Option<Position>, String) {
+    let mut parts = line.splitn(3, ' ');
+    let position = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a position");
+    let previous = parts.next().and_then(|p| p.parse().ok());
+    (position, previous, parts.next().unwrap_or("").to_owned())
+}
+
+/// Waits until the room has `n` members.
+async fn members(room: &WebSocketCollection, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while room.len() != n {
+        assert!(Instant::now() < deadline, "the room never had {n} members");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resumes_gets_exactly_what_it_missed_then_the_live_ones() {
+    let room = WebSocketCollection::new().with_history(History::new().max_messages(10_000));
+    let addr = start(room.clone(), WebSocketServer::new()).await;
+    let mut client = common::connect(addr, "/").await;
+    members(&room, 1).await;
+    for n in 0..20 {
+        room.broadcast(format!("{n}"));
+    }
+    let mut last = None;
+    for n in 0..20 {
+        let (position, previous, text) = parse(&next_text(&mut client).await);
+        assert_eq!(text, n.to_string());
+        assert_eq!(previous, last, "each message names the one before it");
+        last = Some(position);
+    }
+    // The client loses its connection; the room goes on, and keeps going on while it
+    // comes back: every number must arrive once, in order, across the seam.
+    within("the close", client.close(None))
+        .await
+        .expect("close");
+    members(&room, 0).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let broadcaster = {
+        let (room, running) = (room.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut n = 20;
+            while running.load(Ordering::Relaxed) && n < 3000 {
+                room.broadcast(format!("{n}"));
+                n += 1;
+                if n % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let last = last.expect("a position");
+    let mut client = common::connect(addr, &format!("/?after={last}")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    running.store(false, Ordering::Relaxed);
+    let sent = within("the broadcaster", broadcaster)
+        .await
+        .expect("broadcaster");
+    let mut expected = 20;
+    let mut previous = Some(last);
+    let mut resumed = None;
+    while expected < sent {
+        let line = next_text(&mut client).await;
+        if let Some(replayed) = line.strip_prefix("resumed ") {
+            resumed = Some(replayed.parse::<usize>().expect("a count"));
+            continue;
+        }
+        let (position, before, text) = parse(&line);
+        assert_eq!(text, expected.to_string(), "lost, repeated or out of order");
+        assert_eq!(
+            before, previous,
+            "the chain of positions holds across the seam"
+        );
+        previous = Some(position);
+        expected += 1;
+    }
+    let replayed = resumed.expect("the resume reported itself");
+    assert!(
+        replayed > 0 && replayed <= sent - 20,
+        "replayed {replayed} of {}",
+        sent - 20
+    );
+    // Nothing more: the next is a new broadcast.
+    room.broadcast("after");
+    assert_eq!(parse(&next_text(&mut client).await).2, "after");
+}
+
+#[tokio::test]
+async fn a_resume_from_too_long_ago_or_another_history_is_told_clearly() {
+    let room = WebSocketCollection::new().with_history(History::new().max_messages(5));
+    let addr = start(room.clone(), WebSocketServer::new()).await;
+    let mut client = common::connect(addr, "/").await;
+    members(&room, 1).await;
+    room.broadcast("first");
+    let (first, _, _) = parse(&next_text(&mut client).await);
+    for n in 0..10 {
+        room.broadcast(format!("{n}"));
+    }
+    let mut late = common::connect(addr, &format!("/?after={first}")).await;
+    let line = next_text(&mut late).await;
+    assert!(
+        line.starts_with("not recovered:") && line.contains("older"),
+        "{line}"
+    );
+    // Still added, from the live messages on.
+    room.broadcast("live");
+    assert_eq!(parse(&next_text(&mut late).await).2, "live");
+
+    let other = Position::to_string(&"abc.3".parse::<Position>().expect("a position"));
+    let mut stranger = common::connect(addr, &format!("/?after={other}")).await;
+    let line = next_text(&mut stranger).await;
+    assert!(
+        line.starts_with("not recovered:") && line.contains("another history"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_larger_than_the_queue_meets_the_slow_consumer_policy() {
+    let room = WebSocketCollection::new().with_history(History::new());
+    let server = WebSocketServer::builder()
+        .outbound_queue_capacity(8)
+        .build();
+    let addr = start(room.clone(), server).await;
+    let mut client = common::connect(addr, "/").await;
+    members(&room, 1).await;
+    room.broadcast("first");
+    let (first, _, _) = parse(&next_text(&mut client).await);
+    drop(client);
+    members(&room, 0).await;
+    for n in 0..50 {
+        room.broadcast(format!("{n}"));
+    }
+    let mut late: Client = common::connect(addr, &format!("/?after={first}")).await;
+    let mut got = 0;
+    loop {
+        match next_message(&mut late).await {
+            Some(WsMessage::Text(_)) => got += 1,
+            Some(WsMessage::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1008, "closed as a slow consumer");
+                break;
+            }
+            other => panic!("expected messages then 1008, got {other:?}"),
+        }
+    }
+    assert!(got < 50, "the queue of 8 did not take all 50: got {got}");
+}
