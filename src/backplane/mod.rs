@@ -37,15 +37,19 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::engine::id::ConnectionId;
 pub(crate) use crate::engine::sync::lock;
 use crate::fanout::collection::{Members, WebSocketCollection};
-use crate::fanout::relay::{Relay, RoomDelivery};
+use crate::fanout::history::{Position, ResumeError};
+use crate::fanout::relay::{Missed, Relay, RoomDelivery};
 use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
@@ -118,7 +122,32 @@ pub trait Backplane: Send + Sync + 'static {
     fn unsubscribe(&self, topic: &str) {
         let _ = topic;
     }
+
+    /// Whether this backplane is *ordered*: it gives each topic's messages one order and a
+    /// [`Position`] each, the same in every process, and hands every message back to every
+    /// subscriber, the publisher included, through [`Inbox::deliver_at`]. Collections on an
+    /// ordered backplane then deliver even their own broadcasts only when it hands them
+    /// back, so that every process delivers the same messages in the same order with the
+    /// same positions (and a client can resume on any of them). The default is `false`:
+    /// each process delivers its own broadcasts at once and the backplane carries them to
+    /// the others ([`Inbox::deliver`]).
+    fn ordered(&self) -> bool {
+        false
+    }
+
+    /// For an ordered backplane: the envelopes of `topic` after `after`, with their
+    /// positions, oldest first, from what it keeps; for clients that resume from further
+    /// back than a process's own history. The default keeps nothing
+    /// ([`ResumeError::NoHistory`]).
+    fn missed(&self, topic: &str, after: Position) -> MissedEnvelopes {
+        let _ = (topic, after);
+        Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
+    }
 }
+
+/// What [`Backplane::missed`] resolves to.
+pub type MissedEnvelopes =
+    Pin<Box<dyn Future<Output = Result<Vec<(Position, Bytes)>, ResumeError>> + Send>>;
 
 /// Whether a network backplane can reach its server, as reported by
 /// `RedisBackplane::state`.
@@ -170,7 +199,19 @@ struct InboxShared {
     own: SenderId,
     /// Per sender: the last sequence number delivered, and when.
     last_seen: Mutex<HashMap<SenderId, (u64, Instant)>>,
+    /// Ordered: the position of the last message delivered.
+    last_position: Mutex<Option<Position>>,
+    /// Ordered: whom to skip when our own broadcasts come back (see [`Link`]).
+    excepts: Arc<Mutex<Excepts>>,
 }
+
+/// The connection to skip for each of our own broadcasts on an ordered backplane, by
+/// sequence number, until it comes back. Bounded: a broadcast the backplane dropped never
+/// comes back.
+type Excepts = BTreeMap<u64, ConnectionId>;
+
+/// Broadcasts remembered in [`Excepts`] at most.
+const MAX_EXCEPTS: usize = 10_000;
 
 /// Where an inbox delivers.
 enum Target {
@@ -211,13 +252,39 @@ pub(crate) type SenderId = u128;
 
 impl Inbox {
     /// Decodes `envelope` and, unless it is the collection's own or a duplicate, delivers
-    /// its message to the collection's local connections.
+    /// its message to the collection's local connections: what an unordered backplane
+    /// calls with what arrives.
     ///
     /// # Errors
     ///
     /// [`EnvelopeError`] if `envelope` is not one (truncated, another version, or text that
     /// is not UTF-8). Nothing is delivered then.
     pub fn deliver(&self, envelope: Bytes) -> Result<Delivery, EnvelopeError> {
+        self.deliver_inner(envelope, None)
+    }
+
+    /// What an ordered backplane (see [`Backplane::ordered`]) calls with each message of the
+    /// topic, in the topic's order, with its position: the collection's own messages
+    /// included, which are delivered too. Positions of one epoch must increase; a gap in
+    /// them is counted in [`Delivery::Delivered`]'s `missed`, and a new epoch (the
+    /// backplane lost its history) starts the count over.
+    ///
+    /// # Errors
+    ///
+    /// As [`deliver`](Self::deliver).
+    pub fn deliver_at(
+        &self,
+        envelope: Bytes,
+        position: Position,
+    ) -> Result<Delivery, EnvelopeError> {
+        self.deliver_inner(envelope, Some(position))
+    }
+
+    fn deliver_inner(
+        &self,
+        envelope: Bytes,
+        position: Option<Position>,
+    ) -> Result<Delivery, EnvelopeError> {
         if self.is_closed() {
             return Ok(Delivery::Closed);
         }
@@ -231,10 +298,11 @@ impl Inbox {
             };
             return Err(EnvelopeError::WrongTarget { got, expected });
         }
-        if envelope.sender == self.shared.own {
+        let own = envelope.sender == self.shared.own;
+        if own && position.is_none() {
             return Ok(Delivery::Own);
         }
-        let missed = {
+        let seq_missed = {
             let now = Instant::now();
             let mut last_seen = lock(&self.shared.last_seen);
             match last_seen.get_mut(&envelope.sender) {
@@ -253,13 +321,32 @@ impl Inbox {
                 }
             }
         };
+        let missed = match position {
+            None => seq_missed,
+            Some(position) => {
+                let mut last = lock(&self.shared.last_position);
+                let missed = match *last {
+                    Some(last) if last.epoch() == position.epoch() => {
+                        position.offset().saturating_sub(last.offset() + 1)
+                    }
+                    _ => 0,
+                };
+                *last = Some(position);
+                missed
+            }
+        };
+        let except = if own {
+            lock(&self.shared.excepts).remove(&envelope.seq)
+        } else {
+            None
+        };
         let queued = match (&self.shared.target, envelope.room) {
-            (Target::Collection(members), _) => members
-                .upgrade()
-                .map_or(0, |members| members.broadcast(envelope.message, |_| true)),
-            (Target::Rooms(router), Some(room)) => router
-                .upgrade()
-                .map_or(0, |router| router.deliver(&room, envelope.message)),
+            (Target::Collection(members), _) => members.upgrade().map_or(0, |members| {
+                members.broadcast_at(position, envelope.message, |id| Some(id) != except)
+            }),
+            (Target::Rooms(router), Some(room)) => router.upgrade().map_or(0, |router| {
+                router.deliver(&room, position, envelope.message, except)
+            }),
             (Target::Rooms(_), None) => 0, // refused above
         };
         Ok(Delivery::Delivered { queued, missed })
@@ -290,6 +377,9 @@ pub(crate) struct Link {
     /// that concurrent broadcasts are published in the order they were numbered.
     seq: Mutex<u64>,
     backplane: Box<dyn Backplane>,
+    ordered: bool,
+    /// Shared with the inbox: whom to skip when our own broadcasts come back (ordered).
+    excepts: Arc<Mutex<Excepts>>,
 }
 
 impl Drop for Link {
@@ -307,7 +397,9 @@ impl Link {
             topic,
             sender: new_sender_id(),
             seq: Mutex::new(0),
+            ordered: backplane.ordered(),
             backplane,
+            excepts: Arc::default(),
         }
     }
 
@@ -318,6 +410,8 @@ impl Link {
                 target,
                 own: self.sender,
                 last_seen: Mutex::new(HashMap::new()),
+                last_position: Mutex::new(None),
+                excepts: self.excepts.clone(),
             }),
         };
         self.backplane.subscribe(&self.topic, inbox);
@@ -329,17 +423,46 @@ impl Relay for Link {
         &self.topic
     }
 
-    /// Publishes `message` to the other processes: to their collection on the topic, or
-    /// to one of their rooms.
-    fn publish(&self, room: Option<&str>, message: &Message) {
+    /// Publishes `message` to the other processes (and, ordered, to this one): to their
+    /// collection on the topic, or to one of their rooms.
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) {
         if room.is_some_and(|room| room.len() > envelope::MAX_ROOM_LEN) {
             tracing::warn!(topic = %self.topic, "backplane: room name too long to publish");
             return;
         }
         let mut seq = lock(&self.seq);
         *seq += 1;
+        if let (true, Some(except)) = (self.ordered, except) {
+            let mut excepts = lock(&self.excepts);
+            excepts.insert(*seq, except);
+            if excepts.len() > MAX_EXCEPTS {
+                excepts.pop_first();
+            }
+        }
         let envelope = envelope::encode(self.sender, *seq, room, message);
         self.backplane.publish(&self.topic, envelope);
+    }
+
+    fn ordered(&self) -> bool {
+        self.ordered
+    }
+
+    fn missed(&self, room: Option<&str>, after: Position) -> Missed {
+        let envelopes = self.backplane.missed(&self.topic, after);
+        let room = room.map(str::to_owned);
+        Box::pin(async move {
+            let mut missed = Vec::new();
+            for (position, envelope) in envelopes.await? {
+                // What is not an envelope, or is for another room, is not this room's.
+                let Ok(envelope) = envelope::decode(envelope) else {
+                    continue;
+                };
+                if envelope.room == room {
+                    missed.push((position, envelope.message));
+                }
+            }
+            Ok(missed)
+        })
     }
 }
 
@@ -442,6 +565,8 @@ mod tests {
                 target: Target::Collection(Arc::downgrade(members)),
                 own: 7,
                 last_seen: Mutex::new(HashMap::new()),
+                last_position: Mutex::new(None),
+                excepts: Arc::default(),
             }),
         }
     }

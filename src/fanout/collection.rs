@@ -7,7 +7,7 @@ use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::Pushed;
 use crate::engine::sync::lock;
-use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring};
+use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring, Tag};
 use crate::fanout::relay::Relay;
 use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
@@ -301,27 +301,83 @@ impl WebSocketCollection {
         connection: &Connection,
         after: &Position,
     ) -> Result<Resumed, ResumeError> {
-        self.resume_now(connection, after)
+        let relay = self.relay.as_ref().filter(|relay| relay.ordered());
+        self.resume_via(connection, after, relay.map(|relay| (relay, None)))
+            .await
     }
 
-    /// [`resume`](Self::resume) from the history kept here, without waiting: what rooms
-    /// call while they hold their lock.
-    pub(crate) fn resume_now(
+    /// [`resume`](Self::resume), with the ordered relay (and the room on it) that keeps
+    /// what is older than the history here: a process that started after the client's
+    /// last message still replays it, from the relay.
+    pub(crate) async fn resume_via(
         &self,
         connection: &Connection,
         after: &Position,
+        relay: Option<(&Arc<dyn Relay>, Option<&str>)>,
+    ) -> Result<Resumed, ResumeError> {
+        let Some((relay, room)) = relay else {
+            return self.resume_with(connection, after, Vec::new());
+        };
+        // The history here may be enough; if not, the relay's fills in what is older.
+        match self.replay_if_enough(connection, after) {
+            Some(done) => done,
+            None => match relay.missed(room, *after).await {
+                Ok(older) => self.resume_with(connection, after, older),
+                Err(error) => {
+                    self.add_tagged(connection.clone());
+                    Err(error)
+                }
+            },
+        }
+    }
+
+    /// Resumes from the history here if it reaches back to `after`; `None` if it does not.
+    fn replay_if_enough(
+        &self,
+        connection: &Connection,
+        after: &Position,
+    ) -> Option<Result<Resumed, ResumeError>> {
+        let history = self.members.history.get()?;
+        lock(history).after(*after).ok()?;
+        Some(self.resume_with(connection, after, Vec::new()))
+    }
+
+    /// Adds `connection` tagged and queues it what it missed since `after`: the `older`
+    /// messages (from a relay), then those of the history here after them, all under the
+    /// history's lock, so that every broadcast reaches it once, from the replay or live.
+    fn resume_with(
+        &self,
+        connection: &Connection,
+        after: &Position,
+        older: Vec<(Position, Message)>,
     ) -> Result<Resumed, ResumeError> {
         let members = &self.members;
         let Some(history) = members.history.get() else {
             return Err(ResumeError::NoHistory);
         };
         let mut ring = lock(history);
-        let missed = ring.after(*after);
+        let from = older.last().map_or(*after, |(position, _)| *position);
+        let recent = ring.after(from);
         connection.join(members, || members.insert(connection.clone(), true));
         if !members.contains(connection.id()) {
             return Err(ResumeError::Closed);
         }
-        let missed = missed?;
+        let mut previous = Some(*after);
+        let mut missed: Vec<(Tag, Message)> = older
+            .into_iter()
+            .map(|(position, message)| {
+                let tag = Tag::new(position, previous.replace(position));
+                (tag, message)
+            })
+            .collect();
+        match recent {
+            Ok(recent) => missed.extend(recent),
+            // What the relay gave reaches to the present: the history here is newer.
+            Err(_)
+                if !missed.is_empty()
+                    && ring.last().is_none_or(|last| last.epoch() != from.epoch()) => {}
+            Err(error) => return Err(error),
+        }
         let tag = ring.tag();
         let replayed = missed.len();
         let core = connection.core();
@@ -395,13 +451,13 @@ impl WebSocketCollection {
     /// With a [backplane](WebSocketCollection::with_backplane), the message is then published
     /// to the other processes on the same topic; the count is of local connections only.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        self.broadcast_filtered(message.into(), |_| true)
+        self.broadcast_filtered(message.into(), None)
     }
 
     /// Like [`broadcast`](WebSocketCollection::broadcast), but skips the connection `except`
     /// (typically the sender).
     pub fn broadcast_except(&self, except: ConnectionId, message: impl Into<Message>) -> usize {
-        self.broadcast_filtered(message.into(), |id| id != except)
+        self.broadcast_filtered(message.into(), Some(except))
     }
 
     /// Like [`broadcast`](WebSocketCollection::broadcast), but only to this process's
@@ -410,18 +466,32 @@ impl WebSocketCollection {
         self.members.broadcast(message.into(), |_| true)
     }
 
-    fn broadcast_filtered(
-        &self,
-        message: Message,
-        include: impl Fn(ConnectionId) -> bool,
-    ) -> usize {
+    fn broadcast_filtered(&self, message: Message, except: Option<ConnectionId>) -> usize {
+        let include = |id| Some(id) != except;
         let Some(relay) = &self.relay else {
             return self.members.broadcast(message, include);
         };
+        if relay.ordered() {
+            // Delivered here too when the relay hands it back, in the one order.
+            relay.publish(None, &message, except);
+            return 0;
+        }
         // Local connections first, so the backplane adds nothing to their latency.
         let queued = self.members.broadcast(message.clone(), include);
-        relay.publish(None, &message);
+        relay.publish(None, &message, None);
         queued
+    }
+
+    /// Delivers a message that came through a relay to this process's members but
+    /// `except`, at `position` if the relay gave one.
+    pub(crate) fn deliver_local(
+        &self,
+        position: Option<Position>,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> usize {
+        self.members
+            .broadcast_at(position, message, |id| Some(id) != except)
     }
 
     /// An empty collection whose broadcasts also go to `relay`.

@@ -122,6 +122,12 @@ pub struct Tag {
     pub previous: Option<Position>,
 }
 
+impl Tag {
+    pub(crate) fn new(position: Position, previous: Option<Position>) -> Self {
+        Tag { position, previous }
+    }
+}
+
 impl Default for History {
     fn default() -> Self {
         History {

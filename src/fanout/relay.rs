@@ -3,18 +3,46 @@
 //! room by its name through a [`RoomDelivery`]. The backplane layer implements the first
 //! and calls the second, so fan-out never depends on it.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::engine::id::ConnectionId;
+use crate::fanout::history::{Position, ResumeError};
 use crate::protocol::message::Message;
+
+/// What a relay's history lookup resolves to: the messages after a position, oldest first.
+pub(crate) type Missed =
+    Pin<Box<dyn Future<Output = Result<Vec<(Position, Message)>, ResumeError>> + Send>>;
 
 /// Carries a collection's (or a room's) broadcasts to other processes.
 pub(crate) trait Relay: Send + Sync + 'static {
     /// The topic other processes receive these broadcasts on.
     fn topic(&self) -> &str;
-    /// Publishes `message`, for the whole collection or for one `room` of a `Rooms`.
-    fn publish(&self, room: Option<&str>, message: &Message);
+
+    /// Publishes `message`, for the whole collection or for one `room` of a `Rooms`; on an
+    /// ordered relay, `except` is skipped when it comes back here.
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>);
+
+    /// Whether the relay orders the topic's messages for every process, this one included:
+    /// then a broadcast is delivered here too only when the relay hands it back, with its
+    /// position, so that every process sees one order and one set of positions.
+    fn ordered(&self) -> bool;
+
+    /// What an ordered relay keeps of the topic: the messages of `room` (or of the whole
+    /// topic) after `after`.
+    fn missed(&self, room: Option<&str>, after: Position) -> Missed;
 }
 
-/// Delivers a message from another process to one room, by its name on the backplane.
+/// Delivers a message from another process (or, ordered, from this one) to one room, by
+/// its name on the backplane.
 pub(crate) trait RoomDelivery: Send + Sync {
-    /// Queues `message` to the local members of `room`; returns to how many.
-    fn deliver(&self, room: &str, message: Message) -> usize;
+    /// Queues `message` to the local members of `room` but `except`, at `position` if the
+    /// relay gave one; returns to how many.
+    fn deliver(
+        &self,
+        room: &str,
+        position: Option<Position>,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> usize;
 }

@@ -166,9 +166,19 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         connection: &Connection,
         after: &Position,
     ) -> Result<Resumed, ResumeError> {
+        let collection = {
+            let mut rooms = self.lock();
+            self.room_to_join(&mut rooms, &room)
+        };
+        let remote = self
+            .shared
+            .remote
+            .get()
+            .filter(|remote| remote.relay.ordered());
+        let name = remote.map(|remote| (remote.name)(&room));
+        let relay = remote.map(|remote| (&remote.relay, name.as_deref()));
+        let resumed = collection.resume_via(connection, after, relay).await;
         let mut rooms = self.lock();
-        let collection = self.room_to_join(&mut rooms, &room);
-        let resumed = collection.resume_now(connection, after);
         self.drop_if_refused(&mut rooms, &room, &collection);
         resumed
     }
@@ -234,6 +244,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     fn send(&self, room: &K, message: Message, except: Option<ConnectionId>) -> usize {
         let remote = self.shared.remote.get();
+        if let Some(remote) = remote.filter(|remote| remote.relay.ordered()) {
+            // Delivered here too when the relay hands it back, in the one order.
+            remote
+                .relay
+                .publish(Some(&(remote.name)(room)), &message, except);
+            return 0;
+        }
         // Local members first, so that the backplane adds nothing to their latency.
         let queued = match (self.room(room), except) {
             (None, _) => 0,
@@ -241,7 +258,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             (Some(local), Some(except)) => local.broadcast_except(except, message.clone()),
         };
         if let Some(remote) = remote {
-            remote.relay.publish(Some(&(remote.name)(room)), &message);
+            remote
+                .relay
+                .publish(Some(&(remote.name)(room)), &message, None);
         }
         queued
     }
@@ -362,9 +381,15 @@ impl<K: Eq + Hash> RoomMap<K> {
 }
 
 impl<K: Send + Sync> RoomDelivery for Shared<K> {
-    fn deliver(&self, room: &str, message: Message) -> usize {
+    fn deliver(
+        &self,
+        room: &str,
+        position: Option<Position>,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> usize {
         let local = lock(&self.rooms).by_name.get(room).cloned();
-        local.map_or(0, |room| room.broadcast_local(message))
+        local.map_or(0, |room| room.deliver_local(position, message, except))
     }
 }
 
