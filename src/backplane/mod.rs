@@ -302,6 +302,19 @@ impl Inbox {
         if own && position.is_none() {
             return Ok(Delivery::Own);
         }
+        // A duplicate still takes its place in the topic's order (a publication retried
+        // after a lost reply is there twice): the gap is measured before it is dropped.
+        let position_missed = position.map(|position| {
+            let mut last = lock(&self.shared.last_position);
+            let missed = match *last {
+                Some(last) if last.epoch() == position.epoch() => {
+                    position.offset().saturating_sub(last.offset() + 1)
+                }
+                _ => 0,
+            };
+            *last = Some(position);
+            missed
+        });
         let seq_missed = {
             let now = Instant::now();
             let mut last_seen = lock(&self.shared.last_seen);
@@ -321,19 +334,9 @@ impl Inbox {
                 }
             }
         };
-        let missed = match position {
+        let missed = match position_missed {
             None => seq_missed,
-            Some(position) => {
-                let mut last = lock(&self.shared.last_position);
-                let missed = match *last {
-                    Some(last) if last.epoch() == position.epoch() => {
-                        position.offset().saturating_sub(last.offset() + 1)
-                    }
-                    _ => 0,
-                };
-                *last = Some(position);
-                missed
-            }
+            Some(missed) => missed,
         };
         let except = if own {
             lock(&self.shared.excepts).remove(&envelope.seq)

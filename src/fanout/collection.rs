@@ -7,7 +7,7 @@ use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::Pushed;
 use crate::engine::sync::lock;
-use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring, Tag};
+use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring};
 use crate::fanout::relay::Relay;
 use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
@@ -161,12 +161,23 @@ impl Members {
             return self.deliver(&message, None, include);
         };
         let mut ring = lock(history);
-        let tag = match position {
-            Some(position) => ring.append_at(position, &message),
-            None => ring.append(&message),
+        let (tag, held) = match position {
+            Some(position) => {
+                let tag = ring.append_at(position, &message);
+                (tag, ring.held_at(position.offset()))
+            }
+            None => (ring.append(&message), Vec::new()),
         };
         let tagged = (ring.tag())(&tag, &message);
-        self.deliver(&message, Some(&tagged), include)
+        if held.is_empty() {
+            self.deliver(&message, Some(&tagged), include)
+        } else {
+            // A resumed connection already has it: replayed from the relay before this
+            // process got it.
+            self.deliver(&message, Some(&tagged), |id| {
+                include(id) && !held.contains(&id)
+            })
+        }
     }
 
     /// Queues `plain` (and `tagged` to the tagged members) to the members `include` accepts.
@@ -316,13 +327,13 @@ impl WebSocketCollection {
         relay: Option<(&Arc<dyn Relay>, Option<&str>)>,
     ) -> Result<Resumed, ResumeError> {
         let Some((relay, room)) = relay else {
-            return self.resume_with(connection, after, Vec::new());
+            return self.resume_with(connection, after, None);
         };
         // The history here may be enough; if not, the relay's fills in what is older.
         match self.replay_if_enough(connection, after) {
             Some(done) => done,
             None => match relay.missed(room, *after).await {
-                Ok(older) => self.resume_with(connection, after, older),
+                Ok(older) => self.resume_with(connection, after, Some(older)),
                 Err(error) => {
                     self.add_tagged(connection.clone());
                     Err(error)
@@ -339,7 +350,7 @@ impl WebSocketCollection {
     ) -> Option<Result<Resumed, ResumeError>> {
         let history = self.members.history.get()?;
         lock(history).after(*after).ok()?;
-        Some(self.resume_with(connection, after, Vec::new()))
+        Some(self.resume_with(connection, after, None))
     }
 
     /// Adds `connection` tagged and queues it what it missed since `after`: the `older`
@@ -349,35 +360,29 @@ impl WebSocketCollection {
         &self,
         connection: &Connection,
         after: &Position,
-        older: Vec<(Position, Message)>,
+        older: Option<Vec<(Position, Message)>>,
     ) -> Result<Resumed, ResumeError> {
         let members = &self.members;
         let Some(history) = members.history.get() else {
             return Err(ResumeError::NoHistory);
         };
         let mut ring = lock(history);
-        let from = older.last().map_or(*after, |(position, _)| *position);
-        let recent = ring.after(from);
+        let missed = match older {
+            Some(older) => {
+                let seeded = ring.seed(*after, older);
+                if let Some(through) = seeded.has_through {
+                    ring.hold(connection.id(), through);
+                }
+                Ok(seeded.replay)
+            }
+            None => ring.after(*after),
+        };
+        // Added in any case: from the live messages on if not all it missed is known.
         connection.join(members, || members.insert(connection.clone(), true));
         if !members.contains(connection.id()) {
             return Err(ResumeError::Closed);
         }
-        let mut previous = Some(*after);
-        let mut missed: Vec<(Tag, Message)> = older
-            .into_iter()
-            .map(|(position, message)| {
-                let tag = Tag::new(position, previous.replace(position));
-                (tag, message)
-            })
-            .collect();
-        match recent {
-            Ok(recent) => missed.extend(recent),
-            // What the relay gave reaches to the present: the history here is newer.
-            Err(_)
-                if !missed.is_empty()
-                    && ring.last().is_none_or(|last| last.epoch() != from.epoch()) => {}
-            Err(error) => return Err(error),
-        }
+        let missed = missed?;
         let tag = ring.tag();
         let replayed = missed.len();
         let core = connection.core();

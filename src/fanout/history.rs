@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::engine::id::ConnectionId;
 use crate::protocol::message::Message;
 
 /// Where a broadcast stands in its collection's (or room's) history: its epoch and its
@@ -118,14 +119,10 @@ pub type TagFn = fn(&Tag, &Message) -> Message;
 pub struct Tag {
     /// This message's position.
     pub position: Position,
-    /// The position of the message before it here, if there was one in this epoch.
+    /// The position of the message before it here, if there was one in this epoch and it
+    /// is known (a process that joins a backplane's topic midway does not know what came
+    /// before the first message it hears, until a resume tells it).
     pub previous: Option<Position>,
-}
-
-impl Tag {
-    pub(crate) fn new(position: Position, previous: Option<Position>) -> Self {
-        Tag { position, previous }
-    }
 }
 
 impl Default for History {
@@ -222,6 +219,10 @@ pub enum ResumeError {
     /// The collection keeps no history (see [`History`]).
     #[error("this collection keeps no history")]
     NoHistory,
+    /// The history older than this process's is kept by the backplane, which cannot be
+    /// reached now. The connection is added anyway, from the live messages on.
+    #[error("the backplane that keeps the history cannot be reached now")]
+    Unavailable,
     /// The connection has closed.
     #[error("the connection has closed")]
     Closed,
@@ -249,10 +250,25 @@ pub(crate) struct Ring {
     epoch: u64,
     entries: VecDeque<Entry>,
     bytes: usize,
-    /// The last position given out (kept when its entry is evicted).
+    /// The last position given out or learnt from a relay (kept when its entry is evicted).
     last: Option<Position>,
-    /// The newest position evicted: a resume from before it has lost messages.
-    evicted: Option<Position>,
+    /// Every message of this epoch with a greater offset is here: a resume from below it
+    /// cannot be served from here (evicted, or from before this process first heard of
+    /// the collection).
+    floor: u64,
+    /// Resumed connections that already have the messages up to an offset this process
+    /// has not delivered yet (it lags behind the relay it replayed from): live deliveries
+    /// up to there skip them.
+    holds: Vec<(ConnectionId, u64)>,
+}
+
+/// What a resume from a relay queues, and from what offset on the connection takes live
+/// messages.
+pub(crate) struct Seeded {
+    pub(crate) replay: Vec<(Tag, Message)>,
+    /// The connection has what this process will deliver live up to this offset, if it
+    /// lags (see [`Ring::hold`]).
+    pub(crate) has_through: Option<u64>,
 }
 
 impl Ring {
@@ -268,7 +284,8 @@ impl Ring {
             entries: VecDeque::new(),
             bytes: 0,
             last: None,
-            evicted: None,
+            floor: 0,
+            holds: Vec::new(),
         }
     }
 
@@ -282,26 +299,52 @@ impl Ring {
         self.append_at(Position::new(self.epoch, offset), message)
     }
 
+    /// Starts the history over at `epoch`, knowing nothing of it below `floor`.
+    fn restart(&mut self, epoch: u64, floor: u64) {
+        self.epoch = epoch;
+        self.entries.clear();
+        self.bytes = 0;
+        self.last = None;
+        self.floor = floor;
+        self.holds.clear();
+    }
+
     /// Remembers `message` at `position` (a backplane's): a new epoch starts the history
-    /// over.
+    /// over. A position already here (learnt from the relay by a resume) is not kept twice.
     pub(crate) fn append_at(&mut self, position: Position, message: &Message) -> Tag {
-        if position.epoch != self.epoch {
-            self.epoch = position.epoch;
-            self.entries.clear();
-            self.bytes = 0;
-            self.last = None;
-            self.evicted = None;
+        if position.epoch != self.epoch || self.last.is_none() {
+            // The first message heard of: what came before it in this collection is
+            // unknown, but nothing came between its offset and the one before.
+            let floor = position.offset.saturating_sub(1);
+            if position.epoch != self.epoch {
+                self.restart(position.epoch, floor);
+            } else {
+                self.floor = self.floor.max(floor);
+            }
+        }
+        if self.last.is_some_and(|last| position.offset <= last.offset) {
+            let previous = self
+                .entries
+                .iter()
+                .rev()
+                .map(|entry| entry.position)
+                .find(|known| known.offset < position.offset);
+            return Tag { position, previous };
         }
         let previous = self.last;
         self.last = Some(position);
+        self.push(position, message);
+        self.evict();
+        Tag { position, previous }
+    }
+
+    fn push(&mut self, position: Position, message: &Message) {
         self.bytes += message.len();
         self.entries.push_back(Entry {
             position,
             message: message.clone(),
             at: Instant::now(),
         });
-        self.evict();
-        Tag { position, previous }
     }
 
     fn evict(&mut self) {
@@ -321,7 +364,7 @@ impl Ring {
             }
             if let Some(gone) = self.entries.pop_front() {
                 self.bytes -= gone.message.len();
-                self.evicted = Some(gone.position);
+                self.floor = self.floor.max(gone.position.offset);
             }
         }
     }
@@ -338,15 +381,16 @@ impl Ring {
                 current: self.epoch,
             });
         }
-        if self
-            .evicted
-            .is_some_and(|evicted| position.offset < evicted.offset)
-        {
+        if position.offset < self.floor {
             return Err(ResumeError::TooOld {
                 asked: position,
                 oldest: self.entries.front().map(|e| e.position),
             });
         }
+        Ok(self.replay_after(position))
+    }
+
+    fn replay_after(&self, position: Position) -> Vec<(Tag, Message)> {
         let mut previous = Some(position);
         let mut missed = Vec::new();
         for entry in self
@@ -363,7 +407,70 @@ impl Ring {
             ));
             previous = Some(entry.position);
         }
-        Ok(missed)
+        missed
+    }
+
+    /// A resume from `after` with `older`: everything of the collection after `after` that
+    /// the relay (the backplane) had when asked, this collection made before asking. With
+    /// what was delivered here since it was made, that is everything after `after`: it is
+    /// all kept (within the bounds), so later messages name the right previous one, and
+    /// later resumes from as far back are served from here.
+    pub(crate) fn seed(&mut self, after: Position, older: Vec<(Position, Message)>) -> Seeded {
+        if after.epoch != self.epoch {
+            self.restart(after.epoch, after.offset);
+        }
+        let delivered = self.last.map_or(0, |last| last.offset);
+        let mut merged: Vec<Entry> = std::mem::take(&mut self.entries).into();
+        let now = Instant::now();
+        merged.extend(
+            older
+                .into_iter()
+                .filter(|(position, _)| position.offset > after.offset)
+                .map(|(position, message)| Entry {
+                    position,
+                    message,
+                    at: now,
+                }),
+        );
+        merged.sort_by_key(|entry| entry.position.offset);
+        merged.dedup_by_key(|entry| entry.position.offset);
+        self.bytes = merged.iter().map(|entry| entry.message.len()).sum();
+        self.entries = merged.into();
+        self.floor = self.floor.min(after.offset);
+        if let Some(newest) = self.entries.back().map(|entry| entry.position) {
+            if self.last.is_none_or(|last| newest.offset > last.offset) {
+                self.last = Some(newest);
+            }
+        }
+        let replay = self.replay_after(after);
+        let known = self.last.map_or(0, |last| last.offset);
+        let has_through = Some(after.offset.max(known)).filter(|through| *through > delivered);
+        self.evict();
+        Seeded {
+            replay,
+            has_through,
+        }
+    }
+
+    /// `connection` already has everything up to `offset`: live deliveries up to there
+    /// (this process catching up with the relay) skip it.
+    pub(crate) fn hold(&mut self, connection: ConnectionId, offset: u64) {
+        self.holds.push((connection, offset));
+    }
+
+    /// The connections a live delivery at `offset` skips; those caught up are let go.
+    pub(crate) fn held_at(&mut self, offset: u64) -> Vec<ConnectionId> {
+        if self.holds.is_empty() {
+            return Vec::new();
+        }
+        let held = self
+            .holds
+            .iter()
+            .filter(|(_, through)| *through >= offset)
+            .map(|(id, _)| *id)
+            .collect();
+        self.holds.retain(|(_, through)| *through > offset);
+        held
     }
 
     /// The tag function.
@@ -455,6 +562,65 @@ mod tests {
             ring.after(Position::new(1, 10)),
             Err(ResumeError::OtherEpoch { .. })
         ));
+    }
+
+    #[test]
+    fn a_history_heard_midway_knows_nothing_below_its_first_message() {
+        let mut ring = Ring::with_epoch(History::new(), 1);
+        let tag = ring.append_at(Position::new(9, 40), &text("x"));
+        assert_eq!(tag.previous, None, "what came before is unknown");
+        assert!(
+            ring.after(Position::new(9, 39)).is_ok(),
+            "nothing between 39 and 40"
+        );
+        assert!(matches!(
+            ring.after(Position::new(9, 30)),
+            Err(ResumeError::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn a_resume_from_the_relay_seeds_the_history_and_holds_what_is_not_here_yet() {
+        let mut ring = Ring::with_epoch(History::new(), 1);
+        ring.append_at(Position::new(9, 40), &text("40"));
+        // The relay had 20, 30, 40 and 50; this process has heard only 40 so far.
+        let older = [20, 30, 40, 50]
+            .map(|offset| (Position::new(9, offset), text(&offset.to_string())))
+            .to_vec();
+        let seeded = ring.seed(Position::new(9, 10), older);
+        let replay: Vec<_> = seeded
+            .replay
+            .iter()
+            .map(|(tag, m)| {
+                (
+                    tag.previous.map(|p| p.offset),
+                    m.as_text().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            replay,
+            [
+                (Some(10), "20"),
+                (Some(20), "30"),
+                (Some(30), "40"),
+                (Some(40), "50")
+            ]
+            .map(|(p, t)| (p, t.to_owned()))
+        );
+        assert_eq!(seeded.has_through, Some(50), "50 is not delivered here yet");
+        // Later resumes from as far back are served from here.
+        assert_eq!(ring.after(Position::new(9, 10)).expect("seeded").len(), 4);
+        let id = ConnectionId::next();
+        ring.hold(id, 50);
+        // 50 arrives live: not kept twice, named after 40, and the resumed connection skips it.
+        let tag = ring.append_at(Position::new(9, 50), &text("50"));
+        assert_eq!(tag.previous, Some(Position::new(9, 40)));
+        assert_eq!(ring.held_at(50), [id]);
+        assert_eq!(ring.entries.len(), 4);
+        let tag = ring.append_at(Position::new(9, 60), &text("60"));
+        assert_eq!(tag.previous, Some(Position::new(9, 50)));
+        assert!(ring.held_at(60).is_empty(), "caught up: let go");
     }
 
     #[test]
