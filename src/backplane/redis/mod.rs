@@ -10,7 +10,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 use tokio::sync::{watch, Notify};
 
-use super::{lock, Backplane, BackplaneState, Delivery, Inbox};
+mod streams;
+
+use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedEnvelopes};
+use crate::fanout::history::Position;
 
 /// Settings for a [`RedisBackplane`], with builder-style setters.
 ///
@@ -30,6 +33,8 @@ pub struct RedisConfig {
     channel_prefix: String,
     max_pending: usize,
     max_pending_bytes: usize,
+    lossless: bool,
+    retention: usize,
     reconnect_min: Duration,
     reconnect_max: Duration,
     connect_timeout: Duration,
@@ -46,6 +51,8 @@ impl RedisConfig {
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
             max_pending_bytes: 64 << 20,
+            lossless: false,
+            retention: 10_000,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
@@ -72,6 +79,27 @@ impl RedisConfig {
     /// it, the oldest are dropped (and counted). Default 64 MiB.
     pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
         self.max_pending_bytes = bytes.max(1);
+        self
+    }
+
+    /// The lossless mode: each topic is a Redis stream that every process reads from where
+    /// it left off, instead of a pub/sub channel. Then every process delivers every message
+    /// of a topic exactly once, in one order, with its position, through dropped and killed
+    /// connections and a Redis restart, within the [`retention`](Self::retention); and
+    /// clients can resume on any process (see [`History`](crate::History)). The backplane is
+    /// then *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
+    /// they come back from Redis, a round trip later. Off by default (pub/sub: a broadcast
+    /// reaches the process's own clients at once, and other processes at most once).
+    pub fn lossless(mut self, on: bool) -> Self {
+        self.lossless = on;
+        self
+    }
+
+    /// In lossless mode, how many messages each topic's stream keeps (about: `MAXLEN ~`):
+    /// how far back a process that was away, or a client that resumes, can catch up.
+    /// Default 10,000; at least 1.
+    pub fn retention(mut self, messages: usize) -> Self {
+        self.retention = messages.max(1);
         self
     }
 
@@ -139,6 +167,9 @@ pub struct RedisStats {
     /// Subscriptions Redis refused: messages from other servers on those topics do not
     /// arrive. Logged as an error; not asked again until the subscriptions change.
     pub refused_subscriptions: u64,
+    /// Lossless mode: times a topic's stream was found gone (Redis restarted without its
+    /// data): recent messages were published again, and reading started over.
+    pub history_resets: u64,
     /// Times the connection to Redis was lost.
     pub disconnects: u64,
     /// Messages waiting to be published now.
@@ -215,7 +246,50 @@ struct Shared {
     invalid: AtomicU64,
     refused: AtomicU64,
     refused_subscriptions: AtomicU64,
+    history_resets: AtomicU64,
     disconnects: AtomicU64,
+    /// Lossless mode: the publishing connection while connected, for history lookups.
+    connection: Mutex<Option<MultiplexedConnection>>,
+    /// Lossless mode: what was published lately, in case Redis loses it.
+    recent: Mutex<Recent>,
+}
+
+/// Lossless mode: the envelopes published lately, by channel, with the epoch each went
+/// into, bounded by the retention; published again if Redis loses them.
+#[derive(Default)]
+struct Recent {
+    by_channel: HashMap<String, (Option<u64>, VecDeque<Bytes>)>,
+}
+
+impl Recent {
+    fn remember(&mut self, channel: String, envelope: Bytes, epoch: Option<u64>, keep: usize) {
+        let (known, list) = self.by_channel.entry(channel).or_default();
+        if epoch.is_some() && *known != epoch {
+            // A new epoch: what was before it is of a history that is gone anyway.
+            list.clear();
+            *known = epoch;
+        }
+        list.push_back(envelope);
+        while list.len() > keep {
+            list.pop_front();
+        }
+    }
+
+    /// The channels remembered, with their epoch.
+    fn channels(&self) -> Vec<(String, u64)> {
+        self.by_channel
+            .iter()
+            .filter_map(|(channel, (epoch, _))| Some((channel.clone(), (*epoch)?)))
+            .collect()
+    }
+
+    /// What was remembered for `channel`, oldest first, forgetting it.
+    fn take(&mut self, channel: &str) -> VecDeque<Bytes> {
+        self.by_channel
+            .remove(channel)
+            .map(|(_, list)| list)
+            .unwrap_or_default()
+    }
 }
 
 /// Channel names and envelopes waiting to be published, bounded in count and bytes.
@@ -327,6 +401,9 @@ impl RedisBackplane {
             invalid: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             refused_subscriptions: AtomicU64::new(0),
+            history_resets: AtomicU64::new(0),
+            connection: Mutex::new(None),
+            recent: Mutex::new(Recent::default()),
             disconnects: AtomicU64::new(0),
         });
         runtime.spawn(run(shared.clone(), client));
@@ -368,6 +445,7 @@ impl RedisBackplane {
             invalid: count(&shared.invalid),
             refused: count(&shared.refused),
             refused_subscriptions: count(&shared.refused_subscriptions),
+            history_resets: count(&shared.history_resets),
             disconnects: count(&shared.disconnects),
             pending: pending.items.len(),
             pending_bytes: pending.bytes,
@@ -409,6 +487,20 @@ impl Backplane for RedisBackplane {
     fn unsubscribe(&self, _topic: &str) {
         // The task drops closed inboxes, and the channels left without any.
         self.shared.subscriptions_changed();
+    }
+
+    fn ordered(&self) -> bool {
+        self.shared.config.lossless
+    }
+
+    fn missed(&self, topic: &str, after: Position) -> MissedEnvelopes {
+        if !self.shared.config.lossless {
+            return Box::pin(std::future::ready(Err(
+                crate::fanout::history::ResumeError::NoHistory,
+            )));
+        }
+        let channel = format!("{}{topic}", self.shared.config.channel_prefix);
+        streams::missed(&self.shared, channel, after)
     }
 }
 
@@ -463,9 +555,16 @@ async fn run(shared: Arc<Shared>, client: redis::Client) {
     let _ended = Ended(&shared);
 
     let mut delay = shared.config.reconnect_min;
+    // Lossless mode: where reading stands in each stream, kept across connections.
+    let mut read = HashMap::new();
     loop {
         let mut connected = false;
-        let lost = match serve(&shared, &client, &mut connected).await {
+        let served = if shared.config.lossless {
+            streams::serve(&shared, &client, &mut connected, &mut read).await
+        } else {
+            serve(&shared, &client, &mut connected).await
+        };
+        let lost = match served {
             Ok(()) => return, // stopped
             Err(lost) => lost,
         };
