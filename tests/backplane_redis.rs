@@ -17,13 +17,14 @@ use websocket_handler::{
     async_trait, Connection, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
-/// Starts `n` chat servers on free ports, all on `redis`, and waits until each has
-/// subscribed (it prints `Redis backplane: Connected`).
-async fn chat_servers(n: usize, redis: &RedisServer) -> Vec<ChatServer> {
+/// Starts `n` chat servers on free ports, all on `redis` with `mode` (`--redis`, lossless,
+/// or `--redis-pubsub`), and waits until each has subscribed (it prints
+/// `Redis backplane: Connected`).
+async fn chat_servers(n: usize, redis: &RedisServer, mode: &str) -> Vec<ChatServer> {
     let url = redis.url();
     let mut servers = Vec::new();
     for _ in 0..n {
-        let args = ["--no-notices", "--redis", url.as_str()];
+        let args = ["--no-notices", mode, url.as_str()];
         servers.push(ChatServer::start_with("127.0.0.1:0", &args).await);
     }
     for server in &mut servers {
@@ -109,7 +110,10 @@ async fn two_servers_share_one_room() {
     else {
         return;
     };
-    let servers = chat_servers(2, &redis).await;
+    let servers = chat_servers(2, &redis, "--redis").await;
+    everyone_gets_everything_once_in_order(&servers, 3).await;
+    drop(servers);
+    let servers = chat_servers(2, &redis, "--redis-pubsub").await;
     everyone_gets_everything_once_in_order(&servers, 3).await;
 }
 
@@ -119,7 +123,10 @@ async fn three_servers_share_one_room() {
     else {
         return;
     };
-    let servers = chat_servers(3, &redis).await;
+    let servers = chat_servers(3, &redis, "--redis").await;
+    everyone_gets_everything_once_in_order(&servers, 2).await;
+    drop(servers);
+    let servers = chat_servers(3, &redis, "--redis-pubsub").await;
     everyone_gets_everything_once_in_order(&servers, 2).await;
 }
 
@@ -168,7 +175,9 @@ async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
         return;
     };
     let port = redis.port;
-    let mut servers = chat_servers(2, &redis).await;
+    // Pub/sub mode: local broadcasts go on while Redis is down (the lossless mode holds
+    // them until Redis is back: see tests/lossless_backplane.rs).
+    let mut servers = chat_servers(2, &redis, "--redis-pubsub").await;
     let (a, b) = (servers[0].addr, servers[1].addr);
     let mut ann = chat_client(a, "ann").await;
     let mut amy = chat_client(a, "amy").await;
@@ -382,7 +391,7 @@ async fn rooms_and_private_messages_span_servers() {
     else {
         return;
     };
-    let servers = chat_servers(2, &redis).await;
+    let servers = chat_servers(2, &redis, "--redis").await;
     let (a, b) = (servers[0].addr, servers[1].addr);
     let mut ann = connect(a, "/api/Chat?username=ann&room=red").await;
     let mut bob = connect(b, "/api/Chat?username=bob&room=red").await;

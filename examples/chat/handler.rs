@@ -6,10 +6,17 @@
 //! and `/msg NAME text` goes to every tab of user NAME, and the sender's, as
 //! `ALICE → NAME: text`. Joins and leaves are announced in the room as
 //! `NAME joined (N online)` and `NAME left (N online)`.
+//!
+//! Clients that ask for positions (`&positions=1`, as the page does) get each room message
+//! as `@POSITION PREVIOUS text`, and after losing their connection come back with
+//! `&resume=POSITION`: they get what the room said meanwhile, once, then
+//! `Recovered N missed messages`, or `Could not recover ...` when the room's history no
+//! longer reaches back that far. Other clients (the classic protocol) see plain lines.
 
 use websocket_handler::backplane::Backplane;
 use websocket_handler::{
-    async_trait, query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler,
+    async_trait, query_param, CloseFrame, Connection, History, Message, Position, ResumeError,
+    Rooms, Tag, WebSocketHandler,
 };
 
 /// The room everyone starts in unless the URL says otherwise.
@@ -30,11 +37,29 @@ pub struct ChatRooms {
     spans_processes: bool,
 }
 
+/// How much of each room is kept for clients that come back.
+fn history() -> History {
+    History::new()
+        .max_messages(1000)
+        .max_age(std::time::Duration::from_secs(3600))
+        .tag(tag)
+}
+
+/// What a client that asked for positions gets: `@POSITION PREVIOUS text` (`-` for no
+/// previous message in this room).
+fn tag(tag: &Tag, message: &Message) -> Message {
+    let previous = tag
+        .previous
+        .map_or_else(|| "-".to_owned(), |position| position.to_string());
+    let text = message.as_text().unwrap_or("");
+    Message::from(format!("@{} {previous} {text}", tag.position))
+}
+
 impl ChatRooms {
     /// Rooms in this process only.
     pub fn new(announce: bool) -> Self {
         ChatRooms {
-            rooms: Rooms::new(),
+            rooms: Rooms::new().with_history(history()),
             users: Rooms::new(),
             announce,
             spans_processes: false,
@@ -45,7 +70,7 @@ impl ChatRooms {
     #[allow(dead_code)] // the axum example has no backplane
     pub fn with_backplane(backplane: impl Backplane + Clone, announce: bool) -> Self {
         ChatRooms {
-            rooms: Rooms::with_backplane("chat-rooms", backplane.clone()),
+            rooms: Rooms::with_backplane("chat-rooms", backplane.clone()).with_history(history()),
             users: Rooms::with_backplane("chat-users", backplane),
             announce,
             spans_processes: true,
@@ -64,6 +89,14 @@ impl ChatRooms {
 
     /// A handler for the WebSocket request with this query string, or a 400 message.
     pub fn handler_for(&self, query: &str) -> Result<Chat, String> {
+        let resume = match query_param(query, "resume") {
+            Ok(Some(position)) => Some(
+                position
+                    .parse()
+                    .map_err(|_| "invalid resume: it must be a position\n".to_owned())?,
+            ),
+            _ => None,
+        };
         Ok(Chat {
             username: username(query)?,
             room: match query_param(query, "room") {
@@ -71,6 +104,8 @@ impl ChatRooms {
                 Ok(None) => DEFAULT_ROOM.to_owned(),
                 Err(_) => return Err("invalid room: it must be valid UTF-8\n".into()),
             },
+            positions: resume.is_some() || matches!(query_param(query, "positions"), Ok(Some(_))),
+            resume,
             chat: self.clone(),
             joined: false,
         })
@@ -81,6 +116,10 @@ impl ChatRooms {
 pub struct Chat {
     username: String,
     room: String,
+    /// The client asked for positions: it gets room messages tagged.
+    positions: bool,
+    /// The client comes back: the last position it saw in `room`.
+    resume: Option<Position>,
     chat: ChatRooms,
     /// Whether joining took this connection (it refuses one that already closed): only
     /// then is there a join, and so a leave, to announce.
@@ -106,14 +145,26 @@ impl Chat {
                 return;
             }
         };
-        if to != self.room {
-            let from = std::mem::replace(&mut self.room, to.clone());
-            self.chat.rooms.leave(&from, conn.id());
-            self.announce(&from, "left");
+        if to == self.room {
+            let _ = conn.send(format!("You are in room {to}"));
+            return;
+        }
+        let from = std::mem::replace(&mut self.room, to.clone());
+        self.chat.rooms.leave(&from, conn.id());
+        self.announce(&from, "left");
+        let moved = format!("You are in room {to}");
+        if self.positions {
+            // Said before joining: whatever comes after it is of the new room, so a page
+            // that keeps the last position it saw knows which room it is of.
+            let _ = conn.send(moved);
+            self.chat.rooms.join_tagged(to.clone(), conn);
+            self.announce(&to, "joined");
+        } else {
+            // The classic order: the new room's notice first.
             self.chat.rooms.join(to.clone(), conn);
             self.announce(&to, "joined");
+            let _ = conn.send(moved);
         }
-        let _ = conn.send(format!("You are in room {to}"));
     }
 
     fn private_message(&self, conn: &Connection, to_and_text: &str) {
@@ -137,7 +188,22 @@ impl Chat {
 #[async_trait]
 impl WebSocketHandler for Chat {
     async fn on_open(&mut self, conn: &Connection) {
-        self.joined = self.chat.rooms.join(self.room.clone(), conn);
+        let rooms = &self.chat.rooms;
+        self.joined = match (self.resume, self.positions) {
+            (Some(after), _) => match rooms.resume(self.room.clone(), conn, &after).await {
+                Ok(resumed) => {
+                    let _ = conn.send(format!("Recovered {} missed messages", resumed.replayed));
+                    true
+                }
+                Err(ResumeError::Closed) => false,
+                Err(why) => {
+                    let _ = conn.send(format!("Could not recover the messages you missed: {why}"));
+                    true
+                }
+            },
+            (None, true) => rooms.join_tagged(self.room.clone(), conn),
+            (None, false) => rooms.join(self.room.clone(), conn),
+        };
         if self.joined {
             self.chat.users.join(self.username.clone(), conn);
             self.announce(&self.room, "joined");

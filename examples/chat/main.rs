@@ -10,6 +10,11 @@
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! ```
 //!
+//! `--redis` shares the rooms losslessly (a Redis stream per room): every server delivers
+//! every message once, in one order, through Redis outages, and a page can resume on any
+//! server. `--redis-pubsub` uses plain pub/sub instead: cheaper, but what is published
+//! while a server is not subscribed is lost to it.
+//!
 //! Routes:
 //! - `/` leads to `/chat.htm`, the page;
 //! - `/api/Chat?username=NAME&room=ROOM` is the WebSocket. NAME is trimmed and must then be
@@ -53,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr,
         announce,
         redis,
+        lossless,
         trim,
     } = parse_args()?;
     // The crate's warnings (a panicking handler, a lost Redis connection) go to stderr.
@@ -60,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();
-    let (chat, backplane) = open_rooms(redis.as_deref(), announce)?;
+    let (chat, backplane) = open_rooms(redis.as_deref(), lossless, announce)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("Chat server running. Open http://{local}/chat.htm in a browser.");
@@ -251,14 +257,19 @@ impl Backplane {
 }
 
 /// The chat's rooms: local, or shared with other processes through Redis.
-fn open_rooms(redis: Option<&str>, announce: bool) -> Result<(ChatRooms, Backplane), String> {
+fn open_rooms(
+    redis: Option<&str>,
+    lossless: bool,
+    announce: bool,
+) -> Result<(ChatRooms, Backplane), String> {
     let Some(url) = redis else {
         return Ok((ChatRooms::new(announce), Backplane::default()));
     };
     #[cfg(feature = "redis")]
     {
         use websocket_handler::backplane::{RedisBackplane, RedisConfig};
-        let redis = RedisBackplane::new(RedisConfig::new(url)).map_err(|e| e.to_string())?;
+        let config = RedisConfig::new(url).lossless(lossless);
+        let redis = RedisBackplane::new(config).map_err(|e| e.to_string())?;
         // Say when the rooms span the servers and when they do not.
         let mut state = redis.state_changes();
         tokio::spawn(async move {
@@ -272,7 +283,7 @@ fn open_rooms(redis: Option<&str>, announce: bool) -> Result<(ChatRooms, Backpla
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = announce;
+        let _ = (announce, lossless);
         Err(format!(
             "--redis {url}: this build has no Redis support; \
              run with `cargo run --example chat --features redis -- --redis {url}`"
@@ -295,6 +306,8 @@ struct Args {
     addr: SocketAddr,
     announce: bool,
     redis: Option<String>,
+    /// `--redis` (streams) rather than `--redis-pubsub`.
+    lossless: bool,
     trim: bool,
 }
 
@@ -303,22 +316,30 @@ fn parse_args() -> Result<Args, String> {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut announce = true;
     let mut redis = None;
+    let mut lossless = true;
     let mut trim = true;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
             "--no-notices" => announce = false,
             "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+            "--redis-pubsub" => {
+                redis = Some(args.next().ok_or("--redis-pubsub needs a URL")?);
+                lossless = false;
+            }
             "--no-trim" => trim = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: chat [--addr HOST:PORT] [--no-notices] [--redis URL] [--no-trim]\n  \
+                    "usage: chat [--addr HOST:PORT] [--no-notices] [--no-trim]\n            \
+                     [--redis URL | --redis-pubsub URL]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --no-notices  do not announce joins and leaves\n  \
                      --no-trim     keep memory freed after a storm in the allocator\n                \
                      (to measure what trimming gives back)\n  \
-                     --redis URL   share the room with other servers through Redis\n                \
-                     (redis://127.0.0.1:6379; needs --features redis)"
+                     --redis URL   share the rooms with other servers through Redis, losslessly\n                \
+                     (redis://127.0.0.1:6379; needs --features redis)\n  \
+                     --redis-pubsub URL  the same through plain pub/sub: cheaper, but a server\n                \
+                     that is not subscribed (Redis restarting) misses messages"
                 );
                 std::process::exit(0);
             }
@@ -332,6 +353,7 @@ fn parse_args() -> Result<Args, String> {
         addr,
         announce,
         redis,
+        lossless,
         trim,
     })
 }

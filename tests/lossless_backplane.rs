@@ -1,0 +1,391 @@
+//! The lossless Redis backplane (`--redis`, a Redis stream per topic) loses nothing: chat
+//! example processes on a real `redis-server`, a paced sender, and Redis disturbed mid-run.
+//! Every listener on every server must get every message exactly once, in order. A client
+//! that drops and comes back with the last position it saw gets what it missed, once.
+//!
+//! Needs `redis-server` (Debian package `redis-server`): without it these tests fail under
+//! CI and are skipped loudly elsewhere.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{connect, next_text, send_text, within, ChatServer, Client};
+
+/// Messages the sender sends in each run, and how fast.
+const MESSAGES: usize = 300;
+const PACE: Duration = Duration::from_millis(10);
+/// The disturbance comes once every listener has this many.
+const DISTURB_AT: usize = 100;
+
+/// What happens to Redis mid-run.
+#[derive(Clone, Copy, Debug)]
+enum Disturbance {
+    /// Every subscription is killed: `CLIENT KILL TYPE pubsub`, and the connections blocked
+    /// reading a stream (what subscriptions are in lossless mode).
+    KillSubscriptions,
+    /// Every other connection is killed: `CLIENT KILL TYPE normal`.
+    KillConnections,
+    /// Redis is killed, and started again (empty) 2 s later.
+    Restart,
+}
+
+async fn chat_servers(n: usize, url: &str) -> Vec<ChatServer> {
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        servers
+            .push(ChatServer::start_with("127.0.0.1:0", &["--no-notices", "--redis", url]).await);
+    }
+    for server in &mut servers {
+        server.wait_for_stderr("Redis backplane: Connected").await;
+    }
+    servers
+}
+
+/// Connects `name` to a chat server (the classic protocol) and waits until it is in the
+/// room: its own `NAME: here` has come back.
+async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
+    let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
+    send_text(&mut client, "here").await;
+    while next_text(&mut client).await != format!("{name}: here") {}
+    client
+}
+
+/// An admin connection to Redis, for the disturbances.
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    within(
+        "an admin connection to Redis",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connect to Redis")
+}
+
+/// Kills the connections blocked in `XREAD` (the lossless mode's readers) and every
+/// pub/sub one; returns how many were killed.
+async fn kill_subscriptions(url: &str) -> usize {
+    let mut conn = admin(url).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    let mut killed = 0;
+    for line in list.lines().filter(|line| line.contains(" cmd=xread ")) {
+        let id = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("id="))
+            .expect("CLIENT LIST has ids");
+        let n: usize = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL ID");
+        killed += n;
+    }
+    let n: usize = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL TYPE pubsub");
+    killed + n
+}
+
+async fn kill_connections(url: &str) -> usize {
+    let mut conn = admin(url).await;
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL TYPE normal")
+}
+
+/// Reads what a listener gets until it has `from`'s messages `start..end`, and checks they
+/// come as `start, start + 1, ...`: none lost, none twice, none out of order. Other lines
+/// are skipped.
+async fn expect_in_order(listener: &mut Client, name: &str, from: &str, start: usize, end: usize) {
+    let prefix = format!("{from}: ");
+    let mut next = start;
+    while next < end {
+        let text = match tokio::time::timeout(common::WAIT, next_text(listener)).await {
+            Ok(text) => text,
+            Err(_) => panic!("{name} got {from}'s messages up to {next} (of {end}), then nothing"),
+        };
+        let Some(n) = text.strip_prefix(&prefix) else {
+            continue; // the other listeners' "here"
+        };
+        let Ok(n) = n.parse::<usize>() else { continue };
+        assert_eq!(
+            n, next,
+            "{name} got {from}'s message {n} when {next} was next (lost, repeated or out of order)"
+        );
+        next += 1;
+    }
+}
+
+async fn nothing_lost(servers: usize, disturbance: Disturbance) {
+    let test = format!("lossless_backplane::{servers}_servers_{disturbance:?}");
+    let Some(redis) = RedisServer::start(&test).await else {
+        return;
+    };
+    let url = redis.url();
+    let port = redis.port;
+    let mut redis = Some(redis);
+    let chat = chat_servers(servers, &url).await;
+    let mut listeners = Vec::new();
+    for (s, server) in chat.iter().enumerate() {
+        listeners.push((
+            format!("listener{s}"),
+            chat_client(server.addr, &format!("listener{s}")).await,
+        ));
+    }
+    let mut sender = chat_client(chat[0].addr, "sender").await;
+
+    let sending = async move {
+        let mut pace = tokio::time::interval(PACE);
+        for n in 0..MESSAGES {
+            pace.tick().await;
+            send_text(&mut sender, &n.to_string()).await;
+        }
+        sender
+    };
+    let listening = async {
+        for (name, listener) in &mut listeners {
+            expect_in_order(listener, name, "sender", 0, DISTURB_AT).await;
+        }
+        match disturbance {
+            Disturbance::KillSubscriptions => {
+                let killed = kill_subscriptions(&url).await;
+                assert!(
+                    killed >= servers,
+                    "killed {killed} readers of {servers} servers"
+                );
+            }
+            Disturbance::KillConnections => {
+                let killed = kill_connections(&url).await;
+                assert!(
+                    killed >= 2 * servers,
+                    "killed {killed} connections of {servers} servers"
+                );
+            }
+            Disturbance::Restart => {
+                if let Some(redis) = redis.take() {
+                    redis.kill().await;
+                }
+                // The outage an operator would see: Redis back 2 s later, without its data.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                redis = Some(RedisServer::restart_on(port).await);
+            }
+        }
+        for (name, listener) in &mut listeners {
+            expect_in_order(listener, name, "sender", DISTURB_AT, MESSAGES).await;
+        }
+    };
+    let (mut sender, ()) = tokio::join!(sending, listening);
+    // Nothing more is on its way: the next line everyone gets is this one, so no duplicate
+    // was still in flight.
+    send_text(&mut sender, "last").await;
+    for (name, listener) in &mut listeners {
+        assert_eq!(
+            next_text(listener).await,
+            "sender: last",
+            "{name}'s next line"
+        );
+    }
+    expect_in_order(&mut sender, "the sender", "sender", 0, MESSAGES).await;
+    assert_eq!(next_text(&mut sender).await, "sender: last");
+    drop(redis);
+}
+
+#[tokio::test]
+async fn two_servers_every_subscription_killed() {
+    nothing_lost(2, Disturbance::KillSubscriptions).await;
+}
+
+#[tokio::test]
+async fn two_servers_every_connection_killed() {
+    nothing_lost(2, Disturbance::KillConnections).await;
+}
+
+#[tokio::test]
+async fn two_servers_redis_restarted() {
+    nothing_lost(2, Disturbance::Restart).await;
+}
+
+#[tokio::test]
+async fn three_servers_every_subscription_killed() {
+    nothing_lost(3, Disturbance::KillSubscriptions).await;
+}
+
+#[tokio::test]
+async fn three_servers_every_connection_killed() {
+    nothing_lost(3, Disturbance::KillConnections).await;
+}
+
+#[tokio::test]
+async fn three_servers_redis_restarted() {
+    nothing_lost(3, Disturbance::Restart).await;
+}
+
+/// A tagged room message as the chat sends it to clients that ask for positions:
+/// `@POSITION PREVIOUS text`.
+struct Tagged {
+    position: String,
+    previous: String,
+    text: String,
+}
+
+fn tagged(line: &str) -> Option<Tagged> {
+    let rest = line.strip_prefix('@')?;
+    let (position, rest) = rest.split_once(' ')?;
+    let (previous, text) = rest.split_once(' ')?;
+    Some(Tagged {
+        position: position.to_owned(),
+        previous: previous.to_owned(),
+        text: text.to_owned(),
+    })
+}
+
+/// Reads tagged lines until `from`'s messages `start..end` have come, each once and in
+/// order, each naming the one before it as its previous (the chain holds); returns the
+/// last position and the untagged lines seen meanwhile.
+async fn expect_tagged(
+    client: &mut Client,
+    from: &str,
+    start: usize,
+    end: usize,
+    mut last: Option<String>,
+) -> (String, Vec<String>) {
+    let prefix = format!("{from}: ");
+    let mut next = start;
+    let mut untagged = Vec::new();
+    while next < end {
+        let line = match tokio::time::timeout(common::WAIT, next_text(client)).await {
+            Ok(line) => line,
+            Err(_) => panic!("got {from}'s messages up to {next} (of {end}), then nothing"),
+        };
+        let Some(message) = tagged(&line) else {
+            untagged.push(line);
+            continue;
+        };
+        if let Some(last) = &last {
+            assert_eq!(
+                &message.previous, last,
+                "the chain of positions breaks at {line:?}"
+            );
+        }
+        last = Some(message.position.clone());
+        let Some(n) = message.text.strip_prefix(&prefix) else {
+            continue;
+        };
+        let n: usize = n
+            .parse()
+            .unwrap_or_else(|_| panic!("unexpected line {line:?}"));
+        assert_eq!(n, next, "got {from}'s message {n} when {next} was next");
+        next += 1;
+    }
+    (last.expect("at least one message"), untagged)
+}
+
+/// Waits for the line the chat sends after a resume, skipping room messages; returns it.
+async fn recovery_notice(client: &mut Client, untagged: &[String]) -> String {
+    let is_notice = |line: &str| line.starts_with("Recovered") || line.starts_with("Could not");
+    if let Some(line) = untagged.iter().find(|line| is_notice(line)) {
+        return line.clone();
+    }
+    loop {
+        let line = next_text(client).await;
+        if is_notice(&line) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_drops_gets_what_it_missed_once_on_any_server() {
+    let Some(redis) =
+        RedisServer::start("lossless_backplane::a_client_that_drops_gets_what_it_missed").await
+    else {
+        return;
+    };
+    let url = redis.url();
+    let chat = chat_servers(2, &url).await;
+    let (a, b) = (chat[0].addr, chat[1].addr);
+    let mut sender = chat_client(a, "sender").await;
+    // On ann's server: once it has a message, so has the server's history.
+    let mut witness = chat_client(b, "witness").await;
+    let mut ann = connect(b, "/api/Chat?username=ann&positions=1").await;
+    send_text(&mut ann, "here").await;
+    let here = tagged(&next_text(&mut ann).await).expect("a tagged line");
+    assert_eq!(here.text, "ann: here");
+    let mut last = here.position;
+
+    // Live, then dropped while 30 messages go by.
+    for n in 0..20 {
+        send_text(&mut sender, &n.to_string()).await;
+    }
+    (last, _) = expect_tagged(&mut ann, "sender", 0, 20, Some(last)).await;
+    drop(ann);
+    for n in 20..50 {
+        send_text(&mut sender, &n.to_string()).await;
+    }
+    expect_in_order(&mut witness, "the witness", "sender", 0, 50).await;
+
+    // Back on the same server: the 30 it missed, once, in order, and it is told.
+    let path = format!("/api/Chat?username=ann&resume={last}");
+    let mut ann = connect(b, &path).await;
+    let (back, untagged) = expect_tagged(&mut ann, "sender", 20, 50, Some(last)).await;
+    assert_eq!(
+        recovery_notice(&mut ann, &untagged).await,
+        "Recovered 30 missed messages"
+    );
+    last = back;
+    drop(ann);
+
+    // Back on a server started after the messages went by, which never saw them: they
+    // come from Redis. The sender keeps sending meanwhile: at the seam between replay and
+    // live messages, nothing is lost or repeated.
+    for n in 50..80 {
+        send_text(&mut sender, &n.to_string()).await;
+    }
+    let mut fresh = chat_servers(1, &url).await;
+    let c = fresh[0].addr;
+    let sending = async {
+        let mut pace = tokio::time::interval(Duration::from_millis(5));
+        for n in 80..200 {
+            pace.tick().await;
+            send_text(&mut sender, &n.to_string()).await;
+        }
+    };
+    let resuming = async {
+        let mut ann = connect(c, &format!("/api/Chat?username=ann&resume={last}")).await;
+        let (_, untagged) = expect_tagged(&mut ann, "sender", 50, 200, Some(last.clone())).await;
+        let notice = recovery_notice(&mut ann, &untagged).await;
+        assert!(notice.starts_with("Recovered "), "{notice}");
+        ann
+    };
+    let ((), mut ann) = tokio::join!(sending, resuming);
+
+    // Nothing more on its way.
+    send_text(&mut sender, "last").await;
+    let line = next_text(&mut ann).await;
+    assert!(line.ends_with(" sender: last"), "{line}");
+
+    // A position of another history: the client is told, and gets the live messages.
+    let mut bob = connect(c, "/api/Chat?username=bob&resume=1.5").await;
+    let notice = recovery_notice(&mut bob, &[]).await;
+    assert!(notice.starts_with("Could not recover"), "{notice}");
+    send_text(&mut sender, "after").await;
+    let line = next_text(&mut bob).await;
+    assert!(line.ends_with(" sender: after"), "{line}");
+    drop(fresh.pop());
+}
