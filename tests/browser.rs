@@ -156,8 +156,8 @@ fn tool(variable: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
+/// The browser and its driver, or `None` after saying the test `test` is skipped.
+fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
     let chromium = tool("CHROMIUM", "/usr/bin/chromium");
     let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
     let missing: Vec<_> = [&chromium, &chromedriver]
@@ -167,13 +167,39 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
     if !missing.is_empty() {
         let why =
             format!("needs {missing:?} (Debian: apt-get install -y chromium chromium-driver)");
-        common::skip(
-            "browser::two_browsers_chat_and_reconnect_after_a_server_restart",
-            &why,
-        );
-        return;
+        common::skip(test, &why);
+        return None;
     }
+    Some((chromium, chromedriver))
+}
 
+/// What each page showed, added to `error`, to see why a scenario failed.
+async fn report(error: &dyn std::error::Error, pages: &[(&Client, &str)]) -> String {
+    let mut report = error.to_string();
+    for (client, name) in pages {
+        let status = bounded(
+            &format!("{name}'s status"),
+            client.execute(
+                "return document.getElementById('status').textContent;",
+                vec![],
+            ),
+        )
+        .await;
+        report += &format!(
+            "\n{name}'s status: {status:?}\n{name}'s lines: {:?}",
+            lines(client).await
+        );
+    }
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
+    let Some((chromium, chromedriver)) =
+        tools("browser::two_browsers_chat_and_reconnect_after_a_server_restart")
+    else {
+        return;
+    };
     let started = Instant::now();
     let server = ChatServer::start("127.0.0.1:0").await;
     let mut driver = ChromeDriver::start(&chromedriver);
@@ -181,23 +207,9 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
     let bob = driver.browser(&chromium).await.expect("bob's browser");
     let mut outcome = chat(server, &alice, &bob).await;
     if let Err(error) = &outcome {
-        // What each page showed, to see why.
-        let mut report = error.to_string();
-        for (client, name) in [(&alice, "alice"), (&bob, "bob")] {
-            let status = bounded(
-                &format!("{name}'s status"),
-                client.execute(
-                    "return document.getElementById('status').textContent;",
-                    vec![],
-                ),
-            )
-            .await;
-            report += &format!(
-                "\n{name}'s status: {status:?}\n{name}'s lines: {:?}",
-                lines(client).await
-            );
-        }
-        outcome = Err(report.into());
+        outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
+            .await
+            .into());
     }
     // Close the browsers whatever happened; the driver's drop ends anything left.
     let _ = bounded("alice's browser to close", alice.close()).await;
@@ -207,6 +219,113 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
         panic!("{error}");
     }
     eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Two chat servers sharing the room through Redis (lossless). The page is on server A;
+/// A is killed; a client on server B says five things; A starts again: the page
+/// reconnects, shows each of the five once, in order, and says it recovered them.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_recovers_what_was_said_while_its_server_restarted() {
+    use common::redis_server::RedisServer;
+
+    let test = "browser::a_page_recovers_what_was_said_while_its_server_restarted";
+    let Some((chromium, chromedriver)) = tools(test) else {
+        return;
+    };
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let args = ["--no-notices", "--redis", &redis.url()].map(str::to_owned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = ChatServer::start_with("127.0.0.1:0", &args).await;
+    let mut b = ChatServer::start_with("127.0.0.1:0", &args).await;
+    a.wait_for_stderr("Redis backplane: Connected").await;
+    b.wait_for_stderr("Redis backplane: Connected").await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let carol = driver.browser(&chromium).await.expect("carol's browser");
+    let mut outcome = recover(a, &b, &args, &carol).await;
+    if let Err(error) = &outcome {
+        outcome = Err(report(&**error, &[(&carol, "carol")]).await.into());
+    }
+    let _ = bounded("carol's browser to close", carol.close()).await;
+    drop(driver);
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn recover(a: ChatServer, b: &ChatServer, args: &[&str], carol: &Client) -> Result<()> {
+    use common::{next_text, send_text};
+
+    let addr = a.addr;
+    bounded(
+        "carol's page to load",
+        carol.goto(&format!("http://{addr}/chat.htm")),
+    )
+    .await?;
+    let field = bounded(
+        "carol's username field",
+        carol.wait().for_element(Locator::Id("username")),
+    )
+    .await?;
+    bounded(
+        "carol's username to be typed",
+        field.send_keys(&format!("carol{}", char::from(Key::Enter))),
+    )
+    .await?;
+    wait_for_state(carol, "carol", "connected").await?;
+    say(carol, "carol is here").await?;
+    wait_for_line(carol, "carol", "carol: carol is here", 0).await?;
+
+    // Dave, on the other server, speaks the classic protocol.
+    let mut dave = common::connect(b.addr, "/api/Chat?username=dave").await;
+    send_text(&mut dave, "before").await;
+    wait_for_line(carol, "carol", "dave: before", 0).await?;
+
+    a.kill().await;
+    wait_for_state(carol, "carol", "reconnecting").await?;
+    let missed: Vec<String> = (1..=5).map(|n| format!("missed {n}")).collect();
+    for text in &missed {
+        send_text(&mut dave, text).await;
+    }
+    // Dave sees his own lines once they are in Redis: they are there to recover.
+    let mut echoed = 0;
+    while echoed < missed.len() {
+        if next_text(&mut dave).await.starts_with("dave: missed") {
+            echoed += 1;
+        }
+    }
+
+    let a = ChatServer::start_with(&addr.to_string(), args).await;
+    wait_for_state(carol, "carol", "connected").await?;
+    wait_for_line(carol, "carol", "Recovered 5 missed messages", 0).await?;
+    send_text(&mut dave, "live again").await;
+    wait_for_line(carol, "carol", "dave: live again", 0).await?;
+    // Everything once, in order: the five between "before" and the notice, and no
+    // line twice anywhere.
+    let shown = lines(carol).await?;
+    let dave_lines: Vec<&str> = shown
+        .iter()
+        .map(String::as_str)
+        .filter(|line| line.starts_with("dave: "))
+        .collect();
+    let mut expected = vec!["dave: before".to_owned()];
+    expected.extend(missed.iter().map(|text| format!("dave: {text}")));
+    expected.push("dave: live again".into());
+    if dave_lines != expected {
+        return Err(format!("carol's page shows {dave_lines:?}, not {expected:?}").into());
+    }
+    let notice = shown
+        .iter()
+        .position(|line| line == "Recovered 5 missed messages");
+    let last_missed = shown.iter().position(|line| line == "dave: missed 5");
+    if notice < last_missed {
+        return Err("the page said it recovered before showing what it recovered".into());
+    }
+    drop(a);
+    Ok(())
 }
 
 /// The scenario itself; an error says which condition was not met in time.
@@ -290,6 +409,15 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     assert_eq!(server.addr, addr);
     wait_for_state(alice, "alice", "connected").await?;
     wait_for_state(bob, "bob", "connected").await?;
+    // The new process has no history of the old one's room: each page says so.
+    for (client, name, before) in [(alice, "alice", before_alice), (bob, "bob", before_bob)] {
+        wait_for(name, "that it could not recover what it missed", || async {
+            Ok(lines(client).await?[before..]
+                .iter()
+                .any(|line| line.starts_with("Could not recover the messages you missed")))
+        })
+        .await?;
+    }
     // Whoever came back second was announced to both as the second one online.
     for (client, name, before) in [(alice, "alice", before_alice), (bob, "bob", before_bob)] {
         wait_for(
