@@ -256,8 +256,11 @@ async fn wait_for_state(redis: &RedisBackplane, wanted: BackplaneState) {
         .expect("backplane task alive");
 }
 
+/// A pub/sub backplane (these tests are of that mode; tests/lossless_backplane.rs has the
+/// lossless one's).
 fn backplane(url: &str) -> RedisBackplane {
     let config = RedisConfig::new(url)
+        .lossless(false)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .max_pending(3);
     RedisBackplane::new(config).expect("valid URL, in a runtime")
@@ -477,7 +480,7 @@ async fn a_publishing_flood_does_not_hold_up_receiving() {
     else {
         return;
     };
-    let config = |url: String| RedisConfig::new(url).max_pending(1_000_000);
+    let config = |url: String| RedisConfig::new(url).lossless(false).max_pending(1_000_000);
     let busy = RedisBackplane::new(config(server.url())).expect("backplane");
     let quiet = RedisBackplane::new(config(server.url())).expect("backplane");
     let flood = WebSocketCollection::with_backplane("flood", busy.clone());
@@ -566,4 +569,110 @@ async fn a_channel_redis_refuses_is_reported_and_the_others_keep_flowing() {
         "a refusal is not a lost connection: {stats:?}"
     );
     assert_eq!(a.state(), BackplaneState::Connected);
+}
+
+/// A lossless backplane on `url` that reconnects fast.
+fn lossless(url: &str) -> RedisBackplane {
+    let config = RedisConfig::new(url)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    RedisBackplane::new(config).expect("valid URL, in a runtime")
+}
+
+/// In lossless mode too, Redis refusing one topic's stream (an ACL on its keys) is not an
+/// outage: publishing to it and reading it are refused and counted, and every other topic
+/// keeps flowing both ways, without reconnecting.
+#[tokio::test]
+async fn lossless_a_stream_redis_refuses_is_reported_and_the_others_keep_flowing() {
+    let Some(redis) = RedisServer::start(
+        "backplane_redis::lossless_a_stream_redis_refuses_is_reported_and_the_others_keep_flowing",
+    )
+    .await
+    else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).expect("admin url");
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "streams",
+            "on",
+            ">pw",
+            "~{websocket-handler:ok}*",
+            "+@all",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let url = format!("redis://streams:pw@127.0.0.1:{}", redis.port);
+    let (a, b) = (lossless(&url), lossless(&url));
+    let ok_a = WebSocketCollection::with_backplane("ok", a.clone());
+    let denied_a = WebSocketCollection::with_backplane("denied", a.clone());
+    let ok_b = WebSocketCollection::with_backplane("ok", b.clone());
+    let mut on_b = client_in(&ok_b).await;
+    let mut on_a = client_in(&ok_a).await;
+    let mut denied = client_in(&denied_a).await;
+    wait_for_state(&a, BackplaneState::Connected).await;
+    wait_for_state(&b, BackplaneState::Connected).await;
+
+    denied_a.broadcast("refused by Redis");
+    ok_a.broadcast("from a");
+    assert_eq!(next_text(&mut on_b).await, "from a");
+    assert_eq!(next_text(&mut on_a).await, "from a", "its own, read back");
+    ok_b.broadcast("from b");
+    assert_eq!(next_text(&mut on_a).await, "from b");
+    let stats = a.stats();
+    assert_eq!(stats.refused, 1, "the refused publication: {stats:?}");
+    assert!(
+        stats.refused_subscriptions >= 1,
+        "the refused stream: {stats:?}"
+    );
+    assert_eq!(stats.disconnects, 0, "no reconnecting: {stats:?}");
+    assert_eq!(a.state(), BackplaneState::Connected);
+    // The refused topic's member got nothing: the next thing it sees is its close.
+    drop(denied_a);
+    let next = tokio::time::timeout(Duration::from_millis(200), next_text(&mut denied)).await;
+    assert!(next.is_err(), "the refused topic delivered {next:?}");
+}
+
+/// `SCRIPT FLUSH` (an operator, or a failover to a replica without the script) does not
+/// lose what is being published: the script is loaded again and the messages go out.
+#[tokio::test]
+async fn lossless_a_flushed_script_is_loaded_again_and_nothing_is_lost() {
+    let Some(redis) = RedisServer::start(
+        "backplane_redis::lossless_a_flushed_script_is_loaded_again_and_nothing_is_lost",
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (lossless(&redis.url()), lossless(&redis.url()));
+    let room_a = WebSocketCollection::with_backplane("t", a.clone());
+    let room_b = WebSocketCollection::with_backplane("t", b.clone());
+    let mut on_b = client_in(&room_b).await;
+    wait_for_state(&a, BackplaneState::Connected).await;
+    wait_for_state(&b, BackplaneState::Connected).await;
+    room_a.broadcast("before");
+    assert_eq!(next_text(&mut on_b).await, "before");
+
+    let client = redis::Client::open(redis.url()).expect("admin url");
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT FLUSH");
+    for n in 0..20 {
+        room_a.broadcast(format!("{n}"));
+    }
+    for n in 0..20 {
+        assert_eq!(next_text(&mut on_b).await, format!("{n}"));
+    }
+    assert_eq!(a.stats().refused, 0, "{:?}", a.stats());
 }

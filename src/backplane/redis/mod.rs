@@ -1,4 +1,5 @@
-//! The Redis backplane: one pub/sub channel per topic, one background task per backplane.
+//! The Redis backplane: one background task per backplane; one Redis stream per topic in
+//! lossless mode (`streams`), one pub/sub channel per topic otherwise (here).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,7 +52,7 @@ impl RedisConfig {
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
             max_pending_bytes: 64 << 20,
-            lossless: false,
+            lossless: true,
             retention: 10_000,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
@@ -82,14 +83,18 @@ impl RedisConfig {
         self
     }
 
-    /// The lossless mode: each topic is a Redis stream that every process reads from where
-    /// it left off, instead of a pub/sub channel. Then every process delivers every message
-    /// of a topic exactly once, in one order, with its position, through dropped and killed
+    /// The lossless mode (the default): each topic is a Redis stream that every process
+    /// reads from where it left off. Every process delivers every message of a topic
+    /// exactly once, in one order, with its position, through dropped and killed
     /// connections and a Redis restart, within the [`retention`](Self::retention); and
-    /// clients can resume on any process (see [`History`](crate::History)). The backplane is
-    /// then *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
-    /// they come back from Redis, a round trip later. Off by default (pub/sub: a broadcast
-    /// reaches the process's own clients at once, and other processes at most once).
+    /// clients can resume on any process (see [`History`](crate::History)). The backplane
+    /// is *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
+    /// they come back from Redis, a round trip later, and none while Redis is down.
+    ///
+    /// `false`: a pub/sub channel per topic. Cheaper for Redis, and a broadcast reaches
+    /// the process's own clients at once, Redis or not; but what is published while a
+    /// process is not subscribed (its connection dropped, Redis restarting) never reaches
+    /// it, and positions are per process.
     pub fn lossless(mut self, on: bool) -> Self {
         self.lossless = on;
         self
@@ -156,7 +161,9 @@ pub struct RedisStats {
     pub delivered: u64,
     /// Messages dropped before publishing because more than `max_pending` were waiting.
     pub dropped: u64,
-    /// Messages from other processes that never arrived (gaps in their sequence numbers).
+    /// Messages that never arrived: gaps in other processes' sequence numbers (pub/sub), or
+    /// in a stream's offsets (lossless: trimmed before this process read them, being away
+    /// longer than the retention).
     pub missed: u64,
     /// Messages received from Redis that were not envelopes of this crate.
     pub invalid: u64,
@@ -186,12 +193,17 @@ pub struct RedisStats {
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.
-/// - **Survives Redis going away.** The task reconnects by itself with backoff, resubscribes,
-///   and then publishes what queued up meanwhile (up to
-///   [`max_pending`](RedisConfig::max_pending)). Local broadcasts work throughout. Messages
-///   published while a process's subscription was down do not reach it: Redis pub/sub does
-///   not store them. Losses are counted in [`stats`](Self::stats) and logged with `tracing`
-///   (a full queue once per outage).
+/// - **Loses nothing** (lossless mode, the default: see [`RedisConfig::lossless`]). Each
+///   topic is a Redis stream; every process reads it from where it left off, so every
+///   process delivers every message once and in one order, through dropped connections
+///   and Redis restarts, within the [`retention`](RedisConfig::retention). Beyond it, what
+///   was trimmed unread is counted ([`RedisStats::missed`]) and logged.
+/// - **Survives Redis going away.** The task reconnects by itself with backoff, reads (or
+///   resubscribes) again, and then publishes what queued up meanwhile (up to
+///   [`max_pending`](RedisConfig::max_pending)). In pub/sub mode local broadcasts work
+///   throughout, and messages published while a process's subscription was down do not
+///   reach it: Redis pub/sub does not store them. Losses are counted in
+///   [`stats`](Self::stats) and logged with `tracing` (a full queue once per outage).
 /// - **Ends cleanly.** When the last clone and collection are dropped, the task publishes
 ///   what is still queued (for a second at most), closes its connections, and the state
 ///   becomes [`Stopped`](BackplaneState::Stopped).
@@ -252,7 +264,13 @@ struct Shared {
     connection: Mutex<Option<MultiplexedConnection>>,
     /// Lossless mode: what was published lately, in case Redis loses it.
     recent: Mutex<Recent>,
+    /// Lossless mode: history reads for resumes at once, each holding up to the retention
+    /// in memory: a crowd resuming together waits its turn instead.
+    history_reads: tokio::sync::Semaphore,
 }
+
+/// History reads ([`Backplane::missed`]) in flight at once, per backplane.
+const HISTORY_READS: usize = 4;
 
 /// Lossless mode: the envelopes published lately, by channel, with the epoch each went
 /// into, bounded by the retention; published again if Redis loses them.
@@ -404,6 +422,7 @@ impl RedisBackplane {
             history_resets: AtomicU64::new(0),
             connection: Mutex::new(None),
             recent: Mutex::new(Recent::default()),
+            history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
             disconnects: AtomicU64::new(0),
         });
         runtime.spawn(run(shared.clone(), client));

@@ -17,7 +17,7 @@
 //! - Offsets of one epoch are contiguous, so a gap (a reader away longer than the retention
 //!   kept) shows, and is counted and logged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +75,9 @@ type Entries = Vec<(String, Vec<(u64, Bytes)>)>;
 #[derive(Default)]
 struct Streams {
     read: HashMap<String, ReadState>,
+    /// Streams Redis refused to let us read (an ACL): left out of every read, so that they
+    /// do not take the others with them, until the subscriptions change.
+    refused: HashSet<String>,
 }
 
 struct ReadState {
@@ -129,6 +132,7 @@ pub(super) async fn serve(
             .into_iter()
             .map(|(channel, (offset, epoch))| (channel, ReadState { offset, epoch }))
             .collect(),
+        refused: HashSet::new(),
     };
     let result = async {
         shared.subscriptions_changed.store(false, Ordering::Release);
@@ -143,6 +147,7 @@ pub(super) async fn serve(
             tokio::pin!(read);
             let entries = loop {
                 if shared.subscriptions_changed.swap(false, Ordering::AcqRel) {
+                    streams.refused.clear();
                     // A topic was added: where it stands is read before anything more is
                     // published to it (same connection, in order), so none of its messages
                     // is skipped. The read in progress is cut short to take it in.
@@ -173,7 +178,10 @@ pub(super) async fn serve(
                     () = shared.work.notified() => {}
                 }
             };
-            streams.deliver(shared, &mut publisher, entries).await?;
+            match entries {
+                Read::Entries(entries) => streams.deliver(shared, &mut publisher, entries).await?,
+                Read::Refused => streams.find_refused(shared, &mut publisher).await?,
+            }
         }
     }
     .await;
@@ -221,8 +229,17 @@ impl Streams {
         };
         self.read.retain(|channel, _| wanted.contains(channel));
         for channel in wanted {
+            if self.refused.contains(&channel) {
+                continue;
+            }
             let keys = keys(&channel);
-            let epoch = epoch_of(conn, &keys).await?;
+            let epoch = match epoch_of(conn, &keys).await {
+                Err(SessionError::Redis(error)) if is_refusal(&error) => {
+                    self.refuse(shared, channel, &error);
+                    continue;
+                }
+                epoch => epoch?,
+            };
             match self.read.get_mut(&channel) {
                 Some(state) if state.epoch.is_some() && state.epoch != epoch => {
                     shared.history_resets.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +263,41 @@ impl Streams {
                     };
                     self.read.insert(channel, ReadState { offset, epoch });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves `channel` out of the reads: Redis refused it.
+    fn refuse(&mut self, shared: &Shared, channel: String, error: &redis::RedisError) {
+        shared.refused_subscriptions.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            channel,
+            %error,
+            "redis backplane: Redis refused to let us read this topic's stream; messages \
+             for it will not arrive"
+        );
+        self.read.remove(&channel);
+        self.refused.insert(channel);
+    }
+
+    /// A read was refused as a whole: finds the streams Redis refuses, one by one, and
+    /// leaves them out.
+    async fn find_refused(
+        &mut self,
+        shared: &Shared,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), SessionError> {
+        let channels: Vec<String> = self.read.keys().cloned().collect();
+        for channel in channels {
+            let probe: redis::RedisResult<u64> = redis::cmd("XLEN")
+                .arg(keys(&channel).stream)
+                .query_async(conn)
+                .await;
+            match probe {
+                Err(error) if is_refusal(&error) => self.refuse(shared, channel, &error),
+                Err(error) => return Err(error.into()),
+                Ok(_) => {}
             }
         }
         Ok(())
@@ -326,12 +378,19 @@ async fn epoch_of(
     Ok(epoch.and_then(|epoch| epoch.parse().ok()))
 }
 
+/// What one read brought.
+enum Read {
+    Entries(Entries),
+    /// Redis refused the read: one of the streams is not allowed.
+    Refused,
+}
+
 /// Waits for new entries in the streams read (at most [`BLOCK`]); by stream key, each
 /// entry's offset and envelope.
 fn read(
     mut conn: MultiplexedConnection,
     streams: &Streams,
-) -> impl std::future::Future<Output = Result<Entries, SessionError>> {
+) -> impl std::future::Future<Output = Result<Read, SessionError>> {
     let (keys, ids): (Vec<String>, Vec<String>) = streams
         .read
         .iter()
@@ -340,9 +399,9 @@ fn read(
     async move {
         if keys.is_empty() {
             tokio::time::sleep(BLOCK).await;
-            return Ok(Vec::new());
+            return Ok(Read::Entries(Vec::new()));
         }
-        let reply: Value = redis::cmd("XREAD")
+        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
@@ -351,8 +410,12 @@ fn read(
             .arg(&keys)
             .arg(&ids)
             .query_async(&mut conn)
-            .await?;
-        Ok(parse_read(reply))
+            .await;
+        match reply {
+            Ok(reply) => Ok(Read::Entries(parse_read(reply))),
+            Err(error) if is_refusal(&error) => Ok(Read::Refused),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -465,8 +528,23 @@ async fn publish_batch(
         }
     };
     let mut published = 0;
-    for ((channel, envelope), result) in batch.into_iter().zip(results) {
+    let mut results = batch.into_iter().zip(results);
+    while let Some(((channel, envelope), result)) = results.next() {
         match result {
+            Err(error) if error.code() == Some("NOSCRIPT") => {
+                // The script was flushed (SCRIPT FLUSH): this and the rest go back to the
+                // queue, and the next connection loads it again.
+                let mut pending = lock(&shared.pending);
+                let rest: Vec<_> = std::iter::once((channel, envelope))
+                    .chain(results.map(|(item, _)| item))
+                    .collect();
+                for item in rest.into_iter().rev() {
+                    pending.push_front(item);
+                }
+                drop(pending);
+                shared.published.fetch_add(published, Ordering::Relaxed);
+                return Err(error.into());
+            }
             Ok(reply) => {
                 published += 1;
                 let epoch = epoch_in(&reply);
@@ -544,11 +622,17 @@ fn new_epoch() -> String {
 /// stream's entries after `after`, if `after` is of its epoch and still kept.
 pub(super) fn missed(shared: &Arc<Shared>, channel: String, after: Position) -> MissedEnvelopes {
     let conn = lock(&shared.connection).clone();
+    let shared = shared.clone();
     let retention = shared.config.retention;
     Box::pin(async move {
         let Some(mut conn) = conn else {
             return Err(ResumeError::Unavailable);
         };
+        let _turn = shared
+            .history_reads
+            .acquire()
+            .await
+            .map_err(|_| ResumeError::Unavailable)?;
         let keys = keys(&channel);
         let unavailable = |_| ResumeError::Unavailable;
         let epoch = epoch_of(&mut conn, &keys).await.map_err(unavailable)?;
