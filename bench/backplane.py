@@ -6,10 +6,16 @@
     python3 bench/backplane.py --max-other-load 0.2   # shared machine: rerun disturbed runs
 
 Configurations (all examples/chat/main.rs with --no-notices, built with --features redis):
-  single   one chat process, no backplane: the figure the others are compared with
-  redis-1  one chat process with --redis: what the backplane costs local delivery
-  redis-2  two chat processes with --redis sharing one room: clients (and senders) spread
-           round-robin over them, so half of every broadcast's deliveries cross Redis
+  single      one chat process, no backplane: the figure the others are compared with
+  pubsub-1    one chat process with --redis-pubsub: what the backplane costs local delivery
+  pubsub-2    two chat processes with --redis-pubsub sharing one room: clients (and senders)
+              spread round-robin over them, so half of every broadcast's deliveries cross Redis
+  lossless-1  one chat process with --redis (a Redis stream per topic: every delivery, local
+              ones included, comes back from Redis first)
+  lossless-2  two chat processes with --redis sharing one room
+
+After each lossless run, the room's stream is measured in Redis (MEMORY USAGE, XLEN): what
+its retention costs per message.
 
 The script starts its own redis-server on a free port (no persistence), then for every load
 (closed loop, then each --rates value) and run index measures the configurations in
@@ -46,9 +52,17 @@ from benchlib import (ROOT, ServerOutput, cargo_build, fmt_stat, int_list, last_
                       median_ratios, ms, name_list, raise_nofile_limit, ratio, record_loadgen,
                       save, si, summarize, target_dir, terminate)
 
-ALL_CONFIGS = ["single", "redis-1", "redis-2"]
-# config -> (chat processes, with --redis?)
-CONFIGS = {"single": (1, False), "redis-1": (1, True), "redis-2": (2, True)}
+ALL_CONFIGS = ["single", "pubsub-1", "pubsub-2", "lossless-1", "lossless-2"]
+# config -> (chat processes, the chat's Redis flag or None)
+CONFIGS = {
+    "single": (1, None),
+    "pubsub-1": (1, "--redis-pubsub"),
+    "pubsub-2": (2, "--redis-pubsub"),
+    "lossless-1": (1, "--redis"),
+    "lossless-2": (2, "--redis"),
+}
+# The chat's rooms topic, as a lossless stream key (see src/backplane/redis/streams.rs).
+ROOMS_STREAM = "{websocket-handler:chat-rooms}"
 CONNECTED_LINE = "Redis backplane: Connected"
 # Metrics aggregated per (load, config): key -> higher is better?
 METRICS = {
@@ -275,6 +289,26 @@ class Redis:
         except OSError:
             return False
 
+    def command(self, *args: str) -> int | str | None:
+        """One command, RESP2; an integer, a string or None (nil). RuntimeError on an error
+        reply."""
+        request = f"*{len(args)}\r\n" + "".join(
+            f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(request.encode())
+            reply = s.makefile("rb")
+            line = reply.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:].decode()
+            if kind == b":":
+                return int(rest)
+            if kind == b"+":
+                return rest
+            if kind == b"$":
+                if int(rest) < 0:
+                    return None
+                return reply.read(int(rest) + 2)[:-2].decode()
+            raise RuntimeError(f"redis answered {line!r} to {args[0]}")
+
     def log_tail(self, chars: int = 400) -> str:
         self.log.flush()
         self.log.seek(0)
@@ -288,11 +322,11 @@ class Redis:
 class Chat(ServerOutput):
     """One chat process on port 0; with `redis_url`, ready only once subscribed and healthy."""
 
-    def __init__(self, binary: Path, redis_url: str | None, work_dir: Path):
+    def __init__(self, binary: Path, redis_url: str | None, flag: str | None, work_dir: Path):
         self.stderr = tempfile.TemporaryFile(mode="w+b", dir=work_dir)
         cmd = [str(binary), "--addr", "127.0.0.1:0", "--no-notices"]
         if redis_url:
-            cmd += ["--redis", redis_url]
+            cmd += [flag or "--redis", redis_url]
         self.proc = PROCS.start(cmd, stdout=subprocess.PIPE, stderr=self.stderr)
         try:
             addr, seen = self.read_address(timeout=15.0)
@@ -362,9 +396,24 @@ def run_loadgen(cmd: list[str], timeout: float) -> tuple[int | None, str, str]:
         return proc.returncode, out.read(), err.read()
 
 
+def stream_memory(redis: "Redis") -> dict | None:
+    """The rooms stream's length and bytes in Redis; then it is deleted, so that every run
+    starts from an empty stream."""
+    try:
+        entries = int(redis.command("XLEN", ROOMS_STREAM))
+        used = int(redis.command("MEMORY", "USAGE", ROOMS_STREAM, "SAMPLES", "0") or 0)
+        redis.command("DEL", ROOMS_STREAM, ROOMS_STREAM + ":offset", ROOMS_STREAM + ":epoch")
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not entries:
+        return None
+    return {"entries": entries, "bytes": used, "bytes_per_entry": used / entries}
+
+
 def run_one(args: argparse.Namespace, bins: dict[str, Path], redis: Redis, config: str,
             rate: int, run_index: int, work_dir: Path) -> dict:
-    count, with_redis = CONFIGS[config]
+    count, flag = CONFIGS[config]
+    with_redis = flag is not None
     record = {"config": config, "rate": rate, "run": run_index, "ok": False, "error": None,
               "loadgen": None, "chat_pids": [], "redis_pid": redis.pid if with_redis else None}
     started = time.monotonic()
@@ -375,7 +424,8 @@ def run_one(args: argparse.Namespace, bins: dict[str, Path], redis: Redis, confi
     try:
         try:
             for _ in range(count):
-                chats.append(Chat(bins["chat"], redis.url if with_redis else None, work_dir))
+                chats.append(Chat(bins["chat"], redis.url if with_redis else None, flag,
+                                  work_dir))
         except (OSError, RuntimeError) as error:
             record["error"] = f"chat start: {error}"
             return record
@@ -406,6 +456,8 @@ def run_one(args: argparse.Namespace, bins: dict[str, Path], redis: Redis, confi
         if with_redis and redis.proc.poll() is not None:
             record["ok"] = False
             record["error"] = (record["error"] or "") + " redis-server exited"
+        if flag == "--redis" and redis.proc.poll() is None:
+            record["stream"] = stream_memory(redis)
     finally:
         record["chat_exit"] = [c.stop() for c in chats]
         # Anything the chat processes said beyond their state changes (warnings of drops).
@@ -503,8 +555,8 @@ def markdown(report: dict) -> str:
         f"median of {args['runs']} run(s), (min–max) when they differ; "
         f"{args['duration']:g} s measured after {args['warmup']:g} s warm-up; closed loop with "
         f"window {args['window']}, open loop at the given broadcasts/s (all senders together). "
-        "single: one chat process; redis-1: one with --redis; redis-2: two with --redis, "
-        "clients and senders spread over them. ÷ single: the configuration's median divided "
+        "single: one chat process; pubsub-N: N with --redis-pubsub; lossless-N: N with "
+        "--redis (streams); with two, clients and senders are spread over them. ÷ single: the configuration's median divided "
         "by single's in the same run (deliveries/s: below 1 = slower; p99: above 1 = slower). "
         "CPU is per million deliveries over the measured phase; chat is summed over the chat "
         "processes, redis is redis-server's. Other load: cores that processes other than "
@@ -539,14 +591,22 @@ def markdown(report: dict) -> str:
                 f"| {fmt_stat(entry.get('redis_cpu_s_per_million'), cpu, False)} "
                 f"| {fmt_stat(entry.get('other_load_cores'), lambda v: f'{v:.2f}')} |"
             )
-    if "redis-2" in configs:
-        lines += ["", "redis-2, p99 by path: deliveries by the sender's own server, and "
+    for two in [name for name in configs if name.endswith("-2")]:
+        lines += ["", f"{two}, p99 by path: deliveries by the sender's own server, and "
                   "those that crossed Redis to the other server.", "",
                   "| load | p99 ms, same server | p99 ms, through Redis |", "|---|---:|---:|"]
         for agg in aggregates:
-            entry = agg["configs"].get("redis-2") or {}
+            entry = agg["configs"].get(two) or {}
             lines.append(f"| {agg['load']} | {fmt_stat(entry.get('p99_same_us'), ms)} "
                          f"| {fmt_stat(entry.get('p99_cross_us'), ms)} |")
+    streams = [r["stream"] for r in report["runs"] if r.get("stream")]
+    if streams:
+        per = sorted(s["bytes_per_entry"] for s in streams)
+        entries = sorted(s["entries"] for s in streams)
+        lines += ["", f"Lossless: the room's stream in Redis held {entries[len(entries) // 2]:,} "
+                  f"entries (median of {len(streams)} runs; retention 10,000, trimmed "
+                  f"approximately) at {per[len(per) // 2]:.0f} bytes each "
+                  f"({per[0]:.0f}–{per[-1]:.0f}; {args['size']}-byte messages, MEMORY USAGE)."]
     odd = []
     for r in report["runs"]:
         m = flatten(r)
