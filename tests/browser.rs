@@ -78,10 +78,14 @@ impl ChromeDriver {
 
     /// A new browser (its own fresh profile) with a desktop-sized window.
     async fn browser(&mut self, chromium: &Path) -> Result<Client> {
+        // Unique across the tests of this process, which run side by side: two browsers
+        // sharing one profile directory end each other's sessions.
+        static NEXT_PROFILE: std::sync::atomic::AtomicUsize =
+            std::sync::atomic::AtomicUsize::new(0);
         let profile = std::env::temp_dir().join(format!(
             "websocket-handler-browser-{}-{}",
             std::process::id(),
-            self.profiles.len()
+            NEXT_PROFILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile)?;
@@ -95,6 +99,7 @@ impl ChromeDriver {
             "--disable-sync".into(),
             "--no-first-run".into(),
             "--disable-quic".into(),
+            "--disable-dev-shm-usage".into(),
             "--window-size=1000,700".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
