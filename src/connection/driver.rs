@@ -29,93 +29,164 @@ use crate::protocol::close::CloseFrame;
 
 /// Drives one connection until it ends, calling `handler` along the way. `lease` (the
 /// server's count of this connection, say) is held until `on_close` has returned.
-pub(crate) async fn run<R, W, H, L>(
-    read: R,
-    write: W,
+///
+/// The returned future is what an idle connection costs, so it holds each piece once: an
+/// `async fn` would keep a second copy of every argument (rustc moves each parameter into
+/// a local of the body), while a block's captures are used in place.
+pub(crate) fn run<R, W, H, L>(
+    socket: Socket<'_, R, W>,
     conn: Connection,
-    mut handler: H,
+    handler: H,
     settings: Settings,
     budget: Arc<PartialBudget>,
     lease: L,
-) where
+) -> impl Future<Output = ()> + Send
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Send + 'static,
     H: WebSocketHandler,
     L: Send,
 {
-    // Whatever happens below, the connection ends up closed, out of its collections, and its
-    // socket released; the lease goes last.
-    let guard = Guard {
-        conn: conn.clone(),
-        _lease: lease,
-    };
+    let Socket {
+        read,
+        leftover,
+        write,
+    } = socket;
+    let session = Session::new(read, leftover, &settings, budget, conn.id());
     let core = conn.core();
     core.metrics.opened();
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     core.attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
-    let mut run = Running {
-        session: Session::new(read, &settings, budget, conn.id()),
-        conn: &conn,
-        ended: false,
-        failure: None,
-        closed_cleanly: false,
+    let mut driver = Driver {
+        run: Running {
+            session,
+            conn,
+            ended: false,
+            failure: None,
+            closed_cleanly: false,
+        },
+        handler: Some(handler),
+        _lease: lease,
     };
+    async move { driver.drive().await }
+}
 
-    run.call(handler.on_open(&conn)).await;
-    while !run.ended && run.failure.is_none() && !run.closed_cleanly {
-        match run.session.next(core).await {
-            Event::Message(message) => run.call(handler.on_message(&conn, message)).await,
-            Event::End(end) => run.note(end),
+/// The upgraded connection's two halves.
+pub(crate) struct Socket<'a, R, W> {
+    pub(crate) read: R,
+    /// What the client sent behind its handshake, read along with it: decoded first.
+    pub(crate) leftover: &'a [u8],
+    pub(crate) write: W,
+}
+
+/// Everything one connection's task holds. Dropped however the task ends (a panic in the
+/// runtime, a cancelled task), it still ends the connection; the lease goes last.
+struct Driver<R, H, L> {
+    run: Running<R>,
+    /// Taken once `on_close` has returned, so that the handler goes before the lease.
+    handler: Option<H>,
+    _lease: L,
+}
+
+impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
+    async fn drive(&mut self) {
+        self.serve().await;
+        // Boxed: it runs once, at the end, and its state would otherwise be part of what
+        // every idle connection holds.
+        Box::pin(self.finish()).await;
+    }
+
+    /// `on_open`, then every message until the connection is over.
+    async fn serve(&mut self) {
+        let Some(handler) = self.handler.as_mut() else {
+            return;
+        };
+        let run = &mut self.run;
+        let conn = run.conn.clone();
+        // Boxed, each callback: what a callback in progress needs (its watch of the session)
+        // is then not part of what every idle connection holds.
+        Box::pin(run.call(handler.on_open(&conn))).await;
+        while !run.ended && run.failure.is_none() && !run.closed_cleanly {
+            // The event is taken apart before the next await, so that its slot is not part
+            // of what the task holds while the callback runs.
+            let message = match run.session.next(conn.core()).await {
+                Event::Message(message) => message,
+                Event::End(end) => {
+                    run.note(end);
+                    continue;
+                }
+            };
+            Box::pin(run.call(handler.on_message(&conn, message))).await;
         }
     }
 
-    // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
-    if let Some((messages, bytes)) = core.overflow() {
-        run.failure = Some(Error::SlowConsumer { messages, bytes });
-    }
-    if let Some(error) = run.failure.take() {
-        tracing::debug!(%error, "connection failed");
-        if let Error::HandlerPanicked { message } = &error {
-            tracing::error!(%message, "WebSocket handler panicked");
+    /// `on_error` if it failed, the end of the connection, then `on_close`.
+    async fn finish(&mut self) {
+        let Some(handler) = self.handler.as_mut() else {
+            return;
+        };
+        let run = &mut self.run;
+        let conn = run.conn.clone();
+        let core = conn.core();
+
+        // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
+        if let Some((messages, bytes)) = core.overflow() {
+            run.failure = Some(Box::new(Error::SlowConsumer { messages, bytes }));
         }
-        run.call(handler.on_error(&conn, &error)).await;
-        // Fail the connection with the code that says why, if it can still be sent:
-        // written within the close timeout, not waiting for the peer's answer.
-        if let Some(code) = error.close_code() {
-            if !run.ended {
-                core.queue_close(CloseFrame {
-                    code,
-                    reason: String::new(),
-                });
-                run.session.write_close(core).await;
+        if let Some(error) = run.failure.take() {
+            tracing::debug!(%error, "connection failed");
+            if let Error::HandlerPanicked { message } = &*error {
+                tracing::error!(%message, "WebSocket handler panicked");
+            }
+            run.call(handler.on_error(&conn, &error)).await;
+            // Fail the connection with the code that says why, if it can still be sent:
+            // written within the close timeout, not waiting for the peer's answer.
+            if let Some(code) = error.close_code() {
+                if !run.ended {
+                    core.queue_close(CloseFrame {
+                        code,
+                        reason: String::new(),
+                    });
+                    run.session.write_close(core).await;
+                }
             }
         }
-    }
-    run.end();
-    drop(run);
+        // The socket goes (the read half with `close_read`, the write half with `detach`)
+        // and the connection leaves every collection before `on_close`.
+        run.end();
 
-    let frame = core.first_close().unwrap_or_else(CloseFrame::abnormal);
-    core.metrics.closed(frame.code.as_u16());
-    tracing::debug!(code = frame.code.as_u16(), "connection closed");
-    if let Err(Error::HandlerPanicked { message }) = caught(handler.on_close(&conn, &frame)).await {
-        tracing::error!(%message, "WebSocket handler panicked in on_close");
+        let frame = core.first_close().unwrap_or_else(CloseFrame::abnormal);
+        core.metrics.closed(frame.code.as_u16());
+        tracing::debug!(code = frame.code.as_u16(), "connection closed");
+        if let Err(Error::HandlerPanicked { message }) =
+            caught(handler.on_close(&conn, &frame)).await
+        {
+            tracing::error!(%message, "WebSocket handler panicked in on_close");
+        }
+        self.handler = None;
     }
-    drop(guard);
+}
+
+impl<R, H, L> Drop for Driver<R, H, L> {
+    fn drop(&mut self) {
+        end_connection(&self.run.conn);
+        // Fields drop after this, in order: the session, the handler, then the lease.
+    }
 }
 
 /// The connection while its task runs it.
-struct Running<'a, R> {
+struct Running<R> {
     session: Session<R>,
-    conn: &'a Connection,
+    conn: Connection,
     /// The connection is over: its socket is gone and it has left its collections.
     ended: bool,
-    /// The first thing that went wrong.
-    failure: Option<Error>,
+    /// The first thing that went wrong (boxed: an idle connection carries the option only).
+    failure: Option<Box<Error>>,
     /// The close handshake completed.
     closed_cleanly: bool,
 }
 
-impl<R: AsyncRead + Unpin> Running<'_, R> {
+impl<R: AsyncRead + Unpin> Running<R> {
     /// Runs a handler callback while the session keeps the connection going. A panic
     /// becomes the connection's failure; if the connection is over before the callback
     /// returns, it is ended at once and the callback then finishes.
@@ -139,7 +210,7 @@ impl<R: AsyncRead + Unpin> Running<'_, R> {
             }
         };
         if let Err(panic) = result {
-            self.failure.get_or_insert(panic);
+            self.failure.get_or_insert(Box::new(panic));
         }
     }
 
@@ -147,7 +218,7 @@ impl<R: AsyncRead + Unpin> Running<'_, R> {
         match end {
             End::Closed => self.closed_cleanly = true,
             End::Failed(error) => {
-                self.failure.get_or_insert(error);
+                self.failure.get_or_insert(Box::new(error));
             }
         }
     }
@@ -157,7 +228,7 @@ impl<R: AsyncRead + Unpin> Running<'_, R> {
         if !self.ended {
             self.ended = true;
             self.session.close_read();
-            end_connection(self.conn);
+            end_connection(&self.conn);
         }
     }
 }
@@ -167,18 +238,6 @@ impl<R: AsyncRead + Unpin> Running<'_, R> {
 fn end_connection(conn: &Connection) {
     conn.core().detach();
     conn.mark_closed();
-}
-
-/// Ends the connection however `run` stops, and holds the lease until then.
-struct Guard<L> {
-    conn: Connection,
-    _lease: L,
-}
-
-impl<L> Drop for Guard<L> {
-    fn drop(&mut self) {
-        end_connection(&self.conn);
-    }
 }
 
 /// Runs a handler callback, turning a panic into [`Error::HandlerPanicked`]: a panicking

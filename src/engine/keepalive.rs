@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::engine::settings::Millis;
+
 /// What to do when [`KeepAlive::deadline`] passes.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -18,8 +20,8 @@ pub(crate) enum Due {
 }
 
 pub(crate) struct KeepAlive {
-    ping_interval: Option<Duration>,
-    idle_timeout: Option<Duration>,
+    ping_interval: Option<Millis>,
+    idle_timeout: Option<Millis>,
     /// When the peer last sent a frame.
     last_seen: Instant,
     /// When we last pinged, if after `last_seen`.
@@ -33,8 +35,8 @@ impl KeepAlive {
         now: Instant,
     ) -> Self {
         KeepAlive {
-            ping_interval,
-            idle_timeout,
+            ping_interval: ping_interval.map(Millis::new),
+            idle_timeout: idle_timeout.map(Millis::new),
             last_seen: now,
             last_ping: None,
         }
@@ -50,8 +52,8 @@ impl KeepAlive {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let ping = self
             .ping_interval
-            .map(|every| self.last_ping.unwrap_or(self.last_seen) + every);
-        let idle = self.idle_timeout.map(|after| self.last_seen + after);
+            .map(|every| self.last_ping.unwrap_or(self.last_seen) + every.get());
+        let idle = self.idle_timeout.map(|after| self.last_seen + after.get());
         match (ping, idle) {
             (Some(ping), Some(idle)) => Some(ping.min(idle)),
             (ping, idle) => ping.or(idle),
@@ -62,12 +64,15 @@ impl KeepAlive {
     pub(crate) fn due(&mut self, now: Instant) -> Due {
         if self
             .idle_timeout
-            .is_some_and(|after| now >= self.last_seen + after)
+            .is_some_and(|after| now >= self.last_seen + after.get())
         {
             return Due::Idle;
         }
         let since = self.last_ping.unwrap_or(self.last_seen);
-        if self.ping_interval.is_some_and(|every| now >= since + every) {
+        if self
+            .ping_interval
+            .is_some_and(|every| now >= since + every.get())
+        {
             self.last_ping = Some(now);
             return Due::Ping;
         }
@@ -75,7 +80,7 @@ impl KeepAlive {
     }
 
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
-        self.idle_timeout
+        self.idle_timeout.map(Millis::get)
     }
 }
 

@@ -12,7 +12,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::protocol::decode::{DecodeError, Decoder, Item, Limits};
@@ -55,11 +54,14 @@ pub(crate) struct Reader<R> {
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub(crate) fn new(io: R, limits: Limits, max_read: usize) -> Self {
+    /// A reader of `io`, after `leftover`: the bytes the client sent right behind its
+    /// handshake, which hyper read along with it. They are copied: hyper's slice would keep
+    /// its whole 8 KiB read buffer alive as long as the reader lives.
+    pub(crate) fn new(io: R, leftover: &[u8], limits: Limits, max_read: usize) -> Self {
         Reader {
             io: Some(io),
             decoder: Decoder::new(limits),
-            pending: Vec::new(),
+            pending: leftover.to_vec(),
             pending_at: 0,
             max_read: max_read.clamp(1, SCRATCH_SIZE),
             activity: false,
@@ -175,16 +177,4 @@ fn decode_read(
         }
     }
     Ok(None)
-}
-
-/// A reader of the bytes the client sent right behind its handshake, which hyper read along
-/// with it; chained before the socket. They are copied: hyper's slice would keep its whole
-/// 8 KiB read buffer alive as long as the reader lives.
-pub(crate) fn leftover(bytes: Bytes) -> io::Cursor<Bytes> {
-    let bytes = if bytes.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&bytes)
-    };
-    io::Cursor::new(bytes)
 }

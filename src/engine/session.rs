@@ -22,7 +22,7 @@ use crate::engine::core::Core;
 use crate::engine::keepalive::{Due, KeepAlive};
 use crate::engine::rate_limit::Bucket;
 use crate::engine::reader::{ReadError, Reader};
-use crate::engine::settings::Settings;
+use crate::engine::settings::{Millis, Settings};
 use crate::engine::writer::WriteEnd;
 use crate::error::Error;
 use crate::protocol::decode::{Item, Limits};
@@ -50,20 +50,22 @@ pub(crate) struct Session<R> {
     keepalive: KeepAlive,
     /// Armed for the keep-alive deadline; re-armed only when it fires (see `poll_timers`).
     keepalive_timer: Pin<Box<Sleep>>,
-    rate: Option<Bucket>,
+    /// Boxed, like `message`: off by default, and an idle connection carries only the option.
+    rate: Option<Box<Bucket>>,
     rate_per_second: u32,
-    close_timeout: Duration,
+    close_timeout: Millis,
     /// Armed once the close has been asked for.
     close_timer: Option<Pin<Box<Sleep>>>,
-    /// A message read while a callback ran, for the next [`next`](Self::next).
-    held: Option<Message>,
+    /// A message read while a callback ran, for the next [`next`](Self::next). Boxed:
+    /// rare, and what every idle connection would pay for inline.
+    held: Option<Box<Message>>,
     /// The peer's close frame has arrived: reading is over.
     peer_closed: bool,
     /// The writer has ended for good (a close frame is out).
     writes_ended: bool,
     /// The message in progress must finish by this deadline (see `poll_timers`).
-    message: Option<MessageDeadline>,
-    message_timeout: Duration,
+    message: Option<Box<MessageDeadline>>,
+    message_timeout: Millis,
     min_message_rate: u32,
     /// The server's budget for partial messages, and what this connection holds of it.
     budget: Arc<PartialBudget>,
@@ -85,8 +87,10 @@ struct MessageDeadline {
 const MESSAGE_WINDOW: Duration = Duration::from_secs(5);
 
 impl<R: AsyncRead + Unpin> Session<R> {
+    /// A session reading `read`, after `leftover` (bytes read along with the handshake).
     pub(crate) fn new(
         read: R,
+        leftover: &[u8],
         settings: &Settings,
         budget: Arc<PartialBudget>,
         id: crate::engine::id::ConnectionId,
@@ -100,18 +104,20 @@ impl<R: AsyncRead + Unpin> Session<R> {
         let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
         let first = keepalive.deadline().unwrap_or(now);
         Session {
-            reader: Reader::new(read, limits, settings.read_buffer_size),
+            reader: Reader::new(read, leftover, limits, settings.read_buffer_size),
             keepalive,
             keepalive_timer: Box::pin(tokio::time::sleep_until(first)),
-            rate: settings.rate_limit.map(|limit| Bucket::new(limit, now)),
+            rate: settings
+                .rate_limit
+                .map(|limit| Box::new(Bucket::new(limit, now))),
             rate_per_second: settings.rate_limit.map_or(0, |l| l.per_second as u32),
-            close_timeout: settings.close_timeout,
+            close_timeout: Millis::new(settings.close_timeout),
             close_timer: None,
             held: None,
             peer_closed: false,
             writes_ended: false,
             message: None,
-            message_timeout: settings.message_timeout,
+            message_timeout: Millis::new(settings.message_timeout),
             min_message_rate: settings.min_message_rate.max(1),
             budget,
             refusal: None,
@@ -188,7 +194,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
         }
         if deliver {
             if let Some(message) = self.held.take() {
-                return Poll::Ready(Event::Message(message));
+                return Poll::Ready(Event::Message(*message));
             }
         }
         // Holding a message back: read no further until the handler has taken it.
@@ -221,7 +227,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     if deliver {
                         return Poll::Ready(Event::Message(message));
                     }
-                    self.held = Some(message);
+                    self.held = Some(Box::new(message));
                 }
                 Item::Ping(payload) => core.send_pong(&payload),
                 Item::Pong(_) => {}
@@ -251,12 +257,12 @@ impl<R: AsyncRead + Unpin> Session<R> {
             self.message = None;
         } else if self.message.is_none() {
             let started = Instant::now();
-            let window = MESSAGE_WINDOW.min(self.message_timeout);
-            self.message = Some(MessageDeadline {
+            let window = MESSAGE_WINDOW.min(self.message_timeout.get());
+            self.message = Some(Box::new(MessageDeadline {
                 started,
                 timer: Box::pin(tokio::time::sleep_until(started + window)),
                 checked_len: 0,
-            });
+            }));
         }
         let held = self.reader.held();
         if held != self.held_bytes {
@@ -276,20 +282,20 @@ impl<R: AsyncRead + Unpin> Session<R> {
     fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
         if self.close_timer.is_none() {
             if let Some(since) = core.closing_since() {
-                let deadline = since + self.close_timeout;
+                let deadline = since + self.close_timeout.get();
                 self.close_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
             }
         }
         if let Some(timer) = &mut self.close_timer {
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Error::CloseTimeout(self.close_timeout));
+                return Poll::Ready(Error::CloseTimeout(self.close_timeout.get()));
             }
         }
         // A message must finish within the timeout, or later only while each window keeps
         // bringing the minimum rate: a client on a slow phone finishes; one that trickles a
         // message it never ends (control frames in between change nothing) is dropped.
         if let Some(message) = &mut self.message {
-            let window = MESSAGE_WINDOW.min(self.message_timeout);
+            let window = MESSAGE_WINDOW.min(self.message_timeout.get());
             while message.timer.as_mut().poll(cx).is_ready() {
                 let received = self.reader.message_len();
                 let recent = received - message.checked_len.min(received);
@@ -297,7 +303,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 let elapsed = message.started.elapsed();
                 let enough =
                     recent as f64 >= f64::from(self.min_message_rate) * window.as_secs_f64();
-                if elapsed >= self.message_timeout && !enough {
+                if elapsed >= self.message_timeout.get() && !enough {
                     return Poll::Ready(Error::MessageTimeout { elapsed, received });
                 }
                 let next = message.started

@@ -5,14 +5,12 @@ use std::net::SocketAddr;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::connection::driver;
+use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
-use crate::engine::reader;
 use crate::protocol::handshake::{check_handshake, HandshakeError};
 use crate::server::address::client_address;
 use crate::server::body::Body;
@@ -157,16 +155,30 @@ impl WebSocketServer {
             // the permit and the handler are not held that long.
             let upgraded = tokio::time::timeout(settings.close_timeout, on_upgrade).await;
             match upgraded {
+                // The connection runs in a task of its own, sized for what it holds: this
+                // one, holding what waiting for hyper took besides, ends here.
                 Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     // A plain TCP socket: its halves need no lock between reading and writing.
                     Ok(parts) => {
                         let (read, write) = parts.io.into_inner().into_split();
-                        let read = reader::leftover(parts.read_buf).chain(read);
-                        driver::run(read, write, conn, handler, settings, budget, lease).await
+                        let socket = Socket {
+                            read,
+                            leftover: &parts.read_buf,
+                            write,
+                        };
+                        let run = driver::run(socket, conn, handler, settings, budget, lease);
+                        tokio::spawn(run.in_current_span());
                     }
                     Err(upgraded) => {
+                        // hyper's `Upgraded` reads what it had buffered first by itself.
                         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                        driver::run(read, write, conn, handler, settings, budget, lease).await
+                        let socket = Socket {
+                            read,
+                            leftover: &[],
+                            write,
+                        };
+                        let run = driver::run(socket, conn, handler, settings, budget, lease);
+                        tokio::spawn(run.in_current_span());
                     }
                 },
                 Err(_) => {
