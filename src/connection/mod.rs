@@ -3,6 +3,10 @@
 
 pub(crate) mod driver;
 pub(crate) mod handler;
+mod request;
+
+pub(crate) use request::RequestParts;
+use request::{KeptHeaders, KeptUri};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,10 +37,10 @@ pub struct Connection {
 
 struct Inner {
     core: Core,
-    uri: Uri,
-    headers: HeaderMap,
+    uri: KeptUri,
+    headers: KeptHeaders,
     remote_addr: Option<SocketAddr>,
-    protocol: Option<HeaderValue>,
+    protocol: Option<Box<str>>,
     /// Collections this connection is in, so that closing leaves all of them.
     memberships: Mutex<Vec<Weak<dyn Membership>>>,
 }
@@ -51,76 +55,6 @@ pub(crate) trait Membership: Send + Sync + 'static {
     fn has_member(&self, id: ConnectionId) -> bool;
 }
 
-/// The parts of the upgrade request a connection keeps.
-pub(crate) struct RequestParts {
-    pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
-    pub(crate) remote_addr: Option<SocketAddr>,
-}
-
-impl RequestParts {
-    /// Keeps the request's URI, and its headers up to `header_bytes` (names and values),
-    /// in one small buffer of their own. Headers that do not fit are dropped whole; the
-    /// smaller ones after them are still kept.
-    ///
-    /// hyper parses them as slices of its 8 KiB read buffer, so keeping them as they are
-    /// would pin that whole buffer for the connection's lifetime: more than everything else
-    /// an idle connection costs. And hyper accepts hundreds of KiB of headers, which a
-    /// connection would otherwise hold for its whole life.
-    pub(crate) fn detached(
-        uri: &Uri,
-        headers: &HeaderMap,
-        remote_addr: Option<SocketAddr>,
-        header_bytes: usize,
-    ) -> Self {
-        let mut budget = header_bytes;
-        let kept: Vec<_> = headers
-            .iter()
-            .filter(|(name, value)| {
-                let size = name.as_str().len() + value.len();
-                let fits = size <= budget;
-                if fits {
-                    budget -= size;
-                }
-                fits
-            })
-            .collect();
-        if kept.len() < headers.len() {
-            tracing::debug!(
-                kept = kept.len(),
-                dropped = headers.len() - kept.len(),
-                "request headers beyond the kept size dropped"
-            );
-        }
-        let uri_text = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let total = uri_text.len() + kept.iter().map(|(_, v)| v.len()).sum::<usize>();
-        let mut buffer = bytes::BytesMut::with_capacity(total);
-        buffer.extend_from_slice(uri_text.as_bytes());
-        for (_, value) in &kept {
-            buffer.extend_from_slice(value.as_bytes());
-        }
-        let buffer = buffer.freeze();
-
-        // Both were valid a moment ago, so re-parsing the same bytes cannot fail.
-        let uri = Uri::from_maybe_shared(buffer.slice(..uri_text.len())).unwrap_or_default();
-        let mut copy = HeaderMap::with_capacity(kept.len());
-        let mut at = uri_text.len();
-        for (name, value) in kept {
-            let range = at..at + value.len();
-            at = range.end;
-            if let Ok(mut detached) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
-                detached.set_sensitive(value.is_sensitive());
-                copy.append(name.clone(), detached);
-            }
-        }
-        RequestParts {
-            uri,
-            headers: copy,
-            remote_addr,
-        }
-    }
-}
-
 impl Connection {
     pub(crate) fn new(
         request: RequestParts,
@@ -133,7 +67,10 @@ impl Connection {
             uri: request.uri,
             headers: request.headers,
             remote_addr: request.remote_addr,
-            protocol,
+            protocol: protocol
+                .as_ref()
+                .and_then(|protocol| protocol.to_str().ok())
+                .map(Box::from),
             memberships: Mutex::new(Vec::new()),
         };
         Connection {
@@ -148,7 +85,7 @@ impl Connection {
 
     /// The upgrade request's URI (path and query).
     pub fn uri(&self) -> &Uri {
-        &self.inner.uri
+        self.inner.uri.uri()
     }
 
     /// The upgrade request's path, for example `/api/Chat`.
@@ -173,7 +110,7 @@ impl Connection {
     /// [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes), 4 KiB
     /// by default). The handler's constructor sees the whole request, if it needs more.
     pub fn headers(&self) -> &HeaderMap {
-        &self.inner.headers
+        self.inner.headers.map()
     }
 
     /// The peer's address, if the server put it in the request's extensions as a
@@ -191,7 +128,7 @@ impl Connection {
     /// The subprotocol chosen in the handshake (see
     /// [`ServerBuilder::protocols`](crate::ServerBuilder::protocols)), if any.
     pub fn protocol(&self) -> Option<&str> {
-        self.inner.protocol.as_ref()?.to_str().ok()
+        self.inner.protocol.as_deref()
     }
 
     /// Whether the connection is open: not closed and no close requested.
@@ -291,63 +228,5 @@ impl fmt::Debug for Connection {
             .field("remote_addr", &self.inner.remote_addr)
             .field("open", &self.is_open())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RequestParts;
-    use bytes::Bytes;
-    use http::{HeaderMap, HeaderValue, Uri};
-
-    #[test]
-    fn detached_parts_do_not_point_into_the_request_buffer() {
-        // Like hyper: the URI and header values are slices of one big read buffer.
-        let buffer = Bytes::from(b"/api/Chat?username=ann secret-cookie".repeat(100));
-        let inside = |ptr: *const u8| buffer.as_ptr_range().contains(&ptr);
-        let uri = Uri::from_maybe_shared(buffer.slice(0..22)).expect("valid uri");
-        let mut headers = HeaderMap::new();
-        let mut cookie = HeaderValue::from_maybe_shared(buffer.slice(23..36)).expect("value");
-        cookie.set_sensitive(true);
-        headers.insert(http::header::COOKIE, cookie);
-        headers.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
-        assert!(inside(headers[http::header::COOKIE].as_bytes().as_ptr()));
-
-        let parts = RequestParts::detached(&uri, &headers, None, usize::MAX);
-        assert_eq!(parts.uri.query(), Some("username=ann"));
-        let cookies: Vec<_> = parts.headers.get_all(http::header::COOKIE).iter().collect();
-        assert_eq!(cookies, ["secret-cookie", "b=2"]);
-        assert!(cookies[0].is_sensitive());
-        assert!(!inside(parts.uri.path().as_ptr()));
-        assert!(!inside(cookies[0].as_bytes().as_ptr()));
-    }
-
-    #[test]
-    fn headers_beyond_the_kept_size_are_dropped_whole() {
-        let uri = Uri::from_static("/chat");
-        let mut headers = HeaderMap::new();
-        headers.insert("x-small", HeaderValue::from_static("1"));
-        headers.insert(
-            "x-huge",
-            HeaderValue::from_str(&"a".repeat(300_000)).expect("value"),
-        );
-        headers.insert(http::header::ORIGIN, HeaderValue::from_static("http://x"));
-        let parts = RequestParts::detached(&uri, &headers, None, 4096);
-        assert_eq!(
-            parts.headers.len(),
-            2,
-            "the huge one is dropped, the others kept"
-        );
-        assert!(parts.headers.get("x-huge").is_none());
-        assert_eq!(parts.headers[http::header::ORIGIN], "http://x");
-        let kept: usize = parts
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
-        assert!(kept <= 4096);
-        let none = RequestParts::detached(&uri, &headers, None, 0);
-        assert!(none.headers.is_empty());
-        assert_eq!(none.uri.path(), "/chat", "the URI is always kept");
     }
 }

@@ -10,10 +10,11 @@
 //! a slow client never holds up a flush task, nor any other client.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use once_cell::race::OnceBox;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -22,7 +23,7 @@ use crate::engine::memory;
 use crate::engine::metrics::Metrics;
 use crate::engine::queue::{Outbound, OutboundQueue, Pushed, Rejected};
 use crate::engine::settings::{Settings, SlowConsumer};
-use crate::engine::sync::{lock, lock_handover, HandoverMutex};
+use crate::engine::sync::{lock_handover, HandoverMutex};
 use crate::engine::writer::{WriteEnd, WriteSide, Written};
 use crate::error::SendError;
 use crate::protocol::close::{CloseCode, CloseFrame};
@@ -39,7 +40,7 @@ pub(crate) struct Core {
     pub(crate) queue: OutboundQueue,
     slow_consumer: SlowConsumer,
     /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
-    overflow: Mutex<Option<(usize, usize)>>,
+    overflow: OnceBox<(usize, usize)>,
     /// The socket's write half, once the upgrade has completed.
     write_side: HandoverMutex<Option<WriteSide>>,
     state: AtomicU8,
@@ -50,7 +51,7 @@ pub(crate) struct Core {
     /// Our close frame, or our answer to the peer's, is on the wire.
     close_written: AtomicBool,
     /// The first close frame on the wire, in either direction.
-    first_close: Mutex<Option<CloseFrame>>,
+    first_close: OnceBox<CloseFrame>,
     pub(crate) metrics: Metrics,
 }
 
@@ -63,13 +64,13 @@ impl Core {
                 settings.outbound_queue_bytes,
             ),
             slow_consumer: settings.slow_consumer,
-            overflow: Mutex::new(None),
+            overflow: OnceBox::new(),
             write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
             closed: Notify::new(),
             closing_since: OnceLock::new(),
             close_written: AtomicBool::new(false),
-            first_close: Mutex::new(None),
+            first_close: OnceBox::new(),
             metrics,
         }
     }
@@ -165,12 +166,8 @@ impl Core {
     /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
     /// connection within the close timeout even if the peer never reads again.
     fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
-        {
-            let mut overflow = lock(&self.overflow);
-            if overflow.is_none() {
-                *overflow = Some((messages, bytes));
-                self.metrics.slow_consumer_disconnected(self.id);
-            }
+        if self.overflow.set(Box::new((messages, bytes))).is_ok() {
+            self.metrics.slow_consumer_disconnected(self.id);
         }
         let frame = CloseFrame {
             code: CloseCode::POLICY_VIOLATION,
@@ -186,7 +183,7 @@ impl Core {
 
     /// Set once the slow-consumer policy closed this connection: the queue's size then.
     pub(crate) fn overflow(&self) -> Option<(usize, usize)> {
-        *lock(&self.overflow)
+        self.overflow.get().copied()
     }
 
     /// Starts the close handshake with `code` and `reason`, behind what is queued (see
@@ -232,11 +229,11 @@ impl Core {
 
     /// Records a close frame seen on the wire; only the first one counts.
     pub(crate) fn record_close(&self, frame: CloseFrame) {
-        lock(&self.first_close).get_or_insert(frame);
+        let _ = self.first_close.set(Box::new(frame));
     }
 
     pub(crate) fn first_close(&self) -> Option<CloseFrame> {
-        lock(&self.first_close).clone()
+        self.first_close.get().cloned()
     }
 
     /// The connection has ended: nothing more is queued or written. Call

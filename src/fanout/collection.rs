@@ -1,6 +1,8 @@
 //! A shared set of live connections with broadcast.
 
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use once_cell::race::OnceBox;
 
 use crate::connection::{Connection, Membership};
 use crate::engine::flush::{flush_all, HasCore};
@@ -40,15 +42,18 @@ pub struct WebSocketCollection {
 /// the whole broadcast. Connections hold weak references to it to leave on close.
 pub(crate) struct Members {
     /// Each allocated on first use: a small collection (the tabs of one user) pays for the
-    /// few shards its members fall in, not for all of them.
-    shards: [OnceLock<Box<RwLock<Shard>>>; SHARDS],
+    /// few shards its members fall in, not for all of them. A `OnceBox` is one pointer (a
+    /// `OnceLock<Box<_>>` is two words), and every user's collection has sixteen.
+    shards: [OnceBox<RwLock<Shard>>; SHARDS],
     /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
     /// empty rooms.
-    on_empty: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    on_empty: OnceBox<Box<dyn Fn() + Send + Sync>>,
     /// Set by [`WebSocketCollection::with_history`]. Held while a broadcast is given its
     /// position and delivered, so that a resume sees every broadcast either in the
     /// history or live, never both and never neither.
-    history: OnceLock<Mutex<Ring>>,
+    /// Boxed: most collections (a user's tabs) keep none, and this is what each of them
+    /// pays for the option.
+    history: OnceBox<Mutex<Ring>>,
 }
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
@@ -76,28 +81,26 @@ impl Shard {
 impl Default for Members {
     fn default() -> Self {
         Members {
-            shards: std::array::from_fn(|_| OnceLock::new()),
-            on_empty: OnceLock::new(),
-            history: OnceLock::new(),
+            shards: std::array::from_fn(|_| OnceBox::new()),
+            on_empty: OnceBox::new(),
+            history: OnceBox::new(),
         }
     }
 }
 
 impl Members {
-    fn slot(&self, id: ConnectionId) -> &OnceLock<Box<RwLock<Shard>>> {
+    fn slot(&self, id: ConnectionId) -> &OnceBox<RwLock<Shard>> {
         &self.shards[(id.as_u64() % SHARDS as u64) as usize]
     }
 
     /// The shard for `id`, if it was ever used.
     fn shard(&self, id: ConnectionId) -> Option<&RwLock<Shard>> {
-        self.slot(id).get().map(|shard| &**shard)
+        self.slot(id).get()
     }
 
     /// The shards in use.
     fn used_shards(&self) -> impl Iterator<Item = &RwLock<Shard>> {
-        self.shards
-            .iter()
-            .filter_map(|slot| slot.get().map(|shard| &**shard))
+        self.shards.iter().filter_map(OnceBox::get)
     }
 
     fn insert(&self, connection: Connection, tagged: bool) -> bool {
@@ -405,7 +408,10 @@ impl WebSocketCollection {
     /// This collection, keeping `history` of its broadcasts (see [`History`]). Call it
     /// before sharing the collection: clones made before do not get it.
     pub fn with_history(self, history: History) -> Self {
-        let _ = self.members.history.set(Mutex::new(Ring::new(history)));
+        let _ = self
+            .members
+            .history
+            .set(Box::new(Mutex::new(Ring::new(history))));
         self
     }
 
@@ -511,7 +517,7 @@ impl WebSocketCollection {
 
     /// Calls `on_empty` whenever a removal leaves the collection empty (once set).
     pub(crate) fn set_on_empty(&self, on_empty: impl Fn() + Send + Sync + 'static) {
-        let _ = self.members.on_empty.set(Box::new(on_empty));
+        let _ = self.members.on_empty.set(Box::new(Box::new(on_empty)));
     }
 
     /// A reference that does not keep the collection alive.
@@ -560,11 +566,12 @@ mod tests {
     use bytes::Bytes;
 
     fn connection() -> Connection {
-        let parts = RequestParts {
-            uri: http::Uri::from_static("/"),
-            headers: http::HeaderMap::new(),
-            remote_addr: None,
-        };
+        let parts = RequestParts::detached(
+            &http::Uri::from_static("/"),
+            &http::HeaderMap::new(),
+            None,
+            0,
+        );
         let settings = Settings {
             outbound_queue_capacity: 4,
             slow_consumer: SlowConsumer::DropMessages,
