@@ -40,6 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_message_size(64 << 20)
         .max_frame_size(16 << 20)
         .build();
-    server.serve(listener, |_request| Some(Echo)).await?;
+    // Ctrl-C stops it, returning from `main` (so that profilers see a normal exit).
+    tokio::select! {
+        served = server.serve(listener, |_request| Some(Echo)) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }
