@@ -53,10 +53,9 @@ where
         write,
     } = socket;
     let session = Session::new(read, leftover, &settings, budget, conn.id());
-    let core = conn.core();
-    core.metrics.opened();
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
-    core.attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
+    conn.core()
+        .attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
     let mut driver = Driver {
         run: Running {
             session,
@@ -68,7 +67,11 @@ where
         handler: Some(handler),
         _lease: lease,
     };
-    async move { driver.drive().await }
+    async move {
+        // Counted as open once it runs, as it is counted closed at the end of `drive`.
+        driver.run.conn.core().metrics.opened();
+        driver.drive().await
+    }
 }
 
 /// The upgraded connection's two halves.

@@ -83,7 +83,8 @@ impl Connection {
         self.inner.core.id
     }
 
-    /// The upgrade request's URI (path and query).
+    /// The upgrade request's URI (path and query). Kept as text and made into a [`Uri`]
+    /// on the first call; [`path`](Self::path) and [`query`](Self::query) need no `Uri`.
     pub fn uri(&self) -> &Uri {
         self.inner.uri.uri()
     }
@@ -109,6 +110,8 @@ impl Connection {
     /// The upgrade request's headers, as far as the server keeps them (see
     /// [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes), 4 KiB
     /// by default). The handler's constructor sees the whole request, if it needs more.
+    /// They are kept as one compact buffer and made into a `HeaderMap` on the first call,
+    /// so a connection that never asks does not pay for one.
     pub fn headers(&self) -> &HeaderMap {
         self.inner.headers.map()
     }
