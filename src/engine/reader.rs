@@ -43,8 +43,9 @@ pub(crate) struct Reader<R> {
     /// `None` once reading has been given up.
     io: Option<R>,
     decoder: Decoder,
-    /// Bytes read but not yet decoded (from `pending_at` on); empty, and unallocated, unless
-    /// one read brought several items.
+    /// Bytes read but not yet decoded (from `pending_at` on): what the client sent behind
+    /// its handshake, then the rest of a read that brought several items. Empty, and
+    /// unallocated, otherwise.
     pending: Vec<u8>,
     pending_at: usize,
     /// The most bytes asked of one read.

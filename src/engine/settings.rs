@@ -65,7 +65,8 @@ pub enum SlowConsumer {
 }
 
 /// A duration kept per connection, in whole milliseconds: four bytes instead of a
-/// `Duration`'s sixteen, in what every idle connection holds. Longer than about 49 days
+/// `Duration`'s sixteen, in what every idle connection holds. Parts of a millisecond are
+/// dropped; longer than about 49 days
 /// counts as 49 days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Millis(u32);
