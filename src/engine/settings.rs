@@ -66,8 +66,7 @@ pub enum SlowConsumer {
 
 /// A duration kept per connection, in whole milliseconds: four bytes instead of a
 /// `Duration`'s sixteen, in what every idle connection holds. Parts of a millisecond are
-/// dropped; longer than about 49 days
-/// counts as 49 days.
+/// dropped; longer than about 49 days counts as 49 days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Millis(u32);
 
