@@ -52,7 +52,7 @@ where
         leftover,
         write,
     } = socket;
-    let session = Session::new(read, leftover, &settings, budget, conn.id());
+    let session = Session::new(read, leftover, &settings, budget);
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     conn.core()
         .attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
@@ -71,6 +71,40 @@ where
         // Counted as open once it runs, as it is counted closed at the end of `drive`.
         driver.run.conn.core().metrics.opened();
         driver.drive().await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled inside a span, like `tracing::Instrumented`, which holds its `Span`
+    /// (40 bytes) inline: every idle connection's task would carry those bytes, although
+    /// the span is disabled unless a subscriber asked for it. Here a disabled span costs
+    /// one pointer, and an enabled one a box.
+    pub(crate) struct InSpan<F> {
+        span: Option<Box<tracing::Span>>,
+        #[pin]
+        future: F,
+    }
+}
+
+/// `future`, polled inside the span the caller is in.
+pub(crate) fn in_current_span<F: Future>(future: F) -> InSpan<F> {
+    let span = tracing::Span::current();
+    InSpan {
+        span: (!span.is_disabled()).then(|| Box::new(span)),
+        future,
+    }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        this.future.poll(cx)
     }
 }
 

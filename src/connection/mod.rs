@@ -202,6 +202,12 @@ impl Connection {
             .any(|weak| std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(members)))
         {
             let weak: Weak<dyn Membership> = Arc::downgrade(members) as Weak<dyn Membership>;
+            if memberships.len() == memberships.capacity() {
+                // Doubling from one, not from four: most connections are in one or two
+                // collections (a room, the user's tabs), and 16 bytes each.
+                let more = memberships.len().max(1);
+                memberships.reserve_exact(more);
+            }
             memberships.push(weak);
         }
         inserted

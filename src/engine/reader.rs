@@ -48,8 +48,9 @@ pub(crate) struct Reader<R> {
     /// unallocated, otherwise.
     pending: Vec<u8>,
     pending_at: usize,
-    /// The most bytes asked of one read.
-    max_read: usize,
+    /// The most bytes asked of one read (at most `SCRATCH_SIZE`, so 4 bytes are enough:
+    /// with `activity` beside it, a word less per connection).
+    max_read: u32,
     /// Some bytes arrived since [`take_activity`](Self::take_activity) was last called.
     activity: bool,
 }
@@ -64,7 +65,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             decoder: Decoder::new(limits),
             pending: leftover.to_vec(),
             pending_at: 0,
-            max_read: max_read.clamp(1, SCRATCH_SIZE),
+            // SCRATCH_SIZE fits in a u32.
+            max_read: max_read.clamp(1, SCRATCH_SIZE) as u32,
             activity: false,
         }
     }
@@ -79,7 +81,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 return Poll::Ready(Err(ReadError::Eof));
             };
             let (decoder, pending, max_read) =
-                (&mut self.decoder, &mut self.pending, self.max_read);
+                (&mut self.decoder, &mut self.pending, self.max_read as usize);
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 let mut buf = ReadBuf::new(&mut scratch[..max_read]);

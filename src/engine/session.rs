@@ -69,9 +69,19 @@ pub(crate) struct Session<R> {
     min_message_rate: u32,
     /// The server's budget for partial messages, and what this connection holds of it.
     budget: Arc<PartialBudget>,
-    refusal: Option<Arc<Refusal>>,
-    held_bytes: usize,
+    /// Allocated the first time this connection holds part of a message: an idle
+    /// connection pays one pointer for it.
+    partial: Option<Box<Held>>,
+}
+
+/// What this connection holds of the server's budget for partial messages.
+struct Held {
+    /// Under this id in the budget.
     id: crate::engine::id::ConnectionId,
+    /// How the budget tells this connection it must go.
+    refusal: Arc<Refusal>,
+    /// The bytes counted against the budget.
+    bytes: usize,
 }
 
 /// When the message in progress began to arrive, and its checks: every `window`, how much
@@ -93,7 +103,6 @@ impl<R: AsyncRead + Unpin> Session<R> {
         leftover: &[u8],
         settings: &Settings,
         budget: Arc<PartialBudget>,
-        id: crate::engine::id::ConnectionId,
     ) -> Self {
         let limits = Limits {
             max_frame_size: settings.max_frame_size.min(settings.max_message_size),
@@ -120,9 +129,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
             message_timeout: Millis::new(settings.message_timeout),
             min_message_rate: settings.min_message_rate.max(1),
             budget,
-            refusal: None,
-            held_bytes: 0,
-            id,
+            partial: None,
         }
     }
 
@@ -164,10 +171,10 @@ impl<R: AsyncRead + Unpin> Session<R> {
     }
 
     fn release_partial(&mut self) {
-        if let Some(refusal) = &self.refusal {
-            if self.held_bytes > 0 {
-                self.budget.hold(self.id, refusal, 0);
-                self.held_bytes = 0;
+        if let Some(held) = self.partial.as_deref_mut() {
+            if held.bytes > 0 {
+                self.budget.hold(held.id, &held.refusal, 0);
+                held.bytes = 0;
             }
         }
     }
@@ -188,7 +195,11 @@ impl<R: AsyncRead + Unpin> Session<R> {
         if let Poll::Ready(failure) = self.poll_timers(cx, core) {
             return Poll::Ready(Event::End(End::Failed(failure)));
         }
-        if self.refusal.as_ref().is_some_and(|r| r.poll_refused(cx)) {
+        if self
+            .partial
+            .as_ref()
+            .is_some_and(|held| held.refusal.poll_refused(cx))
+        {
             let budget = self.budget.limit();
             return Poll::Ready(Event::End(End::Failed(Error::PartialBudget { budget })));
         }
@@ -202,7 +213,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
             let item = self.reader.poll_item(cx);
             if self.reader.take_activity() {
                 self.keepalive.seen(Instant::now());
-                if let Poll::Ready(failure) = self.account_partial(cx) {
+                if let Poll::Ready(failure) = self.account_partial(cx, core) {
                     return Poll::Ready(Event::End(End::Failed(failure)));
                 }
             }
@@ -252,7 +263,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
 
     /// After bytes arrived: starts (or ends) the deadline of the message in progress, and
     /// tells the server's budget what this connection now holds of what is half-received.
-    fn account_partial(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+    fn account_partial(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
         if !self.reader.in_message() {
             self.message = None;
         } else if self.message.is_none() {
@@ -264,12 +275,18 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 checked_len: 0,
             }));
         }
-        let held = self.reader.held();
-        if held != self.held_bytes {
-            self.held_bytes = held;
-            let refusal = self.refusal.get_or_insert_with(Arc::default);
-            self.budget.hold(self.id, refusal, held);
-            if refusal.poll_refused(cx) {
+        let bytes = self.reader.held();
+        if bytes != self.partial.as_ref().map_or(0, |held| held.bytes) {
+            let held = self.partial.get_or_insert_with(|| {
+                Box::new(Held {
+                    id: core.id,
+                    refusal: Arc::default(),
+                    bytes: 0,
+                })
+            });
+            held.bytes = bytes;
+            self.budget.hold(held.id, &held.refusal, bytes);
+            if held.refusal.poll_refused(cx) {
                 let budget = self.budget.limit();
                 return Poll::Ready(Error::PartialBudget { budget });
             }
@@ -334,8 +351,8 @@ impl<R: AsyncRead + Unpin> Session<R> {
 
 impl<R> Drop for Session<R> {
     fn drop(&mut self) {
-        if let (Some(refusal), true) = (&self.refusal, self.held_bytes > 0) {
-            self.budget.hold(self.id, refusal, 0);
+        if let Some(held) = self.partial.as_deref().filter(|held| held.bytes > 0) {
+            self.budget.hold(held.id, &held.refusal, 0);
         }
     }
 }

@@ -59,22 +59,27 @@ pub(crate) struct Members {
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
 const SHARDS: usize = 16;
 
-/// A dense list for fast iteration, and the members' ids beside it, to find one by a scan
-/// of plain integers: a sixteenth of a 10,000-member room is some 600 of them, under a
-/// microsecond, and a hash index would cost every small room (a user's few tabs) about
-/// 100 bytes more.
+/// A dense list for fast iteration, each member's id beside it, to find one by a scan
+/// without following a pointer: a sixteenth of a 10,000-member room is some 600 of them,
+/// under a microsecond, and a hash index would cost every small room (a user's few tabs)
+/// about 100 bytes more. One vector, not one per field: most collections (a user's tabs)
+/// have one or two members, and each vector is an allocation of its own.
 #[derive(Default)]
 struct Shard {
-    list: Vec<Connection>,
-    /// `ids[i]` is `list[i].id()`.
-    ids: Vec<ConnectionId>,
-    /// `tagged[i]`: `list[i]` gets messages with their positions (see [`History::tag`]).
-    tagged: Vec<bool>,
+    list: Vec<Member>,
+}
+
+struct Member {
+    connection: Connection,
+    /// `connection.id()`.
+    id: ConnectionId,
+    /// Gets messages with their positions (see [`History::tag`]).
+    tagged: bool,
 }
 
 impl Shard {
     fn position(&self, id: ConnectionId) -> Option<usize> {
-        self.ids.iter().position(|&member| member == id)
+        self.list.iter().position(|member| member.id == id)
     }
 }
 
@@ -107,12 +112,18 @@ impl Members {
         let mut shard = write(self.slot(connection.id()).get_or_init(Box::default));
         if let Some(at) = shard.position(connection.id()) {
             // Already there: asking for tags again still takes.
-            shard.tagged[at] |= tagged;
+            shard.list[at].tagged |= tagged;
             return false;
         }
-        shard.ids.push(connection.id());
-        shard.list.push(connection);
-        shard.tagged.push(tagged);
+        if shard.list.capacity() == 0 {
+            // Room for exactly the first: most collections stay that small.
+            shard.list.reserve_exact(1);
+        }
+        shard.list.push(Member {
+            id: connection.id(),
+            connection,
+            tagged,
+        });
         true
     }
 
@@ -120,9 +131,7 @@ impl Members {
         let (removed, shard_empty) = {
             let mut shard = write(self.shard(id)?);
             let at = shard.position(id)?;
-            shard.ids.swap_remove(at);
-            shard.tagged.swap_remove(at);
-            let removed = shard.list.swap_remove(at);
+            let removed = shard.list.swap_remove(at).connection;
             (removed, shard.list.is_empty())
         };
         // No lock held: the callback takes its own.
@@ -209,11 +218,11 @@ impl Members {
             let local = copy(&plain);
             let local_tagged = tagged
                 .as_ref()
-                .filter(|_| shard.tagged.contains(&true))
+                .filter(|_| shard.list.iter().any(|member| member.tagged))
                 .map(copy);
-            let members = shard.list.iter().zip(&shard.tagged);
-            for (connection, &is_tagged) in members.filter(|(c, _)| include(c.id())) {
-                let frame = match (&local_tagged, is_tagged) {
+            for member in shard.list.iter().filter(|member| include(member.id)) {
+                let connection = &member.connection;
+                let frame = match (&local_tagged, member.tagged) {
                     (Some(tagged), true) => tagged.clone(),
                     _ => local.clone(),
                 };
@@ -234,7 +243,10 @@ impl Members {
     /// Calls `each` for every connection, one shard lock at a time.
     fn for_each(&self, mut each: impl FnMut(&Connection)) {
         for shard in self.used_shards() {
-            read(shard).list.iter().for_each(&mut each);
+            read(shard)
+                .list
+                .iter()
+                .for_each(|member| each(&member.connection));
         }
     }
 }

@@ -155,8 +155,9 @@ pub(crate) struct Decoder {
     state: State,
     /// Header bytes received so far of the next frame.
     header: [u8; MAX_HEADER],
-    /// How many bytes of `header` are in use.
-    header_len: usize,
+    /// How many bytes of `header` are in use (at most 14: a byte, not a word, of what
+    /// every idle connection holds).
+    header_len: u8,
     /// The frame being received, valid in `State::Payload`.
     frame: Frame,
     /// The data message in progress, from the first header byte of its first frame.
@@ -266,16 +267,18 @@ impl Decoder {
         let mut used = 0;
         loop {
             let target = self.next_checkpoint();
+            let filled = usize::from(self.header_len);
             let n = target
-                .saturating_sub(self.header_len)
+                .saturating_sub(filled)
                 .min(input.len().saturating_sub(used));
             let src = input.get(used..used + n).unwrap_or_default();
-            if let Some(dst) = self.header.get_mut(self.header_len..self.header_len + n) {
+            if let Some(dst) = self.header.get_mut(filled..filled + n) {
                 dst.copy_from_slice(src);
             }
             used += n;
-            self.header_len += n;
-            if self.header_len < target {
+            // At most MAX_HEADER: `target` never exceeds it.
+            self.header_len = (filled + n) as u8;
+            if filled + n < target {
                 return Ok((used, false));
             }
             if self.check_header()? {
@@ -302,7 +305,8 @@ impl Decoder {
         }
         self.header_len = 1;
         self.check_first_byte()?;
-        self.header_len = total;
+        // At most MAX_HEADER.
+        self.header_len = total as u8;
         self.check_second_byte()?;
         self.check_length()?;
         Ok(Some(total))
@@ -311,7 +315,7 @@ impl Decoder {
     /// The header length at which the next check is due: after the first byte, after the
     /// second, after the extended length (if any), and after the mask.
     fn next_checkpoint(&self) -> usize {
-        match self.header_len {
+        match usize::from(self.header_len) {
             0 => 1,
             1 => 2,
             n => {
@@ -332,13 +336,14 @@ impl Decoder {
             return Ok(false);
         }
         let length_end = 2 + extended_len(self.header[1]);
-        if self.header_len == 2 {
+        let filled = usize::from(self.header_len);
+        if filled == 2 {
             self.check_second_byte()?;
         }
-        if self.header_len == length_end {
+        if filled == length_end {
             self.check_length()?;
         }
-        Ok(self.header_len == length_end + 4)
+        Ok(filled == length_end + 4)
     }
 
     /// FIN, RSV and opcode rules; opens the message for a text or binary frame.
