@@ -68,30 +68,42 @@ where
         _lease: lease,
     };
     async move {
-        // Counted as open once it runs, as it is counted closed at the end of `drive`.
+        // Counted as open once it runs, as it is counted closed at the end of `finish`.
         driver.run.conn.core().metrics.opened();
-        driver.drive().await
+        driver.serve().await;
+        // Boxed: it runs once, at the end, and its state would otherwise be part of what
+        // every idle connection holds. Awaited here rather than in a method of its own, whose
+        // state would be one more layer around `serve`'s.
+        Box::pin(driver.finish()).await;
     }
 }
 
 pin_project_lite::pin_project! {
     /// A future polled inside a span, like `tracing::Instrumented`, which holds its `Span`
-    /// (40 bytes) inline: every idle connection's task would carry those bytes, although
-    /// the span is disabled unless a subscriber asked for it. Here a disabled span costs
-    /// one pointer, and an enabled one a box.
+    /// (40 bytes) inline: every idle connection's task would carry those bytes. Here the
+    /// span is boxed, and a disabled span (unless a subscriber asked for it) is not kept at
+    /// all (see [`spawn_in_current_span`]).
     pub(crate) struct InSpan<F> {
-        span: Option<Box<tracing::Span>>,
+        span: Box<tracing::Span>,
         #[pin]
         future: F,
     }
 }
 
-/// `future`, polled inside the span the caller is in.
-pub(crate) fn in_current_span<F: Future>(future: F) -> InSpan<F> {
+/// Spawns `future`, polled inside the span the caller is in if that span is enabled, and
+/// bare otherwise: then the task carries not even the span's pointer.
+pub(crate) fn spawn_in_current_span<F>(future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let span = tracing::Span::current();
-    InSpan {
-        span: (!span.is_disabled()).then(|| Box::new(span)),
-        future,
+    if span.is_disabled() {
+        tokio::spawn(future);
+    } else {
+        tokio::spawn(InSpan {
+            span: Box::new(span),
+            future,
+        });
     }
 }
 
@@ -103,7 +115,7 @@ impl<F: Future> Future for InSpan<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        let _entered = this.span.enter();
         this.future.poll(cx)
     }
 }
@@ -126,34 +138,37 @@ struct Driver<R, H, L> {
 }
 
 impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
-    async fn drive(&mut self) {
-        self.serve().await;
-        // Boxed: it runs once, at the end, and its state would otherwise be part of what
-        // every idle connection holds.
-        Box::pin(self.finish()).await;
-    }
-
     /// `on_open`, then every message until the connection is over.
+    ///
+    /// While it waits for a message, the only local it keeps is `self`: every reference
+    /// derived from it, and the connection's handle the callbacks borrow, is made again
+    /// after the wait, so that none of them is part of what an idle connection holds.
     async fn serve(&mut self) {
-        let Some(handler) = self.handler.as_mut() else {
-            return;
-        };
-        let run = &mut self.run;
-        let conn = run.conn.clone();
-        // Boxed, each callback: what a callback in progress needs (its watch of the session)
-        // is then not part of what every idle connection holds.
-        Box::pin(run.call(handler.on_open(&conn))).await;
-        while !run.ended && run.failure.is_none() && !run.closed_cleanly {
+        {
+            let Some(handler) = self.handler.as_mut() else {
+                return;
+            };
+            let conn = self.run.conn.clone();
+            // Boxed, each callback: what a callback in progress needs (its watch of the
+            // session) is then not part of what every idle connection holds.
+            Box::pin(self.run.call(handler.on_open(&conn))).await;
+        }
+        while !self.run.ended && self.run.failure.is_none() && !self.run.closed_cleanly {
+            let run = &mut self.run;
             // The event is taken apart before the next await, so that its slot is not part
             // of what the task holds while the callback runs.
-            let message = match run.session.next(conn.core()).await {
+            let message = match run.session.next(run.conn.core()).await {
                 Event::Message(message) => message,
                 Event::End(end) => {
-                    run.note(end);
+                    self.run.note(end);
                     continue;
                 }
             };
-            Box::pin(run.call(handler.on_message(&conn, message))).await;
+            let Some(handler) = self.handler.as_mut() else {
+                return;
+            };
+            let conn = self.run.conn.clone();
+            Box::pin(self.run.call(handler.on_message(&conn, message))).await;
         }
     }
 

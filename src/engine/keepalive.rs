@@ -2,6 +2,7 @@
 //! sent nothing at all (not even a pong) for the idle timeout. Half-open TCP connections
 //! (a client that vanished without a FIN) otherwise stay open, and in collections, forever.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,10 +23,21 @@ pub(crate) enum Due {
 pub(crate) struct KeepAlive {
     ping_interval: Option<Millis>,
     idle_timeout: Option<Millis>,
-    /// When the peer last sent a frame.
-    last_seen: Instant,
-    /// When we last pinged, if after `last_seen`.
-    last_ping: Option<Instant>,
+    /// When the peer last sent a frame, as a [`stamp`].
+    last_seen: u32,
+    /// When we last pinged, if after `last_seen`, as a [`stamp`].
+    last_ping: Option<u32>,
+}
+
+/// `now` in milliseconds since the first call, wrapping every 49 days: four bytes where an
+/// `Instant` takes sixteen, in what every idle connection holds. Only differences of two
+/// stamps are used, and wrapping subtraction gets them right up to 49 days, longer than any
+/// ping interval or idle timeout ([`Millis`] caps them there).
+fn stamp(now: Instant) -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    // Truncation is the wrapping.
+    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 impl KeepAlive {
@@ -37,43 +49,54 @@ impl KeepAlive {
         KeepAlive {
             ping_interval: ping_interval.map(Millis::new),
             idle_timeout: idle_timeout.map(Millis::new),
-            last_seen: now,
+            last_seen: stamp(now),
             last_ping: None,
         }
     }
 
     /// The peer sent a frame.
     pub(crate) fn seen(&mut self, now: Instant) {
-        self.last_seen = now;
+        self.last_seen = stamp(now);
         self.last_ping = None;
     }
 
+    /// Whether anything is ever due.
+    pub(crate) fn is_on(&self) -> bool {
+        self.ping_interval.is_some() || self.idle_timeout.is_some()
+    }
+
+    /// Milliseconds from `now` until the ping and until the idle timeout (0 if past).
+    fn left(&self, now: Instant) -> (Option<u32>, Option<u32>) {
+        let now = stamp(now);
+        let since_seen = now.wrapping_sub(self.last_seen);
+        let since_ping = self
+            .last_ping
+            .map_or(since_seen, |ping| now.wrapping_sub(ping));
+        (
+            self.ping_interval
+                .map(|every| every.as_u32().saturating_sub(since_ping)),
+            self.idle_timeout
+                .map(|after| after.as_u32().saturating_sub(since_seen)),
+        )
+    }
+
     /// The next time something may be due, if anything ever is.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        let ping = self
-            .ping_interval
-            .map(|every| self.last_ping.unwrap_or(self.last_seen) + every.get());
-        let idle = self.idle_timeout.map(|after| self.last_seen + after.get());
-        match (ping, idle) {
+    pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
+        let soonest = match self.left(now) {
             (Some(ping), Some(idle)) => Some(ping.min(idle)),
             (ping, idle) => ping.or(idle),
-        }
+        };
+        soonest.map(|ms| now + Duration::from_millis(u64::from(ms)))
     }
 
     /// What is due at `now`.
     pub(crate) fn due(&mut self, now: Instant) -> Due {
-        if self
-            .idle_timeout
-            .is_some_and(|after| now >= self.last_seen + after.get())
-        {
+        let (ping, idle) = self.left(now);
+        if idle == Some(0) {
             return Due::Idle;
         }
-        let since = self.last_ping.unwrap_or(self.last_seen);
-        if self
-            .ping_interval
-            .is_some_and(|every| now >= since + every.get())
-        {
-            self.last_ping = Some(now);
+        if ping == Some(0) {
+            self.last_ping = Some(stamp(now));
             return Due::Ping;
         }
         Due::Nothing
@@ -96,11 +119,11 @@ mod tests {
     fn pings_a_quiet_peer_then_gives_up_on_a_silent_one() {
         let start = Instant::now();
         let mut keepalive = KeepAlive::new(Some(15 * S), Some(30 * S), start);
-        assert_eq!(keepalive.deadline(), Some(start + 15 * S));
+        assert_eq!(keepalive.deadline(start), Some(start + 15 * S));
         assert_eq!(keepalive.due(start + 14 * S), Due::Nothing);
         assert_eq!(keepalive.due(start + 15 * S), Due::Ping);
         // Next ping 15 s after the last one, but the idle timeout comes first.
-        assert_eq!(keepalive.deadline(), Some(start + 30 * S));
+        assert_eq!(keepalive.deadline(start + 15 * S), Some(start + 30 * S));
         assert_eq!(keepalive.due(start + 30 * S), Due::Idle);
     }
 
@@ -110,16 +133,16 @@ mod tests {
         let mut keepalive = KeepAlive::new(Some(15 * S), Some(30 * S), start);
         assert_eq!(keepalive.due(start + 15 * S), Due::Ping);
         keepalive.seen(start + 16 * S); // the pong
-        assert_eq!(keepalive.deadline(), Some(start + 31 * S));
+        assert_eq!(keepalive.deadline(start + 16 * S), Some(start + 31 * S));
         assert_eq!(keepalive.due(start + 30 * S), Due::Nothing);
     }
 
     #[test]
     fn either_can_be_off() {
         let start = Instant::now();
-        assert_eq!(KeepAlive::new(None, None, start).deadline(), None);
+        assert_eq!(KeepAlive::new(None, None, start).deadline(start), None);
         let mut idle_only = KeepAlive::new(None, Some(30 * S), start);
-        assert_eq!(idle_only.deadline(), Some(start + 30 * S));
+        assert_eq!(idle_only.deadline(start), Some(start + 30 * S));
         assert_eq!(idle_only.due(start + 29 * S), Due::Nothing);
         let mut ping_only = KeepAlive::new(Some(15 * S), None, start);
         assert_eq!(ping_only.due(start + 60 * S), Due::Ping);

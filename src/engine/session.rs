@@ -111,7 +111,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
         };
         let now = Instant::now();
         let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
-        let first = keepalive.deadline().unwrap_or(now);
+        let first = keepalive.deadline(now).unwrap_or(now);
         Session {
             reader: Reader::new(read, leftover, limits, settings.read_buffer_size),
             keepalive,
@@ -330,10 +330,9 @@ impl<R: AsyncRead + Unpin> Session<R> {
         }
         // Noted on every read, but the timer is re-armed only when it fires (a timer-wheel
         // update per message would cost more): if the deadline moved, `due` says so.
-        while self.keepalive.deadline().is_some()
-            && self.keepalive_timer.as_mut().poll(cx).is_ready()
-        {
-            match self.keepalive.due(Instant::now()) {
+        while self.keepalive.is_on() && self.keepalive_timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            match self.keepalive.due(now) {
                 Due::Idle => {
                     let idle = self.keepalive.idle_timeout().unwrap_or_default();
                     return Poll::Ready(Error::IdleTimeout(idle));
@@ -341,7 +340,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 Due::Ping => core.send_ping(),
                 Due::Nothing => {}
             }
-            if let Some(next) = self.keepalive.deadline() {
+            if let Some(next) = self.keepalive.deadline(now) {
                 self.keepalive_timer.as_mut().reset(next);
             }
         }

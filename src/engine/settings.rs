@@ -78,4 +78,8 @@ impl Millis {
     pub(crate) fn get(self) -> Duration {
         Duration::from_millis(u64::from(self.0))
     }
+
+    pub(crate) fn as_u32(self) -> u32 {
+        self.0
+    }
 }

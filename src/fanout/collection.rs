@@ -37,14 +37,19 @@ pub struct WebSocketCollection {
     relay: Option<Arc<dyn Relay>>,
 }
 
-/// The set itself, in shards so that a broadcast to thousands of connections holds any one
-/// lock only briefly: connects and disconnects wait for one shard's sends at most, never for
-/// the whole broadcast. Connections hold weak references to it to leave on close.
+/// The set itself. A small one (a user's few tabs) is one list under one lock; past
+/// [`SMALL_MAX`] members it moves, once, into [`SHARDS`] shards, so that a broadcast to
+/// thousands of connections holds any one lock only briefly: connects and disconnects wait
+/// for one shard's sends at most, never for the whole broadcast. Connections hold weak
+/// references to it to leave on close.
+///
+/// The move happens under `small`'s write lock, and the shards are published complete
+/// (`sharded` is set with every member already in its shard, and `small` emptied before
+/// the lock goes). So whoever sees `sharded` set uses only the shards, and whoever sees it
+/// unset takes `small`'s lock and looks again.
 pub(crate) struct Members {
-    /// Each allocated on first use: a small collection (the tabs of one user) pays for the
-    /// few shards its members fall in, not for all of them. A `OnceBox` is one pointer (a
-    /// `OnceLock<Box<_>>` is two words), and every user's collection has sixteen.
-    shards: [OnceBox<RwLock<Shard>>; SHARDS],
+    small: RwLock<Shard>,
+    sharded: OnceBox<[RwLock<Shard>; SHARDS]>,
     /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
     /// empty rooms.
     on_empty: OnceBox<Box<dyn Fn() + Send + Sync>>,
@@ -58,6 +63,10 @@ pub(crate) struct Members {
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
 const SHARDS: usize = 16;
+
+/// Up to this many members, a collection is one list: sixteen shards would cost a small
+/// collection (a user's tabs) some 200 bytes more than it holds.
+const SMALL_MAX: usize = 32;
 
 /// A dense list for fast iteration, each member's id beside it, to find one by a scan
 /// without following a pointer: a sixteenth of a 10,000-member room is some 600 of them,
@@ -81,45 +90,19 @@ impl Shard {
     fn position(&self, id: ConnectionId) -> Option<usize> {
         self.list.iter().position(|member| member.id == id)
     }
-}
 
-impl Default for Members {
-    fn default() -> Self {
-        Members {
-            shards: std::array::from_fn(|_| OnceBox::new()),
-            on_empty: OnceBox::new(),
-            history: OnceBox::new(),
-        }
-    }
-}
-
-impl Members {
-    fn slot(&self, id: ConnectionId) -> &OnceBox<RwLock<Shard>> {
-        &self.shards[(id.as_u64() % SHARDS as u64) as usize]
-    }
-
-    /// The shard for `id`, if it was ever used.
-    fn shard(&self, id: ConnectionId) -> Option<&RwLock<Shard>> {
-        self.slot(id).get()
-    }
-
-    /// The shards in use.
-    fn used_shards(&self) -> impl Iterator<Item = &RwLock<Shard>> {
-        self.shards.iter().filter_map(OnceBox::get)
-    }
-
-    fn insert(&self, connection: Connection, tagged: bool) -> bool {
-        let mut shard = write(self.slot(connection.id()).get_or_init(Box::default));
-        if let Some(at) = shard.position(connection.id()) {
+    /// Adds the member unless it is there; returns whether it was added.
+    fn insert(&mut self, connection: Connection, tagged: bool) -> bool {
+        if let Some(at) = self.position(connection.id()) {
             // Already there: asking for tags again still takes.
-            shard.list[at].tagged |= tagged;
+            self.list[at].tagged |= tagged;
             return false;
         }
-        if shard.list.capacity() == 0 {
+        if self.list.capacity() == 0 {
             // Room for exactly the first: most collections stay that small.
-            shard.list.reserve_exact(1);
+            self.list.reserve_exact(1);
         }
-        shard.list.push(Member {
+        self.list.push(Member {
             id: connection.id(),
             connection,
             tagged,
@@ -127,15 +110,95 @@ impl Members {
         true
     }
 
+    /// Removes the member; returns it, and whether the shard is empty now.
+    fn remove(&mut self, id: ConnectionId) -> Option<(Connection, bool)> {
+        let at = self.position(id)?;
+        let removed = self.list.swap_remove(at).connection;
+        Some((removed, self.list.is_empty()))
+    }
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members {
+            small: RwLock::default(),
+            sharded: OnceBox::new(),
+            on_empty: OnceBox::new(),
+            history: OnceBox::new(),
+        }
+    }
+}
+
+/// Where a collection's members are, for one operation: see [`Members`].
+enum Layout<'a, G> {
+    /// Still small: its one list, locked.
+    Small(G),
+    Sharded(&'a [RwLock<Shard>; SHARDS]),
+}
+
+fn shard_of(shards: &[RwLock<Shard>; SHARDS], id: ConnectionId) -> &RwLock<Shard> {
+    &shards[(id.as_u64() % SHARDS as u64) as usize]
+}
+
+impl Members {
+    /// The layout, with `small` read-locked if that is where the members are.
+    fn for_reading(&self) -> Layout<'_, RwLockReadGuard<'_, Shard>> {
+        if let Some(shards) = self.sharded.get() {
+            return Layout::Sharded(shards);
+        }
+        let small = read(&self.small);
+        match self.sharded.get() {
+            Some(shards) => Layout::Sharded(shards),
+            None => Layout::Small(small),
+        }
+    }
+
+    /// The layout, with `small` write-locked if that is where the members are.
+    fn for_writing(&self) -> Layout<'_, RwLockWriteGuard<'_, Shard>> {
+        if let Some(shards) = self.sharded.get() {
+            return Layout::Sharded(shards);
+        }
+        let small = write(&self.small);
+        match self.sharded.get() {
+            Some(shards) => Layout::Sharded(shards),
+            None => Layout::Small(small),
+        }
+    }
+
+    fn insert(&self, connection: Connection, tagged: bool) -> bool {
+        match self.for_writing() {
+            Layout::Sharded(shards) => {
+                write(shard_of(shards, connection.id())).insert(connection, tagged)
+            }
+            Layout::Small(mut small) => {
+                let added = small.insert(connection, tagged);
+                if small.list.len() > SMALL_MAX {
+                    self.spread(&mut small);
+                }
+                added
+            }
+        }
+    }
+
+    /// Moves the members of `small` (write-locked) into shards, and publishes them.
+    fn spread(&self, small: &mut Shard) {
+        let shards: Box<[RwLock<Shard>; SHARDS]> =
+            Box::new(std::array::from_fn(|_| RwLock::default()));
+        for member in small.list.drain(..) {
+            write(shard_of(&shards, member.id)).list.push(member);
+        }
+        small.list = Vec::new();
+        // Only this thread sets it: it holds `small`'s write lock and found it unset.
+        let _ = self.sharded.set(shards);
+    }
+
     pub(crate) fn remove(&self, id: ConnectionId) -> Option<Connection> {
-        let (removed, shard_empty) = {
-            let mut shard = write(self.shard(id)?);
-            let at = shard.position(id)?;
-            let removed = shard.list.swap_remove(at).connection;
-            (removed, shard.list.is_empty())
+        let (removed, part_empty) = match self.for_writing() {
+            Layout::Sharded(shards) => write(shard_of(shards, id)).remove(id)?,
+            Layout::Small(mut small) => small.remove(id)?,
         };
         // No lock held: the callback takes its own.
-        if shard_empty && self.len() == 0 {
+        if part_empty && self.len() == 0 {
             if let Some(on_empty) = self.on_empty.get() {
                 on_empty();
             }
@@ -144,12 +207,25 @@ impl Members {
     }
 
     pub(crate) fn contains(&self, id: ConnectionId) -> bool {
-        self.shard(id)
-            .is_some_and(|shard| read(shard).position(id).is_some())
+        match self.for_reading() {
+            Layout::Sharded(shards) => read(shard_of(shards, id)).position(id).is_some(),
+            Layout::Small(small) => small.position(id).is_some(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.used_shards().map(|shard| read(shard).list.len()).sum()
+        match self.for_reading() {
+            Layout::Sharded(shards) => shards.iter().map(|shard| read(shard).list.len()).sum(),
+            Layout::Small(small) => small.list.len(),
+        }
+    }
+
+    /// Calls `each` on every part of the set, one lock at a time.
+    fn each_part(&self, mut each: impl FnMut(&Shard)) {
+        match self.for_reading() {
+            Layout::Sharded(shards) => shards.iter().for_each(|shard| each(&read(shard))),
+            Layout::Small(small) => each(&small),
+        }
     }
 
     /// Queues `message` to the members `include` accepts, with the next position of the
@@ -210,10 +286,9 @@ impl Members {
         };
         let mut queued = 0;
         let mut to_flush = Vec::new();
-        for shard in self.used_shards() {
-            let shard = read(shard);
+        self.each_part(|shard| {
             if shard.list.is_empty() {
-                continue;
+                return;
             }
             let local = copy(&plain);
             let local_tagged = tagged
@@ -235,19 +310,19 @@ impl Members {
                     Err(_) => {}
                 }
             }
-        }
+        });
         flush_all(to_flush);
         queued
     }
 
-    /// Calls `each` for every connection, one shard lock at a time.
+    /// Calls `each` for every connection, one lock at a time.
     fn for_each(&self, mut each: impl FnMut(&Connection)) {
-        for shard in self.used_shards() {
-            read(shard)
+        self.each_part(|shard| {
+            shard
                 .list
                 .iter()
-                .for_each(|member| each(&member.connection));
-        }
+                .for_each(|member| each(&member.connection))
+        });
     }
 }
 
@@ -570,7 +645,7 @@ impl std::fmt::Debug for WebSocketCollection {
 
 #[cfg(test)]
 mod tests {
-    use super::{WebSocketCollection, COPY_PER_SHARD_MAX, SHARDS};
+    use super::{WebSocketCollection, COPY_PER_SHARD_MAX, SHARDS, SMALL_MAX};
     use crate::connection::{Connection, RequestParts};
     use crate::engine::flush::HasCore;
     use crate::engine::queue::Outbound;
@@ -638,6 +713,29 @@ mod tests {
         pointers.sort();
         pointers.dedup();
         assert_eq!(pointers.len(), SHARDS, "one shared copy per shard");
+    }
+
+    #[test]
+    fn a_collection_that_outgrows_one_list_keeps_every_member_once() {
+        let room = WebSocketCollection::new();
+        let members: Vec<_> = (0..SMALL_MAX + 8).map(|_| connection()).collect();
+        for (n, conn) in members.iter().enumerate() {
+            assert!(room.add(conn.clone()));
+            assert!(!room.add(conn.clone()), "added twice");
+            assert_eq!(room.len(), n + 1);
+        }
+        assert!(room.members.sharded.get().is_some(), "moved into shards");
+        assert_eq!(room.broadcast("one"), members.len());
+        for conn in &members {
+            assert_eq!(conn.core().queue.depth(), 1, "each member gets it once");
+            assert!(room.contains(conn.id()));
+        }
+        for (n, conn) in members.iter().enumerate() {
+            assert!(room.remove(conn.id()).is_some());
+            assert!(!room.contains(conn.id()));
+            assert_eq!(room.len(), members.len() - n - 1);
+        }
+        assert!(room.is_empty());
     }
 
     #[test]

@@ -142,8 +142,9 @@ enum State {
     Payload,
     /// A close frame was returned; all further input is discarded.
     Closed,
-    /// An error was returned and is returned again for every call.
-    Failed(DecodeError),
+    /// An error was returned and is returned again for every call (boxed: every idle
+    /// connection's decoder holds a `State`).
+    Failed(Box<DecodeError>),
 }
 
 /// Streaming decoder of the frames a client sends to a server.
@@ -166,8 +167,6 @@ pub(crate) struct Decoder {
     /// frame that has a payload (a pong to our empty pings has none), so that an idle
     /// connection's decoder stays small.
     control: Vec<u8>,
-    /// The item the current `feed` call completed, returned when it ends.
-    ready: Option<Item>,
 }
 
 impl Decoder {
@@ -187,7 +186,6 @@ impl Decoder {
             },
             message: None,
             control: Vec::new(),
-            ready: None,
         }
     }
 
@@ -196,17 +194,19 @@ impl Decoder {
     /// (consumed == 0 only when input is empty). Never panics.
     pub(crate) fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Item>), DecodeError> {
         match &self.state {
-            State::Failed(e) => return Err(e.clone()),
+            State::Failed(e) => return Err((**e).clone()),
             State::Closed => return Ok((input.len(), None)),
             State::Header | State::Payload => {}
         }
-        match self.feed_frames(input) {
-            Ok(used) => Ok((used, self.ready.take())),
+        // The item this call completes: on the caller's stack, not in the decoder, which
+        // every idle connection holds.
+        let mut ready = None;
+        match self.feed_frames(input, &mut ready) {
+            Ok(used) => Ok((used, ready)),
             Err(e) => {
-                self.state = State::Failed(e.clone());
+                self.state = State::Failed(Box::new(e.clone()));
                 // Free the partial message at once; the connection is going away.
                 self.message = None;
-                self.ready = None;
                 Err(e)
             }
         }
@@ -230,26 +230,30 @@ impl Decoder {
         self.message.as_ref().map_or(0, |m| m.buf.len())
     }
 
-    /// Runs frames through the state machine until an item is ready in `self.ready` or
-    /// `input` is used up; returns the bytes consumed.
-    fn feed_frames(&mut self, input: &[u8]) -> Result<usize, DecodeError> {
+    /// Runs frames through the state machine until an item is in `ready` or `input` is
+    /// used up; returns the bytes consumed.
+    fn feed_frames(
+        &mut self,
+        input: &[u8],
+        ready: &mut Option<Item>,
+    ) -> Result<usize, DecodeError> {
         let mut used = 0;
         while let Some(rest) = input.get(used..).filter(|r| !r.is_empty()) {
             let n = match self.state {
                 State::Header => {
                     let (n, complete) = self.read_header(rest)?;
                     if complete {
-                        self.start_frame()?;
+                        self.start_frame(ready)?;
                     }
                     n
                 }
-                State::Payload => self.read_payload(rest)?,
+                State::Payload => self.read_payload(rest, ready)?,
                 // Unreachable: a close item returns at once and errors propagate.
                 State::Closed | State::Failed(_) => rest.len(),
             };
             used += n;
             // Defensive `n == 0`: every state consumes at least one byte of non-empty input.
-            if self.ready.is_some() || n == 0 {
+            if ready.is_some() || n == 0 {
                 break;
             }
         }
@@ -456,7 +460,7 @@ impl Decoder {
     }
 
     /// Turns the complete header into the current frame; completes an empty frame at once.
-    fn start_frame(&mut self) -> Result<(), DecodeError> {
+    fn start_frame(&mut self, ready: &mut Option<Item>) -> Result<(), DecodeError> {
         let b0 = self.header[0];
         let h = self.header;
         let mask = match extended_len(h[1]) {
@@ -480,13 +484,17 @@ impl Decoder {
         self.header_len = 0;
         self.state = State::Payload;
         if remaining == 0 {
-            self.finish_frame()?;
+            self.finish_frame(ready)?;
         }
         Ok(())
     }
 
     /// Unmasks as much of the current frame's payload as `input` holds into its destination.
-    fn read_payload(&mut self, input: &[u8]) -> Result<usize, DecodeError> {
+    fn read_payload(
+        &mut self,
+        input: &[u8],
+        ready: &mut Option<Item>,
+    ) -> Result<usize, DecodeError> {
         let frame = &mut self.frame;
         let n = frame.remaining.min(input.len());
         let chunk = input.get(..n).unwrap_or_default();
@@ -516,13 +524,13 @@ impl Decoder {
         frame.received += n;
         frame.remaining -= n;
         if frame.remaining == 0 {
-            self.finish_frame()?;
+            self.finish_frame(ready)?;
         }
         Ok(n)
     }
 
-    /// Completes the current frame and puts the item it finishes, if any, in `self.ready`.
-    fn finish_frame(&mut self) -> Result<(), DecodeError> {
+    /// Completes the current frame and puts the item it finishes, if any, in `ready`.
+    fn finish_frame(&mut self, ready: &mut Option<Item>) -> Result<(), DecodeError> {
         self.state = State::Header;
         let frame = self.frame;
         let control = std::mem::take(&mut self.control);
@@ -559,7 +567,7 @@ impl Decoder {
         };
         // Stored rather than returned: moving the large Result through every layer
         // measurably slowed small frames.
-        self.ready = Some(item);
+        *ready = Some(item);
         Ok(())
     }
 }

@@ -167,7 +167,7 @@ impl WebSocketServer {
                             write,
                         };
                         let run = driver::run(socket, conn, handler, settings, budget, lease);
-                        tokio::spawn(driver::in_current_span(run));
+                        driver::spawn_in_current_span(run);
                     }
                     Err(upgraded) => {
                         // hyper's `Upgraded` reads what it had buffered first by itself.
@@ -178,7 +178,7 @@ impl WebSocketServer {
                             write,
                         };
                         let run = driver::run(socket, conn, handler, settings, budget, lease);
-                        tokio::spawn(driver::in_current_span(run));
+                        driver::spawn_in_current_span(run);
                     }
                 },
                 Err(_) => {
