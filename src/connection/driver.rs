@@ -52,7 +52,7 @@ where
         leftover,
         write,
     } = socket;
-    let session = Session::new(read, leftover, &settings, budget);
+    let session = Session::new(read, leftover, &settings, budget, conn.core());
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     conn.core()
         .attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));

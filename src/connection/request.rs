@@ -2,10 +2,10 @@
 //! headers up to a size, in as few bytes as an idle connection can afford.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use once_cell::race::OnceBox;
 
 /// The parts of the upgrade request a connection keeps.
 pub(crate) struct RequestParts {
@@ -33,7 +33,7 @@ impl RequestParts {
         RequestParts {
             uri: KeptUri {
                 text: target.into(),
-                uri: OnceLock::new(),
+                uri: OnceBox::new(),
             },
             headers: KeptHeaders::keep(headers, header_bytes),
             remote_addr,
@@ -45,7 +45,8 @@ impl RequestParts {
 /// application asks for one (a `Uri` is 88 bytes; most handlers read only the query).
 pub(crate) struct KeptUri {
     text: Box<str>,
-    uri: OnceLock<Box<Uri>>,
+    /// One pointer until built (a `OnceLock<Box<_>>` is two words).
+    uri: OnceBox<Uri>,
 }
 
 impl KeptUri {
@@ -78,7 +79,8 @@ pub(crate) struct KeptHeaders {
     /// Per header: [`SENSITIVE`] or not, the name, `:`, the value, `\n`. Neither a name
     /// nor a value can hold `\n`, and a name cannot hold `:`.
     raw: Box<[u8]>,
-    map: OnceLock<Box<HeaderMap>>,
+    /// One pointer until built.
+    map: OnceBox<HeaderMap>,
 }
 
 /// Marks a header whose value was flagged sensitive (kept out of logs and HPACK tables).
@@ -113,7 +115,7 @@ impl KeptHeaders {
         }
         KeptHeaders {
             raw: raw.into_boxed_slice(),
-            map: OnceLock::new(),
+            map: OnceBox::new(),
         }
     }
 

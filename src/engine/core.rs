@@ -9,8 +9,7 @@
 //! connection's own task takes over and waits for it ([`Core::poll_write_handed_over`]), so
 //! a slow client never holds up a flush task, nor any other client.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use once_cell::race::OnceBox;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::engine::clock;
 use crate::engine::id::ConnectionId;
 use crate::engine::memory;
 use crate::engine::metrics::Metrics;
@@ -44,12 +44,20 @@ pub(crate) struct Core {
     /// The socket's write half, once the upgrade has completed.
     write_side: HandoverMutex<Option<WriteSide>>,
     state: AtomicU8,
-    /// Wakes those awaiting [`Core::closed`].
-    closed: Notify,
-    /// When the close was asked for (by us or by the peer): the close timeout runs from here.
-    closing_since: OnceLock<Instant>,
+    /// Wakes those awaiting [`Core::closed`]: made by the first of them (most connections
+    /// end with nobody awaiting that), so that an idle connection pays one pointer for it.
+    closed: OnceBox<Notify>,
+    /// When the close was asked for (by us or by the peer), as a [`clock`] stamp; 0 until
+    /// then. The close timeout runs from here.
+    closing_since: AtomicU32,
     /// Our close frame, or our answer to the peer's, is on the wire.
     close_written: AtomicBool,
+    /// When the keep-alive is next due, as a [`clock`] stamp (0: never), for the server's
+    /// one timer ([`sweep_keepalive`](Self::sweep_keepalive)): a connection keeps no timer
+    /// of its own for it, which an idle connection would pay some 130 bytes for.
+    keepalive_due: AtomicU32,
+    /// The server's timer found `keepalive_due` passed and woke the connection's task.
+    keepalive_fired: AtomicBool,
     /// The first close frame on the wire, in either direction.
     first_close: OnceBox<CloseFrame>,
     pub(crate) metrics: Metrics,
@@ -67,9 +75,11 @@ impl Core {
             overflow: OnceBox::new(),
             write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
-            closed: Notify::new(),
-            closing_since: OnceLock::new(),
+            closed: OnceBox::new(),
+            closing_since: AtomicU32::new(0),
             close_written: AtomicBool::new(false),
+            keepalive_due: AtomicU32::new(0),
+            keepalive_fired: AtomicBool::new(false),
             first_close: OnceBox::new(),
             metrics,
         }
@@ -93,16 +103,46 @@ impl Core {
             .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if was_open {
-            self.closing_since.get_or_init(Instant::now);
+            // Never 0, which means "not closing": at worst a millisecond early.
+            let since = clock::stamp(Instant::now()).max(1);
+            self.closing_since.store(since, Ordering::Release);
             // The connection's task arms the close timeout when it next runs.
             self.queue.wake_owner();
         }
         was_open
     }
 
+    /// Sets when the keep-alive is next due (a [`clock`] stamp), or that it never is.
+    pub(crate) fn set_keepalive_due(&self, due: Option<u32>) {
+        // 0 means never: a deadline that falls on it is a millisecond late.
+        let due = due.map_or(0, |due| due.max(1));
+        self.keepalive_due.store(due, Ordering::Release);
+    }
+
+    /// Called by the server's timer, on every tick, with the time as a [`clock`] stamp:
+    /// if the keep-alive is due, the connection's task is woken to see to it.
+    pub(crate) fn sweep_keepalive(&self, now: u32) {
+        let due = self.keepalive_due.load(Ordering::Acquire);
+        // Past if at most 24 days past (the other half of the circle is the future).
+        let passed = due != 0 && now.wrapping_sub(due) < 1 << 31;
+        if passed && !self.keepalive_fired.swap(true, Ordering::AcqRel) {
+            self.queue.wake_owner();
+        }
+    }
+
+    /// Whether the server's timer found the keep-alive due since the last call.
+    pub(crate) fn take_keepalive_fired(&self) -> bool {
+        // A load first: this runs on every poll of the connection, and is rarely true.
+        self.keepalive_fired.load(Ordering::Acquire)
+            && self.keepalive_fired.swap(false, Ordering::AcqRel)
+    }
+
     /// When the close was asked for, if it was.
     pub(crate) fn closing_since(&self) -> Option<Instant> {
-        self.closing_since.get().copied()
+        match self.closing_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(clock::instant_of(since, Instant::now())),
+        }
     }
 
     /// Whether our close frame, or our answer to the peer's, is on the wire.
@@ -216,10 +256,14 @@ impl Core {
 
     /// Resolves once the connection has ended (immediately if it already has).
     pub(crate) async fn closed(&self) {
+        let notify = self.closed.get_or_init(|| Box::new(Notify::new()));
         loop {
-            let notified = self.closed.notified();
+            let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Pairs with the fence in `notify_closed`: either it sees the `Notify` made
+            // above, or this sees the connection closed.
+            fence(Ordering::SeqCst);
             if self.is_closed() {
                 return;
             }
@@ -244,7 +288,10 @@ impl Core {
 
     /// Wakes those awaiting [`closed`](Self::closed).
     pub(crate) fn notify_closed(&self) {
-        self.closed.notify_waiters();
+        fence(Ordering::SeqCst);
+        if let Some(notify) = self.closed.get() {
+            notify.notify_waiters();
+        }
     }
 
     /// Puts the socket's write half in place; what was queued before goes out now.

@@ -2,14 +2,14 @@
 //! sent nothing at all (not even a pong) for the idle timeout. Half-open TCP connections
 //! (a client that vanished without a FIN) otherwise stay open, and in collections, forever.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::engine::clock::stamp;
 use crate::engine::settings::Millis;
 
-/// What to do when [`KeepAlive::deadline`] passes.
+/// What to do when [`KeepAlive::due_stamp`] passes.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Due {
     /// Send a ping.
@@ -23,21 +23,10 @@ pub(crate) enum Due {
 pub(crate) struct KeepAlive {
     ping_interval: Option<Millis>,
     idle_timeout: Option<Millis>,
-    /// When the peer last sent a frame, as a [`stamp`].
+    /// When the peer last sent a frame, as a [`stamp`] (four bytes, not an `Instant`'s 16).
     last_seen: u32,
     /// When we last pinged, if after `last_seen`, as a [`stamp`].
     last_ping: Option<u32>,
-}
-
-/// `now` in milliseconds since the first call, wrapping every 49 days: four bytes where an
-/// `Instant` takes sixteen, in what every idle connection holds. Only differences of two
-/// stamps are used, and wrapping subtraction gets them right up to 49 days, longer than any
-/// ping interval or idle timeout ([`Millis`] caps them there).
-fn stamp(now: Instant) -> u32 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| now);
-    // Truncation is the wrapping.
-    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 impl KeepAlive {
@@ -80,13 +69,13 @@ impl KeepAlive {
         )
     }
 
-    /// The next time something may be due, if anything ever is.
-    pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
+    /// The next time something may be due, as a [`stamp`], if anything ever is.
+    pub(crate) fn due_stamp(&self, now: Instant) -> Option<u32> {
         let soonest = match self.left(now) {
             (Some(ping), Some(idle)) => Some(ping.min(idle)),
             (ping, idle) => ping.or(idle),
         };
-        soonest.map(|ms| now + Duration::from_millis(u64::from(ms)))
+        soonest.map(|ms| stamp(now).wrapping_add(ms))
     }
 
     /// What is due at `now`.
@@ -109,7 +98,7 @@ impl KeepAlive {
 
 #[cfg(test)]
 mod tests {
-    use super::{Due, KeepAlive};
+    use super::{stamp, Due, KeepAlive};
     use std::time::Duration;
     use tokio::time::Instant;
 
@@ -119,11 +108,14 @@ mod tests {
     fn pings_a_quiet_peer_then_gives_up_on_a_silent_one() {
         let start = Instant::now();
         let mut keepalive = KeepAlive::new(Some(15 * S), Some(30 * S), start);
-        assert_eq!(keepalive.deadline(start), Some(start + 15 * S));
+        assert_eq!(keepalive.due_stamp(start), Some(stamp(start) + 15_000));
         assert_eq!(keepalive.due(start + 14 * S), Due::Nothing);
         assert_eq!(keepalive.due(start + 15 * S), Due::Ping);
         // Next ping 15 s after the last one, but the idle timeout comes first.
-        assert_eq!(keepalive.deadline(start + 15 * S), Some(start + 30 * S));
+        assert_eq!(
+            keepalive.due_stamp(start + 15 * S),
+            Some(stamp(start) + 30_000)
+        );
         assert_eq!(keepalive.due(start + 30 * S), Due::Idle);
     }
 
@@ -133,16 +125,19 @@ mod tests {
         let mut keepalive = KeepAlive::new(Some(15 * S), Some(30 * S), start);
         assert_eq!(keepalive.due(start + 15 * S), Due::Ping);
         keepalive.seen(start + 16 * S); // the pong
-        assert_eq!(keepalive.deadline(start + 16 * S), Some(start + 31 * S));
+        assert_eq!(
+            keepalive.due_stamp(start + 16 * S),
+            Some(stamp(start) + 31_000)
+        );
         assert_eq!(keepalive.due(start + 30 * S), Due::Nothing);
     }
 
     #[test]
     fn either_can_be_off() {
         let start = Instant::now();
-        assert_eq!(KeepAlive::new(None, None, start).deadline(start), None);
+        assert_eq!(KeepAlive::new(None, None, start).due_stamp(start), None);
         let mut idle_only = KeepAlive::new(None, Some(30 * S), start);
-        assert_eq!(idle_only.deadline(start), Some(start + 30 * S));
+        assert_eq!(idle_only.due_stamp(start), Some(stamp(start) + 30_000));
         assert_eq!(idle_only.due(start + 29 * S), Due::Nothing);
         let mut ping_only = KeepAlive::new(Some(15 * S), None, start);
         assert_eq!(ping_only.due(start + 60 * S), Due::Ping);

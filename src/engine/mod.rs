@@ -5,11 +5,12 @@
 //! writer at a time empties into the socket ([`writer`]), the state around them
 //! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`reader`]), and what
 //! the connection's own task runs: the protocol's answers, the timers and the limits of a
-//! live connection ([`session`], [`keepalive`], [`rate_limit`]), with the [`metrics`] they
-//! count into, and giving memory back after a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
+//! live connection ([`session`], [`keepalive`], [`rate_limit`], on the millisecond
+//! [`clock`]), with the [`metrics`] they count into, and giving memory back after a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
 pub(crate) mod budget;
+pub(crate) mod clock;
 pub(crate) mod core;
 pub(crate) mod flush;
 pub(crate) mod id;

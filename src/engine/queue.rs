@@ -90,9 +90,11 @@ pub(crate) enum Pushed {
     Queued,
 }
 
+/// Counts and positions are `u32` (a queue is bounded far below four billion messages):
+/// every idle connection holds one of these.
 pub(crate) struct OutboundQueue {
     state: Mutex<State>,
-    max_messages: usize,
+    max_messages: u32,
     max_bytes: usize,
 }
 
@@ -100,12 +102,12 @@ pub(crate) struct OutboundQueue {
 struct State {
     items: VecDeque<Outbound>,
     /// Queued messages and their payload bytes (only data frames count against the bounds).
-    messages: usize,
+    messages: u32,
     bytes: usize,
     /// A close frame (ours or the answer to the peer's) is queued; later ones are ignored.
     close_queued: bool,
     /// Where the unsent pong is in `items`, so that a newer one replaces it.
-    pong_at: Option<usize>,
+    pong_at: Option<u32>,
     /// Someone will write what is queued: set by the producer that finds the queue idle,
     /// cleared by the writer that finds it empty.
     scheduled: bool,
@@ -125,13 +127,13 @@ impl OutboundQueue {
     pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
         OutboundQueue {
             state: Mutex::new(State::default()),
-            max_messages,
+            max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
             max_bytes,
         }
     }
 
     pub(crate) fn max_messages(&self) -> usize {
-        self.max_messages
+        self.max_messages as usize
     }
 
     /// Queues a message behind everything already queued. Refused once a close frame is
@@ -146,7 +148,7 @@ impl OutboundQueue {
         let over_bytes = state.messages > 0 && state.bytes + len > self.max_bytes;
         if state.messages >= self.max_messages || over_bytes {
             return Err(Rejected::Full {
-                messages: state.messages,
+                messages: state.messages as usize,
                 bytes: state.bytes,
             });
         }
@@ -167,10 +169,11 @@ impl OutboundQueue {
         match item {
             Outbound::Pong(_) => {
                 if let Some(at) = state.pong_at {
-                    state.items[at] = item;
+                    state.items[at as usize] = item;
                     return Ok(Pushed::Queued);
                 }
-                state.pong_at = Some(state.items.len());
+                // Below the bound of messages plus a few control frames: fits.
+                state.pong_at = Some(state.items.len() as u32);
             }
             Outbound::Reply(_) => state.close_queued = true,
             _ => {}
@@ -205,7 +208,7 @@ impl OutboundQueue {
         state.close_queued = true;
         let mut dropped = 0;
         if drop_queued || state.messages >= self.max_messages || state.bytes >= self.max_bytes {
-            dropped = state.messages;
+            dropped = state.messages as usize;
             state.items.clear();
             state.messages = 0;
             state.bytes = 0;
@@ -309,7 +312,7 @@ impl OutboundQueue {
     /// Messages queued and their payload bytes.
     pub(crate) fn queued(&self) -> (usize, usize) {
         let state = lock(&self.state);
-        (state.messages, state.bytes)
+        (state.messages as usize, state.bytes)
     }
 
     /// Number of queued items, for tests that inspect the queue without a writer.

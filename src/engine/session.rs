@@ -48,8 +48,6 @@ pub(crate) enum End {
 pub(crate) struct Session<R> {
     reader: Reader<R>,
     keepalive: KeepAlive,
-    /// Armed for the keep-alive deadline; re-armed only when it fires (see `poll_timers`).
-    keepalive_timer: Pin<Box<Sleep>>,
     /// Boxed, like `message`: off by default, and an idle connection carries only the option.
     rate: Option<Box<Bucket>>,
     rate_per_second: u32,
@@ -97,12 +95,14 @@ struct MessageDeadline {
 const MESSAGE_WINDOW: Duration = Duration::from_secs(5);
 
 impl<R: AsyncRead + Unpin> Session<R> {
-    /// A session reading `read`, after `leftover` (bytes read along with the handshake).
+    /// A session reading `read`, after `leftover` (bytes read along with the handshake), for
+    /// the connection whose state is `core`.
     pub(crate) fn new(
         read: R,
         leftover: &[u8],
         settings: &Settings,
         budget: Arc<PartialBudget>,
+        core: &Core,
     ) -> Self {
         let limits = Limits {
             max_frame_size: settings.max_frame_size.min(settings.max_message_size),
@@ -111,11 +111,10 @@ impl<R: AsyncRead + Unpin> Session<R> {
         };
         let now = Instant::now();
         let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
-        let first = keepalive.deadline(now).unwrap_or(now);
+        core.set_keepalive_due(keepalive.due_stamp(now));
         Session {
             reader: Reader::new(read, leftover, limits, settings.read_buffer_size),
             keepalive,
-            keepalive_timer: Box::pin(tokio::time::sleep_until(first)),
             rate: settings
                 .rate_limit
                 .map(|limit| Box::new(Bucket::new(limit, now))),
@@ -328,9 +327,9 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 message.timer.as_mut().reset(next);
             }
         }
-        // Noted on every read, but the timer is re-armed only when it fires (a timer-wheel
-        // update per message would cost more): if the deadline moved, `due` says so.
-        while self.keepalive.is_on() && self.keepalive_timer.as_mut().poll(cx).is_ready() {
+        // Noted on every read, but the deadline the server's timer sees is moved only when it
+        // fires: if the deadline moved meanwhile, `due` says so.
+        if self.keepalive.is_on() && core.take_keepalive_fired() {
             let now = Instant::now();
             match self.keepalive.due(now) {
                 Due::Idle => {
@@ -340,9 +339,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 Due::Ping => core.send_ping(),
                 Due::Nothing => {}
             }
-            if let Some(next) = self.keepalive.deadline(now) {
-                self.keepalive_timer.as_mut().reset(next);
-            }
+            core.set_keepalive_due(self.keepalive.due_stamp(now));
         }
         Poll::Pending
     }

@@ -14,6 +14,7 @@ pub(crate) mod config;
 pub(crate) mod limit;
 pub(crate) mod serve;
 pub(crate) mod shutdown;
+pub(crate) mod sweep;
 pub(crate) mod upgrade;
 
 use std::fmt;
@@ -27,6 +28,7 @@ use crate::server::builder::ServerBuilder;
 use crate::server::config::Config;
 use crate::server::limit::ConnectionLimit;
 use crate::server::shutdown::ShutdownState;
+use crate::server::sweep::Sweep;
 
 /// One WebSocket server: its settings and what its connections share (the connection
 /// limit, the [`Metrics`], the graceful shutdown). Make it once, when the program starts,
@@ -61,6 +63,8 @@ struct Inner {
     addresses: Option<Arc<AddressLimits>>,
     partial_budget: Arc<PartialBudget>,
     shutdown: ShutdownState,
+    /// The one timer for every connection's keep-alive.
+    sweep: Sweep,
 }
 
 impl WebSocketServer {
@@ -96,6 +100,7 @@ impl WebSocketServer {
                 addresses,
                 partial_budget,
                 shutdown: ShutdownState::default(),
+                sweep: Sweep::default(),
             }),
         }
     }
@@ -130,6 +135,15 @@ impl WebSocketServer {
 
     pub(crate) fn shutdown_state(&self) -> &ShutdownState {
         &self.inner.shutdown
+    }
+
+    /// Starts the keep-alive timer for the server's connections, unless it runs or none
+    /// is needed.
+    pub(crate) fn start_sweep(&self) {
+        let engine = &self.inner.config.engine;
+        if let Some(every) = sweep::period(engine.ping_interval, engine.idle_timeout) {
+            self.inner.sweep.start(Arc::downgrade(&self.inner), every);
+        }
     }
 }
 

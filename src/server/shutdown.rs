@@ -29,6 +29,11 @@ pub(crate) struct ShutdownState {
 }
 
 impl ShutdownState {
+    /// The connections whose handlers have not finished.
+    pub(crate) fn connections(&self) -> &Mutex<HashMap<ConnectionId, Connection>> {
+        &self.connections
+    }
+
     pub(crate) fn is_started(&self) -> bool {
         self.started.load(Ordering::SeqCst)
     }
@@ -69,6 +74,8 @@ impl WebSocketServer {
     pub(crate) fn track(&self, conn: &Connection) -> Result<Tracked, HandshakeError> {
         let state = self.shutdown_state();
         lock(&state.connections).insert(conn.id(), conn.clone());
+        // After the insert: the timer's first tick sees the connection.
+        self.start_sweep();
         let tracked = Tracked {
             server: self.clone(),
             id: conn.id(),
