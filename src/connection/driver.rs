@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
@@ -23,7 +23,7 @@ use crate::engine::budget::PartialBudget;
 use crate::engine::flush::HasCore;
 use crate::engine::session::{End, Event, Session};
 use crate::engine::settings::Settings;
-use crate::engine::writer::WriteSide;
+use crate::engine::writer::{WriteIo, WriteSide};
 use crate::error::Error;
 use crate::protocol::close::CloseFrame;
 
@@ -33,8 +33,8 @@ use crate::protocol::close::CloseFrame;
 /// The returned future is what an idle connection costs, so it holds each piece once: an
 /// `async fn` would keep a second copy of every argument (rustc moves each parameter into
 /// a local of the body), while a block's captures are used in place.
-pub(crate) fn run<R, W, H, L>(
-    socket: Socket<'_, R, W>,
+pub(crate) fn run<R, H, L>(
+    socket: Socket<'_, R>,
     conn: Connection,
     handler: H,
     settings: Settings,
@@ -43,7 +43,6 @@ pub(crate) fn run<R, W, H, L>(
 ) -> impl Future<Output = ()> + Send
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Send + 'static,
     H: WebSocketHandler,
     L: Send,
 {
@@ -55,7 +54,7 @@ where
     let session = Session::new(read, leftover, &settings, budget, conn.core());
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     conn.core()
-        .attach(WriteSide::new(Box::pin(write), settings.write_buffer_size));
+        .attach(WriteSide::new(write, settings.write_buffer_size));
     let mut driver = Driver {
         run: Running {
             session,
@@ -121,11 +120,11 @@ impl<F: Future> Future for InSpan<F> {
 }
 
 /// The upgraded connection's two halves.
-pub(crate) struct Socket<'a, R, W> {
+pub(crate) struct Socket<'a, R> {
     pub(crate) read: R,
     /// What the client sent behind its handshake, read along with it: decoded first.
     pub(crate) leftover: &'a [u8],
-    pub(crate) write: W,
+    pub(crate) write: WriteIo,
 }
 
 /// Everything one connection's task holds. Dropped however the task ends (a panic in the

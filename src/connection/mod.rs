@@ -6,7 +6,7 @@ pub(crate) mod handler;
 mod request;
 
 pub(crate) use request::RequestParts;
-use request::{KeptHeaders, KeptUri};
+use request::{KeptAddr, KeptHeaders, KeptUri};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ struct Inner {
     core: Core,
     uri: KeptUri,
     headers: KeptHeaders,
-    remote_addr: Option<SocketAddr>,
+    remote_addr: KeptAddr,
     protocol: Option<Box<str>>,
     /// Collections this connection is in, so that closing leaves all of them.
     memberships: Mutex<Vec<Weak<dyn Membership>>>,
@@ -119,7 +119,7 @@ impl Connection {
     /// The peer's address, if the server put it in the request's extensions as a
     /// [`SocketAddr`] (see [`WebSocketServer::upgrade`](crate::WebSocketServer::upgrade)).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.remote_addr
+        self.inner.remote_addr.get()
     }
 
     /// How many messages wait in this connection's outbound queue, and their payload bytes.

@@ -1,7 +1,7 @@
 //! What a connection keeps of its upgrade request: the URI, the peer's address, and the
 //! headers up to a size, in as few bytes as an idle connection can afford.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -11,7 +11,7 @@ use once_cell::race::OnceBox;
 pub(crate) struct RequestParts {
     pub(crate) uri: KeptUri,
     pub(crate) headers: KeptHeaders,
-    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) remote_addr: KeptAddr,
 }
 
 impl RequestParts {
@@ -36,7 +36,7 @@ impl RequestParts {
                 uri: OnceBox::new(),
             },
             headers: KeptHeaders::keep(headers, header_bytes),
-            remote_addr,
+            remote_addr: KeptAddr::new(remote_addr),
         }
     }
 }
@@ -205,5 +205,89 @@ mod tests {
         assert!(none.headers.map().is_empty());
         assert_eq!(none.uri.path(), "/chat", "the URI is always kept");
         assert_eq!(none.uri.query(), None);
+    }
+}
+
+/// The peer's address in 24 bytes, where an `Option<SocketAddr>` takes 32: the address
+/// bytes, the port, an IPv6 scope and which kind it is. The IPv6 flow label, which nothing
+/// reads, is dropped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeptAddr {
+    ip: [u8; 16],
+    scope_id: u32,
+    port: u16,
+    kind: AddrKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddrKind {
+    None,
+    V4,
+    V6,
+}
+
+impl KeptAddr {
+    fn new(addr: Option<SocketAddr>) -> Self {
+        let mut kept = KeptAddr {
+            ip: [0; 16],
+            scope_id: 0,
+            port: 0,
+            kind: AddrKind::None,
+        };
+        match addr {
+            None => {}
+            Some(SocketAddr::V4(v4)) => {
+                kept.ip[..4].copy_from_slice(&v4.ip().octets());
+                kept.port = v4.port();
+                kept.kind = AddrKind::V4;
+            }
+            Some(SocketAddr::V6(v6)) => {
+                kept.ip = v6.ip().octets();
+                kept.scope_id = v6.scope_id();
+                kept.port = v6.port();
+                kept.kind = AddrKind::V6;
+            }
+        }
+        kept
+    }
+
+    pub(crate) fn get(&self) -> Option<SocketAddr> {
+        match self.kind {
+            AddrKind::None => None,
+            AddrKind::V4 => {
+                let [a, b, c, d, ..] = self.ip;
+                Some(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+                    self.port,
+                ))
+            }
+            AddrKind::V6 => Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(self.ip),
+                self.port,
+                0,
+                self.scope_id,
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod kept_addr_tests {
+    use super::KeptAddr;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn addresses_come_back_as_they_went_in() {
+        for text in [
+            "127.0.0.1:8080",
+            "[::1]:443",
+            "[fe80::1%3]:9000",
+            "10.1.2.3:0",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(KeptAddr::new(Some(addr)).get(), Some(addr), "{text}");
+        }
+        assert_eq!(KeptAddr::new(None).get(), None);
+        assert_eq!(std::mem::size_of::<KeptAddr>(), 24);
     }
 }

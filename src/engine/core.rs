@@ -415,7 +415,7 @@ mod loom_tests {
     use super::Core;
     use crate::engine::metrics::Metrics;
     use crate::engine::settings::Settings;
-    use crate::engine::writer::WriteSide;
+    use crate::engine::writer::{WriteIo, WriteSide};
     use crate::protocol::frame::Frame;
 
     /// A socket whose send buffer holds `capacity` bytes until the peer reads them.
@@ -475,7 +475,7 @@ mod loom_tests {
             let arrived = Arc::new(Notify::new());
             let core = Arc::new(Core::new(&Settings::default(), Metrics::new()));
             let socket = Socket(pipe.clone(), arrived.clone());
-            core.attach(WriteSide::new(Box::pin(socket), 1024));
+            core.attach(WriteSide::new(WriteIo::boxed(socket), 1024));
 
             let producers: Vec<_> = (0..2)
                 .map(|_| {

@@ -95,7 +95,8 @@ pub(crate) enum Pushed {
 pub(crate) struct OutboundQueue {
     state: Mutex<State>,
     max_messages: u32,
-    max_bytes: usize,
+    /// At most 4 GiB (larger bounds count as that).
+    max_bytes: u32,
 }
 
 #[derive(Default)]
@@ -128,7 +129,7 @@ impl OutboundQueue {
         OutboundQueue {
             state: Mutex::new(State::default()),
             max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
-            max_bytes,
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
         }
     }
 
@@ -145,7 +146,7 @@ impl OutboundQueue {
             return Err(Rejected::Stopped);
         }
         let len = frame.payload().len();
-        let over_bytes = state.messages > 0 && state.bytes + len > self.max_bytes;
+        let over_bytes = state.messages > 0 && state.bytes + len > self.max_bytes as usize;
         if state.messages >= self.max_messages || over_bytes {
             return Err(Rejected::Full {
                 messages: state.messages as usize,
@@ -207,7 +208,10 @@ impl OutboundQueue {
         }
         state.close_queued = true;
         let mut dropped = 0;
-        if drop_queued || state.messages >= self.max_messages || state.bytes >= self.max_bytes {
+        if drop_queued
+            || state.messages >= self.max_messages
+            || state.bytes >= self.max_bytes as usize
+        {
             dropped = state.messages as usize;
             state.items.clear();
             state.messages = 0;

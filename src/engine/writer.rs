@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::engine::memory;
 use crate::engine::queue::{Outbound, OutboundQueue};
@@ -21,14 +22,39 @@ const MAX_SLICES: usize = 128;
 /// Writes up to this size are copied together and sent with one plain write.
 const SMALL_WRITE: usize = 1024;
 
+/// The socket's write half: a plain TCP one as it is, any other (TLS, hyper's upgraded
+/// stream) boxed. Every idle connection holds one, and boxing the TCP one would cost each
+/// 32 bytes.
+pub(crate) enum WriteIo {
+    Tcp(OwnedWriteHalf),
+    Boxed(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+impl WriteIo {
+    /// Any write half, boxed.
+    pub(crate) fn boxed(io: impl AsyncWrite + Send + 'static) -> Self {
+        WriteIo::Boxed(Box::pin(io))
+    }
+
+    fn as_mut(&mut self) -> Pin<&mut (dyn AsyncWrite + Send)> {
+        match self {
+            WriteIo::Tcp(tcp) => {
+                let tcp: Pin<&mut OwnedWriteHalf> = Pin::new(tcp);
+                tcp
+            }
+            WriteIo::Boxed(boxed) => boxed.as_mut(),
+        }
+    }
+}
+
 /// The socket's write half and what has been taken from the queue but not yet written.
 pub(crate) struct WriteSide {
-    io: Pin<Box<dyn AsyncWrite + Send>>,
+    io: WriteIo,
     in_flight: VecDeque<Outbound>,
     /// Bytes of `in_flight[0]` already written.
     written: usize,
     /// Most bytes handed to one write.
-    max_write: usize,
+    max_write: u32,
     /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
     closed: bool,
     failed: bool,
@@ -55,12 +81,12 @@ pub(crate) enum WriteEnd {
 }
 
 impl WriteSide {
-    pub(crate) fn new(io: Pin<Box<dyn AsyncWrite + Send>>, max_write: usize) -> Self {
+    pub(crate) fn new(io: WriteIo, max_write: usize) -> Self {
         WriteSide {
             io,
             in_flight: VecDeque::new(),
             written: 0,
-            max_write: max_write.max(1),
+            max_write: u32::try_from(max_write).unwrap_or(u32::MAX).max(1),
             closed: false,
             failed: false,
         }
@@ -103,7 +129,7 @@ impl WriteSide {
             let mut skip = self.written;
             let mut gathered = 0;
             for item in &self.in_flight {
-                if slices.len() >= MAX_SLICES - 1 || gathered >= self.max_write {
+                if slices.len() >= MAX_SLICES - 1 || gathered >= self.max_write as usize {
                     break;
                 }
                 gathered += item.slices(skip, &mut slices);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use crate::connection::Connection;
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
-use crate::fanout::collection::WebSocketCollection;
+use crate::fanout::collection::{Bare, Emptied, WebSocketCollection};
 use crate::fanout::history::{History, Position, ResumeError, Resumed};
 use crate::fanout::relay::{Relay, RoomDelivery};
 use crate::protocol::message::Message;
@@ -63,9 +63,9 @@ struct Shared<K> {
 }
 
 struct RoomMap<K> {
-    by_key: HashMap<K, WebSocketCollection>,
+    by_key: HashMap<K, Bare>,
     /// With a backplane: the same rooms by their name there, for delivering what arrives.
-    by_name: HashMap<String, WebSocketCollection>,
+    by_name: HashMap<String, Bare>,
     /// With a history: the rooms that emptied, oldest first. Their history is kept for the
     /// members that come back, up to [`EMPTY_ROOMS_KEPT`] of them.
     emptied: VecDeque<K>,
@@ -188,24 +188,24 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         self.lock()
             .by_key
             .get(room)
-            .and_then(WebSocketCollection::last_position)
+            .and_then(|room| room.collection().last_position())
     }
 
     /// The room's collection, made if there is none.
     fn room_to_join(&self, rooms: &mut RoomMap<K>, room: &K) -> WebSocketCollection {
         if let Some(collection) = rooms.by_key.get(room) {
-            return collection.clone();
+            return collection.collection();
         }
         let mut collection = WebSocketCollection::new();
         if let Some(history) = self.shared.history.get() {
             collection = collection.with_history(history.clone());
         }
-        collection.set_on_empty(self.drop_when_empty(room.clone(), &collection));
+        collection.set_on_empty(self.drop_when_empty(room.clone()));
         if let Some(remote) = self.shared.remote.get() {
             let name = (remote.name)(room);
-            rooms.by_name.insert(name, collection.clone());
+            rooms.by_name.insert(name, collection.bare());
         }
-        rooms.by_key.insert(room.clone(), collection.clone());
+        rooms.by_key.insert(room.clone(), collection.bare());
         collection
     }
 
@@ -273,7 +273,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     /// dropped as empty. Its `broadcast` stays in this process, even with a backplane; use
     /// [`broadcast_to`](Rooms::broadcast_to) to reach the room everywhere.
     pub fn room(&self, room: &K) -> Option<WebSocketCollection> {
-        self.lock().by_key.get(room).cloned()
+        self.lock().by_key.get(room).map(Bare::collection)
     }
 
     /// The room's members in this process, in no particular order.
@@ -323,17 +323,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         self.len() == 0
     }
 
-    /// The callback that drops `room` once `collection` is empty, unless the room has been
+    /// The callback that drops `room` once its collection is empty, unless the room has been
     /// made anew meanwhile. With a history, the room is kept among the last
     /// [`EMPTY_ROOMS_KEPT`] emptied, and the oldest of those goes instead.
-    fn drop_when_empty(
-        &self,
-        room: K,
-        collection: &WebSocketCollection,
-    ) -> impl Fn() + Send + Sync + 'static {
+    fn drop_when_empty(&self, room: K) -> impl Fn(Emptied<'_>) + Send + Sync + 'static {
         let shared: Weak<Shared<K>> = Arc::downgrade(&self.shared);
-        let members = collection.downgrade();
-        move || {
+        move |members| {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
@@ -355,11 +350,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                     break;
                 };
                 // Only if still empty: it may have been joined again since.
-                if rooms
-                    .by_key
-                    .get(&oldest)
-                    .is_some_and(WebSocketCollection::is_empty)
-                {
+                if rooms.by_key.get(&oldest).is_some_and(Bare::is_empty) {
                     rooms.remove(&oldest, shared.remote.get());
                 }
             }
@@ -388,7 +379,7 @@ impl<K: Send + Sync> RoomDelivery for Shared<K> {
         message: Message,
         except: Option<ConnectionId>,
     ) -> usize {
-        let local = lock(&self.rooms).by_name.get(room).cloned();
+        let local = lock(&self.rooms).by_name.get(room).map(Bare::collection);
         local.map_or(0, |room| room.deliver_local(position, message, except))
     }
 }

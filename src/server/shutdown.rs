@@ -1,7 +1,6 @@
 //! Graceful shutdown: close every connection with 1001 after what is queued for it, and
 //! refuse new ones.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,7 +8,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::connection::Connection;
-use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
 use crate::protocol::close::CloseCode;
 use crate::protocol::handshake::HandshakeError;
@@ -20,7 +18,7 @@ use crate::server::WebSocketServer;
 #[derive(Debug, Default)]
 pub(crate) struct ShutdownState {
     /// From the upgrade until `on_close` has returned (see [`Tracked`]).
-    connections: Mutex<HashMap<ConnectionId, Connection>>,
+    connections: Mutex<Open>,
     /// Wakes `close_all` when one of them has finished.
     finished: Notify,
     started: AtomicBool,
@@ -30,7 +28,7 @@ pub(crate) struct ShutdownState {
 
 impl ShutdownState {
     /// The connections whose handlers have not finished.
-    pub(crate) fn connections(&self) -> &Mutex<HashMap<ConnectionId, Connection>> {
+    pub(crate) fn connections(&self) -> &Mutex<Open> {
         &self.connections
     }
 
@@ -54,15 +52,64 @@ impl ShutdownState {
 
 /// A connection `close_all` waits for, until its handler has finished (dropped after
 /// `on_close` returned, or when the upgrade never happened).
+/// The open connections, each in a slot of a list: a pointer per connection, where a hash
+/// map by id costs some 35 bytes each. Freed slots are taken again first.
+#[derive(Debug, Default)]
+pub(crate) struct Open {
+    slots: Vec<Option<Connection>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Open {
+    fn insert(&mut self, conn: Connection) -> u32 {
+        self.len += 1;
+        if let Some(slot) = self.free.pop() {
+            self.slots[slot as usize] = Some(conn);
+            return slot;
+        }
+        self.slots.push(Some(conn));
+        // A slot per connection, and a process has far fewer than four billion sockets.
+        (self.slots.len() - 1) as u32
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(taken) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            drop(taken);
+            self.len -= 1;
+            self.free.push(slot);
+        }
+        if self.len == 0 {
+            // After a storm, the lists give their memory back.
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
+    /// The open connections.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Connection> {
+        self.slots.iter().flatten()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 pub(crate) struct Tracked {
     server: WebSocketServer,
-    id: ConnectionId,
+    /// Where in [`Open`] the connection is.
+    slot: u32,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         let state = self.server.shutdown_state();
-        lock(&state.connections).remove(&self.id);
+        lock(&state.connections).remove(self.slot);
         state.finished.notify_waiters();
     }
 }
@@ -73,12 +120,12 @@ impl WebSocketServer {
     /// `close_all`.
     pub(crate) fn track(&self, conn: &Connection) -> Result<Tracked, HandshakeError> {
         let state = self.shutdown_state();
-        lock(&state.connections).insert(conn.id(), conn.clone());
+        let slot = lock(&state.connections).insert(conn.clone());
         // After the insert: the timer's first tick sees the connection.
         self.start_sweep();
         let tracked = Tracked {
             server: self.clone(),
-            id: conn.id(),
+            slot,
         };
         if state.is_started() {
             return Err(HandshakeError::ShuttingDown);
@@ -120,7 +167,7 @@ impl WebSocketServer {
         let state = self.shutdown_state();
         state.started.store(true, Ordering::SeqCst);
         state.starting.notify_waiters();
-        let open: Vec<Connection> = lock(&state.connections).values().cloned().collect();
+        let open: Vec<Connection> = lock(&state.connections).iter().cloned().collect();
         for conn in &open {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }

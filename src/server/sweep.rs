@@ -65,7 +65,7 @@ async fn run(server: Weak<Inner>, every: Duration) {
             return;
         };
         let now = clock::stamp(Instant::now());
-        for conn in lock(server.shutdown.connections()).values() {
+        for conn in lock(server.shutdown.connections()).iter() {
             conn.core().sweep_keepalive(now);
         }
     }

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
+use crate::engine::writer::WriteIo;
 use crate::protocol::handshake::{check_handshake, HandshakeError};
 use crate::server::address::client_address;
 use crate::server::body::Body;
@@ -164,7 +165,7 @@ impl WebSocketServer {
                         let socket = Socket {
                             read,
                             leftover: &parts.read_buf,
-                            write,
+                            write: WriteIo::Tcp(write),
                         };
                         let run = driver::run(socket, conn, handler, settings, budget, lease);
                         driver::spawn_in_current_span(run);
@@ -175,7 +176,7 @@ impl WebSocketServer {
                         let socket = Socket {
                             read,
                             leftover: &[],
-                            write,
+                            write: WriteIo::boxed(write),
                         };
                         let run = driver::run(socket, conn, handler, settings, budget, lease);
                         driver::spawn_in_current_span(run);
