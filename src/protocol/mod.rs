@@ -2,12 +2,16 @@
 //!
 //! Close codes and close frames, whole messages and their text type, the decoding of the
 //! frames a client sends and the encoding of those a server sends, UTF-8 validation as bytes
-//! arrive, the checks of an upgrade request, and reading a URL query. Nothing
+//! arrive, the checks of an upgrade request, reading a URL query, and negotiating
+//! permessage-deflate (RFC 7692). Nothing
 //! here knows about tokio, sockets, connections or collections: every other layer builds on
 //! this one, and this one imports no other.
 
 pub(crate) mod close;
 pub(crate) mod decode;
+// Wired in by the compression integration; until then only the tests and fuzz hooks use it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod deflate;
 pub(crate) mod forwarded;
 pub(crate) mod frame;
 pub(crate) mod handshake;
