@@ -292,4 +292,61 @@ pub mod fuzzing {
     ) -> std::net::IpAddr {
         crate::server::address::client_address(peer, headers, trusted)
     }
+
+    /// permessage-deflate negotiation on `data` split at `\n` into `Sec-WebSocket-Extensions`
+    /// lines, with the default settings and with a 9-bit window: panics if an answer does
+    /// not start with `permessage-deflate`, names a window outside 8 to 15 bits or other than
+    /// the one agreed, agrees a window larger than the server's, or is not accepted the same
+    /// when offered back.
+    pub fn extension_offers(data: &[u8]) {
+        use crate::protocol::deflate::{negotiate, DeflateSettings};
+        for window_bits in [15, 9] {
+            let settings = DeflateSettings {
+                window_bits,
+                ..DeflateSettings::default()
+            };
+            let Some((agreed, answer)) = negotiate(data.split(|&b| b == b'\n'), &settings) else {
+                continue;
+            };
+            assert!(answer.starts_with("permessage-deflate"), "{answer}");
+            let named = answer
+                .split("; ")
+                .find_map(|param| param.strip_prefix("server_max_window_bits="));
+            match named {
+                Some(bits) => {
+                    let bits: u8 = bits.parse().expect("server_max_window_bits is a number");
+                    assert!((8..=15).contains(&bits), "{answer}");
+                    assert_eq!(bits, agreed.server_window_bits, "{answer}");
+                }
+                None => assert_eq!(agreed.server_window_bits, 15, "{answer}"),
+            }
+            // The server never compresses with more than its own window, nor with 8 bits.
+            assert!(agreed.server_window_bits <= window_bits || !agreed.compress);
+            assert_eq!(agreed.compress, agreed.server_window_bits >= 9);
+            let again = negotiate(std::iter::once(answer.as_bytes()), &settings);
+            assert_eq!(again, Some((agreed, answer)));
+        }
+    }
+
+    /// `data` inflated as a client's compressed message within 64 KiB, and `data` (up to
+    /// 64 KiB) compressed and inflated back: panics if a message passes the limit or the
+    /// round trip changes the data.
+    pub fn inflate_bounded(data: &[u8]) {
+        use crate::protocol::deflate::{compress, inflate};
+        const LIMIT: usize = 64 * 1024;
+        if let Ok(message) = inflate(data, LIMIT) {
+            assert!(message.len() <= LIMIT, "{} bytes", message.len());
+        }
+        if data.len() <= LIMIT {
+            // Levels and windows drawn from the input, besides the defaults.
+            let level = u32::from(data.first().copied().unwrap_or(0) % 10);
+            let bits = 9 + (data.len() % 7) as u8;
+            for (level, bits) in [(3, 15), (level, bits)] {
+                let compressed = compress(data, level, bits).expect("compress");
+                let inflated =
+                    inflate(&compressed, data.len()).expect("inflate what was compressed");
+                assert!(inflated == data, "level {level}, {bits} bits");
+            }
+        }
+    }
 }
