@@ -36,9 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Echo server listening on ws://{}", listener.local_addr()?);
 
     // The conformance suite sends messages of up to 16 MiB.
+    // permessage-deflate for the clients that offer it (the suite's cases 12 and 13).
     let server = WebSocketServer::builder()
         .max_message_size(64 << 20)
         .max_frame_size(16 << 20)
+        .permessage_deflate(true)
         .build();
     // Ctrl-C stops it, returning from `main` (so that profilers see a normal exit).
     tokio::select! {

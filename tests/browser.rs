@@ -354,6 +354,30 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     }
     // Bob is in the room once alice has seen him join: only then can he hear her.
     wait_for_line(alice, "alice", "bob joined (2 online)", 0).await?;
+    // Chromium offers permessage-deflate and the chat takes it.
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        let extensions = bounded(
+            &format!("{name}'s WebSocket extensions"),
+            client.execute("return socket ? socket.extensions : null;", vec![]),
+        )
+        .await?;
+        if !extensions
+            .as_str()
+            .is_some_and(|agreed| agreed.starts_with("permessage-deflate"))
+        {
+            return Err(format!(
+                "{name}'s WebSocket did not agree permessage-deflate: {extensions}"
+            )
+            .into());
+        }
+    }
+    // Long enough to go compressed (over the 256-byte threshold), both ways.
+    let words: Vec<String> = (0..60).map(|n| format!("word{n}")).collect();
+    let long = format!("A long one, to see compression work: {}", words.join(" "));
+    say(alice, &long).await?;
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        wait_for_line(client, name, &format!("alice: {long}"), 0).await?;
+    }
 
     say(alice, "Hi Bob! Is the new chat page working for you?").await?;
     say(

@@ -79,6 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = WebSocketServer::builder()
         .same_origin()
         .kept_header_bytes(0)
+        // Browsers offer permessage-deflate: a broadcast is compressed once for all of them.
+        .permessage_deflate(true)
         .trim_memory(trim)
         .build();
     loop {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::{HeaderMap, HeaderValue, Uri};
 
-use crate::engine::core::Core;
+use crate::engine::core::{Core, Deflate};
 use crate::engine::flush::HasCore;
 use crate::engine::id::ConnectionId;
 use crate::engine::metrics::Metrics;
@@ -22,7 +22,7 @@ use crate::engine::settings::Settings;
 use crate::engine::sync::lock;
 use crate::error::SendError;
 use crate::protocol::close::CloseCode;
-use crate::protocol::frame::Frame;
+use crate::protocol::deflate::Agreed;
 use crate::protocol::message::Message;
 
 /// A cheap, cloneable handle to one WebSocket connection, usable from any task.
@@ -59,11 +59,14 @@ impl Connection {
     pub(crate) fn new(
         request: RequestParts,
         protocol: Option<HeaderValue>,
+        deflate: Option<Agreed>,
         settings: &Settings,
         metrics: Metrics,
     ) -> Self {
+        let mut core = Core::new(settings, metrics);
+        core.deflate = Deflate::new(deflate, &settings.deflate);
         let inner = Inner {
-            core: Core::new(settings, metrics),
+            core,
             uri: request.uri,
             headers: request.headers,
             remote_addr: request.remote_addr,
@@ -145,7 +148,7 @@ impl Connection {
     /// [`SendError::QueueFull`] when the peer is too far behind.
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let core = &self.inner.core;
-        let pushed = core.send_frame(Frame::from_message(message.into()))?;
+        let pushed = core.send_frame(core.frame_for(message.into()))?;
         core.after_push(pushed);
         Ok(())
     }

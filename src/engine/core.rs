@@ -27,11 +27,53 @@ use crate::engine::sync::{lock_handover, HandoverMutex};
 use crate::engine::writer::{WriteEnd, WriteSide, Written};
 use crate::error::SendError;
 use crate::protocol::close::{CloseCode, CloseFrame};
+use crate::protocol::deflate::{Agreed, DeflateSettings};
 use crate::protocol::frame::{opcode, Frame};
+use crate::protocol::message::Message;
 
 const OPEN: u8 = 0;
 const CLOSING: u8 = 1;
 const CLOSED: u8 = 2;
+
+/// What permessage-deflate was agreed with one client, in four bytes of its state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Deflate {
+    /// 0: not agreed; 1: agreed, but the client gets plain frames (it asked for an 8-bit
+    /// window, which zlib cannot deflate with); 9 to 15: compress with this window.
+    bits: u8,
+    level: u8,
+    /// Shorter messages go plain.
+    threshold: u16,
+}
+
+impl Deflate {
+    pub(crate) fn new(agreed: Option<Agreed>, settings: &DeflateSettings) -> Self {
+        let Some(agreed) = agreed else {
+            return Deflate::default();
+        };
+        Deflate {
+            bits: if agreed.compress {
+                agreed.server_window_bits
+            } else {
+                1
+            },
+            level: settings.level.min(9) as u8,
+            threshold: u16::try_from(settings.threshold).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Whether the client may send compressed messages.
+    pub(crate) fn agreed(self) -> bool {
+        self.bits != 0
+    }
+
+    /// The window bits and level to compress a message of `len` bytes with, if it is to
+    /// be compressed.
+    pub(crate) fn for_len(self, len: usize) -> Option<(u8, u32)> {
+        (self.bits > 1 && len >= usize::from(self.threshold))
+            .then_some((self.bits, u32::from(self.level)))
+    }
+}
 
 /// One connection's queue, writer and state, shared by its handle, its task, the flush
 /// tasks and the collections it is in.
@@ -58,6 +100,8 @@ pub(crate) struct Core {
     keepalive_due: AtomicU32,
     /// The server's timer found `keepalive_due` passed and woke the connection's task.
     keepalive_fired: AtomicBool,
+    /// What permessage-deflate was agreed with the client, if anything.
+    pub(crate) deflate: Deflate,
     /// The first close frame on the wire, in either direction.
     first_close: OnceBox<CloseFrame>,
     pub(crate) metrics: Metrics,
@@ -80,6 +124,7 @@ impl Core {
             close_written: AtomicBool::new(false),
             keepalive_due: AtomicU32::new(0),
             keepalive_fired: AtomicBool::new(false),
+            deflate: Deflate::default(),
             first_close: OnceBox::new(),
             metrics,
         }
@@ -110,6 +155,22 @@ impl Core {
             self.queue.wake_owner();
         }
         was_open
+    }
+
+    /// The frame that carries `message` to this client: compressed if permessage-deflate
+    /// was agreed and the message is long enough, else plain.
+    pub(crate) fn frame_for(&self, message: Message) -> Frame {
+        let Some((bits, level)) = self.deflate.for_len(message.len()) else {
+            return Frame::from_message(message);
+        };
+        match Frame::deflated(&message, level, bits) {
+            Some(frame) => {
+                self.metrics
+                    .compressed(message.len(), frame.payload().len());
+                frame
+            }
+            None => Frame::from_message(message),
+        }
     }
 
     /// Sets when the keep-alive is next due (a [`clock`] stamp), or that it never is.

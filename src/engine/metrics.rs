@@ -38,6 +38,11 @@ struct Counters {
     closes_standard: [AtomicU64; 16],
     /// Closes with any other code (applications' own 4000-4999).
     closes_other: Mutex<BTreeMap<u16, u64>>,
+    /// permessage-deflate: messages compressed, their bytes before and after. Not striped:
+    /// a broadcast is compressed once, not per client.
+    compressed: AtomicU64,
+    compressed_from: AtomicU64,
+    compressed_to: AtomicU64,
 }
 
 const STRIPES: usize = 16;
@@ -75,6 +80,13 @@ pub struct MetricsSnapshot {
     pub messages_dropped: u64,
     /// Connections closed by [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).
     pub slow_consumer_disconnects: u64,
+    /// Messages compressed with permessage-deflate: a broadcast once for all the clients
+    /// that agreed the same window, a [`send`](crate::Connection::send) once.
+    pub messages_compressed: u64,
+    /// Payload bytes of those messages before compressing them.
+    pub compressed_from_bytes: u64,
+    /// And after.
+    pub compressed_to_bytes: u64,
     /// Ended connections by close code: the first close frame on the wire, in either
     /// direction, or 1006 if there was none.
     pub closes: BTreeMap<u16, u64>,
@@ -129,12 +141,23 @@ impl Metrics {
             bytes_sent: sum(|s| &s.bytes_sent),
             messages_dropped: sum(|s| &s.messages_dropped),
             slow_consumer_disconnects: sum(|s| &s.slow_consumer_disconnects),
+            messages_compressed: c.compressed.load(Relaxed),
+            compressed_from_bytes: c.compressed_from.load(Relaxed),
+            compressed_to_bytes: c.compressed_to.load(Relaxed),
             closes,
         }
     }
 
     fn stripe(&self, id: ConnectionId) -> &Stripe {
         &self.counters.stripes[(id.as_u64() % STRIPES as u64) as usize]
+    }
+
+    /// A message of `from` bytes was compressed to `to`.
+    pub(crate) fn compressed(&self, from: usize, to: usize) {
+        let c = &self.counters;
+        c.compressed.fetch_add(1, Relaxed);
+        c.compressed_from.fetch_add(from as u64, Relaxed);
+        c.compressed_to.fetch_add(to as u64, Relaxed);
     }
 
     pub(crate) fn opened(&self) {

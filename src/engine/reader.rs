@@ -137,6 +137,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.decoder.in_message()
     }
 
+    /// The largest message the peer may send (a compressed one's inflated size included).
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.decoder.max_message_size()
+    }
+
     /// Payload bytes of the message in progress so far.
     pub(crate) fn message_len(&self) -> usize {
         self.decoder.message_len()

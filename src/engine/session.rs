@@ -26,6 +26,7 @@ use crate::engine::settings::{Millis, Settings};
 use crate::engine::writer::WriteEnd;
 use crate::error::Error;
 use crate::protocol::decode::{Item, Limits};
+use crate::protocol::deflate::{self, InflateError};
 use crate::protocol::message::Message;
 
 /// What the connection's task gets from [`Session::next`].
@@ -107,7 +108,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
         let limits = Limits {
             max_frame_size: settings.max_frame_size.min(settings.max_message_size),
             max_message_size: settings.max_message_size,
-            allow_rsv1: false,
+            allow_rsv1: core.deflate.agreed(),
         };
         let now = Instant::now();
         let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
@@ -223,24 +224,20 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     return Poll::Ready(Event::End(End::Failed(read_failure(error))))
                 }
             };
-            match item {
-                Item::Message(message) => {
-                    core.metrics.received(core.id, message.len());
-                    if let Some(bucket) = &mut self.rate {
-                        if !bucket.take(Instant::now()) {
-                            let per_second = self.rate_per_second;
-                            return Poll::Ready(Event::End(End::Failed(Error::RateLimited {
-                                per_second,
-                            })));
-                        }
+            let message = match item {
+                Item::Message(message) => message,
+                Item::Compressed { text, payload } => {
+                    // The decoder refuses RSV1 unless permessage-deflate was agreed.
+                    match inflated(text, &payload, self.reader.max_message_size()) {
+                        Ok(message) => message,
+                        Err(error) => return Poll::Ready(Event::End(End::Failed(error))),
                     }
-                    if deliver {
-                        return Poll::Ready(Event::Message(message));
-                    }
-                    self.held = Some(Box::new(message));
                 }
-                Item::Ping(payload) => core.send_pong(&payload),
-                Item::Pong(_) => {}
+                Item::Ping(payload) => {
+                    core.send_pong(&payload);
+                    continue;
+                }
+                Item::Pong(_) => continue,
                 Item::Close(frame) => {
                     self.peer_closed = true;
                     core.peer_closed(frame);
@@ -250,12 +247,18 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     }
                     return self.poll_event(cx, core, deliver);
                 }
-                Item::Compressed { .. } => {
-                    // The decoder refuses RSV1 while no extension is negotiated.
-                    let reason = "compressed message without permessage-deflate".to_owned();
-                    return Poll::Ready(Event::End(End::Failed(Error::Protocol { reason })));
+            };
+            core.metrics.received(core.id, message.len());
+            if let Some(bucket) = &mut self.rate {
+                if !bucket.take(Instant::now()) {
+                    let per_second = self.rate_per_second;
+                    return Poll::Ready(Event::End(End::Failed(Error::RateLimited { per_second })));
                 }
             }
+            if deliver {
+                return Poll::Ready(Event::Message(message));
+            }
+            self.held = Some(Box::new(message));
         }
         Poll::Pending
     }
@@ -354,6 +357,26 @@ impl<R> Drop for Session<R> {
 }
 
 /// The connection's failure when reading stopped.
+/// A client's compressed message, inflated within `max` bytes (counted on what it inflates
+/// to, as it inflates: a small bomb costs no more than the limit), and checked as text.
+fn inflated(text: bool, compressed: &[u8], max: usize) -> Result<Message, Error> {
+    let bytes = deflate::inflate(compressed, max).map_err(|error| match error {
+        InflateError::TooBig { limit } => Error::MessageTooLarge {
+            size: limit.saturating_add(1),
+            max: limit,
+        },
+        InflateError::Corrupt(why) => Error::Protocol {
+            reason: format!("invalid permessage-deflate data: {why}"),
+        },
+    })?;
+    if text {
+        let text = String::from_utf8(bytes).map_err(|_| Error::InvalidUtf8)?;
+        Ok(Message::from(text))
+    } else {
+        Ok(Message::Binary(bytes.into()))
+    }
+}
+
 fn read_failure(error: ReadError) -> Error {
     match error {
         ReadError::Eof => Error::AbruptClose,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::engine::rate_limit::RateLimit;
+use crate::protocol::deflate::DeflateSettings;
 
 /// The per-connection part of the server's [`Config`](crate::Config): sizes, bounds and
 /// timers. Copied into each connection's task.
@@ -23,6 +24,9 @@ pub(crate) struct Settings {
     pub(crate) message_timeout: Duration,
     /// Bytes per second.
     pub(crate) min_message_rate: u32,
+    /// Whether permessage-deflate is offered to clients that ask, and how it compresses.
+    pub(crate) deflate_on: bool,
+    pub(crate) deflate: DeflateSettings,
 }
 
 impl Default for Settings {
@@ -42,6 +46,8 @@ impl Default for Settings {
             kept_header_bytes: 4 * 1024,
             message_timeout: Duration::from_secs(30),
             min_message_rate: 1024,
+            deflate_on: false,
+            deflate: DeflateSettings::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLoc
 use once_cell::race::OnceBox;
 
 use crate::connection::{Connection, Membership};
+use crate::engine::core::Core;
 use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::Pushed;
@@ -269,6 +270,10 @@ impl Members {
         tagged: Option<&Message>,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
+        // Compressed (permessage-deflate) once per broadcast for every window size members
+        // agreed, when the first such member comes: never per client.
+        let mut deflated = Deflated::new(plain);
+        let mut deflated_tagged = tagged.map(Deflated::new);
         let plain = Frame::from_message(plain.clone());
         let tagged = tagged.map(|tagged| Frame::from_message(tagged.clone()));
         let copy = |frame: &Frame| {
@@ -291,11 +296,15 @@ impl Members {
                 .map(copy);
             for member in shard.list.iter().filter(|member| include(member.id)) {
                 let connection = &member.connection;
+                let core = connection.core();
                 let frame = match (&local_tagged, member.tagged) {
-                    (Some(tagged), true) => tagged.clone(),
-                    _ => local.clone(),
+                    (Some(tagged), true) => match deflated_tagged.as_mut() {
+                        Some(deflated) => deflated.frame(core, tagged),
+                        None => tagged.clone(),
+                    },
+                    _ => deflated.frame(core, &local),
                 };
-                match connection.core().send_frame(frame) {
+                match core.send_frame(frame) {
                     Ok(Pushed::MustFlush) => {
                         queued += 1;
                         to_flush.push(connection.clone());
@@ -473,7 +482,7 @@ impl WebSocketCollection {
         let mut must_flush = false;
         for (position, message) in missed {
             // The bounded queue and the slow-consumer policy apply, as to everything.
-            match core.send_frame(Frame::from_message(tag(&position, &message))) {
+            match core.send_frame(core.frame_for(tag(&position, &message))) {
                 Ok(Pushed::MustFlush) => must_flush = true,
                 Ok(Pushed::Queued) => {}
                 Err(_) => break,
@@ -654,6 +663,43 @@ impl WebSocketCollection {
     }
 }
 
+/// One broadcast's compressed frames, made on first need, one for each window size (9 to
+/// 15 bits) that members agreed.
+struct Deflated<'a> {
+    message: &'a Message,
+    frames: [Option<Frame>; 16],
+}
+
+impl<'a> Deflated<'a> {
+    fn new(message: &'a Message) -> Self {
+        Deflated {
+            message,
+            frames: Default::default(),
+        }
+    }
+
+    /// The frame for the member whose state is `core`: `plain` unless it agreed to get
+    /// the message compressed.
+    fn frame(&mut self, core: &Core, plain: &Frame) -> Frame {
+        let Some((bits, level)) = core.deflate.for_len(self.message.len()) else {
+            return plain.clone();
+        };
+        let Some(slot) = self.frames.get_mut(usize::from(bits)) else {
+            return plain.clone();
+        };
+        let message = self.message;
+        slot.get_or_insert_with(|| match Frame::deflated(message, level, bits) {
+            Some(frame) => {
+                core.metrics
+                    .compressed(message.len(), frame.payload().len());
+                frame
+            }
+            None => plain.clone(),
+        })
+        .clone()
+    }
+}
+
 /// Small payloads get one copy per shard. Every queued message holds a reference count on
 /// its payload, and writers on different cores dropping one shared count make its cache
 /// line bounce between cores: profiled, that was a tenth of the server's CPU time at 1,000
@@ -692,6 +738,7 @@ mod tests {
         };
         Connection::new(
             parts,
+            None,
             None,
             &settings,
             crate::engine::metrics::Metrics::new(),

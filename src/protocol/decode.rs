@@ -225,6 +225,11 @@ impl Decoder {
         self.message.as_ref().map_or(0, |m| m.buf.capacity())
     }
 
+    /// The limit on a whole data message's payload.
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.limits.max_message_size
+    }
+
     /// Payload bytes received so far of the message in progress.
     pub(crate) fn message_len(&self) -> usize {
         self.message.as_ref().map_or(0, |m| m.buf.len())

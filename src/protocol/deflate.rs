@@ -56,7 +56,7 @@ thread_local! {
 }
 
 /// How this server compresses: what it offers in negotiation and uses for its messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflateSettings {
     /// zlib's compression level, 0 (stored, no compression) to 9 (smallest, slowest); above
     /// 9 reads as 9. Default 3: most of level 6's gain on text at well under its cost.

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::protocol::close::CloseFrame;
+use crate::protocol::deflate;
 use crate::protocol::message::Message;
 
 /// Opcodes (RFC 6455 section 5.2).
@@ -17,6 +18,9 @@ pub(crate) mod opcode {
     /// A pong.
     pub(crate) const PONG: u8 = 0xa;
 }
+
+/// The first header bit after FIN: set on a compressed message's first frame (RFC 7692).
+const RSV1: u8 = 0x40;
 
 /// A server-to-client frame, encoded once: servers never mask, so the same header and
 /// payload go to every client of a broadcast.
@@ -58,6 +62,21 @@ impl Frame {
             Message::Text(text) => Frame::new(opcode::TEXT, text.into()),
             Message::Binary(bytes) => Frame::new(opcode::BINARY, bytes),
         }
+    }
+
+    /// The frame for a text or binary message compressed with permessage-deflate (RSV1
+    /// set), at zlib `level` with a window of `bits`; `None` if compressing failed (the
+    /// message then goes plain). One compressed frame serves every client that agreed the
+    /// same window: no context is taken over from one message to the next.
+    pub(crate) fn deflated(message: &Message, level: u32, bits: u8) -> Option<Self> {
+        let code = match message {
+            Message::Text(_) => opcode::TEXT,
+            Message::Binary(_) => opcode::BINARY,
+        };
+        let compressed = deflate::compress(message.as_bytes(), level, bits).ok()?;
+        let mut frame = Frame::new(code, compressed.into());
+        frame.header[0] |= RSV1;
+        Some(frame)
     }
 
     /// The same frame with a payload of its own (see the collection's copy per shard).

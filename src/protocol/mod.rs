@@ -9,8 +9,6 @@
 
 pub(crate) mod close;
 pub(crate) mod decode;
-// Wired in by the compression integration; until then only the tests and fuzz hooks use it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod deflate;
 pub(crate) mod forwarded;
 pub(crate) mod frame;

@@ -43,6 +43,10 @@ use crate::server::WebSocketServer;
 /// | [`max_connections_per_address`](ServerBuilder::max_connections_per_address) | unlimited |
 /// | [`handshake_rate_per_address`](ServerBuilder::handshake_rate_per_address) | unlimited |
 /// | [`trusted_proxies`](ServerBuilder::trusted_proxies) | none |
+/// | [`permessage_deflate`](ServerBuilder::permessage_deflate) | off |
+/// | [`compression_threshold`](ServerBuilder::compression_threshold) | 256 bytes |
+/// | [`compression_level`](ServerBuilder::compression_level) | 3 |
+/// | [`compression_window_bits`](ServerBuilder::compression_window_bits) | 15 |
 ///
 /// ```
 /// use std::time::Duration;
@@ -130,7 +134,7 @@ impl ServerBuilder {
     /// when either bound is reached. A message larger than this still goes to an empty
     /// queue. Besides the queue, the writer holds at most one batch it has taken but not
     /// yet written, so a connection pins at most about twice this. Values below 1 are
-    /// raised to 1.
+    /// raised to 1, and above 4 GiB count as 4 GiB.
     pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
         self.config.engine.outbound_queue_bytes = bytes.max(1);
         self
@@ -156,7 +160,10 @@ impl ServerBuilder {
     }
 
     /// Ping a connection that has sent nothing for this long (browsers answer pings
-    /// automatically); `None` never pings.
+    /// automatically); `None` never pings. One timer serves all of a server's connections,
+    /// ticking every eighth of the shorter of this and the
+    /// [`idle_timeout`](ServerBuilder::idle_timeout) (at least 5 ms, at most a second): a
+    /// ping, and the idle timeout, may be that much late.
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.config.engine.ping_interval = interval;
         self
@@ -301,6 +308,43 @@ impl ServerBuilder {
     /// each midway through a 64 KiB message.
     pub fn max_partial_bytes(mut self, bytes: usize) -> Self {
         self.config.max_partial_bytes = bytes;
+        self
+    }
+
+    /// Whether to compress messages (permessage-deflate, RFC 7692) for the clients that
+    /// offer it, as every browser does. A broadcast is compressed once for all the clients
+    /// that negotiated it (the server asks for no context takeover on both sides, so no
+    /// compressor or inflater is kept per connection: an idle connection costs the same),
+    /// and clients' compressed messages are inflated within
+    /// [`max_message_size`](ServerBuilder::max_message_size), counted on the inflated
+    /// bytes. An offer the server cannot honour is declined, never failing the handshake.
+    /// Default off: see BENCHMARKS.md for what it costs and saves.
+    pub fn permessage_deflate(mut self, on: bool) -> Self {
+        self.config.engine.deflate_on = on;
+        self
+    }
+
+    /// With [`permessage_deflate`](ServerBuilder::permessage_deflate): messages shorter
+    /// than this go uncompressed (deflate gains little on them). Default 256 bytes; at most
+    /// 65,535.
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.config.engine.deflate.threshold = bytes.min(usize::from(u16::MAX));
+        self
+    }
+
+    /// With [`permessage_deflate`](ServerBuilder::permessage_deflate): zlib's level, 1
+    /// (fastest) to 9 (smallest); 0 sends deflate's stored blocks, larger values count as 9.
+    /// Default 3.
+    pub fn compression_level(mut self, level: u32) -> Self {
+        self.config.engine.deflate.level = level.min(9);
+        self
+    }
+
+    /// With [`permessage_deflate`](ServerBuilder::permessage_deflate): the largest window
+    /// the server compresses with, 9 to 15 bits (512 bytes to 32 KiB; others count as the
+    /// nearest). A client that asks for less gets what it asks for. Default 15.
+    pub fn compression_window_bits(mut self, bits: u8) -> Self {
+        self.config.engine.deflate.window_bits = bits.clamp(9, 15);
         self
     }
 

@@ -125,6 +125,26 @@ impl Config {
         self.engine.min_message_rate
     }
 
+    /// See [`ServerBuilder::permessage_deflate`](crate::ServerBuilder::permessage_deflate).
+    pub fn permessage_deflate(&self) -> bool {
+        self.engine.deflate_on
+    }
+
+    /// See [`ServerBuilder::compression_threshold`](crate::ServerBuilder::compression_threshold).
+    pub fn compression_threshold(&self) -> usize {
+        self.engine.deflate.threshold
+    }
+
+    /// See [`ServerBuilder::compression_level`](crate::ServerBuilder::compression_level).
+    pub fn compression_level(&self) -> u32 {
+        self.engine.deflate.level
+    }
+
+    /// See [`ServerBuilder::compression_window_bits`](crate::ServerBuilder::compression_window_bits).
+    pub fn compression_window_bits(&self) -> u8 {
+        self.engine.deflate.window_bits
+    }
+
     /// See [`ServerBuilder::max_partial_bytes`](crate::ServerBuilder::max_partial_bytes).
     pub fn max_partial_bytes(&self) -> usize {
         self.max_partial_bytes

@@ -12,6 +12,7 @@ use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
 use crate::engine::writer::WriteIo;
+use crate::protocol::deflate;
 use crate::protocol::handshake::{check_handshake, HandshakeError};
 use crate::server::address::client_address;
 use crate::server::body::Body;
@@ -125,6 +126,18 @@ impl WebSocketServer {
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(HandshakeError::NotUpgradable)?;
         let protocol = config.choose_protocol(request.headers());
+        // permessage-deflate, if offered and on: an offer we cannot take is declined, the
+        // handshake going on without it.
+        let deflate = if config.engine.deflate_on {
+            let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            deflate::negotiate(
+                offers.iter().map(HeaderValue::as_bytes),
+                &config.engine.deflate,
+            )
+            .and_then(|(agreed, answer)| Some((agreed, HeaderValue::try_from(answer).ok()?)))
+        } else {
+            None
+        };
 
         let remote_addr = request.extensions().get::<SocketAddr>().copied();
         let conn = Connection::new(
@@ -135,6 +148,7 @@ impl WebSocketServer {
                 config.engine.kept_header_bytes,
             ),
             protocol.clone(),
+            deflate.as_ref().map(|(agreed, _)| *agreed),
             &config.engine,
             self.metrics().clone(),
         );
@@ -212,6 +226,9 @@ impl WebSocketServer {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
         if let Some(protocol) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some((_, answer)) = deflate {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         Ok(response)
     }
