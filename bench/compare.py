@@ -44,7 +44,11 @@ from benchlib import (ROOT, ServerOutput, cargo_build, int_list, last_json, load
 
 NODE_DIR = ROOT / "bench" / "node-baseline"
 ALL_SERVERS = ["chat", "axum", "tungstenite", "node"]
-RUST_EXAMPLES = {"chat": "chat", "axum": "baseline_axum", "tungstenite": "baseline_tungstenite"}
+# `chat-deflate`: the chat, its clients offering permessage-deflate (loadgen --deflate).
+# Not among the defaults; with `--json` every server gets chat-like JSON to compress.
+EXTRA_SERVERS = ["chat-deflate"]
+RUST_EXAMPLES = {"chat": "chat", "chat-deflate": "chat", "axum": "baseline_axum",
+                 "tungstenite": "baseline_tungstenite"}
 # Metrics aggregated per group: (key in the run record, higher is better?)
 METRICS = {
     "deliveries_per_s": True,
@@ -54,15 +58,17 @@ METRICS = {
     "cpu_s_per_million": False,
     "lost": False,
 }
-COLORS = {"chat": "#1f5fbf", "axum": "#e07b00", "tungstenite": "#2a9d3a", "node": "#8e44ad"}
-MARKERS = {"chat": "circle", "axum": "square", "tungstenite": "triangle", "node": "diamond"}
+COLORS = {"chat": "#1f5fbf", "chat-deflate": "#5fa8ff", "axum": "#e07b00",
+          "tungstenite": "#2a9d3a", "node": "#8e44ad"}
+MARKERS = {"chat": "circle", "chat-deflate": "circle", "axum": "square",
+           "tungstenite": "triangle", "node": "diamond"}
 
 
 def int_list_or_empty(text: str) -> list[int]:
     return int_list(text, allow_empty=True)
 
 
-server_list = name_list(ALL_SERVERS, "server")
+server_list = name_list(ALL_SERVERS + EXTRA_SERVERS, "server")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -101,6 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before one loadgen call is killed (default: computed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--json", action="store_true",
+                        help="pad messages with chat-like JSON (for chat-deflate), not x's")
     parser.add_argument("--no-build", action="store_true", help="skip cargo build")
     parser.add_argument("--dry-run", action="store_true",
                         help="start and stop the real servers but fake loadgen's numbers "
@@ -165,7 +173,7 @@ def server_command(name: str) -> list[str]:
     if name == "node":
         return ["node", str(NODE_DIR / "server.js"), *addr]
     command = [str(target_dir() / "release" / "examples" / RUST_EXAMPLES[name]), *addr]
-    if name == "chat":
+    if name in ("chat", "chat-deflate"):
         # The baselines announce nothing; the chat's join and leave notices would make it
         # do extra work (a join storm of N clients is N*N/2 notices).
         command.append("--no-notices")
@@ -213,12 +221,16 @@ def loadgen_command(args: argparse.Namespace, url: str, pid: int, params: dict) 
     ]
     if params["kind"] == "idle":
         cmd.append("--idle")
+    if params.get("server") == "chat-deflate":
+        cmd.append("--deflate")
+    if args.json:
+        cmd.append("--json")
     return cmd
 
 
 def fake_loadgen(server: Server, params: dict, run_index: int) -> dict:
     """Plausible numbers for --dry-run, with a visible per-server difference."""
-    base = {"chat": 1.0, "axum": 0.55, "tungstenite": 0.6, "node": 0.45}[server.name]
+    base = {"chat": 1.0, "chat-deflate": 0.9, "axum": 0.55, "tungstenite": 0.6, "node": 0.45}[server.name]
     wiggle = 1.0 + 0.04 * ((run_index * 7 + len(server.name)) % 5 - 2)
     n, size = params["clients"], params["size"]
     idle = params["kind"] == "idle"
@@ -269,7 +281,7 @@ def run_one(args: argparse.Namespace, name: str, params: dict, run_index: int,
             time.sleep(0.05)
             result, code, stderr = fake_loadgen(server, params, run_index), 0, ""
         else:
-            cmd = loadgen_command(args, url, server.pid, params)
+            cmd = loadgen_command(args, url, server.pid, {**params, "server": name})
             record["command"] = " ".join(cmd)
             timeout = loadgen_timeout(args, params["clients"], params["warmup"],
                                       params["duration"])

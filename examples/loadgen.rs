@@ -63,6 +63,9 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...
   --server-pid PID[,PID...]
                        read the servers' RSS and CPU time from /proc (summed)
   --idle               connect, measure server RSS, hold for --duration, send nothing
+  --deflate            offer permessage-deflate (as Chrome does) and inflate what comes
+                       compressed; the JSON line counts the bytes received on the wire
+  --json               pad messages with JSON-like chat text, not `x`s (for compression)
   --quiet              no progress display";
 
 /// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
@@ -107,6 +110,8 @@ struct Args {
     server_pids: Vec<u32>,
     idle: bool,
     quiet: bool,
+    deflate: bool,
+    json: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -124,6 +129,8 @@ fn parse_args() -> Result<Args, String> {
         server_pids: Vec::new(),
         idle: false,
         quiet: false,
+        deflate: false,
+        json: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -147,6 +154,8 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--idle" => a.idle = true,
+            "--deflate" => a.deflate = true,
+            "--json" => a.json = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -229,12 +238,18 @@ struct Stats {
     gaps: Padded<AtomicU64>,
     reordered: Padded<AtomicU64>,
     window_stalls: AtomicU64,
+    /// Bytes read from sockets during the measured phase, and clients whose server agreed
+    /// permessage-deflate.
+    wire_bytes: Padded<AtomicU64>,
+    deflate_agreed: AtomicU32,
 }
 
 struct Shared {
     start: Instant,
     window: usize,
     closed_loop: bool,
+    /// `--deflate`.
+    deflate: bool,
     /// How many `--url`s; client `i` (and so sender `i`) is on server `i % servers`.
     servers: usize,
     stats: Stats,
@@ -255,6 +270,7 @@ impl Shared {
             start: Instant::now(),
             window: args.window,
             closed_loop: args.rate == 0.0,
+            deflate: args.deflate,
             servers: args.urls.len(),
             stats: Stats::default(),
             ring: (0..args.senders).map(|_| slots()).collect(),
@@ -316,11 +332,11 @@ async fn client_task(
     idx: usize,
     ready: oneshot::Sender<Result<Writer, String>>,
 ) {
-    let connected = match timeout(CONNECT_TIMEOUT, connect(&target, idx)).await {
+    let connected = match timeout(CONNECT_TIMEOUT, connect(&target, idx, shared.deflate)).await {
         Ok(result) => result,
         Err(_) => Err("timed out after 10 s".into()),
     };
-    let (read, writer, buf) = match connected {
+    let (read, writer, buf, agreed) = match connected {
         Ok(connection) => connection,
         Err(reason) => {
             let _ = ready.send(Err(reason));
@@ -328,6 +344,9 @@ async fn client_task(
         }
     };
     shared.stats.connected.fetch_add(1, Relaxed);
+    if agreed {
+        shared.stats.deflate_agreed.fetch_add(1, Relaxed);
+    }
     shared.stats.live.fetch_add(1, AcqRel);
     let _ = ready.send(Ok(writer.clone()));
 
@@ -344,7 +363,12 @@ async fn client_task(
 }
 
 /// TCP connect and the HTTP upgrade, by hand. Bytes read past the response stay in the buffer.
-async fn connect(target: &Target, idx: usize) -> Result<(OwnedReadHalf, Writer, BytesMut), String> {
+/// Also says whether the server agreed permessage-deflate (offered with `deflate`).
+async fn connect(
+    target: &Target,
+    idx: usize,
+    deflate: bool,
+) -> Result<(OwnedReadHalf, Writer, BytesMut, bool), String> {
     let mut stream = TcpStream::connect(target.addr)
         .await
         .map_err(connect_error)?;
@@ -358,8 +382,14 @@ async fn connect(target: &Target, idx: usize) -> Result<(OwnedReadHalf, Writer, 
     let key = base64(&key);
     let request = format!(
         "GET {}{idx} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.path, target.host
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
+        target.path,
+        target.host,
+        offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        }
     );
     let io = |e: std::io::Error| format!("handshake: {e}");
     stream.write_all(request.as_bytes()).await.map_err(io)?;
@@ -391,9 +421,16 @@ async fn connect(target: &Target, idx: usize) -> Result<(OwnedReadHalf, Writer, 
     if !accepted {
         return Err("handshake: missing or wrong Sec-WebSocket-Accept".into());
     }
+    let agreed = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && value.trim().starts_with("permessage-deflate")
+        });
     buf.advance(end + 4);
     let (read, write) = stream.into_split();
-    Ok((read, Arc::new(tokio::sync::Mutex::new(write)), buf))
+    Ok((read, Arc::new(tokio::sync::Mutex::new(write)), buf, agreed))
 }
 
 fn connect_error(e: std::io::Error) -> String {
@@ -433,6 +470,12 @@ struct Client {
     /// Pongs and close replies to write after handling a read's frames.
     out: Vec<u8>,
     rng: u64,
+    /// Bytes read during the measured phase, not yet added to the shared count.
+    wire: u64,
+    /// permessage-deflate: a raw inflater (the server takes over no context, so it is reset
+    /// for every message) and its output.
+    inflater: Option<flate2::Decompress>,
+    inflated: Vec<u8>,
 }
 
 impl Client {
@@ -463,6 +506,9 @@ impl Client {
             live: 0,
             out: Vec::new(),
             rng: seed(!(idx as u64)),
+            wire: 0,
+            inflater: None,
+            inflated: Vec::new(),
         }
     }
 
@@ -491,7 +537,11 @@ impl Client {
             }
             match read.read_buf(&mut buf).await {
                 Ok(0) => return "server closed the TCP connection".into(),
-                Ok(_) => {}
+                Ok(n) => {
+                    if self.measured.contains(&self.shared.now_ns()) {
+                        self.wire += n as u64;
+                    }
+                }
                 Err(e) => return format!("read failed: {e}"),
             }
         }
@@ -511,6 +561,16 @@ impl Client {
                     .iter_mut()
                     .enumerate()
                     .for_each(|(i, b)| *b ^= mask[i & 3]);
+            }
+            if head.rsv1 {
+                if !head.fin || head.opcode != 0x1 {
+                    return Err("a compressed message that is not one text frame".into());
+                }
+                let text = self.inflate(payload)?;
+                self.on_text(&text);
+                self.inflated = text;
+                buf.advance(total);
+                continue;
             }
             match (head.opcode, head.fin) {
                 (0x1, true) => self.on_text(payload),
@@ -576,9 +636,36 @@ impl Client {
         }
     }
 
+    /// A compressed message's text (RFC 7692 section 7.2.2: the tail put back, inflated).
+    fn inflate(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| flate2::Decompress::new(false));
+        inflater.reset(false);
+        let mut out = std::mem::take(&mut self.inflated);
+        out.clear();
+        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let mut input = input;
+            while !input.is_empty() {
+                out.reserve(input.len() * 4 + 1024);
+                let before = inflater.total_in();
+                inflater
+                    .decompress_vec(input, &mut out, flate2::FlushDecompress::Sync)
+                    .map_err(|e| format!("inflate: {e}"))?;
+                let used = (inflater.total_in() - before) as usize;
+                input = &input[used..];
+                if used == 0 && out.len() < out.capacity() {
+                    return Err("inflate: stuck".into());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn flush(&mut self) {
         let stats = &self.shared.stats;
         for (local, global) in [
+            (&mut self.wire, &stats.wire_bytes),
             (&mut self.received, &stats.received_total),
             (&mut self.deliveries, &stats.deliveries),
             (&mut self.gaps, &stats.gaps),
@@ -605,6 +692,8 @@ impl Client {
 
 struct FrameHead {
     fin: bool,
+    /// Compressed (permessage-deflate).
+    rsv1: bool,
     opcode: u8,
     mask: Option<[u8; 4]>,
     len: usize,
@@ -636,6 +725,7 @@ fn frame_head(buf: &[u8]) -> Result<Option<FrameHead>, String> {
     let (fin, opcode, payload) = (b0 & 0x80 != 0, b0 & 0x0f, payload as usize);
     Ok(Some(FrameHead {
         fin,
+        rsv1: b0 & 0x40 != 0,
         opcode,
         mask,
         len,
@@ -715,7 +805,11 @@ async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Ar
         text.clear();
         let _ = write!(text, "{s} {seq} {stamp} ");
         let pad = args.size.saturating_sub(text.len());
-        text.extend(std::iter::repeat_n('x', pad));
+        if args.json {
+            pad_json(&mut text, args.size, &mut rng);
+        } else {
+            text.extend(std::iter::repeat_n('x', pad));
+        }
         frame.clear();
         push_frame(&mut frame, 0x1, text.as_bytes(), xorshift(&mut rng));
         if let Err(e) = writer.lock().await.write_all(&frame).await {
@@ -727,6 +821,32 @@ async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Ar
             shared.stats.sent_measured.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// Pads `text` to `size` bytes with chat-like JSON: records of users, rooms and short
+/// sentences from a small vocabulary, varied by `rng`, so that it compresses as chat and
+/// API traffic do (a few times), not as a run of one letter would.
+fn pad_json(text: &mut String, size: usize, rng: &mut u64) {
+    const WORDS: [&str; 16] = [
+        "hello", "everyone", "meeting", "at", "noon", "the", "build", "passed", "see", "you",
+        "tomorrow", "thanks", "for", "review", "deploy", "done",
+    ];
+    while text.len() < size {
+        let r = xorshift(rng);
+        let _ = write!(
+            text,
+            "{{\"id\":{},\"user\":\"user{}\",\"room\":\"room{}\",\"text\":\"",
+            r % 100_000,
+            (r >> 20) % 1000,
+            (r >> 30) % 10
+        );
+        for i in 0..(3 + (r >> 40) % 5) {
+            text.push_str(WORDS[((r >> (i * 4)) % 16) as usize]);
+            text.push(' ');
+        }
+        text.push_str("\"},");
+    }
+    text.truncate(size);
 }
 
 /// Closed loop: waits until seq - W has reached every live client; `false` once time is up.
@@ -1136,6 +1256,22 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("server_cpu_s", cpu),
         ("cpu_s_per_million", per_million),
         ("loadgen_cpu_s", num(m.loadgen_cpu_s, 3)),
+        (
+            "deflate_agreed",
+            st.deflate_agreed.load(Acquire).to_string(),
+        ),
+        ("wire_bytes", st.wire_bytes.load(Acquire).to_string()),
+        (
+            "wire_bytes_per_delivery",
+            if deliveries > 0 {
+                format!(
+                    "{:.1}",
+                    st.wire_bytes.load(Acquire) as f64 / deliveries as f64
+                )
+            } else {
+                "null".into()
+            },
+        ),
         ("errors", format!("[{}]", errors_json.join(","))),
         ("servers", args.urls.len().to_string()),
         ("server_cpu_s_each", format!("[{}]", cpu_each.join(","))),

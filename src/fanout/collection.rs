@@ -294,6 +294,8 @@ impl Members {
                 .as_ref()
                 .filter(|_| shard.list.iter().any(|member| member.tagged))
                 .map(copy);
+            // This shard's copies of the compressed frames, by window size, as for `local`.
+            let mut local_deflated: [Option<Frame>; 16] = Default::default();
             for member in shard.list.iter().filter(|member| include(member.id)) {
                 let connection = &member.connection;
                 let core = connection.core();
@@ -302,7 +304,15 @@ impl Members {
                         Some(deflated) => deflated.frame(core, tagged),
                         None => tagged.clone(),
                     },
-                    _ => deflated.frame(core, &local),
+                    _ => match core.deflate.for_len(deflated.message.len()) {
+                        Some((bits, _)) => match local_deflated.get_mut(usize::from(bits)) {
+                            Some(slot) => slot
+                                .get_or_insert_with(|| copy(&deflated.frame(core, &local)))
+                                .clone(),
+                            None => deflated.frame(core, &local),
+                        },
+                        None => local.clone(),
+                    },
                 };
                 match core.send_frame(frame) {
                     Ok(Pushed::MustFlush) => {
