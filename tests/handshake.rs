@@ -712,11 +712,12 @@ async fn try_upgrade_reports_each_refusal() {
         "HTTP/1.1",
     )
     .await;
+    // Over HTTP/2 a WebSocket is an extended CONNECT (RFC 8441, tests/http2.rs), not a GET.
     assert_try_upgrade_refuses(
         bad(valid_request().version(Version::HTTP_2)),
-        HandshakeError::HttpVersion(Version::HTTP_2),
-        StatusCode::BAD_REQUEST,
-        "HTTP/1.1",
+        HandshakeError::MethodNotAllowed(Method::GET),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "CONNECT",
     )
     .await;
 

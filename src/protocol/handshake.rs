@@ -9,18 +9,18 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// The request method is not `GET` (405).
-    #[error("WebSocket upgrade requires GET, got {0}")]
+    /// The request method is not `GET` (over HTTP/2: not `CONNECT`) (405).
+    #[error("WebSocket upgrade requires GET (CONNECT over HTTP/2), got {0}")]
     MethodNotAllowed(http::Method),
-    /// The request is not HTTP/1.1 (400): HTTP/1.0 cannot upgrade, and HTTP/2 upgrades (RFC 8441)
-    /// are not supported.
-    #[error("WebSocket upgrade requires HTTP/1.1, got {0:?}")]
+    /// The request is neither HTTP/1.1 nor HTTP/2 (400): HTTP/1.0 cannot upgrade.
+    #[error("WebSocket upgrade requires HTTP/1.1 or HTTP/2, got {0:?}")]
     HttpVersion(http::Version),
     /// The `Connection` header does not contain `upgrade` (400).
     #[error("missing `Connection: upgrade` header")]
     MissingConnectionUpgrade,
-    /// The `Upgrade` header does not contain `websocket` (400).
-    #[error("missing `Upgrade: websocket` header")]
+    /// The `Upgrade` header does not contain `websocket` (400); over HTTP/2, the
+    /// `:protocol` of the `CONNECT` is not `websocket`.
+    #[error("missing `Upgrade: websocket` header (over HTTP/2: `:protocol` websocket)")]
     MissingUpgradeWebSocket,
     /// `Sec-WebSocket-Version` is missing or not `13` (426, with `Sec-WebSocket-Version: 13`).
     #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
@@ -87,6 +87,46 @@ impl HandshakeError {
     }
 }
 
+/// How a checked request is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Accept {
+    /// HTTP/1.1 Upgrade (RFC 6455): `101 Switching Protocols` with this
+    /// `Sec-WebSocket-Accept`.
+    Upgrade(HeaderValue),
+    /// HTTP/2 extended CONNECT (RFC 8441): `200`, and the stream carries the WebSocket.
+    Connect,
+}
+
+/// Checks an upgrade request of either kind: an HTTP/1.1 `GET` with `Upgrade: websocket`
+/// ([`check_handshake`]), or an HTTP/2 `CONNECT` whose `:protocol` (`protocol`, which HTTP
+/// servers keep apart from the headers) is `websocket` (RFC 8441 section 5): there is no
+/// key to answer, and `Sec-WebSocket-Version` must be 13 as over HTTP/1.1.
+pub(crate) fn check_request<B>(
+    request: &Request<B>,
+    protocol: Option<&str>,
+) -> Result<Accept, HandshakeError> {
+    if request.version() != Version::HTTP_2 {
+        return check_handshake(request).map(Accept::Upgrade);
+    }
+    if request.method() != http::Method::CONNECT {
+        return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
+    }
+    if !protocol.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
+        return Err(HandshakeError::MissingUpgradeWebSocket);
+    }
+    check_version(request.headers())?;
+    Ok(Accept::Connect)
+}
+
+/// Exactly one `Sec-WebSocket-Version`, and it is 13.
+fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(version), None) if version.as_bytes().trim_ascii() == b"13" => Ok(()),
+        _ => Err(HandshakeError::UnsupportedVersion),
+    }
+}
+
 /// Checks the handshake headers (RFC 6455 section 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` value to answer with.
 pub(crate) fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
@@ -103,11 +143,7 @@ pub(crate) fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, Ha
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(HandshakeError::MissingUpgradeWebSocket);
     }
-    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(version), None) if version.as_bytes().trim_ascii() == b"13" => {}
-        _ => return Err(HandshakeError::UnsupportedVersion),
-    }
+    check_version(headers)?;
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
         (None, _) => return Err(HandshakeError::MissingKey),

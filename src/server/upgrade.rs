@@ -13,7 +13,7 @@ use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
 use crate::engine::writer::WriteIo;
 use crate::protocol::deflate;
-use crate::protocol::handshake::{check_handshake, HandshakeError};
+use crate::protocol::handshake::{check_request, Accept, HandshakeError};
 use crate::server::address::client_address;
 use crate::server::body::Body;
 use crate::server::limit::ConnectionLimit;
@@ -35,6 +35,13 @@ impl WebSocketServer {
     /// 101 and then drops the connection, which is logged as a `warn` that says so. If the
     /// request's extensions hold a [`SocketAddr`], it becomes the connection's
     /// [`remote_addr`](Connection::remote_addr).
+    ///
+    /// Over HTTP/2 the same call takes an extended `CONNECT` with `:protocol` websocket
+    /// (RFC 8441): the same checks but the key (there is none), `200` instead of `101`, and
+    /// the stream, one of many on the connection, runs as its own connection with its own
+    /// handler (counted one by one against the connection limit). hyper's HTTP/2 server
+    /// must advertise it: `hyper::server::conn::http2::Builder::enable_connect_protocol`
+    /// (`tests/http2.rs` serves it so). A GET over HTTP/2 gets 405.
     ///
     /// ```no_run
     /// use std::convert::Infallible;
@@ -97,7 +104,12 @@ impl WebSocketServer {
         H: WebSocketHandler,
     {
         let config = self.config();
-        let accept_key = check_handshake(&request)?;
+        // HTTP/2 keeps the extended CONNECT's `:protocol` apart from the headers.
+        let protocol_pseudo = request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str);
+        let accept = check_request(&request, protocol_pseudo)?;
         let origin = request.headers().get(header::ORIGIN);
         if !config.origin_allowed(origin, request.headers().get(header::HOST)) {
             let origin = origin.map_or_else(String::new, |origin| {
@@ -219,11 +231,18 @@ impl WebSocketServer {
         tokio::spawn(connection.instrument(span));
 
         let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        match accept {
+            Accept::Upgrade(accept_key) => {
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+            }
+            // RFC 8441: a 200 opens the stream for the WebSocket; nothing to accept.
+            Accept::Connect => *response.status_mut() = StatusCode::OK,
+        }
         let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
         if let Some(protocol) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }

@@ -1,0 +1,273 @@
+//! WebSockets over HTTP/2 (RFC 8441) with real sockets: a hyper HTTP/2 server with the
+//! extended CONNECT enabled, and hyper's HTTP/2 client opening several WebSockets as streams
+//! of one TCP connection (cleartext HTTP/2, "prior knowledge").
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use websocket_handler::{
+    async_trait, Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
+};
+
+use common::{masked_frame, within};
+
+/// Everyone in one room; `broadcast ...` goes to the room, anything else is echoed.
+struct Room {
+    room: WebSocketCollection,
+}
+
+#[async_trait]
+impl WebSocketHandler for Room {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.room.add(conn.clone());
+        let _ = conn.send(format!("joined {}", conn.id()));
+    }
+
+    async fn on_message(&mut self, conn: &Connection, message: Message) {
+        match message
+            .as_text()
+            .and_then(|text| text.strip_prefix("broadcast "))
+        {
+            Some(text) => {
+                self.room.broadcast(text.to_owned());
+            }
+            None => {
+                let _ = conn.send(message);
+            }
+        }
+    }
+}
+
+/// An HTTP/2-only server (cleartext) whose every request goes to `server.upgrade`.
+async fn h2_server(server: WebSocketServer, room: WebSocketCollection) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let server = server.clone();
+            let room = room.clone();
+            let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                let response = server.upgrade(request, Room { room: room.clone() });
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(
+                http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// One HTTP/2 connection to `addr`.
+async fn h2_client(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (send, connection) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    send
+}
+
+/// An extended CONNECT for a WebSocket, with `version` as `Sec-WebSocket-Version`.
+fn connect_request(addr: SocketAddr, version: &str) -> Request<Empty<Bytes>> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/ws"))
+        .header("sec-websocket-version", version)
+        .body(Empty::new())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    request
+}
+
+type Stream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Opens a WebSocket as a stream of `send`'s connection.
+async fn open(send: &mut SendRequest<Empty<Bytes>>, addr: SocketAddr) -> Stream {
+    // The server's SETTINGS (which allow the extended CONNECT) come first; until they have
+    // arrived the client may refuse to send one.
+    let mut tries = 0;
+    let response = loop {
+        within("the connection to be ready", send.ready())
+            .await
+            .expect("ready");
+        match within(
+            "the CONNECT's answer",
+            send.send_request(connect_request(addr, "13")),
+        )
+        .await
+        {
+            Ok(response) => break response,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("the CONNECT failed: {error}"),
+        }
+    };
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "RFC 8441: 200 opens the stream"
+    );
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let upgraded = within("the stream to be handed over", hyper::upgrade::on(response))
+        .await
+        .expect("upgraded");
+    TokioIo::new(upgraded)
+}
+
+/// The next text frame's payload (servers do not mask; the server sends no fragments).
+async fn read_text(stream: &mut Stream) -> String {
+    within("a text frame", async {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.expect("frame header");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await.expect("length");
+                usize::from(u16::from_be_bytes(len))
+            }
+            len => usize::from(len),
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        assert_eq!(head[0], 0x81, "a final text frame");
+        String::from_utf8(payload).expect("UTF-8")
+    })
+    .await
+}
+
+async fn send_text(stream: &mut Stream, text: &str) {
+    within(
+        "a frame to be written",
+        stream.write_all(&masked_frame(true, 1, text.as_bytes())),
+    )
+    .await
+    .expect("write");
+}
+
+#[tokio::test]
+async fn many_websockets_on_one_http2_connection_each_get_a_handler_and_the_broadcast() {
+    let room = WebSocketCollection::new();
+    let server = WebSocketServer::builder().max_connections(10).build();
+    let metrics = server.metrics().clone();
+    let addr = h2_server(server, room.clone()).await;
+    let mut send = h2_client(addr).await;
+
+    let mut streams = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let mut stream = open(&mut send, addr).await;
+        let joined = read_text(&mut stream).await;
+        ids.push(joined.clone());
+        streams.push(stream);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        4,
+        "a handler, and a connection, per stream: {ids:?}"
+    );
+    assert_eq!(room.len(), 4);
+    assert_eq!(metrics.snapshot().connections_open(), 4);
+
+    // Each stream is its own WebSocket: an echo comes back on its own stream only.
+    send_text(&mut streams[2], "just to me").await;
+    assert_eq!(read_text(&mut streams[2]).await, "just to me");
+    send_text(&mut streams[0], "broadcast hello, streams").await;
+    for stream in &mut streams {
+        assert_eq!(read_text(stream).await, "hello, streams");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_connect_gets_its_4xx_and_the_other_streams_carry_on() {
+    let room = WebSocketCollection::new();
+    let addr = h2_server(WebSocketServer::new(), room.clone()).await;
+    let mut send = h2_client(addr).await;
+    let mut good = open(&mut send, addr).await;
+    read_text(&mut good).await;
+
+    // Wrong Sec-WebSocket-Version: 426 on that stream.
+    let response = within(
+        "the bad CONNECT's answer",
+        send.send_request(connect_request(addr, "8")),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+
+    // Not the websocket protocol: 400.
+    let mut other = connect_request(addr, "13");
+    other
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("webtransport"));
+    let response = within("the CONNECT's answer", send.send_request(other))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // A plain GET over HTTP/2: 405.
+    let get = Request::builder()
+        .method(Method::GET)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/ws"))
+        .body(Empty::new())
+        .expect("request");
+    let response = within("the GET's answer", send.send_request(get))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // The first WebSocket on the connection is untouched, and a new one still opens.
+    send_text(&mut good, "still here").await;
+    assert_eq!(read_text(&mut good).await, "still here");
+    let mut again = open(&mut send, addr).await;
+    read_text(&mut again).await;
+    send_text(&mut again, "broadcast both").await;
+    assert_eq!(read_text(&mut good).await, "both");
+    assert_eq!(read_text(&mut again).await, "both");
+}
+
+#[tokio::test]
+async fn the_connection_limit_counts_streams_not_tcp_connections() {
+    let room = WebSocketCollection::new();
+    let server = WebSocketServer::builder().max_connections(2).build();
+    let addr = h2_server(server, room).await;
+    let mut send = h2_client(addr).await;
+    let mut first = open(&mut send, addr).await;
+    read_text(&mut first).await;
+    let mut second = open(&mut send, addr).await;
+    read_text(&mut second).await;
+    let response = within(
+        "the third CONNECT's answer",
+        send.send_request(connect_request(addr, "13")),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
