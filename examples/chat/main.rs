@@ -6,6 +6,8 @@
 //! ```text
 //! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
 //! cargo run --example chat -- --addr 0.0.0.0:3000
+//! # HTTPS, HTTP/2 and HTTP/1.1 on one port (see README, "TLS and HTTP/2"):
+//! cargo run --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! # rooms across processes, through Redis (see README, "Scaling out"):
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! ```
@@ -28,24 +30,47 @@
 //! With `--redis`, the join and leave notices count the users on this server only.
 
 mod handler;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use handler::ChatRooms;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use websocket_handler::{Body, Metrics, WebSocketServer};
+
+/// Serves one HTTP/1.1 connection (plain or TLS), upgrades included.
+async fn serve_http1<I, S>(io: I, service: S, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // A client that opens a connection and never finishes its request is dropped.
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        eprintln!("connection from {peer} failed: {error}");
+    }
+}
 
 /// How long a client may take to send its HTTP request (the WebSocket handshake).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         redis,
         lossless,
         trim,
+        tls,
     } = parse_args()?;
     // The crate's warnings (a panicking handler, a lost Redis connection) go to stderr.
     tracing_subscriber::fmt()
@@ -67,9 +93,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let (chat, backplane) = open_rooms(redis.as_deref(), lossless, announce)?;
+    let tls = match tls {
+        Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
+        None => None,
+    };
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    println!("Chat server running. Open http://{local}/chat.htm in a browser.");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("Chat server running. Open {scheme}://{local}/chat.htm in a browser.");
 
     // Made once, shared by every connection (its clones share its limits and shutdown).
     // Only pages served by this server may connect: no other site can open the chat with
@@ -104,15 +135,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let response = route(req, &chat, &server, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // A client that opens a connection and never finishes its request is dropped.
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(error) = connection.await {
-                eprintln!("connection from {peer} failed: {error}");
+            let Some(tls) = tls else {
+                return serve_http1(stream, service, peer).await;
+            };
+            // A client that never finishes its TLS handshake is dropped too.
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return eprintln!("TLS handshake from {peer} failed: {error}"),
+                Err(_) => return eprintln!("TLS handshake from {peer} timed out"),
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(error) = connection.await {
+                    eprintln!("HTTP/2 connection from {peer} failed: {error}");
+                }
+            } else {
+                serve_http1(stream, service, peer).await;
             }
         });
     }
@@ -309,6 +352,8 @@ fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
 /// The command line.
 struct Args {
     addr: SocketAddr,
+    /// `--tls-cert` and `--tls-key`.
+    tls: Option<(PathBuf, PathBuf)>,
     announce: bool,
     redis: Option<String>,
     /// `--redis` (streams) rather than `--redis-pubsub`.
@@ -323,6 +368,7 @@ fn parse_args() -> Result<Args, String> {
     let mut redis = None;
     let mut lossless = true;
     let mut trim = true;
+    let (mut cert, mut key) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
@@ -333,11 +379,17 @@ fn parse_args() -> Result<Args, String> {
                 lossless = false;
             }
             "--no-trim" => trim = false,
+            "--tls-cert" => {
+                cert = Some(PathBuf::from(args.next().ok_or("--tls-cert needs a FILE")?))
+            }
+            "--tls-key" => key = Some(PathBuf::from(args.next().ok_or("--tls-key needs a FILE")?)),
             "-h" | "--help" => {
                 println!(
                     "usage: chat [--addr HOST:PORT] [--no-notices] [--no-trim]\n            \
-                     [--redis URL | --redis-pubsub URL]\n  \
+                     [--redis URL | --redis-pubsub URL] [--tls-cert FILE --tls-key FILE]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
+                     --tls-cert FILE, --tls-key FILE  serve HTTPS (PEM files), HTTP/2 and\n                \
+                     HTTP/1.1 on one port, WebSockets over either\n  \
                      --no-notices  do not announce joins and leaves\n  \
                      --no-trim     keep memory freed after a storm in the allocator\n                \
                      (to measure what trimming gives back)\n  \
@@ -354,8 +406,14 @@ fn parse_args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|error| format!("invalid --addr {addr:?}: {error}"))?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     Ok(Args {
         addr,
+        tls,
         announce,
         redis,
         lossless,

@@ -111,7 +111,13 @@ impl WebSocketServer {
             .map(hyper::ext::Protocol::as_str);
         let accept = check_request(&request, protocol_pseudo)?;
         let origin = request.headers().get(header::ORIGIN);
-        if !config.origin_allowed(origin, request.headers().get(header::HOST)) {
+        // HTTP/2 names the host in `:authority` (the URI's), not in a `Host` header.
+        let authority = request
+            .uri()
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        let host = request.headers().get(header::HOST).or(authority.as_ref());
+        if !config.origin_allowed(origin, host) {
             let origin = origin.map_or_else(String::new, |origin| {
                 String::from_utf8_lossy(origin.as_bytes()).into_owned()
             });

@@ -252,10 +252,11 @@ impl ChatServer {
             .expect("chat example exited");
         let url = line
             .split_whitespace()
-            .find(|word| word.starts_with("http://"))
+            .find(|word| word.starts_with("http://") || word.starts_with("https://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"));
         assert!(url.ends_with("/chat.htm"), "{url}");
-        let addr: SocketAddr = url["http://".len()..url.len() - "/chat.htm".len()]
+        let host = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let addr: SocketAddr = host[..host.len() - "/chat.htm".len()]
             .parse()
             .expect("address in URL");
         // Keep reading stdout, so the example never writes into a closed pipe.
