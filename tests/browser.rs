@@ -78,6 +78,11 @@ impl ChromeDriver {
 
     /// A new browser (its own fresh profile) with a desktop-sized window.
     async fn browser(&mut self, chromium: &Path) -> Result<Client> {
+        self.browser_with(chromium, &[]).await
+    }
+
+    /// A browser session with `extra` command-line switches.
+    async fn browser_with(&mut self, chromium: &Path, extra: &[&str]) -> Result<Client> {
         // Unique across the tests of this process, which run side by side: two browsers
         // sharing one profile directory end each other's sessions.
         static NEXT_PROFILE: std::sync::atomic::AtomicUsize =
@@ -103,6 +108,10 @@ impl ChromeDriver {
             "--window-size=1000,700".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|arg| (*arg).to_owned()))
+            .collect();
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": chromium, "args": args },
@@ -224,6 +233,98 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
         panic!("{error}");
     }
     eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The chat over HTTPS (a certificate the test makes, which the browsers are told to
+/// accept): the page loads, two users chat; and the chat's `/metrics` tells over which HTTP
+/// version Chromium opened its WebSockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_over_https() {
+    let Some((chromium, chromedriver)) = tools("browser::two_browsers_chat_over_https") else {
+        return;
+    };
+    let (cert, key, _) = common::self_signed_certificate("browser-https");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let server =
+        ChatServer::start_with("127.0.0.1:0", &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let trusting = ["--ignore-certificate-errors"];
+    let alice = driver
+        .browser_with(&chromium, &trusting)
+        .await
+        .expect("alice's browser");
+    let bob = driver
+        .browser_with(&chromium, &trusting)
+        .await
+        .expect("bob's browser");
+    let mut outcome = chat_over_https(&server, &alice, &bob).await;
+    if let Err(error) = &outcome {
+        outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
+            .await
+            .into());
+    }
+    let _ = bounded("alice's browser to close", alice.close()).await;
+    let _ = bounded("bob's browser to close", bob.close()).await;
+    drop(driver);
+    match outcome {
+        Ok(by_version) => eprintln!("Chromium's WebSockets over HTTPS: {by_version}"),
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Alice and bob chat over HTTPS; returns the chat's count of WebSockets by HTTP version.
+async fn chat_over_https(server: &ChatServer, alice: &Client, bob: &Client) -> Result<String> {
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        bounded(
+            &format!("{name}'s page to load"),
+            client.goto(&format!("{base}/chat.htm")),
+        )
+        .await?;
+        let field = bounded(
+            &format!("{name}'s username field"),
+            client.wait().for_element(Locator::Id("username")),
+        )
+        .await?;
+        bounded(
+            &format!("{name}'s username to be typed"),
+            field.send_keys(&format!("{name}{}", char::from(Key::Enter))),
+        )
+        .await?;
+        wait_for_state(client, name, "connected").await?;
+    }
+    wait_for_line(alice, "alice", "bob joined (2 online)", 0).await?;
+    say(alice, "Hello Bob, over TLS.").await?;
+    say(bob, "Hello Alice, over TLS too.").await?;
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        wait_for_line(client, name, "alice: Hello Bob, over TLS.", 0).await?;
+        wait_for_line(client, name, "bob: Hello Alice, over TLS too.", 0).await?;
+    }
+    // Which HTTP the two WebSockets used, as the server counted them.
+    bounded("the metrics page", bob.goto(&format!("{base}/metrics"))).await?;
+    let metrics = bounded(
+        "the metrics text",
+        bob.execute("return document.body.innerText;", vec![]),
+    )
+    .await?;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let count = |http: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!("websocket_chat_upgrades_total{{http=\"{http}\"}}"))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (http1, http2) = (count("1.1"), count("2"));
+    if http1 + http2 != 2 {
+        return Err(
+            format!("expected 2 WebSockets counted, got {http1} + {http2}: {metrics}").into(),
+        );
+    }
+    Ok(format!("{http2} over HTTP/2, {http1} over HTTP/1.1"))
 }
 
 /// Two chat servers sharing the room through Redis (lossless). The page is on server A;

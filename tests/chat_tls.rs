@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,20 +17,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use common::{masked_frame, within, ChatServer};
-
-/// A self-signed certificate for `localhost` in a directory of its own: (cert, key, the
-/// certificate for the clients' trust store).
-fn certificate(test: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .expect("a self-signed certificate");
-    let dir = std::env::temp_dir().join(format!("wsh-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory for the certificate");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
-    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
-    (cert, key, made.cert.der().clone())
-}
+use common::{masked_frame, self_signed_certificate, within, ChatServer};
 
 /// A TLS connection to `addr` that trusts `root` and offers `alpn`.
 async fn tls(
@@ -96,7 +82,7 @@ async fn send_text<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) {
 
 #[tokio::test]
 async fn over_tls_http2_and_http1_websockets_chat_in_one_room_on_one_port() {
-    let (cert, key, root) = certificate("chat-tls");
+    let (cert, key, root) = self_signed_certificate("chat-tls");
     let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
     let server = ChatServer::start_with(
         "127.0.0.1:0",

@@ -35,10 +35,11 @@ mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use handler::ChatRooms;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -76,6 +77,10 @@ where
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PAGE: &str = include_str!("chat.htm");
+
+/// WebSockets opened over HTTP/1.1 and over HTTP/2, for `/metrics`.
+static UPGRADES_HTTP1: AtomicU64 = AtomicU64::new(0);
+static UPGRADES_HTTP2: AtomicU64 = AtomicU64::new(0);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -206,7 +211,17 @@ fn route(
             response
         }
         (_, "/api/Chat") => match chat.handler_for(req.uri().query().unwrap_or("")) {
-            Ok(handler) => server.upgrade(req, handler),
+            Ok(handler) => {
+                let http2 = req.version() == Version::HTTP_2;
+                let response = server.upgrade(req, handler);
+                // 101 over HTTP/1.1, 200 over HTTP/2 (RFC 8441).
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    UPGRADES_HTTP1.fetch_add(1, Ordering::Relaxed);
+                } else if http2 && response.status() == StatusCode::OK {
+                    UPGRADES_HTTP2.fetch_add(1, Ordering::Relaxed);
+                }
+                response
+            }
             Err(problem) => text(StatusCode::BAD_REQUEST, problem),
         },
         _ => text(
@@ -272,6 +287,17 @@ fn prometheus_text(metrics: &Metrics, chat: &ChatRooms) -> String {
             .inc_by(*count);
     }
     registry.register("closes", "Connections ended, by close code", closes);
+    let upgrades = Family::<Vec<(String, String)>, Counter>::default();
+    for (http, count) in [("1.1", &UPGRADES_HTTP1), ("2", &UPGRADES_HTTP2)] {
+        upgrades
+            .get_or_create(&vec![("http".to_owned(), http.to_owned())])
+            .inc_by(count.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "chat_upgrades",
+        "WebSockets opened, by HTTP version (an HTTP/2 one is an extended CONNECT)",
+        upgrades,
+    );
     registry.register(
         "chat_rooms",
         "Chat rooms with members on this server",

@@ -450,3 +450,25 @@ pub async fn raw_client(addr: SocketAddr, path: &str, recv_buffer: Option<u32>) 
     read_until_contains(&mut stream, b"\r\n\r\n").await;
     stream
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written in a directory of its
+/// own: the PEM files of the certificate and its key, and the certificate for a client's
+/// trust store.
+#[allow(dead_code)] // not every test binary serves TLS
+pub fn self_signed_certificate(
+    test: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("a self-signed certificate");
+    let dir = std::env::temp_dir().join(format!("wsh-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for the certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
+    (cert, key, made.cert.der().clone())
+}
