@@ -276,6 +276,17 @@ pub mod fuzzing {
         crate::protocol::handshake::check_handshake(request)
     }
 
+    /// The checks of either kind of upgrade request, HTTP/2's extended CONNECT included
+    /// (`protocol` is its `:protocol`): `Ok(true)` for a CONNECT to answer with 200,
+    /// `Ok(false)` for an HTTP/1.1 upgrade, or why the request is refused.
+    pub fn check_request(
+        request: &http::Request<()>,
+        protocol: Option<&str>,
+    ) -> Result<bool, crate::HandshakeError> {
+        use crate::protocol::handshake::{check_request, Accept};
+        check_request(request, protocol).map(|accept| accept == Accept::Connect)
+    }
+
     /// The frame decoder on `data` as a client's byte stream, whole, byte by byte and in
     /// other chunkings, with generous and with tight limits: panics if the results differ,
     /// or if the decoder holds more than twice what arrived.

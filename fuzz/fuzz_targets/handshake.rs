@@ -1,5 +1,6 @@
 //! The upgrade request checks: any method, HTTP version and headers must give either a
-//! 28-character accept key or a clean refusal, never a panic.
+//! 28-character accept key (an HTTP/2 extended CONNECT: a 200) or a clean refusal, never a
+//! panic.
 //!
 //! Input: byte 0 picks the method, byte 1 the HTTP version, and the rest is header lines
 //! (`\n`-separated `name:value`). A name of a single byte 0x01 to 0x05 stands for one of the
@@ -58,6 +59,35 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = builder.body(()) else {
         return;
     };
+
+    // Either kind of request: over HTTP/1.1 the same answer as above; over HTTP/2 a CONNECT
+    // with `:protocol` websocket (the method byte's parity says whether there is one) and
+    // one `Sec-WebSocket-Version: 13`, or a refusal.
+    let protocol = (data[0] % 2 == 0).then_some("websocket");
+    let either = websocket_handler::fuzzing::check_request(&request, protocol);
+    match (&either, request.version()) {
+        (Ok(true), version) => {
+            assert_eq!(version, Version::HTTP_2);
+            assert_eq!(request.method(), Method::CONNECT);
+            assert_eq!(protocol, Some("websocket"));
+            assert_eq!(
+                request
+                    .headers()
+                    .get_all(header::SEC_WEBSOCKET_VERSION)
+                    .iter()
+                    .count(),
+                1
+            );
+        }
+        (Ok(false), version) => assert_eq!(version, Version::HTTP_11),
+        (Err(_), _) => {}
+    }
+    if request.version() != Version::HTTP_2 {
+        assert_eq!(
+            either.as_ref().map_err(Clone::clone).map(|_| ()),
+            websocket_handler::fuzzing::check_handshake(&request).map(|_| ())
+        );
+    }
 
     match websocket_handler::fuzzing::check_handshake(&request) {
         Ok(accept) => {
