@@ -11,13 +11,13 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use common::{masked_frame, self_signed_certificate, within, ChatServer};
+use common::{read_frame_text, self_signed_certificate, send_masked_text, within, ChatServer};
 
 /// A TLS connection to `addr` that trusts `root` and offers `alpn`.
 async fn tls(
@@ -48,36 +48,6 @@ async fn tls(
     .expect("TLS handshake");
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn), "ALPN");
     stream
-}
-
-/// The next text frame's payload (servers do not mask; the chat sends no fragments).
-async fn read_text<S: AsyncRead + Unpin>(stream: &mut S) -> String {
-    within("a text frame", async {
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head).await.expect("frame header");
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut len = [0u8; 2];
-                stream.read_exact(&mut len).await.expect("length");
-                usize::from(u16::from_be_bytes(len))
-            }
-            len => usize::from(len),
-        };
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await.expect("payload");
-        assert_eq!(head[0] & 0x0f, 1, "a text frame");
-        String::from_utf8(payload).expect("UTF-8")
-    })
-    .await
-}
-
-async fn send_text<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) {
-    within(
-        "a frame to be written",
-        stream.write_all(&masked_frame(true, 1, text.as_bytes())),
-    )
-    .await
-    .expect("write");
 }
 
 #[tokio::test]
@@ -172,22 +142,22 @@ async fn over_tls_http2_and_http1_websockets_chat_in_one_room_on_one_port() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
     // Both are in the lobby: each hears the other.
-    send_text(&mut alice, "Hi Bob, over HTTP/1.1 and TLS").await;
+    send_masked_text(&mut alice, "Hi Bob, over HTTP/1.1 and TLS").await;
     assert_eq!(
-        read_text(&mut bob).await,
+        read_frame_text(&mut bob).await,
         "alice: Hi Bob, over HTTP/1.1 and TLS"
     );
     assert_eq!(
-        read_text(&mut alice).await,
+        read_frame_text(&mut alice).await,
         "alice: Hi Bob, over HTTP/1.1 and TLS"
     );
-    send_text(&mut bob, "Hi Alice, from an HTTP/2 stream").await;
+    send_masked_text(&mut bob, "Hi Alice, from an HTTP/2 stream").await;
     assert_eq!(
-        read_text(&mut alice).await,
+        read_frame_text(&mut alice).await,
         "bob: Hi Alice, from an HTTP/2 stream"
     );
     assert_eq!(
-        read_text(&mut bob).await,
+        read_frame_text(&mut bob).await,
         "bob: Hi Alice, from an HTTP/2 stream"
     );
     drop(server);

@@ -14,40 +14,10 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use websocket_handler::{
-    async_trait, Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
-};
+use websocket_handler::{WebSocketCollection, WebSocketServer};
 
-use common::{masked_frame, within};
-
-/// Everyone in one room; `broadcast ...` goes to the room, anything else is echoed.
-struct Room {
-    room: WebSocketCollection,
-}
-
-#[async_trait]
-impl WebSocketHandler for Room {
-    async fn on_open(&mut self, conn: &Connection) {
-        self.room.add(conn.clone());
-        let _ = conn.send(format!("joined {}", conn.id()));
-    }
-
-    async fn on_message(&mut self, conn: &Connection, message: Message) {
-        match message
-            .as_text()
-            .and_then(|text| text.strip_prefix("broadcast "))
-        {
-            Some(text) => {
-                self.room.broadcast(text.to_owned());
-            }
-            None => {
-                let _ = conn.send(message);
-            }
-        }
-    }
-}
+use common::{read_frame_text, send_masked_text, within, EchoRoom};
 
 /// An HTTP/2-only server (cleartext) whose every request goes to `server.upgrade`.
 async fn h2_server(server: WebSocketServer, room: WebSocketCollection) -> SocketAddr {
@@ -59,7 +29,7 @@ async fn h2_server(server: WebSocketServer, room: WebSocketCollection) -> Socket
             let room = room.clone();
             let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(peer);
-                let response = server.upgrade(request, Room { room: room.clone() });
+                let response = server.upgrade(request, EchoRoom { room: room.clone() });
                 async move { Ok::<_, Infallible>(response) }
             });
             tokio::spawn(
@@ -139,36 +109,6 @@ async fn open(send: &mut SendRequest<Empty<Bytes>>, addr: SocketAddr) -> Stream 
     TokioIo::new(upgraded)
 }
 
-/// The next text frame's payload (servers do not mask; the server sends no fragments).
-async fn read_text(stream: &mut Stream) -> String {
-    within("a text frame", async {
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head).await.expect("frame header");
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut len = [0u8; 2];
-                stream.read_exact(&mut len).await.expect("length");
-                usize::from(u16::from_be_bytes(len))
-            }
-            len => usize::from(len),
-        };
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await.expect("payload");
-        assert_eq!(head[0], 0x81, "a final text frame");
-        String::from_utf8(payload).expect("UTF-8")
-    })
-    .await
-}
-
-async fn send_text(stream: &mut Stream, text: &str) {
-    within(
-        "a frame to be written",
-        stream.write_all(&masked_frame(true, 1, text.as_bytes())),
-    )
-    .await
-    .expect("write");
-}
-
 #[tokio::test]
 async fn many_websockets_on_one_http2_connection_each_get_a_handler_and_the_broadcast() {
     let room = WebSocketCollection::new();
@@ -181,7 +121,7 @@ async fn many_websockets_on_one_http2_connection_each_get_a_handler_and_the_broa
     let mut ids = Vec::new();
     for _ in 0..4 {
         let mut stream = open(&mut send, addr).await;
-        let joined = read_text(&mut stream).await;
+        let joined = read_frame_text(&mut stream).await;
         ids.push(joined.clone());
         streams.push(stream);
     }
@@ -196,11 +136,11 @@ async fn many_websockets_on_one_http2_connection_each_get_a_handler_and_the_broa
     assert_eq!(metrics.snapshot().connections_open(), 4);
 
     // Each stream is its own WebSocket: an echo comes back on its own stream only.
-    send_text(&mut streams[2], "just to me").await;
-    assert_eq!(read_text(&mut streams[2]).await, "just to me");
-    send_text(&mut streams[0], "broadcast hello, streams").await;
+    send_masked_text(&mut streams[2], "just to me").await;
+    assert_eq!(read_frame_text(&mut streams[2]).await, "just to me");
+    send_masked_text(&mut streams[0], "broadcast hello, streams").await;
     for stream in &mut streams {
-        assert_eq!(read_text(stream).await, "hello, streams");
+        assert_eq!(read_frame_text(stream).await, "hello, streams");
     }
 }
 
@@ -210,7 +150,7 @@ async fn a_bad_connect_gets_its_4xx_and_the_other_streams_carry_on() {
     let addr = h2_server(WebSocketServer::new(), room.clone()).await;
     let mut send = h2_client(addr).await;
     let mut good = open(&mut send, addr).await;
-    read_text(&mut good).await;
+    read_frame_text(&mut good).await;
 
     // Wrong Sec-WebSocket-Version: 426 on that stream.
     let response = within(
@@ -244,13 +184,13 @@ async fn a_bad_connect_gets_its_4xx_and_the_other_streams_carry_on() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     // The first WebSocket on the connection is untouched, and a new one still opens.
-    send_text(&mut good, "still here").await;
-    assert_eq!(read_text(&mut good).await, "still here");
+    send_masked_text(&mut good, "still here").await;
+    assert_eq!(read_frame_text(&mut good).await, "still here");
     let mut again = open(&mut send, addr).await;
-    read_text(&mut again).await;
-    send_text(&mut again, "broadcast both").await;
-    assert_eq!(read_text(&mut good).await, "both");
-    assert_eq!(read_text(&mut again).await, "both");
+    read_frame_text(&mut again).await;
+    send_masked_text(&mut again, "broadcast both").await;
+    assert_eq!(read_frame_text(&mut good).await, "both");
+    assert_eq!(read_frame_text(&mut again).await, "both");
 }
 
 #[tokio::test]
@@ -260,9 +200,9 @@ async fn the_connection_limit_counts_streams_not_tcp_connections() {
     let addr = h2_server(server, room).await;
     let mut send = h2_client(addr).await;
     let mut first = open(&mut send, addr).await;
-    read_text(&mut first).await;
+    read_frame_text(&mut first).await;
     let mut second = open(&mut send, addr).await;
-    read_text(&mut second).await;
+    read_frame_text(&mut second).await;
     let response = within(
         "the third CONNECT's answer",
         send.send_request(connect_request(addr, "13")),

@@ -472,3 +472,97 @@ pub fn self_signed_certificate(
     std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
     (cert, key, made.cert.der().clone())
 }
+
+/// One frame from a server over any byte stream (a raw socket, TLS, an HTTP/2 stream):
+/// whether RSV1 (compressed) is set, the opcode, and the payload. Servers do not mask.
+#[allow(dead_code)] // not every test binary reads raw frames
+pub async fn read_frame<S>(stream: &mut S) -> (bool, u8, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+
+    within("a frame from the server", async {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.expect("frame header");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await.expect("length");
+                u64::from(u16::from_be_bytes(len))
+            }
+            127 => {
+                let mut len = [0u8; 8];
+                stream.read_exact(&mut len).await.expect("length");
+                u64::from_be_bytes(len)
+            }
+            len => u64::from(len),
+        };
+        assert_eq!(head[1] & 0x80, 0, "servers do not mask");
+        assert!(head[0] & 0x80 != 0, "the server sends no fragments");
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).await.expect("payload");
+        (head[0] & 0x40 != 0, head[0] & 0x0f, payload)
+    })
+    .await
+}
+
+/// The next frame from the server, which must be an uncompressed text frame.
+#[allow(dead_code)] // not every test binary reads raw frames
+pub async fn read_frame_text<S>(stream: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let (compressed, opcode, payload) = read_frame(stream).await;
+    assert_eq!((compressed, opcode), (false, 1), "a plain text frame");
+    String::from_utf8(payload).expect("UTF-8")
+}
+
+/// Writes a masked text frame, as a client must, to any byte stream.
+#[allow(dead_code)] // not every test binary writes raw frames
+pub async fn send_masked_text<S>(stream: &mut S, text: &str)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+
+    within(
+        "a frame to be written",
+        stream.write_all(&masked_frame(true, 1, text.as_bytes())),
+    )
+    .await
+    .expect("write");
+}
+
+/// A handler that puts every connection in one room and says `joined ID`; a message
+/// `broadcast TEXT` goes to the room as TEXT, anything else is echoed.
+#[allow(dead_code)] // not every test binary uses it
+pub struct EchoRoom {
+    pub room: websocket_handler::WebSocketCollection,
+}
+
+#[websocket_handler::async_trait]
+impl WebSocketHandler for EchoRoom {
+    async fn on_open(&mut self, conn: &websocket_handler::Connection) {
+        self.room.add(conn.clone());
+        let _ = conn.send(format!("joined {}", conn.id()));
+    }
+
+    async fn on_message(
+        &mut self,
+        conn: &websocket_handler::Connection,
+        message: websocket_handler::Message,
+    ) {
+        match message
+            .as_text()
+            .and_then(|text| text.strip_prefix("broadcast "))
+        {
+            Some(text) => {
+                self.room.broadcast(text.to_owned());
+            }
+            None => {
+                let _ = conn.send(message);
+            }
+        }
+    }
+}
