@@ -42,8 +42,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -66,6 +66,7 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...
   --deflate            offer permessage-deflate (as Chrome does) and inflate what comes
                        compressed; the JSON line counts the bytes received on the wire
   --json               pad messages with JSON-like chat text, not `x`s (for compression)
+  --ca FILE            for wss:// URLs: trust the PEM certificate(s) in FILE
   --quiet              no progress display";
 
 /// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
@@ -93,7 +94,9 @@ const MEASURE: u8 = 4;
 const DRAINING: u8 = 5;
 const CLOSING: u8 = 6;
 
-type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+/// A client's socket halves: TCP, or TLS for `wss://`.
+type ReadIo = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
 
 struct Args {
     /// `--url` as given (it goes into the JSON line), and split at commas.
@@ -112,6 +115,8 @@ struct Args {
     quiet: bool,
     deflate: bool,
     json: bool,
+    /// `--ca`: the certificates a `wss://` server's must chain to.
+    ca: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -131,6 +136,7 @@ fn parse_args() -> Result<Args, String> {
         quiet: false,
         deflate: false,
         json: false,
+        ca: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -156,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
             "--idle" => a.idle = true,
             "--deflate" => a.deflate = true,
             "--json" => a.json = true,
+            "--ca" => a.ca = Some(value()?),
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -188,21 +195,35 @@ fn number<T: std::str::FromStr>(flag: &str, text: String) -> Result<T, String> {
 /// Where to connect, resolved once so that 10k connects are not 10k lookups.
 struct Target {
     addr: SocketAddr,
+    /// For `wss://`: the TLS client and the name to check the server's certificate for.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    )>,
     host: String,
     /// Path and query up to the username's number: `/api/Chat?username=u`.
     path: String,
 }
 
-async fn resolve_target(url: &str) -> Result<Target, Box<dyn Error>> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or("--url must start with ws://")?;
+async fn resolve_target(url: &str, ca: Option<&str>) -> Result<Target, Box<dyn Error>> {
+    let (rest, secure) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("--url must start with ws:// or wss://".into()),
+    };
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let sep = if path.contains('?') { '&' } else { '?' };
     let mut addrs = tokio::net::lookup_host(host).await?;
+    let tls = if secure {
+        let ca = ca.ok_or("a wss:// URL needs --ca FILE")?;
+        Some(tls_client(ca, host)?)
+    } else {
+        None
+    };
     Ok(Target {
         addr: addrs.next().ok_or("the --url host did not resolve")?,
+        tls,
         host: host.to_owned(),
         path: format!("{path}{sep}username=u"),
     })
@@ -368,13 +389,79 @@ async fn connect(
     target: &Target,
     idx: usize,
     deflate: bool,
-) -> Result<(OwnedReadHalf, Writer, BytesMut, bool), String> {
-    let mut stream = TcpStream::connect(target.addr)
+) -> Result<(ReadIo, Writer, BytesMut, bool), String> {
+    let stream = TcpStream::connect(target.addr)
         .await
         .map_err(connect_error)?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let Some((connector, name)) = &target.tls else {
+        let mut stream = stream;
+        let (buf, agreed) = handshake(&mut stream, target, idx, deflate).await?;
+        let (read, write) = stream.into_split();
+        return Ok((
+            Box::new(read),
+            Arc::new(tokio::sync::Mutex::new(Box::new(write))),
+            buf,
+            agreed,
+        ));
+    };
+    let mut stream = connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (buf, agreed) = handshake(&mut stream, target, idx, deflate).await?;
+    let (read, write) = tokio::io::split(stream);
+    Ok((
+        Box::new(read),
+        Arc::new(tokio::sync::Mutex::new(Box::new(write))),
+        buf,
+        agreed,
+    ))
+}
+
+/// A TLS client for `host` (`name[:port]`) trusting the PEM certificates in `ca`.
+fn tls_client(
+    ca: &str,
+    host: &str,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    ),
+    Box<dyn Error>,
+> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("--ca {ca}: {e}"))? {
+        roots.add(cert.map_err(|e| format!("--ca {ca}: {e}"))?)?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The WebSocket is an HTTP/1.1 Upgrade here.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    Ok((
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        ServerName::try_from(name.to_owned())?,
+    ))
+}
+
+/// The HTTP upgrade on `stream`: the bytes read past the response, and whether the server
+/// agreed permessage-deflate.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &Target,
+    idx: usize,
+    deflate: bool,
+) -> Result<(BytesMut, bool), String> {
     let mut rng = seed(idx as u64);
     let key: Vec<u8> = (0..2)
         .flat_map(|_| xorshift(&mut rng).to_le_bytes())
@@ -429,8 +516,7 @@ async fn connect(
                 && value.trim().starts_with("permessage-deflate")
         });
     buf.advance(end + 4);
-    let (read, write) = stream.into_split();
-    Ok((read, Arc::new(tokio::sync::Mutex::new(write)), buf, agreed))
+    Ok((buf, agreed))
 }
 
 fn connect_error(e: std::io::Error) -> String {
@@ -513,7 +599,7 @@ impl Client {
     }
 
     /// Reads and handles frames until the connection ends; returns why it ended.
-    async fn run(&mut self, mut read: OwnedReadHalf, writer: &Writer, mut buf: BytesMut) -> String {
+    async fn run(&mut self, mut read: ReadIo, writer: &Writer, mut buf: BytesMut) -> String {
         loop {
             // Everything in one read arrived at the same moment.
             self.now_ns = self.shared.now_ns();
@@ -1062,7 +1148,7 @@ struct Measured {
 async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
     let mut targets = Vec::new();
     for url in &args.urls {
-        targets.push(Arc::new(resolve_target(url).await?));
+        targets.push(Arc::new(resolve_target(url, args.ca.as_deref()).await?));
     }
     let shared = Arc::new(Shared::new(&args));
     let display =

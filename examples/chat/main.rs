@@ -53,6 +53,39 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use websocket_handler::{Body, Metrics, WebSocketServer};
 
+/// Serves one TLS connection: HTTP/2 if the client chose it by ALPN (the extended CONNECT
+/// enabled, for WebSockets over HTTP/2), else HTTP/1.1.
+async fn serve_tls<S>(
+    tls: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    service: S,
+    peer: SocketAddr,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // A client that never finishes its TLS handshake is dropped too.
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return eprintln!("TLS handshake from {peer} failed: {error}"),
+        Err(_) => return eprintln!("TLS handshake from {peer} timed out"),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let connection = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .serve_connection(TokioIo::new(stream), service);
+        if let Err(error) = connection.await {
+            eprintln!("HTTP/2 connection from {peer} failed: {error}");
+        }
+    } else {
+        serve_http1(stream, service, peer).await;
+    }
+}
+
 /// Serves one HTTP/1.1 connection (plain or TLS), upgrades included.
 async fn serve_http1<I, S>(io: I, service: S, peer: SocketAddr)
 where
@@ -140,29 +173,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let response = route(req, &chat, &server, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let Some(tls) = tls else {
-                return serve_http1(stream, service, peer).await;
-            };
-            // A client that never finishes its TLS handshake is dropped too.
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return eprintln!("TLS handshake from {peer} failed: {error}"),
-                Err(_) => return eprintln!("TLS handshake from {peer} timed out"),
-            };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let connection = http2::Builder::new(TokioExecutor::new())
+        let Some(tls) = tls.clone() else {
+            // Plain HTTP: the connection's future right in the task, as small as it can be
+            // (a task per connection being handshaken, and what it leaves behind in the
+            // heap, counts in memory per connection).
+            tokio::spawn(async move {
+                // A client that opens a connection and never finishes its request is dropped.
+                let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .enable_connect_protocol()
-                    .serve_connection(TokioIo::new(stream), service);
+                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 if let Err(error) = connection.await {
-                    eprintln!("HTTP/2 connection from {peer} failed: {error}");
+                    eprintln!("connection from {peer} failed: {error}");
                 }
-            } else {
-                serve_http1(stream, service, peer).await;
-            }
-        });
+            });
+            continue;
+        };
+        tokio::spawn(serve_tls(tls, stream, service, peer));
     }
 
     // Ctrl-C: stop accepting, then say goodbye (1001) to everyone, after what is queued.
