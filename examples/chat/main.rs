@@ -86,7 +86,8 @@ async fn serve_tls<S>(
     }
 }
 
-/// Serves one HTTP/1.1 connection (plain or TLS), upgrades included.
+/// Serves one HTTP/1.1 connection over TLS, upgrades included (plain ones are served in the
+/// accept loop, with the same settings).
 async fn serve_http1<I, S>(io: I, service: S, peer: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
