@@ -308,6 +308,16 @@ def median_ratios(a: dict, b: dict, metrics: dict) -> dict[str, float | None]:
 # ---------------------------------------------------------------- formatting
 
 
+def spread(values: list[float], fmt: str) -> str:
+    """The median of `values` in `fmt`, with (min-max) when there are several; - for none."""
+    if not values:
+        return "-"
+    text = fmt.format(statistics.median(values))
+    if len(values) > 1:
+        text += f" ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    return text
+
+
 def si(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "–"

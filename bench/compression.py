@@ -23,24 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import benchlib
-from benchlib import ROOT, log
+from benchlib import ROOT, log, spread
 from density import Server, loadgen
-
-
-def spread(values: list[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    text = fmt.format(statistics.median(values))
-    if len(values) > 1:
-        text += f" ({fmt.format(min(values))}-{fmt.format(max(values))})"
-    return text
 
 
 def main(argv: list[str]) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import benchlib
-from benchlib import ROOT, log
+from benchlib import ROOT, log, spread
 
 ECHO_READY = "Echo server listening on ws://"
 
@@ -91,19 +90,6 @@ def build_baseline(rev: str, work: Path, target: Path) -> Path:
     subprocess.run(["cargo", "build", "--release", "--example", "chat"], cwd=tree, check=True,
                    env={**os.environ, "CARGO_TARGET_DIR": str(target)})
     return target / "release" / "examples" / "chat"
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def spread(values: list[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    text = fmt.format(median(values))
-    if len(values) > 1:
-        text += f" ({fmt.format(min(values))}-{fmt.format(max(values))})"
-    return text
 
 
 def main(argv: list[str]) -> int:

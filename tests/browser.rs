@@ -276,22 +276,7 @@ async fn two_browsers_chat_over_https() {
 async fn chat_over_https(server: &ChatServer, alice: &Client, bob: &Client) -> Result<String> {
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     for (client, name) in [(alice, "alice"), (bob, "bob")] {
-        bounded(
-            &format!("{name}'s page to load"),
-            client.goto(&format!("{base}/chat.htm")),
-        )
-        .await?;
-        let field = bounded(
-            &format!("{name}'s username field"),
-            client.wait().for_element(Locator::Id("username")),
-        )
-        .await?;
-        bounded(
-            &format!("{name}'s username to be typed"),
-            field.send_keys(&format!("{name}{}", char::from(Key::Enter))),
-        )
-        .await?;
-        wait_for_state(client, name, "connected").await?;
+        join_chat(client, name, &format!("{base}/chat.htm")).await?;
     }
     wait_for_line(alice, "alice", "bob joined (2 online)", 0).await?;
     say(alice, "Hello Bob, over TLS.").await?;
@@ -439,19 +424,7 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     let addr = server.addr;
     let page = format!("http://{addr}/chat.htm");
     for (client, name) in [(alice, "alice"), (bob, "bob")] {
-        bounded(&format!("{name}'s page to load"), client.goto(&page)).await?;
-        let field = bounded(
-            &format!("{name}'s username field"),
-            client.wait().for_element(Locator::Id("username")),
-        )
-        .await?;
-        // Enter submits the form, as a person would.
-        bounded(
-            &format!("{name}'s username to be typed"),
-            field.send_keys(&format!("{name}{}", char::from(Key::Enter))),
-        )
-        .await?;
-        wait_for_state(client, name, "connected").await?;
+        join_chat(client, name, &page).await?;
     }
     // Bob is in the room once alice has seen him join: only then can he hear her.
     wait_for_line(alice, "alice", "bob joined (2 online)", 0).await?;
@@ -596,6 +569,23 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
 }
 
 /// Types a message and presses Enter.
+/// Opens the chat page at `page` and joins as `name`, until the page says it is connected.
+async fn join_chat(client: &Client, name: &str, page: &str) -> Result<()> {
+    bounded(&format!("{name}'s page to load"), client.goto(page)).await?;
+    let field = bounded(
+        &format!("{name}'s username field"),
+        client.wait().for_element(Locator::Id("username")),
+    )
+    .await?;
+    // Enter submits the form, as a person would.
+    bounded(
+        &format!("{name}'s username to be typed"),
+        field.send_keys(&format!("{name}{}", char::from(Key::Enter))),
+    )
+    .await?;
+    wait_for_state(client, name, "connected").await
+}
+
 async fn say(client: &Client, text: &str) -> Result<()> {
     let input = bounded("the input box", client.find(Locator::Id("inputbox"))).await?;
     bounded(

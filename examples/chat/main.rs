@@ -81,30 +81,25 @@ async fn serve_tls<S>(
         if let Err(error) = connection.await {
             eprintln!("HTTP/2 connection from {peer} failed: {error}");
         }
-    } else {
-        serve_http1(stream, service, peer).await;
+    } else if let Err(error) = http1_connection(stream, service).await {
+        eprintln!("connection from {peer} failed: {error}");
     }
 }
 
-/// Serves one HTTP/1.1 connection over TLS, upgrades included (plain ones are served in the
-/// accept loop, with the same settings).
-async fn serve_http1<I, S>(io: I, service: S, peer: SocketAddr)
+/// HTTP/1.1 on `io`, upgrades included; a client that opens a connection and never
+/// finishes its request is dropped. A plain future, not an `async fn`: awaited right in the
+/// connection's task, it adds nothing to it.
+fn http1_connection<I, S>(io: I, service: S) -> http1::UpgradeableConnection<TokioIo<I>, S>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    // A client that opens a connection and never finishes its request is dropped.
-    let connection = http1::Builder::new()
+    http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    if let Err(error) = connection.await {
-        eprintln!("connection from {peer} failed: {error}");
-    }
+        .with_upgrades()
 }
 
 /// How long a client may take to send its HTTP request (the WebSocket handshake).
@@ -179,13 +174,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // (a task per connection being handshaken, and what it leaves behind in the
             // heap, counts in memory per connection).
             tokio::spawn(async move {
-                // A client that opens a connection and never finishes its request is dropped.
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(error) = connection.await {
+                if let Err(error) = http1_connection(stream, service).await {
                     eprintln!("connection from {peer} failed: {error}");
                 }
             });
