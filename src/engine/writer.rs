@@ -1,5 +1,7 @@
 //! The write side of a connection: queued frames go to the socket with vectored writes,
-//! header and payload straight from the queue, no copy.
+//! header and payload straight from the queue, no copy. A transport without vectored writes
+//! (hyper's HTTP/2 stream, which would take one slice per write) gets each batch copied
+//! together into one write instead.
 //!
 //! Who calls it, and when, is [`core`](crate::engine::core)'s business (see there how
 //! writing is arranged without a task per connection); this module only knows how to empty
@@ -55,6 +57,8 @@ pub(crate) struct WriteSide {
     written: usize,
     /// Most bytes handed to one write.
     max_write: u32,
+    /// The transport writes many slices at once; if not, a batch is copied into one.
+    vectored: bool,
     /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
     closed: bool,
     failed: bool,
@@ -82,8 +86,13 @@ pub(crate) enum WriteEnd {
 
 impl WriteSide {
     pub(crate) fn new(io: WriteIo, max_write: usize) -> Self {
+        let vectored = match &io {
+            WriteIo::Tcp(_) => true,
+            WriteIo::Boxed(boxed) => boxed.is_write_vectored(),
+        };
         WriteSide {
             io,
+            vectored,
             in_flight: VecDeque::new(),
             written: 0,
             max_write: u32::try_from(max_write).unwrap_or(u32::MAX).max(1),
@@ -145,6 +154,14 @@ impl WriteSide {
                     at += slice.len();
                 }
                 self.io.as_mut().poll_write(cx, &small[..at])
+            } else if !self.vectored {
+                // One slice per write would make every frame header a write of its own
+                // (over HTTP/2: a DATA frame, a copy and a task wake-up each).
+                let mut joined = Vec::with_capacity(gathered);
+                slices
+                    .iter()
+                    .for_each(|slice| joined.extend_from_slice(slice));
+                self.io.as_mut().poll_write(cx, &joined)
             } else {
                 self.io.as_mut().poll_write_vectored(cx, &slices)
             };
@@ -195,5 +212,98 @@ impl WriteSide {
         self.in_flight.clear();
         queue.stop();
         WriteEnd::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::io::AsyncWrite;
+
+    use super::{WriteIo, WriteSide, Written};
+    use crate::engine::queue::OutboundQueue;
+    use crate::protocol::frame::Frame;
+
+    /// A transport that takes everything and records the length of every write call.
+    struct Recorder {
+        writes: Arc<Mutex<Vec<usize>>>,
+        vectored: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            // Without vectored writes, as tokio's default: the first non-empty slice only.
+            let bufs = if self.vectored { bufs } else { &bufs[..1] };
+            let len = bufs.iter().map(|b| b.len()).sum();
+            self.writes.lock().unwrap().push(len);
+            Poll::Ready(Ok(len))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The write calls that 40 queued 64-byte messages take.
+    fn writes_for_a_batch(vectored: bool) -> Vec<usize> {
+        let queue = OutboundQueue::new(1000, 1 << 20);
+        for _ in 0..40 {
+            let frame = Frame::new(0x1, bytes::Bytes::from_static(&[b'a'; 64]));
+            assert!(queue.push_data(frame).is_ok(), "queued");
+        }
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let io = WriteIo::boxed(Recorder {
+            writes: writes.clone(),
+            vectored,
+        });
+        let mut side = WriteSide::new(io, 64 * 1024);
+        let mut written = Written::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = side.poll_write_queue(&queue, &mut cx, &mut written);
+        assert!(matches!(polled, Poll::Ready(None)), "the queue emptied");
+        assert_eq!(written.messages, 40);
+        let writes = writes.lock().unwrap().clone();
+        assert_eq!(
+            writes.iter().sum::<usize>(),
+            40 * 66,
+            "every byte written once"
+        );
+        writes
+    }
+
+    #[test]
+    fn a_batch_is_one_vectored_write() {
+        assert_eq!(writes_for_a_batch(true), [40 * 66]);
+    }
+
+    #[test]
+    fn a_batch_is_one_write_on_a_transport_without_vectored_writes() {
+        // Such as hyper's HTTP/2 stream: slice by slice it would be 80 writes.
+        assert_eq!(writes_for_a_batch(false), [40 * 66]);
     }
 }
