@@ -16,6 +16,9 @@
 //! # server memory per idle connection
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
 //!     --idle --clients 10000 --server-pid $!
+//! # over TLS, each client a stream of an HTTP/2 connection (100 per connection)
+//! cargo run --release --example loadgen -- --url wss://localhost:8443/api/Chat \
+//!     --ca cert.pem --http2 --streams 100 --server-pid $!
 //! # several servers sharing one room (e.g. through Redis): client i connects to URL i % n
 //! cargo run --release --example loadgen -- \
 //!     --url ws://127.0.0.1:8081/api/Chat,ws://127.0.0.1:8082/api/Chat --server-pid $A,$B
@@ -67,6 +70,10 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...
                        compressed; the JSON line counts the bytes received on the wire
   --json               pad messages with JSON-like chat text, not `x`s (for compression)
   --ca FILE            for wss:// URLs: trust the PEM certificate(s) in FILE
+  --http2              open each WebSocket as a stream of an HTTP/2 connection (RFC 8441
+                       extended CONNECT; over TLS by ALPN for wss://, prior knowledge for
+                       ws://), --streams per connection
+  --streams M          with --http2: WebSockets per HTTP/2 connection (default 100)
   --quiet              no progress display";
 
 /// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
@@ -117,6 +124,9 @@ struct Args {
     json: bool,
     /// `--ca`: the certificates a `wss://` server's must chain to.
     ca: Option<String>,
+    /// `--http2`, and `--streams`: clients per HTTP/2 connection.
+    http2: bool,
+    streams: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -137,6 +147,8 @@ fn parse_args() -> Result<Args, String> {
         deflate: false,
         json: false,
         ca: None,
+        http2: false,
+        streams: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -163,6 +175,8 @@ fn parse_args() -> Result<Args, String> {
             "--deflate" => a.deflate = true,
             "--json" => a.json = true,
             "--ca" => a.ca = Some(value()?),
+            "--http2" => a.http2 = true,
+            "--streams" => a.streams = number(&flag, value()?)?,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -175,8 +189,8 @@ fn parse_args() -> Result<Args, String> {
     match () {
         _ if a.url.is_empty() => Err("--url is required".into()),
         _ if a.urls.iter().any(String::is_empty) => Err("--url: empty URL in the list".into()),
-        _ if a.clients == 0 || a.connect_batch == 0 || a.window == 0 => {
-            Err("--clients, --connect-batch and --window must be at least 1".into())
+        _ if a.clients == 0 || a.connect_batch == 0 || a.window == 0 || a.streams == 0 => {
+            Err("--clients, --connect-batch, --window and --streams must be at least 1".into())
         }
         _ if a.senders > a.clients => Err("--senders cannot exceed --clients".into()),
         _ if a.size < MIN_SIZE => Err(format!("--size must be at least {MIN_SIZE}")),
@@ -203,9 +217,15 @@ struct Target {
     host: String,
     /// Path and query up to the username's number: `/api/Chat?username=u`.
     path: String,
+    /// `--http2`: the connections, made by the first of their clients, whose streams the
+    /// others open (client `i` of this target on connection `i / --streams`).
+    h2: Option<Vec<tokio::sync::OnceCell<H2Sender>>>,
 }
 
-async fn resolve_target(url: &str, ca: Option<&str>) -> Result<Target, Box<dyn Error>> {
+/// Opens streams on one HTTP/2 connection.
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+async fn resolve_target(url: &str, args: &Args) -> Result<Target, Box<dyn Error>> {
     let (rest, secure) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
         (Some(rest), _) => (rest, false),
         (_, Some(rest)) => (rest, true),
@@ -216,16 +236,25 @@ async fn resolve_target(url: &str, ca: Option<&str>) -> Result<Target, Box<dyn E
     let sep = if path.contains('?') { '&' } else { '?' };
     let mut addrs = tokio::net::lookup_host(host).await?;
     let tls = if secure {
-        let ca = ca.ok_or("a wss:// URL needs --ca FILE")?;
-        Some(tls_client(ca, host)?)
+        let ca = args.ca.as_deref().ok_or("a wss:// URL needs --ca FILE")?;
+        let alpn: &[u8] = if args.http2 { b"h2" } else { b"http/1.1" };
+        Some(tls_client(ca, host, alpn)?)
     } else {
         None
     };
+    let per_target = args.clients.div_ceil(args.urls.len());
+    let h2 = args.http2.then(|| {
+        let connections = per_target.div_ceil(args.streams);
+        (0..connections)
+            .map(|_| tokio::sync::OnceCell::new())
+            .collect()
+    });
     Ok(Target {
         addr: addrs.next().ok_or("the --url host did not resolve")?,
         tls,
         host: host.to_owned(),
         path: format!("{path}{sep}username=u"),
+        h2,
     })
 }
 
@@ -273,6 +302,8 @@ struct Shared {
     deflate: bool,
     /// How many `--url`s; client `i` (and so sender `i`) is on server `i % servers`.
     servers: usize,
+    /// `--streams`.
+    streams: usize,
     stats: Stats,
     /// Closed loop: per sender, how many clients have seen each in-flight seq (slot seq % W).
     ring: Vec<Vec<Padded<AtomicU32>>>,
@@ -293,6 +324,7 @@ impl Shared {
             closed_loop: args.rate == 0.0,
             deflate: args.deflate,
             servers: args.urls.len(),
+            streams: args.streams,
             stats: Stats::default(),
             ring: (0..args.senders).map(|_| slots()).collect(),
             wake: (0..args.senders).map(|_| Notify::new()).collect(),
@@ -353,7 +385,13 @@ async fn client_task(
     idx: usize,
     ready: oneshot::Sender<Result<Writer, String>>,
 ) {
-    let connected = match timeout(CONNECT_TIMEOUT, connect(&target, idx, shared.deflate)).await {
+    let connection = idx / shared.servers.max(1) / shared.streams;
+    let connected = match timeout(
+        CONNECT_TIMEOUT,
+        connect(&target, idx, connection, shared.deflate),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err("timed out after 10 s".into()),
     };
@@ -384,18 +422,29 @@ async fn client_task(
 }
 
 /// TCP connect and the HTTP upgrade, by hand. Bytes read past the response stay in the buffer.
-/// Also says whether the server agreed permessage-deflate (offered with `deflate`).
+/// Also says whether the server agreed permessage-deflate (offered with `deflate`). With
+/// `--http2`, a stream of HTTP/2 connection number `connection` instead.
 async fn connect(
     target: &Target,
     idx: usize,
+    connection: usize,
     deflate: bool,
 ) -> Result<(ReadIo, Writer, BytesMut, bool), String> {
-    let stream = TcpStream::connect(target.addr)
-        .await
-        .map_err(connect_error)?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    if let Some(connections) = &target.h2 {
+        let cell = connections
+            .get(connection)
+            .ok_or("more clients than --clients")?;
+        let send = cell.get_or_try_init(|| h2_connection(target)).await?;
+        let (stream, agreed) = h2_stream(send.clone(), target, idx, deflate).await?;
+        let (read, write) = tokio::io::split(stream);
+        return Ok((
+            Box::new(read),
+            Arc::new(tokio::sync::Mutex::new(Box::new(write))),
+            BytesMut::with_capacity(READ_BUF),
+            agreed,
+        ));
+    }
+    let stream = tcp_connect(target).await?;
     let Some((connector, name)) = &target.tls else {
         let mut stream = stream;
         let (buf, agreed) = handshake(&mut stream, target, idx, deflate).await?;
@@ -421,10 +470,112 @@ async fn connect(
     ))
 }
 
-/// A TLS client for `host` (`name[:port]`) trusting the PEM certificates in `ca`.
+async fn tcp_connect(target: &Target) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(target.addr)
+        .await
+        .map_err(connect_error)?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    Ok(stream)
+}
+
+/// A new HTTP/2 connection to `target`, TLS (with `h2` agreed by ALPN) for `wss://`.
+async fn h2_connection(target: &Target) -> Result<H2Sender, String> {
+    let stream = tcp_connect(target).await?;
+    let Some((connector, name)) = &target.tls else {
+        return h2_handshake(stream).await;
+    };
+    let stream = connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err("the server did not choose HTTP/2 by ALPN".into());
+    }
+    h2_handshake(stream).await
+}
+
+async fn h2_handshake<S>(stream: S) -> Result<H2Sender, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(send)
+}
+
+/// Opens a WebSocket as a stream of `send`'s connection (RFC 8441); says whether the server
+/// agreed permessage-deflate.
+async fn h2_stream(
+    mut send: H2Sender,
+    target: &Target,
+    idx: usize,
+    deflate: bool,
+) -> Result<(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, bool), String> {
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri = format!("{scheme}://{}{}{idx}", target.host, target.path);
+    // The server's SETTINGS, which allow the extended CONNECT, may not have arrived when the
+    // first stream is opened: hyper then refuses it, and it is tried again.
+    let mut tries = 0;
+    let response = loop {
+        let mut request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri(&uri)
+            .header("sec-websocket-version", "13");
+        if deflate {
+            request = request.header(
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            );
+        }
+        let mut request = request
+            .body(http_body_util::Empty::new())
+            .map_err(|e| format!("CONNECT request: {e}"))?;
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        send.ready()
+            .await
+            .map_err(|e| format!("HTTP/2 connection: {e}"))?;
+        match send.send_request(request).await {
+            Ok(response) => break response,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(format!("CONNECT: {e}")),
+        }
+    };
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("CONNECT refused: {}", response.status()));
+    }
+    let agreed = response
+        .headers()
+        .get("sec-websocket-extensions")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().starts_with("permessage-deflate"));
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| format!("CONNECT stream: {e}"))?;
+    Ok((hyper_util::rt::TokioIo::new(upgraded), agreed))
+}
+
+/// A TLS client for `host` (`name[:port]`) trusting the PEM certificates in `ca`, offering
+/// `alpn`.
 fn tls_client(
     ca: &str,
     host: &str,
+    alpn: &[u8],
 ) -> Result<
     (
         tokio_rustls::TlsConnector,
@@ -444,8 +595,7 @@ fn tls_client(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    // The WebSocket is an HTTP/1.1 Upgrade here.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
     let name = name.trim_start_matches('[').trim_end_matches(']');
     Ok((
@@ -996,12 +1146,13 @@ async fn connect_all(
 }
 
 /// Warmup, then the measured phase, then the drain. Returns the CPU seconds over the
-/// measured phase of each server (in `--server-pid` order) and of loadgen.
+/// measured phase of each server (in `--server-pid` order) and of loadgen, and the write
+/// system calls the servers made in it (summed).
 async fn run_load(
     shared: &Arc<Shared>,
     args: &Arc<Args>,
     writers: &[Writer],
-) -> (Vec<Option<f64>>, Option<f64>) {
+) -> (Vec<Option<f64>>, Option<f64>, Option<u64>) {
     let measure_start = shared.now_ns() + (args.warmup * 1e9) as u64;
     let measure_end = measure_start + (args.duration * 1e9) as u64;
     shared.stats.measure_start_ns.store(measure_start, Relaxed);
@@ -1024,9 +1175,18 @@ async fn run_load(
         let each: Vec<_> = servers.iter().map(|pid| cpu_ticks(pid)).collect();
         (each, cpu_ticks("self"))
     };
-    let before = ticks();
+    let writes = || {
+        let sum = || {
+            servers
+                .iter()
+                .map(|pid| write_syscalls(pid))
+                .sum::<Option<u64>>()
+        };
+        (!servers.is_empty()).then(sum).flatten()
+    };
+    let (before, writes_before) = (ticks(), writes());
     sleep_until(shared.at(measure_end)).await;
-    let after = ticks();
+    let (after, writes_after) = (ticks(), writes());
     shared.set_phase(DRAINING);
     for sender in senders {
         let abort = sender.abort_handle();
@@ -1040,7 +1200,10 @@ async fn run_load(
     let each = (before.0.iter().zip(&after.0))
         .map(|(&a, &b)| secs(a, b))
         .collect();
-    (each, secs(before.1, after.1))
+    let writes = writes_after
+        .zip(writes_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    (each, secs(before.1, after.1), writes)
 }
 
 /// Waits (at most `DRAIN`) until everything sent has reached every live client.
@@ -1142,13 +1305,15 @@ struct Measured {
     server_cpu_s: Option<f64>,
     server_cpu_s_each: Vec<Option<f64>>,
     loadgen_cpu_s: Option<f64>,
+    /// Write system calls of the servers in the measured phase (`syscw` of /proc/PID/io).
+    server_writes: Option<u64>,
 }
 
 /// Runs all phases and reports; `Ok(false)` if a client failed to connect or was dropped.
 async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
     let mut targets = Vec::new();
     for url in &args.urls {
-        targets.push(Arc::new(resolve_target(url, args.ca.as_deref()).await?));
+        targets.push(Arc::new(resolve_target(url, &args).await?));
     }
     let shared = Arc::new(Shared::new(&args));
     let display =
@@ -1176,7 +1341,8 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
             shared.set_phase(HOLD);
             sleep(Duration::from_secs_f64(args.duration)).await;
         } else {
-            (m.server_cpu_s_each, m.loadgen_cpu_s) = run_load(&shared, &args, &writers).await;
+            (m.server_cpu_s_each, m.loadgen_cpu_s, m.server_writes) =
+                run_load(&shared, &args, &writers).await;
             let each = &m.server_cpu_s_each;
             m.server_cpu_s = (!each.is_empty())
                 .then(|| each.iter().copied().sum())
@@ -1302,6 +1468,10 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
     if m.server_cpu_s.is_some() {
         eprintln!("  server CPU: {cpu} s measured, {per_million} s per million deliveries");
     }
+    if let Some(writes) = m.server_writes.filter(|&w| w > 0) {
+        let per_write = deliveries as f64 / writes as f64;
+        eprintln!("  server write system calls: {writes}, {per_write:.2} deliveries per write");
+    }
     let cpu_each: Vec<String> = m.server_cpu_s_each.iter().map(|&c| num(c, 3)).collect();
     if cpu_each.len() > 1 {
         eprintln!("  server CPU by server: {} s", cpu_each.join(" + "));
@@ -1358,6 +1528,17 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
                 "null".into()
             },
         ),
+        ("server_write_syscalls", opt(m.server_writes)),
+        (
+            "deliveries_per_server_write",
+            num(
+                m.server_writes
+                    .filter(|&w| w > 0)
+                    .map(|w| deliveries as f64 / w as f64),
+                2,
+            ),
+        ),
+        ("http2", args.http2.to_string()),
         ("errors", format!("[{}]", errors_json.join(","))),
         ("servers", args.urls.len().to_string()),
         ("server_cpu_s_each", format!("[{}]", cpu_each.join(","))),
@@ -1425,6 +1606,13 @@ fn open_fds(pid: u32) -> Option<usize> {
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Write system calls so far (`write`, `writev`, `sendmsg`...): `syscw` in /proc/PID/io.
+fn write_syscalls(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with("syscw:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
