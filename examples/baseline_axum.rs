@@ -19,7 +19,14 @@
 //!
 //! ```text
 //! cargo run --release --example baseline_axum -- --addr 127.0.0.1:0
+//! cargo run --release --example baseline_axum -- --tls-cert cert.pem --tls-key key.pem
 //! ```
+//!
+//! With `--tls-cert` and `--tls-key` it serves TLS, HTTP/2 or HTTP/1.1 by ALPN, with the
+//! extended CONNECT for WebSockets over HTTP/2 (RFC 8441), as the chat example does.
+//! `axum::serve` has no TLS, so that path is a hand-written accept loop around hyper's
+//! connection builders, which is what an axum application serving TLS itself writes (or
+//! takes from a crate that wraps it).
 //!
 //! Protocol: `/api/Chat?username=NAME` is the WebSocket (400 without a username); every
 //! text message is broadcast to everyone, the sender included, as `NAME: message`.
@@ -35,12 +42,17 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::any;
 use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+
+#[path = "chat/tls.rs"]
+mod tls;
 
 /// What every connection shares.
 struct Room {
@@ -51,7 +63,11 @@ struct Room {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (addr, capacity) = parse_args()?;
+    let (addr, capacity, tls) = parse_args()?;
+    let tls = match tls {
+        Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
+        None => None,
+    };
     let (tx, _) = broadcast::channel(capacity);
     let room = Arc::new(Room {
         tx,
@@ -60,18 +76,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tokio::spawn(report_skipped(room.clone()));
 
-    let app = Router::new().route("/api/Chat", get(chat)).with_state(room);
+    // `any`: over HTTP/2 the WebSocket is a CONNECT, not a GET.
+    let app = Router::new().route("/api/Chat", any(chat)).with_state(room);
 
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    println!("Chat server running. Open http://{local}/chat.htm in a browser.");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("Chat server running. Open {scheme}://{local}/chat.htm in a browser.");
     std::io::stdout().flush()?;
 
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).await?;
-    Ok(())
+    let Some(tls) = tls else {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await?;
+        return Ok(());
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (tls, service) = (tls.clone(), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            let stream = match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(error) => return eprintln!("TLS handshake from {peer} failed: {error}"),
+            };
+            let served = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await
+            };
+            if let Err(error) = served {
+                eprintln!("connection from {peer} failed: {error}");
+            }
+        });
+    }
 }
 
 async fn chat(
@@ -145,10 +197,14 @@ async fn report_skipped(room: Arc<Room>) {
     }
 }
 
-fn parse_args() -> Result<(SocketAddr, usize), String> {
+/// The certificate chain and key files of `--tls-cert` and `--tls-key`.
+type TlsFiles = Option<(std::path::PathBuf, std::path::PathBuf)>;
+
+fn parse_args() -> Result<(SocketAddr, usize, TlsFiles), String> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut capacity = 1024usize;
+    let (mut cert, mut key) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?,
@@ -160,10 +216,12 @@ fn parse_args() -> Result<(SocketAddr, usize), String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("invalid --capacity {value:?}"))?;
             }
+            "--tls-cert" => cert = Some(args.next().ok_or("--tls-cert needs a FILE")?.into()),
+            "--tls-key" => key = Some(args.next().ok_or("--tls-key needs a FILE")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "usage: baseline_axum [--addr HOST:PORT] [--capacity N]   \
-                     (defaults 127.0.0.1:8080, 1024)"
+                    "usage: baseline_axum [--addr HOST:PORT] [--capacity N] \
+                     [--tls-cert FILE --tls-key FILE]   (defaults 127.0.0.1:8080, 1024)"
                 );
                 std::process::exit(0);
             }
@@ -173,5 +231,10 @@ fn parse_args() -> Result<(SocketAddr, usize), String> {
     let addr = addr
         .parse()
         .map_err(|error| format!("invalid --addr {addr:?}: {error}"))?;
-    Ok((addr, capacity))
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    Ok((addr, capacity, tls))
 }
