@@ -182,6 +182,11 @@ async fn a_bad_connect_gets_its_4xx_and_the_other_streams_carry_on() {
         .await
         .expect("an answer");
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response.headers().get("allow").map(|v| v.as_bytes()),
+        Some(&b"CONNECT"[..]),
+        "over HTTP/2 the WebSocket's method is CONNECT"
+    );
 
     // The first WebSocket on the connection is untouched, and a new one still opens.
     send_masked_text(&mut good, "still here").await;

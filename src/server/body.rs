@@ -91,7 +91,8 @@ impl http_body::Body for Body {
 impl HandshakeError {
     /// The plain-text HTTP response for this rejection, with the headers RFC 6455 and RFC 9110
     /// ask for (`Allow: GET` on 405, `Sec-WebSocket-Version: 13` on 426, `Retry-After` on
-    /// 429).
+    /// 429). [`WebSocketServer::upgrade`](crate::WebSocketServer::upgrade) answers a wrong
+    /// method over HTTP/2 with `Allow: CONNECT` instead.
     pub fn to_response(&self) -> Response<Body> {
         let mut response = Response::new(Body::from(format!("{self}\n")));
         *response.status_mut() = self.status();
