@@ -24,6 +24,12 @@ const MAX_SLICES: usize = 128;
 /// Writes up to this size are copied together and sent with one plain write.
 const SMALL_WRITE: usize = 1024;
 
+/// Most bytes in one write to a transport without vectored writes. hyper's HTTP/2 stream
+/// takes every write whole into buffers of its own (up to three writes per stream), outside
+/// the connection's bounded queue: large writes would only widen that. 16 KiB is one DATA
+/// frame at HTTP/2's default frame size.
+const MAX_JOINED_WRITE: usize = 16 * 1024;
+
 /// The socket's write half: a plain TCP one as it is, any other (TLS, hyper's upgraded
 /// stream) boxed. Every idle connection holds one, and boxing the TCP one would cost each
 /// 32 bytes.
@@ -90,6 +96,11 @@ impl WriteSide {
             WriteIo::Tcp(_) => true,
             WriteIo::Boxed(boxed) => boxed.is_write_vectored(),
         };
+        let max_write = if vectored {
+            max_write
+        } else {
+            max_write.min(MAX_JOINED_WRITE)
+        };
         WriteSide {
             io,
             vectored,
@@ -138,7 +149,9 @@ impl WriteSide {
             let mut skip = self.written;
             let mut gathered = 0;
             for item in &self.in_flight {
-                if slices.len() >= MAX_SLICES - 1 || gathered >= self.max_write as usize {
+                // Joined, a write may take any number of slices.
+                let full = self.vectored && slices.len() >= MAX_SLICES - 1;
+                if full || gathered >= self.max_write as usize {
                     break;
                 }
                 gathered += item.slices(skip, &mut slices);
@@ -269,10 +282,10 @@ mod tests {
         }
     }
 
-    /// The write calls that 40 queued 64-byte messages take.
-    fn writes_for_a_batch(vectored: bool) -> Vec<usize> {
+    /// The write calls that `count` queued 64-byte messages take.
+    fn writes_for(count: usize, vectored: bool) -> Vec<usize> {
         let queue = OutboundQueue::new(1000, 1 << 20);
-        for _ in 0..40 {
+        for _ in 0..count {
             let frame = Frame::new(0x1, bytes::Bytes::from_static(&[b'a'; 64]));
             assert!(queue.push_data(frame).is_ok(), "queued");
         }
@@ -286,11 +299,11 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let polled = side.poll_write_queue(&queue, &mut cx, &mut written);
         assert!(matches!(polled, Poll::Ready(None)), "the queue emptied");
-        assert_eq!(written.messages, 40);
+        assert_eq!(written.messages, count as u64);
         let writes = writes.lock().unwrap().clone();
         assert_eq!(
             writes.iter().sum::<usize>(),
-            40 * 66,
+            count * 66,
             "every byte written once"
         );
         writes
@@ -298,12 +311,21 @@ mod tests {
 
     #[test]
     fn a_batch_is_one_vectored_write() {
-        assert_eq!(writes_for_a_batch(true), [40 * 66]);
+        assert_eq!(writes_for(40, true), [40 * 66]);
     }
 
     #[test]
     fn a_batch_is_one_write_on_a_transport_without_vectored_writes() {
         // Such as hyper's HTTP/2 stream: slice by slice it would be 80 writes.
-        assert_eq!(writes_for_a_batch(false), [40 * 66]);
+        assert_eq!(writes_for(40, false), [40 * 66]);
+    }
+
+    #[test]
+    fn joined_writes_stop_at_16_kib() {
+        // What the HTTP/2 stream takes in beyond the bounded queue stays small. A vectored
+        // write ends at 128 slices (64 frames) first.
+        // The frame that reaches 16 KiB goes whole.
+        assert_eq!(writes_for(400, false), [249 * 66, 151 * 66]);
+        assert_eq!(writes_for(400, true).len(), 400_usize.div_ceil(64));
     }
 }
