@@ -77,6 +77,9 @@ async fn serve_tls<S>(
         let connection = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .enable_connect_protocol()
+            // What h2 buffers per stream beyond the connection's own outbound queue (400 KiB
+            // by default): a slow reader's streams would hold that much each.
+            .max_send_buf_size(STREAM_SEND_BUFFER)
             .serve_connection(TokioIo::new(stream), service);
         if let Err(error) = connection.await {
             eprintln!("HTTP/2 connection from {peer} failed: {error}");
@@ -104,6 +107,9 @@ where
 
 /// How long a client may take to send its HTTP request (the WebSocket handshake).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Over HTTP/2, the most h2 buffers for one stream (the write buffer's size).
+const STREAM_SEND_BUFFER: usize = 64 * 1024;
 
 const PAGE: &str = include_str!("chat.htm");
 
