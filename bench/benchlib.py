@@ -26,7 +26,7 @@ from typing import IO, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 # The line every chat server (the example, the baselines) prints once it listens.
-READY_LINE = re.compile(r"Chat server running\. Open http://(\S+)/chat\.htm")
+READY_LINE = re.compile(r"Chat server running\. Open https?://(\S+)/chat\.htm")
 
 
 def log(message: str) -> None:

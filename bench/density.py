@@ -70,9 +70,10 @@ class Server(benchlib.ServerOutput):
         self.stderr.close()
 
 
-def loadgen(server: Server, path: str, flags: list[str], timeout: float) -> dict:
+def loadgen(server: Server, path: str, flags: list[str], timeout: float,
+            scheme: str = "ws") -> dict:
     cmd = [str(benchlib.target_dir() / "release" / "examples" / "loadgen"),
-           "--url", f"ws://{server.address}{path}", "--server-pid", str(server.pid),
+           "--url", f"{scheme}://{server.address}{path}", "--server-pid", str(server.pid),
            "--quiet", *flags]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     result = benchlib.last_json(done.stdout)
