@@ -2,8 +2,12 @@
 """TLS and HTTP/2: fan-out and idle memory over TLS, WebSockets as HTTP/1.1 Upgrades and as
 HTTP/2 streams (RFC 8441), against the axum baseline over the same TLS in the same run.
 
-    python3 bench/tls.py                          # ~12 min: 3 fan-out runs, 2 idle runs
-    python3 bench/tls.py --baseline-rev 9dcfc7e   # also the chat of that revision
+    python3 bench/tls.py                          # ~40 min: 3 fan-out runs, 2 idle runs
+    python3 bench/tls.py --baseline-rev 9dcfc7e   # also the chat of that revision (~70 min)
+    python3 bench/tls.py --runs 1 --idle-runs 1 --sizes 64   # a quick look, ~8 min
+
+Every measurement waits for the server's memory to settle after its clients have gone
+(`loadgen`'s RSS after close), which is most of the time.
 
 The servers are the chat example (`--no-notices`) and `examples/baseline_axum.rs`, both
 with `--tls-cert/--tls-key` (rustls with ring, HTTP/2 or HTTP/1.1 by ALPN on one port), on
