@@ -678,6 +678,9 @@ async fn assert_try_upgrade_refuses(
         HandshakeError::MethodNotAllowed(_) => {
             assert_eq!(response.headers()[header::ALLOW], "GET");
         }
+        HandshakeError::ConnectRequired(_) => {
+            assert_eq!(response.headers()[header::ALLOW], "CONNECT");
+        }
         HandshakeError::UnsupportedVersion => {
             assert_eq!(response.headers()[header::SEC_WEBSOCKET_VERSION], "13");
         }
@@ -715,7 +718,7 @@ async fn try_upgrade_reports_each_refusal() {
     // Over HTTP/2 a WebSocket is an extended CONNECT (RFC 8441, tests/http2.rs), not a GET.
     assert_try_upgrade_refuses(
         bad(valid_request().version(Version::HTTP_2)),
-        HandshakeError::MethodNotAllowed(Method::GET),
+        HandshakeError::ConnectRequired(Method::GET),
         StatusCode::METHOD_NOT_ALLOWED,
         "CONNECT",
     )

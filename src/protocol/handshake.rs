@@ -9,9 +9,13 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// The request method is not `GET` (over HTTP/2: not `CONNECT`) (405).
-    #[error("WebSocket upgrade requires GET (CONNECT over HTTP/2), got {0}")]
+    /// An HTTP/1.1 request whose method is not `GET` (405, with `Allow: GET`).
+    #[error("WebSocket upgrade requires GET, got {0}")]
     MethodNotAllowed(http::Method),
+    /// An HTTP/2 request whose method is not `CONNECT` (405, with `Allow: CONNECT`): over
+    /// HTTP/2 a WebSocket is an extended CONNECT (RFC 8441).
+    #[error("a WebSocket over HTTP/2 is opened with CONNECT, got {0}")]
+    ConnectRequired(http::Method),
     /// The request is neither HTTP/1.1 nor HTTP/2 (400): HTTP/1.0 cannot upgrade.
     #[error("WebSocket upgrade requires HTTP/1.1 or HTTP/2, got {0:?}")]
     HttpVersion(http::Version),
@@ -68,7 +72,9 @@ impl HandshakeError {
     /// The HTTP status this rejection is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            HandshakeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HandshakeError::MethodNotAllowed(_) | HandshakeError::ConnectRequired(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
             HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -109,7 +115,7 @@ pub(crate) fn check_request<B>(
         return check_handshake(request).map(Accept::Upgrade);
     }
     if request.method() != http::Method::CONNECT {
-        return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
+        return Err(HandshakeError::ConnectRequired(request.method().clone()));
     }
     if !protocol.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
         return Err(HandshakeError::MissingUpgradeWebSocket);

@@ -90,9 +90,8 @@ impl http_body::Body for Body {
 
 impl HandshakeError {
     /// The plain-text HTTP response for this rejection, with the headers RFC 6455 and RFC 9110
-    /// ask for (`Allow: GET` on 405, `Sec-WebSocket-Version: 13` on 426, `Retry-After` on
-    /// 429). [`WebSocketServer::upgrade`](crate::WebSocketServer::upgrade) answers a wrong
-    /// method over HTTP/2 with `Allow: CONNECT` instead.
+    /// ask for (`Allow: GET` on 405, `Allow: CONNECT` over HTTP/2,
+    /// `Sec-WebSocket-Version: 13` on 426, `Retry-After` on 429).
     pub fn to_response(&self) -> Response<Body> {
         let mut response = Response::new(Body::from(format!("{self}\n")));
         *response.status_mut() = self.status();
@@ -104,6 +103,9 @@ impl HandshakeError {
         match self {
             HandshakeError::MethodNotAllowed(_) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            HandshakeError::ConnectRequired(_) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("CONNECT"));
             }
             HandshakeError::UnsupportedVersion => {
                 headers.insert(

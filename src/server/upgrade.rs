@@ -83,18 +83,11 @@ impl WebSocketServer {
     where
         H: WebSocketHandler,
     {
-        let http2 = request.version() == http::Version::HTTP_2;
         match self.try_upgrade(request, handler) {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "refused WebSocket upgrade");
-                let mut response = error.to_response();
-                if http2 && matches!(error, HandshakeError::MethodNotAllowed(_)) {
-                    // Over HTTP/2 the WebSocket is an extended CONNECT (RFC 8441).
-                    let connect = HeaderValue::from_static("CONNECT");
-                    response.headers_mut().insert(header::ALLOW, connect);
-                }
-                response
+                error.to_response()
             }
         }
     }
