@@ -49,7 +49,7 @@ use crate::engine::id::ConnectionId;
 pub(crate) use crate::engine::sync::lock;
 use crate::fanout::collection::{Members, WebSocketCollection};
 use crate::fanout::history::{Position, ResumeError};
-use crate::fanout::relay::{Missed, Relay, RoomDelivery};
+use crate::fanout::relay::{Missed, MissedMessages, Relay, RoomDelivery};
 use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
@@ -135,19 +135,50 @@ pub trait Backplane: Send + Sync + 'static {
         false
     }
 
-    /// For an ordered backplane: the envelopes of `topic` after `after`, with their
-    /// positions, oldest first, from what it keeps; for clients that resume from further
-    /// back than a process's own history. The default keeps nothing
-    /// ([`ResumeError::NoHistory`]).
-    fn missed(&self, topic: &str, after: Position) -> MissedEnvelopes {
-        let _ = (topic, after);
+    /// For an ordered backplane: one page of the envelopes of `topic` (of its `room`, for
+    /// a [`Rooms`]) after `after`, with their positions, oldest first, from what it keeps;
+    /// for clients that resume from further back than a process's own history. A page
+    /// holds about `max_bytes` of envelopes (at least one, if there is one); the caller
+    /// asks again from [`MissedPage::through`] until [`MissedPage::complete`]. The default
+    /// keeps nothing ([`ResumeError::NoHistory`]).
+    fn missed(
+        &self,
+        topic: &str,
+        room: Option<&str>,
+        after: Position,
+        max_bytes: usize,
+    ) -> MissedEnvelopes {
+        let _ = (topic, room, after, max_bytes);
         Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
     }
 }
 
+/// One page of what an ordered backplane keeps: see [`Backplane::missed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MissedPage {
+    /// The envelopes after the position asked for, with their positions, oldest first.
+    pub envelopes: Vec<(Position, Bytes)>,
+    /// How far this page reaches: the next page starts after it. It can be past the last
+    /// envelope (envelopes of other rooms were passed over).
+    pub through: Position,
+    /// Whether this page reaches the newest envelope the backplane had when asked.
+    pub complete: bool,
+}
+
+impl MissedPage {
+    /// A page of `envelopes`, reaching `through`, the last one if `complete`.
+    pub fn new(envelopes: Vec<(Position, Bytes)>, through: Position, complete: bool) -> Self {
+        MissedPage {
+            envelopes,
+            through,
+            complete,
+        }
+    }
+}
+
 /// What [`Backplane::missed`] resolves to.
-pub type MissedEnvelopes =
-    Pin<Box<dyn Future<Output = Result<Vec<(Position, Bytes)>, ResumeError>> + Send>>;
+pub type MissedEnvelopes = Pin<Box<dyn Future<Output = Result<MissedPage, ResumeError>> + Send>>;
 
 /// Whether a network backplane can reach its server, as reported by
 /// `RedisBackplane::state`.
@@ -450,21 +481,26 @@ impl Relay for Link {
         self.ordered
     }
 
-    fn missed(&self, room: Option<&str>, after: Position) -> Missed {
-        let envelopes = self.backplane.missed(&self.topic, after);
+    fn missed(&self, room: Option<&str>, after: Position, max_bytes: usize) -> Missed {
+        let page = self.backplane.missed(&self.topic, room, after, max_bytes);
         let room = room.map(str::to_owned);
         Box::pin(async move {
-            let mut missed = Vec::new();
-            for (position, envelope) in envelopes.await? {
+            let page = page.await?;
+            let mut messages = Vec::new();
+            for (position, envelope) in page.envelopes {
                 // What is not an envelope, or is for another room, is not this room's.
                 let Ok(envelope) = envelope::decode(envelope) else {
                     continue;
                 };
                 if envelope.room == room {
-                    missed.push((position, envelope.message));
+                    messages.push((position, envelope.message));
                 }
             }
-            Ok(missed)
+            Ok(MissedMessages {
+                messages,
+                through: page.through,
+                complete: page.complete,
+            })
         })
     }
 }

@@ -435,7 +435,7 @@ impl WebSocketCollection {
         // The history here may be enough; if not, the relay's fills in what is older.
         match self.replay_if_enough(connection, after) {
             Some(done) => done,
-            None => match relay.missed(room, *after).await {
+            None => match missed_from(relay.as_ref(), room, *after).await {
                 Ok(older) => self.resume_with(connection, after, Some(older)),
                 Err(error) => {
                     self.add_tagged(connection.clone());
@@ -626,6 +626,27 @@ impl WebSocketCollection {
         self.relay.as_deref().map(Relay::topic)
     }
 }
+
+/// Everything `relay` keeps of `room` after `after`, page by page.
+async fn missed_from(
+    relay: &dyn Relay,
+    room: Option<&str>,
+    after: Position,
+) -> Result<Vec<(Position, Message)>, ResumeError> {
+    let mut all = Vec::new();
+    let mut from = after;
+    loop {
+        let page = relay.missed(room, from, RELAY_PAGE_BYTES).await?;
+        all.extend(page.messages);
+        if page.complete || page.through.offset() <= from.offset() {
+            return Ok(all);
+        }
+        from = page.through;
+    }
+}
+
+/// The bytes of one page read from a relay for a resume.
+const RELAY_PAGE_BYTES: usize = 1 << 20;
 
 /// The collection that has just emptied, as its on-empty callback sees it: the callback
 /// need not keep a reference to it of its own.

@@ -10,9 +10,18 @@ use crate::engine::id::ConnectionId;
 use crate::fanout::history::{Position, ResumeError};
 use crate::protocol::message::Message;
 
-/// What a relay's history lookup resolves to: the messages after a position, oldest first.
-pub(crate) type Missed =
-    Pin<Box<dyn Future<Output = Result<Vec<(Position, Message)>, ResumeError>> + Send>>;
+/// What a relay's history lookup resolves to: one page of the messages after a position.
+pub(crate) type Missed = Pin<Box<dyn Future<Output = Result<MissedMessages, ResumeError>> + Send>>;
+
+/// One page of a relay's history of a collection or room.
+pub(crate) struct MissedMessages {
+    /// The messages, oldest first, with their positions.
+    pub(crate) messages: Vec<(Position, Message)>,
+    /// How far the page reaches (past its last message when other rooms' were passed over).
+    pub(crate) through: Position,
+    /// Whether it reaches the newest message the relay had when asked.
+    pub(crate) complete: bool,
+}
 
 /// Carries a collection's (or a room's) broadcasts to other processes.
 pub(crate) trait Relay: Send + Sync + 'static {
@@ -28,9 +37,9 @@ pub(crate) trait Relay: Send + Sync + 'static {
     /// position, so that every process sees one order and one set of positions.
     fn ordered(&self) -> bool;
 
-    /// What an ordered relay keeps of the topic: the messages of `room` (or of the whole
-    /// topic) after `after`.
-    fn missed(&self, room: Option<&str>, after: Position) -> Missed;
+    /// What an ordered relay keeps of the topic: one page, about `max_bytes`, of the
+    /// messages of `room` (or of the whole topic) after `after`.
+    fn missed(&self, room: Option<&str>, after: Position, max_bytes: usize) -> Missed;
 }
 
 /// Delivers a message from another process (or, ordered, from this one) to one room, by

@@ -512,14 +512,20 @@ impl Backplane for RedisBackplane {
         self.shared.config.lossless
     }
 
-    fn missed(&self, topic: &str, after: Position) -> MissedEnvelopes {
+    fn missed(
+        &self,
+        topic: &str,
+        _room: Option<&str>,
+        after: Position,
+        max_bytes: usize,
+    ) -> MissedEnvelopes {
         if !self.shared.config.lossless {
             return Box::pin(std::future::ready(Err(
                 crate::fanout::history::ResumeError::NoHistory,
             )));
         }
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
-        streams::missed(&self.shared, channel, after)
+        streams::missed(&self.shared, channel, after, max_bytes)
     }
 }
 

@@ -27,7 +27,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{is_refusal, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
-use crate::backplane::{lock, BackplaneState, Delivery, MissedEnvelopes};
+use crate::backplane::{lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
 /// Takes the next offset, appends the envelope under it, and answers `{epoch, offset}`.
@@ -618,12 +618,18 @@ fn new_epoch() -> String {
     hasher.finish().max(1).to_string()
 }
 
-/// [`Backplane::missed`](crate::backplane::Backplane::missed) of the lossless mode: the
-/// stream's entries after `after`, if `after` is of its epoch and still kept.
-pub(super) fn missed(shared: &Arc<Shared>, channel: String, after: Position) -> MissedEnvelopes {
+/// [`Backplane::missed`](crate::backplane::Backplane::missed) of the lossless mode: a page
+/// of the stream's entries after `after`, about `max_bytes`, if `after` is of its epoch and
+/// still kept. Read a few entries at a time, so that what one resume holds stays near
+/// `max_bytes` whatever the size of the messages.
+pub(super) fn missed(
+    shared: &Arc<Shared>,
+    channel: String,
+    after: Position,
+    max_bytes: usize,
+) -> MissedEnvelopes {
     let conn = lock(&shared.connection).clone();
     let shared = shared.clone();
-    let retention = shared.config.retention;
     Box::pin(async move {
         let Some(mut conn) = conn else {
             return Err(ResumeError::Unavailable);
@@ -654,32 +660,48 @@ pub(super) fn missed(shared: &Arc<Shared>, channel: String, after: Position) -> 
                 current: after.epoch(),
             });
         }
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&keys.stream)
-            .arg(format!("{}-0", after.offset() + 1))
-            .arg("+")
-            .arg("COUNT")
-            .arg(retention)
-            .query_async(&mut conn)
-            .await
-            .map_err(|_| ResumeError::Unavailable)?;
-        let entries = parse_entries(reply);
-        let complete = match entries.first() {
-            Some((first, _)) => *first == after.offset() + 1,
-            None => last == after.offset(),
-        };
-        if !complete {
-            return Err(ResumeError::TooOld {
-                asked: after,
-                oldest: entries
-                    .first()
-                    .map(|(offset, _)| Position::new(after.epoch(), *offset)),
-            });
+        let mut envelopes: Vec<(Position, Bytes)> = Vec::new();
+        let mut bytes = 0;
+        let mut through = after.offset();
+        // Entries per read: a few at first, then as many as the page has room for at the
+        // size seen so far.
+        let mut count = 16;
+        while through < last && (envelopes.is_empty() || bytes < max_bytes) {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&keys.stream)
+                .arg(format!("{}-0", through + 1))
+                .arg(format!("{last}-0"))
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn)
+                .await
+                .map_err(|_| ResumeError::Unavailable)?;
+            let entries = parse_entries(reply);
+            // Offsets of an epoch are contiguous: a hole is what was trimmed.
+            if entries
+                .first()
+                .is_none_or(|(first, _)| *first != through + 1)
+            {
+                return Err(ResumeError::TooOld {
+                    asked: after,
+                    oldest: entries
+                        .first()
+                        .map(|(offset, _)| Position::new(after.epoch(), *offset)),
+                });
+            }
+            for (offset, envelope) in entries {
+                bytes += envelope.len();
+                through = offset;
+                envelopes.push((Position::new(after.epoch(), offset), envelope));
+            }
+            let average = bytes / envelopes.len().max(1);
+            count = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 256);
         }
-        Ok(entries
-            .into_iter()
-            .map(|(offset, envelope)| (Position::new(after.epoch(), offset), envelope))
-            .collect())
+        Ok(MissedPage::new(
+            envelopes,
+            Position::new(after.epoch(), through),
+            through >= last,
+        ))
     })
 }
 
