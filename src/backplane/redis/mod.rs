@@ -36,6 +36,9 @@ pub struct RedisConfig {
     max_pending_bytes: usize,
     lossless: bool,
     retention: usize,
+    retention_bytes: usize,
+    republish_messages: usize,
+    republish_bytes: usize,
     reconnect_min: Duration,
     reconnect_max: Duration,
     connect_timeout: Duration,
@@ -54,6 +57,9 @@ impl RedisConfig {
             max_pending_bytes: 64 << 20,
             lossless: true,
             retention: 10_000,
+            retention_bytes: 16 << 20,
+            republish_messages: 10_000,
+            republish_bytes: 8 << 20,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
@@ -105,6 +111,26 @@ impl RedisConfig {
     /// Default 10,000; at least 1.
     pub fn retention(mut self, messages: usize) -> Self {
         self.retention = messages.max(1);
+        self
+    }
+
+    /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
+    /// message is always kept), the other bound of the [`retention`](Self::retention).
+    /// Redis spends about 70 bytes more per message than its payload. Default 16 MiB; at
+    /// least 1.
+    pub fn retention_bytes(mut self, bytes: usize) -> Self {
+        self.retention_bytes = bytes.max(1);
+        self
+    }
+
+    /// In lossless mode, what each process keeps of what it published lately, over all
+    /// topics, to publish again if Redis loses it (a restart without its data, a
+    /// failover, a flush): the newest `messages`, within `bytes`. It needs to cover what
+    /// the other processes may not have read yet when Redis loses it: a few seconds of
+    /// this process's publications. Default 10,000 messages, 8 MiB.
+    pub fn republish_window(mut self, messages: usize, bytes: usize) -> Self {
+        self.republish_messages = messages;
+        self.republish_bytes = bytes;
         self
     }
 
@@ -174,9 +200,13 @@ pub struct RedisStats {
     /// Subscriptions Redis refused: messages from other servers on those topics do not
     /// arrive. Logged as an error; not asked again until the subscriptions change.
     pub refused_subscriptions: u64,
-    /// Lossless mode: times a topic's stream was found gone (Redis restarted without its
-    /// data): recent messages were published again, and reading started over.
+    /// Lossless mode: times a topic's history was found lost or rewound (Redis restarted,
+    /// from an older snapshot or none, failed over, flushed or evicted it): the topic got
+    /// a new epoch, recent messages were published again, and reading started over.
     pub history_resets: u64,
+    /// Batches of publications that Redis could not take for a while (`BUSY`, `LOADING`,
+    /// `OOM`, `TRYAGAIN`, `MASTERDOWN`, ...) and that were retried after a backoff.
+    pub retried: u64,
     /// Times the connection to Redis was lost.
     pub disconnects: u64,
     /// Messages waiting to be published now.
@@ -245,6 +275,9 @@ struct Shared {
     work: Notify,
     /// Subscriptions changed since the task last looked.
     subscriptions_changed: AtomicBool,
+    /// The channels whose subscriptions changed since the task last looked: a change costs
+    /// work for its channel only.
+    changed: Mutex<HashSet<String>>,
     /// A full queue has been reported in the current outage (one warning per outage).
     drop_reported: AtomicBool,
     /// Inboxes by Redis channel name.
@@ -259,6 +292,7 @@ struct Shared {
     refused: AtomicU64,
     refused_subscriptions: AtomicU64,
     history_resets: AtomicU64,
+    retried: AtomicU64,
     disconnects: AtomicU64,
     /// Lossless mode: the publishing connection while connected, for history lookups.
     connection: Mutex<Option<MultiplexedConnection>>,
@@ -272,41 +306,68 @@ struct Shared {
 /// History reads ([`Backplane::missed`]) in flight at once, per backplane.
 const HISTORY_READS: usize = 4;
 
-/// Lossless mode: the envelopes published lately, by channel, with the epoch each went
-/// into, bounded by the retention; published again if Redis loses them.
+/// Lossless mode: the envelopes this process published lately, over all topics, newest
+/// last, within [`RedisConfig::republish_window`]; and the epoch each topic's went into.
+/// Published again if Redis loses them.
 #[derive(Default)]
 struct Recent {
-    by_channel: HashMap<String, (Option<u64>, VecDeque<Bytes>)>,
+    list: VecDeque<(Arc<str>, Bytes)>,
+    bytes: usize,
+    /// By channel: the epoch its publications went into.
+    epochs: HashMap<Arc<str>, u64>,
 }
 
 impl Recent {
-    fn remember(&mut self, channel: String, envelope: Bytes, epoch: Option<u64>, keep: usize) {
-        let (known, list) = self.by_channel.entry(channel).or_default();
-        if epoch.is_some() && *known != epoch {
-            // A new epoch: what was before it is of a history that is gone anyway.
-            list.clear();
-            *known = epoch;
-        }
-        list.push_back(envelope);
-        while list.len() > keep {
-            list.pop_front();
+    /// Remembers `envelope`, published on `channel` in `epoch`.
+    fn remember(&mut self, channel: &str, envelope: Bytes, epoch: u64, config: &RedisConfig) {
+        let channel = match self.epochs.get_key_value(channel) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(channel),
+        };
+        self.epochs.insert(channel.clone(), epoch);
+        self.bytes += envelope.len();
+        self.list.push_back((channel, envelope));
+        while self.list.len() > config.republish_messages || self.bytes > config.republish_bytes {
+            let Some((_, gone)) = self.list.pop_front() else {
+                break;
+            };
+            self.bytes -= gone.len();
         }
     }
 
-    /// The channels remembered, with their epoch.
-    fn channels(&self) -> Vec<(String, u64)> {
-        self.by_channel
-            .iter()
-            .filter_map(|(channel, (epoch, _))| Some((channel.clone(), (*epoch)?)))
-            .collect()
+    /// The epoch `channel`'s publications went into, if it had any.
+    fn epoch(&self, channel: &str) -> Option<u64> {
+        self.epochs.get(channel).copied()
     }
 
-    /// What was remembered for `channel`, oldest first, forgetting it.
-    fn take(&mut self, channel: &str) -> VecDeque<Bytes> {
-        self.by_channel
-            .remove(channel)
-            .map(|(_, list)| list)
-            .unwrap_or_default()
+    /// `channel` is at `epoch` now: if its publications went into another, they are taken
+    /// out, oldest first, to be published again; from now on it expects `epoch`.
+    fn moved(&mut self, channel: &str, epoch: u64) -> Vec<Bytes> {
+        match self.epochs.get_mut(channel) {
+            Some(known) if *known != epoch => *known = epoch,
+            _ => return Vec::new(),
+        }
+        self.take(channel)
+    }
+
+    /// No collection here listens to `channel` any more: its publications are forgotten.
+    fn forget(&mut self, channel: &str) {
+        self.epochs.remove(channel);
+        self.take(channel);
+    }
+
+    fn take(&mut self, channel: &str) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        let bytes = &mut self.bytes;
+        self.list.retain(|(of, envelope)| {
+            if &**of != channel {
+                return true;
+            }
+            *bytes -= envelope.len();
+            taken.push(envelope.clone());
+            false
+        });
+        taken
     }
 }
 
@@ -420,6 +481,8 @@ impl RedisBackplane {
             refused: AtomicU64::new(0),
             refused_subscriptions: AtomicU64::new(0),
             history_resets: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            changed: Mutex::new(HashSet::new()),
             connection: Mutex::new(None),
             recent: Mutex::new(Recent::default()),
             history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
@@ -465,6 +528,7 @@ impl RedisBackplane {
             refused: count(&shared.refused),
             refused_subscriptions: count(&shared.refused_subscriptions),
             history_resets: count(&shared.history_resets),
+            retried: count(&shared.retried),
             disconnects: count(&shared.disconnects),
             pending: pending.items.len(),
             pending_bytes: pending.bytes,
@@ -497,15 +561,16 @@ impl Backplane for RedisBackplane {
     fn subscribe(&self, topic: &str, inbox: Inbox) {
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
         lock(&self.shared.inboxes)
-            .entry(channel)
+            .entry(channel.clone())
             .or_default()
             .push(inbox);
-        self.shared.subscriptions_changed();
+        self.shared.subscriptions_changed(channel);
     }
 
-    fn unsubscribe(&self, _topic: &str) {
+    fn unsubscribe(&self, topic: &str) {
         // The task drops closed inboxes, and the channels left without any.
-        self.shared.subscriptions_changed();
+        let channel = format!("{}{topic}", self.shared.config.channel_prefix);
+        self.shared.subscriptions_changed(channel);
     }
 
     fn ordered(&self) -> bool {
@@ -530,7 +595,8 @@ impl Backplane for RedisBackplane {
 }
 
 impl Shared {
-    fn subscriptions_changed(&self) {
+    fn subscriptions_changed(&self, channel: String) {
+        lock(&self.changed).insert(channel);
         self.subscriptions_changed.store(true, Ordering::Release);
         self.work.notify_one();
     }
@@ -581,7 +647,7 @@ async fn run(shared: Arc<Shared>, client: redis::Client) {
 
     let mut delay = shared.config.reconnect_min;
     // Lossless mode: where reading stands in each stream, kept across connections.
-    let mut read = HashMap::new();
+    let mut read = streams::Streams::default();
     loop {
         let mut connected = false;
         let served = if shared.config.lossless {
@@ -725,6 +791,8 @@ impl Subscriptions {
         shared: &Shared,
         conn: &mut MultiplexedConnection,
     ) -> Result<(), SessionError> {
+        // Every channel is looked at: what changed is known to be among them.
+        lock(&shared.changed).clear();
         let (wanted, unwanted): (Vec<String>, Vec<String>) = {
             let mut inboxes = lock(&shared.inboxes);
             inboxes.retain(|_, list| {
@@ -780,10 +848,52 @@ impl Subscriptions {
     }
 }
 
-/// Whether Redis refused a command (an error reply: `NOPERM`, `WRONGTYPE`, ...) rather than
-/// the connection failing: the connection is fine and a retry would be refused too.
+/// What an error reply of Redis calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The command can never succeed (`NOPERM` from an ACL, `WRONGTYPE`, a script
+    /// error): drop it, count it, report it.
+    Permanent,
+    /// Redis cannot do it now (`BUSY` running a script, `LOADING` its data, `OOM` over
+    /// `maxmemory`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `NOREPLICAS`): retry later.
+    Transient,
+    /// The connection is gone or points at the wrong server (`READONLY`: a replica, a
+    /// demoted primary; `NOSCRIPT`: scripts were flushed): connect again.
+    Reconnect,
+}
+
+/// Sorts a failed command: see [`Failure`].
+fn classify(error: &redis::RedisError) -> Failure {
+    if error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout() {
+        return Failure::Reconnect;
+    }
+    // An error inside a script may name the command's own code after "ERR ...".
+    let code = error.code().unwrap_or_default();
+    let detail = error.detail().unwrap_or_default();
+    const TRANSIENT: [&str; 8] = [
+        "BUSY",
+        "LOADING",
+        "OOM",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+        "MOVED",
+    ];
+    const RECONNECT: [&str; 2] = ["READONLY", "NOSCRIPT"];
+    let names = |word: &str| code == word || detail.starts_with(&format!("{word} "));
+    if RECONNECT.iter().any(|word| names(word)) {
+        Failure::Reconnect
+    } else if TRANSIENT.iter().any(|word| names(word)) {
+        Failure::Transient
+    } else {
+        Failure::Permanent
+    }
+}
+
+/// Whether Redis refused a command for good (see [`Failure::Permanent`]).
 fn is_refusal(error: &redis::RedisError) -> bool {
-    !error.is_unrecoverable_error() && !error.is_io_error() && !error.is_timeout()
+    classify(error) == Failure::Permanent
 }
 
 /// Publishes the oldest queued messages, up to a batch, in one pipelined round trip.

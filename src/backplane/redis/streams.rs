@@ -1,21 +1,31 @@
 //! The lossless mode of the Redis backplane: each topic is a Redis stream.
 //!
 //! A publication is one script run (atomic in Redis): it takes the topic's next offset
-//! (`INCR`), appends the envelope to the stream under that offset (`XADD ... MAXLEN ~`),
-//! and answers the topic's epoch (made at random the first time; a Redis that lost its
-//! data has none, so it makes a new one). Every process reads every stream it subscribes
-//! to from the last offset it delivered (`XREAD BLOCK`, a bounded `COUNT` at a time) and
-//! delivers in offset order with the position `(epoch, offset)`: its own publications
-//! included, so all processes deliver the same messages in the same order.
+//! (`INCR`), appends the envelope under it with the topic's epoch (`XADD`), trims the
+//! stream to its retention in messages and in bytes, and answers `{epoch, offset}`. Every
+//! process reads every stream it subscribes to from the last offset it delivered (`XREAD
+//! BLOCK`, a bounded number of entries at a time) and delivers in offset order with the
+//! position `(epoch, offset)`: its own publications included, so all processes deliver the
+//! same messages in the same order.
 //!
-//! - A dropped or killed connection costs nothing: reading resumes from the last offset,
-//!   within the retention.
-//! - A Redis that restarts without its data has a new epoch: readers start the new stream
-//!   from its beginning, and each publisher first publishes again what it published
-//!   recently in the old epoch (the readers drop what they had already delivered, by sender
-//!   and sequence number), then what queued up meanwhile.
-//! - Offsets of one epoch are contiguous, so a gap (a reader away longer than the retention
-//!   kept) shows, and is counted and logged.
+//! One position names one message for ever. A topic's epoch belongs to one run of the
+//! Redis server (its `run_id`) and to keys that were never lost, so whatever makes Redis
+//! forget or go back (a restart, from an older snapshot or none, a failover, `FLUSHDB`, an
+//! eviction) gives the topic a new epoch the next time anyone touches it:
+//! - its offsets start above every earlier epoch's (the server's clock in microseconds), so
+//!   a reader waiting past the old offsets sees the new entries, and each entry names its
+//!   epoch, so the reader knows them for what they are;
+//! - readers notice (on every connect, in every entry, and when the counter is behind what
+//!   they delivered), count it ([`RedisStats::history_resets`]), log it, and read the new
+//!   epoch from its start; collections with a history tell their clients;
+//! - a publisher whose publication finds a new epoch has it refused (`moved`), publishes
+//!   again first what it published lately, then the rest: receivers drop what they had,
+//!   by sender and sequence number.
+//!
+//! Transient refusals (`BUSY`, `LOADING`, `OOM`, ...) are retried with backoff, in order:
+//! a publication of a topic runs only if the one before it in its batch did (`chain`).
+//!
+//! [`RedisStats::history_resets`]: super::RedisStats::history_resets
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -26,37 +36,98 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use super::{is_refusal, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
+use super::{classify, Failure, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
 use crate::backplane::{lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
-/// Takes the next offset, appends the envelope under it, and answers `{epoch, offset}`.
-/// KEYS: the stream, its offset counter, its epoch. ARGV: the envelope, the stream's
-/// length to keep, an epoch to use if the topic has none.
-const PUBLISH: &str = r#"
+/// Starts a topic's history over when it has none valid for this Redis run. KEYS as
+/// [`Keys::all`]; `ARGV[RUN]` the server's run id, `ARGV[NEW]` an epoch to use, and
+/// `ARGV[STALE]` an epoch to replace even if it looks valid ('' for none: a reader saw its
+/// counter go back).
+const RESET: &str = r#"
 local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('SET', KEYS[3], ARGV[3])
-  epoch = ARGV[3]
+if not epoch or epoch == ARGV[STALE] or redis.call('GET', KEYS[4]) ~= ARGV[RUN]
+    or redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  local base = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
+  redis.call('SET', KEYS[2], base)
+  redis.call('SET', KEYS[7], base)
+  redis.call('SET', KEYS[3], ARGV[NEW])
+  redis.call('SET', KEYS[4], ARGV[RUN])
+  epoch = ARGV[NEW]
 end
-local offset = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'd', ARGV[1])
-return {epoch, offset}
 "#;
 
-/// Entries read at most per `XREAD`: what Redis hands over at once stays bounded.
-const READ_COUNT: usize = 512;
+/// Publishes one envelope. ARGV: 1 the envelope, 2 messages kept, 3 bytes kept, 4 run id,
+/// 5 a new epoch, 6 the epoch the publisher expects ('' for any), 7 the token of the
+/// publication before it in its batch ('' for none), 8 its own token. Answers `{epoch,
+/// offset}`, or `{'moved', epoch}` (another epoch than expected: not published) or
+/// `{'skip', epoch}` (the one before it was not published: neither is this one).
+fn publish_script() -> String {
+    let reset = RESET
+        .replace("ARGV[STALE]", "''")
+        .replace("ARGV[RUN]", "ARGV[4]")
+        .replace("ARGV[NEW]", "ARGV[5]");
+    format!(
+        r#"{reset}
+if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {{'moved', epoch}} end
+if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{'skip', epoch}} end
+local offset = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], string.format('%d-0', offset), 'e', epoch, 'd', ARGV[1])
+local bytes = redis.call('INCRBY', KEYS[5], #ARGV[1])
+local len = redis.call('XLEN', KEYS[1])
+local keep, keep_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+while len > 1 and (len > keep or bytes > keep_bytes) do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[1], oldest[1])
+  local fields, size = oldest[2], 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'd' then size = #fields[i + 1] end
+  end
+  bytes = redis.call('DECRBY', KEYS[5], size)
+  len = len - 1
+end
+redis.call('SET', KEYS[6], ARGV[8])
+return {{epoch, offset}}
+"#
+    )
+}
+
+/// Makes sure a topic has an epoch valid for this run. ARGV: 1 run id, 2 a new epoch, 3 an
+/// epoch to replace ('' for none). Answers `{epoch, counter, base}`: the last offset given
+/// out, and the one the epoch started after.
+fn ensure_script() -> String {
+    let reset = RESET
+        .replace("ARGV[STALE]", "ARGV[3]")
+        .replace("ARGV[RUN]", "ARGV[1]")
+        .replace("ARGV[NEW]", "ARGV[2]");
+    format!(
+        "{reset}\nreturn {{epoch, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[7]) or '0'}}\n"
+    )
+}
+
+/// Entries read at most per `XREAD`, over all streams (each stream gets its share, at
+/// least one): what Redis hands over at once stays bounded whatever the number of topics.
+const READ_TOTAL: usize = 1024;
 
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
 
-/// The Redis keys of a topic's channel name: one hash tag, so all three live on one node
-/// of a cluster.
+/// The Redis keys of a topic's channel name: one hash tag, so all live on one node of a
+/// cluster.
 pub(super) struct Keys {
     pub(super) stream: String,
     pub(super) offset: String,
     pub(super) epoch: String,
+    /// The Redis run the epoch belongs to.
+    run: String,
+    /// The payload bytes the stream holds.
+    bytes: String,
+    /// The token of the last publication (see `chain` in [`publish_script`]).
+    chain: String,
+    /// The offset the epoch started after.
+    base: String,
 }
 
 pub(super) fn keys(channel: &str) -> Keys {
@@ -64,27 +135,63 @@ pub(super) fn keys(channel: &str) -> Keys {
     Keys {
         offset: format!("{stream}:offset"),
         epoch: format!("{stream}:epoch"),
+        run: format!("{stream}:run"),
+        bytes: format!("{stream}:bytes"),
+        chain: format!("{stream}:chain"),
+        base: format!("{stream}:base"),
         stream,
     }
 }
 
-/// What a read brings: by stream key, each entry's offset and envelope.
-type Entries = Vec<(String, Vec<(u64, Bytes)>)>;
+impl Keys {
+    /// The `KEYS` of the scripts, in their order.
+    fn all(&self) -> [&str; 7] {
+        [
+            &self.stream,
+            &self.offset,
+            &self.epoch,
+            &self.run,
+            &self.bytes,
+            &self.chain,
+            &self.base,
+        ]
+    }
+}
 
-/// Where reading stands in each stream, by channel name.
+/// One stream entry: its offset, the epoch it was written in (if it says), the envelope.
+type Entry = (u64, Option<u64>, Bytes);
+
+/// What a read brings: by stream key, its entries.
+type Entries = Vec<(String, Vec<Entry>)>;
+
+/// Where reading stands in each stream, by channel name, kept across connections.
 #[derive(Default)]
-struct Streams {
+pub(super) struct Streams {
     read: HashMap<String, ReadState>,
     /// Streams Redis refused to let us read (an ACL): left out of every read, so that they
-    /// do not take the others with them, until the subscriptions change.
+    /// do not take the others with them, until the subscriptions change. Where they stood
+    /// is kept.
     refused: HashSet<String>,
 }
 
 struct ReadState {
-    /// The last offset delivered (0: none).
+    /// The last offset delivered, or the one the epoch started after.
     offset: u64,
-    /// The epoch of that offset, once known.
-    epoch: Option<u64>,
+    /// The epoch of that offset.
+    epoch: u64,
+}
+
+/// What this connection's scripts and server are.
+struct Session {
+    publish: String,
+    ensure: String,
+    run_id: String,
+    /// Tells this session's publications apart, for `chain`.
+    token_prefix: String,
+    tokens: u64,
+    /// After a transient refusal: no publishing before this.
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
 }
 
 /// One connection's life in lossless mode: `Ok` once stopped, or why it was lost.
@@ -92,7 +199,7 @@ pub(super) async fn serve(
     shared: &Arc<Shared>,
     client: &redis::Client,
     connected: &mut bool,
-    streams_state: &mut HashMap<String, (u64, Option<u64>)>,
+    streams: &mut Streams,
 ) -> Result<(), SessionError> {
     let config = &shared.config;
     let timed = |timeout: Duration| move |_| SessionError::Timeout(timeout);
@@ -117,48 +224,58 @@ pub(super) async fn serve(
         .arg("ID")
         .query_async(&mut reader)
         .await?;
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(PUBLISH)
-        .query_async(&mut publisher)
-        .await?;
-    *lock(&shared.connection) = Some(publisher.clone());
-
-    // Redis may have lost its data while we were away: what we published recently in an
-    // epoch that is gone goes out again first, then what queued up meanwhile.
-    republish_lost(shared, &mut publisher).await?;
-    let mut streams = Streams {
-        read: std::mem::take(streams_state)
-            .into_iter()
-            .map(|(channel, (offset, epoch))| (channel, ReadState { offset, epoch }))
-            .collect(),
-        refused: HashSet::new(),
+    let mut session = Session {
+        publish: load(&mut publisher, &publish_script()).await?,
+        ensure: load(&mut publisher, &ensure_script()).await?,
+        run_id: run_id(&mut publisher).await?,
+        token_prefix: format!("{:x}", super::super::new_sender_id()),
+        tokens: 0,
+        retry_at: None,
+        backoff: config.reconnect_min,
     };
     let result = async {
+        lock(&shared.changed).clear();
         shared.subscriptions_changed.store(false, Ordering::Release);
-        streams.sync(shared, &mut publisher).await?;
-        while publish_batch(shared, &mut publisher, &sha).await? {}
+        // Every topic, on every connect: Redis may have lost or rewound any of them.
+        let mut all: HashSet<String> = lock(&shared.inboxes).keys().cloned().collect();
+        all.extend(streams.read.keys().cloned());
+        let all = all.into_iter().collect();
+        streams.refused.clear();
+        streams.sync(shared, &mut publisher, &session, all).await?;
+        // For resumes, once every topic's epoch is known valid for this run.
+        *lock(&shared.connection) = Some(publisher.clone());
+        while publish_batch(shared, &mut publisher, &mut session).await? {}
         *connected = true;
         shared.drop_reported.store(false, Ordering::Relaxed);
         shared.state.send_replace(BackplaneState::Connected);
         tracing::info!(url = %config.url, "redis backplane (lossless): connected");
         loop {
-            let read = read(reader.clone(), &streams);
+            let read = read(reader.clone(), streams);
             tokio::pin!(read);
             let entries = loop {
                 if shared.subscriptions_changed.swap(false, Ordering::AcqRel) {
-                    streams.refused.clear();
+                    let changed: Vec<String> = lock(&shared.changed).drain().collect();
+                    for channel in &changed {
+                        streams.refused.remove(channel);
+                    }
                     // A topic was added: where it stands is read before anything more is
                     // published to it (same connection, in order), so none of its messages
                     // is skipped. The read in progress is cut short to take it in.
-                    streams.sync(shared, &mut publisher).await?;
+                    streams.sync(shared, &mut publisher, &session, changed).await?;
                     unblock(&mut publisher, reader_id).await?;
                     break (&mut read).await?;
                 }
-                let more = publish_batch(shared, &mut publisher, &sha).await?;
+                let waiting = session
+                    .retry_at
+                    .is_some_and(|at| at > tokio::time::Instant::now());
+                let more = !waiting && publish_batch(shared, &mut publisher, &mut session).await?;
                 if shared.stopped.load(Ordering::Acquire) {
                     let flush = async {
-                        while publish_batch(shared, &mut publisher, &sha).await? {}
+                        while publish_batch(shared, &mut publisher, &mut session).await? {
+                            if let Some(at) = session.retry_at {
+                                tokio::time::sleep_until(at).await;
+                            }
+                        }
                         Ok(())
                     };
                     return match tokio::time::timeout(FINAL_FLUSH, flush).await {
@@ -166,33 +283,80 @@ pub(super) async fn serve(
                         Err(_) => Ok(()),
                     };
                 }
-                if more {
+                if more && session.retry_at.is_none() {
                     // Between batches, anything already read is delivered.
                     if let Some(entries) = futures_util::FutureExt::now_or_never(&mut read) {
                         break entries?;
                     }
                     continue;
                 }
+                let retry = session.retry_at;
                 tokio::select! {
                     entries = &mut read => break entries?,
                     () = shared.work.notified() => {}
+                    () = sleep_until(retry) => {}
                 }
             };
             match entries {
-                Read::Entries(entries) => streams.deliver(shared, &mut publisher, entries).await?,
+                Read::Entries(entries) => {
+                    streams
+                        .deliver(shared, &mut publisher, &session, entries)
+                        .await?
+                }
                 Read::Refused => streams.find_refused(shared, &mut publisher).await?,
+                Read::Busy(error) => {
+                    // Redis answers, but cannot serve reads now: wait, and read again from
+                    // where we were.
+                    tracing::warn!(%error, "redis backplane: Redis cannot serve reads now; retrying");
+                    tokio::time::sleep(session.next_backoff(config)).await;
+                }
             }
         }
     }
     .await;
-    // Where reading stands survives the connection: the next one goes on from there.
-    *streams_state = streams
-        .read
-        .into_iter()
-        .map(|(channel, state)| (channel, (state.offset, state.epoch)))
-        .collect();
     *lock(&shared.connection) = None;
     result
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// The wait before the next retry after a transient refusal: doubling up to the
+    /// reconnect backoff's maximum.
+    fn next_backoff(&mut self, config: &super::RedisConfig) -> Duration {
+        let wait = super::jitter(self.backoff);
+        self.backoff = (self.backoff * 2).min(config.reconnect_max);
+        wait
+    }
+
+    fn token(&mut self) -> String {
+        self.tokens += 1;
+        format!("{}:{}", self.token_prefix, self.tokens)
+    }
+}
+
+async fn load(conn: &mut MultiplexedConnection, script: &str) -> Result<String, SessionError> {
+    Ok(redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(conn)
+        .await?)
+}
+
+/// The server's `run_id`: new every time Redis starts.
+async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, SessionError> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let run_id = info
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned());
+    // A server that does not say (a proxy) counts as one run for this connection.
+    Ok(run_id.unwrap_or_default())
 }
 
 /// Ends the reader's `XREAD` now (it answers as if it timed out). Where `CLIENT UNBLOCK`
@@ -204,65 +368,116 @@ async fn unblock(conn: &mut MultiplexedConnection, reader: i64) -> Result<(), Se
         .query_async(conn)
         .await;
     match unblocked {
-        Err(error) if !is_refusal(&error) => Err(error.into()),
-        _ => Ok(()),
+        Err(error) if classify(&error) != Failure::Reconnect => Ok(()),
+        Err(error) => Err(error.into()),
+        Ok(_) => Ok(()),
     }
 }
 
+/// What [`ensure_script`] answers: the epoch, the last offset given out, and the offset
+/// the epoch started after.
+struct Ensured {
+    epoch: u64,
+    counter: u64,
+    base: u64,
+}
+
 impl Streams {
-    /// Makes the streams read match the channels with live inboxes. A new one is read from
-    /// its end as it is now (like a subscription, it gets what is published from now on);
-    /// one whose epoch changed while we were away (Redis lost its data) is read again from
-    /// the start of its new epoch.
+    /// Makes the streams read match the inboxes for `channels`: a channel without live
+    /// inboxes is no longer read; a new one is read from its end as it is now (like a
+    /// subscription, it gets what is published from now on); one whose epoch changed while
+    /// we were away (Redis lost or rewound it) is read again from the start of its new
+    /// epoch. One pipelined round trip, whatever the number of channels.
     async fn sync(
         &mut self,
         shared: &Shared,
         conn: &mut MultiplexedConnection,
+        session: &Session,
+        channels: Vec<String>,
     ) -> Result<(), SessionError> {
-        let wanted: Vec<String> = {
+        let mut wanted = Vec::new();
+        {
             let mut inboxes = lock(&shared.inboxes);
-            inboxes.retain(|_, list| {
-                list.retain(|inbox| !inbox.is_closed());
-                !list.is_empty()
-            });
-            inboxes.keys().cloned().collect()
-        };
-        self.read.retain(|channel, _| wanted.contains(channel));
-        for channel in wanted {
-            if self.refused.contains(&channel) {
-                continue;
+            for channel in channels {
+                let live = inboxes.get_mut(&channel).is_some_and(|list| {
+                    list.retain(|inbox| !inbox.is_closed());
+                    !list.is_empty()
+                });
+                if live {
+                    wanted.push(channel);
+                } else {
+                    inboxes.remove(&channel);
+                    self.read.remove(&channel);
+                    self.refused.remove(&channel);
+                    lock(&shared.recent).forget(&channel);
+                }
             }
-            let keys = keys(&channel);
-            let epoch = match epoch_of(conn, &keys).await {
-                Err(SessionError::Redis(error)) if is_refusal(&error) => {
-                    self.refuse(shared, channel, &error);
-                    continue;
-                }
-                epoch => epoch?,
+        }
+        let replies = ensure_all(conn, session, &wanted, None).await?;
+        for (channel, reply) in wanted.into_iter().zip(replies) {
+            let ensured = match reply {
+                Ok(ensured) => ensured,
+                Err(error) => match classify(&error) {
+                    Failure::Permanent => {
+                        self.refuse(shared, channel, &error);
+                        continue;
+                    }
+                    _ => return Err(error.into()),
+                },
             };
-            match self.read.get_mut(&channel) {
-                Some(state) if state.epoch.is_some() && state.epoch != epoch => {
-                    shared.history_resets.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        channel,
-                        "redis backplane: Redis lost this topic's stream (a restart without \
-                         its data?); reading its new one from the start"
-                    );
-                    *state = ReadState { offset: 0, epoch };
-                }
-                Some(state) => state.epoch = state.epoch.or(epoch),
-                None => {
-                    let offset: Option<u64> = redis::cmd("GET")
-                        .arg(&keys.offset)
-                        .query_async(conn)
-                        .await?;
-                    let offset = if epoch.is_some() {
-                        offset.unwrap_or(0)
-                    } else {
-                        0
+            self.take_in(shared, conn, session, channel, ensured)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts or goes on reading `channel` as Redis has it now.
+    async fn take_in(
+        &mut self,
+        shared: &Shared,
+        conn: &mut MultiplexedConnection,
+        session: &Session,
+        channel: String,
+        mut ensured: Ensured,
+    ) -> Result<(), SessionError> {
+        requeue_if_lost(shared, &channel, ensured.epoch);
+        match self.read.get_mut(&channel) {
+            None => {
+                self.read.insert(
+                    channel,
+                    ReadState {
+                        offset: ensured.counter,
+                        epoch: ensured.epoch,
+                    },
+                );
+            }
+            Some(state) if state.epoch == ensured.epoch && ensured.counter >= state.offset => {}
+            Some(state) => {
+                if state.epoch == ensured.epoch {
+                    // The counter went back under the same epoch: the same positions would
+                    // name other messages. A new epoch, for everyone.
+                    let stale = Some(ensured.epoch);
+                    let mut again =
+                        ensure_all(conn, session, std::slice::from_ref(&channel), stale).await?;
+                    ensured = match again.pop() {
+                        Some(Ok(ensured)) => ensured,
+                        Some(Err(error)) => return Err(error.into()),
+                        None => return Err(SessionError::Closed),
                     };
-                    self.read.insert(channel, ReadState { offset, epoch });
+                    requeue_if_lost(shared, &channel, ensured.epoch);
                 }
+                shared.history_resets.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    channel,
+                    delivered = %Position::new(state.epoch, state.offset),
+                    epoch = ensured.epoch,
+                    "redis backplane: Redis lost or rewound this topic's stream (a restart, a \
+                     failover, a flush or an eviction); reading its new epoch from the start"
+                );
+                *state = ReadState {
+                    offset: ensured.base,
+                    epoch: ensured.epoch,
+                };
             }
         }
         Ok(())
@@ -277,7 +492,6 @@ impl Streams {
             "redis backplane: Redis refused to let us read this topic's stream; messages \
              for it will not arrive"
         );
-        self.read.remove(&channel);
         self.refused.insert(channel);
     }
 
@@ -288,14 +502,21 @@ impl Streams {
         shared: &Shared,
         conn: &mut MultiplexedConnection,
     ) -> Result<(), SessionError> {
-        let channels: Vec<String> = self.read.keys().cloned().collect();
+        let channels: Vec<String> = self
+            .read
+            .keys()
+            .filter(|channel| !self.refused.contains(*channel))
+            .cloned()
+            .collect();
         for channel in channels {
             let probe: redis::RedisResult<u64> = redis::cmd("XLEN")
                 .arg(keys(&channel).stream)
                 .query_async(conn)
                 .await;
             match probe {
-                Err(error) if is_refusal(&error) => self.refuse(shared, channel, &error),
+                Err(error) if classify(&error) == Failure::Permanent => {
+                    self.refuse(shared, channel, &error)
+                }
                 Err(error) => return Err(error.into()),
                 Ok(_) => {}
             }
@@ -303,11 +524,15 @@ impl Streams {
         Ok(())
     }
 
-    /// Delivers what a read brought, in offset order, with its position.
+    /// Delivers what a read brought, in offset order, with its position. An entry of
+    /// another epoch than the one read means Redis lost or rewound the stream meanwhile:
+    /// the channel is taken in again (from the start of its new epoch) and its entries are
+    /// read again.
     async fn deliver(
         &mut self,
         shared: &Shared,
         conn: &mut MultiplexedConnection,
+        session: &Session,
         entries: Entries,
     ) -> Result<(), SessionError> {
         for (stream, list) in entries {
@@ -320,11 +545,6 @@ impl Streams {
             let Some(state) = self.read.get_mut(channel) else {
                 continue;
             };
-            if state.epoch.is_none() {
-                // The stream was made after we looked: its epoch is there now.
-                state.epoch = epoch_of(conn, &keys(channel)).await?;
-            }
-            let Some(epoch) = state.epoch else { continue };
             let inboxes = {
                 let mut all = lock(&shared.inboxes);
                 let Some(inboxes) = all.get_mut(channel) else {
@@ -333,7 +553,12 @@ impl Streams {
                 inboxes.retain(|inbox| !inbox.is_closed());
                 inboxes.clone()
             };
-            for (offset, envelope) in list {
+            let mut other_epoch = false;
+            for (offset, epoch, envelope) in list {
+                if epoch.is_some_and(|epoch| epoch != state.epoch) {
+                    other_epoch = true;
+                    break;
+                }
                 if offset <= state.offset {
                     continue;
                 }
@@ -350,9 +575,9 @@ impl Streams {
                     );
                 }
                 state.offset = offset;
-                let position = Position::new(epoch, offset);
+                let position = Position::new(state.epoch, offset);
                 for inbox in &inboxes {
-                    match inbox.deliver_at(envelope.clone(), position) {
+                    match deliver_guarded(inbox, &envelope, position) {
                         Ok(Delivery::Delivered { .. }) => {
                             shared.delivered.fetch_add(1, Ordering::Relaxed);
                         }
@@ -364,18 +589,116 @@ impl Streams {
                     }
                 }
             }
+            if other_epoch {
+                let channel = channel.to_owned();
+                let mut ensured =
+                    ensure_all(conn, session, std::slice::from_ref(&channel), None).await?;
+                match ensured.pop() {
+                    Some(Ok(ensured)) => {
+                        self.take_in(shared, conn, session, channel, ensured)
+                            .await?
+                    }
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(SessionError::Closed),
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// The topic's epoch, if it has one.
-async fn epoch_of(
+/// Hands an envelope to an inbox; a panic in what that runs (the application's tag
+/// function, say) is caught and reported, so that it cannot stop the backplane's task.
+fn deliver_guarded(
+    inbox: &crate::backplane::Inbox,
+    envelope: &Bytes,
+    position: Position,
+) -> Result<Delivery, crate::backplane::EnvelopeError> {
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        inbox.deliver_at(envelope.clone(), position)
+    }));
+    delivered.unwrap_or_else(|_| {
+        tracing::error!(%position, "redis backplane: delivering a message panicked; it was skipped");
+        Ok(Delivery::Closed)
+    })
+}
+
+/// Runs [`ensure_script`] for each channel, in one pipelined round trip; `stale`: an epoch
+/// to replace.
+async fn ensure_all(
     conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> Result<Option<u64>, SessionError> {
-    let epoch: Option<String> = redis::cmd("GET").arg(&keys.epoch).query_async(conn).await?;
-    Ok(epoch.and_then(|epoch| epoch.parse().ok()))
+    session: &Session,
+    channels: &[String],
+    stale: Option<u64>,
+) -> Result<Vec<redis::RedisResult<Ensured>>, SessionError> {
+    if channels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stale = stale.map(|epoch| epoch.to_string()).unwrap_or_default();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for channel in channels {
+        let keys = keys(channel);
+        pipe.cmd("EVALSHA").arg(&session.ensure).arg(7);
+        for key in keys.all() {
+            pipe.arg(key);
+        }
+        pipe.arg(&session.run_id).arg(new_epoch()).arg(&stale);
+    }
+    let replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
+    Ok(replies
+        .into_iter()
+        .map(|reply| {
+            let reply = reply?;
+            parse_ensured(&reply).ok_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "the backplane's script answered something else than {epoch, counter, base}",
+                ))
+            })
+        })
+        .collect())
+}
+
+fn parse_ensured(reply: &Value) -> Option<Ensured> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let mut numbers = items.iter().map(number);
+    Some(Ensured {
+        epoch: numbers.next()??,
+        counter: numbers.next()??,
+        base: numbers.next()??,
+    })
+}
+
+/// A number Redis answered as an integer or as text.
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// What this process published lately on `channel` in an epoch other than `epoch` may be
+/// lost: it goes to the front of the queue, to be published again first.
+fn requeue_if_lost(shared: &Shared, channel: &str, epoch: u64) {
+    let lost = lock(&shared.recent).moved(channel, epoch);
+    if lost.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        channel,
+        again = lost.len(),
+        "redis backplane: publishing again what this server published lately on a topic \
+         Redis lost or rewound (the other servers drop those they already have)"
+    );
+    let mut pending = lock(&shared.pending);
+    for envelope in lost.into_iter().rev() {
+        pending.push_front((channel.to_owned(), envelope));
+    }
 }
 
 /// What one read brought.
@@ -383,10 +706,11 @@ enum Read {
     Entries(Entries),
     /// Redis refused the read: one of the streams is not allowed.
     Refused,
+    /// Redis cannot serve it now (loading, busy): read again after a while.
+    Busy(redis::RedisError),
 }
 
-/// Waits for new entries in the streams read (at most [`BLOCK`]); by stream key, each
-/// entry's offset and envelope.
+/// Waits for new entries in the streams read (at most [`BLOCK`]).
 fn read(
     mut conn: MultiplexedConnection,
     streams: &Streams,
@@ -394,8 +718,10 @@ fn read(
     let (keys, ids): (Vec<String>, Vec<String>) = streams
         .read
         .iter()
+        .filter(|(channel, _)| !streams.refused.contains(*channel))
         .map(|(channel, state)| (keys(channel).stream, format!("{}-0", state.offset)))
         .unzip();
+    let count = (READ_TOTAL / keys.len().max(1)).max(1);
     async move {
         if keys.is_empty() {
             tokio::time::sleep(BLOCK).await;
@@ -403,7 +729,7 @@ fn read(
         }
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(READ_COUNT)
+            .arg(count)
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
@@ -413,8 +739,11 @@ fn read(
             .await;
         match reply {
             Ok(reply) => Ok(Read::Entries(parse_read(reply))),
-            Err(error) if is_refusal(&error) => Ok(Read::Refused),
-            Err(error) => Err(error.into()),
+            Err(error) => match classify(&error) {
+                Failure::Permanent => Ok(Read::Refused),
+                Failure::Transient => Ok(Read::Busy(error)),
+                Failure::Reconnect => Err(error.into()),
+            },
         }
     }
 }
@@ -442,8 +771,9 @@ fn parse_read(reply: Value) -> Entries {
         .collect()
 }
 
-/// `[[id, [field, value, ...]], ...]` as offsets and envelopes (the `d` field).
-fn parse_entries(entries: Value) -> Vec<(u64, Bytes)> {
+/// `[[id, [field, value, ...]], ...]` as offsets, epochs (the `e` field) and envelopes
+/// (the `d` field).
+fn parse_entries(entries: Value) -> Vec<Entry> {
     let Value::Array(entries) = entries else {
         return Vec::new();
     };
@@ -461,15 +791,20 @@ fn parse_entries(entries: Value) -> Vec<(u64, Bytes)> {
                 Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
                 _ => return None,
             };
+            let (mut epoch, mut data) = (None, None);
             let mut fields = fields.into_iter();
             while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                if text(name).as_deref() == Some("d") {
-                    if let Value::BulkString(bytes) = value {
-                        return Some((offset, Bytes::from(bytes)));
+                match text(name).as_deref() {
+                    Some("d") => {
+                        if let Value::BulkString(bytes) = value {
+                            data = Some(Bytes::from(bytes));
+                        }
                     }
+                    Some("e") => epoch = number(&value),
+                    _ => {}
                 }
             }
-            None
+            Some((offset, epoch, data?))
         })
         .collect()
 }
@@ -482,33 +817,75 @@ fn text(value: Value) -> Option<String> {
     }
 }
 
+/// What Redis said of one publication.
+enum Outcome {
+    /// Stored at this position.
+    Published(u64),
+    /// Not stored: the topic is at another epoch than the publisher expected (Redis lost
+    /// or rewound it), and it is this one now.
+    Moved(u64),
+    /// Not stored: the publication before it in the batch was not.
+    Skipped,
+}
+
+fn parse_outcome(reply: &Value) -> Option<Outcome> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let [first, second] = items.as_slice() else {
+        return None;
+    };
+    match first {
+        Value::BulkString(word) if word == b"moved" => Some(Outcome::Moved(number(second)?)),
+        Value::BulkString(word) if word == b"skip" => Some(Outcome::Skipped),
+        epoch => Some(Outcome::Published(number(epoch)?)),
+    }
+}
+
 /// Publishes the oldest queued messages, up to a batch, each with the script, in one
-/// pipelined round trip; returns whether more are queued. Like the pub/sub mode's: a
-/// failed connection puts the batch back, a refusal drops and counts the message. What is
-/// published is remembered (bounded by the retention) in case Redis loses it.
+/// pipelined round trip; returns whether more are queued.
+///
+/// - A failed connection puts the batch back (and ends the session).
+/// - A transient refusal (`BUSY`, `OOM`, ...) puts that message back, with every later
+///   one of its topic in the batch (which the script then skipped), and waits a backoff
+///   before publishing again, so that a topic's messages are published in order.
+/// - A topic Redis lost or rewound (`moved`): what this process published on it lately,
+///   then this message and the later ones, go back to the front of the queue.
+/// - A permanent refusal (`NOPERM`, `WRONGTYPE`, a script error) drops and counts the
+///   message.
 async fn publish_batch(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
-    sha: &str,
+    session: &mut Session,
 ) -> Result<bool, SessionError> {
     let batch = lock(&shared.pending).take(PUBLISH_BATCH);
     if batch.is_empty() {
         return Ok(false);
     }
-    let retention = shared.config.retention;
+    let config = &shared.config;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    let mut previous: HashMap<&str, String> = HashMap::new();
     for (channel, envelope) in &batch {
         let keys = keys(channel);
-        pipe.cmd("EVALSHA")
-            .arg(sha)
-            .arg(3)
-            .arg(&keys.stream)
-            .arg(&keys.offset)
-            .arg(&keys.epoch)
-            .arg(envelope.as_ref())
-            .arg(retention)
-            .arg(new_epoch());
+        let expected = lock(&shared.recent)
+            .epoch(channel)
+            .map(|epoch| epoch.to_string())
+            .unwrap_or_default();
+        let token = session.token();
+        let chain = previous.insert(channel, token.clone()).unwrap_or_default();
+        pipe.cmd("EVALSHA").arg(&session.publish).arg(7);
+        for key in keys.all() {
+            pipe.arg(key);
+        }
+        pipe.arg(envelope.as_ref())
+            .arg(config.retention)
+            .arg(config.retention_bytes)
+            .arg(&session.run_id)
+            .arg(new_epoch())
+            .arg(expected)
+            .arg(chain)
+            .arg(token);
     }
     let results = match pipe
         .query_async::<Vec<redis::RedisResult<Value>>>(conn)
@@ -521,91 +898,101 @@ async fn publish_batch(
                 for item in batch.into_iter().rev() {
                     pending.push_front(item);
                 }
-                pending.trim(&shared.config)
+                pending.trim(config)
             };
             shared.dropped(dropped);
             return Err(error.into());
         }
     };
     let mut published = 0;
-    let mut results = batch.into_iter().zip(results);
-    while let Some(((channel, envelope), result)) = results.next() {
-        match result {
-            Err(error) if error.code() == Some("NOSCRIPT") => {
-                // The script was flushed (SCRIPT FLUSH): this and the rest go back to the
-                // queue, and the next connection loads it again.
-                let mut pending = lock(&shared.pending);
-                let rest: Vec<_> = std::iter::once((channel, envelope))
-                    .chain(results.map(|(item, _)| item))
-                    .collect();
-                for item in rest.into_iter().rev() {
-                    pending.push_front(item);
+    // By channel: what goes back to the queue, in order, and whether it was moved.
+    let mut again: Vec<(String, Bytes)> = Vec::new();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut transient = None;
+    let mut reconnect = None;
+    for ((channel, envelope), result) in batch.into_iter().zip(results) {
+        if held.contains(&channel) {
+            // An earlier one of its topic goes again: so do the later ones, after it.
+            again.push((channel, envelope));
+            continue;
+        }
+        let outcome = match result {
+            Ok(reply) => parse_outcome(&reply),
+            Err(error) => {
+                match classify(&error) {
+                    Failure::Permanent => {
+                        shared.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            channel,
+                            %error,
+                            "redis backplane: Redis refused to publish; the message is dropped"
+                        );
+                        continue;
+                    }
+                    Failure::Transient => transient = Some(error),
+                    Failure::Reconnect => reconnect = Some(error),
                 }
-                drop(pending);
-                shared.published.fetch_add(published, Ordering::Relaxed);
-                return Err(error.into());
+                held.insert(channel.clone());
+                again.push((channel, envelope));
+                continue;
             }
-            Ok(reply) => {
+        };
+        match outcome {
+            Some(Outcome::Published(epoch)) => {
                 published += 1;
-                let epoch = epoch_in(&reply);
-                lock(&shared.recent).remember(channel, envelope, epoch, retention);
+                lock(&shared.recent).remember(&channel, envelope, epoch, config);
             }
-            Err(error) if is_refusal(&error) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
+            Some(Outcome::Moved(epoch)) => {
+                // What we published lately in the old epoch goes first, then this.
+                let lost = lock(&shared.recent).moved(&channel, epoch);
+                shared.history_resets.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
                     channel,
-                    %error,
-                    "redis backplane: Redis refused to publish; the message is dropped"
+                    again = lost.len(),
+                    "redis backplane: Redis lost or rewound this topic; publishing again \
+                     what this server published lately"
                 );
+                again.extend(lost.into_iter().map(|lost| (channel.clone(), lost)));
+                held.insert(channel.clone());
+                again.push((channel, envelope));
             }
-            Err(error) => return Err(error.into()),
+            Some(Outcome::Skipped) => {
+                held.insert(channel.clone());
+                again.push((channel, envelope));
+            }
+            None => {
+                shared.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(channel, "redis backplane: the publish script answered something unexpected; the message is dropped");
+            }
         }
     }
     shared.published.fetch_add(published, Ordering::Relaxed);
+    if !again.is_empty() {
+        let dropped = {
+            let mut pending = lock(&shared.pending);
+            for item in again.into_iter().rev() {
+                pending.push_front(item);
+            }
+            pending.trim(config)
+        };
+        shared.dropped(dropped);
+    }
+    if let Some(error) = reconnect {
+        return Err(error.into());
+    }
+    match transient {
+        Some(error) => {
+            shared.retried.fetch_add(1, Ordering::Relaxed);
+            let wait = session.next_backoff(config);
+            tracing::warn!(%error, retry_in = ?wait, "redis backplane: Redis cannot publish now; retrying in order");
+            session.retry_at = Some(tokio::time::Instant::now() + wait);
+        }
+        None => {
+            session.retry_at = None;
+            session.backoff = config.reconnect_min;
+        }
+    }
     Ok(!lock(&shared.pending).items.is_empty())
-}
-
-/// The epoch in the script's answer `{epoch, offset}`.
-fn epoch_in(reply: &Value) -> Option<u64> {
-    let Value::Array(items) = reply else {
-        return None;
-    };
-    match items.first()? {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        Value::Int(epoch) => u64::try_from(*epoch).ok(),
-        _ => None,
-    }
-}
-
-/// Publishes again, ahead of the queue, what was published recently on topics whose epoch
-/// is gone: Redis lost it, and some process may not have read it yet.
-async fn republish_lost(
-    shared: &Shared,
-    conn: &mut MultiplexedConnection,
-) -> Result<(), SessionError> {
-    let channels = lock(&shared.recent).channels();
-    for (channel, epoch) in channels {
-        let now = epoch_of(conn, &keys(&channel)).await?;
-        if now.is_some() && now == Some(epoch) {
-            continue;
-        }
-        let lost = lock(&shared.recent).take(&channel);
-        if lost.is_empty() {
-            continue;
-        }
-        shared.history_resets.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            channel,
-            again = lost.len(),
-            "redis backplane: Redis lost this topic's stream; publishing the recent messages \
-             again (the other servers drop those they already have)"
-        );
-        let mut pending = lock(&shared.pending);
-        for envelope in lost.into_iter().rev() {
-            pending.push_front((channel.clone(), envelope));
-        }
-    }
-    Ok(())
 }
 
 /// A random epoch for a topic that has none (decimal, as the script stores it).
@@ -641,7 +1028,11 @@ pub(super) fn missed(
             .map_err(|_| ResumeError::Unavailable)?;
         let keys = keys(&channel);
         let unavailable = |_| ResumeError::Unavailable;
-        let epoch = epoch_of(&mut conn, &keys).await.map_err(unavailable)?;
+        let epoch: Option<u64> = redis::cmd("GET")
+            .arg(&keys.epoch)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         if epoch != Some(after.epoch()) {
             return Err(ResumeError::OtherEpoch {
                 asked: after,
@@ -680,16 +1071,23 @@ pub(super) fn missed(
             // Offsets of an epoch are contiguous: a hole is what was trimmed.
             if entries
                 .first()
-                .is_none_or(|(first, _)| *first != through + 1)
+                .is_none_or(|(first, _, _)| *first != through + 1)
             {
                 return Err(ResumeError::TooOld {
                     asked: after,
                     oldest: entries
                         .first()
-                        .map(|(offset, _)| Position::new(after.epoch(), *offset)),
+                        .map(|(offset, _, _)| Position::new(after.epoch(), *offset)),
                 });
             }
-            for (offset, envelope) in entries {
+            for (offset, epoch, envelope) in entries {
+                if epoch.is_some_and(|epoch| epoch != after.epoch()) {
+                    // Written in another epoch: the stream was lost or rewound meanwhile.
+                    return Err(ResumeError::OtherEpoch {
+                        asked: after,
+                        current: epoch.unwrap_or(0),
+                    });
+                }
                 bytes += envelope.len();
                 through = offset;
                 envelopes.push((Position::new(after.epoch(), offset), envelope));
@@ -729,7 +1127,7 @@ mod tests {
             let parsed = parse_read(reply);
             assert_eq!(parsed.len(), 1);
             assert_eq!(parsed[0].0, "{t}");
-            assert_eq!(parsed[0].1, [(7, bytes::Bytes::from_static(b"env"))]);
+            assert_eq!(parsed[0].1, [(7, None, bytes::Bytes::from_static(b"env"))]);
         }
         assert!(parse_read(Value::Nil).is_empty());
         let junk = Value::Array(vec![Value::Array(vec![bulk("{t}"), bulk("x")])]);
