@@ -465,12 +465,20 @@ pub fn self_signed_certificate(
     let made =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("a self-signed certificate");
-    let dir = std::env::temp_dir().join(format!("wsh-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory for the certificate");
+    let dir = temp_dir(test);
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
     std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
     (cert, key, made.cert.der().clone())
+}
+
+/// A fresh, empty directory of the test's own under the system's temporary directory.
+#[allow(dead_code)] // not every test binary needs one
+pub fn temp_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsh-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }
 
 /// One frame from a server over any byte stream (a raw socket, TLS, an HTTP/2 stream):

@@ -18,33 +18,59 @@ impl RedisServer {
     /// fails under CI and otherwise reports the test as skipped (see [`super::skip`]) and
     /// returns `None`, so the caller can return.
     pub async fn start(test: &str) -> Option<RedisServer> {
+        // Another process may take the port between our probe and Redis binding it: retry.
+        Self::start_in(test, None).await
+    }
+
+    /// Like [`start`](Self::start), keeping its data in `dir` (`dump.rdb`, written only by
+    /// an explicit `SAVE`), so that a restart on the same port loads that snapshot.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn start_persistent(test: &str, dir: &std::path::Path) -> Option<RedisServer> {
+        Self::start_in(test, Some(dir)).await
+    }
+
+    async fn start_in(test: &str, dir: Option<&std::path::Path>) -> Option<RedisServer> {
         if !installed() {
             let why = "needs redis-server (Debian: apt-get install -y redis-server)";
             super::skip(test, why);
             return None;
         }
-        // Another process may take the port between our probe and Redis binding it: retry.
         for _ in 0..5 {
             let port = free_port();
-            if let Some(server) = Self::try_start_on(port).await {
+            if let Some(server) = Self::try_start_on(port, dir).await {
                 return Some(server);
             }
         }
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// Starts Redis again on `port`, as after a restart. Panics if it cannot.
-    pub async fn restart_on(port: u16) -> RedisServer {
-        Self::try_start_on(port)
+    /// Starts Redis again on `port` with the snapshot in `dir`, as after a crash. Panics
+    /// if it cannot.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn restart_persistent_on(port: u16, dir: &std::path::Path) -> RedisServer {
+        Self::try_start_on(port, Some(dir))
             .await
             .unwrap_or_else(|| panic!("redis-server did not start again on port {port}"))
     }
 
-    async fn try_start_on(port: u16) -> Option<RedisServer> {
+    /// Starts Redis again on `port`, as after a restart. Panics if it cannot.
+    pub async fn restart_on(port: u16) -> RedisServer {
+        Self::try_start_on(port, None)
+            .await
+            .unwrap_or_else(|| panic!("redis-server did not start again on port {port}"))
+    }
+
+    async fn try_start_on(port: u16, dir: Option<&std::path::Path>) -> Option<RedisServer> {
+        // Without a folder, no files: nothing to clean up, nothing left over from an earlier
+        // run (a snapshot is loaded only from a folder of the test's own).
+        let (dir, dbfilename) = match dir {
+            Some(dir) => (dir.to_string_lossy().into_owned(), "dump.rdb".to_owned()),
+            None => ("/tmp".to_owned(), format!("never-written-{port}.rdb")),
+        };
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            // No files: nothing to clean up, nothing left over from an earlier run.
-            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .args(["--save", "", "--appendonly", "no", "--dir", &dir])
+            .args(["--dbfilename", &dbfilename])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
