@@ -15,7 +15,9 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::{connect, next_text, within, Client, EchoRoom};
 use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
-use websocket_handler::{WebSocketCollection, WebSocketServer};
+use websocket_handler::{
+    Connection, History, Position, Rooms, WebSocketCollection, WebSocketHandler, WebSocketServer,
+};
 
 /// One process of a scaled-out application: its backplane, its collection on `topic`, and
 /// a WebSocket server whose clients join that collection.
@@ -356,4 +358,89 @@ async fn a_new_topic_among_10_000_costs_work_for_itself_only() {
         "a new topic cost {per_topic} commands of the kind run per topic:\n{stats}"
     );
     drop(rooms);
+}
+
+/// A member of one room of a `Rooms`: `?room=NAME` joins it tagged; `&resume=POSITION`
+/// resumes there and then says `resumed N` or `not resumed: WHY`.
+struct RoomMember {
+    rooms: Rooms<String>,
+}
+
+#[websocket_handler::async_trait]
+impl WebSocketHandler for RoomMember {
+    async fn on_open(&mut self, conn: &Connection) {
+        let room = conn.query_param("room").unwrap_or_default();
+        match conn.query_param("resume") {
+            Some(after) => {
+                let after: Position = after.parse().expect("a position");
+                match self.rooms.resume(room, conn, &after).await {
+                    Ok(resumed) => conn.send(format!("resumed {}", resumed.replayed)),
+                    Err(why) => conn.send(format!("not resumed: {why}")),
+                }
+                .expect("the client is there");
+            }
+            None => {
+                self.rooms.join_tagged(room, conn);
+                conn.send("joined").expect("the client is there");
+            }
+        }
+    }
+}
+
+async fn rooms_node(redis: &RedisServer) -> (RedisBackplane, Rooms<String>, SocketAddr) {
+    let backplane = RedisBackplane::new(config(redis).retention(1_000)).expect("a valid URL");
+    let rooms: Rooms<String> =
+        Rooms::with_backplane("rooms", backplane.clone()).with_history(History::new());
+    let addr = {
+        let rooms = rooms.clone();
+        common::serve(WebSocketServer::new(), move |_| RoomMember {
+            rooms: rooms.clone(),
+        })
+        .await
+    };
+    connected(&backplane).await;
+    (backplane, rooms, addr)
+}
+
+/// A quiet room keeps its history in Redis while a busy room of the same `Rooms` pushes
+/// thousands of messages through the topic: a client resuming in the quiet room on a
+/// process that never had it gets exactly what it missed there.
+#[tokio::test]
+async fn a_quiet_room_keeps_its_history_beside_a_busy_one() {
+    let Some(redis) = RedisServer::start("redis_scale::quiet_room").await else {
+        return;
+    };
+    let (a, rooms, addr) = rooms_node(&redis).await;
+    let mut watcher = connect(addr, "/?room=quiet").await;
+    assert_eq!(next_text(&mut watcher).await, "joined");
+    for n in 0..5 {
+        rooms.broadcast_to(&"quiet".to_owned(), format!("q{n}"));
+    }
+    let mut positions = Vec::new();
+    for n in 0..5 {
+        let text = next_text(&mut watcher).await;
+        let (position, rest) = text.split_once(' ').expect("POSITION PREVIOUS TEXT");
+        assert!(rest.ends_with(&format!(" q{n}")), "{text}");
+        positions.push(position.to_owned());
+    }
+    // Three times what the topic's stream keeps, in the busy room.
+    for n in 0..3_000 {
+        rooms.broadcast_to(&"busy".to_owned(), format!("b{n}"));
+    }
+    within("the busy room's messages to be published", async {
+        while a.stats().published < 3_005 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (_c, _rooms_c, addr_c) = rooms_node(&redis).await;
+    let mut resumer = connect(addr_c, &format!("/?room=quiet&resume={}", positions[1])).await;
+    for n in 2..5 {
+        let text = next_text(&mut resumer).await;
+        assert!(
+            text.starts_with(&format!("{} ", positions[n])) && text.ends_with(&format!(" q{n}")),
+            "replayed q{n}: {text}"
+        );
+    }
+    assert_eq!(next_text(&mut resumer).await, "resumed 3");
 }

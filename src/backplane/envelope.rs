@@ -84,6 +84,18 @@ pub(crate) fn encode(sender: SenderId, seq: u64, room: Option<&str>, message: &M
     bytes.freeze()
 }
 
+/// The room an envelope is for, read from its header alone: `None` for a whole collection's,
+/// and for what is not an envelope (that is found out when it is decoded).
+pub(crate) fn room_of(bytes: &[u8]) -> Option<&[u8]> {
+    let kind = *bytes.get(1)?;
+    if bytes.first() != Some(&VERSION) || kind & ROOM == 0 {
+        return None;
+    }
+    let len = bytes.get(HEADER_LEN..HEADER_LEN + 2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    bytes.get(HEADER_LEN + 2..HEADER_LEN + 2 + len)
+}
+
 /// The payload shares `bytes`' allocation.
 pub(crate) fn decode(mut bytes: Bytes) -> Result<Envelope, EnvelopeError> {
     if bytes.len() < HEADER_LEN {
@@ -134,10 +146,12 @@ mod tests {
                 let bytes = encode(u128::MAX - 1, 42, room, &message);
                 let room_len = room.map_or(0, |room| 2 + room.len());
                 assert_eq!(bytes.len(), HEADER_LEN + room_len + message.len());
-                let envelope = decode(bytes).expect("decodes");
+                let envelope = decode(bytes.clone()).expect("decodes");
                 assert_eq!(envelope.sender, u128::MAX - 1);
                 assert_eq!(envelope.seq, 42);
                 assert_eq!(envelope.room.as_deref(), room);
+                let header_room = room_of(&bytes).map(|name| std::str::from_utf8(name).unwrap());
+                assert_eq!(header_room, room);
                 assert_eq!(envelope.message, message);
             }
         }
@@ -172,6 +186,7 @@ mod tests {
         );
         let roomed = encode(1, 1, Some("abc"), &Message::from("x"));
         for cut in [HEADER_LEN, HEADER_LEN + 1, HEADER_LEN + 4] {
+            assert_eq!(room_of(&roomed[..cut]), None, "cut at {cut}");
             assert_eq!(
                 decode(roomed.slice(..cut)).unwrap_err(),
                 EnvelopeError::Truncated,

@@ -39,6 +39,9 @@ pub struct RedisConfig {
     retention_bytes: usize,
     republish_messages: usize,
     republish_bytes: usize,
+    room_retention: usize,
+    room_retention_bytes: usize,
+    room_history_ttl: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
     connect_timeout: Duration,
@@ -60,6 +63,9 @@ impl RedisConfig {
             retention_bytes: 16 << 20,
             republish_messages: 10_000,
             republish_bytes: 8 << 20,
+            room_retention: 1_000,
+            room_retention_bytes: 1 << 20,
+            room_history_ttl: Duration::from_secs(24 * 3600),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
@@ -120,6 +126,20 @@ impl RedisConfig {
     /// least 1.
     pub fn retention_bytes(mut self, bytes: usize) -> Self {
         self.retention_bytes = bytes.max(1);
+        self
+    }
+
+    /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
+    /// own, for clients that resume from further back than a process's history: its last
+    /// `messages`, within `bytes` (the newest always kept), for `ttl` after its last
+    /// message. A room's history is its own: a busy room does not push a quiet one's out,
+    /// and a resume reads only its room's messages. It costs Redis a second copy of every
+    /// room's recent messages. Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
+    /// none (resumes then read the topic's stream, shared by all its rooms).
+    pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
+        self.room_retention = messages;
+        self.room_retention_bytes = bytes.max(1);
+        self.room_history_ttl = ttl.max(MIN_WAIT);
         self
     }
 
@@ -580,7 +600,7 @@ impl Backplane for RedisBackplane {
     fn missed(
         &self,
         topic: &str,
-        _room: Option<&str>,
+        room: Option<&str>,
         after: Position,
         max_bytes: usize,
     ) -> MissedEnvelopes {
@@ -590,7 +610,8 @@ impl Backplane for RedisBackplane {
             )));
         }
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
-        streams::missed(&self.shared, channel, after, max_bytes)
+        let room = room.filter(|_| self.shared.config.room_retention > 0);
+        streams::missed(&self.shared, channel, room, after, max_bytes)
     }
 }
 

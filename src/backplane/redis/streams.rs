@@ -37,7 +37,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{classify, Failure, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
-use crate::backplane::{lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
+use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
 /// Starts a topic's history over when it has none valid for this Redis run. KEYS as
@@ -61,7 +61,9 @@ end
 
 /// Publishes one envelope. ARGV: 1 the envelope, 2 messages kept, 3 bytes kept, 4 run id,
 /// 5 a new epoch, 6 the epoch the publisher expects ('' for any), 7 the token of the
-/// publication before it in its batch ('' for none), 8 its own token. Answers `{epoch,
+/// publication before it in its batch ('' for none), 8 its own token; for an envelope of a
+/// room, also kept in the room's own stream: 9 its messages kept ('' for no room), 10 its
+/// bytes kept, 11 how long it is kept after its last message, in milliseconds. Answers `{epoch,
 /// offset}`, or `{'moved', epoch}` (another epoch than expected: not published) or
 /// `{'skip', epoch}` (the one before it was not published: neither is this one).
 fn publish_script() -> String {
@@ -87,6 +89,28 @@ while len > 1 and (len > keep or bytes > keep_bytes) do
   end
   bytes = redis.call('DECRBY', KEYS[5], size)
   len = len - 1
+end
+if ARGV[9] ~= '' then
+  -- The room's own history (KEYS 8-10: its stream, bytes and the last offset trimmed),
+  -- of one epoch only, bounded by the room's retention, forgotten when it goes quiet.
+  local last = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', 1)[1]
+  if last and last[2][2] ~= epoch then redis.call('DEL', KEYS[8], KEYS[9], KEYS[10]) end
+  redis.call('XADD', KEYS[8], string.format('%d-0', offset), 'e', epoch, 'd', ARGV[1])
+  local room_bytes = redis.call('INCRBY', KEYS[9], #ARGV[1])
+  local room_len = redis.call('XLEN', KEYS[8])
+  local room_keep, room_keep_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
+  while room_len > 1 and (room_len > room_keep or room_bytes > room_keep_bytes) do
+    local oldest = redis.call('XRANGE', KEYS[8], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[8], oldest[1])
+    redis.call('SET', KEYS[10], oldest[1])
+    local fields, size = oldest[2], 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then size = #fields[i + 1] end
+    end
+    room_bytes = redis.call('DECRBY', KEYS[9], size)
+    room_len = room_len - 1
+  end
+  for i = 8, 10 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 end
 redis.call('SET', KEYS[6], ARGV[8])
 return {{epoch, offset}}
@@ -128,6 +152,28 @@ pub(super) struct Keys {
     chain: String,
     /// The offset the epoch started after.
     base: String,
+}
+
+/// The Redis keys of one room's own history on a topic: in the topic's hash slot.
+pub(super) struct RoomKeys {
+    stream: Vec<u8>,
+    bytes: Vec<u8>,
+    /// The last offset trimmed from it: a resume from below it is too old.
+    floor: Vec<u8>,
+}
+
+/// `room` (its name's bytes) on `channel`; `None` for the keys passed when there is none.
+fn room_keys(channel: &str, room: Option<&[u8]>) -> RoomKeys {
+    let stream = [
+        format!("{{{channel}}}:r:").as_bytes(),
+        room.unwrap_or_default(),
+    ]
+    .concat();
+    RoomKeys {
+        bytes: [&stream[..], b":bytes"].concat(),
+        floor: [&stream[..], b":floor"].concat(),
+        stream,
+    }
 }
 
 pub(super) fn keys(channel: &str) -> Keys {
@@ -874,10 +920,19 @@ async fn publish_batch(
             .unwrap_or_default();
         let token = session.token();
         let chain = previous.insert(channel, token.clone()).unwrap_or_default();
-        pipe.cmd("EVALSHA").arg(&session.publish).arg(7);
+        let room = envelope::room_of(envelope).filter(|_| config.room_retention > 0);
+        let room_keys = room_keys(channel, room);
+        pipe.cmd("EVALSHA").arg(&session.publish).arg(10);
         for key in keys.all() {
             pipe.arg(key);
         }
+        pipe.arg(&room_keys.stream)
+            .arg(&room_keys.bytes)
+            .arg(&room_keys.floor);
+        let room_retention = match room {
+            Some(_) => config.room_retention.to_string(),
+            None => String::new(),
+        };
         pipe.arg(envelope.as_ref())
             .arg(config.retention)
             .arg(config.retention_bytes)
@@ -885,7 +940,10 @@ async fn publish_batch(
             .arg(new_epoch())
             .arg(expected)
             .arg(chain)
-            .arg(token);
+            .arg(token)
+            .arg(room_retention)
+            .arg(config.room_retention_bytes)
+            .arg(config.room_history_ttl.as_millis() as u64);
     }
     let results = match pipe
         .query_async::<Vec<redis::RedisResult<Value>>>(conn)
@@ -1006,17 +1064,20 @@ fn new_epoch() -> String {
 }
 
 /// [`Backplane::missed`](crate::backplane::Backplane::missed) of the lossless mode: a page
-/// of the stream's entries after `after`, about `max_bytes`, if `after` is of its epoch and
-/// still kept. Read a few entries at a time, so that what one resume holds stays near
-/// `max_bytes` whatever the size of the messages.
+/// of the entries after `after`, about `max_bytes`, if `after` is of the topic's epoch and
+/// still kept: from the room's own stream for a room, else from the topic's. Read a few
+/// entries at a time, so that what one resume holds stays near `max_bytes` whatever the
+/// size of the messages.
 pub(super) fn missed(
     shared: &Arc<Shared>,
     channel: String,
+    room: Option<&str>,
     after: Position,
     max_bytes: usize,
 ) -> MissedEnvelopes {
     let conn = lock(&shared.connection).clone();
     let shared = shared.clone();
+    let room = room.map(|room| room_keys(&channel, Some(room.as_bytes())));
     Box::pin(async move {
         let Some(mut conn) = conn else {
             return Err(ResumeError::Unavailable);
@@ -1028,29 +1089,23 @@ pub(super) fn missed(
             .map_err(|_| ResumeError::Unavailable)?;
         let keys = keys(&channel);
         let unavailable = |_| ResumeError::Unavailable;
-        let epoch: Option<u64> = redis::cmd("GET")
-            .arg(&keys.epoch)
+        let (epoch, last): (Option<u64>, Option<u64>) = redis::pipe()
+            .get(&keys.epoch)
+            .get(&keys.offset)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if epoch != Some(after.epoch()) {
+        let last = last.unwrap_or(0);
+        if epoch != Some(after.epoch()) || after.offset() > last {
             return Err(ResumeError::OtherEpoch {
                 asked: after,
                 current: epoch.unwrap_or(0),
             });
         }
-        let last: Option<u64> = redis::cmd("GET")
-            .arg(&keys.offset)
-            .query_async(&mut conn)
-            .await
-            .map_err(|_| ResumeError::Unavailable)?;
-        let last = last.unwrap_or(0);
-        if after.offset() > last {
-            return Err(ResumeError::OtherEpoch {
-                asked: after,
-                current: after.epoch(),
-            });
-        }
+        let stream = match &room {
+            Some(room) => room.stream.clone(),
+            None => keys.stream.clone().into_bytes(),
+        };
         let mut envelopes: Vec<(Position, Bytes)> = Vec::new();
         let mut bytes = 0;
         let mut through = after.offset();
@@ -1058,21 +1113,37 @@ pub(super) fn missed(
         // size seen so far.
         let mut count = 16;
         while through < last && (envelopes.is_empty() || bytes < max_bytes) {
-            let reply: Value = redis::cmd("XRANGE")
-                .arg(&keys.stream)
+            let mut pipe = redis::pipe();
+            pipe.cmd("XRANGE")
+                .arg(&stream)
                 .arg(format!("{}-0", through + 1))
                 .arg(format!("{last}-0"))
                 .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn)
-                .await
-                .map_err(|_| ResumeError::Unavailable)?;
+                .arg(count);
+            if let Some(room) = &room {
+                pipe.get(&room.floor);
+            }
+            let (reply, floor): (Value, Option<String>) = if room.is_some() {
+                pipe.query_async(&mut conn).await.map_err(unavailable)?
+            } else {
+                let (reply,): (Value,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+                (reply, None)
+            };
             let entries = parse_entries(reply);
-            // Offsets of an epoch are contiguous: a hole is what was trimmed.
-            if entries
-                .first()
-                .is_none_or(|(first, _, _)| *first != through + 1)
-            {
+            let complete = match room {
+                // A room's offsets are sparse: what is missing is what was trimmed.
+                Some(_) => {
+                    let floor = floor
+                        .and_then(|floor| floor.split_once('-').and_then(|(n, _)| n.parse().ok()))
+                        .unwrap_or(0);
+                    floor <= through
+                }
+                // The topic's are contiguous: a hole is what was trimmed.
+                None => entries
+                    .first()
+                    .is_some_and(|(first, _, _)| *first == through + 1),
+            };
+            if !complete {
                 return Err(ResumeError::TooOld {
                     asked: after,
                     oldest: entries
@@ -1080,6 +1151,7 @@ pub(super) fn missed(
                         .map(|(offset, _, _)| Position::new(after.epoch(), *offset)),
                 });
             }
+            let whole = entries.len() < count;
             for (offset, epoch, envelope) in entries {
                 if epoch.is_some_and(|epoch| epoch != after.epoch()) {
                     // Written in another epoch: the stream was lost or rewound meanwhile.
@@ -1091,6 +1163,10 @@ pub(super) fn missed(
                 bytes += envelope.len();
                 through = offset;
                 envelopes.push((Position::new(after.epoch(), offset), envelope));
+            }
+            if whole {
+                // Nothing more up to `last` in this stream.
+                through = last;
             }
             let average = bytes / envelopes.len().max(1);
             count = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 256);
