@@ -435,10 +435,10 @@ async fn a_quiet_room_keeps_its_history_beside_a_busy_one() {
     .await;
     let (_c, _rooms_c, addr_c) = rooms_node(&redis).await;
     let mut resumer = connect(addr_c, &format!("/?room=quiet&resume={}", positions[1])).await;
-    for n in 2..5 {
+    for (n, position) in positions.iter().enumerate().skip(2) {
         let text = next_text(&mut resumer).await;
         assert!(
-            text.starts_with(&format!("{} ", positions[n])) && text.ends_with(&format!(" q{n}")),
+            text.starts_with(&format!("{position} ")) && text.ends_with(&format!(" q{n}")),
             "replayed q{n}: {text}"
         );
     }

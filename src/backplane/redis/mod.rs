@@ -261,11 +261,16 @@ pub struct RedisStats {
 ///   ([`max_pending`](RedisConfig::max_pending), [`max_pending_bytes`](RedisConfig::max_pending_bytes));
 ///   what other servers publish is delivered to the local connections as the connection
 ///   reads it, so nothing queues up in between, however slow a publish is.
-/// - **Refusals are not outages.** An error reply from Redis (an ACL's `NOPERM` for one
-///   channel, say) drops that message or subscription, counts it
+/// - **Refusals are not outages.** An error reply from Redis that can never succeed (an
+///   ACL's `NOPERM` for one channel, say) drops that message or subscription, counts it
 ///   ([`RedisStats::refused`], [`RedisStats::refused_subscriptions`]) and logs an error
 ///   with the reply; the connection and every other topic carry on, and nothing is retried
-///   in a loop. Only a lost connection reconnects.
+///   in a loop. What Redis cannot do *now* (`BUSY`, `LOADING`, `OOM`, `TRYAGAIN`,
+///   `MASTERDOWN`) is retried with backoff, in order ([`RedisStats::retried`]); `READONLY`
+///   (a demoted primary) and a lost connection reconnect.
+/// - **Told when Redis forgets** (lossless mode): a restart, a failover, a flush or an
+///   eviction gives the topic a new epoch, counted in [`RedisStats::history_resets`];
+///   see [`RedisConfig::lossless`].
 /// - **Observable.** [`state`](Self::state) and [`state_changes`](Self::state_changes).
 ///
 /// ```no_run
