@@ -599,10 +599,10 @@ impl Streams {
                 inboxes.retain(|inbox| !inbox.is_closed());
                 inboxes.clone()
             };
-            let mut other_epoch = false;
+            let mut other_epoch = None;
             for (offset, epoch, envelope) in list {
                 if epoch.is_some_and(|epoch| epoch != state.epoch) {
-                    other_epoch = true;
+                    other_epoch = Some(offset);
                     break;
                 }
                 if offset <= state.offset {
@@ -635,18 +635,25 @@ impl Streams {
                     }
                 }
             }
-            if other_epoch {
+            if let Some(at) = other_epoch {
                 let channel = channel.to_owned();
                 let mut ensured =
                     ensure_all(conn, session, std::slice::from_ref(&channel), None).await?;
-                match ensured.pop() {
-                    Some(Ok(ensured)) => {
-                        self.take_in(shared, conn, session, channel, ensured)
-                            .await?
-                    }
+                let ensured = match ensured.pop() {
+                    Some(Ok(ensured)) => ensured,
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SessionError::Closed),
+                };
+                let still = (ensured.epoch == state.epoch).then_some(state);
+                if let Some(state) = still {
+                    // The topic is where we thought: that entry is not ours (written by
+                    // something else), and is passed over rather than read for ever.
+                    shared.invalid.fetch_add(1, Ordering::Relaxed);
+                    state.offset = state.offset.max(at);
+                    continue;
                 }
+                self.take_in(shared, conn, session, channel, ensured)
+                    .await?;
             }
         }
         Ok(())
