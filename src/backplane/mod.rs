@@ -149,8 +149,13 @@ pub trait Backplane: Send + Sync + 'static {
         max_bytes: usize,
     ) -> MissedEnvelopes {
         let _ = (topic, room, after, max_bytes);
-        Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
+        no_history()
     }
+}
+
+/// What [`Backplane::missed`] answers for a backplane that keeps nothing.
+fn no_history() -> MissedEnvelopes {
+    Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
 }
 
 /// One page of what an ordered backplane keeps: see [`Backplane::missed`].

@@ -610,9 +610,7 @@ impl Backplane for RedisBackplane {
         max_bytes: usize,
     ) -> MissedEnvelopes {
         if !self.shared.config.lossless {
-            return Box::pin(std::future::ready(Err(
-                crate::fanout::history::ResumeError::NoHistory,
-            )));
+            return super::no_history();
         }
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
         let room = room.filter(|_| self.shared.config.room_retention > 0);
@@ -896,7 +894,7 @@ fn classify(error: &redis::RedisError) -> Failure {
     // An error inside a script may name the command's own code after "ERR ...".
     let code = error.code().unwrap_or_default();
     let detail = error.detail().unwrap_or_default();
-    const TRANSIENT: [&str; 8] = [
+    const TRANSIENT: [&str; 7] = [
         "BUSY",
         "LOADING",
         "OOM",
@@ -904,7 +902,6 @@ fn classify(error: &redis::RedisError) -> Failure {
         "MASTERDOWN",
         "CLUSTERDOWN",
         "NOREPLICAS",
-        "MOVED",
     ];
     const RECONNECT: [&str; 2] = ["READONLY", "NOSCRIPT"];
     let names = |word: &str| code == word || detail.starts_with(&format!("{word} "));

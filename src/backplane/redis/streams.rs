@@ -40,76 +40,72 @@ use super::{classify, Failure, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH}
 use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
-/// Starts a topic's history over when it has none valid for this Redis run. KEYS as
-/// [`Keys::all`]; `ARGV[RUN]` the server's run id, `ARGV[NEW]` an epoch to use, and
-/// `ARGV[STALE]` an epoch to replace even if it looks valid ('' for none: a reader saw its
-/// counter go back).
-const RESET: &str = r#"
-local epoch = redis.call('GET', KEYS[3])
-if not epoch or epoch == ARGV[STALE] or redis.call('GET', KEYS[4]) ~= ARGV[RUN]
-    or redis.call('EXISTS', KEYS[2]) == 0 then
+/// What both scripts share, as Lua functions; KEYS as [`Keys::all`] (then, for a room,
+/// [`RoomKeys`]).
+/// - `epoch_for(run, new, stale)`: the topic's epoch, started over (with `new`, and offsets
+///   from the server's clock in microseconds, above every earlier epoch's) when it has none
+///   valid for this Redis run (`run`), or it is `stale` (a reader saw its counter go back).
+/// - `append(stream, bytes, floor, offset, epoch, data, keep, keep_bytes)`: adds an entry
+///   and trims the oldest past `keep` entries or `keep_bytes` of data (the newest always
+///   stays), keeping the count of data bytes in `bytes` and, if given, the last offset
+///   trimmed in `floor`.
+const FUNCTIONS: &str = r#"
+local function epoch_for(run, new, stale)
+  local epoch = redis.call('GET', KEYS[3])
+  if epoch and epoch ~= stale and redis.call('GET', KEYS[4]) == run
+      and redis.call('EXISTS', KEYS[2]) == 1 then
+    return epoch
+  end
   local now = redis.call('TIME')
   local base = now[1] .. string.format('%06d', tonumber(now[2]))
   redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
   redis.call('SET', KEYS[2], base)
   redis.call('SET', KEYS[7], base)
-  redis.call('SET', KEYS[3], ARGV[NEW])
-  redis.call('SET', KEYS[4], ARGV[RUN])
-  epoch = ARGV[NEW]
+  redis.call('SET', KEYS[3], new)
+  redis.call('SET', KEYS[4], run)
+  return new
+end
+
+local function append(stream, bytes_key, floor_key, offset, epoch, data, keep, keep_bytes)
+  redis.call('XADD', stream, string.format('%d-0', offset), 'e', epoch, 'd', data)
+  local bytes = redis.call('INCRBY', bytes_key, #data)
+  local len = redis.call('XLEN', stream)
+  while len > 1 and (len > keep or bytes > keep_bytes) do
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', stream, oldest[1])
+    if floor_key then redis.call('SET', floor_key, oldest[1]) end
+    local fields, size = oldest[2], 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then size = #fields[i + 1] end
+    end
+    bytes = redis.call('DECRBY', bytes_key, size)
+    len = len - 1
+  end
 end
 "#;
 
 /// Publishes one envelope. ARGV: 1 the envelope, 2 messages kept, 3 bytes kept, 4 run id,
 /// 5 a new epoch, 6 the epoch the publisher expects ('' for any), 7 the token of the
 /// publication before it in its batch ('' for none), 8 its own token; for an envelope of a
-/// room, also kept in the room's own stream: 9 its messages kept ('' for no room), 10 its
-/// bytes kept, 11 how long it is kept after its last message, in milliseconds. Answers `{epoch,
-/// offset}`, or `{'moved', epoch}` (another epoch than expected: not published) or
-/// `{'skip', epoch}` (the one before it was not published: neither is this one).
+/// room, also kept in the room's own stream (KEYS 8-10): 9 its messages kept ('' for no
+/// room), 10 its bytes kept, 11 how long it is kept after its last message, in
+/// milliseconds. Answers `{epoch, offset}`, or `{'moved', epoch}` (another epoch than
+/// expected: not published) or `{'skip', epoch}` (the one before it was not published:
+/// neither is this one).
 fn publish_script() -> String {
-    let reset = RESET
-        .replace("ARGV[STALE]", "''")
-        .replace("ARGV[RUN]", "ARGV[4]")
-        .replace("ARGV[NEW]", "ARGV[5]");
     format!(
-        r#"{reset}
+        r#"{FUNCTIONS}
+local epoch = epoch_for(ARGV[4], ARGV[5], '')
 if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {{'moved', epoch}} end
 if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{'skip', epoch}} end
 local offset = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], string.format('%d-0', offset), 'e', epoch, 'd', ARGV[1])
-local bytes = redis.call('INCRBY', KEYS[5], #ARGV[1])
-local len = redis.call('XLEN', KEYS[1])
-local keep, keep_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-while len > 1 and (len > keep or bytes > keep_bytes) do
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-  redis.call('XDEL', KEYS[1], oldest[1])
-  local fields, size = oldest[2], 0
-  for i = 1, #fields, 2 do
-    if fields[i] == 'd' then size = #fields[i + 1] end
-  end
-  bytes = redis.call('DECRBY', KEYS[5], size)
-  len = len - 1
-end
+append(KEYS[1], KEYS[5], nil, offset, epoch, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ARGV[9] ~= '' then
-  -- The room's own history (KEYS 8-10: its stream, bytes and the last offset trimmed),
-  -- of one epoch only, bounded by the room's retention, forgotten when it goes quiet.
+  -- The room's own history, of one epoch only, forgotten when the room goes quiet.
   local last = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', 1)[1]
   if last and last[2][2] ~= epoch then redis.call('DEL', KEYS[8], KEYS[9], KEYS[10]) end
-  redis.call('XADD', KEYS[8], string.format('%d-0', offset), 'e', epoch, 'd', ARGV[1])
-  local room_bytes = redis.call('INCRBY', KEYS[9], #ARGV[1])
-  local room_len = redis.call('XLEN', KEYS[8])
-  local room_keep, room_keep_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
-  while room_len > 1 and (room_len > room_keep or room_bytes > room_keep_bytes) do
-    local oldest = redis.call('XRANGE', KEYS[8], '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', KEYS[8], oldest[1])
-    redis.call('SET', KEYS[10], oldest[1])
-    local fields, size = oldest[2], 0
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then size = #fields[i + 1] end
-    end
-    room_bytes = redis.call('DECRBY', KEYS[9], size)
-    room_len = room_len - 1
-  end
+  append(KEYS[8], KEYS[9], KEYS[10], offset, epoch, ARGV[1], tonumber(ARGV[9]),
+    tonumber(ARGV[10]))
   for i = 8, 10 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 end
 redis.call('SET', KEYS[6], ARGV[8])
@@ -122,12 +118,11 @@ return {{epoch, offset}}
 /// epoch to replace ('' for none). Answers `{epoch, counter, base}`: the last offset given
 /// out, and the one the epoch started after.
 fn ensure_script() -> String {
-    let reset = RESET
-        .replace("ARGV[STALE]", "ARGV[3]")
-        .replace("ARGV[RUN]", "ARGV[1]")
-        .replace("ARGV[NEW]", "ARGV[2]");
     format!(
-        "{reset}\nreturn {{epoch, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[7]) or '0'}}\n"
+        "{FUNCTIONS}
+local epoch = epoch_for(ARGV[1], ARGV[2], ARGV[3])
+         return {{epoch, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[7]) or '0'}}
+"
     )
 }
 
