@@ -78,16 +78,6 @@ async fn all_get(listeners: &mut [Client], prefix: &str, count: usize) {
     }
 }
 
-async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    within(
-        "an admin connection to Redis",
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("connect to Redis")
-}
-
 fn config(redis: &RedisServer) -> RedisConfig {
     RedisConfig::new(redis.url())
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -110,7 +100,7 @@ async fn redis_restarted_from_an_older_snapshot_loses_nothing_after_it() {
         a.room.broadcast(format!("first {n}"));
     }
     all_get(&mut listeners, "first ", 100).await;
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let _: () = redis::cmd("SAVE")
         .query_async(&mut conn)
         .await
@@ -160,7 +150,7 @@ async fn a_busy_redis_delays_messages_and_drops_none() {
     let Some(redis) = RedisServer::start("redis_scale::busy").await else {
         return;
     };
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     // Others get BUSY once a script has run this long (ms).
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -223,7 +213,7 @@ async fn an_out_of_memory_redis_delays_messages_and_drops_none() {
     let mut listeners = vec![listener(&a).await];
     a.room.broadcast("before");
     assert_eq!(next_text(&mut listeners[0]).await, "before");
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
@@ -268,7 +258,7 @@ async fn a_stream_is_bounded_in_bytes() {
         let text = next_text(&mut client).await;
         assert!(text.starts_with(&format!("{n} ")), "message {n} in order");
     }
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let stream = "{websocket-handler:bytes}";
     let len: usize = redis::cmd("XLEN")
         .arg(stream)
@@ -306,7 +296,7 @@ async fn a_new_topic_among_10_000_costs_work_for_itself_only() {
         .map(|n| WebSocketCollection::with_backplane(format!("room-{n}"), backplane.clone()))
         .collect();
     connected(&backplane).await;
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     // Every topic is read: its keys exist once it has been taken in.
     within("the 10,000 topics to be taken in", async {
         loop {

@@ -96,6 +96,19 @@ impl RedisServer {
         Some(RedisServer { child, port })
     }
 
+    /// A plain connection to this Redis, to look at or disturb it.
+    #[cfg(feature = "redis")]
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        within(
+            "an admin connection to Redis",
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("connect to Redis")
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
