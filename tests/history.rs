@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_message, next_text, within, Client, WAIT};
+use common::{next_text, within, Client, WAIT};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use websocket_handler::{
     async_trait, Connection, History, Position, ResumeError, WebSocketCollection, WebSocketHandler,
     WebSocketServer,
@@ -180,11 +179,43 @@ async fn a_resume_from_too_long_ago_or_another_history_is_told_clearly() {
     );
 }
 
-#[tokio::test]
-async fn a_replay_larger_than_the_queue_meets_the_slow_consumer_policy() {
-    let room = WebSocketCollection::new().with_history(History::new());
+/// Broadcasts `from..to` as text, yielding now and then so that the client keeps reading.
+async fn broadcast_numbers(room: &WebSocketCollection, from: usize, to: usize) {
+    for n in from..to {
+        room.broadcast(format!("{n}"));
+        if n % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Reads tagged lines until `resumed N`; checks they are `from..` in order with an unbroken
+/// chain of positions from `previous`; returns N, the last position and how many came.
+async fn read_replay(
+    client: &mut Client,
+    from: usize,
+    mut previous: Option<Position>,
+) -> (usize, Option<Position>, usize) {
+    let mut expected = from;
+    loop {
+        let line = next_text(client).await;
+        if let Some(replayed) = line.strip_prefix("resumed ") {
+            let replayed = replayed.parse().expect("a count");
+            return (replayed, previous, expected - from);
+        }
+        let (position, before, text) = parse(&line);
+        assert_eq!(text, expected.to_string(), "lost, repeated or out of order");
+        assert_eq!(before, previous, "the chain of positions holds");
+        previous = Some(position);
+        expected += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_of_five_times_the_queue_gets_everything_in_order_then_the_live_ones() {
+    let room = WebSocketCollection::new().with_history(History::new().max_messages(10_000));
     let server = WebSocketServer::builder()
-        .outbound_queue_capacity(8)
+        .outbound_queue_capacity(1024)
         .build();
     let addr = start(room.clone(), server).await;
     let mut client = common::connect(addr, "/").await;
@@ -193,20 +224,51 @@ async fn a_replay_larger_than_the_queue_meets_the_slow_consumer_policy() {
     let (first, _, _) = parse(&next_text(&mut client).await);
     drop(client);
     members(&room, 0).await;
-    for n in 0..50 {
-        room.broadcast(format!("{n}"));
+    broadcast_numbers(&room, 0, 5000).await;
+
+    let mut late = common::connect(addr, &format!("/?after={first}")).await;
+    let (replayed, last, got) = read_replay(&mut late, 0, Some(first)).await;
+    assert_eq!(replayed, 5000, "Resumed::replayed is what was queued");
+    assert_eq!(got, 5000, "every missed message came before the report");
+    // Still open and a member: the live ones follow, chained to the replay.
+    room.broadcast("live");
+    let (_, previous, text) = parse(&next_text(&mut late).await);
+    assert_eq!((previous, text.as_str()), (last, "live"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_resume_while_the_room_goes_on_loses_and_repeats_nothing() {
+    let room = WebSocketCollection::new().with_history(History::new().max_messages(20_000));
+    let server = WebSocketServer::builder()
+        .outbound_queue_capacity(256)
+        .build();
+    let addr = start(room.clone(), server).await;
+    let mut client = common::connect(addr, "/").await;
+    members(&room, 1).await;
+    room.broadcast("first");
+    let (first, _, _) = parse(&next_text(&mut client).await);
+    drop(client);
+    members(&room, 0).await;
+    broadcast_numbers(&room, 0, 5000).await;
+
+    let mut late = common::connect(addr, &format!("/?after={first}")).await;
+    // The room goes on during the replay: each number must come once, in order.
+    let live = {
+        let room = room.clone();
+        tokio::spawn(async move { broadcast_numbers(&room, 5000, 8000).await })
+    };
+    let (replayed, mut previous, got) = read_replay(&mut late, 0, Some(first)).await;
+    assert!(
+        (5000..=got).contains(&replayed),
+        "replayed {replayed}, {got} came before the report"
+    );
+    within("the live broadcasts", live).await.expect("broadcaster");
+    for n in got..8000 {
+        let (position, before, text) = parse(&next_text(&mut late).await);
+        assert_eq!(text, n.to_string(), "lost, repeated or out of order");
+        assert_eq!(before, previous, "the chain of positions holds");
+        previous = Some(position);
     }
-    let mut late: Client = common::connect(addr, &format!("/?after={first}")).await;
-    let mut got = 0;
-    loop {
-        match next_message(&mut late).await {
-            Some(WsMessage::Text(_)) => got += 1,
-            Some(WsMessage::Close(Some(frame))) => {
-                assert_eq!(u16::from(frame.code), 1008, "closed as a slow consumer");
-                break;
-            }
-            other => panic!("expected messages then 1008, got {other:?}"),
-        }
-    }
-    assert!(got < 50, "the queue of 8 did not take all 50: got {got}");
+    room.broadcast("after");
+    assert_eq!(parse(&next_text(&mut late).await).2, "after");
 }
