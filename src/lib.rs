@@ -247,7 +247,8 @@ pub use engine::settings::SlowConsumer;
 pub use error::{Error, SendError};
 pub use fanout::collection::WebSocketCollection;
 pub use fanout::history::{
-    History, Lost, LostKind, LostNoticeFn, Position, PositionError, ResumeError, Resumed, Tag, TagFn,
+    History, Lost, LostKind, LostNoticeFn, Position, PositionError, ResumeError, Resumed, Tag,
+    TagFn,
 };
 pub use fanout::rooms::Rooms;
 pub use protocol::close::{CloseCode, CloseFrame};

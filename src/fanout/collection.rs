@@ -472,7 +472,9 @@ impl WebSocketCollection {
             }
             let local = lock(history).after_at_most(progress.after, REPLAY_CHUNK);
             let error = match local {
-                Ok((_, remaining)) if remaining <= FINISH_UNDER_LOCK_MAX || rounds >= ROUNDS_MAX => {
+                Ok((_, remaining))
+                    if remaining <= FINISH_UNDER_LOCK_MAX || rounds >= ROUNDS_MAX =>
+                {
                     match self.finish_resume(connection, &mut progress, still_here) {
                         Finish::Done(result) => return ResumeStep::Done(result),
                         Finish::Moved => return ResumeStep::Moved(progress),
@@ -1014,6 +1016,8 @@ mod tests {
     use crate::engine::flush::HasCore;
     use crate::engine::queue::Outbound;
     use crate::engine::settings::{Settings, SlowConsumer};
+    use crate::fanout::history::{History, Lost, LostKind, Position, Tag};
+    use crate::protocol::message::Message;
     use bytes::Bytes;
 
     fn connection() -> Connection {
@@ -1101,6 +1105,77 @@ mod tests {
             assert_eq!(room.len(), members.len() - n - 1);
         }
         assert!(room.is_empty());
+    }
+
+    /// The texts queued to `conn`, taken.
+    fn taken(conn: &Connection) -> Vec<String> {
+        std::iter::from_fn(|| conn.core().queue.try_take())
+            .map(|item| match item {
+                Outbound::Data(frame) => String::from_utf8(frame.payload().to_vec()).expect("text"),
+                _ => panic!("expected a message"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tag_function_that_panics_costs_its_message_the_tag_only() {
+        fn tag(_: &Tag, message: &Message) -> Message {
+            assert_ne!(message.as_text(), Some("boom"), "the user's bug");
+            Message::from(format!("tagged {}", message.as_text().unwrap_or("")))
+        }
+        let room = WebSocketCollection::new().with_history(History::new().tag(tag));
+        let conn = connection();
+        room.add_tagged(conn.clone());
+        assert_eq!(room.broadcast("boom"), 1, "delivered untagged");
+        // Nothing stays poisoned: the next broadcast is tagged as usual.
+        assert_eq!(room.broadcast("fine"), 1);
+        assert_eq!(taken(&conn), ["boom", "tagged fine"]);
+    }
+
+    #[test]
+    fn members_are_told_of_a_loss_before_the_message_after_it() {
+        fn notice(lost: &Lost) -> Option<Message> {
+            Some(Message::from(match lost.kind {
+                LostKind::HistoryReset => "reset".to_owned(),
+                LostKind::Skipped(n) => format!("skipped {n}"),
+                _ => "lost".to_owned(),
+            }))
+        }
+        fn tag(tag: &Tag, message: &Message) -> Message {
+            Message::from(format!(
+                "{} {}",
+                tag.position.offset(),
+                message.as_text().unwrap_or("")
+            ))
+        }
+        let room =
+            WebSocketCollection::new().with_history(History::new().tag(tag).lost_notice(notice));
+        let (plain, tagged) = (connection(), connection());
+        room.add(plain.clone());
+        room.add_tagged(tagged.clone());
+        let at = |epoch, offset| Some(Position::new(epoch, offset));
+        room.members
+            .broadcast_at(at(1, 1), Message::from("a"), |_| true);
+        room.members
+            .broadcast_at(at(1, 2), Message::from("b"), |_| true);
+        assert_eq!(taken(&plain), ["a", "b"]);
+        assert_eq!(taken(&tagged), ["1 a", "2 b"]);
+        room.members
+            .broadcast_at(at(1, 4), Message::from("c"), |_| true);
+        room.members
+            .broadcast_at(at(2, 1), Message::from("d"), |_| true);
+        assert_eq!(taken(&plain), ["skipped 1", "c", "reset", "d"]);
+        assert_eq!(taken(&tagged), ["skipped 1", "4 c", "reset", "1 d"]);
+        // Without a notice function, nothing is sent.
+        let quiet = WebSocketCollection::new().with_history(History::new());
+        quiet.add(plain.clone());
+        quiet
+            .members
+            .broadcast_at(at(1, 1), Message::from("a"), |_| true);
+        quiet
+            .members
+            .broadcast_at(at(2, 1), Message::from("b"), |_| true);
+        assert_eq!(taken(&plain), ["a", "b"]);
     }
 
     #[test]

@@ -810,6 +810,44 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_missed_exactly_max_messages_resumes_with_all_of_them() {
+        let mut ring = Ring::with_epoch(History::new().max_messages(5), 3);
+        let seen = ring.append(&text("seen")).position;
+        for n in 0..5 {
+            ring.append(&text(&n.to_string()));
+        }
+        let missed = ring.after(seen).expect("all five are kept");
+        let texts: Vec<_> = missed.iter().map(|(_, m)| m.as_text().unwrap()).collect();
+        assert_eq!(texts, ["0", "1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_history_filled_with_exactly_max_bytes_keeps_all_of_it() {
+        let mut ring = Ring::with_epoch(History::new().max_bytes(8), 3);
+        for _ in 0..4 {
+            ring.append(&text("ab"));
+        }
+        assert_eq!(ring.entries.len(), 4, "8 bytes in 8");
+        assert_eq!(ring.after(Position::new(3, 0)).expect("all kept").len(), 4);
+    }
+
+    #[test]
+    fn two_histories_have_different_epochs_and_do_not_take_each_others_positions() {
+        let (mut one, mut two) = (Ring::new(History::new()), Ring::new(History::new()));
+        assert_ne!(one.epoch, two.epoch);
+        for _ in 0..3 {
+            one.append(&text("x"));
+            two.append(&text("x"));
+        }
+        let from_one = Position::new(one.epoch, 2);
+        assert!(one.after(from_one).is_ok());
+        assert!(matches!(
+            two.after(from_one),
+            Err(ResumeError::OtherEpoch { .. })
+        ));
+    }
+
+    #[test]
     fn positions_read_back_their_text() {
         let position = Position::new(0xdead_beef, 12345);
         assert_eq!(position.to_string().parse::<Position>(), Ok(position));

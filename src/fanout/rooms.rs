@@ -278,10 +278,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .by_key
             .get(room)
             .is_some_and(|current| current.same(collection));
-        if this_one
-            && collection.is_empty()
-            && (made || self.shared.history.get().is_none())
-        {
+        if this_one && collection.is_empty() && (made || self.shared.history.get().is_none()) {
             rooms.remove(room, self.shared.remote.get());
             rooms.emptied.retain(|kept| kept != room);
         }
