@@ -478,7 +478,11 @@ impl WebSocketCollection {
                     match self.finish_resume(connection, &mut progress, still_here) {
                         Finish::Done(result) => return ResumeStep::Done(result),
                         Finish::Moved => return ResumeStep::Moved(progress),
-                        Finish::NoRoom => {}
+                        Finish::NoRoom => {
+                            if let Err(error) = wait_for_room(core).await {
+                                return ResumeStep::Done(Err(error));
+                            }
+                        }
                     }
                     rounds += 1;
                     continue;
@@ -869,6 +873,17 @@ fn queue_tagged(
     progress.previous = position;
     progress.replayed += 1;
     Ok(Some(pushed))
+}
+
+/// Waits until `core`'s queue is no more than half full (or the connection closes).
+async fn wait_for_room(core: &Core) -> Result<(), ResumeError> {
+    while !has_room(core, 0) {
+        if !core.is_open() {
+            return Err(ResumeError::Closed);
+        }
+        tokio::time::sleep(REPLAY_POLL).await;
+    }
+    Ok(())
 }
 
 /// Queues `messages` (after `progress`) to `core`, each when its queue has room.

@@ -495,3 +495,143 @@ impl<K: fmt::Debug> fmt::Debug for Rooms<K> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Rooms;
+    use crate::connection::{Connection, RequestParts};
+    use crate::engine::flush::HasCore;
+    use crate::engine::settings::{Settings, SlowConsumer};
+    use crate::fanout::history::{History, ResumeError};
+
+    fn connection() -> Connection {
+        let parts = RequestParts::detached(
+            &http::Uri::from_static("/"),
+            &http::HeaderMap::new(),
+            None,
+            0,
+        );
+        let settings = Settings {
+            outbound_queue_capacity: 4,
+            slow_consumer: SlowConsumer::DropMessages,
+            ..Settings::default()
+        };
+        Connection::new(
+            parts,
+            None,
+            None,
+            &settings,
+            crate::engine::metrics::Metrics::new(),
+        )
+    }
+
+    fn keys(rooms: &Rooms<&'static str>) -> Vec<&'static str> {
+        let mut keys: Vec<_> = rooms.lock().by_key.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_room_made_for_a_refused_join_or_resume_goes_even_with_a_history() {
+        let rooms = Rooms::new().with_history(History::new());
+        let closed = connection();
+        closed.mark_closed();
+        assert!(!rooms.join("a", &closed));
+        assert!(!rooms.join_tagged("b", &closed));
+        let after = "1.1".parse().expect("a position");
+        assert_eq!(
+            rooms.resume("c", &closed, &after).await,
+            Err(ResumeError::Closed)
+        );
+        assert!(keys(&rooms).is_empty(), "left: {:?}", keys(&rooms));
+    }
+
+    #[test]
+    fn emptied_rooms_are_listed_once_and_as_many_kept_as_asked() {
+        let rooms = Rooms::new()
+            .with_history(History::new())
+            .keep_empty_rooms(2);
+        let conn = connection();
+        for _ in 0..3 {
+            rooms.join("a", &conn);
+            rooms.leave(&"a", conn.id());
+        }
+        assert_eq!(rooms.lock().emptied, ["a"]);
+        for room in ["b", "c"] {
+            rooms.join(room, &conn);
+            rooms.leave(&room, conn.id());
+        }
+        assert_eq!(keys(&rooms), ["b", "c"], "the oldest emptied went");
+    }
+
+    #[test]
+    fn the_histories_of_all_rooms_stay_within_their_budget_emptied_ones_going_first() {
+        let rooms = Rooms::new()
+            .with_history(History::new().max_bytes(100))
+            .max_history_bytes(250);
+        let (one, two, three) = (connection(), connection(), connection());
+        rooms.join("a", &one);
+        rooms.join("b", &two);
+        rooms.join("c", &three);
+        let ten = "0123456789";
+        for room in ["a", "b", "c"] {
+            for _ in 0..10 {
+                rooms.broadcast_to(&room, ten);
+                let _ = rooms.members(&room)[0].core().queue.try_take();
+            }
+        }
+        let budget = rooms.shared.budget.clone();
+        assert!(budget.used() <= 250, "{} kept", budget.used());
+        // "a" empties: past the budget, its history is the first to go.
+        rooms.leave(&"a", one.id());
+        assert_eq!(keys(&rooms), ["a", "b", "c"], "kept while within");
+        for _ in 0..2 {
+            rooms.broadcast_to(&"c", ten);
+        }
+        assert_eq!(keys(&rooms), ["b", "c"]);
+        assert!(budget.used() <= 250, "{} kept", budget.used());
+        drop(rooms);
+        assert_eq!(budget.used(), 0, "every history gave its bytes back");
+    }
+
+    #[tokio::test]
+    async fn a_resume_whose_room_was_evicted_meanwhile_ends_in_the_room_there_now() {
+        let rooms = Rooms::new()
+            .with_history(History::new())
+            .keep_empty_rooms(1);
+        let (old, other) = (connection(), connection());
+        rooms.join("a", &old);
+        rooms.broadcast_to(&"a", "1");
+        let seen = rooms.last_position(&"a").expect("a position");
+        rooms.broadcast_to(&"a", "2");
+        rooms.leave(&"a", old.id());
+        // The client comes back with a queue half full: the replay waits for room.
+        let back = connection();
+        back.send("x").expect("queued");
+        back.send("y").expect("queued");
+        let resume = {
+            let (rooms, back) = (rooms.clone(), back.clone());
+            tokio::spawn(async move { rooms.resume("a", &back, &seen).await })
+        };
+        // The current-thread runtime runs the resume until it waits for room.
+        tokio::task::yield_now().await;
+        assert!(!back.core().is_closed());
+        // Meanwhile "a" is evicted: another room empties, and one is kept.
+        rooms.join("b", &other);
+        rooms.leave(&"b", other.id());
+        assert_eq!(keys(&rooms), ["b"]);
+        while back.core().queue.try_take().is_some() {}
+        let resumed = tokio::time::timeout(std::time::Duration::from_secs(10), resume)
+            .await
+            .expect("the resume ends once the queue has room")
+            .expect("the resume's task");
+        // A room made anew has another history: the client is told, and is in it.
+        assert!(
+            matches!(resumed, Err(ResumeError::OtherEpoch { .. })),
+            "{resumed:?}"
+        );
+        assert!(rooms
+            .room(&"a")
+            .is_some_and(|room| room.contains(back.id())));
+    }
+}
