@@ -390,8 +390,11 @@ impl WebSocketCollection {
     /// (a position it was given with a tagged message): it is queued exactly what it
     /// missed, in order, and then gets the live messages, all tagged, with no gap and no
     /// duplicate between the two (a broadcast during the resume is either replayed or
-    /// live). The replay goes through the connection's bounded queue like everything else,
-    /// so a client that missed more than its queue holds meets the slow-consumer policy.
+    /// live). The replay may be of any length the history (or an ordered backplane's)
+    /// keeps: it is queued as the client reads, keeping its queue at most half full, so
+    /// it never meets the slow-consumer policy; the future resolves once it is all queued
+    /// ([`Resumed::replayed`] counts it), or with [`ResumeError::Closed`] if the connection
+    /// closes meanwhile.
     ///
     /// When not everything it missed is known, the connection is still added (tagged, from
     /// the live messages on), and the error says why, so the application can tell its
@@ -1153,7 +1156,6 @@ mod tests {
             Some(Message::from(match lost.kind {
                 LostKind::HistoryReset => "reset".to_owned(),
                 LostKind::Skipped(n) => format!("skipped {n}"),
-                _ => "lost".to_owned(),
             }))
         }
         fn tag(tag: &Tag, message: &Message) -> Message {
