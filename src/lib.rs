@@ -246,7 +246,10 @@ pub use engine::metrics::{Metrics, MetricsSnapshot};
 pub use engine::settings::SlowConsumer;
 pub use error::{Error, SendError};
 pub use fanout::collection::WebSocketCollection;
-pub use fanout::history::{History, Position, PositionError, ResumeError, Resumed, Tag, TagFn};
+pub use fanout::history::{
+    History, Lost, LostKind, LostNoticeFn, Position, PositionError, ResumeError, Resumed, Tag,
+    TagFn,
+};
 pub use fanout::rooms::Rooms;
 pub use protocol::close::{CloseCode, CloseFrame};
 pub use protocol::handshake::HandshakeError;

@@ -111,17 +111,25 @@ async fn kill_connections(url: &str) -> usize {
 
 /// Reads what a listener gets until it has `from`'s messages `start..end`, and checks they
 /// come as `start, start + 1, ...`: none lost, none twice, none out of order. Other lines
-/// are skipped.
-async fn expect_in_order(listener: &mut Client, name: &str, from: &str, start: usize, end: usize) {
+/// are skipped, and returned.
+async fn expect_in_order(
+    listener: &mut Client,
+    name: &str,
+    from: &str,
+    start: usize,
+    end: usize,
+) -> Vec<String> {
     let prefix = format!("{from}: ");
     let mut next = start;
+    let mut others = Vec::new();
     while next < end {
         let text = match tokio::time::timeout(common::WAIT, next_text(listener)).await {
             Ok(text) => text,
             Err(_) => panic!("{name} got {from}'s messages up to {next} (of {end}), then nothing"),
         };
         let Some(n) = text.strip_prefix(&prefix) else {
-            continue; // the other listeners' "here"
+            others.push(text); // the other listeners' "here", a notice
+            continue;
         };
         let Ok(n) = n.parse::<usize>() else { continue };
         assert_eq!(
@@ -130,7 +138,11 @@ async fn expect_in_order(listener: &mut Client, name: &str, from: &str, start: u
         );
         next += 1;
     }
+    others
 }
+
+/// What the chat tells every client when the room's history was lost.
+const RESET_NOTICE: &str = "some messages were lost: history was reset";
 
 async fn nothing_lost(servers: usize, disturbance: Disturbance) {
     let test = format!("lossless_backplane::{servers}_servers_{disturbance:?}");
@@ -160,7 +172,11 @@ async fn nothing_lost(servers: usize, disturbance: Disturbance) {
     };
     let listening = async {
         for (name, listener) in &mut listeners {
-            expect_in_order(listener, name, "sender", 0, DISTURB_AT).await;
+            let others = expect_in_order(listener, name, "sender", 0, DISTURB_AT).await;
+            assert!(
+                !others.iter().any(|line| line == RESET_NOTICE),
+                "{others:?}"
+            );
         }
         match disturbance {
             Disturbance::KillSubscriptions => {
@@ -187,7 +203,12 @@ async fn nothing_lost(servers: usize, disturbance: Disturbance) {
             }
         }
         for (name, listener) in &mut listeners {
-            expect_in_order(listener, name, "sender", DISTURB_AT, MESSAGES).await;
+            let others = expect_in_order(listener, name, "sender", DISTURB_AT, MESSAGES).await;
+            // Redis came back empty, in a new epoch: every client, classic ones too, is
+            // told once, on a line of its own.
+            let notices = others.iter().filter(|line| *line == RESET_NOTICE).count();
+            let expected = usize::from(matches!(disturbance, Disturbance::Restart));
+            assert_eq!(notices, expected, "{name}'s notices of a reset: {others:?}");
         }
     };
     let (mut sender, ()) = tokio::join!(sending, listening);

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use websocket_handler::backplane::Backplane;
 use websocket_handler::{
-    async_trait, query_param, CloseFrame, Connection, History, Message, Position, ResumeError,
-    Rooms, Tag, WebSocketHandler,
+    async_trait, query_param, CloseFrame, Connection, History, Lost, LostKind, Message, Position,
+    ResumeError, Rooms, Tag, WebSocketHandler,
 };
 
 /// The room everyone starts in unless the URL says otherwise.
@@ -45,12 +45,22 @@ pub struct ChatRooms {
     spans_processes: bool,
 }
 
-/// How much of each room is kept for clients that come back.
+/// How much of each room is kept for clients that come back; and every client, classic
+/// ones too, is told on a line of its own when the backplane lost the room's history.
 fn history() -> History {
     History::new()
         .max_messages(1000)
         .max_age(std::time::Duration::from_secs(3600))
         .tag(tag)
+        .lost_notice(lost_notice)
+}
+
+/// What every client gets, after the last message before the gap, when messages were lost.
+fn lost_notice(lost: &Lost) -> Option<Message> {
+    match lost.kind {
+        LostKind::HistoryReset => Some(Message::from("some messages were lost: history was reset")),
+        _ => None,
+    }
 }
 
 /// What a client that asked for positions gets: `@POSITION PREVIOUS text` (`-` for no

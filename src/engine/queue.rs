@@ -137,6 +137,10 @@ impl OutboundQueue {
         self.max_messages as usize
     }
 
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_bytes as usize
+    }
+
     /// Queues a message behind everything already queued. Refused once a close frame is
     /// queued: nothing behind it would ever be written, so a send that races a close either
     /// goes out before the close frame or fails.

@@ -8,9 +8,9 @@ use crate::connection::{Connection, Membership};
 use crate::engine::core::Core;
 use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
-use crate::engine::queue::Pushed;
+use crate::engine::queue::{Pushed, Rejected};
 use crate::engine::sync::lock;
-use crate::fanout::history::{History, Position, ResumeError, Resumed, Ring};
+use crate::fanout::history::{tag_safely, History, Position, ResumeError, Resumed, Ring, Tag};
 use crate::fanout::relay::Relay;
 use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
@@ -244,14 +244,18 @@ impl Members {
             return self.deliver(&message, None, include);
         };
         let mut ring = lock(history);
-        let (tag, held) = match position {
+        let (tag, lost, held) = match position {
             Some(position) => {
-                let tag = ring.append_at(position, &message);
-                (tag, ring.held_at(position.offset()))
+                let (tag, lost) = ring.append_at(position, &message);
+                (tag, lost, ring.held_at(position.offset()))
             }
-            None => (ring.append(&message), Vec::new()),
+            None => (ring.append(&message), None, Vec::new()),
         };
-        let tagged = (ring.tag())(&tag, &message);
+        if let Some(notice) = lost.as_ref().and_then(|lost| ring.notice(lost)) {
+            // Before the message, to tagged and untagged members alike, as it is.
+            self.deliver(&notice, Some(&notice), &include);
+        }
+        let tagged = tag_safely(ring.tag(), &tag, &message);
         if held.is_empty() {
             self.deliver(&message, Some(&tagged), include)
         } else {
@@ -386,8 +390,11 @@ impl WebSocketCollection {
     /// (a position it was given with a tagged message): it is queued exactly what it
     /// missed, in order, and then gets the live messages, all tagged, with no gap and no
     /// duplicate between the two (a broadcast during the resume is either replayed or
-    /// live). The replay goes through the connection's bounded queue like everything else,
-    /// so a client that missed more than its queue holds meets the slow-consumer policy.
+    /// live). The replay may be of any length the history (or an ordered backplane's)
+    /// keeps: it is queued as the client reads, keeping its queue at most half full, so
+    /// it never meets the slow-consumer policy; the future resolves once it is all queued
+    /// ([`Resumed::replayed`] counts it), or with [`ResumeError::Closed`] if the connection
+    /// closes meanwhile.
     ///
     /// When not everything it missed is known, the connection is still added (tagged, from
     /// the live messages on), and the error says why, so the application can tell its
@@ -416,93 +423,227 @@ impl WebSocketCollection {
         after: &Position,
     ) -> Result<Resumed, ResumeError> {
         let relay = self.relay.as_ref().filter(|relay| relay.ordered());
-        self.resume_via(connection, after, relay.map(|relay| (relay, None)))
+        let still_here = || Some(Box::new(()) as Box<dyn Held>);
+        match self
+            .resume_from(
+                connection,
+                ResumeProgress::new(*after),
+                relay.map(|relay| (relay, None)),
+                &still_here,
+            )
             .await
-    }
-
-    /// [`resume`](Self::resume), with the ordered relay (and the room on it) that keeps
-    /// what is older than the history here: a process that started after the client's
-    /// last message still replays it, from the relay.
-    pub(crate) async fn resume_via(
-        &self,
-        connection: &Connection,
-        after: &Position,
-        relay: Option<(&Arc<dyn Relay>, Option<&str>)>,
-    ) -> Result<Resumed, ResumeError> {
-        let Some((relay, room)) = relay else {
-            return self.resume_with(connection, after, None);
-        };
-        // The history here may be enough; if not, the relay's fills in what is older.
-        match self.replay_if_enough(connection, after) {
-            Some(done) => done,
-            None => match missed_from(relay.as_ref(), room, *after).await {
-                Ok(older) => self.resume_with(connection, after, Some(older)),
-                Err(error) => {
-                    self.add_tagged(connection.clone());
-                    Err(error)
-                }
-            },
+        {
+            ResumeStep::Done(result) => result,
+            // Only a room's collection can be replaced.
+            ResumeStep::Moved(_) => Err(ResumeError::Closed),
         }
     }
 
-    /// Resumes from the history here if it reaches back to `after`; `None` if it does not.
-    fn replay_if_enough(
+    /// [`resume`](Self::resume) from `progress`, with the ordered relay (and the room on
+    /// it) that keeps what is older than the history here: a process that started after
+    /// the client's last message still replays it, from the relay.
+    ///
+    /// The replay goes out outside the history's lock, in chunks, as the connection's queue
+    /// has room (it never meets the slow-consumer policy), first from the relay while the
+    /// history here does not reach back, then from the history, again and again while
+    /// broadcasts go on; the last few are queued under the history's lock, where the
+    /// connection joins, so that every broadcast reaches it once, from the replay or live.
+    ///
+    /// `still_here` is called before the connection joins and held while it does: `None`
+    /// means the collection is no longer where the connection should be (a room evicted
+    /// meanwhile), and [`ResumeStep::Moved`] says how far the replay came.
+    pub(crate) async fn resume_from(
         &self,
         connection: &Connection,
-        after: &Position,
-    ) -> Option<Result<Resumed, ResumeError>> {
-        let history = self.members.history.get()?;
-        lock(history).after(*after).ok()?;
-        Some(self.resume_with(connection, after, None))
-    }
-
-    /// Adds `connection` tagged and queues it what it missed since `after`: the `older`
-    /// messages (from a relay), then those of the history here after them, all under the
-    /// history's lock, so that every broadcast reaches it once, from the replay or live.
-    fn resume_with(
-        &self,
-        connection: &Connection,
-        after: &Position,
-        older: Option<Vec<(Position, Message)>>,
-    ) -> Result<Resumed, ResumeError> {
+        mut progress: ResumeProgress,
+        relay: Option<(&Arc<dyn Relay>, Option<&str>)>,
+        still_here: &StillHere<'_>,
+    ) -> ResumeStep {
         let members = &self.members;
         let Some(history) = members.history.get() else {
-            return Err(ResumeError::NoHistory);
+            return ResumeStep::Done(Err(ResumeError::NoHistory));
+        };
+        let core = connection.core();
+        let mut rounds = 0;
+        // The relay had nothing newer than `progress.after` when last asked, and whether
+        // that last page brought anything.
+        let mut relay_done = false;
+        let mut relay_moved = false;
+        loop {
+            if !core.is_open() {
+                return ResumeStep::Done(Err(ResumeError::Closed));
+            }
+            let local = lock(history).after_at_most(progress.after, REPLAY_CHUNK);
+            let error = match local {
+                Ok((_, remaining))
+                    if remaining <= FINISH_UNDER_LOCK_MAX || rounds >= ROUNDS_MAX =>
+                {
+                    match self.finish_resume(connection, &mut progress, still_here) {
+                        Finish::Done(result) => return ResumeStep::Done(result),
+                        Finish::Moved => return ResumeStep::Moved(progress),
+                        Finish::NoRoom => {
+                            if let Err(error) = wait_for_room(core).await {
+                                return ResumeStep::Done(Err(error));
+                            }
+                        }
+                    }
+                    rounds += 1;
+                    continue;
+                }
+                Ok((chunk, _)) => {
+                    let tag = lock(history).tag();
+                    if let Err(error) = replay(core, tag, &mut progress, chunk).await {
+                        return ResumeStep::Done(Err(error));
+                    }
+                    rounds += 1;
+                    continue;
+                }
+                Err(error) => error,
+            };
+            // The history here does not reach back to `progress.after`.
+            let Some((relay, room)) = relay else {
+                return self.join_anyway(connection, progress, still_here, error);
+            };
+            if relay_done {
+                if let Some(step) = self.finish_lagging(connection, &progress, still_here) {
+                    return step;
+                }
+                if !relay_moved {
+                    // Neither here nor in the relay.
+                    return self.join_anyway(connection, progress, still_here, error);
+                }
+                // Evicted here while the relay was read: ask it again.
+            }
+            let page = match relay.missed(room, progress.after, RELAY_PAGE_BYTES).await {
+                Ok(page) => page,
+                Err(error) => return self.join_anyway(connection, progress, still_here, error),
+            };
+            let before = progress.after;
+            let messages: Vec<_> = page
+                .messages
+                .into_iter()
+                .filter(|(position, _)| position.offset() > before.offset())
+                .collect();
+            let tag = lock(history).tag();
+            if let Err(error) = replay(core, tag, &mut progress, messages).await {
+                return ResumeStep::Done(Err(error));
+            }
+            if page.through.epoch() == progress.after.epoch()
+                && page.through.offset() > progress.after.offset()
+            {
+                progress.after = page.through;
+            }
+            relay_moved = progress.after != before;
+            relay_done = page.complete || !relay_moved;
+        }
+    }
+
+    /// The last step of a resume, under the history's lock: queues what is left if the
+    /// queue has room for it, and adds the connection.
+    fn finish_resume(
+        &self,
+        connection: &Connection,
+        progress: &mut ResumeProgress,
+        still_here: &StillHere<'_>,
+    ) -> Finish {
+        let members = &self.members;
+        let Some(history) = members.history.get() else {
+            return Finish::Done(Err(ResumeError::NoHistory));
+        };
+        let core = connection.core();
+        let Some(held) = still_here() else {
+            return Finish::Moved;
         };
         let mut ring = lock(history);
-        let missed = match older {
-            Some(older) => {
-                let seeded = ring.seed(*after, older);
-                if let Some(through) = seeded.has_through {
-                    ring.hold(connection.id(), through);
-                }
-                Ok(seeded.replay)
-            }
-            None => ring.after(*after),
+        let rest = match ring.after_at_most(progress.after, usize::MAX) {
+            Ok((rest, _)) => rest,
+            // Evicted since it was looked at: the caller looks again.
+            Err(_) => return Finish::NoRoom,
         };
-        // Added in any case: from the live messages on if not all it missed is known.
-        connection.join(members, || members.insert(connection.clone(), true));
-        if !members.contains(connection.id()) {
-            return Err(ResumeError::Closed);
-        }
-        let missed = missed?;
         let tag = ring.tag();
-        let replayed = missed.len();
-        let core = connection.core();
         let mut must_flush = false;
-        for (position, message) in missed {
-            // The bounded queue and the slow-consumer policy apply, as to everything.
-            match core.send_frame(core.frame_for(tag(&position, &message))) {
-                Ok(Pushed::MustFlush) => must_flush = true,
-                Ok(Pushed::Queued) => {}
-                Err(_) => break,
+        let mut result = Ok(());
+        for (position, message) in rest {
+            if !has_room(core, message.len()) {
+                result = Err(Finish::NoRoom);
+                break;
+            }
+            match queue_tagged(core, tag, progress, position, &message) {
+                Ok(Some(pushed)) => must_flush |= pushed == Pushed::MustFlush,
+                Ok(None) => {
+                    result = Err(Finish::NoRoom);
+                    break;
+                }
+                Err(error) => {
+                    result = Err(Finish::Done(Err(error)));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            connection.join(members, || members.insert(connection.clone(), true));
+            if !members.contains(connection.id()) {
+                result = Err(Finish::Done(Err(ResumeError::Closed)));
             }
         }
         drop(ring);
+        drop(held);
         if must_flush {
             core.flush_now();
         }
-        Ok(Resumed { replayed })
+        match result {
+            Ok(()) => Finish::Done(Ok(Resumed {
+                replayed: progress.replayed,
+            })),
+            Err(finish) => finish,
+        }
+    }
+
+    /// When the relay has given everything up to `progress.after` and this process has
+    /// not heard it all yet: adds the connection, skipping the live deliveries up to
+    /// there. `None` if this process is not behind (the history here has a gap instead).
+    fn finish_lagging(
+        &self,
+        connection: &Connection,
+        progress: &ResumeProgress,
+        still_here: &StillHere<'_>,
+    ) -> Option<ResumeStep> {
+        let members = &self.members;
+        let history = members.history.get()?;
+        let Some(held) = still_here() else {
+            return Some(ResumeStep::Moved(*progress));
+        };
+        let mut ring = lock(history);
+        if !ring.lags_behind(progress.after) {
+            return None;
+        }
+        connection.join(members, || members.insert(connection.clone(), true));
+        if !members.contains(connection.id()) {
+            return Some(ResumeStep::Done(Err(ResumeError::Closed)));
+        }
+        ring.hold_through(connection.id(), progress.after);
+        drop(ring);
+        drop(held);
+        Some(ResumeStep::Done(Ok(Resumed {
+            replayed: progress.replayed,
+        })))
+    }
+
+    /// Adds the connection tagged, from the live messages on, when not all it missed is
+    /// known; answers `error`.
+    fn join_anyway(
+        &self,
+        connection: &Connection,
+        progress: ResumeProgress,
+        still_here: &StillHere<'_>,
+        error: ResumeError,
+    ) -> ResumeStep {
+        let Some(held) = still_here() else {
+            return ResumeStep::Moved(progress);
+        };
+        let added = self.add_tagged(connection.clone()) || self.contains(connection.id());
+        drop(held);
+        ResumeStep::Done(Err(if added { error } else { ResumeError::Closed }))
     }
 
     /// This collection, keeping `history` of its broadcasts (see [`History`]). Call it
@@ -513,6 +654,13 @@ impl WebSocketCollection {
             .history
             .set(Box::new(Mutex::new(Ring::new(history))));
         self
+    }
+
+    /// Drops the history's oldest messages while the budget it shares is over.
+    pub(crate) fn trim_history_to_budget(&self) {
+        if let Some(history) = self.members.history.get() {
+            lock(history).trim_to_budget();
+        }
     }
 
     /// The position of the last broadcast, if the collection keeps a history and has
@@ -627,22 +775,150 @@ impl WebSocketCollection {
     }
 }
 
-/// Everything `relay` keeps of `room` after `after`, page by page.
-async fn missed_from(
-    relay: &dyn Relay,
-    room: Option<&str>,
+/// How far a resume has come.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResumeProgress {
+    /// The client has everything up to here.
     after: Position,
-) -> Result<Vec<(Position, Message)>, ResumeError> {
-    let mut all = Vec::new();
-    let mut from = after;
-    loop {
-        let page = relay.missed(room, from, RELAY_PAGE_BYTES).await?;
-        all.extend(page.messages);
-        if page.complete || page.through.offset() <= from.offset() {
-            return Ok(all);
+    /// The last message it has: the next one replayed names it as the one before.
+    previous: Position,
+    /// Messages queued by the replay so far.
+    replayed: usize,
+}
+
+impl ResumeProgress {
+    /// A resume of a client that has everything up to `after`.
+    pub(crate) fn new(after: Position) -> Self {
+        ResumeProgress {
+            after,
+            previous: after,
+            replayed: 0,
         }
-        from = page.through;
     }
+}
+
+/// Where a resume stopped.
+pub(crate) enum ResumeStep {
+    /// Done, the connection added (unless it closed).
+    Done(Result<Resumed, ResumeError>),
+    /// The collection is no longer the connection's (see [`WebSocketCollection::resume_from`]):
+    /// what it has so far.
+    Moved(ResumeProgress),
+}
+
+/// Whatever [`WebSocketCollection::resume_from`]'s `still_here` holds while the connection
+/// joins (a lock of the rooms' map).
+pub(crate) trait Held {}
+
+/// What [`WebSocketCollection::resume_from`] asks whether the collection is still the
+/// connection's, holding the answer while the connection joins.
+pub(crate) type StillHere<'a> = dyn Fn() -> Option<Box<dyn Held + 'a>> + Sync + 'a;
+
+impl<T> Held for T {}
+
+/// How the last step of a resume went.
+enum Finish {
+    Done(Result<Resumed, ResumeError>),
+    Moved,
+    /// The queue had no room for all that is left: wait, and try again.
+    NoRoom,
+}
+
+/// Messages a resume replays from the history at a time, outside its lock.
+const REPLAY_CHUNK: usize = 256;
+
+/// A resume queues the rest under the history's lock (which holds up the collection's
+/// broadcasts) when at most this many are left...
+const FINISH_UNDER_LOCK_MAX: usize = 64;
+
+/// ... or after this many rounds, lest a collection that broadcasts faster than the
+/// client reads keep it replaying for ever; the queue's room still bounds what is queued
+/// under the lock.
+const ROUNDS_MAX: usize = 64;
+
+/// How often a resume looks whether the queue has room again. A poll, not an event: the
+/// writer waking a waiter would cost every idle connection a few bytes, for a rare path.
+const REPLAY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Whether `core`'s queue has room for a replayed message of `len` bytes: a replay keeps
+/// the queue at most half full, in messages and in bytes, so that it never meets the
+/// slow-consumer policy and leaves room for the application's own sends.
+fn has_room(core: &Core, len: usize) -> bool {
+    let (messages, bytes) = core.queue.queued();
+    messages * 2 < core.queue.max_messages().max(1)
+        && (messages == 0 || (bytes + len) * 2 <= core.queue.max_bytes())
+}
+
+/// Queues one replayed message, tagged, to `core`, and counts it; `None` if the queue
+/// had no room after all (the application's own sends filled it).
+fn queue_tagged(
+    core: &Core,
+    tag: crate::fanout::history::TagFn,
+    progress: &mut ResumeProgress,
+    position: Position,
+    message: &Message,
+) -> Result<Option<Pushed>, ResumeError> {
+    let tagged = tag_safely(
+        tag,
+        &Tag {
+            position,
+            previous: Some(progress.previous),
+        },
+        message,
+    );
+    // Not `send_frame`: a replay never meets the slow-consumer policy.
+    let pushed = match core.queue.push_data(core.frame_for(tagged)) {
+        Ok(pushed) => pushed,
+        Err(Rejected::Full { .. }) => return Ok(None),
+        Err(Rejected::Stopped) => return Err(ResumeError::Closed),
+    };
+    progress.after = position;
+    progress.previous = position;
+    progress.replayed += 1;
+    Ok(Some(pushed))
+}
+
+/// Waits until `core`'s queue is no more than half full (or the connection closes).
+async fn wait_for_room(core: &Core) -> Result<(), ResumeError> {
+    while !has_room(core, 0) {
+        if !core.is_open() {
+            return Err(ResumeError::Closed);
+        }
+        tokio::time::sleep(REPLAY_POLL).await;
+    }
+    Ok(())
+}
+
+/// Queues `messages` (after `progress`) to `core`, each when its queue has room.
+async fn replay(
+    core: &Core,
+    tag: crate::fanout::history::TagFn,
+    progress: &mut ResumeProgress,
+    messages: Vec<(Position, Message)>,
+) -> Result<(), ResumeError> {
+    let mut must_flush = false;
+    for (position, message) in messages {
+        loop {
+            if has_room(core, message.len()) {
+                if let Some(pushed) = queue_tagged(core, tag, progress, position, &message)? {
+                    must_flush |= pushed == Pushed::MustFlush;
+                    break;
+                }
+            }
+            if must_flush {
+                core.flush_now();
+                must_flush = false;
+            }
+            if !core.is_open() {
+                return Err(ResumeError::Closed);
+            }
+            tokio::time::sleep(REPLAY_POLL).await;
+        }
+    }
+    if must_flush {
+        core.flush_now();
+    }
+    Ok(())
 }
 
 /// The bytes of one page read from a relay for a resume.
@@ -684,6 +960,11 @@ impl Bare {
 
     pub(crate) fn contains(&self, id: ConnectionId) -> bool {
         self.0.contains(id)
+    }
+
+    /// Whether `other` is (a clone of) this collection.
+    pub(crate) fn same(&self, other: &Bare) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -753,6 +1034,8 @@ mod tests {
     use crate::engine::flush::HasCore;
     use crate::engine::queue::Outbound;
     use crate::engine::settings::{Settings, SlowConsumer};
+    use crate::fanout::history::{History, Lost, LostKind, Position, Tag};
+    use crate::protocol::message::Message;
     use bytes::Bytes;
 
     fn connection() -> Connection {
@@ -840,6 +1123,76 @@ mod tests {
             assert_eq!(room.len(), members.len() - n - 1);
         }
         assert!(room.is_empty());
+    }
+
+    /// The texts queued to `conn`, taken.
+    fn taken(conn: &Connection) -> Vec<String> {
+        std::iter::from_fn(|| conn.core().queue.try_take())
+            .map(|item| match item {
+                Outbound::Data(frame) => String::from_utf8(frame.payload().to_vec()).expect("text"),
+                _ => panic!("expected a message"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tag_function_that_panics_costs_its_message_the_tag_only() {
+        fn tag(_: &Tag, message: &Message) -> Message {
+            assert_ne!(message.as_text(), Some("boom"), "the user's bug");
+            Message::from(format!("tagged {}", message.as_text().unwrap_or("")))
+        }
+        let room = WebSocketCollection::new().with_history(History::new().tag(tag));
+        let conn = connection();
+        room.add_tagged(conn.clone());
+        assert_eq!(room.broadcast("boom"), 1, "delivered untagged");
+        // Nothing stays poisoned: the next broadcast is tagged as usual.
+        assert_eq!(room.broadcast("fine"), 1);
+        assert_eq!(taken(&conn), ["boom", "tagged fine"]);
+    }
+
+    #[test]
+    fn members_are_told_of_a_loss_before_the_message_after_it() {
+        fn notice(lost: &Lost) -> Option<Message> {
+            Some(Message::from(match lost.kind {
+                LostKind::HistoryReset => "reset".to_owned(),
+                LostKind::Skipped(n) => format!("skipped {n}"),
+            }))
+        }
+        fn tag(tag: &Tag, message: &Message) -> Message {
+            Message::from(format!(
+                "{} {}",
+                tag.position.offset(),
+                message.as_text().unwrap_or("")
+            ))
+        }
+        let room =
+            WebSocketCollection::new().with_history(History::new().tag(tag).lost_notice(notice));
+        let (plain, tagged) = (connection(), connection());
+        room.add(plain.clone());
+        room.add_tagged(tagged.clone());
+        let at = |epoch, offset| Some(Position::new(epoch, offset));
+        room.members
+            .broadcast_at(at(1, 1), Message::from("a"), |_| true);
+        room.members
+            .broadcast_at(at(1, 2), Message::from("b"), |_| true);
+        assert_eq!(taken(&plain), ["a", "b"]);
+        assert_eq!(taken(&tagged), ["1 a", "2 b"]);
+        room.members
+            .broadcast_at(at(1, 4), Message::from("c"), |_| true);
+        room.members
+            .broadcast_at(at(2, 1), Message::from("d"), |_| true);
+        assert_eq!(taken(&plain), ["skipped 1", "c", "reset", "d"]);
+        assert_eq!(taken(&tagged), ["skipped 1", "4 c", "reset", "1 d"]);
+        // Without a notice function, nothing is sent.
+        let quiet = WebSocketCollection::new().with_history(History::new());
+        quiet.add(plain.clone());
+        quiet
+            .members
+            .broadcast_at(at(1, 1), Message::from("a"), |_| true);
+        quiet
+            .members
+            .broadcast_at(at(2, 1), Message::from("b"), |_| true);
+        assert_eq!(taken(&plain), ["a", "b"]);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -106,10 +109,45 @@ pub struct History {
     pub(crate) max_bytes: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) tag: TagFn,
+    pub(crate) lost_notice: Option<LostNoticeFn>,
+    /// Whether offsets follow one another (a collection's own topic), so that a skipped
+    /// offset is a lost message; a room's skip the other rooms' offsets.
+    pub(crate) contiguous: bool,
+    /// The byte budget shared by the histories of one [`Rooms`](crate::Rooms).
+    pub(crate) budget: Option<Arc<HistoryBudget>>,
 }
 
 /// What a tagged client receives for a message: see [`History::tag`].
 pub type TagFn = fn(&Tag, &Message) -> Message;
+
+/// What every member is sent when messages were lost: see [`History::lost_notice`].
+pub type LostNoticeFn = fn(&Lost) -> Option<Message>;
+
+/// Messages a collection (or room) with a history will never deliver: told to its members
+/// by [`History::lost_notice`], before the first message after the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lost {
+    /// The last position delivered before the loss.
+    pub last: Position,
+    /// The position of the message that follows the loss (delivered right after the
+    /// notice).
+    pub next: Position,
+    /// What was lost.
+    pub kind: LostKind,
+}
+
+/// What a [`Lost`] lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostKind {
+    /// The history began again in a new epoch (an ordered backplane's store was reset or
+    /// rewound): whatever the old one had after [`Lost::last`] is gone.
+    HistoryReset,
+    /// This many offsets were skipped in a collection's own topic (a room's positions skip
+    /// other rooms' offsets, so rooms never report this).
+    Skipped(u64),
+}
 
 /// The position of a message, and of the one before it in the same collection or room, for
 /// a tag function: with both, a client can tell a gap (its last position is not
@@ -132,6 +170,9 @@ impl Default for History {
             max_bytes: 1 << 20,
             max_age: None,
             tag: default_tag,
+            lost_notice: None,
+            contiguous: true,
+            budget: None,
         }
     }
 }
@@ -177,9 +218,97 @@ impl History {
     }
 
     /// What a tagged client receives for each message instead of the message itself.
+    ///
+    /// It runs while the message is delivered, possibly on a backplane's task: one that
+    /// panics is caught and logged (`tracing::error!`), and its message goes untagged.
     pub fn tag(mut self, tag: TagFn) -> Self {
         self.tag = tag;
         self
+    }
+
+    /// What every member, tagged or not, is sent (as it is, untagged) when messages were
+    /// lost: the history was reset in a new epoch by an ordered backplane, or offsets were
+    /// skipped in a collection's own topic (see [`LostKind`]). The notice is queued right
+    /// before the first message after the loss; `None` sends nothing.
+    ///
+    /// By default nothing is sent: a tagged client can see the loss in the positions (a
+    /// new epoch, or a `previous` that is not its last), and a message the application
+    /// never sent itself could confuse its clients.
+    ///
+    /// ```
+    /// use websocket_handler::{History, LostKind, Message};
+    ///
+    /// let history = History::new().lost_notice(|lost| match lost.kind {
+    ///     LostKind::HistoryReset => Some(Message::from("some messages were lost")),
+    ///     _ => None,
+    /// });
+    /// # drop(history);
+    /// ```
+    pub fn lost_notice(mut self, notice: LostNoticeFn) -> Self {
+        self.lost_notice = Some(notice);
+        self
+    }
+}
+
+/// `tag` applied to `message`; a tag function that panics (it is the user's, and runs on
+/// a backplane's task too) is logged, and the message goes untagged.
+pub(crate) fn tag_safely(tag: TagFn, position: &Tag, message: &Message) -> Message {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| tag(position, message))) {
+        Ok(tagged) => tagged,
+        Err(_) => {
+            tracing::error!(
+                position = %position.position,
+                "history: the tag function panicked; the message goes untagged"
+            );
+            message.clone()
+        }
+    }
+}
+
+/// The notice `notice` makes of `lost`, if any; one that panics is logged and sends nothing.
+pub(crate) fn notice_safely(notice: LostNoticeFn, lost: &Lost) -> Option<Message> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| notice(lost))).unwrap_or_else(|_| {
+        tracing::error!("history: the lost-notice function panicked; no notice is sent");
+        None
+    })
+}
+
+/// The payload bytes kept by the histories of one [`Rooms`](crate::Rooms), against their
+/// bound ([`Rooms::max_history_bytes`](crate::Rooms::max_history_bytes)).
+#[derive(Debug)]
+pub(crate) struct HistoryBudget {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl HistoryBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        HistoryBudget {
+            used: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether the histories keep more than the bound.
+    pub(crate) fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.max.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -189,6 +318,7 @@ impl fmt::Debug for History {
             .field("max_messages", &self.max_messages)
             .field("max_bytes", &self.max_bytes)
             .field("max_age", &self.max_age)
+            .field("contiguous", &self.contiguous)
             .finish_non_exhaustive()
     }
 }
@@ -250,7 +380,7 @@ pub(crate) struct Ring {
     epoch: u64,
     entries: VecDeque<Entry>,
     bytes: usize,
-    /// The last position given out or learnt from a relay (kept when its entry is evicted).
+    /// The last position given out or heard (kept when its entry is evicted).
     last: Option<Position>,
     /// Every message of this epoch with a greater offset is here: a resume from below it
     /// cannot be served from here (evicted, or from before this process first heard of
@@ -260,15 +390,9 @@ pub(crate) struct Ring {
     /// has not delivered yet (it lags behind the relay it replayed from): live deliveries
     /// up to there skip them.
     holds: Vec<(ConnectionId, u64)>,
-}
-
-/// What a resume from a relay queues, and from what offset on the connection takes live
-/// messages.
-pub(crate) struct Seeded {
-    pub(crate) replay: Vec<(Tag, Message)>,
-    /// The connection has what this process will deliver live up to this offset, if it
-    /// lags (see [`Ring::hold`]).
-    pub(crate) has_through: Option<u64>,
+    /// A resume moved the history to a new epoch before any message of it came: the last
+    /// position of the old one, for the loss to be told with the next message.
+    reset_from: Option<Position>,
 }
 
 impl Ring {
@@ -286,6 +410,7 @@ impl Ring {
             last: None,
             floor: 0,
             holds: Vec::new(),
+            reset_from: None,
         }
     }
 
@@ -296,50 +421,91 @@ impl Ring {
     /// Remembers `message` with the next offset of this history; returns its tag.
     pub(crate) fn append(&mut self, message: &Message) -> Tag {
         let offset = self.last.map_or(1, |last| last.offset + 1);
-        self.append_at(Position::new(self.epoch, offset), message)
+        self.append_at(Position::new(self.epoch, offset), message).0
     }
 
     /// Starts the history over at `epoch`, knowing nothing of it below `floor`.
     fn restart(&mut self, epoch: u64, floor: u64) {
         self.epoch = epoch;
         self.entries.clear();
-        self.bytes = 0;
+        self.set_bytes(0);
         self.last = None;
         self.floor = floor;
         self.holds.clear();
     }
 
+    /// Keeps `bytes` (and the shared budget) true.
+    fn set_bytes(&mut self, bytes: usize) {
+        if let Some(budget) = &self.config.budget {
+            budget.add(bytes);
+            budget.sub(self.bytes);
+        }
+        self.bytes = bytes;
+    }
+
     /// Remembers `message` at `position` (a backplane's): a new epoch starts the history
-    /// over. A position already here (learnt from the relay by a resume) is not kept twice.
-    pub(crate) fn append_at(&mut self, position: Position, message: &Message) -> Tag {
+    /// over. A position already here is not kept twice. Returns the message's tag, and
+    /// what was lost before it, if anything was.
+    pub(crate) fn append_at(
+        &mut self,
+        position: Position,
+        message: &Message,
+    ) -> (Tag, Option<Lost>) {
+        let mut lost = None;
+        if let Some(last) = self.reset_from.take() {
+            if position.epoch == self.epoch {
+                lost = Some(Lost {
+                    last,
+                    next: position,
+                    kind: LostKind::HistoryReset,
+                });
+            }
+        }
         if position.epoch != self.epoch || self.last.is_none() {
             // The first message heard of: what came before it in this collection is
             // unknown, but nothing came between its offset and the one before.
             let floor = position.offset.saturating_sub(1);
             if position.epoch != self.epoch {
+                if let Some(last) = self.last {
+                    lost = Some(Lost {
+                        last,
+                        next: position,
+                        kind: LostKind::HistoryReset,
+                    });
+                }
                 self.restart(position.epoch, floor);
             } else {
                 self.floor = self.floor.max(floor);
             }
         }
-        if self.last.is_some_and(|last| position.offset <= last.offset) {
-            let previous = self
-                .entries
-                .iter()
-                .rev()
-                .map(|entry| entry.position)
-                .find(|known| known.offset < position.offset);
-            return Tag { position, previous };
+        if let Some(last) = self.last {
+            if position.offset <= last.offset {
+                let previous = self
+                    .entries
+                    .iter()
+                    .rev()
+                    .map(|entry| entry.position)
+                    .find(|known| known.offset < position.offset);
+                return (Tag { position, previous }, lost);
+            }
+            let skipped = position.offset - last.offset - 1;
+            if self.config.contiguous && skipped > 0 {
+                lost = Some(Lost {
+                    last,
+                    next: position,
+                    kind: LostKind::Skipped(skipped),
+                });
+            }
         }
         let previous = self.last;
         self.last = Some(position);
         self.push(position, message);
         self.evict();
-        Tag { position, previous }
+        (Tag { position, previous }, lost)
     }
 
     fn push(&mut self, position: Position, message: &Message) {
-        self.bytes += message.len();
+        self.set_bytes(self.bytes + message.len());
         self.entries.push_back(Entry {
             position,
             message: message.clone(),
@@ -362,16 +528,53 @@ impl Ring {
             if !(too_old || over) {
                 break;
             }
-            if let Some(gone) = self.entries.pop_front() {
-                self.bytes -= gone.message.len();
-                self.floor = self.floor.max(gone.position.offset);
-            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(gone) = self.entries.pop_front() {
+            self.set_bytes(self.bytes - gone.message.len());
+            self.floor = self.floor.max(gone.position.offset);
+        }
+    }
+
+    /// Drops the oldest messages while the shared budget is over (the newest is kept).
+    pub(crate) fn trim_to_budget(&mut self) {
+        let Some(budget) = self.config.budget.clone() else {
+            return;
+        };
+        while self.entries.len() > 1 && budget.over() {
+            self.pop_oldest();
         }
     }
 
     /// The entries after `position`, oldest first, with the tag each had; or why not all
     /// the client missed is here.
+    #[cfg(test)]
     pub(crate) fn after(&mut self, position: Position) -> Result<Vec<(Tag, Message)>, ResumeError> {
+        let (missed, _) = self.after_at_most(position, usize::MAX)?;
+        let mut previous = Some(position);
+        Ok(missed
+            .into_iter()
+            .map(|(at, message)| {
+                let tag = Tag {
+                    position: at,
+                    previous,
+                };
+                previous = Some(at);
+                (tag, message)
+            })
+            .collect())
+    }
+
+    /// At most `max` of the entries after `position`, oldest first, and how many there are
+    /// in all; or why not all the client missed is here.
+    pub(crate) fn after_at_most(
+        &mut self,
+        position: Position,
+        max: usize,
+    ) -> Result<(Vec<(Position, Message)>, usize), ResumeError> {
         self.evict();
         if position.epoch != self.epoch
             || self.last.is_some_and(|last| position.offset > last.offset)
@@ -387,75 +590,34 @@ impl Ring {
                 oldest: self.entries.front().map(|e| e.position),
             });
         }
-        Ok(self.replay_after(position))
-    }
-
-    fn replay_after(&self, position: Position) -> Vec<(Tag, Message)> {
-        let mut previous = Some(position);
-        let mut missed = Vec::new();
-        for entry in self
+        let first = self
             .entries
-            .iter()
-            .filter(|e| e.position.offset > position.offset)
-        {
-            missed.push((
-                Tag {
-                    position: entry.position,
-                    previous,
-                },
-                entry.message.clone(),
-            ));
-            previous = Some(entry.position);
-        }
-        missed
+            .partition_point(|entry| entry.position.offset <= position.offset);
+        let missed = self
+            .entries
+            .range(first..)
+            .take(max)
+            .map(|entry| (entry.position, entry.message.clone()))
+            .collect();
+        Ok((missed, self.entries.len() - first))
     }
 
-    /// A resume from `after` with `older`: everything of the collection after `after` that
-    /// the relay (the backplane) had when asked, this collection made before asking. With
-    /// what was delivered here since it was made, that is everything after `after`: it is
-    /// all kept (within the bounds), so later messages name the right previous one, and
-    /// later resumes from as far back are served from here.
-    pub(crate) fn seed(&mut self, after: Position, older: Vec<(Position, Message)>) -> Seeded {
-        if after.epoch != self.epoch {
-            self.restart(after.epoch, after.offset);
-        }
-        let delivered = self.last.map_or(0, |last| last.offset);
-        let mut merged: Vec<Entry> = std::mem::take(&mut self.entries).into();
-        let now = Instant::now();
-        merged.extend(
-            older
-                .into_iter()
-                .filter(|(position, _)| position.offset > after.offset)
-                .map(|(position, message)| Entry {
-                    position,
-                    message,
-                    at: now,
-                }),
-        );
-        merged.sort_by_key(|entry| entry.position.offset);
-        merged.dedup_by_key(|entry| entry.position.offset);
-        self.bytes = merged.iter().map(|entry| entry.message.len()).sum();
-        self.entries = merged.into();
-        self.floor = self.floor.min(after.offset);
-        if let Some(newest) = self.entries.back().map(|entry| entry.position) {
-            if self.last.is_none_or(|last| newest.offset > last.offset) {
-                self.last = Some(newest);
-            }
-        }
-        let replay = self.replay_after(after);
-        let known = self.last.map_or(0, |last| last.offset);
-        let has_through = Some(after.offset.max(known)).filter(|through| *through > delivered);
-        self.evict();
-        Seeded {
-            replay,
-            has_through,
-        }
+    /// Whether this process has not yet heard what an ordered relay had up to `position`
+    /// (it lags behind the relay, or has heard nothing of this epoch).
+    pub(crate) fn lags_behind(&self, position: Position) -> bool {
+        position.epoch != self.epoch || self.last.is_none_or(|last| last.offset < position.offset)
     }
 
-    /// `connection` already has everything up to `offset`: live deliveries up to there
-    /// (this process catching up with the relay) skip it.
-    pub(crate) fn hold(&mut self, connection: ConnectionId, offset: u64) {
-        self.holds.push((connection, offset));
+    /// A resumed connection has from the relay everything up to `position`, which this
+    /// process has not heard yet: live deliveries up to there skip it. A relay in another
+    /// epoch starts the history over there (the loss is told with the next message).
+    pub(crate) fn hold_through(&mut self, connection: ConnectionId, position: Position) {
+        if position.epoch != self.epoch {
+            let last = self.last;
+            self.restart(position.epoch, position.offset);
+            self.reset_from = last;
+        }
+        self.holds.push((connection, position.offset));
     }
 
     /// The connections a live delivery at `offset` skips; those caught up are let go.
@@ -476,6 +638,19 @@ impl Ring {
     /// The tag function.
     pub(crate) fn tag(&self) -> TagFn {
         self.config.tag
+    }
+
+    /// What to tell the members about `lost`, if anything.
+    pub(crate) fn notice(&self, lost: &Lost) -> Option<Message> {
+        self.config
+            .lost_notice
+            .and_then(|notice| notice_safely(notice, lost))
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.set_bytes(0);
     }
 }
 
@@ -556,7 +731,7 @@ mod tests {
     fn a_new_epoch_starts_the_history_over() {
         let mut ring = Ring::with_epoch(History::new(), 1);
         ring.append_at(Position::new(1, 10), &text("x"));
-        let tag = ring.append_at(Position::new(2, 1), &text("y"));
+        let (tag, _) = ring.append_at(Position::new(2, 1), &text("y"));
         assert_eq!(tag.previous, None);
         assert!(matches!(
             ring.after(Position::new(1, 10)),
@@ -567,7 +742,7 @@ mod tests {
     #[test]
     fn a_history_heard_midway_knows_nothing_below_its_first_message() {
         let mut ring = Ring::with_epoch(History::new(), 1);
-        let tag = ring.append_at(Position::new(9, 40), &text("x"));
+        let (tag, _) = ring.append_at(Position::new(9, 40), &text("x"));
         assert_eq!(tag.previous, None, "what came before is unknown");
         assert!(
             ring.after(Position::new(9, 39)).is_ok(),
@@ -580,47 +755,96 @@ mod tests {
     }
 
     #[test]
-    fn a_resume_from_the_relay_seeds_the_history_and_holds_what_is_not_here_yet() {
-        let mut ring = Ring::with_epoch(History::new(), 1);
+    fn a_connection_resumed_from_the_relay_skips_what_it_has_until_this_process_catches_up() {
+        // A room's: the offsets between are other rooms'.
+        let room = History {
+            contiguous: false,
+            ..History::new()
+        };
+        let mut ring = Ring::with_epoch(room, 1);
         ring.append_at(Position::new(9, 40), &text("40"));
-        // The relay had 20, 30, 40 and 50; this process has heard only 40 so far.
-        let older = [20, 30, 40, 50]
-            .map(|offset| (Position::new(9, offset), text(&offset.to_string())))
-            .to_vec();
-        let seeded = ring.seed(Position::new(9, 10), older);
-        let replay: Vec<_> = seeded
-            .replay
-            .iter()
-            .map(|(tag, m)| {
-                (
-                    tag.previous.map(|p| p.offset),
-                    m.as_text().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            replay,
-            [
-                (Some(10), "20"),
-                (Some(20), "30"),
-                (Some(30), "40"),
-                (Some(40), "50")
-            ]
-            .map(|(p, t)| (p, t.to_owned()))
-        );
-        assert_eq!(seeded.has_through, Some(50), "50 is not delivered here yet");
-        // Later resumes from as far back are served from here.
-        assert_eq!(ring.after(Position::new(9, 10)).expect("seeded").len(), 4);
+        // The relay had up to 50; this process has heard only 40 so far.
+        assert!(ring.lags_behind(Position::new(9, 50)));
+        assert!(!ring.lags_behind(Position::new(9, 40)));
         let id = ConnectionId::next();
-        ring.hold(id, 50);
-        // 50 arrives live: not kept twice, named after 40, and the resumed connection skips it.
-        let tag = ring.append_at(Position::new(9, 50), &text("50"));
-        assert_eq!(tag.previous, Some(Position::new(9, 40)));
+        ring.hold_through(id, Position::new(9, 50));
+        let (tag, lost) = ring.append_at(Position::new(9, 50), &text("50"));
+        assert_eq!((tag.previous, lost), (Some(Position::new(9, 40)), None));
         assert_eq!(ring.held_at(50), [id]);
-        assert_eq!(ring.entries.len(), 4);
-        let tag = ring.append_at(Position::new(9, 60), &text("60"));
-        assert_eq!(tag.previous, Some(Position::new(9, 50)));
+        ring.append_at(Position::new(9, 60), &text("60"));
         assert!(ring.held_at(60).is_empty(), "caught up: let go");
+    }
+
+    #[test]
+    fn a_new_epoch_after_messages_and_a_skip_in_a_collection_are_losses() {
+        let mut ring = Ring::with_epoch(History::new(), 1);
+        assert_eq!(ring.append_at(Position::new(1, 1), &text("a")).1, None);
+        let (_, lost) = ring.append_at(Position::new(1, 4), &text("b"));
+        assert_eq!(
+            lost.map(|lost| lost.kind),
+            Some(LostKind::Skipped(2)),
+            "2 and 3"
+        );
+        let (_, lost) = ring.append_at(Position::new(2, 1), &text("c"));
+        assert_eq!(
+            lost,
+            Some(Lost {
+                last: Position::new(1, 4),
+                next: Position::new(2, 1),
+                kind: LostKind::HistoryReset
+            })
+        );
+        // A room's offsets skip other rooms': no loss.
+        let mut room = Ring::with_epoch(
+            History {
+                contiguous: false,
+                ..History::new()
+            },
+            1,
+        );
+        room.append_at(Position::new(1, 1), &text("a"));
+        assert_eq!(room.append_at(Position::new(1, 9), &text("b")).1, None);
+        // The first message heard is no loss: nothing was heard before.
+        let mut fresh = Ring::with_epoch(History::new(), 5);
+        assert_eq!(fresh.append_at(Position::new(6, 30), &text("a")).1, None);
+    }
+
+    #[test]
+    fn a_client_that_missed_exactly_max_messages_resumes_with_all_of_them() {
+        let mut ring = Ring::with_epoch(History::new().max_messages(5), 3);
+        let seen = ring.append(&text("seen")).position;
+        for n in 0..5 {
+            ring.append(&text(&n.to_string()));
+        }
+        let missed = ring.after(seen).expect("all five are kept");
+        let texts: Vec<_> = missed.iter().map(|(_, m)| m.as_text().unwrap()).collect();
+        assert_eq!(texts, ["0", "1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_history_filled_with_exactly_max_bytes_keeps_all_of_it() {
+        let mut ring = Ring::with_epoch(History::new().max_bytes(8), 3);
+        for _ in 0..4 {
+            ring.append(&text("ab"));
+        }
+        assert_eq!(ring.entries.len(), 4, "8 bytes in 8");
+        assert_eq!(ring.after(Position::new(3, 0)).expect("all kept").len(), 4);
+    }
+
+    #[test]
+    fn two_histories_have_different_epochs_and_do_not_take_each_others_positions() {
+        let (mut one, mut two) = (Ring::new(History::new()), Ring::new(History::new()));
+        assert_ne!(one.epoch, two.epoch);
+        for _ in 0..3 {
+            one.append(&text("x"));
+            two.append(&text("x"));
+        }
+        let from_one = Position::new(one.epoch, 2);
+        assert!(one.after(from_one).is_ok());
+        assert!(matches!(
+            two.after(from_one),
+            Err(ResumeError::OtherEpoch { .. })
+        ));
     }
 
     #[test]

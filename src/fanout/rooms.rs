@@ -3,13 +3,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::connection::Connection;
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
-use crate::fanout::collection::{Bare, Emptied, WebSocketCollection};
-use crate::fanout::history::{History, Position, ResumeError, Resumed};
+use crate::fanout::collection::{
+    Bare, Emptied, Held, ResumeProgress, ResumeStep, WebSocketCollection,
+};
+use crate::fanout::history::{History, HistoryBudget, Position, ResumeError, Resumed};
 use crate::fanout::relay::{Relay, RoomDelivery};
 use crate::protocol::message::Message;
 
@@ -60,20 +63,28 @@ struct Shared<K> {
     remote: OnceLock<Remote<K>>,
     /// Set by [`Rooms::with_history`]: every room keeps this much history.
     history: OnceLock<History>,
+    /// How many emptied rooms keep their history: [`Rooms::keep_empty_rooms`].
+    keep_empty: AtomicUsize,
+    /// What the rooms' histories keep, together: [`Rooms::max_history_bytes`].
+    budget: Arc<HistoryBudget>,
 }
 
 struct RoomMap<K> {
     by_key: HashMap<K, Bare>,
     /// With a backplane: the same rooms by their name there, for delivering what arrives.
     by_name: HashMap<String, Bare>,
-    /// With a history: the rooms that emptied, oldest first. Their history is kept for the
-    /// members that come back, up to [`EMPTY_ROOMS_KEPT`] of them.
+    /// With a history: the rooms that emptied, oldest first, each once. Their history is
+    /// kept for the members that come back (see [`Rooms::keep_empty_rooms`]). A room
+    /// joined again stays listed until it is next emptied or reaches the front.
     emptied: VecDeque<K>,
 }
 
-/// Empty rooms whose history is kept (with a history), so that a client whose room emptied
-/// when it lost its connection can still resume there.
+/// Empty rooms whose history is kept by default (with a history), so that a client whose
+/// room emptied when it lost its connection can still resume there.
 const EMPTY_ROOMS_KEPT: usize = 1024;
+
+/// What all the rooms' histories keep together by default.
+const HISTORY_BYTES: usize = 64 << 20;
 
 /// The rooms' link to other processes: one topic for all rooms, each envelope naming its
 /// room. One subscription, made once, so a room is reachable from the moment it exists
@@ -109,6 +120,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                 }),
                 remote: OnceLock::new(),
                 history: OnceLock::new(),
+                keep_empty: AtomicUsize::new(EMPTY_ROOMS_KEPT),
+                budget: Arc::new(HistoryBudget::new(HISTORY_BYTES)),
             }),
         }
     }
@@ -128,10 +141,37 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     /// Rooms that each keep `history` of their broadcasts (see [`History`]), for clients
     /// that resume ([`resume`](Rooms::resume)). A room that empties keeps its history for
-    /// its members to come back (the last 1,024 such rooms). Call it before sharing the
-    /// rooms.
+    /// its members to come back (see [`keep_empty_rooms`](Rooms::keep_empty_rooms)), and
+    /// all the histories together are bounded by
+    /// [`max_history_bytes`](Rooms::max_history_bytes). Call it before sharing the rooms.
+    ///
+    /// A room's positions skip the offsets of the other rooms on its backplane topic, so a
+    /// room never reports [`LostKind::Skipped`](crate::LostKind::Skipped).
     pub fn with_history(self, history: History) -> Self {
-        let _ = self.shared.history.set(history);
+        let _ = self.shared.history.set(History {
+            contiguous: false,
+            budget: Some(self.shared.budget.clone()),
+            ..history
+        });
+        self
+    }
+
+    /// With a history: how many rooms that emptied keep their history, for members that
+    /// come back, the oldest emptied going first (default 1,024). Each costs what its
+    /// history holds (up to [`History::max_bytes`] of payload, plus some 50 bytes a
+    /// message) and the room itself (a few hundred bytes), for as long as it is kept;
+    /// `0` drops a room as soon as it empties, its history with it.
+    pub fn keep_empty_rooms(self, rooms: usize) -> Self {
+        self.shared.keep_empty.store(rooms, Ordering::Relaxed);
+        self
+    }
+
+    /// With a history: the payload bytes all the rooms' histories keep together (default
+    /// 64 MiB), whatever each room's own bound. Past it, the histories of the emptied rooms
+    /// go first, the oldest emptied first (the rooms with them); then the room that was
+    /// just broadcast to drops its oldest messages (it keeps its newest).
+    pub fn max_history_bytes(self, bytes: usize) -> Self {
+        self.shared.budget.set_max(bytes);
         self
     }
 
@@ -139,10 +179,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     /// was already there or has closed.
     pub fn join(&self, room: K, connection: &Connection) -> bool {
         let mut rooms = self.lock();
-        let collection = self.room_to_join(&mut rooms, &room);
+        let (collection, made) = self.room_to_join(&mut rooms, &room);
         // Under the lock, so that the room cannot be dropped as empty meanwhile.
         let joined = collection.add(connection.clone());
-        self.drop_if_refused(&mut rooms, &room, &collection);
+        self.drop_if_refused(&mut rooms, &room, &collection.bare(), made);
         joined
     }
 
@@ -150,9 +190,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     /// with its position (see [`WebSocketCollection::add_tagged`]).
     pub fn join_tagged(&self, room: K, connection: &Connection) -> bool {
         let mut rooms = self.lock();
-        let collection = self.room_to_join(&mut rooms, &room);
+        let (collection, made) = self.room_to_join(&mut rooms, &room);
         let joined = collection.add_tagged(connection.clone());
-        self.drop_if_refused(&mut rooms, &room, &collection);
+        self.drop_if_refused(&mut rooms, &room, &collection.bare(), made);
         joined
     }
 
@@ -166,10 +206,6 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         connection: &Connection,
         after: &Position,
     ) -> Result<Resumed, ResumeError> {
-        let collection = {
-            let mut rooms = self.lock();
-            self.room_to_join(&mut rooms, &room)
-        };
         let remote = self
             .shared
             .remote
@@ -177,10 +213,36 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .filter(|remote| remote.relay.ordered());
         let name = remote.map(|remote| (remote.name)(&room));
         let relay = remote.map(|remote| (&remote.relay, name.as_deref()));
-        let resumed = collection.resume_via(connection, after, relay).await;
-        let mut rooms = self.lock();
-        self.drop_if_refused(&mut rooms, &room, &collection);
-        resumed
+        let mut progress = ResumeProgress::new(*after);
+        loop {
+            let (collection, made) = {
+                let mut rooms = self.lock();
+                self.room_to_join(&mut rooms, &room)
+            };
+            let bare = collection.bare();
+            // The room may be evicted while the resume awaits the relay or the client: the
+            // connection joins only while the map still has this collection, map locked.
+            let still_here = || {
+                let rooms = self.lock();
+                let current = rooms
+                    .by_key
+                    .get(&room)
+                    .is_some_and(|current| current.same(&bare));
+                current.then(|| Box::new(rooms) as Box<dyn Held + '_>)
+            };
+            match collection
+                .resume_from(connection, progress, relay, &still_here)
+                .await
+            {
+                ResumeStep::Done(resumed) => {
+                    let mut rooms = self.lock();
+                    self.drop_if_refused(&mut rooms, &room, &bare, made);
+                    return resumed;
+                }
+                // Replaced meanwhile: go on in the room that is there now.
+                ResumeStep::Moved(so_far) => progress = so_far,
+            }
+        }
     }
 
     /// The position of the room's last broadcast, if the rooms keep a history.
@@ -191,10 +253,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .and_then(|room| room.collection().last_position())
     }
 
-    /// The room's collection, made if there is none.
-    fn room_to_join(&self, rooms: &mut RoomMap<K>, room: &K) -> WebSocketCollection {
+    /// The room's collection, made if there is none; and whether it was made.
+    fn room_to_join(&self, rooms: &mut RoomMap<K>, room: &K) -> (WebSocketCollection, bool) {
         if let Some(collection) = rooms.by_key.get(room) {
-            return collection.collection();
+            return (collection.collection(), false);
         }
         let mut collection = WebSocketCollection::new();
         if let Some(history) = self.shared.history.get() {
@@ -206,14 +268,19 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             rooms.by_name.insert(name, collection.bare());
         }
         rooms.by_key.insert(room.clone(), collection.bare());
-        collection
+        (collection, true)
     }
 
-    /// After a join that was refused (the connection had closed), a room it made empty
-    /// goes again.
-    fn drop_if_refused(&self, rooms: &mut RoomMap<K>, room: &K, collection: &WebSocketCollection) {
-        if collection.is_empty() && self.shared.history.get().is_none() {
+    /// After a join that was refused (the connection had closed), the room goes again if
+    /// the join made it (with a history too: nobody came back to it) or keeps no history.
+    fn drop_if_refused(&self, rooms: &mut RoomMap<K>, room: &K, collection: &Bare, made: bool) {
+        let this_one = rooms
+            .by_key
+            .get(room)
+            .is_some_and(|current| current.same(collection));
+        if this_one && collection.is_empty() && (made || self.shared.history.get().is_none()) {
             rooms.remove(room, self.shared.remote.get());
+            rooms.emptied.retain(|kept| kept != room);
         }
     }
 
@@ -252,11 +319,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             return 0;
         }
         // Local members first, so that the backplane adds nothing to their latency.
-        let queued = match (self.room(room), except) {
+        let local = self.room(room);
+        let queued = match (&local, except) {
             (None, _) => 0,
             (Some(local), None) => local.broadcast_local(message.clone()),
             (Some(local), Some(except)) => local.broadcast_except(except, message.clone()),
         };
+        if let Some(local) = local {
+            self.shared.keep_within_budget(&local);
+        }
         if let Some(remote) = remote {
             remote
                 .relay
@@ -324,8 +395,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     }
 
     /// The callback that drops `room` once its collection is empty, unless the room has been
-    /// made anew meanwhile. With a history, the room is kept among the last
-    /// [`EMPTY_ROOMS_KEPT`] emptied, and the oldest of those goes instead.
+    /// made anew meanwhile. With a history, the room is kept among the last emptied (see
+    /// [`Rooms::keep_empty_rooms`]), and the oldest of those goes instead.
     fn drop_when_empty(&self, room: K) -> impl Fn(Emptied<'_>) + Send + Sync + 'static {
         let shared: Weak<Shared<K>> = Arc::downgrade(&self.shared);
         move |members| {
@@ -344,8 +415,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                 rooms.remove(&room, shared.remote.get());
                 return;
             }
+            rooms.emptied.retain(|kept| kept != &room);
             rooms.emptied.push_back(room.clone());
-            while rooms.emptied.len() > EMPTY_ROOMS_KEPT {
+            while rooms.emptied.len() > shared.keep_empty.load(Ordering::Relaxed) {
                 let Some(oldest) = rooms.emptied.pop_front() else {
                     break;
                 };
@@ -371,7 +443,33 @@ impl<K: Eq + Hash> RoomMap<K> {
     }
 }
 
-impl<K: Send + Sync> RoomDelivery for Shared<K> {
+impl<K: Eq + Hash> Shared<K> {
+    /// Keeps the histories within their budget after a broadcast to `touched`: the
+    /// histories of emptied rooms go first, oldest first; then `touched` drops its oldest.
+    fn keep_within_budget(&self, touched: &WebSocketCollection) {
+        if !self.budget.over() {
+            return;
+        }
+        {
+            let mut rooms = lock(&self.rooms);
+            while self.budget.over() {
+                let Some(oldest) = rooms.emptied.pop_front() else {
+                    break;
+                };
+                // Only if still empty: it may have been joined again since. Its history
+                // goes with its last handle: here, unless a broadcast holds one now.
+                if rooms.by_key.get(&oldest).is_some_and(Bare::is_empty) {
+                    rooms.remove(&oldest, self.remote.get());
+                }
+            }
+        }
+        if self.budget.over() {
+            touched.trim_history_to_budget();
+        }
+    }
+}
+
+impl<K: Eq + Hash + Send + Sync> RoomDelivery for Shared<K> {
     fn deliver(
         &self,
         room: &str,
@@ -380,7 +478,12 @@ impl<K: Send + Sync> RoomDelivery for Shared<K> {
         except: Option<ConnectionId>,
     ) -> usize {
         let local = lock(&self.rooms).by_name.get(room).map(Bare::collection);
-        local.map_or(0, |room| room.deliver_local(position, message, except))
+        let Some(local) = local else {
+            return 0;
+        };
+        let queued = local.deliver_local(position, message, except);
+        self.keep_within_budget(&local);
+        queued
     }
 }
 
@@ -390,5 +493,145 @@ impl<K: fmt::Debug> fmt::Debug for Rooms<K> {
         f.debug_map()
             .entries(rooms.by_key.iter().map(|(key, room)| (key, room.len())))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rooms;
+    use crate::connection::{Connection, RequestParts};
+    use crate::engine::flush::HasCore;
+    use crate::engine::settings::{Settings, SlowConsumer};
+    use crate::fanout::history::{History, ResumeError};
+
+    fn connection() -> Connection {
+        let parts = RequestParts::detached(
+            &http::Uri::from_static("/"),
+            &http::HeaderMap::new(),
+            None,
+            0,
+        );
+        let settings = Settings {
+            outbound_queue_capacity: 4,
+            slow_consumer: SlowConsumer::DropMessages,
+            ..Settings::default()
+        };
+        Connection::new(
+            parts,
+            None,
+            None,
+            &settings,
+            crate::engine::metrics::Metrics::new(),
+        )
+    }
+
+    fn keys(rooms: &Rooms<&'static str>) -> Vec<&'static str> {
+        let mut keys: Vec<_> = rooms.lock().by_key.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_room_made_for_a_refused_join_or_resume_goes_even_with_a_history() {
+        let rooms = Rooms::new().with_history(History::new());
+        let closed = connection();
+        closed.mark_closed();
+        assert!(!rooms.join("a", &closed));
+        assert!(!rooms.join_tagged("b", &closed));
+        let after = "1.1".parse().expect("a position");
+        assert_eq!(
+            rooms.resume("c", &closed, &after).await,
+            Err(ResumeError::Closed)
+        );
+        assert!(keys(&rooms).is_empty(), "left: {:?}", keys(&rooms));
+    }
+
+    #[test]
+    fn emptied_rooms_are_listed_once_and_as_many_kept_as_asked() {
+        let rooms = Rooms::new()
+            .with_history(History::new())
+            .keep_empty_rooms(2);
+        let conn = connection();
+        for _ in 0..3 {
+            rooms.join("a", &conn);
+            rooms.leave(&"a", conn.id());
+        }
+        assert_eq!(rooms.lock().emptied, ["a"]);
+        for room in ["b", "c"] {
+            rooms.join(room, &conn);
+            rooms.leave(&room, conn.id());
+        }
+        assert_eq!(keys(&rooms), ["b", "c"], "the oldest emptied went");
+    }
+
+    #[test]
+    fn the_histories_of_all_rooms_stay_within_their_budget_emptied_ones_going_first() {
+        let rooms = Rooms::new()
+            .with_history(History::new().max_bytes(100))
+            .max_history_bytes(250);
+        let (one, two, three) = (connection(), connection(), connection());
+        rooms.join("a", &one);
+        rooms.join("b", &two);
+        rooms.join("c", &three);
+        let ten = "0123456789";
+        for room in ["a", "b", "c"] {
+            for _ in 0..10 {
+                rooms.broadcast_to(&room, ten);
+                let _ = rooms.members(&room)[0].core().queue.try_take();
+            }
+        }
+        let budget = rooms.shared.budget.clone();
+        assert!(budget.used() <= 250, "{} kept", budget.used());
+        // "a" empties: past the budget, its history is the first to go.
+        rooms.leave(&"a", one.id());
+        assert_eq!(keys(&rooms), ["a", "b", "c"], "kept while within");
+        for _ in 0..2 {
+            rooms.broadcast_to(&"c", ten);
+        }
+        assert_eq!(keys(&rooms), ["b", "c"]);
+        assert!(budget.used() <= 250, "{} kept", budget.used());
+        drop(rooms);
+        assert_eq!(budget.used(), 0, "every history gave its bytes back");
+    }
+
+    #[tokio::test]
+    async fn a_resume_whose_room_was_evicted_meanwhile_ends_in_the_room_there_now() {
+        let rooms = Rooms::new()
+            .with_history(History::new())
+            .keep_empty_rooms(1);
+        let (old, other) = (connection(), connection());
+        rooms.join("a", &old);
+        rooms.broadcast_to(&"a", "1");
+        let seen = rooms.last_position(&"a").expect("a position");
+        rooms.broadcast_to(&"a", "2");
+        rooms.leave(&"a", old.id());
+        // The client comes back with a queue half full: the replay waits for room.
+        let back = connection();
+        back.send("x").expect("queued");
+        back.send("y").expect("queued");
+        let resume = {
+            let (rooms, back) = (rooms.clone(), back.clone());
+            tokio::spawn(async move { rooms.resume("a", &back, &seen).await })
+        };
+        // The current-thread runtime runs the resume until it waits for room.
+        tokio::task::yield_now().await;
+        assert!(!back.core().is_closed());
+        // Meanwhile "a" is evicted: another room empties, and one is kept.
+        rooms.join("b", &other);
+        rooms.leave(&"b", other.id());
+        assert_eq!(keys(&rooms), ["b"]);
+        while back.core().queue.try_take().is_some() {}
+        let resumed = tokio::time::timeout(std::time::Duration::from_secs(10), resume)
+            .await
+            .expect("the resume ends once the queue has room")
+            .expect("the resume's task");
+        // A room made anew has another history: the client is told, and is in it.
+        assert!(
+            matches!(resumed, Err(ResumeError::OtherEpoch { .. })),
+            "{resumed:?}"
+        );
+        assert!(rooms
+            .room(&"a")
+            .is_some_and(|room| room.contains(back.id())));
     }
 }
