@@ -621,7 +621,7 @@ impl WebSocketCollection {
         if !members.contains(connection.id()) {
             return Some(ResumeStep::Done(Err(ResumeError::Closed)));
         }
-        ring.hold_through(connection.id(), progress.after);
+        ring.hold_through(connection.id(), progress.after, progress.previous);
         drop(ring);
         drop(held);
         Some(ResumeStep::Done(Ok(Resumed {

@@ -393,6 +393,9 @@ pub(crate) struct Ring {
     /// A resume moved the history to a new epoch before any message of it came: the last
     /// position of the old one, for the loss to be told with the next message.
     reset_from: Option<Position>,
+    /// The last message of this history that a resume replayed from a relay, when this
+    /// process has not heard it: the message after it names it as the one before.
+    replayed_last: Option<Position>,
 }
 
 impl Ring {
@@ -411,6 +414,7 @@ impl Ring {
             floor: 0,
             holds: Vec::new(),
             reset_from: None,
+            replayed_last: None,
         }
     }
 
@@ -432,6 +436,7 @@ impl Ring {
         self.last = None;
         self.floor = floor;
         self.holds.clear();
+        self.replayed_last = None;
     }
 
     /// Keeps `bytes` (and the shared budget) true.
@@ -497,7 +502,19 @@ impl Ring {
                 });
             }
         }
-        let previous = self.last;
+        // What a resume replayed may be newer than what this process heard.
+        let previous = match self.replayed_last {
+            // Not there yet (this process lags): kept for the message after it.
+            Some(replayed) if replayed.offset >= position.offset => self.last,
+            Some(replayed) => {
+                self.replayed_last = None;
+                match self.last {
+                    Some(last) if last.offset > replayed.offset => Some(last),
+                    _ => Some(replayed),
+                }
+            }
+            None => self.last,
+        };
         self.last = Some(position);
         self.push(position, message);
         self.evict();
@@ -609,15 +626,29 @@ impl Ring {
     }
 
     /// A resumed connection has from the relay everything up to `position`, which this
-    /// process has not heard yet: live deliveries up to there skip it. A relay in another
-    /// epoch starts the history over there (the loss is told with the next message).
-    pub(crate) fn hold_through(&mut self, connection: ConnectionId, position: Position) {
+    /// process has not heard yet, the last message of it at `replayed`: live deliveries up
+    /// to there skip it, and the next one names `replayed` as the one before. A relay in
+    /// another epoch starts the history over there (the loss is told with the next
+    /// message).
+    pub(crate) fn hold_through(
+        &mut self,
+        connection: ConnectionId,
+        position: Position,
+        replayed: Position,
+    ) {
         if position.epoch != self.epoch {
             let last = self.last;
             self.restart(position.epoch, position.offset);
             self.reset_from = last;
         }
         self.holds.push((connection, position.offset));
+        if replayed.epoch == self.epoch
+            && self
+                .replayed_last
+                .is_none_or(|known| known.offset < replayed.offset)
+        {
+            self.replayed_last = Some(replayed);
+        }
     }
 
     /// The connections a live delivery at `offset` skips; those caught up are let go.
@@ -755,6 +786,37 @@ mod tests {
     }
 
     #[test]
+    fn the_message_after_a_replay_from_the_relay_names_the_last_replayed_one() {
+        let room = History {
+            contiguous: false,
+            ..History::new()
+        };
+        // A process that never heard the room: the relay replayed up to 50, read to 60.
+        let mut ring = Ring::with_epoch(room.clone(), 1);
+        ring.hold_through(
+            ConnectionId::next(),
+            Position::new(9, 60),
+            Position::new(9, 50),
+        );
+        let (tag, _) = ring.append_at(Position::new(9, 70), &text("70"));
+        assert_eq!(tag.previous, Some(Position::new(9, 50)));
+        let (tag, _) = ring.append_at(Position::new(9, 80), &text("80"));
+        assert_eq!(tag.previous, Some(Position::new(9, 70)), "used once");
+        // One that lags: it hears 50 live later, and then names it as usual.
+        let mut ring = Ring::with_epoch(room, 9);
+        ring.append_at(Position::new(9, 40), &text("40"));
+        ring.hold_through(
+            ConnectionId::next(),
+            Position::new(9, 60),
+            Position::new(9, 50),
+        );
+        let (tag, _) = ring.append_at(Position::new(9, 50), &text("50"));
+        assert_eq!(tag.previous, Some(Position::new(9, 40)));
+        let (tag, _) = ring.append_at(Position::new(9, 70), &text("70"));
+        assert_eq!(tag.previous, Some(Position::new(9, 50)));
+    }
+
+    #[test]
     fn a_connection_resumed_from_the_relay_skips_what_it_has_until_this_process_catches_up() {
         // A room's: the offsets between are other rooms'.
         let room = History {
@@ -767,7 +829,7 @@ mod tests {
         assert!(ring.lags_behind(Position::new(9, 50)));
         assert!(!ring.lags_behind(Position::new(9, 40)));
         let id = ConnectionId::next();
-        ring.hold_through(id, Position::new(9, 50));
+        ring.hold_through(id, Position::new(9, 50), Position::new(9, 50));
         let (tag, lost) = ring.append_at(Position::new(9, 50), &text("50"));
         assert_eq!((tag.previous, lost), (Some(Position::new(9, 40)), None));
         assert_eq!(ring.held_at(50), [id]);
