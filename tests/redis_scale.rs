@@ -378,7 +378,11 @@ impl WebSocketHandler for RoomMember {
 }
 
 async fn rooms_node(redis: &RedisServer) -> (RedisBackplane, Rooms<String>, SocketAddr) {
-    let backplane = RedisBackplane::new(config(redis).retention(1_000)).expect("a valid URL");
+    rooms_node_with(config(redis).retention(1_000)).await
+}
+
+async fn rooms_node_with(config: RedisConfig) -> (RedisBackplane, Rooms<String>, SocketAddr) {
+    let backplane = RedisBackplane::new(config).expect("a valid URL");
     let rooms: Rooms<String> =
         Rooms::with_backplane("rooms", backplane.clone()).with_history(History::new());
     let addr = {
@@ -433,4 +437,117 @@ async fn a_quiet_room_keeps_its_history_beside_a_busy_one() {
         );
     }
     assert_eq!(next_text(&mut resumer).await, "resumed 3");
+}
+
+/// Reads `client`'s replay of `room`'s messages `first..end` (texts `PREFIX{n}`), checking
+/// that each names the one before it, then the handler's `resumed N`.
+async fn expect_replay(client: &mut Client, prefix: &str, first: usize, end: usize, after: &str) {
+    let mut previous = after.to_owned();
+    for n in first..end {
+        let text = next_text(client).await;
+        let mut parts = text.splitn(3, ' ');
+        let (position, named, body) = (parts.next(), parts.next(), parts.next());
+        assert_eq!(
+            named,
+            Some(previous.as_str()),
+            "the chain holds at {n}: {text}"
+        );
+        assert_eq!(body, Some(format!("{prefix}{n}").as_str()), "{text}");
+        previous = position.expect("a position").to_owned();
+    }
+    assert_eq!(next_text(client).await, format!("resumed {}", end - first));
+}
+
+/// A client away for 5,000 messages of its room (five times its outbound queue) resumes on
+/// a process that never had the room: it gets all of them from Redis, in order, once, and
+/// then the live ones; it is not closed as a slow consumer.
+#[tokio::test]
+async fn a_resume_of_5_000_messages_from_redis_gets_them_all_then_the_live_ones() {
+    let Some(redis) = RedisServer::start("redis_scale::long_resume").await else {
+        return;
+    };
+    let config = || config(&redis).room_retention(10_000, 64 << 20, Duration::from_secs(600));
+    let (a, rooms, addr) = rooms_node_with(config()).await;
+    let mut watcher = connect(addr, "/?room=long").await;
+    assert_eq!(next_text(&mut watcher).await, "joined");
+    let room = "long".to_owned();
+    let mut first = None;
+    for n in 0..5_001 {
+        rooms.broadcast_to(&room, format!("m{n}"));
+        if n == 0 {
+            let text = next_text(&mut watcher).await;
+            first = text.split(' ').next().map(str::to_owned);
+        }
+    }
+    within("the 5,001 messages to be published", async {
+        while a.stats().published < 5_001 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let first = first.expect("the first message's position");
+    let (_c, rooms_c, addr_c) = rooms_node_with(config()).await;
+    let mut resumer = connect(addr_c, &format!("/?room=long&resume={first}")).await;
+    expect_replay(&mut resumer, "m", 1, 5_001, &first).await;
+    rooms_c.broadcast_to(&room, "live");
+    let text = next_text(&mut resumer).await;
+    assert!(text.ends_with(" live"), "then the live ones: {text}");
+}
+
+/// A stream entry as `XRANGE` answers it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// 10,000 rooms of one `Rooms`, two messages each: a client resuming in any of them on a
+/// process that never had it gets its room's second message, and nothing of the others.
+#[tokio::test]
+async fn each_of_10_000_rooms_keeps_its_own_history() {
+    let Some(redis) = RedisServer::start("redis_scale::many_rooms").await else {
+        return;
+    };
+    let (a, rooms, _addr) = rooms_node(&redis).await;
+    // A thousand at a time: the publish queue holds 10,000.
+    for round in 0..2 {
+        for thousand in 0..10 {
+            for n in thousand * 1_000..(thousand + 1) * 1_000 {
+                rooms.broadcast_to(&format!("r{n}"), format!("r{n} says {round}"));
+            }
+            let published = (round * 10 + thousand + 1) as u64 * 1_000;
+            within("a thousand messages to be published", async {
+                while a.stats().published < published {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        }
+    }
+    assert_eq!(a.stats().dropped, 0);
+    let mut conn = redis.admin().await;
+    for n in [0, 7_777, 9_999] {
+        // The first message of the room, from its own stream in Redis.
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(format!("{{websocket-handler:rooms}}:r:r{n}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE of the room's stream");
+        assert_eq!(entries.len(), 2, "room r{n} keeps its two messages");
+        let (offset, fields) = &entries[0];
+        let epoch = fields
+            .iter()
+            .find(|(name, _)| name == "e")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .expect("each entry names its epoch");
+        let epoch: u64 = epoch.parse().expect("a decimal epoch");
+        let offset = offset.trim_end_matches("-0");
+        let after = format!("{epoch:x}.{offset}");
+        let (_c, _rooms_c, addr_c) = rooms_node(&redis).await;
+        let mut resumer = connect(addr_c, &format!("/?room=r{n}&resume={after}")).await;
+        let text = next_text(&mut resumer).await;
+        assert!(
+            text.ends_with(&format!(" r{n} says 1")),
+            "room r{n}'s own: {text}"
+        );
+        assert_eq!(next_text(&mut resumer).await, "resumed 1");
+    }
 }
