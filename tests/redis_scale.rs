@@ -126,6 +126,35 @@ async fn redis_restarted_from_an_older_snapshot_loses_nothing_after_it() {
     }
 }
 
+/// `FLUSHDB` while both processes stay connected: the next messages reach every listener,
+/// and the reset is counted where it was seen.
+#[tokio::test]
+async fn a_flushed_redis_loses_nothing_after_the_flush() {
+    let Some(redis) = RedisServer::start("redis_scale::flush").await else {
+        return;
+    };
+    let a = node(config(&redis), "flush").await;
+    let b = node(config(&redis), "flush").await;
+    let mut listeners = vec![listener(&a).await, listener(&b).await];
+    for n in 0..100 {
+        a.room.broadcast(format!("first {n}"));
+    }
+    all_get(&mut listeners, "first ", 100).await;
+    let mut conn = redis.admin().await;
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHDB");
+    for n in 0..50 {
+        b.room.broadcast(format!("second {n}"));
+    }
+    all_get(&mut listeners, "second ", 50).await;
+    assert!(
+        a.backplane.stats().history_resets + b.backplane.stats().history_resets >= 1,
+        "the flush was counted"
+    );
+}
+
 /// After a restart: connected again, with the disconnect counted.
 async fn connected_again(backplane: &RedisBackplane) {
     let mut state = backplane.state_changes();

@@ -1050,7 +1050,7 @@ fn jitter(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{jitter, Pending, RedisConfig};
+    use super::{jitter, Pending, Recent, RedisConfig};
     use bytes::Bytes;
     use std::time::Duration;
 
@@ -1078,6 +1078,35 @@ mod tests {
         assert_eq!((pending.items.len(), pending.bytes), (1, 500));
         assert_eq!(pending.take(10).len(), 1);
         assert_eq!(pending.bytes, 0);
+    }
+
+    #[test]
+    fn what_is_kept_to_publish_again_is_bounded_over_all_topics() {
+        let config = RedisConfig::new("redis://127.0.0.1").republish_window(3, 100);
+        let mut recent = Recent::default();
+        let envelope = |len: usize| Bytes::from(vec![0u8; len]);
+        for channel in ["a", "b", "a", "b", "a"] {
+            recent.remember(channel, envelope(10), 7, &config);
+        }
+        assert_eq!((recent.list.len(), recent.bytes), (3, 30), "the newest 3");
+        recent.remember("c", envelope(90), 7, &config);
+        assert_eq!(
+            (recent.list.len(), recent.bytes),
+            (2, 100),
+            "within 100 bytes"
+        );
+        assert!(recent.moved("a", 7).is_empty(), "same epoch: nothing lost");
+        assert_eq!(
+            recent.moved("a", 8).len(),
+            1,
+            "a's one left, to publish again"
+        );
+        assert_eq!(recent.epoch("a"), Some(8));
+        recent.forget("c");
+        assert_eq!(
+            (recent.list.len(), recent.bytes, recent.epoch("c")),
+            (0, 0, None)
+        );
     }
 
     #[test]
