@@ -122,8 +122,8 @@ impl RedisConfig {
 
     /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
     /// message is always kept), the other bound of the [`retention`](Self::retention).
-    /// Redis spends about 70 bytes more per message than its payload. Default 16 MiB; at
-    /// least 1.
+    /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
+    /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
     pub fn retention_bytes(mut self, bytes: usize) -> Self {
         self.retention_bytes = bytes.max(1);
         self
@@ -134,7 +134,8 @@ impl RedisConfig {
     /// `messages`, within `bytes` (the newest always kept), for `ttl` after its last
     /// message. A room's history is its own: a busy room does not push a quiet one's out,
     /// and a resume reads only its room's messages. It costs Redis a second copy of every
-    /// room's recent messages. Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
+    /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
+    /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
     /// none (resumes then read the topic's stream, shared by all its rooms).
     pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
         self.room_retention = messages;
@@ -203,7 +204,9 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 pub struct RedisStats {
     /// Messages published to Redis.
     pub published: u64,
-    /// Messages from other processes delivered to local collections.
+    /// Messages handed to a local collection or `Rooms` (once per collection): from
+    /// other processes, and in lossless mode this process's own too, as they come back.
+    /// A message for a room with no member here counts; nothing reaches a connection then.
     pub delivered: u64,
     /// Messages dropped before publishing because more than `max_pending` were waiting.
     pub dropped: u64,
