@@ -5,9 +5,15 @@
 mod common;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use websocket_handler::{WebSocketCollection, WebSocketServer};
+
+use tokio::sync::Barrier;
+use websocket_handler::{
+    async_trait, Connection, History, Position, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
+};
 
 use common::{connect, masked_frame, next_text, read_frame, serve, within, EchoRoom};
 
@@ -26,6 +32,11 @@ async fn room_server(server: WebSocketServer) -> (std::net::SocketAddr, WebSocke
 
 /// A raw client that offered `offer` (none if empty): its socket and the 101's headers.
 async fn raw(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String) {
+    raw_to(addr, "/", offer).await
+}
+
+/// [`raw`] for the request target `path`.
+async fn raw_to(addr: std::net::SocketAddr, path: &str, offer: &str) -> (TcpStream, String) {
     let mut stream = within("a TCP connection", TcpStream::connect(addr))
         .await
         .expect("connect");
@@ -35,7 +46,7 @@ async fn raw(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String) {
         format!("Sec-WebSocket-Extensions: {offer}\r\n")
     };
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          {extension}\r\n"
     );
@@ -260,4 +271,78 @@ async fn without_permessage_deflate_the_offer_is_ignored_and_rsv1_is_refused() {
     let (_, opcode, payload) = read_frame(&mut stream).await;
     assert_eq!(opcode, 8, "a close frame");
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+}
+
+/// Resumes from `?after=POSITION` once every client of `together` has come, then says
+/// `resumed N`.
+struct Resumer {
+    room: WebSocketCollection,
+    after: Position,
+    together: Arc<Barrier>,
+}
+
+#[async_trait]
+impl WebSocketHandler for Resumer {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.together.wait().await;
+        let resumed = self.room.resume(conn, &self.after).await.expect("resumed");
+        let _ = conn.send(format!("resumed {}", resumed.replayed));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resuming_together_share_each_replayed_messages_compression() {
+    const MISSED: usize = 600;
+    const CLIENTS: usize = 4;
+    // A small queue: each replay goes out in many small steps, side by side.
+    let server = WebSocketServer::builder()
+        .permessage_deflate(true)
+        .outbound_queue_capacity(32)
+        .build();
+    let metrics = server.metrics().clone();
+    let room = WebSocketCollection::new()
+        .with_history(History::new().max_messages(10_000).max_bytes(16 << 20));
+    room.broadcast("first");
+    let first = room.last_position().expect("a position");
+    let texts: Vec<String> = (0..MISSED)
+        .map(|n| format!("{n} {}", json_like(2048)))
+        .collect();
+    for text in &texts {
+        room.broadcast(text.clone());
+    }
+    let together = Arc::new(Barrier::new(CLIENTS));
+    let shared = room.clone();
+    let addr = common::serve(server, move |_| Resumer {
+        room: shared.clone(),
+        after: first,
+        together: together.clone(),
+    })
+    .await;
+
+    let before = metrics.snapshot();
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut stream, head) = raw_to(addr, &format!("/?after={first}"), CHROME).await;
+        assert!(extensions(&head).is_some(), "permessage-deflate accepted");
+        let texts = texts.clone();
+        readers.push(tokio::spawn(async move {
+            for text in &texts {
+                let (line, compressed) = read_text(&mut stream).await;
+                let (_position, rest) = line.split_once(' ').expect("tagged");
+                let (_previous, got) = rest.split_once(' ').expect("tagged");
+                assert_eq!(got, text, "replayed in order");
+                assert!(compressed, "a long replayed message comes compressed");
+            }
+            let (line, _) = read_text(&mut stream).await;
+            assert_eq!(line, format!("resumed {MISSED}"));
+        }));
+    }
+    for reader in readers {
+        within("every replay", reader).await.expect("a reader");
+    }
+    let compressed = metrics.snapshot().messages_compressed - before.messages_compressed;
+    assert_eq!(
+        compressed, MISSED as u64,
+        "each replayed message compressed once for the {CLIENTS} resumes, not once each"
+    );
 }

@@ -12,6 +12,7 @@ use crate::engine::queue::{Pushed, Rejected};
 use crate::engine::sync::lock;
 use crate::fanout::history::{tag_safely, History, Position, ResumeError, Resumed, Ring, Tag};
 use crate::fanout::relay::Relay;
+use crate::fanout::replay_frames::{ReplayFrames, Replaying};
 use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
 
@@ -62,7 +63,13 @@ pub(crate) struct Members {
     /// history or live, never both and never neither.
     /// Boxed: most collections (a user's tabs) keep none, and this is what each of them
     /// pays for the option.
-    history: OnceBox<Mutex<Ring>>,
+    history: OnceBox<Kept>,
+}
+
+/// A collection's history, and the frames its resumes share.
+struct Kept {
+    ring: Mutex<Ring>,
+    replays: ReplayFrames,
 }
 
 /// What [`Members::on_empty`] calls.
@@ -243,7 +250,7 @@ impl Members {
         let Some(history) = self.history.get() else {
             return self.deliver(&message, None, include);
         };
-        let mut ring = lock(history);
+        let mut ring = lock(&history.ring);
         let (tag, lost, held) = match position {
             Some(position) => {
                 let (tag, lost) = ring.append_at(position, &message);
@@ -464,6 +471,7 @@ impl WebSocketCollection {
             return ResumeStep::Done(Err(ResumeError::NoHistory));
         };
         let core = connection.core();
+        let replaying = history.replays.enter();
         let mut rounds = 0;
         // The relay had nothing newer than `progress.after` when last asked, and whether
         // that last page brought anything.
@@ -473,12 +481,12 @@ impl WebSocketCollection {
             if !core.is_open() {
                 return ResumeStep::Done(Err(ResumeError::Closed));
             }
-            let local = lock(history).after_at_most(progress.after, REPLAY_CHUNK);
+            let local = lock(&history.ring).after_at_most(progress.after, REPLAY_CHUNK);
             let error = match local {
                 Ok((_, remaining))
                     if remaining <= FINISH_UNDER_LOCK_MAX || rounds >= ROUNDS_MAX =>
                 {
-                    match self.finish_resume(connection, &mut progress, still_here) {
+                    match self.finish_resume(connection, &replaying, &mut progress, still_here) {
                         Finish::Done(result) => return ResumeStep::Done(result),
                         Finish::Moved => return ResumeStep::Moved(progress),
                         Finish::NoRoom => {
@@ -491,8 +499,8 @@ impl WebSocketCollection {
                     continue;
                 }
                 Ok((chunk, _)) => {
-                    let tag = lock(history).tag();
-                    if let Err(error) = replay(core, tag, &mut progress, chunk).await {
+                    let tag = lock(&history.ring).tag();
+                    if let Err(error) = replay(core, tag, &replaying, &mut progress, chunk).await {
                         return ResumeStep::Done(Err(error));
                     }
                     rounds += 1;
@@ -524,8 +532,8 @@ impl WebSocketCollection {
                 .into_iter()
                 .filter(|(position, _)| position.offset() > before.offset())
                 .collect();
-            let tag = lock(history).tag();
-            if let Err(error) = replay(core, tag, &mut progress, messages).await {
+            let tag = lock(&history.ring).tag();
+            if let Err(error) = replay(core, tag, &replaying, &mut progress, messages).await {
                 return ResumeStep::Done(Err(error));
             }
             if page.through.epoch() == progress.after.epoch()
@@ -543,6 +551,7 @@ impl WebSocketCollection {
     fn finish_resume(
         &self,
         connection: &Connection,
+        replaying: &Replaying<'_>,
         progress: &mut ResumeProgress,
         still_here: &StillHere<'_>,
     ) -> Finish {
@@ -554,7 +563,7 @@ impl WebSocketCollection {
         let Some(held) = still_here() else {
             return Finish::Moved;
         };
-        let mut ring = lock(history);
+        let mut ring = lock(&history.ring);
         let rest = match ring.after_at_most(progress.after, usize::MAX) {
             Ok((rest, _)) => rest,
             // Evicted since it was looked at: the caller looks again.
@@ -568,7 +577,7 @@ impl WebSocketCollection {
                 result = Err(Finish::NoRoom);
                 break;
             }
-            match queue_tagged(core, tag, progress, position, &message) {
+            match queue_tagged(core, tag, replaying, progress, position, &message) {
                 Ok(Some(pushed)) => must_flush |= pushed == Pushed::MustFlush,
                 Ok(None) => {
                     result = Err(Finish::NoRoom);
@@ -613,7 +622,7 @@ impl WebSocketCollection {
         let Some(held) = still_here() else {
             return Some(ResumeStep::Moved(*progress));
         };
-        let mut ring = lock(history);
+        let mut ring = lock(&history.ring);
         if !ring.lags_behind(progress.after) {
             return None;
         }
@@ -649,17 +658,17 @@ impl WebSocketCollection {
     /// This collection, keeping `history` of its broadcasts (see [`History`]). Call it
     /// before sharing the collection: clones made before do not get it.
     pub fn with_history(self, history: History) -> Self {
-        let _ = self
-            .members
-            .history
-            .set(Box::new(Mutex::new(Ring::new(history))));
+        let _ = self.members.history.set(Box::new(Kept {
+            ring: Mutex::new(Ring::new(history)),
+            replays: ReplayFrames::default(),
+        }));
         self
     }
 
     /// Drops the history's oldest messages while the budget it shares is over.
     pub(crate) fn trim_history_to_budget(&self) {
         if let Some(history) = self.members.history.get() {
-            lock(history).trim_to_budget();
+            lock(&history.ring).trim_to_budget();
         }
     }
 
@@ -669,7 +678,7 @@ impl WebSocketCollection {
         self.members
             .history
             .get()
-            .and_then(|ring| lock(ring).last())
+            .and_then(|history| lock(&history.ring).last())
     }
 
     /// Removes a connection; returns it if it was in the collection.
@@ -854,6 +863,7 @@ fn has_room(core: &Core, len: usize) -> bool {
 fn queue_tagged(
     core: &Core,
     tag: crate::fanout::history::TagFn,
+    replaying: &Replaying<'_>,
     progress: &mut ResumeProgress,
     position: Position,
     message: &Message,
@@ -867,7 +877,8 @@ fn queue_tagged(
         message,
     );
     // Not `send_frame`: a replay never meets the slow-consumer policy.
-    let pushed = match core.queue.push_data(core.frame_for(tagged)) {
+    let frame = replaying.frame(core, position, progress.previous, tagged);
+    let pushed = match core.queue.push_data(frame) {
         Ok(pushed) => pushed,
         Err(Rejected::Full { .. }) => return Ok(None),
         Err(Rejected::Stopped) => return Err(ResumeError::Closed),
@@ -893,6 +904,7 @@ async fn wait_for_room(core: &Core) -> Result<(), ResumeError> {
 async fn replay(
     core: &Core,
     tag: crate::fanout::history::TagFn,
+    replaying: &Replaying<'_>,
     progress: &mut ResumeProgress,
     messages: Vec<(Position, Message)>,
 ) -> Result<(), ResumeError> {
@@ -900,7 +912,9 @@ async fn replay(
     for (position, message) in messages {
         loop {
             if has_room(core, message.len()) {
-                if let Some(pushed) = queue_tagged(core, tag, progress, position, &message)? {
+                if let Some(pushed) =
+                    queue_tagged(core, tag, replaying, progress, position, &message)?
+                {
                     must_flush |= pushed == Pushed::MustFlush;
                     break;
                 }

@@ -8,4 +8,5 @@
 pub(crate) mod collection;
 pub(crate) mod history;
 pub(crate) mod relay;
+pub(crate) mod replay_frames;
 pub(crate) mod rooms;
