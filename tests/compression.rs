@@ -346,3 +346,146 @@ async fn clients_resuming_together_share_each_replayed_messages_compression() {
         "each replayed message compressed once for the {CLIENTS} resumes, not once each"
     );
 }
+
+/// Joins the room and hands its connection to the test.
+struct Handed {
+    room: WebSocketCollection,
+    connections: std::sync::mpsc::Sender<Connection>,
+}
+
+#[async_trait]
+impl WebSocketHandler for Handed {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.room.add(conn.clone());
+        let _ = self.connections.send(conn.clone());
+    }
+}
+
+/// Reads and drops every frame until the socket ends.
+fn drain(mut stream: TcpStream) {
+    tokio::spawn(async move {
+        let mut buffer = vec![0; 1 << 16];
+        while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_compressed_broadcast_does_not_hold_up_joins_and_leaves() {
+    const BROADCASTS: usize = 3;
+    let server = WebSocketServer::builder()
+        .permessage_deflate(true)
+        .max_message_size(64 << 20)
+        .build();
+    let metrics = server.metrics().clone();
+    // With a history: its lock is held while a broadcast is delivered, too.
+    let room = WebSocketCollection::new().with_history(History::new().max_bytes(64 << 20));
+    let (connections, handed) = std::sync::mpsc::channel();
+    let shared = room.clone();
+    let addr = common::serve(server, move |_| Handed {
+        room: shared.clone(),
+        connections: connections.clone(),
+    })
+    .await;
+    // One member stays; the other leaves and joins again and again.
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = raw(addr, CHROME).await;
+        assert!(extensions(&head).is_some(), "permessage-deflate accepted");
+        drain(stream);
+        let connection = within("the connection", async {
+            loop {
+                if let Ok(connection) = handed.try_recv() {
+                    break connection;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        members.push(connection);
+    }
+    let mover = members.pop().expect("two members");
+
+    let text = json_like(1 << 20);
+    let before = metrics.snapshot();
+    let broadcasting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let joins = {
+        let (room, broadcasting) = (room.clone(), broadcasting.clone());
+        std::thread::spawn(move || {
+            let mut longest = std::time::Duration::ZERO;
+            let mut count = 0;
+            while broadcasting.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                room.remove(mover.id());
+                room.add(mover.clone());
+                longest = longest.max(started.elapsed());
+                count += 1;
+            }
+            (longest, count)
+        })
+    };
+    let room_for_broadcasts = room.clone();
+    let shortest_broadcast = tokio::task::spawn_blocking(move || {
+        (0..BROADCASTS)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                room_for_broadcasts.broadcast(text.clone());
+                started.elapsed()
+            })
+            .min()
+            .expect("broadcasts")
+    })
+    .await
+    .expect("the broadcasts");
+    broadcasting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (longest_join, joins) = joins.join().expect("the joins");
+    let compressed = metrics.snapshot().messages_compressed - before.messages_compressed;
+    assert!(
+        compressed >= BROADCASTS as u64,
+        "every broadcast was compressed ({compressed})"
+    );
+    assert!(joins > 0, "members joined during the broadcasts");
+    assert!(
+        longest_join * 2 < shortest_broadcast,
+        "a leave and join took up to {longest_join:?} while a compressing broadcast took \
+         {shortest_broadcast:?}: held behind the compression"
+    );
+}
+
+/// Closes the connection, then tries to send a long message: says how that went.
+struct SendsAfterClose {
+    text: String,
+}
+
+#[async_trait]
+impl WebSocketHandler for SendsAfterClose {
+    async fn on_open(&mut self, conn: &Connection) {
+        let _ = conn.send(self.text.clone());
+        conn.close(websocket_handler::CloseCode::NORMAL, "bye")
+            .expect("a close");
+        assert_eq!(
+            conn.send(self.text.clone()),
+            Err(websocket_handler::SendError::Closed)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_send_on_a_closing_connection_is_refused_before_it_is_compressed() {
+    let server = WebSocketServer::builder().permessage_deflate(true).build();
+    let metrics = server.metrics().clone();
+    let text = json_like(64 << 10);
+    let shared = text.clone();
+    let addr = common::serve(server, move |_| SendsAfterClose {
+        text: shared.clone(),
+    })
+    .await;
+    let (mut stream, _) = raw(addr, CHROME).await;
+    assert_eq!(read_text(&mut stream).await, (text, true));
+    let (_, opcode, _) = read_frame(&mut stream).await;
+    assert_eq!(opcode, 8, "then the close");
+    assert_eq!(
+        metrics.snapshot().messages_compressed,
+        1,
+        "the message sent before the close, and not the one after"
+    );
+}

@@ -148,6 +148,10 @@ impl Connection {
     /// [`SendError::QueueFull`] when the peer is too far behind.
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let core = &self.inner.core;
+        if !core.is_open() {
+            // Before compressing it for nothing.
+            return Err(SendError::Closed);
+        }
         let pushed = core.send_frame(core.frame_for(message.into()))?;
         core.after_push(pushed);
         Ok(())

@@ -67,6 +67,26 @@ impl Deflate {
         self.bits != 0
     }
 
+    /// Whether messages to the client may go compressed (at or above the threshold).
+    pub(crate) fn compresses(self) -> bool {
+        self.bits > 1
+    }
+
+    /// The four bytes as one word, for a collection to remember in an atomic.
+    pub(crate) fn pack(self) -> u32 {
+        u32::from(self.bits) | u32::from(self.level) << 8 | u32::from(self.threshold) << 16
+    }
+
+    /// The inverse of [`pack`](Self::pack).
+    pub(crate) fn unpack(word: u32) -> Self {
+        let [bits, level, low, high] = word.to_le_bytes();
+        Deflate {
+            bits,
+            level,
+            threshold: u16::from_le_bytes([low, high]),
+        }
+    }
+
     /// The window bits and level to compress a message of `len` bytes with, if it is to
     /// be compressed.
     pub(crate) fn for_len(self, len: usize) -> Option<(u8, u32)> {

@@ -10,10 +10,10 @@ use crate::engine::flush::{flush_all, HasCore};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::{Pushed, Rejected};
 use crate::engine::sync::lock;
+use crate::fanout::frames::{CompressAs, Frames, Needs};
 use crate::fanout::history::{tag_safely, History, Position, ResumeError, Resumed, Ring, Tag};
 use crate::fanout::relay::Relay;
 use crate::fanout::replay_frames::{ReplayFrames, Replaying};
-use crate::protocol::frame::Frame;
 use crate::protocol::message::Message;
 
 /// A cheap, cloneable, thread-safe set of connections, for broadcasting to all of them.
@@ -64,6 +64,8 @@ pub(crate) struct Members {
     /// Boxed: most collections (a user's tabs) keep none, and this is what each of them
     /// pays for the option.
     history: OnceBox<Kept>,
+    /// What members need compressed, so that a broadcast compresses before any lock.
+    compress_as: CompressAs,
 }
 
 /// A collection's history, and the frames its resumes share.
@@ -139,6 +141,7 @@ impl Default for Members {
             sharded: OnceBox::new(),
             on_empty: OnceLock::new(),
             history: OnceBox::new(),
+            compress_as: CompressAs::default(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl Members {
     }
 
     fn insert(&self, connection: Connection, tagged: bool) -> bool {
+        self.compress_as.joined(connection.core().deflate, tagged);
         match self.layout() {
             Layout::Sharded(shards) => {
                 write(shard_of(shards, connection.id())).insert(connection, tagged)
@@ -241,15 +245,28 @@ impl Members {
     }
 
     /// Like [`broadcast`](Self::broadcast), at `position` (a backplane's) if given.
+    ///
+    /// The frames are made before any lock: with a history, for the tag the message will
+    /// most likely get; made again under the history's lock only if another broadcast
+    /// took that position meanwhile.
     pub(crate) fn broadcast_at(
         &self,
         position: Option<Position>,
         message: Message,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
+        let mut plain = Frames::new(message.clone(), self.compress_as.get(false));
         let Some(history) = self.history.get() else {
-            return self.deliver(&message, None, include);
+            return self.deliver(&mut plain, None, include);
         };
+        let (tag_fn, likely) = {
+            let ring = lock(&history.ring);
+            (ring.tag(), ring.likely_tag(position))
+        };
+        let likely = likely.map(|tag| {
+            let tagged = tag_safely(tag_fn, &tag, &message);
+            (tag, Frames::new(tagged, self.compress_as.get(true)))
+        });
         let mut ring = lock(&history.ring);
         let (tag, lost, held) = match position {
             Some(position) => {
@@ -260,70 +277,61 @@ impl Members {
         };
         if let Some(notice) = lost.as_ref().and_then(|lost| ring.notice(lost)) {
             // Before the message, to tagged and untagged members alike, as it is.
-            self.deliver(&notice, Some(&notice), &include);
+            let mut notice = Frames::new(notice, self.compress_as.get(false));
+            self.deliver(&mut notice, None, &include);
         }
-        let tagged = tag_safely(ring.tag(), &tag, &message);
+        let mut tagged = match likely {
+            Some((likely, frames)) if likely == tag => frames,
+            _ => Frames::new(
+                tag_safely(tag_fn, &tag, &message),
+                self.compress_as.get(true),
+            ),
+        };
         if held.is_empty() {
-            self.deliver(&message, Some(&tagged), include)
+            self.deliver(&mut plain, Some(&mut tagged), include)
         } else {
             // A resumed connection already has it: replayed from the relay before this
             // process got it.
-            self.deliver(&message, Some(&tagged), |id| {
+            self.deliver(&mut plain, Some(&mut tagged), |id| {
                 include(id) && !held.contains(&id)
             })
         }
     }
 
-    /// Queues `plain` (and `tagged` to the tagged members) to the members `include` accepts.
+    /// Queues `plain` (and `tagged` to the tagged members) to the members `include`
+    /// accepts; returns to how many.
     fn deliver(
         &self,
-        plain: &Message,
-        tagged: Option<&Message>,
+        plain: &mut Frames,
+        mut tagged: Option<&mut Frames>,
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
-        // Compressed (permessage-deflate) once per broadcast for every window size members
-        // agreed, when the first such member comes: never per client.
-        let mut deflated = Deflated::new(plain);
-        let mut deflated_tagged = tagged.map(Deflated::new);
-        let plain = Frame::from_message(plain.clone());
-        let tagged = tagged.map(|tagged| Frame::from_message(tagged.clone()));
-        let copy = |frame: &Frame| {
-            if frame.payload().len() <= COPY_PER_SHARD_MAX {
-                frame.fresh_copy()
-            } else {
-                frame.clone()
-            }
-        };
         let mut queued = 0;
         let mut to_flush = Vec::new();
+        let mut needs = Needs::new(&self.compress_as);
         self.each_part(|shard| {
             if shard.list.is_empty() {
                 return;
             }
-            let local = copy(&plain);
-            let local_tagged = tagged
-                .as_ref()
-                .filter(|_| shard.list.iter().any(|member| member.tagged))
-                .map(copy);
-            // This shard's copies of the compressed frames, by window size, as for `local`.
-            let mut local_deflated: [Option<Frame>; 16] = Default::default();
+            let mut local = plain.for_shard();
+            let mut local_tagged = match tagged.as_deref() {
+                Some(tagged) if shard.list.iter().any(|member| member.tagged) => {
+                    Some(tagged.for_shard())
+                }
+                _ => None,
+            };
             for member in shard.list.iter().filter(|member| include(member.id)) {
                 let connection = &member.connection;
                 let core = connection.core();
-                let frame = match (&local_tagged, member.tagged) {
-                    (Some(tagged), true) => match deflated_tagged.as_mut() {
-                        Some(deflated) => deflated.frame(core, tagged),
-                        None => tagged.clone(),
-                    },
-                    _ => match core.deflate.for_len(deflated.message.len()) {
-                        Some((bits, _)) => match local_deflated.get_mut(usize::from(bits)) {
-                            Some(slot) => slot
-                                .get_or_insert_with(|| copy(&deflated.frame(core, &local)))
-                                .clone(),
-                            None => deflated.frame(core, &local),
-                        },
-                        None => local.clone(),
-                    },
+                let frame = match (tagged.as_deref_mut(), local_tagged.as_mut()) {
+                    (Some(tagged), Some(local_tagged)) if member.tagged => {
+                        needs.note(core, true);
+                        tagged.frame(local_tagged, core)
+                    }
+                    _ => {
+                        needs.note(core, false);
+                        plain.frame(&mut local, core)
+                    }
                 };
                 match core.send_frame(frame) {
                     Ok(Pushed::MustFlush) => {
@@ -335,6 +343,7 @@ impl Members {
                 }
             }
         });
+        needs.remember(&self.compress_as);
         flush_all(to_flush);
         queued
     }
@@ -989,49 +998,6 @@ impl WebSocketCollection {
     }
 }
 
-/// One broadcast's compressed frames, made on first need, one for each window size (9 to
-/// 15 bits) that members agreed.
-struct Deflated<'a> {
-    message: &'a Message,
-    frames: [Option<Frame>; 16],
-}
-
-impl<'a> Deflated<'a> {
-    fn new(message: &'a Message) -> Self {
-        Deflated {
-            message,
-            frames: Default::default(),
-        }
-    }
-
-    /// The frame for the member whose state is `core`: `plain` unless it agreed to get
-    /// the message compressed.
-    fn frame(&mut self, core: &Core, plain: &Frame) -> Frame {
-        let Some((bits, level)) = core.deflate.for_len(self.message.len()) else {
-            return plain.clone();
-        };
-        let Some(slot) = self.frames.get_mut(usize::from(bits)) else {
-            return plain.clone();
-        };
-        let message = self.message;
-        slot.get_or_insert_with(|| match Frame::deflated(message, level, bits) {
-            Some(frame) => {
-                core.metrics
-                    .compressed(message.len(), frame.payload().len());
-                frame
-            }
-            None => plain.clone(),
-        })
-        .clone()
-    }
-}
-
-/// Small payloads get one copy per shard. Every queued message holds a reference count on
-/// its payload, and writers on different cores dropping one shared count make its cache
-/// line bounce between cores: profiled, that was a tenth of the server's CPU time at 1,000
-/// clients. A copy per shard costs a few small allocations per broadcast instead.
-const COPY_PER_SHARD_MAX: usize = 4096;
-
 impl std::fmt::Debug for WebSocketCollection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocketCollection")
@@ -1043,11 +1009,12 @@ impl std::fmt::Debug for WebSocketCollection {
 
 #[cfg(test)]
 mod tests {
-    use super::{WebSocketCollection, COPY_PER_SHARD_MAX, SHARDS, SMALL_MAX};
+    use super::{WebSocketCollection, SHARDS, SMALL_MAX};
     use crate::connection::{Connection, RequestParts};
     use crate::engine::flush::HasCore;
     use crate::engine::queue::Outbound;
     use crate::engine::settings::{Settings, SlowConsumer};
+    use crate::fanout::frames::COPY_PER_SHARD_MAX;
     use crate::fanout::history::{History, Lost, LostKind, Position, Tag};
     use crate::protocol::message::Message;
     use bytes::Bytes;

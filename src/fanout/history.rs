@@ -422,6 +422,37 @@ impl Ring {
         self.last
     }
 
+    /// The tag the next message will get from [`append`](Self::append) (`position`
+    /// `None`) or [`append_at`](Self::append_at), in the usual case: so that its frames
+    /// can be made before the lock is taken again. `None` when that is not simple to say
+    /// (a new epoch, a loss, a resume's replay in between).
+    pub(crate) fn likely_tag(&self, position: Option<Position>) -> Option<Tag> {
+        if self.reset_from.is_some() || self.replayed_last.is_some() {
+            return None;
+        }
+        Some(match (position, self.last) {
+            (None, last) => Tag {
+                position: Position::new(self.epoch, last.map_or(1, |last| last.offset + 1)),
+                previous: last,
+            },
+            // Offsets other rooms of the topic took are skipped.
+            (Some(position), Some(last))
+                if position.epoch == self.epoch && position.offset > last.offset =>
+            {
+                Tag {
+                    position,
+                    previous: Some(last),
+                }
+            }
+            // The first message, or the first of a new epoch: nothing before it is known.
+            (Some(position), last) if last.is_none() || position.epoch != self.epoch => Tag {
+                position,
+                previous: None,
+            },
+            _ => return None,
+        })
+    }
+
     /// Remembers `message` with the next offset of this history; returns its tag.
     pub(crate) fn append(&mut self, message: &Message) -> Tag {
         let offset = self.last.map_or(1, |last| last.offset + 1);
@@ -703,6 +734,31 @@ mod tests {
 
     fn text(t: &str) -> Message {
         Message::from(t.to_owned())
+    }
+
+    #[test]
+    fn the_likely_tag_is_the_tag_the_message_gets_when_it_is_given() {
+        let mut ring = Ring::with_epoch(History::new(), 7);
+        let m = text("m");
+        for _ in 0..3 {
+            let likely = ring.likely_tag(None).expect("a local append is simple");
+            assert_eq!(ring.append(&m), likely);
+        }
+        // A backplane's positions: the first one, gaps other rooms took, a duplicate, a
+        // new epoch.
+        let mut ring = Ring::with_epoch(History::new(), 7);
+        let positions = [(9, 5), (9, 6), (9, 10), (9, 10), (9, 8), (12, 3), (12, 4)];
+        let mut predicted = 0;
+        for (epoch, offset) in positions {
+            let position = Position::new(epoch, offset);
+            let likely = ring.likely_tag(Some(position));
+            let (tag, _) = ring.append_at(position, &m);
+            if let Some(likely) = likely {
+                assert_eq!(tag, likely, "at {position}");
+                predicted += 1;
+            }
+        }
+        assert_eq!(predicted, 5, "all but the duplicate and the older one");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! it. This layer knows connections and the engine, never a particular backplane or HTTP.
 
 pub(crate) mod collection;
+pub(crate) mod frames;
 pub(crate) mod history;
 pub(crate) mod relay;
 pub(crate) mod replay_frames;

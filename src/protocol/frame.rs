@@ -65,15 +65,20 @@ impl Frame {
     }
 
     /// The frame for a text or binary message compressed with permessage-deflate (RSV1
-    /// set), at zlib `level` with a window of `bits`; `None` if compressing failed (the
-    /// message then goes plain). One compressed frame serves every client that agreed the
-    /// same window: no context is taken over from one message to the next.
+    /// set), at zlib `level` with a window of `bits`; `None` if compressing failed or did
+    /// not make it smaller (the message then goes plain). One compressed frame serves every
+    /// client that agreed the same window: no context is taken over from one message to
+    /// the next.
     pub(crate) fn deflated(message: &Message, level: u32, bits: u8) -> Option<Self> {
         let code = match message {
             Message::Text(_) => opcode::TEXT,
             Message::Binary(_) => opcode::BINARY,
         };
         let compressed = deflate::compress(message.as_bytes(), level, bits).ok()?;
+        if compressed.len() >= message.len() {
+            // Already compressed, or random: the plain frame is the smaller.
+            return None;
+        }
         let mut frame = Frame::new(code, compressed.into());
         frame.header[0] |= RSV1;
         Some(frame)
@@ -129,5 +134,24 @@ mod tests {
         };
         assert_eq!(Frame::close(&close).header(), [0x88, 5]);
         assert_eq!(&Frame::close(&close).payload()[..], b"\x03\xe8bye");
+    }
+
+    #[test]
+    fn a_message_that_compression_does_not_shrink_goes_plain() {
+        use crate::protocol::message::Message;
+        let text = Message::from("hello hello hello hello hello hello hello hello".repeat(20));
+        let frame = Frame::deflated(&text, 6, 15).expect("repetitive text shrinks");
+        assert!(frame.payload().len() < text.len());
+        // Bytes with no redundancy (a xorshift sequence) come out of deflate a little larger.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(Frame::deflated(&Message::Binary(noise.into()), 6, 15).is_none());
     }
 }
