@@ -225,6 +225,7 @@
 //! limit (503) and subprotocols. A handler that panics closes only its own connection
 //! (1011), and [`WebSocketServer::close_all`] closes every connection gracefully (1001).
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 // The layers, from the bottom up: each may use those above it in this list, never those
 // below (ARCHITECTURE.md; `tests/layering.rs` checks it).

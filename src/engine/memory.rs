@@ -81,6 +81,7 @@ pub(crate) fn freed(bytes: usize) {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
 fn trim() {
     // SAFETY: malloc_trim only walks and releases glibc's own free lists; it is thread-safe.
     unsafe {

@@ -564,7 +564,10 @@ impl Decoder {
                     }
                 } else if msg.text {
                     msg.utf8.finish().map_err(|_| DecodeError::InvalidUtf8)?;
-                    Item::Message(Message::Text(Utf8Bytes::from_validated(payload)))
+                    // SAFETY: `finish` has just checked the whole payload is UTF-8.
+                    #[allow(unsafe_code)]
+                    let text = unsafe { Utf8Bytes::from_validated(payload) };
+                    Item::Message(Message::Text(text))
                 } else {
                     Item::Message(Message::Binary(payload))
                 }
@@ -874,9 +877,7 @@ mod tests {
     }
 
     fn text(s: &str) -> Result<Item, DecodeError> {
-        Ok(Item::Message(Message::Text(Utf8Bytes::from_validated(
-            Bytes::copy_from_slice(s.as_bytes()),
-        ))))
+        Ok(Item::Message(Message::from(s.to_owned())))
     }
 
     fn binary(b: &[u8]) -> Result<Item, DecodeError> {

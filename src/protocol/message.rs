@@ -30,15 +30,21 @@ impl Utf8Bytes {
     }
 
     /// The text.
+    #[allow(unsafe_code)]
     pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor checks or is given valid UTF-8 (see `from_validated`),
-        // and the bytes are immutable.
+        // SAFETY: every constructor checks its bytes are UTF-8, or is `unsafe` and
+        // requires it (`from_validated`); the bytes are immutable.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
     /// Wraps bytes the caller has already validated as UTF-8, without checking again: the
     /// read path validates text once, as it arrives.
-    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be valid UTF-8: [`as_str`](Self::as_str) relies on it.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn from_validated(bytes: Bytes) -> Self {
         debug_assert!(std::str::from_utf8(&bytes).is_ok());
         Utf8Bytes(bytes)
     }
