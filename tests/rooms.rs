@@ -246,3 +246,59 @@ async fn rooms_on_a_backplane_span_servers() {
     assert_eq!(ask(&mut cat, "count blue").await, "count blue: 1");
     assert_eq!(ask(&mut bob, "count red").await, "count red: 1");
 }
+
+/// A room key whose `Hash` panics for room 1 once `PANICKY` is set: user code that runs when
+/// a closed connection leaves its rooms.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Key(u32);
+
+static PANICKY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 1 && PANICKY.load(std::sync::atomic::Ordering::Relaxed) {
+            panic!("a room key that panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+/// Joins rooms 1 and 2 and hands its connection to the test.
+struct JoinsTwo {
+    rooms: Rooms<Key>,
+    connections: mpsc::UnboundedSender<Connection>,
+}
+
+#[async_trait]
+impl WebSocketHandler for JoinsTwo {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.rooms.join(Key(1), conn);
+        self.rooms.join(Key(2), conn);
+        let _ = self.connections.send(conn.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_room_key_that_panics_while_a_connection_leaves_does_not_hang_closed() {
+    let rooms = Rooms::new();
+    let (connections, mut handed) = mpsc::unbounded_channel();
+    let shared = rooms.clone();
+    let addr = common::serve(WebSocketServer::new(), move |_| JoinsTwo {
+        rooms: shared.clone(),
+        connections: connections.clone(),
+    })
+    .await;
+    let client = connect(addr, "/").await;
+    let conn = within("the connection", handed.recv())
+        .await
+        .expect("a connection");
+    assert_eq!(rooms.count(&Key(2)), 1);
+    PANICKY.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(client);
+    within("closed() after a panic in the room key's Hash", conn.closed()).await;
+    assert_eq!(
+        rooms.count(&Key(2)),
+        0,
+        "it left the other room all the same"
+    );
+}

@@ -10,6 +10,7 @@ use request::{KeptAddr, KeptHeaders, KeptUri};
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 
 use http::{HeaderMap, HeaderValue, Uri};
@@ -185,10 +186,22 @@ impl Connection {
             self.inner.core.set_closed();
             std::mem::take(&mut *memberships)
         };
+        // Waiters are woken whatever happens below.
+        let _notify = NotifyClosed(&self.inner.core);
         for members in memberships.iter().filter_map(Weak::upgrade) {
-            members.remove_member(self.id());
+            // Leaving may run the user's code (a room key's `Hash` and `Eq`): a panic
+            // there must not keep the connection in its other collections.
+            let left = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                members.remove_member(self.id())
+            }));
+            if left.is_err() {
+                tracing::error!(
+                    connection = %self.id(),
+                    "a panic while the closed connection left a collection (in a room key's \
+                     Hash or Eq?); it left the others"
+                );
+            }
         }
-        self.inner.core.notify_closed();
     }
 
     /// Runs `insert` under the membership lock if the connection is not closed, and remembers
@@ -244,5 +257,14 @@ impl fmt::Debug for Connection {
             .field("remote_addr", &self.inner.remote_addr)
             .field("open", &self.is_open())
             .finish()
+    }
+}
+
+/// Wakes those awaiting [`Core::closed`] when dropped, even by a panic.
+struct NotifyClosed<'a>(&'a Core);
+
+impl Drop for NotifyClosed<'_> {
+    fn drop(&mut self) {
+        self.0.notify_closed();
     }
 }
