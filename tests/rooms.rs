@@ -49,7 +49,7 @@ impl WebSocketHandler for Member {
             "user" => format!("user {room}: {}", self.users.broadcast_to(&room, rest)),
             "count" => format!("count {room}: {}", self.rooms.count(&room)),
             "mine" => {
-                let mut mine = self.rooms.rooms_of(conn.id());
+                let mut mine = self.rooms.rooms_of(conn);
                 mine.sort();
                 format!("mine: {}", mine.join(","))
             }
@@ -295,7 +295,11 @@ async fn a_room_key_that_panics_while_a_connection_leaves_does_not_hang_closed()
     assert_eq!(rooms.count(&Key(2)), 1);
     PANICKY.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(client);
-    within("closed() after a panic in the room key's Hash", conn.closed()).await;
+    within(
+        "closed() after a panic in the room key's Hash",
+        conn.closed(),
+    )
+    .await;
     assert_eq!(
         rooms.count(&Key(2)),
         0,

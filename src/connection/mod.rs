@@ -191,9 +191,8 @@ impl Connection {
         for members in memberships.iter().filter_map(Weak::upgrade) {
             // Leaving may run the user's code (a room key's `Hash` and `Eq`): a panic
             // there must not keep the connection in its other collections.
-            let left = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                members.remove_member(self.id())
-            }));
+            let left =
+                std::panic::catch_unwind(AssertUnwindSafe(|| members.remove_member(self.id())));
             if left.is_err() {
                 tracing::error!(
                     connection = %self.id(),
@@ -202,6 +201,14 @@ impl Connection {
                 );
             }
         }
+    }
+
+    /// The collections the connection is in.
+    pub(crate) fn memberships(&self) -> Vec<Arc<dyn Membership>> {
+        lock(&self.inner.memberships)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Runs `insert` under the membership lock if the connection is not closed, and remembers

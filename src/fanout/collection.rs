@@ -989,6 +989,11 @@ impl Bare {
     pub(crate) fn same(&self, other: &Bare) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+
+    /// Where the collection is in memory: what names it while it is alive.
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.0).cast::<()>() as usize
+    }
 }
 
 impl WebSocketCollection {

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Membership};
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
 use crate::fanout::collection::{
@@ -77,6 +77,9 @@ struct RoomMap<K> {
     /// kept for the members that come back (see [`Rooms::keep_empty_rooms`]). A room
     /// joined again stays listed until it is next emptied or reaches the front.
     emptied: VecDeque<K>,
+    /// The rooms by their collection's address, for [`Rooms::rooms_of`]: a collection is
+    /// not freed while it is here, so its address names it.
+    by_address: HashMap<usize, K>,
 }
 
 /// Empty rooms whose history is kept by default (with a history), so that a client whose
@@ -117,6 +120,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                     by_key: HashMap::new(),
                     by_name: HashMap::new(),
                     emptied: VecDeque::new(),
+                    by_address: HashMap::new(),
                 }),
                 remote: OnceLock::new(),
                 history: OnceLock::new(),
@@ -267,6 +271,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             let name = (remote.name)(room);
             rooms.by_name.insert(name, collection.bare());
         }
+        rooms
+            .by_address
+            .insert(collection.bare().address(), room.clone());
         rooms.by_key.insert(room.clone(), collection.bare());
         (collection, true)
     }
@@ -369,13 +376,21 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .collect()
     }
 
-    /// The rooms the connection is in.
-    pub fn rooms_of(&self, id: ConnectionId) -> Vec<K> {
-        self.lock()
-            .by_key
+    /// The rooms the connection is in: found from the connection's own memberships, at a
+    /// cost proportional to them, whatever the number of rooms.
+    pub fn rooms_of(&self, connection: &Connection) -> Vec<K> {
+        let memberships = connection.memberships();
+        let rooms = self.lock();
+        memberships
             .iter()
-            .filter(|(_, collection)| collection.contains(id))
-            .map(|(key, _)| key.clone())
+            .filter_map(|membership| rooms.by_address.get(&address_of(membership)))
+            .filter(|room| {
+                rooms
+                    .by_key
+                    .get(*room)
+                    .is_some_and(|collection| collection.contains(connection.id()))
+            })
+            .cloned()
             .collect()
     }
 
@@ -434,9 +449,16 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     }
 }
 
+/// The address of the collection behind `membership`, as [`Bare::address`] gives it.
+fn address_of(membership: &Arc<dyn Membership>) -> usize {
+    Arc::as_ptr(membership).cast::<()>() as usize
+}
+
 impl<K: Eq + Hash> RoomMap<K> {
     fn remove(&mut self, room: &K, remote: Option<&Remote<K>>) {
-        self.by_key.remove(room);
+        if let Some(collection) = self.by_key.remove(room) {
+            self.by_address.remove(&collection.address());
+        }
         if let Some(remote) = remote {
             self.by_name.remove(&(remote.name)(room));
         }
