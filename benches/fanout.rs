@@ -86,7 +86,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::backplane::MemoryBackplane;
 use websocket_handler::{
-    async_trait, Bytes, CloseFrame, Connection, Utf8Bytes, WebSocketCollection, WebSocketHandler,
+    Bytes, CloseFrame, Connection, Utf8Bytes, WebSocketCollection, WebSocketHandler,
     WebSocketServer,
 };
 
@@ -329,7 +329,6 @@ struct Member {
     events: Arc<Events>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

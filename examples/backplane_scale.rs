@@ -61,7 +61,7 @@ mod scale {
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
     use websocket_handler::{
-        async_trait, Connection, History, Position, Rooms, WebSocketHandler, WebSocketServer,
+        Connection, History, Position, Rooms, WebSocketHandler, WebSocketServer,
     };
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -299,7 +299,6 @@ mod scale {
         rooms: Rooms<String>,
     }
 
-    #[async_trait]
     impl WebSocketHandler for Resumer {
         async fn on_open(&mut self, conn: &Connection) {
             let room = conn.query_param("room").unwrap_or_default();

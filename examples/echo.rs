@@ -7,11 +7,10 @@
 
 use std::net::SocketAddr;
 
-use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
+use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
 
 struct Echo;
 
-#[async_trait]
 impl WebSocketHandler for Echo {
     async fn on_message(&mut self, conn: &Connection, message: Message) {
         let _ = conn.send(message);

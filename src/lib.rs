@@ -26,12 +26,11 @@
 //! `ws://127.0.0.1:8080/?username=ana`.
 //!
 //! ```no_run
-//! use websocket_handler::{async_trait, query_param, Connection, Message};
+//! use websocket_handler::{query_param, Connection, Message};
 //! use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
 //!
 //! struct Chat { username: String, room: WebSocketCollection }
 //!
-//! #[async_trait] // needed on every impl of the trait
 //! impl WebSocketHandler for Chat {
 //!     async fn on_open(&mut self, conn: &Connection) {
 //!         self.room.add(conn.clone()); // leaves the room by itself on close
@@ -69,7 +68,7 @@
 //! use std::convert::Infallible;
 //! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 //! use hyper_util::rt::TokioIo;
-//! use websocket_handler::{async_trait, query_param, Body, Connection, Message};
+//! use websocket_handler::{query_param, Body, Connection, Message};
 //! use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
 //!
 //! struct Chat {
@@ -77,7 +76,6 @@
 //!     room: WebSocketCollection,
 //! }
 //!
-//! #[async_trait]
 //! impl WebSocketHandler for Chat {
 //!     async fn on_open(&mut self, conn: &Connection) {
 //!         self.room.add(conn.clone());
@@ -143,11 +141,10 @@
 //! a room exists while it has members.
 //!
 //! ```
-//! use websocket_handler::{async_trait, Connection, Message, Rooms, WebSocketHandler};
+//! use websocket_handler::{Connection, Message, Rooms, WebSocketHandler};
 //!
 //! struct Chat { username: String, room: String, rooms: Rooms<String>, users: Rooms<String> }
 //!
-//! #[async_trait]
 //! impl WebSocketHandler for Chat {
 //!     async fn on_open(&mut self, conn: &Connection) {
 //!         self.rooms.join(self.room.clone(), conn);

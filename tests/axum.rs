@@ -15,16 +15,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use websocket_handler::{
-    async_trait, Body, Connection, Message, WebSocketHandler, WebSocketServer,
-};
+use websocket_handler::{Body, Connection, Message, WebSocketHandler, WebSocketServer};
 
 use common::{within, WAIT};
 
 /// Echoes every message back to its sender.
 struct Echo;
 
-#[async_trait]
 impl WebSocketHandler for Echo {
     async fn on_message(&mut self, conn: &Connection, message: Message) {
         let _ = conn.send(message);

@@ -6,7 +6,7 @@ mod common;
 use common::{connect, next_text, send_text, Client};
 use websocket_handler::backplane::MemoryBackplane;
 use websocket_handler::{
-    async_trait, Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
+    Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
 /// A chat member: joins `room`, says "in", and broadcasts what it receives, except to itself
@@ -16,7 +16,6 @@ struct Member {
     except_me: bool,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

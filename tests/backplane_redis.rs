@@ -13,9 +13,7 @@ use common::redis_server::RedisServer;
 use common::{connect, next_text, send_text, ChatServer, Client};
 use futures_util::future::join_all;
 use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
-use websocket_handler::{
-    async_trait, Connection, WebSocketCollection, WebSocketHandler, WebSocketServer,
-};
+use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 /// Starts `n` chat servers on free ports, all on `redis` with `mode` (`--redis`, lossless,
 /// or `--redis-pubsub`), and waits until each has subscribed (it prints
@@ -226,7 +224,6 @@ async fn redis_restart_mid_chat_and_the_room_joins_up_again() {
 /// Joins each connection to `room`, then tells the client "in".
 struct Member(WebSocketCollection);
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.0.add(conn.clone());

@@ -3,7 +3,6 @@
 
 mod common;
 
-use async_trait::async_trait;
 use common::{connect, next_message, next_text, within, Client, WAIT};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
@@ -15,7 +14,6 @@ struct Member {
     opened: mpsc::UnboundedSender<Connection>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         assert!(self.room.add(conn.clone()));

@@ -11,8 +11,7 @@ use tokio::net::TcpStream;
 
 use tokio::sync::Barrier;
 use websocket_handler::{
-    async_trait, Connection, History, Position, WebSocketCollection, WebSocketHandler,
-    WebSocketServer,
+    Connection, History, Position, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
 use common::{connect, masked_frame, next_text, read_frame, serve, within, EchoRoom};
@@ -281,7 +280,6 @@ struct Resumer {
     together: Arc<Barrier>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Resumer {
     async fn on_open(&mut self, conn: &Connection) {
         self.together.wait().await;
@@ -353,7 +351,6 @@ struct Handed {
     connections: std::sync::mpsc::Sender<Connection>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Handed {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());
@@ -456,7 +453,6 @@ struct SendsAfterClose {
     text: String,
 }
 
-#[async_trait]
 impl WebSocketHandler for SendsAfterClose {
     async fn on_open(&mut self, conn: &Connection) {
         let _ = conn.send(self.text.clone());

@@ -19,9 +19,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
-use websocket_handler::{
-    async_trait, Connection, HandshakeError, Message, WebSocketHandler, WebSocketServer,
-};
+use websocket_handler::{Connection, HandshakeError, Message, WebSocketHandler, WebSocketServer};
 
 use common::{within, WAIT};
 
@@ -97,7 +95,6 @@ impl Drop for Tracked {
     }
 }
 
-#[async_trait]
 impl WebSocketHandler for Tracked {
     async fn on_open(&mut self, _conn: &Connection) {
         self.counters.opened.fetch_add(1, Ordering::SeqCst);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{next_text, within, Client, WAIT};
 use tokio::time::Instant;
 use websocket_handler::{
-    async_trait, Connection, History, Position, ResumeError, WebSocketCollection, WebSocketHandler,
+    Connection, History, Position, ResumeError, WebSocketCollection, WebSocketHandler,
     WebSocketServer,
 };
 
@@ -23,7 +23,6 @@ struct Member {
     after: Option<Position>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         match self.after {

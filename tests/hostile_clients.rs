@@ -14,8 +14,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use websocket_handler::{
-    async_trait, CloseFrame, Connection, Error, IpNetwork, Message, WebSocketCollection,
-    WebSocketHandler, WebSocketServer,
+    CloseFrame, Connection, Error, IpNetwork, Message, WebSocketCollection, WebSocketHandler,
+    WebSocketServer,
 };
 
 /// The chat, reporting errors and closes.
@@ -24,7 +24,6 @@ struct Chat {
     events: mpsc::UnboundedSender<String>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Chat {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::{connect, within, WAIT};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +28,6 @@ struct Member {
     events: mpsc::UnboundedSender<Event>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

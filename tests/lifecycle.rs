@@ -5,7 +5,6 @@ mod common;
 
 use std::net::SocketAddr;
 
-use async_trait::async_trait;
 use common::{connect, next_message, next_text, send_text, serve, within, WAIT};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
@@ -29,7 +28,6 @@ struct Recorder {
     events: mpsc::UnboundedSender<Event>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Recorder {
     async fn on_open(&mut self, conn: &Connection) {
         let _ = self.events.send(Event::Open(conn.clone()));
@@ -446,7 +444,6 @@ async fn a_panicking_handler_closes_only_its_own_connection_with_1011() {
         events: mpsc::UnboundedSender<Event>,
         panic_on_open: bool,
     }
-    #[async_trait]
     impl WebSocketHandler for Fragile {
         async fn on_open(&mut self, conn: &Connection) {
             let _ = self.events.send(Event::Open(conn.clone()));

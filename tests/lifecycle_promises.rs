@@ -15,8 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use websocket_handler::{
-    async_trait, CloseCode, CloseFrame, Connection, Error, Message, WebSocketHandler,
-    WebSocketServer,
+    CloseCode, CloseFrame, Connection, Error, Message, WebSocketHandler, WebSocketServer,
 };
 
 #[derive(Debug)]
@@ -51,7 +50,6 @@ struct Probe {
     path: String,
 }
 
-#[async_trait]
 impl WebSocketHandler for Probe {
     async fn on_open(&mut self, conn: &Connection) {
         let _ = self.events.send(Event::Open);
@@ -416,7 +414,6 @@ async fn the_close_timeout_runs_while_the_handler_is_busy() {
 /// Counts its drops: a handler that is never called must still be let go.
 struct Dropped(Arc<AtomicUsize>);
 
-#[async_trait]
 impl WebSocketHandler for Dropped {}
 
 impl Drop for Dropped {
@@ -497,7 +494,6 @@ async fn an_upgrade_whose_101_is_never_sent_leaks_neither_its_permit_nor_its_han
 /// Reports the size of the headers its connection kept.
 struct HeaderSize(mpsc::UnboundedSender<usize>);
 
-#[async_trait]
 impl WebSocketHandler for HeaderSize {
     async fn on_open(&mut self, conn: &Connection) {
         let kept = conn

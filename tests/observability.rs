@@ -8,8 +8,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use websocket_handler::{
-    async_trait, CloseFrame, Connection, Message, WebSocketCollection, WebSocketHandler,
-    WebSocketServer,
+    CloseFrame, Connection, Message, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
 
 /// Joins `room`, says "in", echoes, and reports each close.
@@ -18,7 +17,6 @@ struct Echo {
     closed: mpsc::UnboundedSender<u16>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Echo {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

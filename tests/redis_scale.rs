@@ -385,7 +385,6 @@ struct RoomMember {
     rooms: Rooms<String>,
 }
 
-#[websocket_handler::async_trait]
 impl WebSocketHandler for RoomMember {
     async fn on_open(&mut self, conn: &Connection) {
         let room = conn.query_param("room").unwrap_or_default();

@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use common::{connect, next_text, send_text, within, Client};
 use tokio::sync::mpsc;
 use websocket_handler::{
-    async_trait, query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler,
-    WebSocketServer,
+    query_param, CloseFrame, Connection, Message, Rooms, WebSocketHandler, WebSocketServer,
 };
 
 /// A client speaking a tiny command language:
@@ -23,7 +22,6 @@ struct Member {
     closed: mpsc::UnboundedSender<()>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         assert!(self.users.join(self.user.clone(), conn));
@@ -269,7 +267,6 @@ struct JoinsTwo {
     connections: mpsc::UnboundedSender<Connection>,
 }
 
-#[async_trait]
 impl WebSocketHandler for JoinsTwo {
     async fn on_open(&mut self, conn: &Connection) {
         self.rooms.join(Key(1), conn);

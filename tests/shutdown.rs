@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::{connect, next_message, within, WAIT};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -16,7 +15,6 @@ struct Member {
     opened: mpsc::UnboundedSender<()>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::{connect, next_message, within, WAIT};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, Notify};
@@ -36,7 +35,6 @@ struct Member {
     events: mpsc::UnboundedSender<Event>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Member {
     async fn on_open(&mut self, conn: &Connection) {
         self.room.add(conn.clone());

@@ -12,16 +12,13 @@ use common::{connect, next_text, send_text, within};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use websocket_handler::{
-    async_trait, CloseFrame, Connection, Message, WebSocketHandler, WebSocketServer,
-};
+use websocket_handler::{CloseFrame, Connection, Message, WebSocketHandler, WebSocketServer};
 
 /// Logs and echoes; reports each close.
 struct Echo {
     closed: mpsc::UnboundedSender<u16>,
 }
 
-#[async_trait]
 impl WebSocketHandler for Echo {
     async fn on_message(&mut self, conn: &Connection, message: Message) {
         tracing::info!(len = message.len(), "echo");

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use websocket_handler::backplane::Backplane;
 use websocket_handler::{
-    async_trait, query_param, CloseFrame, Connection, History, Lost, LostKind, Message, Position,
-    ResumeError, Rooms, Tag, WebSocketHandler,
+    query_param, CloseFrame, Connection, History, Lost, LostKind, Message, Position, ResumeError,
+    Rooms, Tag, WebSocketHandler,
 };
 
 /// The room everyone starts in unless the URL says otherwise.
@@ -205,7 +205,6 @@ impl Chat {
     }
 }
 
-#[async_trait]
 impl WebSocketHandler for Chat {
     async fn on_open(&mut self, conn: &Connection) {
         let rooms = &self.chat.rooms;

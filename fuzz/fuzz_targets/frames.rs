@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use websocket_handler::{
-    async_trait, CloseCode, CloseFrame, Connection, Error, Message,
+    CloseCode, CloseFrame, Connection, Error, Message,
     WebSocketHandler, WebSocketServer,
 };
 
@@ -51,7 +51,6 @@ impl Echo {
     }
 }
 
-#[async_trait]
 impl WebSocketHandler for Echo {
     async fn on_open(&mut self, _conn: &Connection) {
         self.record(Event::Open);

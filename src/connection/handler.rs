@@ -1,6 +1,6 @@
 //! The trait an application implements to handle one connection.
 
-use async_trait::async_trait;
+use std::future::Future;
 
 use crate::connection::Connection;
 use crate::error::Error;
@@ -34,12 +34,11 @@ use crate::protocol::message::Message;
 /// `tracing`, and [`on_close`](WebSocketHandler::on_close) still comes last.
 ///
 /// ```
-/// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler};
+/// use websocket_handler::{Connection, Message, WebSocketHandler};
 ///
 /// /// Echoes every message back to its sender.
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl WebSocketHandler for Echo {
 ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
 ///         let _ = conn.send(message);
@@ -47,29 +46,47 @@ use crate::protocol::message::Message;
 /// }
 /// ```
 ///
-/// # `#[async_trait]`
+/// # Plain `async fn`, `Send` futures
 ///
-/// Put [`#[async_trait]`](crate::async_trait) (re-exported by this crate, so no dependency
-/// of your own is needed) on every `impl WebSocketHandler`. Without it the compiler reports
-/// `E0195: lifetime parameters or bounds on method ... do not match the trait declaration`
-/// on each `async fn`, which says nothing of the missing attribute.
+/// The methods are declared as returning `impl Future<Output = ()> + Send`, so an
+/// implementation writes plain `async fn`, with no attribute. What a callback holds across
+/// an `.await` must be `Send` (the connection runs on tokio's worker threads): a
+/// `std::sync::MutexGuard` held across an `.await` is refused by the compiler, with an
+/// error that names the guard; drop it before awaiting, or use `tokio::sync::Mutex`.
 ///
-/// What it costs: each callback's future is boxed, one heap allocation per call (a few
-/// dozen nanoseconds, and tens of bytes while the callback runs), and its calls go through
-/// a pointer. Next to reading a frame from a socket and writing the answer, that is small;
-/// it is what lets a handler be stored and driven without naming its future's type.
-#[async_trait]
+/// Each callback's future is boxed by the engine while it runs, one allocation per call,
+/// so that an idle connection's task stays small whatever its handler's futures hold.
 pub trait WebSocketHandler: Send + 'static {
     /// The connection is open. Called first, once.
-    async fn on_open(&mut self, _conn: &Connection) {}
+    fn on_open(&mut self, conn: &Connection) -> impl Future<Output = ()> + Send {
+        let _ = conn;
+        async {}
+    }
 
     /// A whole text or binary message arrived (fragments are already reassembled).
-    async fn on_message(&mut self, _conn: &Connection, _message: Message) {}
+    fn on_message(
+        &mut self,
+        conn: &Connection,
+        message: Message,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (conn, message);
+        async {}
+    }
 
     /// The connection failed; `on_close` follows. Called at most once.
-    async fn on_error(&mut self, _conn: &Connection, _error: &Error) {}
+    fn on_error(&mut self, conn: &Connection, error: &Error) -> impl Future<Output = ()> + Send {
+        let _ = (conn, error);
+        async {}
+    }
 
     /// The connection has ended and left every collection. Called exactly once, last.
     /// [`WebSocketServer::close_all`](crate::WebSocketServer::close_all) waits for it.
-    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {}
+    fn on_close(
+        &mut self,
+        conn: &Connection,
+        frame: &CloseFrame,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (conn, frame);
+        async {}
+    }
 }

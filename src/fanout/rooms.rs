@@ -35,11 +35,10 @@ use crate::protocol::message::Message;
 /// In a handler, join on open and send by key:
 ///
 /// ```
-/// use websocket_handler::{async_trait, Connection, Message, Rooms, WebSocketHandler};
+/// use websocket_handler::{Connection, Message, Rooms, WebSocketHandler};
 ///
 /// struct Player { table: u32, tables: Rooms<u32> }
 ///
-/// #[async_trait]
 /// impl WebSocketHandler for Player {
 ///     async fn on_open(&mut self, conn: &Connection) {
 ///         self.tables.join(self.table, conn); // left again on close

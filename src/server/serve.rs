@@ -32,11 +32,10 @@ impl WebSocketServer {
     /// `upgrade` from their own hyper service or axum router instead.
     ///
     /// ```
-    /// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
+    /// use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
     ///
     /// struct Echo;
     ///
-    /// #[async_trait]
     /// impl WebSocketHandler for Echo {
     ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
     ///         let _ = conn.send(message);

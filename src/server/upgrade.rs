@@ -47,11 +47,10 @@ impl WebSocketServer {
     /// use std::convert::Infallible;
     /// use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
     /// use hyper_util::rt::TokioIo;
-    /// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
+    /// use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
     ///
     /// struct Echo;
     ///
-    /// #[async_trait]
     /// impl WebSocketHandler for Echo {
     ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
     ///         let _ = conn.send(message);

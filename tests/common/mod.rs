@@ -549,7 +549,6 @@ pub struct EchoRoom {
     pub room: websocket_handler::WebSocketCollection,
 }
 
-#[websocket_handler::async_trait]
 impl WebSocketHandler for EchoRoom {
     async fn on_open(&mut self, conn: &websocket_handler::Connection) {
         self.room.add(conn.clone());
