@@ -231,6 +231,8 @@ mod connection;
 mod engine;
 mod error;
 mod fanout;
+#[cfg(feature = "json")]
+mod json;
 mod protocol;
 mod server;
 
@@ -249,6 +251,8 @@ pub use fanout::history::{
     TagFn,
 };
 pub use fanout::rooms::Rooms;
+#[cfg(feature = "json")]
+pub use json::{JsonError, SendJsonError};
 pub use protocol::close::{CloseCode, CloseFrame};
 pub use protocol::handshake::HandshakeError;
 pub use protocol::message::{Message, Utf8Bytes};

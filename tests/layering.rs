@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "engine",
     "connection",
     "fanout",
+    "json",
     "backplane",
     "server",
 ];
