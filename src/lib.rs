@@ -247,8 +247,7 @@ pub use engine::settings::SlowConsumer;
 pub use error::{Error, SendError};
 pub use fanout::collection::WebSocketCollection;
 pub use fanout::history::{
-    History, Lost, LostKind, LostNoticeFn, Position, PositionError, ResumeError, Resumed, Tag,
-    TagFn,
+    History, Lost, LostKind, Position, PositionError, ResumeError, Resumed, Tag,
 };
 pub use fanout::rooms::Rooms;
 #[cfg(feature = "json")]

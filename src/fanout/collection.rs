@@ -264,7 +264,7 @@ impl Members {
             (ring.tag(), ring.likely_tag(position))
         };
         let likely = likely.map(|tag| {
-            let tagged = tag_safely(tag_fn, &tag, &message);
+            let tagged = tag_safely(&tag_fn, &tag, &message);
             (tag, Frames::new(tagged, self.compress_as.get(true)))
         });
         let mut ring = lock(&history.ring);
@@ -283,7 +283,7 @@ impl Members {
         let mut tagged = match likely {
             Some((likely, frames)) if likely == tag => frames,
             _ => Frames::new(
-                tag_safely(tag_fn, &tag, &message),
+                tag_safely(&tag_fn, &tag, &message),
                 self.compress_as.get(true),
             ),
         };
@@ -509,7 +509,7 @@ impl WebSocketCollection {
                 }
                 Ok((chunk, _)) => {
                     let tag = lock(&history.ring).tag();
-                    if let Err(error) = replay(core, tag, &replaying, &mut progress, chunk).await {
+                    if let Err(error) = replay(core, &tag, &replaying, &mut progress, chunk).await {
                         return ResumeStep::Done(Err(error));
                     }
                     rounds += 1;
@@ -542,7 +542,7 @@ impl WebSocketCollection {
                 .filter(|(position, _)| position.offset() > before.offset())
                 .collect();
             let tag = lock(&history.ring).tag();
-            if let Err(error) = replay(core, tag, &replaying, &mut progress, messages).await {
+            if let Err(error) = replay(core, &tag, &replaying, &mut progress, messages).await {
                 return ResumeStep::Done(Err(error));
             }
             if page.through.epoch() == progress.after.epoch()
@@ -586,7 +586,7 @@ impl WebSocketCollection {
                 result = Err(Finish::NoRoom);
                 break;
             }
-            match queue_tagged(core, tag, replaying, progress, position, &message) {
+            match queue_tagged(core, &tag, replaying, progress, position, &message) {
                 Ok(Some(pushed)) => must_flush |= pushed == Pushed::MustFlush,
                 Ok(None) => {
                     result = Err(Finish::NoRoom);
@@ -871,7 +871,7 @@ fn has_room(core: &Core, len: usize) -> bool {
 /// had no room after all (the application's own sends filled it).
 fn queue_tagged(
     core: &Core,
-    tag: crate::fanout::history::TagFn,
+    tag: &crate::fanout::history::TagFn,
     replaying: &Replaying<'_>,
     progress: &mut ResumeProgress,
     position: Position,
@@ -912,7 +912,7 @@ async fn wait_for_room(core: &Core) -> Result<(), ResumeError> {
 /// Queues `messages` (after `progress`) to `core`, each when its queue has room.
 async fn replay(
     core: &Core,
-    tag: crate::fanout::history::TagFn,
+    tag: &crate::fanout::history::TagFn,
     replaying: &Replaying<'_>,
     progress: &mut ResumeProgress,
     messages: Vec<(Position, Message)>,

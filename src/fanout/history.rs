@@ -118,10 +118,10 @@ pub struct History {
 }
 
 /// What a tagged client receives for a message: see [`History::tag`].
-pub type TagFn = fn(&Tag, &Message) -> Message;
+pub(crate) type TagFn = Arc<dyn Fn(&Tag, &Message) -> Message + Send + Sync>;
 
 /// What every member is sent when messages were lost: see [`History::lost_notice`].
-pub type LostNoticeFn = fn(&Lost) -> Option<Message>;
+pub(crate) type LostNoticeFn = Arc<dyn Fn(&Lost) -> Option<Message> + Send + Sync>;
 
 /// Messages a collection (or room) with a history will never deliver: told to its members
 /// by [`History::lost_notice`], before the first message after the loss.
@@ -169,7 +169,7 @@ impl Default for History {
             max_messages: 1000,
             max_bytes: 1 << 20,
             max_age: None,
-            tag: default_tag,
+            tag: Arc::new(default_tag),
             lost_notice: None,
             contiguous: true,
             budget: None,
@@ -221,8 +221,10 @@ impl History {
     ///
     /// It runs while the message is delivered, possibly on a backplane's task: one that
     /// panics is caught and logged (`tracing::error!`), and its message goes untagged.
-    pub fn tag(mut self, tag: TagFn) -> Self {
-        self.tag = tag;
+    ///
+    /// A closure may capture what it needs (a room's name, a format chosen at start-up).
+    pub fn tag(mut self, tag: impl Fn(&Tag, &Message) -> Message + Send + Sync + 'static) -> Self {
+        self.tag = Arc::new(tag);
         self
     }
 
@@ -244,15 +246,18 @@ impl History {
     /// });
     /// # drop(history);
     /// ```
-    pub fn lost_notice(mut self, notice: LostNoticeFn) -> Self {
-        self.lost_notice = Some(notice);
+    pub fn lost_notice(
+        mut self,
+        notice: impl Fn(&Lost) -> Option<Message> + Send + Sync + 'static,
+    ) -> Self {
+        self.lost_notice = Some(Arc::new(notice));
         self
     }
 }
 
 /// `tag` applied to `message`; a tag function that panics (it is the user's, and runs on
 /// a backplane's task too) is logged, and the message goes untagged.
-pub(crate) fn tag_safely(tag: TagFn, position: &Tag, message: &Message) -> Message {
+pub(crate) fn tag_safely(tag: &TagFn, position: &Tag, message: &Message) -> Message {
     match std::panic::catch_unwind(AssertUnwindSafe(|| tag(position, message))) {
         Ok(tagged) => tagged,
         Err(_) => {
@@ -266,7 +271,7 @@ pub(crate) fn tag_safely(tag: TagFn, position: &Tag, message: &Message) -> Messa
 }
 
 /// The notice `notice` makes of `lost`, if any; one that panics is logged and sends nothing.
-pub(crate) fn notice_safely(notice: LostNoticeFn, lost: &Lost) -> Option<Message> {
+pub(crate) fn notice_safely(notice: &LostNoticeFn, lost: &Lost) -> Option<Message> {
     std::panic::catch_unwind(AssertUnwindSafe(|| notice(lost))).unwrap_or_else(|_| {
         tracing::error!("history: the lost-notice function panicked; no notice is sent");
         None
@@ -699,13 +704,14 @@ impl Ring {
 
     /// The tag function.
     pub(crate) fn tag(&self) -> TagFn {
-        self.config.tag
+        self.config.tag.clone()
     }
 
     /// What to tell the members about `lost`, if anything.
     pub(crate) fn notice(&self, lost: &Lost) -> Option<Message> {
         self.config
             .lost_notice
+            .as_ref()
             .and_then(|notice| notice_safely(notice, lost))
     }
 }
@@ -734,6 +740,24 @@ mod tests {
 
     fn text(t: &str) -> Message {
         Message::from(t.to_owned())
+    }
+
+    #[test]
+    fn a_tag_function_may_capture() {
+        let room = String::from("lobby");
+        let mut ring = Ring::with_epoch(
+            History::new().tag(move |tag, message| {
+                Message::from(format!(
+                    "{room} {} {}",
+                    tag.position.offset(),
+                    message.as_text().unwrap_or_default()
+                ))
+            }),
+            7,
+        );
+        let tag = ring.append(&text("hi"));
+        let tagged = tag_safely(&ring.tag(), &tag, &text("hi"));
+        assert_eq!(tagged.as_text(), Some("lobby 1 hi"));
     }
 
     #[test]
