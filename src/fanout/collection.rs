@@ -664,13 +664,21 @@ impl WebSocketCollection {
         ResumeStep::Done(Err(if added { error } else { ResumeError::Closed }))
     }
 
-    /// This collection, keeping `history` of its broadcasts (see [`History`]). Call it
-    /// before sharing the collection: clones made before do not get it.
+    /// This collection, keeping `history` of its broadcasts (see [`History`]).
+    ///
+    /// A collection has one history, shared by all its clones (made before or after):
+    /// the first call sets it; a later one is ignored, with a warning logged. Set it
+    /// before the first broadcast: earlier ones are not in it.
     pub fn with_history(self, history: History) -> Self {
-        let _ = self.members.history.set(Box::new(Kept {
+        let kept = Box::new(Kept {
             ring: Mutex::new(Ring::new(history)),
             replays: ReplayFrames::default(),
-        }));
+        });
+        if self.members.history.set(kept).is_err() {
+            tracing::warn!(
+                "with_history: the collection already keeps a history; this one is ignored"
+            );
+        }
         self
     }
 
@@ -1043,6 +1051,25 @@ mod tests {
             &settings,
             crate::engine::metrics::Metrics::new(),
         )
+    }
+
+    #[test]
+    fn a_history_is_shared_by_clones_and_set_once() {
+        let room = WebSocketCollection::new();
+        let earlier_clone = room.clone();
+        let room = room.with_history(History::new().max_messages(2));
+        let _ = room.clone().with_history(History::new().max_messages(100));
+        for n in 0..5 {
+            earlier_clone.broadcast(format!("{n}"));
+        }
+        assert_eq!(room.last_position().map(|p| p.offset()), Some(5));
+        let first = Position::new(room.last_position().expect("a position").epoch(), 1);
+        assert!(
+            super::lock(&room.members.history.get().expect("a history").ring)
+                .after(first)
+                .is_err(),
+            "the first history (2 messages) holds, not the second"
+        );
     }
 
     #[test]
