@@ -89,7 +89,7 @@ pub enum Error {
     CloseTimeout(Duration),
     /// The socket failed.
     #[error("I/O error on the connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
 }
 
 impl Error {

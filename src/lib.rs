@@ -240,7 +240,7 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use connection::handler::WebSocketHandler;
-pub use connection::Connection;
+pub use connection::{Connection, Queued};
 pub use engine::id::ConnectionId;
 pub use engine::metrics::{Metrics, MetricsSnapshot};
 pub use engine::settings::SlowConsumer;

@@ -154,7 +154,7 @@ async fn run(slow_clients: usize) {
         }
         room.broadcast(payload(seq));
         for conn in &slow_conns {
-            let (_, bytes) = conn.queued();
+            let bytes = conn.queued().bytes;
             assert!(
                 bytes <= QUEUE_BYTES,
                 "queue of {bytes} bytes past its bound"

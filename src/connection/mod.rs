@@ -128,8 +128,9 @@ impl Connection {
 
     /// How many messages wait in this connection's outbound queue, and their payload bytes.
     /// A batch the writer has taken but not yet fully written is not counted.
-    pub fn queued(&self) -> (usize, usize) {
-        self.inner.core.queue.queued()
+    pub fn queued(&self) -> Queued {
+        let (messages, bytes) = self.inner.core.queue.queued();
+        Queued { messages, bytes }
     }
 
     /// The subprotocol chosen in the handshake (see
@@ -274,4 +275,14 @@ impl Drop for NotifyClosed<'_> {
     fn drop(&mut self) {
         self.0.notify_closed();
     }
+}
+
+/// What waits in a connection's outbound queue: see [`Connection::queued`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Queued {
+    /// Messages.
+    pub messages: usize,
+    /// Their payload bytes.
+    pub bytes: usize,
 }
