@@ -221,6 +221,7 @@
 //! connections go away), message size and rate limits, allowed origins (403), a connection
 //! limit (503) and subprotocols. A handler that panics closes only its own connection
 //! (1011), and [`WebSocketServer::close_all`] closes every connection gracefully (1001).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
