@@ -19,6 +19,7 @@ use crate::engine::core::{Core, Deflate};
 use crate::engine::flush::HasCore;
 use crate::engine::id::ConnectionId;
 use crate::engine::metrics::Metrics;
+use crate::engine::queue::Rejected;
 use crate::engine::settings::Settings;
 use crate::engine::sync::lock;
 use crate::error::SendError;
@@ -159,6 +160,59 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a text or binary message, waiting while the connection's queue is full
+    /// instead of failing: for a server that produces faster than one client reads (tokens
+    /// from a model, a log tail, a file), which the slow-consumer policy would otherwise
+    /// disconnect. Memory stays within the queue's bounds
+    /// ([`ServerBuilder::outbound_queue_bytes`](crate::ServerBuilder::outbound_queue_bytes)).
+    ///
+    /// Use [`send`](Self::send) for messages that must not wait for one client (a
+    /// broadcast's, a chat line): a client that stops reading is then let go by the
+    /// slow-consumer policy, while `send_wait` would wait for it until the connection
+    /// closes (the idle timeout and keep-alive still end a dead one).
+    ///
+    /// Cancellation-safe: a future dropped before it resolves has queued nothing. Returns
+    /// [`SendError::Closed`] once the connection is closed or closing.
+    ///
+    /// ```
+    /// use websocket_handler::{Connection, Message, WebSocketHandler};
+    ///
+    /// /// Streams a large log to the client as fast as it reads.
+    /// struct Tail;
+    ///
+    /// impl WebSocketHandler for Tail {
+    ///     async fn on_open(&mut self, conn: &Connection) {
+    ///         for line in 0..1_000_000 {
+    ///             if conn.send_wait(format!("line {line}")).await.is_err() {
+    ///                 return; // the client went away
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn send_wait(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let core = &self.inner.core;
+        if !core.is_open() {
+            return Err(SendError::Closed);
+        }
+        let frame = core.frame_for(message.into());
+        loop {
+            // Not `send_frame`: a full queue here is a reason to wait, not a slow consumer.
+            match core.queue.push_data(frame.clone()) {
+                Ok(pushed) => {
+                    core.after_push(pushed);
+                    return Ok(());
+                }
+                Err(Rejected::Full { .. }) if core.is_open() => {
+                    // Polled, as a resume's replay is: a writer waking a waiter would cost
+                    // every idle connection a few bytes, for what few connections do.
+                    tokio::time::sleep(SEND_WAIT_POLL).await;
+                }
+                Err(_) => return Err(SendError::Closed),
+            }
+        }
+    }
+
     /// Starts the close handshake with `code` and `reason`, behind any messages already
     /// queued. Later sends fail with [`SendError::Closed`]. If the queue is full, the close
     /// frame goes out ahead of what is queued. Whatever the peer does, the connection is gone
@@ -286,3 +340,7 @@ pub struct Queued {
     /// Their payload bytes.
     pub bytes: usize,
 }
+
+/// How often [`Connection::send_wait`] looks for room in a full queue: the default 1 MiB
+/// queue refilled this often carries 500 MB/s, and a waiting sender costs nothing else.
+const SEND_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
