@@ -188,6 +188,7 @@ pub type MissedEnvelopes = Pin<Box<dyn Future<Output = Result<MissedPage, Resume
 /// Whether a network backplane can reach its server, as reported by
 /// `RedisBackplane::state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackplaneState {
     /// Connecting for the first time.
     Connecting,
