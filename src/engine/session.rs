@@ -71,6 +71,7 @@ pub(crate) struct Session<R> {
     writes_ended: bool,
     /// The message in progress must finish by this deadline (see `poll_timers`).
     message: Option<Box<MessageDeadline>>,
+    /// Zero: messages have no deadline.
     message_timeout: Millis,
     min_message_rate: u32,
     /// The server's budget for partial messages, and what this connection holds of it.
@@ -142,7 +143,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
             peer_closed: false,
             writes_ended: false,
             message: None,
-            message_timeout: Millis::new(settings.message_timeout),
+            message_timeout: Millis::new(message_timeout(settings.message_timeout)),
             min_message_rate: settings.min_message_rate.max(1),
             budget,
             partial: None,
@@ -336,7 +337,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
     fn track_message(&mut self) {
         if !self.reader.in_message() {
             self.message = None;
-        } else if self.message.is_none() {
+        } else if self.message.is_none() && self.message_timeout.as_u32() > 0 {
             let started = Instant::now();
             let window = MESSAGE_WINDOW.min(self.message_timeout.get());
             self.message = Some(Box::new(MessageDeadline {
@@ -450,6 +451,17 @@ impl<R> Drop for Session<R> {
         if let Some(held) = self.partial.as_deref().filter(|held| held.bytes > 0) {
             self.budget.hold(held.id, &held.refusal, 0);
         }
+    }
+}
+
+/// The message timeout as kept: zero means none (a message that must arrive in no time
+/// at all would be no setting anyone means), and anything else is at least a millisecond,
+/// the unit it is kept in.
+fn message_timeout(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        Duration::ZERO
+    } else {
+        timeout.max(Duration::from_millis(1))
     }
 }
 
