@@ -6,7 +6,8 @@
 //! If the connection is over meanwhile (the close timeout, the idle timeout, the peer gone),
 //! it ends at once: the socket goes and the connection leaves its collections, and the
 //! callback is left to finish before `on_error` and `on_close`. A callback is never
-//! cancelled halfway.
+//! cancelled halfway. After a clean close, the messages the session held for the handler
+//! meanwhile are still delivered, before `on_close`.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -164,6 +165,17 @@ impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
                 }
             };
             let Some(handler) = self.handler.as_mut() else {
+                return;
+            };
+            let conn = self.run.conn.clone();
+            Box::pin(self.run.call(handler.on_message(&conn, message))).await;
+        }
+        // The close handshake completed while a callback ran, behind messages read
+        // meanwhile: they came before the peer's close, so the handler still gets them.
+        while self.run.closed_cleanly && self.run.failure.is_none() {
+            let (Some(handler), Some(message)) =
+                (self.handler.as_mut(), self.run.session.take_held())
+            else {
                 return;
             };
             let conn = self.run.conn.clone();

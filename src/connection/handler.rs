@@ -20,19 +20,6 @@ use crate::protocol::message::Message;
 ///
 /// Every method has a default that does nothing, so implement only what you need.
 ///
-/// While a callback runs, the connection keeps going: its queued messages are written,
-/// pings go out and the peer's are answered, the close handshake proceeds, and the idle and
-/// close timeouts run. At most one further message is read meanwhile and held for the next
-/// `on_message`, so a slow handler slows down only its own client. If the connection ends
-/// while a callback runs (the peer vanished, or a timeout), it ends at once (the socket
-/// closes, the connection leaves its collections); the callback is never cancelled, and
-/// `on_error` and `on_close` follow when it returns.
-///
-/// A callback that panics ends only its own connection: the peer gets close code 1011,
-/// [`on_error`](WebSocketHandler::on_error) gets
-/// [`Error::HandlerPanicked`](crate::Error::HandlerPanicked), the panic is logged with
-/// `tracing`, and [`on_close`](WebSocketHandler::on_close) still comes last.
-///
 /// ```
 /// use websocket_handler::{Connection, Message, WebSocketHandler};
 ///
@@ -45,6 +32,44 @@ use crate::protocol::message::Message;
 ///     }
 /// }
 /// ```
+///
+/// # While a callback runs
+///
+/// A callback may take as long as it likes (a slow database, a streaming model call): the
+/// connection keeps going meanwhile. Its queued messages are written, pings go out and the
+/// peer's are answered, the timers run, and the server keeps reading, so the peer's pongs
+/// and close frame are heard: a client that answers pings stays connected however long the
+/// callback takes.
+///
+/// - Messages that arrive meanwhile are held for the next calls of `on_message`, in order,
+///   at most two (the second counts against
+///   [`max_partial_bytes`](crate::ServerBuilder::max_partial_bytes)). With two held the
+///   server reads nothing more from that client until the handler takes one: TCP slows
+///   the client down, so a slow handler slows down only its own client. Meanwhile no
+///   pings go out and the idle timeout is suspended (a peer's silence cannot be heard
+///   while nothing is read); both resume with reading.
+/// - A close asked for meanwhile ([`Connection::close`],
+///   [`close_all`](crate::WebSocketServer::close_all), or the peer's close frame) does not
+///   wait for the callback: the close handshake completes as soon as the peer answers, or
+///   the connection fails with [`Error::CloseTimeout`](crate::Error::CloseTimeout) at the
+///   close timeout. To reach the peer's answer, the server then reads on past what it
+///   holds, dropping the messages that do not fit. Messages held when the handshake
+///   completes are still delivered to `on_message` after the callback, before `on_close`,
+///   though the connection is over by then (sends return
+///   [`SendError::Closed`](crate::SendError::Closed)).
+/// - If the connection fails meanwhile (the peer vanished, a timeout, a protocol error),
+///   it ends at once: the socket closes, the connection leaves its collections, and the
+///   messages held for the handler are dropped.
+///
+/// Either way the callback is never cancelled: `on_error` (after a failure) and `on_close`
+/// follow when it returns.
+///
+/// # A callback that panics
+///
+/// It ends only its own connection: the peer gets close code 1011,
+/// [`on_error`](WebSocketHandler::on_error) gets
+/// [`Error::HandlerPanicked`](crate::Error::HandlerPanicked), the panic is logged with
+/// `tracing`, and [`on_close`](WebSocketHandler::on_close) still comes last.
 ///
 /// # Plain `async fn`, `Send` futures
 ///

@@ -4,7 +4,9 @@
 //! A connection holds no read buffer of its own. Each read goes into a scratch buffer of the
 //! worker thread, and the decoder ([`crate::protocol::decode`]) takes what it needs from it
 //! at once: a frame's header into a few bytes of state, its payload straight into the
-//! message it belongs to. Only when a read brings more than one item are the bytes after the
+//! message it belongs to. (A read that finds the thread's buffer in use, its transport
+//! having driven another connection's reader from inside its own read, gets a buffer of
+//! its own for that read.) Only when a read brings more than one item are the bytes after the
 //! first item kept, until the next poll decodes them.
 
 use std::cell::RefCell;
@@ -82,10 +84,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             };
             let (decoder, pending, max_read) =
                 (&mut self.decoder, &mut self.pending, self.max_read as usize);
-            let read = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let mut buf = ReadBuf::new(&mut scratch[..max_read]);
-                match Pin::new(io).poll_read(cx, &mut buf) {
+            let read = with_scratch(max_read, |scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(error)) => Poll::Ready(Err(ReadError::Io(error))),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
@@ -166,6 +167,20 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
+/// Runs `read` on `len` bytes (at most [`SCRATCH_SIZE`]) of the thread's scratch buffer,
+/// or, when that is in use (a transport whose own read drives another connection's reader
+/// on this thread) or gone (the thread is exiting), of a buffer made for this read alone.
+fn with_scratch<T>(len: usize, mut read: impl FnMut(&mut [u8]) -> T) -> T {
+    let shared = SCRATCH.try_with(|scratch| {
+        let mut scratch = scratch.try_borrow_mut().ok()?;
+        Some(read(&mut scratch[..len]))
+    });
+    match shared {
+        Ok(Some(done)) => done,
+        _ => read(&mut vec![0; len]),
+    }
+}
+
 /// Feeds one read's bytes to the decoder up to the first item; keeps the bytes after it in
 /// `pending` (allocated to fit).
 fn decode_read(
@@ -185,4 +200,74 @@ fn decode_read(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reader, SCRATCH_SIZE};
+    use crate::protocol::decode::{Item, Limits};
+    use crate::protocol::message::Message;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    const LIMITS: Limits = Limits {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+        allow_rsv1: false,
+    };
+
+    /// A client's text frame: masked, as a client must send it.
+    fn text_frame(text: &str) -> Vec<u8> {
+        const MASK: [u8; 4] = [1, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&MASK);
+        frame.extend(text.bytes().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+        frame
+    }
+
+    /// A transport whose every read first drives another connection's reader on the same
+    /// thread, as a transport layered over another connection would: the thread's scratch
+    /// buffer is in use by the outer read when the inner one wants it.
+    struct Nesting {
+        inner: Reader<&'static [u8]>,
+        inner_items: Vec<Item>,
+        own: &'static [u8],
+    }
+
+    impl AsyncRead for Nesting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Poll::Ready(Ok(item)) = self.inner.poll_item(cx) {
+                self.inner_items.push(item);
+            }
+            Pin::new(&mut self.own).poll_read(cx, buf)
+        }
+    }
+
+    #[test]
+    fn a_read_that_reenters_another_reader_on_the_same_thread_does_not_panic() {
+        let inner_bytes: &'static [u8] = Box::leak(text_frame("inner").into_boxed_slice());
+        let own_bytes: &'static [u8] = Box::leak(text_frame("outer").into_boxed_slice());
+        let nesting = Nesting {
+            inner: Reader::new(inner_bytes, &[], LIMITS, SCRATCH_SIZE),
+            inner_items: Vec::new(),
+            own: own_bytes,
+        };
+        let mut outer = Reader::new(nesting, &[], LIMITS, SCRATCH_SIZE);
+        let mut cx = Context::from_waker(Waker::noop());
+        let item = outer.poll_item(&mut cx);
+        assert!(
+            matches!(&item, Poll::Ready(Ok(Item::Message(Message::Text(text)))) if text.as_str() == "outer"),
+            "{item:?}"
+        );
+        let inner = &outer.io.as_ref().expect("still reading").inner_items;
+        assert!(
+            matches!(&inner[..], [Item::Message(Message::Text(text))] if text.as_str() == "inner"),
+            "{inner:?}"
+        );
+    }
 }

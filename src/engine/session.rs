@@ -5,8 +5,15 @@
 //! The task either waits for the next message ([`Session::next`]) or, while a handler
 //! callback runs, keeps everything but the delivery of messages going
 //! ([`Session::watch`]): pings go out, pongs and the peer's close are answered, writes
-//! continue, and the timers run whatever the handler does. At most one message read
-//! meanwhile is held back, so a slow handler still slows its own client down.
+//! continue, and the timers run whatever the handler does.
+//!
+//! Reading goes on while a callback runs, so that the peer's pongs and its close frame are
+//! heard: a busy handler is no reason to think a client dead. Messages read meanwhile are
+//! held for the handler, at most two (`Backlog`); with two held, reading pauses (the
+//! client is slowed down by TCP, a slow handler slows only its own client), and the idle
+//! timeout does not count meanwhile: the peer's silence cannot be heard while nobody
+//! listens. Once the close is under way, reading goes on whatever is held, to reach the
+//! peer's close frame; messages beyond what may be held are then dropped.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -55,15 +62,16 @@ pub(crate) struct Session<R> {
     close_timeout: Millis,
     /// Armed once the close has been asked for.
     close_timer: Option<Pin<Box<Sleep>>>,
-    /// A message read while a callback ran, for the next [`next`](Self::next). Boxed:
+    /// Messages read while a callback ran, for the next [`next`](Self::next)s. Boxed:
     /// rare, and what every idle connection would pay for inline.
-    held: Option<Box<Message>>,
+    held: Option<Box<Backlog>>,
     /// The peer's close frame has arrived: reading is over.
     peer_closed: bool,
     /// The writer has ended for good (a close frame is out).
     writes_ended: bool,
     /// The message in progress must finish by this deadline (see `poll_timers`).
     message: Option<Box<MessageDeadline>>,
+    /// Zero: messages have no deadline.
     message_timeout: Millis,
     min_message_rate: u32,
     /// The server's budget for partial messages, and what this connection holds of it.
@@ -71,6 +79,15 @@ pub(crate) struct Session<R> {
     /// Allocated the first time this connection holds part of a message: an idle
     /// connection pays one pointer for it.
     partial: Option<Box<Held>>,
+}
+
+/// The messages read while a callback runs and held for the handler, oldest first: at most
+/// two, the one it gets next and one read ahead (so that the control frames behind the
+/// first are heard). The one read ahead counts against the partial-message budget.
+struct Backlog {
+    first: Message,
+    /// Read ahead behind `first`.
+    then: Option<Message>,
 }
 
 /// What this connection holds of the server's budget for partial messages.
@@ -126,7 +143,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
             peer_closed: false,
             writes_ended: false,
             message: None,
-            message_timeout: Millis::new(settings.message_timeout),
+            message_timeout: Millis::new(message_timeout(settings.message_timeout)),
             min_message_rate: settings.min_message_rate.max(1),
             budget,
             partial: None,
@@ -190,6 +207,14 @@ impl<R: AsyncRead + Unpin> Session<R> {
             }
         }
         if self.peer_closed && core.close_written() {
+            // The close handshake is done. What arrived before the peer's close still goes
+            // to the handler: first, or, if a callback runs, once the connection has ended
+            // (see `take_held`).
+            if deliver {
+                if let Some(message) = self.take_held() {
+                    return Poll::Ready(Event::Message(message));
+                }
+            }
             return Poll::Ready(Event::End(End::Closed));
         }
         if let Poll::Ready(failure) = self.poll_timers(cx, core) {
@@ -204,16 +229,18 @@ impl<R: AsyncRead + Unpin> Session<R> {
             return Poll::Ready(Event::End(End::Failed(Error::PartialBudget { budget })));
         }
         if deliver {
-            if let Some(message) = self.held.take() {
-                return Poll::Ready(Event::Message(*message));
+            if let Some(message) = self.take_held() {
+                // Fewer bytes held: never refused for it.
+                let _ = self.count_held_bytes(cx);
+                return Poll::Ready(Event::Message(message));
             }
         }
-        // Holding a message back: read no further until the handler has taken it.
-        while self.held.is_none() && !self.peer_closed {
+        while !self.peer_closed && !self.paused(core) {
             let item = self.reader.poll_item(cx);
             if self.reader.take_activity() {
                 self.keepalive.seen(Instant::now());
-                if let Poll::Ready(failure) = self.account_partial(cx, core) {
+                self.track_message();
+                if let Poll::Ready(failure) = self.count_held(cx, core) {
                     return Poll::Ready(Event::End(End::Failed(failure)));
                 }
             }
@@ -242,9 +269,6 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     self.peer_closed = true;
                     core.peer_closed(frame);
                     // Answered at once if the socket took it; else the writer finishes it.
-                    if core.close_written() {
-                        return Poll::Ready(Event::End(End::Closed));
-                    }
                     return self.poll_event(cx, core, deliver);
                 }
             };
@@ -258,17 +282,62 @@ impl<R: AsyncRead + Unpin> Session<R> {
             if deliver {
                 return Poll::Ready(Event::Message(message));
             }
-            self.held = Some(Box::new(message));
+            if let Poll::Ready(failure) = self.hold(message, cx, core) {
+                return Poll::Ready(Event::End(End::Failed(failure)));
+            }
         }
         Poll::Pending
     }
 
-    /// After bytes arrived: starts (or ends) the deadline of the message in progress, and
-    /// tells the server's budget what this connection now holds of what is half-received.
-    fn account_partial(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+    /// Whether reading waits for the handler: as many messages are held as may be, and
+    /// the connection is open (once it is closing, reading goes on to reach the peer's
+    /// close frame).
+    fn paused(&self, core: &Core) -> bool {
+        self.held.as_ref().is_some_and(|held| held.then.is_some()) && core.is_open()
+    }
+
+    /// Holds a message read while a callback runs, for a later [`next`](Self::next).
+    fn hold(&mut self, message: Message, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+        match &mut self.held {
+            None => {
+                self.held = Some(Box::new(Backlog {
+                    first: message,
+                    then: None,
+                }));
+                Poll::Pending
+            }
+            Some(held) if held.then.is_none() => {
+                held.then = Some(message);
+                self.count_held(cx, core)
+            }
+            Some(_) => {
+                // Only while closing (else reading pauses first): our close frame is out,
+                // and reading goes on to reach the peer's answer.
+                tracing::debug!(
+                    bytes = message.len(),
+                    "message dropped: the connection is closing and its handler is busy"
+                );
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The oldest message held for the handler, if any. After a clean close that came
+    /// while a callback ran, the connection's task takes what is left with this: those
+    /// messages arrived before the peer's close frame.
+    pub(crate) fn take_held(&mut self) -> Option<Message> {
+        let held = self.held.as_mut()?;
+        match held.then.take() {
+            Some(then) => Some(std::mem::replace(&mut held.first, then)),
+            None => self.held.take().map(|held| held.first),
+        }
+    }
+
+    /// Starts (or ends) the deadline of the message in progress, after bytes arrived.
+    fn track_message(&mut self) {
         if !self.reader.in_message() {
             self.message = None;
-        } else if self.message.is_none() {
+        } else if self.message.is_none() && self.message_timeout.as_u32() > 0 {
             let started = Instant::now();
             let window = MESSAGE_WINDOW.min(self.message_timeout.get());
             self.message = Some(Box::new(MessageDeadline {
@@ -277,15 +346,28 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 checked_len: 0,
             }));
         }
-        let bytes = self.reader.held();
-        if bytes != self.partial.as_ref().map_or(0, |held| held.bytes) {
-            let held = self.partial.get_or_insert_with(|| {
-                Box::new(Held {
-                    id: core.id,
-                    refusal: Arc::default(),
-                    bytes: 0,
-                })
-            });
+    }
+
+    /// Tells the server's budget what this connection now holds of what is half-received
+    /// (and of what was read ahead for a busy handler); ready with the failure if that
+    /// got the connection refused.
+    fn count_held(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+        if self.partial.is_none() && self.held_bytes() > 0 {
+            self.partial = Some(Box::new(Held {
+                id: core.id,
+                refusal: Arc::default(),
+                bytes: 0,
+            }));
+        }
+        self.count_held_bytes(cx)
+    }
+
+    fn count_held_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let bytes = self.held_bytes();
+        let Some(held) = self.partial.as_deref_mut() else {
+            return Poll::Pending;
+        };
+        if bytes != held.bytes {
             held.bytes = bytes;
             self.budget.hold(held.id, &held.refusal, bytes);
             if held.refusal.poll_refused(cx) {
@@ -294,6 +376,17 @@ impl<R: AsyncRead + Unpin> Session<R> {
             }
         }
         Poll::Pending
+    }
+
+    /// What counts against the budget: the reader's partial message and undecoded bytes,
+    /// and a message read ahead for a busy handler.
+    fn held_bytes(&self) -> usize {
+        let ahead = self
+            .held
+            .as_ref()
+            .and_then(|held| held.then.as_ref())
+            .map_or(0, Message::len);
+        self.reader.held() + ahead
     }
 
     /// The close timeout, pings, the idle timeout and the deadline of the message in
@@ -334,6 +427,11 @@ impl<R: AsyncRead + Unpin> Session<R> {
         // fires: if the deadline moved meanwhile, `due` says so.
         if self.keepalive.is_on() && core.take_keepalive_fired() {
             let now = Instant::now();
+            if self.paused(core) {
+                // Not reading, so the peer's frames wait unheard in the socket: its silence
+                // is not known, and no ping is needed. Counted from when reading resumes.
+                self.keepalive.seen(now);
+            }
             match self.keepalive.due(now) {
                 Due::Idle => {
                     let idle = self.keepalive.idle_timeout().unwrap_or_default();
@@ -356,7 +454,17 @@ impl<R> Drop for Session<R> {
     }
 }
 
-/// The connection's failure when reading stopped.
+/// The message timeout as kept: zero means none (a message that must arrive in no time
+/// at all would be no setting anyone means), and anything else is at least a millisecond,
+/// the unit it is kept in.
+fn message_timeout(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        Duration::ZERO
+    } else {
+        timeout.max(Duration::from_millis(1))
+    }
+}
+
 /// A client's compressed message, inflated within `max` bytes (counted on what it inflates
 /// to, as it inflates: a small bomb costs no more than the limit), and checked as text.
 fn inflated(text: bool, compressed: &[u8], max: usize) -> Result<Message, Error> {
@@ -377,6 +485,7 @@ fn inflated(text: bool, compressed: &[u8], max: usize) -> Result<Message, Error>
     }
 }
 
+/// The connection's failure when reading stopped.
 fn read_failure(error: ReadError) -> Error {
     match error {
         ReadError::Eof => Error::AbruptClose,

@@ -283,6 +283,11 @@ impl ServerBuilder {
     /// starts a message and trickles the rest forever (which RFC 6455 allows, pings
     /// answered in between) holds the server's memory for as long as it likes. Default 30 s:
     /// a phone on a 2G link (4 KB/s) sends a whole 64 KiB message in 16.
+    ///
+    /// `Duration::ZERO` turns the deadline off: a message may take as long as it likes
+    /// (the [`max_partial_bytes`](ServerBuilder::max_partial_bytes) budget still bounds
+    /// what slow messages hold together). Other durations are counted in whole
+    /// milliseconds, at least one.
     pub fn message_timeout(mut self, timeout: Duration) -> Self {
         self.config.engine.message_timeout = timeout;
         self

@@ -86,6 +86,12 @@ impl Open {
         }
     }
 
+    /// Every slot, taken or free, in order: for the keep-alive timer, which walks the
+    /// list a part at a time.
+    pub(crate) fn slots(&self) -> &[Option<Connection>] {
+        &self.slots
+    }
+
     /// The open connections.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Connection> {
         self.slots.iter().flatten()
