@@ -151,9 +151,11 @@ mod scale {
             || args.room_retention_bytes.is_some()
             || args.scenario == "resume";
         if cfg!(backplane_scale_baseline) && newer {
-            return Err("built for an older crate (backplane_scale_baseline): no resume \
+            return Err(
+                "built for an older crate (backplane_scale_baseline): no resume \
                  scenario, no byte or room retention"
-                .into());
+                    .into(),
+            );
         }
         Ok(args)
     }
