@@ -120,12 +120,12 @@ end
 /// refused with `error` (the later ones were not tried). A room whose own history refused
 /// an envelope that the topic took names it (its number, from 1) and the error.
 ///
-/// Redis calls of a batch: `MGET` (the topic's epoch and counters), `SET` of the counter
-/// (the first write: a batch that Redis refuses for memory is refused whole), an `XADD` per
-/// envelope, `XLEN`, `SET` of the bytes; per room of the batch, `HMGET` (its epoch and
-/// counters), an `XADD` per envelope, `HSET` and `PEXPIRE` of its two keys. Trimming
-/// (`XRANGE`, `XTRIM`) runs when a stream is `slack` entries past its bound, or its bytes
-/// past theirs (which are then trimmed 1/64 below).
+/// Redis calls of a batch: `MGET` (the topic's epoch and counters), an `XADD` per envelope
+/// (the first one is the first write: a batch that Redis refuses for memory is refused
+/// whole), `MSET` of the counters; per room of the batch, `HMGET` (its epoch and counters;
+/// `EXISTS` for a new one), an `XADD` per envelope, `HSET` and `PEXPIRE` of its two keys.
+/// Trimming (`XLEN`, `XRANGE`, `XTRIM`) runs when a stream may be `slack` entries past its
+/// bound, or its bytes are past theirs (which are then trimmed 1/64 below).
 fn publish_script() -> String {
     format!(
         r#"{FUNCTIONS}
@@ -189,7 +189,6 @@ local epoch = topic.epoch
 if ARGV[5] ~= '' and ARGV[5] ~= epoch then return {{'moved', epoch}} end
 local count = (#ARGV - 8) / 2
 local first = tonumber(topic.offset)
-redis.call('SET', KEYS[2], string.format('%d', first + count))
 local bytes, published, failed = topic.bytes, 0, ''
 local rooms, last_of, refused = {{}}, {{}}, {{}}
 for i = 1, count do
@@ -210,16 +209,19 @@ for i = 1, count do
     end
   end
 end
-if published < count then
-  redis.call('SET', KEYS[2], string.format('%d', first + published))
+if published == 0 then
+  -- Nothing written (the first XADD is the first write: refused whole when Redis is out
+  -- of memory).
+  return {{epoch, first, 0, failed}}
 end
 local keep, keep_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
-local len = redis.call('XLEN', KEYS[1])
-if len > keep + slack(keep) or bytes > keep_bytes then
+local every, last = slack(keep), first + published
+-- The count is looked at each time the offsets pass a multiple of the slack.
+if math.floor(last / every) > math.floor(first / every) or bytes > keep_bytes then
   local _
-  _, bytes = trim(KEYS[1], len, bytes, keep, keep_bytes)
+  _, bytes = trim(KEYS[1], redis.call('XLEN', KEYS[1]), bytes, keep, keep_bytes)
 end
-redis.call('SET', KEYS[5], string.format('%d', bytes))
+redis.call('MSET', KEYS[2], string.format('%d', last), KEYS[5], string.format('%d', bytes))
 for n, room in pairs(rooms) do
   local ok, e = pcall(room_close, room, epoch)
   if not ok then
