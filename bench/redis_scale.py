@@ -4,6 +4,8 @@
     python3 bench/redis_scale.py             # ~5 min: every measurement below, 3 runs of the timed ones
     python3 bench/redis_scale.py --runs 1    # ~3 min
     python3 bench/redis_scale.py --no-build  # the example is built already
+    python3 bench/redis_scale.py --skip memory,resume --rooms 1,100 --baseline-rev 7823ee6
+                                             # throughput against the lossless mode of 7823ee6
 
 Every measurement runs examples/backplane_scale.rs (built with --features redis) against a
 redis-server of its own (a fresh one each time: no persistence, on a free loopback port),
@@ -18,6 +20,16 @@ and reads Redis's own figures around it:
               messages/s until the second server has received every one, the example's CPU
               (both servers) and Redis's CPU (INFO cpu, user + sys) per million messages.
               Baseline, in the same run: the pub/sub mode (`--pubsub`).
+  baselines   with --baseline-rev REV (repeatable), the throughput runs also measure the
+              lossless mode of each REV, interleaved with this tree's: REV is checked out in
+              a temporary worktree and its examples/backplane_scale.rs built (with
+              --baseline-target DIR, in DIR, kept for the next time); a REV older than the
+              example gets this tree's copy, built with `--cfg backplane_scale_baseline`
+              (throughput only). --room-streams-off adds this tree's lossless mode with
+              room_retention 0 (the topic's stream alone).
+  commands    every run also records Redis's INFO commandstats (calls and microseconds per
+              command, those run inside scripts included): the throughput table's
+              companion says which commands a message costs.
   resume      1,000 and 10,000 missed messages of 64 B and 4 KiB in one room, replayed from
               the room's stream in Redis to a WebSocket client of a server that never had
               the room (room_retention raised to keep them all): seconds.
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -73,11 +86,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds before one run of the example is killed")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--baseline-rev", action="append", default=[],
+                        help="also measure the throughput of this git revision's lossless "
+                             "mode (repeatable)")
+    parser.add_argument("--baseline-target", action="append", default=[], type=Path,
+                        help="cargo target directory of the --baseline-rev in the same "
+                             "position (default: a temporary one)")
+    parser.add_argument("--room-streams-off", action="store_true",
+                        help="also measure this tree's lossless mode with room_retention 0")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
     if not args.out.is_absolute():
         args.out = Path.cwd() / args.out
+    if len(args.baseline_target) > len(args.baseline_rev):
+        parser.error("more --baseline-target than --baseline-rev")
+    args.baseline_target = [t if t.is_absolute() else Path.cwd() / t
+                            for t in args.baseline_target]
     return args
 
 
@@ -96,10 +121,23 @@ def redis_cpu_s(redis: Redis) -> float:
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
+def commandstats(redis: Redis) -> dict[str, dict[str, float]]:
+    """INFO commandstats: by command, its calls and microseconds (scripts' commands
+    included)."""
+    stats = {}
+    for key, value in info(redis, "commandstats").items():
+        if not key.startswith("cmdstat_"):
+            continue
+        fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+        stats[key[len("cmdstat_"):]] = {"calls": int(fields.get("calls", 0)),
+                                        "usec": float(fields.get("usec", 0))}
+    return stats
+
+
 def run_one(binary: Path, work: Path, args: argparse.Namespace, kind: str,
             flags: list[str]) -> dict:
-    """One run on a fresh redis-server: Redis memory and CPU before and after, and the
-    example's JSON line."""
+    """One run on a fresh redis-server: Redis memory and CPU before and after, its
+    commandstats, and the example's JSON line."""
     record: dict = {"kind": kind, "flags": flags, "ok": False, "error": None}
     redis = Redis(work)
     try:
@@ -124,6 +162,7 @@ def run_one(binary: Path, work: Path, args: argparse.Namespace, kind: str,
         record["redis_used_memory_after"] = int(memory["used_memory"])
         record["redis_memory_delta"] = int(memory["used_memory"]) - memory0
         record["redis_keys"] = redis.command("DBSIZE")
+        record["commandstats"] = commandstats(redis)
         result = last_json(stdout)
         record["result"] = result
         if result is None or code != 0:
@@ -145,8 +184,16 @@ def retention_flags(messages: int, rooms: bool = True) -> list[str]:
     return flags
 
 
+def lossless_modes(args: argparse.Namespace) -> list[str]:
+    """The throughput table's lossless rows: this tree's, each baseline's, and this tree's
+    without room streams."""
+    return (["lossless"] + [f"lossless@{rev}" for rev in args.baseline_rev]
+            + (["lossless-no-rooms"] if args.room_streams_off else []))
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]]:
-    """(kind, cell, flags) for every run, in order."""
+    """(kind, cell, flags) for every run, in order; a cell's `build` names the binary
+    (None: this tree's)."""
     steps = []
     if "memory" not in args.skip:
         m = args.memory_messages
@@ -167,11 +214,16 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]]:
         m, size = args.throughput_messages, args.throughput_size
         for run in range(args.runs):
             for rooms in args.rooms:
-                for mode in ("lossless", "pubsub"):
+                for mode in lossless_modes(args) + ["pubsub"]:
                     flags = ["throughput", "--rooms", str(rooms), "--messages", str(m),
                              "--size", str(size)]
-                    steps.append(("throughput", {"rooms": rooms, "mode": mode, "run": run},
-                                  flags + (["--pubsub"] if mode == "pubsub" else [])))
+                    if mode == "pubsub":
+                        flags.append("--pubsub")
+                    if mode == "lossless-no-rooms":
+                        flags += ["--room-retention", "0"]
+                    build = mode.split("@", 1)[1] if "@" in mode else None
+                    steps.append(("throughput", {"rooms": rooms, "mode": mode, "run": run,
+                                                 "build": build}, flags))
     if "resume" not in args.skip:
         for run in range(args.runs):
             for size in args.resume_sizes:
@@ -193,6 +245,53 @@ def by(records: list[dict], kind: str, **cell) -> list[dict]:
 
 def kib(v: float) -> str:
     return f"{v / 1024:.1f} KiB" if v >= 10 * 1024 else f"{v:.0f} B"
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if len(values) % 2 else (
+        sum(sorted(values)[len(values) // 2 - 1:len(values) // 2 + 1]) / 2)
+
+
+def run_ratios(records: list[dict], rooms: int, mode: str, first: str) -> str:
+    """Redis CPU of `mode` over `first`'s, run by run (same run index), as a spread."""
+    ratios = []
+    for r in by(records, "throughput", rooms=rooms, mode=mode):
+        other = by(records, "throughput", rooms=rooms, mode=first, run=r["cell"]["run"])
+        if other and other[0]["redis_cpu_s"] > 0:
+            ratios.append(r["redis_cpu_s"] / other[0]["redis_cpu_s"])
+    return spread(ratios, "{:.2f}×")
+
+
+def commands_table(records: list[dict], args: dict, modes: list[str]) -> list[str]:
+    """Which commands a message costs Redis, by mode: calls and microseconds per message
+    from INFO commandstats (the median run), the scripts' own commands included."""
+    n = args["throughput_messages"]
+    rows = []
+    for rooms in args["rooms"]:
+        for mode in modes:
+            found = [r for r in by(records, "throughput", rooms=rooms, mode=mode)
+                     if r.get("commandstats")]
+            if not found:
+                continue
+            found.sort(key=lambda r: r["redis_cpu_s"])
+            stats = found[len(found) // 2]["commandstats"]
+            top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
+            calls = sum(v["calls"] for k, v in stats.items()
+                        if k not in ("evalsha", "eval", "fcall", "info"))
+            # A command that costs 0.05 µs a message or more, however rarely it runs (a
+            # script run per batch, a trim).
+            parts = [f"{k} {v['calls'] / n:.{3 if v['calls'] < n / 10 else 2}f}×/"
+                     f"{v['usec'] / n:.{2 if v['usec'] < n / 10 else 1}f} µs"
+                     for k, v in top if v["usec"] >= n * 0.05][:10]
+            rows.append(f"| {rooms:,} | {mode} | {calls / n:.1f} | " + ", ".join(parts) + " |")
+    if not rows:
+        return []
+    return ["", "Where Redis's time goes (INFO commandstats of the median run, per message): "
+            "commands called (by clients and scripts; not counting the script calls "
+            "themselves), then each command's calls and microseconds per message, "
+            "most time first. A script's microseconds include its commands'.", "",
+            "| rooms | mode | commands/message | per message: calls × / µs |",
+            "|---:|---|---:|---|", *rows]
 
 
 def markdown(report: dict) -> str:
@@ -245,34 +344,44 @@ def markdown(report: dict) -> str:
             lines += ["", "Per room beyond the first (same messages, more rooms), and what "
                       "the room streams multiply: " + "; ".join(room_lines) + "."]
     if any(r["kind"] == "throughput" for r in records):
+        modes = lossless_modes(argparse.Namespace(**args)) + ["pubsub"]
+        first = modes[1] if args.get("baseline_rev") else None
         lines += ["", f"**Throughput**: {args['throughput_messages']:,} messages of "
                   f"{args['throughput_size']} B from server A, round-robin over the rooms, "
                   "timed until server B received every one (default retention: 10,000 "
                   "messages per topic, 1,000 per room); median of the runs (min–max). CPU: "
                   "seconds per million messages, the example's (both servers, one process) "
                   "and redis-server's. ÷ pub/sub: lossless over the pub/sub mode in the same "
-                  "run.", "",
+                  "run." + (f" Redis CPU ÷ {first}: the median of each run's Redis CPU "
+                            f"over that of {first} in the same run (interleaved: "
+                            "every mode of a run, then the next run)." if first else ""), "",
                   "| rooms | mode | messages/s | ÷ pub/sub | example CPU s/M | Redis CPU s/M "
-                  "| Redis memory after | missed |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  + ("| Redis CPU ÷ base " if first else "")
+                  + "| Redis memory after | missed |",
+                  "|---:|---|---:|---:|---:|---:|" + ("---:|" if first else "") + "---:|---:|"]
+        n = args["throughput_messages"]
         for rooms in args["rooms"]:
             base = [r["result"]["messages_per_s"]
                     for r in by(records, "throughput", rooms=rooms, mode="pubsub")]
-            for mode in ("lossless", "pubsub"):
+            for mode in modes:
                 found = by(records, "throughput", rooms=rooms, mode=mode)
                 if not found:
                     continue
-                n = args["throughput_messages"]
                 rate = [r["result"]["messages_per_s"] for r in found]
                 ratio = ""
-                if mode == "lossless" and base:
-                    ratio = f"{sorted(rate)[len(rate) // 2] / sorted(base)[len(base) // 2]:.2f}×"
+                if mode != "pubsub" and base:
+                    ratio = f"{median(rate) / median(base):.2f}×"
+                cpu_ratio = ""
+                if first:
+                    cpu_ratio = "| " + run_ratios(records, rooms, mode, first) + " "
                 lines.append(
                     f"| {rooms:,} | {mode} | {spread(rate, '{:,.0f}')} | {ratio} "
                     f"| {spread([r['result']['cpu_s_per_million'] for r in found], '{:.1f}')} "
                     f"| {spread([r['redis_cpu_s'] * 1e6 / n for r in found], '{:.1f}')} "
-                    f"| {spread([r['redis_memory_delta'] / 1048576 for r in found], '{:.1f}')} MiB "
+                    + cpu_ratio
+                    + f"| {spread([r['redis_memory_delta'] / 1048576 for r in found], '{:.1f}')} MiB "
                     f"| {max(r['result']['b']['missed'] for r in found)} |")
+        lines += commands_table(records, args, modes)
     if any(r["kind"] == "resume" for r in records):
         lines += ["", "**Resume**: a client resumes in a room from its first message on a "
                   "server that never had the room: the other messages are replayed from the "
@@ -304,6 +413,33 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def build_baseline(rev: str, work: Path, target: Path, index: int) -> Path:
+    """The example of `rev`, built in a temporary worktree into `target`, copied into
+    `work`. A `rev` older than the example gets this tree's copy, built for an older crate
+    (`--cfg backplane_scale_baseline`: throughput only)."""
+    tree = work / f"baseline-{index}"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
+                   check=True, capture_output=True)
+    try:
+        env = {**os.environ, "CARGO_TARGET_DIR": str(target)}
+        source = tree / "examples" / f"{EXAMPLE}.rs"
+        if not source.exists():
+            shutil.copy2(ROOT / "examples" / f"{EXAMPLE}.rs", source)
+            env["RUSTFLAGS"] = (env.get("RUSTFLAGS", "") + " --cfg backplane_scale_baseline").strip()
+        cmd = ["cargo", "build", "--release", "--features", "redis", "--example", EXAMPLE]
+        log(f"$ {' '.join(cmd)}  # {rev} in {tree}, target {target}"
+            + (f", RUSTFLAGS={env['RUSTFLAGS']!r}" if "RUSTFLAGS" in env else ""))
+        done = subprocess.run(cmd, cwd=tree, env=env)
+        if done.returncode != 0:
+            sys.exit(f"cargo build of {rev} failed (exit {done.returncode})")
+        binary = work / f"{EXAMPLE}-{index}"
+        shutil.copy2(target / "release" / "examples" / EXAMPLE, binary)
+        return binary
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                       capture_output=True)
+
+
 def on_signal(signum: int, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -317,7 +453,9 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     results_path = args.out / f"redis-scale-{stamp}.json"
-    public_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    public_args = {k: (str(v) if isinstance(v, Path) else
+                       [str(p) for p in v] if k == "baseline_target" else v)
+                   for k, v in vars(args).items()}
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "complete": False, "args": public_args,
@@ -334,11 +472,17 @@ def main(argv: list[str]) -> int:
             built = target_dir() / "release" / "examples" / EXAMPLE
             if not built.exists():
                 sys.exit(f"missing {built} (build it or drop --no-build)")
-            binary = work_dir / EXAMPLE
-            shutil.copy2(built, binary)
+            binaries = {None: work_dir / EXAMPLE}
+            shutil.copy2(built, binaries[None])
+            for i, rev in enumerate(args.baseline_rev):
+                target = (args.baseline_target[i] if i < len(args.baseline_target)
+                          else work_dir / f"target-{i}")
+                binaries[rev] = build_baseline(rev, work_dir, target, i)
+            report["builds"] = {rev or "this tree": str(path) for rev, path in binaries.items()}
             log(f"{len(steps)} runs; results in {results_path}")
             try:
                 for i, (kind, cell, flags) in enumerate(steps, 1):
+                    binary = binaries[cell.get("build")]
                     record = run_one(binary, work_dir, args, kind, flags)
                     record["cell"] = cell
                     report["runs"].append(record)

@@ -29,6 +29,14 @@
 //! Retention flags (`--retention`, `--retention-bytes`, `--room-retention`,
 //! `--room-retention-bytes`) set the `RedisConfig` bounds; `--pubsub` uses the pub/sub mode
 //! instead (throughput only: nothing is kept in Redis, so no resume).
+//!
+//! Built with `RUSTFLAGS='--cfg backplane_scale_baseline'` (as `bench/redis_scale.py
+//! --baseline-rev` does), it compiles against older versions of the crate (from 7823ee6,
+//! before byte and room retention): the `throughput` and `memory` scenarios only, with
+//! `--retention` the only bound.
+
+// Built for an older crate, what only the newer scenarios use is left unused.
+#![cfg_attr(backplane_scale_baseline, allow(unused))]
 
 #[cfg(not(feature = "redis"))]
 fn main() {
@@ -56,12 +64,14 @@ mod scale {
     use std::error::Error;
     use std::time::{Duration, Instant};
 
-    use futures_util::StreamExt;
     use serde_json::{json, Value};
-    use tokio_tungstenite::tungstenite::Message as WsMessage;
     use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
-    use websocket_handler::{
-        Connection, History, Position, Rooms, WebSocketHandler, WebSocketServer,
+    use websocket_handler::{History, Rooms};
+    #[cfg(not(backplane_scale_baseline))]
+    use {
+        futures_util::StreamExt,
+        tokio_tungstenite::tungstenite::Message as WsMessage,
+        websocket_handler::{Connection, Position, WebSocketHandler, WebSocketServer},
     };
 
     type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -139,6 +149,17 @@ mod scale {
         if args.pubsub && args.scenario != "throughput" {
             return Err("--pubsub is for the throughput scenario only".into());
         }
+        let newer = args.retention_bytes.is_some()
+            || args.room_retention.is_some()
+            || args.room_retention_bytes.is_some()
+            || args.scenario == "resume";
+        if cfg!(backplane_scale_baseline) && newer {
+            return Err(
+                "built for an older crate (backplane_scale_baseline): no resume \
+                 scenario, no byte or room retention"
+                    .into(),
+            );
+        }
         Ok(args)
     }
 
@@ -153,6 +174,17 @@ mod scale {
             if let Some(messages) = self.retention {
                 config = config.retention(messages);
             }
+            self.newer_bounds(config)
+        }
+
+        /// The bounds an older crate does not have (see `parse_args`).
+        #[cfg(backplane_scale_baseline)]
+        fn newer_bounds(&self, config: RedisConfig) -> RedisConfig {
+            config
+        }
+
+        #[cfg(not(backplane_scale_baseline))]
+        fn newer_bounds(&self, mut config: RedisConfig) -> RedisConfig {
             if let Some(bytes) = self.retention_bytes {
                 config = config.retention_bytes(bytes);
             }
@@ -230,18 +262,24 @@ mod scale {
 
     fn stats_json(backplane: &RedisBackplane) -> Value {
         let s = backplane.stats();
-        json!({
+        #[cfg_attr(backplane_scale_baseline, allow(unused_mut))]
+        let mut stats = json!({
             "published": s.published, "delivered": s.delivered, "dropped": s.dropped,
             "missed": s.missed, "invalid": s.invalid, "refused": s.refused,
-            "history_resets": s.history_resets, "retried": s.retried,
-            "disconnects": s.disconnects,
-        })
+            "history_resets": s.history_resets, "disconnects": s.disconnects,
+        });
+        #[cfg(not(backplane_scale_baseline))]
+        {
+            stats["retried"] = json!(s.retried);
+        }
+        stats
     }
 
     pub async fn run() -> Result<String> {
         let args = parse_args()?;
         let result = match args.scenario.as_str() {
             "throughput" | "memory" => throughput(&args).await?,
+            #[cfg(not(backplane_scale_baseline))]
             "resume" => resume(&args).await?,
             _ => unreachable!("parse_args knows the scenarios"),
         };
@@ -293,12 +331,14 @@ mod scale {
         Ok(line)
     }
 
+    #[cfg(not(backplane_scale_baseline))]
     /// On open: resumes in `?room=` from `?after=`, timing `Rooms::resume`, and says
     /// `resumed REPLAYED MICROSECONDS` (or `not resumed: WHY`).
     struct Resumer {
         rooms: Rooms<String>,
     }
 
+    #[cfg(not(backplane_scale_baseline))]
     impl WebSocketHandler for Resumer {
         async fn on_open(&mut self, conn: &Connection) {
             let room = conn.query_param("room").unwrap_or_default();
@@ -317,9 +357,11 @@ mod scale {
         }
     }
 
+    #[cfg(not(backplane_scale_baseline))]
     /// One entry of an `XRANGE` reply: its id and its fields, values as bytes.
     type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
+    #[cfg(not(backplane_scale_baseline))]
     /// The position of the oldest message in the room's own stream in Redis.
     async fn first_position(url: &str, room: &str) -> Result<Position> {
         let client = redis::Client::open(url)?;
@@ -360,6 +402,7 @@ mod scale {
         Ok(format!("{epoch:x}.{offset}").parse()?)
     }
 
+    #[cfg(not(backplane_scale_baseline))]
     async fn resume(args: &Args) -> Result<Value> {
         let room = "resume".to_owned();
         let a = server(args).await?;

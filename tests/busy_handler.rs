@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use websocket_handler::{
-    CloseCode, CloseFrame, Connection, Error, Message, WebSocketHandler,
-    WebSocketServer,
+    CloseCode, CloseFrame, Connection, Error, Message, WebSocketHandler, WebSocketServer,
 };
 
 const PING: Duration = Duration::from_millis(100);

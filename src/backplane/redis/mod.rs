@@ -112,7 +112,8 @@ impl RedisConfig {
         self
     }
 
-    /// In lossless mode, how many messages each topic's stream keeps (about: `MAXLEN ~`):
+    /// In lossless mode, how many messages each topic's stream keeps (about, as `MAXLEN ~`
+    /// would: it is trimmed back to this in batches, once it holds 1/16 more, 100 at most):
     /// how far back a process that was away, or a client that resumes, can catch up.
     /// Default 10,000; at least 1.
     pub fn retention(mut self, messages: usize) -> Self {
@@ -121,7 +122,9 @@ impl RedisConfig {
     }
 
     /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
-    /// message is always kept), the other bound of the [`retention`](Self::retention).
+    /// message is always kept), the other bound of the [`retention`](Self::retention). A
+    /// stream that reaches it is trimmed 1/64 below it, so that it is not trimmed again at
+    /// every message.
     /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
     /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
     pub fn retention_bytes(mut self, bytes: usize) -> Self {
@@ -131,8 +134,9 @@ impl RedisConfig {
 
     /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
     /// own, for clients that resume from further back than a process's history: its last
-    /// `messages`, within `bytes` (the newest always kept), for `ttl` after its last
-    /// message. A room's history is its own: a busy room does not push a quiet one's out,
+    /// `messages` (trimmed in batches, like the topic's [`retention`](Self::retention)),
+    /// within `bytes` (the newest always kept; trimmed like
+    /// [`retention_bytes`](Self::retention_bytes)), for `ttl` after its last message. A room's history is its own: a busy room does not push a quiet one's out,
     /// and a resume reads only its room's messages. It costs Redis a second copy of every
     /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
     /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
@@ -895,8 +899,14 @@ fn classify(error: &redis::RedisError) -> Failure {
         return Failure::Reconnect;
     }
     // An error inside a script may name the command's own code after "ERR ...".
-    let code = error.code().unwrap_or_default();
-    let detail = error.detail().unwrap_or_default();
+    classify_code(
+        error.code().unwrap_or_default(),
+        error.detail().unwrap_or_default(),
+    )
+}
+
+/// [`classify`] by an error's code and detail (`CODE detail` as Redis says it).
+fn classify_code(code: &str, detail: &str) -> Failure {
     const TRANSIENT: [&str; 7] = [
         "BUSY",
         "LOADING",

@@ -1,8 +1,9 @@
 //! The lossless mode of the Redis backplane: each topic is a Redis stream.
 //!
-//! A publication is one script run (atomic in Redis): it takes the topic's next offset
-//! (`INCR`), appends the envelope under it with the topic's epoch (`XADD`), trims the
-//! stream to its retention in messages and in bytes, and answers `{epoch, offset}`. Every
+//! A topic's publications of one batch are one script run (atomic in Redis): it appends
+//! each envelope under the topic's next offset with the topic's epoch (`XADD`), and to its
+//! room's own stream, trims the streams to their retention in messages and in bytes, and
+//! answers the epoch and the offsets. Every
 //! process reads every stream it subscribes to from the last offset it delivered (`XREAD
 //! BLOCK`, a bounded number of entries at a time) and delivers in offset order with the
 //! position `(epoch, offset)`: its own publications included, so all processes deliver the
@@ -23,7 +24,8 @@
 //!   by sender and sequence number.
 //!
 //! Transient refusals (`BUSY`, `LOADING`, `OOM`, ...) are retried with backoff, in order:
-//! a publication of a topic runs only if the one before it in its batch did (`chain`).
+//! a batch's publications of a topic are one script run, which stops at the first one
+//! refused, and that one and the later ones go back to the queue.
 //!
 //! [`RedisStats::history_resets`]: super::RedisStats::history_resets
 
@@ -41,75 +43,193 @@ use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedEnvelopes
 use crate::fanout::history::{Position, ResumeError};
 
 /// What both scripts share, as Lua functions; KEYS as [`Keys::all`] (then, for a room,
-/// [`RoomKeys`]).
-/// - `epoch_for(run, new, stale)`: the topic's epoch, started over (with `new`, and offsets
-///   from the server's clock in microseconds, above every earlier epoch's) when it has none
-///   valid for this Redis run (`run`), or it is `stale` (a reader saw its counter go back).
-/// - `append(stream, bytes, floor, offset, epoch, data, keep, keep_bytes)`: adds an entry
-///   and trims the oldest past `keep` entries or `keep_bytes` of data (the newest always
-///   stays), keeping the count of data bytes in `bytes` and, if given, the last offset
-///   trimmed in `floor`.
+/// [`RoomKeys`]). Every number written is formatted with `%d` (Lua's own conversion would
+/// write offsets, which are microseconds, in exponent form).
+/// - `epoch_for(run, new, stale)`: the topic's epoch and counters, in one `MGET`: started
+///   over (with `new`, and offsets from the server's clock in microseconds, above every
+///   earlier epoch's) when it has none valid for this Redis run (`run`), or it is `stale` (a
+///   reader saw its counter go back).
+/// - `slack(keep)`: how far past `keep` entries a stream may grow before it is trimmed back
+///   to `keep` (1/16 of it, 1 to 100): trimmed in batches, as `MAXLEN ~` would.
+/// - `trim(stream, len, bytes, keep, keep_bytes)`: removes the oldest entries of a stream of
+///   `len` entries holding `bytes` of data until at most `keep` are left and, if `bytes` is
+///   over `keep_bytes`, until at most `keep_bytes - keep_bytes / 64` are (never more than
+///   `keep_bytes`, trimmed again only after 1/64 of it more); the newest always stays. Reads
+///   the sizes of what goes (`XRANGE`), then removes it at once (`XTRIM MAXLEN`, exact).
+///   Answers what is left, in entries and bytes, and the last id removed (`false`: none).
 const FUNCTIONS: &str = r#"
 local function epoch_for(run, new, stale)
-  local epoch = redis.call('GET', KEYS[3])
-  if epoch and epoch ~= stale and redis.call('GET', KEYS[4]) == run
-      and redis.call('EXISTS', KEYS[2]) == 1 then
-    return epoch
+  local kept = redis.call('MGET', KEYS[3], KEYS[4], KEYS[2], KEYS[5], KEYS[6])
+  local epoch = kept[1]
+  if epoch and epoch ~= stale and kept[2] == run and kept[3] then
+    return {epoch = epoch, offset = kept[3], bytes = tonumber(kept[4]) or 0,
+      base = kept[5] or '0'}
   end
   local now = redis.call('TIME')
   local base = now[1] .. string.format('%06d', tonumber(now[2]))
-  redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
-  redis.call('SET', KEYS[2], base)
-  redis.call('SET', KEYS[7], base)
-  redis.call('SET', KEYS[3], new)
-  redis.call('SET', KEYS[4], run)
-  return new
+  redis.call('DEL', KEYS[1], KEYS[5])
+  redis.call('MSET', KEYS[2], base, KEYS[6], base, KEYS[3], new, KEYS[4], run)
+  return {epoch = new, offset = base, bytes = 0, base = base}
 end
 
-local function append(stream, bytes_key, floor_key, offset, epoch, data, keep, keep_bytes)
-  redis.call('XADD', stream, string.format('%d-0', offset), 'e', epoch, 'd', data)
-  local bytes = redis.call('INCRBY', bytes_key, #data)
-  local len = redis.call('XLEN', stream)
-  while len > 1 and (len > keep or bytes > keep_bytes) do
-    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', stream, oldest[1])
-    if floor_key then redis.call('SET', floor_key, oldest[1]) end
-    local fields, size = oldest[2], 0
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then size = #fields[i + 1] end
+local function slack(keep)
+  return math.max(1, math.min(100, math.floor(keep / 16)))
+end
+
+local function trim(stream, len, bytes, keep, keep_bytes)
+  local target = keep_bytes
+  if bytes > keep_bytes then target = keep_bytes - math.floor(keep_bytes / 64) end
+  local removed, last, from = 0, false, '-'
+  while len - removed > 1 and (len - removed > keep or bytes > target) do
+    local left = len - removed
+    local want = left - keep
+    if bytes > target then
+      want = math.max(want, math.ceil((bytes - target) * left / bytes))
     end
-    bytes = redis.call('DECRBY', bytes_key, size)
-    len = len - 1
+    want = math.min(math.max(want, 1), left - 1, 1024)
+    local page = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
+    if #page == 0 then break end
+    for _, entry in ipairs(page) do
+      if not (len - removed > 1 and (len - removed > keep or bytes > target)) then break end
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then bytes = bytes - #fields[i + 1] end
+      end
+      removed = removed + 1
+      last = entry[1]
+    end
+    local ms, seq = string.match(last or '', '^(%d+)%-(%d+)$')
+    if not ms then break end
+    from = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
   end
+  if removed > 0 then redis.call('XTRIM', stream, 'MAXLEN', len - removed) end
+  return len - removed, bytes, last
 end
 "#;
 
-/// Publishes one envelope. ARGV: 1 the envelope, 2 messages kept, 3 bytes kept, 4 run id,
-/// 5 a new epoch, 6 the epoch the publisher expects ('' for any), 7 the token of the
-/// publication before it in its batch ('' for none), 8 its own token; for an envelope of a
-/// room, also kept in the room's own stream (KEYS 8-10): 9 its messages kept ('' for no
-/// room), 10 its bytes kept, 11 how long it is kept after its last message, in
-/// milliseconds. Answers `{epoch, offset}`, or `{'moved', epoch}` (another epoch than
-/// expected: not published) or `{'skip', epoch}` (the one before it was not published:
-/// neither is this one).
+/// Publishes a topic's envelopes of one batch, in order, in one run. KEYS: the topic's
+/// ([`Keys::all`]), then two per room of the batch ([`RoomKeys`]: its stream and its
+/// counters). ARGV: 1 messages kept, 2 bytes kept, 3 run id, 4 a new epoch, 5 the epoch the
+/// publisher expects ('' for any), 6 a room's messages kept, 7 its bytes kept, 8 how long
+/// it is kept after its last message, in milliseconds; then for each envelope, the
+/// envelope and its room (the room's number in KEYS, from 1; 0 for none).
+///
+/// Answers `{'moved', epoch}` (another epoch than expected: nothing published), or
+/// `{epoch, offset, published, error, [n, room error]...}`: the first `published`
+/// envelopes went in at the offsets after `offset`; if fewer than all, the next one was
+/// refused with `error` (the later ones were not tried). A room whose own history refused
+/// an envelope that the topic took names it (its number, from 1) and the error.
+///
+/// Redis calls of a batch: `MGET` (the topic's epoch and counters), an `XADD` per envelope
+/// (the first one is the first write: a batch that Redis refuses for memory is refused
+/// whole), `MSET` of the counters; per room of the batch, `HMGET` (its epoch and counters;
+/// `EXISTS` for a new one), an `XADD` per envelope, `HSET` and `PEXPIRE` of its two keys.
+/// Trimming (`XLEN`, `XRANGE`, `XTRIM`) runs when a stream may be `slack` entries past its
+/// bound, or its bytes are past theirs (which are then trimmed 1/64 below).
 fn publish_script() -> String {
     format!(
         r#"{FUNCTIONS}
-local epoch = epoch_for(ARGV[4], ARGV[5], '')
-if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {{'moved', epoch}} end
-if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{'skip', epoch}} end
-local offset = redis.call('INCR', KEYS[2])
-append(KEYS[1], KEYS[5], nil, offset, epoch, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
-if ARGV[9] ~= '' then
-  -- The room's own history, of one epoch only, forgotten when the room goes quiet.
-  local last = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', 1)[1]
-  if last and last[2][2] ~= epoch then redis.call('DEL', KEYS[8], KEYS[9], KEYS[10]) end
-  append(KEYS[8], KEYS[9], KEYS[10], offset, epoch, ARGV[1], tonumber(ARGV[9]),
-    tonumber(ARGV[10]))
-  for i = 8, 10 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
+local function error_text(e)
+  if type(e) == 'table' then e = e.err end
+  return tostring(e)
 end
-redis.call('SET', KEYS[6], ARGV[8])
-return {{epoch, offset}}
+
+-- A room's own history, of one epoch only, forgotten when the room goes quiet; its
+-- counters (a hash): e its epoch, b its bytes, n its entries, f the last id trimmed (a
+-- resume from before it is too old).
+local function room_open(n, epoch, offset)
+  local stream, meta = KEYS[5 + 2 * n], KEYS[6 + 2 * n]
+  local kept = redis.call('HMGET', meta, 'e', 'b', 'n')
+  local room = {{stream = stream, meta = meta, bytes = tonumber(kept[2]) or 0,
+    len = tonumber(kept[3]) or 0, floor = false}}
+  if kept[1] ~= epoch then
+    if kept[1] then
+      redis.call('DEL', stream, meta)
+    elseif redis.call('EXISTS', stream) == 1 then
+      -- A stream without its counters (they were lost): it starts over, and nothing
+      -- before this message can be resumed from it.
+      redis.call('DEL', stream)
+      room.floor = string.format('%d-0', offset - 1)
+    end
+    room.bytes, room.len = 0, 0
+  end
+  return room
+end
+
+local function room_add(rooms, n, epoch, offset, id, data)
+  local room = rooms[n]
+  if not room then
+    room = room_open(n, epoch, offset)
+    rooms[n] = room
+  end
+  redis.call('XADD', room.stream, id, 'e', epoch, 'd', data)
+  room.len, room.bytes = room.len + 1, room.bytes + #data
+end
+
+local function room_close(room, epoch)
+  local keep, keep_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+  if room.len > keep + slack(keep) or room.bytes > keep_bytes then
+    local trimmed
+    room.len, room.bytes, trimmed = trim(room.stream, redis.call('XLEN', room.stream),
+      room.bytes, keep, keep_bytes)
+    room.floor = trimmed or room.floor
+  end
+  local counters = {{'e', epoch, 'b', string.format('%d', room.bytes), 'n',
+    string.format('%d', room.len)}}
+  if room.floor then
+    counters[7], counters[8] = 'f', room.floor
+  end
+  redis.call('HSET', room.meta, unpack(counters))
+  redis.call('PEXPIRE', room.stream, ARGV[8])
+  redis.call('PEXPIRE', room.meta, ARGV[8])
+end
+
+local topic = epoch_for(ARGV[3], ARGV[4], '')
+local epoch = topic.epoch
+if ARGV[5] ~= '' and ARGV[5] ~= epoch then return {{'moved', epoch}} end
+local count = (#ARGV - 8) / 2
+local first = tonumber(topic.offset)
+local bytes, published, failed = topic.bytes, 0, ''
+local rooms, last_of, refused = {{}}, {{}}, {{}}
+for i = 1, count do
+  local data, n = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local id = string.format('%d-0', first + i)
+  local ok, e = pcall(redis.call, 'XADD', KEYS[1], id, 'e', epoch, 'd', data)
+  if not ok then
+    failed = error_text(e)
+    break
+  end
+  published, bytes = i, bytes + #data
+  if n > 0 then
+    ok, e = pcall(room_add, rooms, n, epoch, first + i, id, data)
+    last_of[n] = i
+    if not ok then
+      refused[#refused + 1] = i
+      refused[#refused + 1] = error_text(e)
+    end
+  end
+end
+if published == 0 then
+  -- Nothing written (the first XADD is the first write: refused whole when Redis is out
+  -- of memory).
+  return {{epoch, first, 0, failed}}
+end
+local keep, keep_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
+local every, last = slack(keep), first + published
+-- The count is looked at each time the offsets pass a multiple of the slack.
+if math.floor(last / every) > math.floor(first / every) or bytes > keep_bytes then
+  local _
+  _, bytes = trim(KEYS[1], redis.call('XLEN', KEYS[1]), bytes, keep, keep_bytes)
+end
+redis.call('MSET', KEYS[2], string.format('%d', last), KEYS[5], string.format('%d', bytes))
+for n, room in pairs(rooms) do
+  local ok, e = pcall(room_close, room, epoch)
+  if not ok then
+    refused[#refused + 1] = last_of[n]
+    refused[#refused + 1] = error_text(e)
+  end
+end
+return {{epoch, first, published, failed, unpack(refused)}}
 "#
     )
 }
@@ -120,8 +240,8 @@ return {{epoch, offset}}
 fn ensure_script() -> String {
     format!(
         "{FUNCTIONS}
-local epoch = epoch_for(ARGV[1], ARGV[2], ARGV[3])
-         return {{epoch, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[7]) or '0'}}
+local topic = epoch_for(ARGV[1], ARGV[2], ARGV[3])
+return {{topic.epoch, topic.offset, topic.base}}
 "
     )
 }
@@ -143,31 +263,31 @@ pub(super) struct Keys {
     run: String,
     /// The payload bytes the stream holds.
     bytes: String,
-    /// The token of the last publication (see `chain` in [`publish_script`]).
-    chain: String,
     /// The offset the epoch started after.
     base: String,
 }
 
-/// The Redis keys of one room's own history on a topic: in the topic's hash slot.
+/// The Redis keys of one room's own history on a topic: in the topic's hash slot. The
+/// room's name ends each, after a prefix of its own, so that no room's keys are another's.
 pub(super) struct RoomKeys {
     stream: Vec<u8>,
-    bytes: Vec<u8>,
-    /// The last offset trimmed from it: a resume from below it is too old.
-    floor: Vec<u8>,
+    /// Its counters, a hash: `e` the epoch of its entries, `b` their bytes, `n` how many,
+    /// `f` the last id trimmed from it (a resume from below it is too old).
+    meta: Vec<u8>,
 }
 
 /// `room` (its name's bytes) on `channel`; `None` for the keys passed when there is none.
 fn room_keys(channel: &str, room: Option<&[u8]>) -> RoomKeys {
-    let stream = [
-        format!("{{{channel}}}:r:").as_bytes(),
-        room.unwrap_or_default(),
-    ]
-    .concat();
+    let key = |kind: &str| {
+        [
+            format!("{{{channel}}}:{kind}:").as_bytes(),
+            room.unwrap_or_default(),
+        ]
+        .concat()
+    };
     RoomKeys {
-        bytes: [&stream[..], b":bytes"].concat(),
-        floor: [&stream[..], b":floor"].concat(),
-        stream,
+        stream: key("r"),
+        meta: key("m"),
     }
 }
 
@@ -178,7 +298,6 @@ pub(super) fn keys(channel: &str) -> Keys {
         epoch: format!("{stream}:epoch"),
         run: format!("{stream}:run"),
         bytes: format!("{stream}:bytes"),
-        chain: format!("{stream}:chain"),
         base: format!("{stream}:base"),
         stream,
     }
@@ -186,14 +305,13 @@ pub(super) fn keys(channel: &str) -> Keys {
 
 impl Keys {
     /// The `KEYS` of the scripts, in their order.
-    fn all(&self) -> [&str; 7] {
+    fn all(&self) -> [&str; 6] {
         [
             &self.stream,
             &self.offset,
             &self.epoch,
             &self.run,
             &self.bytes,
-            &self.chain,
             &self.base,
         ]
     }
@@ -227,9 +345,6 @@ struct Session {
     publish: String,
     ensure: String,
     run_id: String,
-    /// Tells this session's publications apart, for `chain`.
-    token_prefix: String,
-    tokens: u64,
     /// After a transient refusal: no publishing before this.
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
@@ -269,8 +384,6 @@ pub(super) async fn serve(
         publish: load(&mut publisher, &publish_script()).await?,
         ensure: load(&mut publisher, &ensure_script()).await?,
         run_id: run_id(&mut publisher).await?,
-        token_prefix: format!("{:x}", super::super::new_sender_id()),
-        tokens: 0,
         retry_at: None,
         backoff: config.reconnect_min,
     };
@@ -373,11 +486,6 @@ impl Session {
         let wait = super::jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(config.reconnect_max);
         wait
-    }
-
-    fn token(&mut self) -> String {
-        self.tokens += 1;
-        format!("{}:{}", self.token_prefix, self.tokens)
     }
 }
 
@@ -687,7 +795,7 @@ async fn ensure_all(
     pipe.ignore_errors();
     for channel in channels {
         let keys = keys(channel);
-        pipe.cmd("EVALSHA").arg(&session.ensure).arg(7);
+        pipe.cmd("EVALSHA").arg(&session.ensure).arg(6);
         for key in keys.all() {
             pipe.arg(key);
         }
@@ -865,42 +973,83 @@ fn text(value: Value) -> Option<String> {
     }
 }
 
-/// What Redis said of one publication.
+/// What Redis said of a topic's publications of one batch.
 enum Outcome {
-    /// Stored at this position.
-    Published(u64),
-    /// Not stored: the topic is at another epoch than the publisher expected (Redis lost
+    /// The first `published` went in, in the epoch; if fewer than all, the next one was
+    /// refused with `error` (and the later ones not tried). `rooms`: envelopes (by index)
+    /// that the topic took but their room's own history refused, with the error.
+    Published {
+        epoch: u64,
+        published: usize,
+        error: Option<String>,
+        rooms: Vec<(usize, String)>,
+    },
+    /// None went in: the topic is at another epoch than the publisher expected (Redis lost
     /// or rewound it), and it is this one now.
     Moved(u64),
-    /// Not stored: the publication before it in the batch was not.
-    Skipped,
 }
 
 fn parse_outcome(reply: &Value) -> Option<Outcome> {
     let Value::Array(items) = reply else {
         return None;
     };
-    let [first, second] = items.as_slice() else {
-        return None;
-    };
-    match first {
-        Value::BulkString(word) if word == b"moved" => Some(Outcome::Moved(number(second)?)),
-        Value::BulkString(word) if word == b"skip" => Some(Outcome::Skipped),
-        epoch => Some(Outcome::Published(number(epoch)?)),
+    match items.as_slice() {
+        [Value::BulkString(word), epoch] if word == b"moved" => {
+            Some(Outcome::Moved(number(epoch)?))
+        }
+        [epoch, _offset, published, error, rooms @ ..] => {
+            let error = match error {
+                Value::BulkString(text) if text.is_empty() => None,
+                Value::BulkString(text) => Some(String::from_utf8_lossy(text).into_owned()),
+                _ => return None,
+            };
+            let rooms = rooms
+                .chunks(2)
+                .map(|pair| match pair {
+                    [n, Value::BulkString(text)] => Some((
+                        usize::try_from(number(n)?).ok()?.checked_sub(1)?,
+                        String::from_utf8_lossy(text).into_owned(),
+                    )),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Outcome::Published {
+                epoch: number(epoch)?,
+                published: usize::try_from(number(published)?).ok()?,
+                error,
+                rooms,
+            })
+        }
+        _ => None,
     }
 }
 
-/// Publishes the oldest queued messages, up to a batch, each with the script, in one
-/// pipelined round trip; returns whether more are queued.
+/// The error Redis gave as text inside a script (`CODE detail`), classified as a reply
+/// would be.
+fn script_error(text: &str) -> (Failure, redis::RedisError) {
+    let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
+    let error = redis::RedisError::from((
+        redis::ErrorKind::Extension,
+        "refused inside the publish script",
+        format!("{code} {detail}"),
+    ));
+    (super::classify_code(code, detail), error)
+}
+
+/// Publishes the oldest queued messages, up to a batch, in one pipelined round trip: one
+/// script run per topic, with that topic's messages in order. Returns whether more are
+/// queued.
 ///
 /// - A failed connection puts the batch back (and ends the session).
-/// - A transient refusal (`BUSY`, `OOM`, ...) puts that message back, with every later
-///   one of its topic in the batch (which the script then skipped), and waits a backoff
-///   before publishing again, so that a topic's messages are published in order.
+/// - A transient refusal (`BUSY`, `OOM`, ...) puts the topic's messages back (from the one
+///   refused on), and waits a backoff before publishing again, so that a topic's messages
+///   are published in order.
 /// - A topic Redis lost or rewound (`moved`): what this process published on it lately,
-///   then this message and the later ones, go back to the front of the queue.
+///   then the topic's messages of the batch, go back to the front of the queue.
 /// - A permanent refusal (`NOPERM`, `WRONGTYPE`, a script error) drops and counts the
-///   message.
+///   message refused (all of the topic's in the batch if the script refused them whole);
+///   the later ones go back to the queue. A room's own history refusing a message that
+///   the topic took is counted and logged; the message is published.
 async fn publish_batch(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
@@ -911,41 +1060,66 @@ async fn publish_batch(
         return Ok(false);
     }
     let config = &shared.config;
+    // By topic, in the order they first appear: its messages, in order.
+    let mut topics: Vec<(String, Vec<Bytes>)> = Vec::new();
+    {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (channel, envelope) in &batch {
+            let at = *index.entry(channel).or_insert_with(|| {
+                topics.push((channel.clone(), Vec::new()));
+                topics.len() - 1
+            });
+            topics[at].1.push(envelope.clone());
+        }
+    }
+    drop(batch);
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    let mut previous: HashMap<&str, String> = HashMap::new();
-    for (channel, envelope) in &batch {
+    for (channel, envelopes) in &topics {
         let keys = keys(channel);
         let expected = lock(&shared.recent)
             .epoch(channel)
             .map(|epoch| epoch.to_string())
             .unwrap_or_default();
-        let token = session.token();
-        let chain = previous.insert(channel, token.clone()).unwrap_or_default();
-        let room = envelope::room_of(envelope).filter(|_| config.room_retention > 0);
-        let room_keys = room_keys(channel, room);
-        pipe.cmd("EVALSHA").arg(&session.publish).arg(10);
+        // The rooms of the topic's messages, numbered from 1 in the order they appear.
+        let mut rooms: Vec<&[u8]> = Vec::new();
+        let numbers: Vec<usize> = envelopes
+            .iter()
+            .map(|envelope| {
+                let Some(room) = envelope::room_of(envelope).filter(|_| config.room_retention > 0)
+                else {
+                    return 0;
+                };
+                match rooms.iter().position(|known| *known == room) {
+                    Some(at) => at + 1,
+                    None => {
+                        rooms.push(room);
+                        rooms.len()
+                    }
+                }
+            })
+            .collect();
+        pipe.cmd("EVALSHA")
+            .arg(&session.publish)
+            .arg(keys.all().len() + 2 * rooms.len());
         for key in keys.all() {
             pipe.arg(key);
         }
-        pipe.arg(&room_keys.stream)
-            .arg(&room_keys.bytes)
-            .arg(&room_keys.floor);
-        let room_retention = match room {
-            Some(_) => config.room_retention.to_string(),
-            None => String::new(),
-        };
-        pipe.arg(envelope.as_ref())
-            .arg(config.retention)
+        for room in &rooms {
+            let room_keys = room_keys(channel, Some(room));
+            pipe.arg(&room_keys.stream).arg(&room_keys.meta);
+        }
+        pipe.arg(config.retention)
             .arg(config.retention_bytes)
             .arg(&session.run_id)
             .arg(new_epoch())
             .arg(expected)
-            .arg(chain)
-            .arg(token)
-            .arg(room_retention)
+            .arg(config.room_retention)
             .arg(config.room_retention_bytes)
             .arg(config.room_history_ttl.as_millis() as u64);
+        for (envelope, number) in envelopes.iter().zip(numbers) {
+            pipe.arg(envelope.as_ref()).arg(number);
+        }
     }
     let results = match pipe
         .query_async::<Vec<redis::RedisResult<Value>>>(conn)
@@ -955,8 +1129,10 @@ async fn publish_batch(
         Err(error) => {
             let dropped = {
                 let mut pending = lock(&shared.pending);
-                for item in batch.into_iter().rev() {
-                    pending.push_front(item);
+                for (channel, envelopes) in topics.into_iter().rev() {
+                    for envelope in envelopes.into_iter().rev() {
+                        pending.push_front((channel.clone(), envelope));
+                    }
                 }
                 pending.trim(config)
             };
@@ -965,45 +1141,85 @@ async fn publish_batch(
         }
     };
     let mut published = 0;
-    // By channel: what goes back to the queue, in order, and whether it was moved.
+    // What goes back to the front of the queue, in order (each topic's in its order).
     let mut again: Vec<(String, Bytes)> = Vec::new();
-    let mut held: HashSet<String> = HashSet::new();
     let mut transient = None;
     let mut reconnect = None;
-    for ((channel, envelope), result) in batch.into_iter().zip(results) {
-        if held.contains(&channel) {
-            // An earlier one of its topic goes again: so do the later ones, after it.
-            again.push((channel, envelope));
-            continue;
-        }
+    for ((channel, envelopes), result) in topics.into_iter().zip(results) {
         let outcome = match result {
             Ok(reply) => parse_outcome(&reply),
             Err(error) => {
                 match classify(&error) {
                     Failure::Permanent => {
-                        shared.refused.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .refused
+                            .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
                         tracing::error!(
                             channel,
                             %error,
-                            "redis backplane: Redis refused to publish; the message is dropped"
+                            messages = envelopes.len(),
+                            "redis backplane: Redis refused to publish; the messages are dropped"
                         );
                         continue;
                     }
                     Failure::Transient => transient = Some(error),
                     Failure::Reconnect => reconnect = Some(error),
                 }
-                held.insert(channel.clone());
-                again.push((channel, envelope));
+                again.extend(
+                    envelopes
+                        .into_iter()
+                        .map(|envelope| (channel.clone(), envelope)),
+                );
                 continue;
             }
         };
         match outcome {
-            Some(Outcome::Published(epoch)) => {
-                published += 1;
-                lock(&shared.recent).remember(&channel, envelope, epoch, config);
+            Some(Outcome::Published {
+                epoch,
+                published: count,
+                error,
+                rooms,
+            }) => {
+                let count = count.min(envelopes.len());
+                published += count as u64;
+                let mut rest = envelopes.into_iter();
+                {
+                    let mut recent = lock(&shared.recent);
+                    for envelope in rest.by_ref().take(count) {
+                        recent.remember(&channel, envelope, epoch, config);
+                    }
+                }
+                for (n, error) in rooms {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        channel,
+                        message = n,
+                        %error,
+                        "redis backplane: Redis refused to keep a message in its room's own \
+                         history; it was published to the topic"
+                    );
+                }
+                if let Some(error) = error {
+                    let (failure, error) = script_error(&error);
+                    match failure {
+                        Failure::Permanent => {
+                            // The refused one is dropped; the later ones go again.
+                            rest.next();
+                            shared.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                channel,
+                                %error,
+                                "redis backplane: Redis refused to publish; the message is dropped"
+                            );
+                        }
+                        Failure::Transient => transient = Some(error),
+                        Failure::Reconnect => reconnect = Some(error),
+                    }
+                }
+                again.extend(rest.map(|envelope| (channel.clone(), envelope)));
             }
             Some(Outcome::Moved(epoch)) => {
-                // What we published lately in the old epoch goes first, then this.
+                // What we published lately in the old epoch goes first, then these.
                 let lost = lock(&shared.recent).moved(&channel, epoch);
                 shared.history_resets.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -1013,16 +1229,17 @@ async fn publish_batch(
                      what this server published lately"
                 );
                 again.extend(lost.into_iter().map(|lost| (channel.clone(), lost)));
-                held.insert(channel.clone());
-                again.push((channel, envelope));
-            }
-            Some(Outcome::Skipped) => {
-                held.insert(channel.clone());
-                again.push((channel, envelope));
+                again.extend(
+                    envelopes
+                        .into_iter()
+                        .map(|envelope| (channel.clone(), envelope)),
+                );
             }
             None => {
-                shared.invalid.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(channel, "redis backplane: the publish script answered something unexpected; the message is dropped");
+                shared
+                    .invalid
+                    .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
+                tracing::error!(channel, messages = envelopes.len(), "redis backplane: the publish script answered something unexpected; the messages are dropped");
             }
         }
     }
@@ -1123,7 +1340,7 @@ pub(super) fn missed(
                 .arg("COUNT")
                 .arg(count);
             if let Some(room) = &room {
-                pipe.get(&room.floor);
+                pipe.hget(&room.meta, "f");
             }
             let (reply, floor): (Value, Option<String>) = if room.is_some() {
                 pipe.query_async(&mut conn).await.map_err(unavailable)?
@@ -1183,7 +1400,8 @@ pub(super) fn missed(
 
 #[cfg(test)]
 mod tests {
-    use super::{keys, parse_read};
+    use super::{keys, parse_outcome, parse_read, script_error, Outcome};
+    use crate::backplane::redis::Failure;
     use redis::Value;
 
     fn bulk(text: &str) -> Value {
@@ -1210,6 +1428,57 @@ mod tests {
         assert!(parse_read(Value::Nil).is_empty());
         let junk = Value::Array(vec![Value::Array(vec![bulk("{t}"), bulk("x")])]);
         assert!(parse_read(junk)[0].1.is_empty());
+    }
+
+    #[test]
+    fn publish_replies() {
+        let moved = Value::Array(vec![bulk("moved"), bulk("42")]);
+        assert!(matches!(parse_outcome(&moved), Some(Outcome::Moved(42))));
+        let all = Value::Array(vec![bulk("7"), Value::Int(100), Value::Int(3), bulk("")]);
+        match parse_outcome(&all) {
+            Some(Outcome::Published {
+                epoch: 7,
+                published: 3,
+                error: None,
+                rooms,
+            }) => assert!(rooms.is_empty()),
+            _ => panic!("three published"),
+        }
+        let partly = Value::Array(vec![
+            bulk("7"),
+            Value::Int(100),
+            Value::Int(1),
+            bulk("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            Value::Int(1),
+            bulk("NOPERM this user has no permissions to access one of the keys"),
+        ]);
+        match parse_outcome(&partly) {
+            Some(Outcome::Published {
+                published: 1,
+                error: Some(error),
+                rooms,
+                ..
+            }) => {
+                assert!(error.starts_with("WRONGTYPE"));
+                assert_eq!(rooms.len(), 1);
+                assert_eq!(rooms[0].0, 0, "rooms name messages from 1");
+            }
+            _ => panic!("one published, one refused"),
+        }
+        assert!(parse_outcome(&Value::Array(vec![bulk("7")])).is_none());
+        assert!(parse_outcome(&Value::Nil).is_none());
+    }
+
+    #[test]
+    fn errors_inside_the_script_are_classified_as_replies() {
+        assert!(script_error("OOM command not allowed").0 == Failure::Transient);
+        assert!(script_error("BUSY Redis is busy").0 == Failure::Transient);
+        assert!(script_error("READONLY You can't write").0 == Failure::Reconnect);
+        assert!(script_error("WRONGTYPE Operation").0 == Failure::Permanent);
+        assert!(
+            script_error("ERR The ID specified in XADD is equal or smaller").0
+                == Failure::Permanent
+        );
     }
 
     #[test]
