@@ -122,7 +122,7 @@ mod tests {
     use crate::engine::settings::Settings;
     use crate::engine::sync::lock;
     use crate::server::shutdown::Tracked;
-    use crate::WebSocketServer;
+    use crate::server::WebSocketServer;
     use std::time::{Duration, Instant};
 
     fn connection() -> Connection {
