@@ -216,3 +216,179 @@ async fn the_connection_limit_counts_streams_not_tcp_connections() {
     .expect("an answer");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+// ---- h2-listener: slow readers, the listener's limits (issue 25) ----
+
+/// Like [`h2_server`], but served by the crate's listener (`ConnectionSlot::serve`) with
+/// the server's HTTP/2 settings, as the chat example does.
+async fn h2_listener(server: WebSocketServer, room: WebSocketCollection) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let slot = server.connection_slot().await;
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            let server = server.clone();
+            let room = room.clone();
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = server.upgrade(request, EchoRoom { room: room.clone() });
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(slot.serve(stream, peer, Version::HTTP_2, service));
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 connection of h2's own client (hyper's HTTP/2 engine, used directly): it can
+/// watch a stream for the server's RST_STREAM without reading the stream, which would give
+/// the server flow-control window. Its windows are a browser's: 1 MiB per stream, 4 MiB
+/// for the connection.
+async fn raw_h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (send, connection) = within(
+        "the HTTP/2 handshake",
+        h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    send
+}
+
+/// Opens a WebSocket stream (an extended CONNECT) on `send` and waits for its 200; the
+/// stream is then never read.
+async fn open_unread(
+    send: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+) -> (h2::SendStream<Bytes>, h2::RecvStream) {
+    // The extended CONNECT may be sent once the server's SETTINGS allowed it.
+    within("the server's SETTINGS", async {
+        while !send.is_extended_connect_protocol_enabled() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{addr}/ws"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let ready = within("the connection to be ready", send.clone().ready())
+        .await
+        .expect("ready");
+    *send = ready;
+    let (response, stream) = send.send_request(request, false).expect("CONNECT sent");
+    let response = within("the CONNECT's answer", response)
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    (stream, response.into_body())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_that_stop_reading_are_reset_counted_1008_and_bounded() {
+    use std::time::Duration;
+    let room = WebSocketCollection::new();
+    let server = WebSocketServer::builder()
+        .close_timeout(Duration::from_millis(500))
+        .outbound_queue_capacity(64)
+        .build();
+    let metrics = server.metrics().clone();
+    let addr = h2_listener(server, room.clone()).await;
+
+    // 20 streams on one connection that never read.
+    let mut stuck_conn = raw_h2_client(addr).await;
+    let mut stuck = Vec::new();
+    for _ in 0..20 {
+        stuck.push(open_unread(&mut stuck_conn, addr).await);
+    }
+    // One that reads, on a connection of its own, and broadcasts.
+    let mut pump_conn = h2_client(addr).await;
+    let mut pump = open(&mut pump_conn, addr).await;
+    let mut pump_bytes = read_frame_text(&mut pump).await.len() as u64;
+    let payload = "x".repeat(8 * 1024);
+    let started = tokio::time::Instant::now();
+    for _ in 0..300 {
+        send_masked_text(&mut pump, &format!("broadcast {payload}")).await;
+        // Read our own copy: the pump is not a slow reader.
+        loop {
+            let text = read_frame_text(&mut pump).await;
+            pump_bytes += text.len() as u64;
+            if text.len() == payload.len() {
+                break;
+            }
+        }
+    }
+    // Every stuck stream is disconnected as a slow consumer...
+    within("the slow consumers to be let go", async {
+        while metrics.snapshot().slow_consumer_disconnects < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ...having taken from the server no more than the client read (up to its windows)
+    // and what hyper buffers per stream.
+    let written = metrics.snapshot().bytes_sent - pump_bytes;
+    let received: u64 = stuck
+        .iter_mut()
+        .map(|(_, recv)| recv.flow_control().used_capacity() as u64)
+        .sum();
+    let held = written.saturating_sub(received);
+    // Per stream: hyper's send buffer (64 KiB with the listener, 400 KiB by hyper's
+    // default) and the three writes its send task and channel take, each at most a write
+    // batch (64 KiB).
+    let bound = 20 * (64 + 3 * 64) * 1024;
+    assert!(
+        held <= bound,
+        "the server holds {held} bytes for its slow readers, more than {bound} \
+         (written {written}, read by the client {received})"
+    );
+    within("the slow consumers' connections to end", async {
+        while metrics.snapshot().connections_open() > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ...and their streams end on the wire, reset, within a bounded time: the close timeout
+    // (the 1008 cannot get through), then as much again for hyper's send task.
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(
+            stuck
+                .iter_mut()
+                .map(|(send, _)| futures_util::future::poll_fn(move |cx| send.poll_reset(cx))),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "streams still open on the wire {:?} after the test began; metrics {:?}",
+            started.elapsed(),
+            metrics.snapshot()
+        )
+    });
+    for reason in ended {
+        assert_eq!(reason.expect("a RST_STREAM"), h2::Reason::CANCEL);
+    }
+    let closes = metrics.snapshot().closes;
+    assert_eq!(
+        closes.get(&1008),
+        Some(&20),
+        "slow consumers count as 1008: {closes:?}"
+    );
+    // The pump, on the same server, carries on.
+    send_masked_text(&mut pump, "still here").await;
+    assert_eq!(read_frame_text(&mut pump).await, "still here");
+}

@@ -16,7 +16,9 @@ use crate::protocol::deflate;
 use crate::protocol::handshake::{check_request, Accept, HandshakeError};
 use crate::server::address::client_address;
 use crate::server::body::Body;
+use crate::server::h2_streams::StreamLink;
 use crate::server::limit::ConnectionLimit;
+use crate::server::listener::ListenerLink;
 use crate::server::WebSocketServer;
 
 impl WebSocketServer {
@@ -169,9 +171,19 @@ impl WebSocketServer {
             &config.engine,
             self.metrics().clone(),
         );
+        // On a connection served by a `ConnectionSlot`: no longer pending, busy while the
+        // WebSocket lives, and, over HTTP/2, its stream linked to hyper's send task so that
+        // the stream can be reset once the WebSocket has ended (`h2_streams`).
+        let listener = request.extensions().get::<ListenerLink>().cloned();
+        let stream_link = match (&listener, &accept) {
+            (Some(_), Accept::Connect) => Some(StreamLink::new(config.engine.close_timeout)),
+            _ => None,
+        };
         drop(request);
-        // Both are held until the handler has finished.
-        let lease = (permit, per_address, self.track(&conn)?);
+        let tracked = self.track(&conn)?;
+        let listener = listener.map(|link| link.upgraded(stream_link.as_ref()));
+        // All are held until the handler has finished.
+        let lease = (permit, per_address, tracked, listener);
         let budget = self.partial_budget().clone();
         let settings = config.engine;
         // Everything the connection logs, the handler's own events included, carries its id
@@ -246,6 +258,10 @@ impl WebSocketServer {
             }
             // RFC 8441: a 200 opens the stream for the WebSocket; nothing to accept.
             Accept::Connect => *response.status_mut() = StatusCode::OK,
+        }
+        if let Some(link) = stream_link {
+            // Taken by the listener's service when the response is ready.
+            response.extensions_mut().insert(link);
         }
         let headers = response.headers_mut();
         if let Some(protocol) = protocol {
