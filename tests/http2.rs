@@ -3,6 +3,7 @@
 //! of one TCP connection (cleartext HTTP/2, "prior knowledge").
 
 mod common;
+mod h2_raw;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use websocket_handler::{WebSocketCollection, WebSocketServer};
 
@@ -391,4 +393,112 @@ async fn http2_streams_that_stop_reading_are_reset_counted_1008_and_bounded() {
     // The pump, on the same server, carries on.
     send_masked_text(&mut pump, "still here").await;
     assert_eq!(read_frame_text(&mut pump).await, "still here");
+}
+
+/// Reads frames until the connection ends: whether a GOAWAY came, and how long it took.
+async fn until_closed(stream: &mut TcpStream) -> (bool, std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let mut goaway = false;
+    within("the server to close the connection", async {
+        while let Some(frame) = h2_raw::read_frame(stream).await {
+            goaway |= frame.kind == h2_raw::GOAWAY;
+        }
+    })
+    .await;
+    (goaway, started.elapsed())
+}
+
+#[tokio::test]
+async fn the_listener_drops_http2_connections_without_preface_request_or_streams() {
+    use std::time::Duration;
+    let server = WebSocketServer::builder()
+        .handshake_timeout(Duration::from_millis(300))
+        .close_timeout(Duration::from_millis(300))
+        .build();
+    let metrics = server.metrics().clone();
+    let addr = h2_listener(server, WebSocketCollection::new()).await;
+
+    // Connected, and nothing more: dropped (no GOAWAY: there is no HTTP/2 yet).
+    let mut silent = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    // The preface and SETTINGS, and no request: GOAWAY, then closed.
+    let mut idle = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    within("the preface", idle.write_all(&h2_raw::opening()))
+        .await
+        .expect("write");
+    let ((_, silent_after), (idle_goaway, idle_after)) =
+        tokio::join!(until_closed(&mut silent), until_closed(&mut idle));
+    assert!(idle_goaway, "an HTTP/2 connection is told: GOAWAY");
+    for after in [silent_after, idle_after] {
+        assert!(after < Duration::from_secs(5), "closed after {after:?}");
+    }
+
+    // A connection whose WebSocket has closed is idle too.
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (mut send, connection) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut ws = open(&mut send, addr).await;
+    read_frame_text(&mut ws).await;
+    // While the WebSocket is open, the connection is not idle, however long it is quiet.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    send_masked_text(&mut ws, "still open").await;
+    assert_eq!(read_frame_text(&mut ws).await, "still open");
+    within(
+        "the close frame",
+        ws.write_all(&common::masked_frame(true, 0x8, &1000u16.to_be_bytes())),
+    )
+    .await
+    .expect("write the close");
+    let (_, opcode, _) = common::read_frame(&mut ws).await;
+    assert_eq!(opcode, 0x8, "the server's close");
+    drop(ws);
+    within("the idle connection to be closed", connection)
+        .await
+        .expect("the client's connection task")
+        .expect("a clean GOAWAY, not a failure");
+    assert_eq!(metrics.snapshot().connections_open(), 0);
+}
+
+#[tokio::test]
+async fn the_listener_refuses_http2_streams_past_its_limit() {
+    let server = WebSocketServer::builder()
+        .http2_max_concurrent_streams(2)
+        .build();
+    let addr = h2_listener(server, WebSocketCollection::new()).await;
+    let mut stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let mut opening = h2_raw::opening();
+    for id in [1, 3, 5] {
+        opening.extend(h2_raw::connect(id, &addr.to_string(), "/ws"));
+    }
+    within("the requests", stream.write_all(&opening))
+        .await
+        .expect("write");
+    let (mut answered, mut refused) = (Vec::new(), Vec::new());
+    within("the answers", async {
+        while answered.len() + refused.len() < 3 {
+            let frame = h2_raw::read_frame(&mut stream)
+                .await
+                .expect("the connection stays open");
+            match frame.kind {
+                h2_raw::HEADERS => answered.push(frame.stream),
+                h2_raw::RST_STREAM => refused.push((frame.stream, frame.error_code())),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(answered, [1, 3]);
+    assert_eq!(refused, [(5, Some(h2_raw::REFUSED_STREAM))]);
 }
