@@ -116,3 +116,45 @@ async fn plain_get_through_axum_is_400() {
     common::send_text(&mut client, "after the 400").await;
     assert_eq!(common::next_text(&mut client).await, "after the 400");
 }
+
+// ---- h2-listener: limits per address behind axum (issue 25) ----
+
+/// With axum's `into_make_service_with_connect_info`, the peer's address is axum's
+/// `ConnectInfo`: the limits per address read it (cargo feature `axum`).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn limits_per_address_read_axums_connect_info() {
+    let server = WebSocketServer::builder()
+        .max_connections_per_address(1)
+        .build();
+    let router = Router::new().route("/ws", any(ws)).with_state(server);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("axum serve");
+    });
+    let mut first = common::connect(addr, "/ws").await;
+    let refused = within(
+        "the second handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        Err(other) => panic!("the second handshake failed otherwise: {other}"),
+        Ok((_, response)) => panic!(
+            "the second connection from 127.0.0.1 was not refused: {}",
+            response.status()
+        ),
+    }
+    // The first is untouched.
+    common::send_text(&mut first, "still here").await;
+    assert_eq!(common::next_text(&mut first).await, "still here");
+}

@@ -362,6 +362,13 @@ impl ServerBuilder {
     /// holds this many connections. IPv4 addresses count one by one, IPv6 ones by their
     /// /64. Behind a proxy, see [`trusted_proxies`](ServerBuilder::trusted_proxies).
     ///
+    /// The peer's address comes from the upgrade request's extensions: a
+    /// [`SocketAddr`](std::net::SocketAddr), which [`WebSocketServer::serve`] and
+    /// [`ConnectionSlot::serve`](crate::ConnectionSlot::serve) put there, or, with the cargo
+    /// feature `axum`, axum's `ConnectInfo<SocketAddr>` (serve the router with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). A request without either
+    /// cannot be counted: the limits do not apply to it, and a `warn` says so, once.
+    ///
     /// Off by default: many users can share one address (a company's NAT, a mobile
     /// carrier's CGNAT, a proxy), so only the deployment knows what is too many. A chat
     /// facing the internet directly might use 100.
