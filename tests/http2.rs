@@ -224,8 +224,17 @@ async fn the_connection_limit_counts_streams_not_tcp_connections() {
 /// Like [`h2_server`], but served by the crate's listener (`ConnectionSlot::serve`) with
 /// the server's HTTP/2 settings, as the chat example does.
 async fn h2_listener(server: WebSocketServer, room: WebSocketCollection) -> SocketAddr {
+    h2_listener_reporting(server, room).await.0
+}
+
+/// [`h2_listener`], telling the peer of each connection it has finished serving.
+async fn h2_listener_reporting(
+    server: WebSocketServer,
+    room: WebSocketCollection,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<SocketAddr>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
+    let (served, finished) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let slot = server.connection_slot().await;
@@ -238,10 +247,14 @@ async fn h2_listener(server: WebSocketServer, room: WebSocketCollection) -> Sock
                 let response = server.upgrade(request, EchoRoom { room: room.clone() });
                 async move { Ok::<_, Infallible>(response) }
             });
-            tokio::spawn(slot.serve(stream, peer, Version::HTTP_2, service));
+            let served = served.clone();
+            tokio::spawn(async move {
+                let _ = slot.serve(stream, peer, Version::HTTP_2, service).await;
+                let _ = served.send(peer);
+            });
         }
     });
-    addr
+    (addr, finished)
 }
 
 /// An HTTP/2 connection of h2's own client (hyper's HTTP/2 engine, used directly): it can
@@ -501,4 +514,119 @@ async fn the_listener_refuses_http2_streams_past_its_limit() {
     .await;
     assert_eq!(answered, [1, 3]);
     assert_eq!(refused, [(5, Some(h2_raw::REFUSED_STREAM))]);
+}
+
+/// A TCP stream whose reading stops for good once `stop` is set: a client that no longer
+/// reads its socket at all.
+struct StopReading {
+    inner: TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for StopReading {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StopReading {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client that stops reading its socket altogether (not only its streams): its
+/// WebSockets go as slow consumers, and then its whole HTTP/2 connection, which would
+/// otherwise hold what hyper buffered for it for as long as the client keeps it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_its_socket_loses_the_connection() {
+    use std::time::Duration;
+    let room = WebSocketCollection::new();
+    let server = WebSocketServer::builder()
+        .close_timeout(Duration::from_millis(500))
+        .handshake_timeout(Duration::from_millis(300))
+        .outbound_queue_capacity(64)
+        .build();
+    let metrics = server.metrics().clone();
+    let (addr, mut finished) = h2_listener_reporting(server, room).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let tcp = within("a TCP connection", socket.connect(addr))
+        .await
+        .expect("connect");
+    let local = tcp.local_addr().expect("address");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = StopReading {
+        inner: tcp,
+        stop: stop.clone(),
+    };
+    let (mut send, connection) = within(
+        "the HTTP/2 handshake",
+        h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(io),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut stuck = Vec::new();
+    for _ in 0..5 {
+        stuck.push(open_unread(&mut send, addr).await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut pump_conn = h2_client(addr).await;
+    let mut pump = open(&mut pump_conn, addr).await;
+    read_frame_text(&mut pump).await;
+    let payload = "x".repeat(8 * 1024);
+    for _ in 0..300 {
+        send_masked_text(&mut pump, &format!("broadcast {payload}")).await;
+        while read_frame_text(&mut pump).await.len() != payload.len() {}
+    }
+    within("the slow consumers to be let go", async {
+        while metrics.snapshot().slow_consumer_disconnects < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The server ends the connection, though the client never reads again: its streams
+    // have no WebSocket left, so it is idle (GOAWAY, which it cannot read) and dropped a
+    // close timeout later.
+    let ended = within("the stalled connection to be dropped", async {
+        loop {
+            match finished.recv().await {
+                Some(peer) if peer == local => return,
+                Some(_) => {}
+                None => panic!("the listener stopped"),
+            }
+        }
+    });
+    ended.await;
+    assert_eq!(metrics.snapshot().connections_open(), 1, "the pump's only");
+    drop(stuck);
 }
