@@ -13,11 +13,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use websocket_handler::{async_trait, WebSocketHandler, WebSocketServer};
+use websocket_handler::{WebSocketHandler, WebSocketServer};
 
 struct Quiet;
 
-#[async_trait]
 impl WebSocketHandler for Quiet {}
 
 /// Where the subscriber writes: every line, kept.

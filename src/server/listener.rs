@@ -45,11 +45,10 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// use http::{Request, Version};
 /// use hyper::body::Incoming;
 /// use hyper::service::service_fn;
-/// use websocket_handler::{async_trait, Connection, Message, WebSocketHandler, WebSocketServer};
+/// use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
 ///
 /// struct Echo;
 ///
-/// #[async_trait]
 /// impl WebSocketHandler for Echo {
 ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
 ///         let _ = conn.send(message);
