@@ -261,6 +261,7 @@ pub use server::address::{IpNetwork, IpNetworkError};
 pub use server::body::Body;
 pub use server::builder::ServerBuilder;
 pub use server::config::Config;
+pub use server::listener::ConnectionSlot;
 pub use server::WebSocketServer;
 
 /// Every Rust snippet of README.md, compiled as a doc test so that none can rot.

@@ -116,3 +116,125 @@ async fn plain_get_through_axum_is_400() {
     common::send_text(&mut client, "after the 400").await;
     assert_eq!(common::next_text(&mut client).await, "after the 400");
 }
+
+// ---- h2-listener: limits per address behind axum (issue 25) ----
+
+/// With axum's `into_make_service_with_connect_info`, the peer's address is axum's
+/// `ConnectInfo`: the limits per address read it (cargo feature `axum`).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn limits_per_address_read_axums_connect_info() {
+    let server = WebSocketServer::builder()
+        .max_connections_per_address(1)
+        .build();
+    let router = Router::new().route("/ws", any(ws)).with_state(server);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("axum serve");
+    });
+    let mut first = common::connect(addr, "/ws").await;
+    let refused = within(
+        "the second handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        Err(other) => panic!("the second handshake failed otherwise: {other}"),
+        Ok((_, response)) => panic!(
+            "the second connection from 127.0.0.1 was not refused: {}",
+            response.status()
+        ),
+    }
+    // The first is untouched.
+    common::send_text(&mut first, "still here").await;
+    assert_eq!(common::next_text(&mut first).await, "still here");
+}
+
+/// An axum `Router` served by the crate's listener (a `ConnectionSlot`, as over TLS),
+/// over HTTP/2: the WebSocket route answers an extended CONNECT, and the listener gives
+/// the peer's address without `ConnectInfo`.
+#[tokio::test]
+async fn an_axum_router_is_served_by_a_connection_slot_over_http2() {
+    use http::{Method, Version};
+    use hyper_util::rt::TokioExecutor;
+    use hyper_util::service::TowerToHyperService;
+
+    let server = WebSocketServer::builder()
+        .max_connections_per_address(1)
+        .build();
+    let router = Router::new()
+        .route("/ws", any(ws))
+        .with_state(server.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let slot = server.connection_slot().await;
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(slot.serve(stream, peer, Version::HTTP_2, service));
+        }
+    });
+
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (mut send, connection) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let connect = || {
+        let mut request = http::Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(format!("http://{addr}/ws"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        request
+    };
+    // The server's SETTINGS (which allow the extended CONNECT) may not have arrived yet.
+    let mut response = None;
+    for _ in 0..50 {
+        within("ready", send.ready()).await.expect("ready");
+        if let Ok(answer) = within("the CONNECT's answer", send.send_request(connect())).await {
+            response = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let response = response.expect("the extended CONNECT was sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut ws = TokioIo::new(
+        within("the stream", hyper::upgrade::on(response))
+            .await
+            .expect("upgraded"),
+    );
+    common::send_masked_text(&mut ws, "over h2 through axum").await;
+    assert_eq!(
+        common::read_frame_text(&mut ws).await,
+        "over h2 through axum"
+    );
+    // The peer's address reached the limits per address: a second stream is refused.
+    let refused = within("the second CONNECT's answer", send.send_request(connect()))
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}

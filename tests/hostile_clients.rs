@@ -385,3 +385,83 @@ async fn forwarded_addresses_count_only_from_a_trusted_proxy() {
     assert!(status.contains("101"), "another forwarded client: {status}");
     chats_from("127.0.0.5", addr, "a fresh client").await;
 }
+
+// ---- h2-listener: connections that never upgrade (issue 25) ----
+
+/// `WebSocketServer::serve` on a free port.
+async fn start_serve(server: WebSocketServer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let room = WebSocketCollection::new();
+    let (events, _) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, move |_| {
+                Some(Chat {
+                    room: room.clone(),
+                    events: events.clone(),
+                })
+            })
+            .await;
+    });
+    addr
+}
+
+/// Reads until the server closes; when that was.
+async fn closed_at(stream: &mut TcpStream) -> Instant {
+    within("the server to close the connection", async {
+        let mut buf = [0u8; 256];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Instant::now()
+}
+
+#[tokio::test]
+async fn pending_connections_are_capped_and_silent_ones_dropped() {
+    let server = WebSocketServer::builder()
+        .max_pending_connections(2)
+        .handshake_timeout(Duration::from_millis(500))
+        .build();
+    let addr = start_serve(server).await;
+    // An upgraded connection is no longer pending: two more fit beside it.
+    let (mut upgraded, status) = raw_from("127.0.0.1", addr, "").await;
+    assert!(status.contains("101"), "{status}");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(
+            within("a TCP connection", TcpStream::connect(addr))
+                .await
+                .expect("connect"),
+        );
+    }
+    let connected = Instant::now();
+    // The two silent ones take every place: the next client waits in the backlog, and is
+    // served once the handshake timeout has dropped them, not before.
+    let [first, second] = &mut silent[..] else {
+        unreachable!()
+    };
+    let (_, _, (served, status)) = tokio::join!(closed_at(first), closed_at(second), async {
+        let (_stream, status) = raw_from("127.0.0.1", addr, "").await;
+        (Instant::now(), status)
+    });
+    assert!(status.contains("101"), "{status}");
+    assert!(
+        served - connected >= Duration::from_millis(500),
+        "served {:?} after the silent ones took the places, within the handshake timeout",
+        served - connected
+    );
+    // The upgraded one was not dropped with them.
+    within(
+        "a message",
+        upgraded.write_all(&masked_frame(true, 1, b"still here")),
+    )
+    .await
+    .expect("write");
+    let mut head = [0u8; 2];
+    within("the broadcast", upgraded.read_exact(&mut head))
+        .await
+        .expect("the upgraded connection is open");
+}

@@ -41,75 +41,46 @@ use std::time::Duration;
 use handler::ChatRooms;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use websocket_handler::{Body, Metrics, WebSocketServer};
+use websocket_handler::{Body, ConnectionSlot, Metrics, WebSocketServer};
 
-/// Serves one TLS connection: HTTP/2 if the client chose it by ALPN (the extended CONNECT
-/// enabled, for WebSockets over HTTP/2), else HTTP/1.1.
+/// Serves one TLS connection: its handshake within the server's handshake timeout, then
+/// HTTP/2 if the client chose it by ALPN (WebSockets as extended CONNECTs), else HTTP/1.1.
+/// The crate's listener (`ConnectionSlot::serve`) sets hyper up with the server's limits.
 async fn serve_tls<S>(
+    server: WebSocketServer,
+    slot: ConnectionSlot,
     tls: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     service: S,
     peer: SocketAddr,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    let timeout = server.config().handshake_timeout();
     // A client that never finishes its TLS handshake is dropped too.
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+    let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return eprintln!("TLS handshake from {peer} failed: {error}"),
         Err(_) => return eprintln!("TLS handshake from {peer} timed out"),
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let connection = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .enable_connect_protocol()
-            // What h2 buffers per stream beyond the connection's own outbound queue (400 KiB
-            // by default): a slow reader's streams would hold that much each.
-            .max_send_buf_size(STREAM_SEND_BUFFER)
-            .serve_connection(TokioIo::new(stream), service);
-        if let Err(error) = connection.await {
-            eprintln!("HTTP/2 connection from {peer} failed: {error}");
-        }
-    } else if let Err(error) = http1_connection(stream, service).await {
+    let version = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    if let Err(error) = slot.serve(stream, peer, version, service).await {
         eprintln!("connection from {peer} failed: {error}");
     }
 }
-
-/// HTTP/1.1 on `io`, upgrades included; a client that opens a connection and never
-/// finishes its request is dropped. A plain future, not an `async fn`: awaited right in the
-/// connection's task, it adds nothing to it.
-fn http1_connection<I, S>(io: I, service: S) -> http1::UpgradeableConnection<TokioIo<I>, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-}
-
-/// How long a client may take to send its HTTP request (the WebSocket handshake).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Over HTTP/2, the most h2 buffers for one stream (the write buffer's size).
-const STREAM_SEND_BUFFER: usize = 64 * 1024;
 
 const PAGE: &str = include_str!("chat.htm");
 
@@ -155,38 +126,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .trim_memory(trim)
         .build();
     loop {
+        // At most `max_pending_connections` (1,024) connections between accept and their
+        // first WebSocket: past that, new ones wait in the kernel's backlog.
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accept(&server, &listener) => accepted,
             _ = tokio::signal::ctrl_c() => break,
         };
-        let (stream, peer) = match accepted {
+        let (slot, stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 eprintln!("accept failed: {error}");
+                // Out of descriptors, say: not to spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let chat = chat.clone();
-        let server = server.clone();
+        let router = server.clone();
         let backplane = backplane.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(peer);
-            let response = route(req, &chat, &server, &backplane);
+        // The listener puts the peer's address in each request's extensions.
+        let service = service_fn(move |req: Request<Incoming>| {
+            let response = route(req, &chat, &router, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
-        let Some(tls) = tls.clone() else {
-            // Plain HTTP: the connection's future right in the task, as small as it can be
-            // (a task per connection being handshaken, and what it leaves behind in the
-            // heap, counts in memory per connection).
-            tokio::spawn(async move {
-                if let Err(error) = http1_connection(stream, service).await {
-                    eprintln!("connection from {peer} failed: {error}");
-                }
-            });
-            continue;
-        };
-        tokio::spawn(serve_tls(tls, stream, service, peer));
+        match tls.clone() {
+            Some(tls) => {
+                tokio::spawn(serve_tls(server.clone(), slot, tls, stream, service, peer));
+            }
+            // Plain HTTP: HTTP/1.1, the connection's future right in the task, as small as
+            // it can be (a task per connection being handshaken, and what it leaves behind
+            // in the heap, counts in memory per connection).
+            None => {
+                tokio::spawn(async move {
+                    let served = slot.serve(stream, peer, Version::HTTP_11, service).await;
+                    if let Err(error) = served {
+                        eprintln!("connection from {peer} failed: {error}");
+                    }
+                });
+            }
+        }
     }
 
     // Ctrl-C: stop accepting, then say goodbye (1001) to everyone, after what is queued.
@@ -195,6 +174,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let unfinished = server.close_all(Duration::from_secs(5)).await;
     eprintln!("Stopped ({unfinished} connections did not close in time).");
     Ok(())
+}
+
+/// The next connection, once there is room for it.
+async fn accept(
+    server: &WebSocketServer,
+    listener: &TcpListener,
+) -> std::io::Result<(ConnectionSlot, tokio::net::TcpStream, SocketAddr)> {
+    let slot = server.connection_slot().await;
+    let (stream, peer) = listener.accept().await?;
+    Ok((slot, stream, peer))
 }
 
 fn route(

@@ -295,6 +295,9 @@ impl Core {
             reason: "slow consumer: outbound queue full".to_owned(),
         };
         self.start_closing();
+        // Counted as 1008 even if the frame never gets through to a client that stopped
+        // reading (which the close timeout or, over HTTP/2, a stream reset then ends).
+        self.record_close(frame.clone());
         if let Ok((pushed, dropped)) = self.queue.push_close_counting(frame, true) {
             // What was still queued goes unsent: the close frame replaces it.
             self.metrics.dropped(self.id, dropped as u64);

@@ -88,7 +88,9 @@ pub struct MetricsSnapshot {
     /// And after.
     pub compressed_to_bytes: u64,
     /// Ended connections by close code: the first close frame on the wire, in either
-    /// direction, or 1006 if there was none.
+    /// direction, or 1006 if there was none; a connection the slow-consumer policy
+    /// closed counts as 1008 even when its client, having stopped reading, never got the
+    /// frame.
     pub closes: BTreeMap<u16, u64>,
 }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,6 +143,20 @@ pub(crate) fn client_address(
     client
 }
 
+/// The peer's address, from a request's extensions: a [`SocketAddr`] (what the crate's own
+/// listener, and most hyper servers, put there), or, with the cargo feature `axum`, axum's
+/// `ConnectInfo<SocketAddr>` (`Router::into_make_service_with_connect_info`).
+pub(crate) fn peer_address(extensions: &http::Extensions) -> Option<SocketAddr> {
+    let plain = extensions.get::<SocketAddr>().copied();
+    #[cfg(feature = "axum")]
+    let plain = plain.or_else(|| {
+        extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+    });
+    plain
+}
+
 /// What counts as one client: an IPv4 address, or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
@@ -163,13 +178,29 @@ pub(crate) struct AddressLimits {
     max_open: Option<u32>,
     /// Handshakes per second, and burst.
     rate: Option<(f64, f64)>,
-    shards: [Mutex<HashMap<Key, Entry>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
+    /// Whether the warning that a request came without a peer address was given.
+    warned: AtomicBool,
+    /// Entries looked at by `forget_idle`, for the tests of its cost.
+    #[cfg(test)]
+    scanned: std::sync::atomic::AtomicUsize,
 }
 
 const SHARDS: usize = 16;
 
 /// Addresses remembered per shard before idle ones are forgotten.
 const FORGET_ABOVE: usize = 4096;
+
+/// The addresses of one shard.
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Key, Entry>,
+    /// How many entries make the next sweep for idle ones: twice what the last one kept
+    /// (at least [`FORGET_ABOVE`]), so that sweeping costs each handshake O(1) on
+    /// average however many addresses are busy, where sweeping at a fixed size cost
+    /// every handshake past it a look at every entry.
+    sweep_at: usize,
+}
 
 struct Entry {
     open: u32,
@@ -189,7 +220,15 @@ impl AddressLimits {
             max_open,
             rate: rate
                 .map(|(per_second, burst)| (f64::from(per_second.max(1)), f64::from(burst.max(1)))),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| {
+                Mutex::new(Shard {
+                    entries: HashMap::new(),
+                    sweep_at: FORGET_ABOVE,
+                })
+            }),
+            warned: AtomicBool::new(false),
+            #[cfg(test)]
+            scanned: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -201,11 +240,15 @@ impl AddressLimits {
         let key = Key::from(address);
         let now = Instant::now();
         let mut shard = lock(self.shard(key));
-        if shard.len() > FORGET_ABOVE {
-            forget_idle(&mut shard, self.rate, now);
+        if shard.entries.len() >= shard.sweep_at {
+            #[cfg(test)]
+            self.scanned
+                .fetch_add(shard.entries.len(), std::sync::atomic::Ordering::Relaxed);
+            forget_idle(&mut shard.entries, self.rate, now);
+            shard.sweep_at = FORGET_ABOVE.max(2 * shard.entries.len());
         }
         let burst = self.rate.map_or(0.0, |(_, burst)| burst);
-        let entry = shard.entry(key).or_insert(Entry {
+        let entry = shard.entries.entry(key).or_insert(Entry {
             open: 0,
             tokens: burst,
             refilled: now,
@@ -233,7 +276,21 @@ impl AddressLimits {
         })
     }
 
-    fn shard(&self, key: Key) -> &Mutex<HashMap<Key, Entry>> {
+    /// A request came with no peer address, so these limits could not count it: says so,
+    /// once, since it means they are off for every request served the same way.
+    pub(crate) fn warn_no_address(&self) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "limits per client address are set, but an upgrade request carries no peer \
+                 address, so they do not apply to it: put the peer's `SocketAddr` in the \
+                 request's extensions (the crate's listener does), or, behind axum, serve \
+                 with `into_make_service_with_connect_info::<SocketAddr>()` and the cargo \
+                 feature `axum`"
+            );
+        }
+    }
+
+    fn shard(&self, key: Key) -> &Mutex<Shard> {
         let hash = match key {
             Key::V4(v4) => u64::from(v4),
             Key::V6(v6) => v6 ^ (v6 >> 32),
@@ -257,8 +314,12 @@ fn forget_idle(shard: &mut HashMap<Key, Entry>, rate: Option<(f64, f64)>, now: I
 impl Drop for AddressPermit {
     fn drop(&mut self) {
         let mut shard = lock(self.limits.shard(self.key));
-        if let Some(entry) = shard.get_mut(&self.key) {
+        if let Some(entry) = shard.entries.get_mut(&self.key) {
             entry.open = entry.open.saturating_sub(1);
+            // Without a rate to remember, an address with nothing open is as good as new.
+            if entry.open == 0 && self.limits.rate.is_none() {
+                shard.entries.remove(&self.key);
+            }
         }
     }
 }
@@ -358,5 +419,29 @@ mod tests {
         );
         drop(burst);
         assert!(limits.admit("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn admitting_is_constant_time_however_many_addresses_are_remembered() {
+        // Every address holds a connection, so none can be forgotten: 200,000 addresses,
+        // far past what a shard keeps before it sweeps.
+        let limits = AddressLimits::new(Some(1), Some((1, 10)));
+        let count = 200_000u32;
+        let address = |n: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        let open: Vec<AddressPermit> = (0..count)
+            .map(|n| limits.admit(address(n)).expect("a new address"))
+            .collect();
+        let scanned = limits.scanned.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            scanned <= 4 * count as usize,
+            "{scanned} entries looked at for {count} handshakes"
+        );
+        // And what is remembered still counts.
+        assert_eq!(
+            limits.admit(address(0)).err(),
+            Some(HandshakeError::AddressBusy { limit: 1 })
+        );
+        drop(open);
+        assert!(limits.admit(address(0)).is_ok());
     }
 }

@@ -47,6 +47,16 @@ use crate::server::WebSocketServer;
 /// | [`compression_threshold`](ServerBuilder::compression_threshold) | 256 bytes |
 /// | [`compression_level`](ServerBuilder::compression_level) | 3 |
 /// | [`compression_window_bits`](ServerBuilder::compression_window_bits) | 15 |
+/// | [`handshake_timeout`](ServerBuilder::handshake_timeout) | 10 s |
+/// | [`max_pending_connections`](ServerBuilder::max_pending_connections) | 1024 |
+/// | [`http2_max_concurrent_streams`](ServerBuilder::http2_max_concurrent_streams) | 100 |
+/// | [`http2_stream_window`](ServerBuilder::http2_stream_window) | 64 KiB |
+/// | [`http2_connection_window`](ServerBuilder::http2_connection_window) | 1 MiB |
+/// | [`http2_keep_alive_interval`](ServerBuilder::http2_keep_alive_interval) | 20 s |
+///
+/// The last six are the listener's: they apply to the connections served by
+/// [`WebSocketServer::serve`] and [`ConnectionSlot::serve`](crate::ConnectionSlot::serve),
+/// not to a hyper server set up by hand.
 ///
 /// ```
 /// use std::time::Duration;
@@ -357,6 +367,13 @@ impl ServerBuilder {
     /// holds this many connections. IPv4 addresses count one by one, IPv6 ones by their
     /// /64. Behind a proxy, see [`trusted_proxies`](ServerBuilder::trusted_proxies).
     ///
+    /// The peer's address comes from the upgrade request's extensions: a
+    /// [`SocketAddr`](std::net::SocketAddr), which [`WebSocketServer::serve`] and
+    /// [`ConnectionSlot::serve`](crate::ConnectionSlot::serve) put there, or, with the cargo
+    /// feature `axum`, axum's `ConnectInfo<SocketAddr>` (serve the router with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). A request without either
+    /// cannot be counted: the limits do not apply to it, and a `warn` says so, once.
+    ///
     /// Off by default: many users can share one address (a company's NAT, a mobile
     /// carrier's CGNAT, a proxy), so only the deployment knows what is too many. A chat
     /// facing the internet directly might use 100.
@@ -394,6 +411,75 @@ impl ServerBuilder {
     /// ```
     pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNetwork>) -> Self {
         self.config.trusted_proxies = networks.into_iter().collect();
+        self
+    }
+
+    /// How long an HTTP connection may take to send a request: from when it is accepted
+    /// (its TLS handshake included, for a server that does it within the
+    /// [`ConnectionSlot`](crate::ConnectionSlot)), and again whenever it is idle (HTTP/1.1
+    /// between requests; HTTP/2 with no request in progress and no WebSocket open). An
+    /// HTTP/1.1 connection that takes longer is closed; an HTTP/2 one gets GOAWAY and is
+    /// closed at most [`close_timeout`](ServerBuilder::close_timeout) later. This is what
+    /// rids the server of clients that connect and send nothing, or the HTTP/2 preface and
+    /// then nothing. Default 10 s; values below 1 ms are raised to 1 ms.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.listener.handshake_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many accepted connections may be pending at once: accepted (and in their TLS or
+    /// HTTP handshake, or serving plain requests) but carrying no WebSocket yet. At the
+    /// limit, [`WebSocketServer::serve`] stops accepting (new connections wait in the
+    /// kernel's backlog) until one of them upgrades or ends, and
+    /// [`WebSocketServer::connection_slot`] waits likewise. Connections that have upgraded
+    /// count against [`max_connections`](ServerBuilder::max_connections) instead. This
+    /// keeps the clients that open connections and never upgrade (within the
+    /// [`handshake_timeout`](ServerBuilder::handshake_timeout)) from taking every file
+    /// descriptor and the memory meant for WebSockets. Default 1024; values below 1 are
+    /// raised to 1.
+    pub fn max_pending_connections(mut self, max: usize) -> Self {
+        self.config.listener.max_pending_connections = max.max(1);
+        self
+    }
+
+    /// Over HTTP/2, how many streams (WebSockets, and requests in progress) one connection
+    /// may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`): a client that opens more
+    /// has them refused (`RST_STREAM` with `REFUSED_STREAM`). hyper's default is 200. Each
+    /// WebSocket stream also counts against
+    /// [`max_connections`](ServerBuilder::max_connections). Default 100 (RFC 9113 asks for
+    /// no less, so that browsers, which open one stream per WebSocket of a site, work
+    /// well); values below 1 are raised to 1.
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.config.listener.http2_max_concurrent_streams = max.max(1);
+        self
+    }
+
+    /// Over HTTP/2, how many bytes a client may send on one stream before the server has
+    /// read them (the stream's initial flow-control window). What the server has not read
+    /// yet waits in hyper's buffers: while a handler is busy, a WebSocket stream holds up
+    /// to this much. hyper's default is 1 MiB. Default 64 KiB (one message of the default
+    /// [`max_message_size`](ServerBuilder::max_message_size)); values below 16 KiB are
+    /// raised to 16 KiB, above 2³¹-1 lowered to it.
+    pub fn http2_stream_window(mut self, bytes: u32) -> Self {
+        self.config.listener.http2_stream_window = bytes.clamp(16 * 1024, i32::MAX as u32);
+        self
+    }
+
+    /// Over HTTP/2, how many bytes a client may send on all the streams of one connection
+    /// before the server has read them (the connection's flow-control window): the most a
+    /// connection's unread input holds. Default 1 MiB, as hyper's; values below 64 KiB are
+    /// raised to 64 KiB, above 2³¹-1 lowered to it.
+    pub fn http2_connection_window(mut self, bytes: u32) -> Self {
+        self.config.listener.http2_connection_window = bytes.clamp(65_535, i32::MAX as u32);
+        self
+    }
+
+    /// Over HTTP/2, send a PING on a connection that has been quiet this long, and close
+    /// the connection if its answer does not come within 20 s: a client that vanished, or
+    /// stopped reading, goes with all its streams. `None` sends none (hyper's default).
+    /// Default 20 s.
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.listener.http2_keep_alive_interval = interval;
         self
     }
 }

@@ -32,6 +32,34 @@ pub struct Config {
     /// Per second, and burst.
     pub(crate) handshake_rate_per_address: Option<(u32, u32)>,
     pub(crate) trusted_proxies: Arc<[IpNetwork]>,
+    /// What the listener ([`ConnectionSlot::serve`](crate::ConnectionSlot::serve)) sets up.
+    pub(crate) listener: ListenerSettings,
+}
+
+/// The HTTP side of a connection before it becomes WebSockets: what
+/// [`ConnectionSlot::serve`](crate::ConnectionSlot::serve) and
+/// [`WebSocketServer::serve`](crate::WebSocketServer::serve) give hyper.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenerSettings {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_pending_connections: usize,
+    pub(crate) http2_max_concurrent_streams: u32,
+    pub(crate) http2_stream_window: u32,
+    pub(crate) http2_connection_window: u32,
+    pub(crate) http2_keep_alive_interval: Option<Duration>,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_connections: 1024,
+            http2_max_concurrent_streams: 100,
+            http2_stream_window: 64 * 1024,
+            http2_connection_window: 1024 * 1024,
+            http2_keep_alive_interval: Some(Duration::from_secs(20)),
+        }
+    }
 }
 
 impl Config {
@@ -48,6 +76,7 @@ impl Config {
             max_connections_per_address: None,
             handshake_rate_per_address: None,
             trusted_proxies: Arc::from([]),
+            listener: ListenerSettings::default(),
         }
     }
 
@@ -164,6 +193,36 @@ impl Config {
     /// See [`ServerBuilder::trusted_proxies`](crate::ServerBuilder::trusted_proxies).
     pub fn trusted_proxies(&self) -> &[IpNetwork] {
         &self.trusted_proxies
+    }
+
+    /// See [`ServerBuilder::handshake_timeout`](crate::ServerBuilder::handshake_timeout).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.listener.handshake_timeout
+    }
+
+    /// See [`ServerBuilder::max_pending_connections`](crate::ServerBuilder::max_pending_connections).
+    pub fn max_pending_connections(&self) -> usize {
+        self.listener.max_pending_connections
+    }
+
+    /// See [`ServerBuilder::http2_max_concurrent_streams`](crate::ServerBuilder::http2_max_concurrent_streams).
+    pub fn http2_max_concurrent_streams(&self) -> u32 {
+        self.listener.http2_max_concurrent_streams
+    }
+
+    /// See [`ServerBuilder::http2_stream_window`](crate::ServerBuilder::http2_stream_window).
+    pub fn http2_stream_window(&self) -> u32 {
+        self.listener.http2_stream_window
+    }
+
+    /// See [`ServerBuilder::http2_connection_window`](crate::ServerBuilder::http2_connection_window).
+    pub fn http2_connection_window(&self) -> u32 {
+        self.listener.http2_connection_window
+    }
+
+    /// See [`ServerBuilder::http2_keep_alive_interval`](crate::ServerBuilder::http2_keep_alive_interval).
+    pub fn http2_keep_alive_interval(&self) -> Option<Duration> {
+        self.listener.http2_keep_alive_interval
     }
 
     /// See [`ServerBuilder::trim_memory`](crate::ServerBuilder::trim_memory).

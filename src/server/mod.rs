@@ -4,14 +4,17 @@
 //! the settings ([`config`]), the connection limits ([`limit`], and per client
 //! [`address`]), the budget for partial messages, the counters and the graceful
 //! [`shutdown`]. It answers upgrade requests ([`upgrade`], with the response
-//! [`body`]) and can run a whole plain-HTTP server by itself ([`serve`]). This is the top
-//! layer: it may use every other, and none uses it.
+//! [`body`]) and can run a whole plain-HTTP server by itself ([`serve`]), or serve the
+//! connections an application accepts ([`listener`], with [`h2_streams`] for HTTP/2). This
+//! is the top layer: it may use every other, and none uses it.
 
 pub(crate) mod address;
 pub(crate) mod body;
 pub(crate) mod builder;
 pub(crate) mod config;
+pub(crate) mod h2_streams;
 pub(crate) mod limit;
+pub(crate) mod listener;
 pub(crate) mod serve;
 pub(crate) mod shutdown;
 pub(crate) mod sweep;
@@ -19,6 +22,8 @@ pub(crate) mod upgrade;
 
 use std::fmt;
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use crate::engine::budget::PartialBudget;
 use crate::engine::memory;
@@ -62,6 +67,8 @@ struct Inner {
     limit: Option<Arc<ConnectionLimit>>,
     addresses: Option<Arc<AddressLimits>>,
     partial_budget: Arc<PartialBudget>,
+    /// Room for the connections accepted and not yet carrying a WebSocket.
+    pending: Arc<Semaphore>,
     shutdown: ShutdownState,
     /// The one timer for every connection's keep-alive.
     sweep: Sweep,
@@ -92,6 +99,12 @@ impl WebSocketServer {
             )
         });
         let partial_budget = PartialBudget::new(config.max_partial_bytes);
+        let pending = Arc::new(Semaphore::new(
+            config
+                .listener
+                .max_pending_connections
+                .min(Semaphore::MAX_PERMITS),
+        ));
         WebSocketServer {
             inner: Arc::new(Inner {
                 config,
@@ -99,6 +112,7 @@ impl WebSocketServer {
                 limit,
                 addresses,
                 partial_budget,
+                pending,
                 shutdown: ShutdownState::default(),
                 sweep: Sweep::default(),
             }),
@@ -131,6 +145,10 @@ impl WebSocketServer {
 
     pub(crate) fn partial_budget(&self) -> &Arc<PartialBudget> {
         &self.inner.partial_budget
+    }
+
+    pub(crate) fn pending(&self) -> &Arc<Semaphore> {
+        &self.inner.pending
     }
 
     pub(crate) fn shutdown_state(&self) -> &ShutdownState {

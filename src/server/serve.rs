@@ -1,23 +1,18 @@
 //! A whole WebSocket server on a TCP listener, for the common case that needs nothing but
-//! WebSockets: hyper's HTTP/1.1 set-up, done once here.
+//! WebSockets: the accept loop, on top of the listener (`listener.rs`).
 
 use std::convert::Infallible;
 use std::io;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::connection::handler::WebSocketHandler;
 use crate::server::body::Body;
 use crate::server::WebSocketServer;
-
-/// How long a client may take to send its upgrade request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl WebSocketServer {
     /// Serves WebSockets on `listener` until [`close_all`](WebSocketServer::close_all) is
@@ -27,9 +22,14 @@ impl WebSocketServer {
     /// returns the handler for the new connection, or `None` to answer 404. Behind it is
     /// what a server usually sets up by hand around [`upgrade`](WebSocketServer::upgrade):
     /// HTTP/1.1 with upgrades, `TCP_NODELAY`, the peer's address for
-    /// [`Connection::remote_addr`](crate::Connection::remote_addr), and a 10 s limit for a
-    /// client to send its request. Servers that also serve pages or other routes call
-    /// `upgrade` from their own hyper service or axum router instead.
+    /// [`Connection::remote_addr`](crate::Connection::remote_addr), and the listener's
+    /// limits: the [`handshake_timeout`](crate::ServerBuilder::handshake_timeout) for a
+    /// client to send its request, and at most
+    /// [`max_pending_connections`](crate::ServerBuilder::max_pending_connections)
+    /// connections accepted and not yet upgraded (see [`ConnectionSlot`](crate::ConnectionSlot)).
+    /// Servers that also serve pages or other routes, or TLS, serve their own service
+    /// with a [`ConnectionSlot`](crate::ConnectionSlot), or call `upgrade` from their own
+    /// hyper service or axum router.
     ///
     /// ```
     /// use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
@@ -58,6 +58,11 @@ impl WebSocketServer {
         F: Fn(&http::request::Parts) -> Option<H> + Clone + Send + Sync + 'static,
     {
         loop {
+            // At the limit of pending connections, new ones wait in the kernel's backlog.
+            let slot = tokio::select! {
+                slot = self.connection_slot() => slot,
+                () = self.shutdown_state().started() => return Ok(()),
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = self.shutdown_state().started() => return Ok(()),
@@ -77,8 +82,7 @@ impl WebSocketServer {
             let server = self.clone();
             let make_handler = make_handler.clone();
             let service = service_fn(move |request: Request<Incoming>| {
-                let (mut head, body) = request.into_parts();
-                head.extensions.insert(peer);
+                let (head, body) = request.into_parts();
                 let response = match make_handler(&head) {
                     Some(handler) => server.upgrade(Request::from_parts(head, body), handler),
                     None => not_found(),
@@ -86,12 +90,8 @@ impl WebSocketServer {
                 async move { Ok::<_, Infallible>(response) }
             });
             tokio::spawn(async move {
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(REQUEST_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(error) = connection.await {
+                let served = slot.serve(stream, peer, Version::HTTP_11, service).await;
+                if let Err(error) = served {
                     tracing::debug!(%error, %peer, "HTTP connection failed");
                 }
             });

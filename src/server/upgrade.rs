@@ -1,8 +1,6 @@
 //! Answering an upgrade request: the handshake checks, the `101` answer, and handing the
 //! upgraded socket to the connection's task.
 
-use std::net::SocketAddr;
-
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -14,9 +12,11 @@ use crate::connection::{Connection, RequestParts};
 use crate::engine::writer::WriteIo;
 use crate::protocol::deflate;
 use crate::protocol::handshake::{check_request, Accept, HandshakeError};
-use crate::server::address::client_address;
+use crate::server::address::{client_address, peer_address};
 use crate::server::body::Body;
+use crate::server::h2_streams::StreamLink;
 use crate::server::limit::ConnectionLimit;
+use crate::server::listener::ListenerLink;
 use crate::server::WebSocketServer;
 
 impl WebSocketServer {
@@ -33,8 +33,10 @@ impl WebSocketServer {
     /// (axum's request is an `http::Request`; answer with `.map(axum::body::Body::new)`). The
     /// hyper connection must be served with `with_upgrades()`: without it, hyper answers the
     /// 101 and then drops the connection, which is logged as a `warn` that says so. If the
-    /// request's extensions hold a [`SocketAddr`], it becomes the connection's
-    /// [`remote_addr`](Connection::remote_addr).
+    /// request's extensions hold a [`SocketAddr`](std::net::SocketAddr) (or, with the
+    /// cargo feature `axum`, axum's `ConnectInfo<SocketAddr>`), it becomes the connection's
+    /// [`remote_addr`](Connection::remote_addr), and the limits per address count it;
+    /// without one those limits cannot apply (a `warn` says so, once per server).
     ///
     /// Over HTTP/2 the same call takes an extended `CONNECT` with `:protocol` websocket
     /// (RFC 8441): the same checks but the key (there is none), `200` instead of `101`, and
@@ -130,12 +132,17 @@ impl WebSocketServer {
             return Err(HandshakeError::NotUpgradable);
         }
         // Counted from here until the connection ends.
-        let per_address = match (self.addresses(), request.extensions().get::<SocketAddr>()) {
+        let remote_addr = peer_address(request.extensions());
+        let per_address = match (self.addresses(), remote_addr) {
             (Some(limits), Some(peer)) => {
-                let client = client_address(*peer, request.headers(), &config.trusted_proxies);
+                let client = client_address(peer, request.headers(), &config.trusted_proxies);
                 Some(limits.admit(client)?)
             }
-            _ => None,
+            (Some(limits), None) => {
+                limits.warn_no_address();
+                None
+            }
+            (None, _) => None,
         };
         let permit = ConnectionLimit::admit(self.limit())?;
         let on_upgrade = request
@@ -156,7 +163,6 @@ impl WebSocketServer {
             None
         };
 
-        let remote_addr = request.extensions().get::<SocketAddr>().copied();
         let conn = Connection::new(
             RequestParts::detached(
                 request.uri(),
@@ -169,9 +175,19 @@ impl WebSocketServer {
             &config.engine,
             self.metrics().clone(),
         );
+        // On a connection served by a `ConnectionSlot`: no longer pending, busy while the
+        // WebSocket lives, and, over HTTP/2, its stream linked to hyper's send task so that
+        // the stream can be reset once the WebSocket has ended (`h2_streams`).
+        let listener = request.extensions().get::<ListenerLink>().cloned();
+        let stream_link = match (&listener, &accept) {
+            (Some(_), Accept::Connect) => Some(StreamLink::new(config.engine.close_timeout)),
+            _ => None,
+        };
         drop(request);
-        // Both are held until the handler has finished.
-        let lease = (permit, per_address, self.track(&conn)?);
+        let tracked = self.track(&conn)?;
+        let listener = listener.map(|link| link.upgraded(stream_link.as_ref()));
+        // All are held until the handler has finished.
+        let lease = (permit, per_address, tracked, listener);
         let budget = self.partial_budget().clone();
         let settings = config.engine;
         // Everything the connection logs, the handler's own events included, carries its id
@@ -246,6 +262,10 @@ impl WebSocketServer {
             }
             // RFC 8441: a 200 opens the stream for the WebSocket; nothing to accept.
             Accept::Connect => *response.status_mut() = StatusCode::OK,
+        }
+        if let Some(link) = stream_link {
+            // Taken by the listener's service when the response is ready.
+            response.extensions_mut().insert(link);
         }
         let headers = response.headers_mut();
         if let Some(protocol) = protocol {
