@@ -30,34 +30,20 @@ enum Command {
     Say { text: String },
 }
 
-/// What the server sends: to everyone (`NewHigh`, `Said`) or to one client.
+/// What the server sends: to a client that connects, the bid to beat (`Welcome`); to
+/// everyone, `NewHigh` and `Said`; to one client, a refused bid or the [`JsonError`]'s text.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Event<'a> {
-    /// To a client that connects: the bid to beat, if any.
-    Welcome {
-        high: Option<&'a HighBid>,
-    },
-    NewHigh {
-        bidder: &'a str,
-        amount: u64,
-    },
-    Said {
-        from: &'a str,
-        text: &'a str,
-    },
-    /// The command was understood but refused.
-    Rejected {
-        reason: String,
-    },
-    /// The message was not a command: the [`JsonError`] text.
-    Error {
-        message: String,
-    },
+enum Event {
+    Welcome { high: Option<Bid> },
+    NewHigh(Bid),
+    Said { from: String, text: String },
+    Rejected { reason: String },
+    Error { message: String },
 }
 
-#[derive(Serialize)]
-struct HighBid {
+#[derive(Serialize, Clone)]
+struct Bid {
     bidder: String,
     amount: u64,
 }
@@ -66,7 +52,7 @@ struct HighBid {
 #[derive(Clone, Default)]
 struct Auction {
     bidders: WebSocketCollection,
-    high: Arc<Mutex<Option<HighBid>>>,
+    high: Arc<Mutex<Option<Bid>>>,
 }
 
 struct Bidder {
@@ -76,44 +62,22 @@ struct Bidder {
 
 impl WebSocketHandler for Bidder {
     async fn on_open(&mut self, conn: &Connection) {
+        // Under the lock, as new highs are broadcast: none is missed or told twice.
         let high = self.auction.high.lock().unwrap();
-        let _ = conn.send_json(&Event::Welcome {
-            high: high.as_ref(),
-        });
+        let _ = conn.send_json(&Event::Welcome { high: high.clone() });
         self.auction.bidders.add(conn.clone());
     }
 
     async fn on_message(&mut self, conn: &Connection, message: Message) {
         let command: Result<Command, JsonError> = message.json();
         match command {
-            Ok(Command::Bid { amount }) => {
-                let mut high = self.auction.high.lock().unwrap();
-                let to_beat = high.as_ref().map_or(0, |high| high.amount);
-                if amount <= to_beat {
-                    let reason = format!("bid more than {to_beat}");
-                    let _ = conn.send_json(&Event::Rejected { reason });
-                    return;
-                }
-                *high = Some(HighBid {
-                    bidder: self.name.clone(),
-                    amount,
-                });
-                // Under the lock, so that everyone sees the new highs in the order taken.
-                // Encoded once, whatever the number of bidders; it never waits for one.
-                let event = Event::NewHigh {
-                    bidder: &self.name,
-                    amount,
-                };
-                let _ = self.auction.bidders.broadcast_json(&event);
-            }
+            Ok(Command::Bid { amount }) => self.bid(conn, amount),
             Ok(Command::Say { text }) => {
-                let event = Event::Said {
-                    from: &self.name,
-                    text: &text,
-                };
-                let _ = self.auction.bidders.broadcast_json(&event);
+                let from = self.name.clone();
+                let said = Event::Said { from, text };
+                let _ = self.auction.bidders.broadcast_json(&said);
             }
-            // Not JSON, or not a command: say why, and carry on.
+            // Not JSON, or not a command: say why, to the sender only, and carry on.
             Err(error) => {
                 let message = error.to_string();
                 let _ = conn.send_json(&Event::Error { message });
@@ -122,14 +86,30 @@ impl WebSocketHandler for Bidder {
     }
 }
 
+impl Bidder {
+    fn bid(&self, conn: &Connection, amount: u64) {
+        let mut high = self.auction.high.lock().unwrap();
+        let to_beat = high.as_ref().map_or(0, |high| high.amount);
+        if amount <= to_beat {
+            let reason = format!("bid more than {to_beat}");
+            let _ = conn.send_json(&Event::Rejected { reason });
+            return;
+        }
+        let bidder = self.name.clone();
+        let bid = high.insert(Bid { bidder, amount });
+        // Under the lock, so that everyone sees the highs in the order they were taken.
+        // Encoded once, whatever the number of bidders; it never waits for one.
+        let new_high = Event::NewHigh(bid.clone());
+        let _ = self.auction.bidders.broadcast_json(&new_high);
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = addr_argument("json_protocol", "127.0.0.1:3001")?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!(
-        "Auction listening on ws://{}/?name=NAME",
-        listener.local_addr()?
-    );
+    let addr = listener.local_addr()?;
+    println!("Auction listening on ws://{addr}/?name=NAME");
 
     let auction = Auction::default();
     WebSocketServer::new()
@@ -150,12 +130,7 @@ fn addr_argument(example: &str, default: &str) -> Result<SocketAddr, Box<dyn std
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?.parse()?,
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: {example} [--addr HOST:PORT]"
-                )
-                .into())
-            }
+            _ => return Err(format!("usage: {example} [--addr HOST:PORT]").into()),
         }
     }
     Ok(addr)

@@ -104,10 +104,8 @@ impl Member {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = addr_argument("rooms", "127.0.0.1:3004")?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!(
-        "Rooms listening on ws://{}/?user=NAME",
-        listener.local_addr()?
-    );
+    let addr = listener.local_addr()?;
+    println!("Rooms listening on ws://{addr}/?user=NAME");
 
     let chat = Chat::default();
     WebSocketServer::new()
@@ -130,12 +128,7 @@ fn addr_argument(example: &str, default: &str) -> Result<SocketAddr, Box<dyn std
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?.parse()?,
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: {example} [--addr HOST:PORT]"
-                )
-                .into())
-            }
+            _ => return Err(format!("usage: {example} [--addr HOST:PORT]").into()),
         }
     }
     Ok(addr)

@@ -98,12 +98,7 @@ fn addr_argument(example: &str, default: &str) -> Result<SocketAddr, Box<dyn std
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?.parse()?,
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: {example} [--addr HOST:PORT]"
-                )
-                .into())
-            }
+            _ => return Err(format!("usage: {example} [--addr HOST:PORT]").into()),
         }
     }
     Ok(addr)

@@ -18,6 +18,7 @@ struct Example {
     child: Child,
     addr: SocketAddr,
     /// What it printed after its first line, not yet read by [`Example::wait_for_line`].
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only scale_out's test reads it
     stdout: mpsc::UnboundedReceiver<String>,
 }
 
@@ -61,6 +62,7 @@ impl Example {
     }
 
     /// Waits until the example prints a line containing `needle`; panics after [`WAIT`].
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     async fn wait_for_line(&mut self, needle: &str) {
         let found = tokio::time::timeout(WAIT, async {
             while let Some(line) = self.stdout.recv().await {
