@@ -194,8 +194,27 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     if cfg!(feature = "redis") {
         build.args(["--features", "redis"]);
     }
+    if cfg!(feature = "json") {
+        build.args(["--features", "json"]);
+    }
     if profile_dir.ends_with("release") {
         build.arg("--release");
+    }
+    // Not the variables cargo set for this test binary (`CARGO_PKG_NAME`...): build scripts
+    // that watch one (ring's) would otherwise rebuild, here and again in the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let for_this_crate = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+        ];
+        if for_this_crate.iter().any(|prefix| key.starts_with(prefix))
+            || matches!(&*key, "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR")
+        {
+            build.env_remove(&*key);
+        }
     }
     let status = build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
