@@ -298,7 +298,7 @@ impl Core {
         // Counted as 1008 even if the frame never gets through to a client that stopped
         // reading (which the close timeout or, over HTTP/2, a stream reset then ends).
         self.record_close(frame.clone());
-        if let Ok((pushed, dropped)) = self.queue.push_close_counting(frame, true) {
+        if let Ok((pushed, dropped)) = self.queue.push_close(frame, true) {
             // What was still queued goes unsent: the close frame replaces it.
             self.metrics.dropped(self.id, dropped as u64);
             self.after_push(pushed);
@@ -330,10 +330,14 @@ impl Core {
     }
 
     /// Queues a close frame behind everything already queued (so nothing queued is lost),
-    /// or sends it ahead of the queue when the queue is full.
+    /// or sends it ahead of the queue when the queue is full: the client is that far
+    /// behind, and the messages dropped count as dropped for a slow client.
     pub(crate) fn queue_close(&self, frame: CloseFrame) {
         self.start_closing();
-        if let Ok(pushed) = self.queue.push_close(frame, false) {
+        if let Ok((pushed, dropped)) = self.queue.push_close(frame, false) {
+            if dropped > 0 {
+                self.metrics.dropped(self.id, dropped as u64);
+            }
             self.after_push(pushed);
         }
     }

@@ -76,7 +76,9 @@ pub struct MetricsSnapshot {
     /// Payload bytes of the messages written.
     pub bytes_sent: u64,
     /// Messages that never went out because the client was too slow: those its full queue
-    /// refused, and those still queued when the slow-consumer policy closed it.
+    /// refused, and those still queued when the slow-consumer policy closed it or when a
+    /// close frame went ahead of its full queue ([`Connection::close`](crate::Connection::close),
+    /// a server shutdown, a failure).
     pub messages_dropped: u64,
     /// Connections closed by [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).
     pub slow_consumer_disconnects: u64,

@@ -189,19 +189,8 @@ impl OutboundQueue {
 
     /// Queues our close frame behind everything already queued; only the first one counts.
     /// With `drop_queued`, or if the queue is full, the peer is so far behind that the
-    /// queued messages are dropped, so that the close frame goes out next.
+    /// queued messages are dropped, so that the close frame goes out next: returns how many.
     pub(crate) fn push_close(
-        &self,
-        frame: CloseFrame,
-        drop_queued: bool,
-    ) -> Result<Pushed, Rejected> {
-        self.push_close_counting(frame, drop_queued)
-            .map(|(pushed, _)| pushed)
-    }
-
-    /// Like [`push_close`](Self::push_close), and also returns how many queued messages
-    /// were dropped to put the close frame next.
-    pub(crate) fn push_close_counting(
         &self,
         frame: CloseFrame,
         drop_queued: bool,
