@@ -388,6 +388,16 @@ impl Core {
         self.flush_now();
     }
 
+    /// Flushes and shuts the socket's write half down once the last frame is written (see
+    /// [`WriteSide::poll_shutdown`]): TLS's `close_notify`, TCP's FIN, the end of an HTTP/2
+    /// stream. Ready once done, or at once if there is no socket or it failed.
+    pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match lock_handover(&self.write_side).as_mut() {
+            Some(side) => side.poll_shutdown(cx),
+            None => Poll::Ready(()),
+        }
+    }
+
     /// Ends writing: drops what is queued and the socket's write half.
     pub(crate) fn detach(&self) {
         self.queue.stop();

@@ -159,6 +159,34 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         std::mem::take(&mut self.activity)
     }
 
+    /// After a close: reads and drops whatever arrives, undecoded. Ready once the peer
+    /// has ended the stream or the socket has failed.
+    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.pending = Vec::new();
+        self.pending_at = 0;
+        for _ in 0..READS_PER_POLL {
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(());
+            };
+            let ended = with_scratch(SCRATCH_SIZE, |scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(())) => Poll::Ready(buf.filled().is_empty()),
+                    Poll::Ready(Err(_)) => Poll::Ready(true),
+                }
+            });
+            match ended {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(true) => return Poll::Ready(()),
+                Poll::Ready(false) => self.activity = true,
+            }
+        }
+        // A peer that keeps sending does not hold the worker.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// Stops reading and drops the socket's read half.
     pub(crate) fn close(&mut self) {
         self.io = None;

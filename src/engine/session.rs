@@ -16,7 +16,7 @@
 //! peer's close frame; messages beyond what may be held are then dropped.
 
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -112,6 +112,10 @@ struct MessageDeadline {
 /// How often a message that takes long is checked for progress.
 const MESSAGE_WINDOW: Duration = Duration::from_secs(5);
 
+/// After a failed connection's close frame: how long the peer may stay silent before the
+/// socket is closed (see [`Session::write_close`]).
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+
 impl<R: AsyncRead + Unpin> Session<R> {
     /// A session reading `read`, after `leftover` (bytes read along with the handshake), for
     /// the connection whose state is `core`.
@@ -166,19 +170,57 @@ impl<R: AsyncRead + Unpin> Session<R> {
         .await
     }
 
-    /// Waits until our close frame is on the wire, or the connection is over anyway (the
-    /// close timeout, the socket gone). What the peer sends meanwhile is not delivered.
+    /// Ends a connection that failed: waits until our close frame is on the wire, then
+    /// shuts the write half down and, unless the peer has closed too, lingers: reads and
+    /// drops what it still sends until it ends the stream or falls quiet for
+    /// `LINGER_QUIET`. All within the close timeout, or until the socket fails. What the
+    /// peer sends meanwhile is dropped undecoded (the decoder may be what failed).
+    ///
+    /// Closing a socket with unread bytes, or that bytes reach after it is closed, makes
+    /// the kernel answer with a reset, which destroys whatever is still on its way to the
+    /// peer, our close frame included: as nginx does, this lingers instead.
     pub(crate) async fn write_close(&mut self, core: &Core) {
+        let mut quiet = pin!(tokio::time::sleep(LINGER_QUIET));
+        let mut lingering = false;
         poll_fn(|cx| {
-            if core.close_written() {
+            if self.poll_close_timer(cx, core).is_ready() {
                 return Poll::Ready(());
             }
-            match self.poll_event(cx, core, false) {
-                Poll::Ready(Event::End(_)) => Poll::Ready(()),
-                Poll::Ready(Event::Message(_)) | Poll::Pending => Poll::Pending,
+            if !self.writes_ended && !core.close_written() {
+                if let Poll::Ready(end) = core.poll_write_handed_over(cx) {
+                    self.writes_ended = true;
+                    if let WriteEnd::Failed = end {
+                        return Poll::Ready(());
+                    }
+                }
             }
+            if !core.close_written() {
+                // The peer's end of the stream only ends reading: it may still read ours.
+                let _ = self.reader.poll_discard(cx);
+                return Poll::Pending;
+            }
+            if core.poll_shutdown(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.peer_closed || self.reader.poll_discard(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if self.reader.take_activity() || !lingering {
+                lingering = true;
+                quiet.as_mut().reset(Instant::now() + LINGER_QUIET);
+            }
+            quiet.as_mut().poll(cx)
         })
         .await
+    }
+
+    /// Both close frames are on the wire: the write half is shut down (within the close
+    /// timeout), and the connection is closed.
+    fn poll_shut_down(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Event> {
+        if core.poll_shutdown(cx).is_pending() && self.poll_close_timer(cx, core).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Event::End(End::Closed))
     }
 
     /// Stops reading: the socket's read half goes, and with it what was half-received.
@@ -215,7 +257,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     return Poll::Ready(Event::Message(message));
                 }
             }
-            return Poll::Ready(Event::End(End::Closed));
+            return self.poll_shut_down(cx, core);
         }
         if let Poll::Ready(failure) = self.poll_timers(cx, core) {
             return Poll::Ready(Event::End(End::Failed(failure)));
@@ -389,19 +431,25 @@ impl<R: AsyncRead + Unpin> Session<R> {
         self.reader.held() + ahead
     }
 
-    /// The close timeout, pings, the idle timeout and the deadline of the message in
-    /// progress; ready with the failure when one of them ends the connection.
-    fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+    /// Ready once the close timeout has passed (armed once the close is asked for).
+    fn poll_close_timer(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<()> {
         if self.close_timer.is_none() {
             if let Some(since) = core.closing_since() {
                 let deadline = since + self.close_timeout.get();
                 self.close_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
             }
         }
-        if let Some(timer) = &mut self.close_timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Error::CloseTimeout(self.close_timeout.get()));
-            }
+        match &mut self.close_timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The close timeout, pings, the idle timeout and the deadline of the message in
+    /// progress; ready with the failure when one of them ends the connection.
+    fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+        if self.poll_close_timer(cx, core).is_ready() {
+            return Poll::Ready(Error::CloseTimeout(self.close_timeout.get()));
         }
         // A message must finish within the timeout, or later only while each window keeps
         // bringing the minimum rate: a client on a slow phone finishes; one that trickles a

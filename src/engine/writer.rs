@@ -3,6 +3,10 @@
 //! (hyper's HTTP/2 stream, which would take one slice per write) gets each batch copied
 //! together into one write instead.
 //!
+//! A close frame counts as written only once the transport has flushed it: a buffering
+//! transport (TLS, an HTTP/2 stream) may hold it after accepting it. The end of the
+//! connection then shuts the write half down ([`WriteSide::poll_shutdown`]).
+//!
 //! Who calls it, and when, is [`core`](crate::engine::core)'s business (see there how
 //! writing is arranged without a task per connection); this module only knows how to empty
 //! a queue into a socket.
@@ -67,6 +71,10 @@ pub(crate) struct WriteSide {
     vectored: bool,
     /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
     closed: bool,
+    /// ... and flushed, and reported so (`Written::final_frame`).
+    close_reported: bool,
+    /// The write half is shut down.
+    shut_down: bool,
     failed: bool,
 }
 
@@ -76,9 +84,10 @@ pub(crate) struct Written {
     /// Data messages written, and their payload bytes.
     pub(crate) messages: u64,
     pub(crate) bytes: u64,
-    /// Our close frame, once it is on the wire.
+    /// Our close frame, once the transport has taken it.
     pub(crate) close: Option<CloseFrame>,
-    /// A close frame (ours, or our answer to the peer's) is on the wire: nothing follows.
+    /// A close frame (ours, or our answer to the peer's) is on the wire, flushed: nothing
+    /// follows.
     pub(crate) final_frame: bool,
 }
 
@@ -108,6 +117,8 @@ impl WriteSide {
             written: 0,
             max_write: u32::try_from(max_write).unwrap_or(u32::MAX).max(1),
             closed: false,
+            close_reported: false,
+            shut_down: false,
             failed: false,
         }
     }
@@ -134,6 +145,8 @@ impl WriteSide {
                     Poll::Pending => return Poll::Pending,
                 }
                 if self.closed {
+                    // Only now, flushed, is the close frame on its way to the peer.
+                    written.final_frame = !std::mem::replace(&mut self.close_reported, true);
                     return Poll::Ready(Some(WriteEnd::Closed));
                 }
                 if queue.take(&mut self.in_flight) {
@@ -190,6 +203,28 @@ impl WriteSide {
         }
     }
 
+    /// Flushes and shuts the write half down, once the last frame is written: TLS's
+    /// `close_notify`, TCP's FIN, the end of an HTTP/2 stream. Ready once done, or at
+    /// once if the socket has failed (or fails now: nothing more can be done).
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.failed || self.shut_down {
+            return Poll::Ready(());
+        }
+        let mut io = self.io.as_mut();
+        let done = match io.as_mut().poll_flush(cx) {
+            Poll::Ready(Ok(())) => io.poll_shutdown(cx),
+            other => other,
+        };
+        match done {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                self.shut_down = true;
+                self.failed = result.is_err();
+                Poll::Ready(())
+            }
+        }
+    }
+
     /// Drops the items `wrote` bytes completed.
     fn advance(&mut self, wrote: usize, written: &mut Written) {
         let mut done = self.written + wrote;
@@ -204,16 +239,13 @@ impl WriteSide {
                     written.messages += 1;
                     written.bytes += frame.payload().len() as u64;
                 }
-                // `take` put nothing behind a close frame.
+                // `take` put nothing behind a close frame; it counts as on the wire once
+                // flushed (see `poll_write_queue`).
                 Some(Outbound::Close(close)) => {
                     written.close = Some(close.0);
-                    written.final_frame = true;
                     self.closed = true;
                 }
-                Some(Outbound::Reply(_)) => {
-                    written.final_frame = true;
-                    self.closed = true;
-                }
+                Some(Outbound::Reply(_)) => self.closed = true,
                 _ => {}
             }
         }
@@ -237,8 +269,9 @@ mod tests {
 
     use tokio::io::AsyncWrite;
 
-    use super::{WriteIo, WriteSide, Written};
+    use super::{WriteEnd, WriteIo, WriteSide, Written};
     use crate::engine::queue::OutboundQueue;
+    use crate::protocol::close::{CloseCode, CloseFrame};
     use crate::protocol::frame::Frame;
 
     /// A transport that takes everything and records the length of every write call.
@@ -327,5 +360,75 @@ mod tests {
         // The frame that reaches 16 KiB goes whole.
         assert_eq!(writes_for(400, false), [249 * 66, 151 * 66]);
         assert_eq!(writes_for(400, true).len(), 400_usize.div_ceil(64));
+    }
+
+    /// A buffering transport (TLS, an HTTP/2 stream): what it takes waits for a flush,
+    /// which answers `Pending` once. Records whether it was shut down.
+    #[derive(Default)]
+    struct Buffering {
+        buffered: bool,
+        flushes_pending: bool,
+        shut_down: Arc<Mutex<bool>>,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.buffered = true;
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.buffered && std::mem::take(&mut self.flushes_pending) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.buffered = false;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            *self.shut_down.lock().unwrap() = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_close_frame_counts_as_written_once_flushed_then_the_write_half_shuts_down() {
+        // Until the transport's flush completes, the close frame is not on the wire.
+        let queue = OutboundQueue::new(10, 1 << 20);
+        let close = CloseFrame {
+            code: CloseCode::MESSAGE_TOO_BIG,
+            reason: String::new(),
+        };
+        assert!(queue.push_close(close, false).is_ok());
+        let shut_down = Arc::new(Mutex::new(false));
+        let io = WriteIo::boxed(Buffering {
+            flushes_pending: true,
+            shut_down: shut_down.clone(),
+            ..Buffering::default()
+        });
+        let mut side = WriteSide::new(io, 64 * 1024);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut written = Written::default();
+        let polled = side.poll_write_queue(&queue, &mut cx, &mut written);
+        assert!(polled.is_pending(), "the flush is pending");
+        assert!(!written.final_frame, "not on the wire before the flush");
+
+        let mut written = Written::default();
+        let polled = side.poll_write_queue(&queue, &mut cx, &mut written);
+        assert!(matches!(polled, Poll::Ready(Some(WriteEnd::Closed))));
+        assert!(written.final_frame, "flushed: on the wire");
+        assert!(!*shut_down.lock().unwrap());
+        assert!(side.poll_shutdown(&mut cx).is_ready());
+        assert!(*shut_down.lock().unwrap(), "close_notify, FIN");
+
+        let mut written = Written::default();
+        let polled = side.poll_write_queue(&queue, &mut cx, &mut written);
+        assert!(matches!(polled, Poll::Ready(Some(WriteEnd::Closed))));
+        assert!(!written.final_frame, "reported once");
     }
 }
