@@ -630,3 +630,66 @@ async fn an_http2_client_that_stops_reading_its_socket_loses_the_connection() {
     assert_eq!(metrics.snapshot().connections_open(), 1, "the pump's only");
     drop(stuck);
 }
+
+// ---- Large messages over HTTP/2: split into bounded writes (issue 25, point 3) ----
+
+/// One HTTP/2 connection to `addr` whose streams let the server send at most 64 KiB ahead
+/// of what the client has read (HTTP/2's default window; hyper's client allows 2 MiB).
+async fn h2_client_small_window(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let stream = within("a TCP connection", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let (send, connection) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(TokioIo::new(stream)),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    send
+}
+
+#[tokio::test]
+async fn a_1_mib_message_over_http2_arrives_intact_and_the_stream_takes_it_in_bounded_writes() {
+    use common::read_frame;
+
+    let room = WebSocketCollection::new();
+    // Room for both messages at once: the slow-consumer policy is not what this tests.
+    let server = WebSocketServer::builder()
+        .outbound_queue_bytes(4 << 20)
+        .build();
+    let metrics = server.metrics().clone();
+    let addr = h2_server(server, room.clone()).await;
+    let mut send = h2_client_small_window(addr).await;
+    let mut stream = open(&mut send, addr).await;
+    read_frame_text(&mut stream).await;
+
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let sent_before = metrics.snapshot().messages_sent;
+    room.broadcast(websocket_handler::Message::Binary(Bytes::from(big.clone())));
+    room.broadcast("after the big one");
+    // While the client reads nothing, hyper's stream may take only a few writes beyond
+    // the flow-control window: the 1 MiB message is not all taken (nor counted sent). Taken
+    // whole in one write, as it was, it counted as sent at once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        metrics.snapshot().messages_sent,
+        sent_before,
+        "the stream took the whole 1 MiB message while the client read nothing"
+    );
+
+    let (compressed, opcode, payload) = read_frame(&mut stream).await;
+    assert_eq!((compressed, opcode), (false, 2), "a binary frame");
+    assert_eq!(payload.len(), big.len(), "1 MiB");
+    assert!(payload == big, "every byte intact and in order");
+    assert_eq!(read_frame_text(&mut stream).await, "after the big one");
+    within("both messages to be counted as sent", async {
+        while metrics.snapshot().messages_sent < sent_before + 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

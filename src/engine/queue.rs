@@ -10,7 +10,6 @@
 //!   task per connection.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -45,25 +44,14 @@ impl Outbound {
         }
     }
 
-    /// Adds this item's bytes, from `skip` on, to `slices`; returns how many were added.
-    pub(crate) fn slices<'a>(&'a self, skip: usize, slices: &mut Vec<IoSlice<'a>>) -> usize {
-        let parts: [&'a [u8]; 2] = match self {
+    /// Its bytes on the wire, in two parts (header and payload; a control frame is one
+    /// part and an empty one).
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
+        match self {
             Outbound::Data(frame) => [frame.header(), frame.payload()],
             Outbound::Close(close) => [close.1.header(), close.1.payload()],
             Outbound::Raw(bytes) | Outbound::Pong(bytes) | Outbound::Reply(bytes) => [bytes, &[]],
-        };
-        let mut skip = skip;
-        let mut added = 0;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            slices.push(IoSlice::new(&part[skip..]));
-            added += part.len() - skip;
-            skip = 0;
         }
-        added
     }
 }
 
@@ -348,7 +336,6 @@ mod tests {
     use crate::protocol::frame::Frame;
     use bytes::Bytes;
     use std::collections::VecDeque;
-    use std::io::IoSlice;
 
     fn text(payload: &'static str) -> Frame {
         Frame::new(0x1, Bytes::from_static(payload.as_bytes()))
@@ -362,24 +349,10 @@ mod tests {
     }
 
     fn wire(items: &VecDeque<super::Outbound>) -> Vec<u8> {
-        let mut slices = Vec::new();
-        for item in items {
-            item.slices(0, &mut slices);
-        }
-        slices.iter().flat_map(|slice| slice.to_vec()).collect()
-    }
-
-    #[test]
-    fn slices_resume_mid_item() {
-        let mut items = VecDeque::new();
-        items.push_back(super::Outbound::Data(text("hello")));
-        let mut slices: Vec<IoSlice<'_>> = Vec::new();
-        assert_eq!(items[0].slices(3, &mut slices), 4);
-        let bytes: Vec<u8> = slices.iter().flat_map(|slice| slice.to_vec()).collect();
-        assert_eq!(
-            bytes, b"ello",
-            "two header bytes and one payload byte skipped"
-        );
+        items
+            .iter()
+            .flat_map(|item| item.parts().concat())
+            .collect()
     }
 
     #[test]
