@@ -301,7 +301,12 @@ impl Core {
         if let Ok((pushed, dropped)) = self.queue.push_close(frame, true) {
             // What was still queued goes unsent: the close frame replaces it.
             self.metrics.dropped(self.id, dropped as u64);
-            self.after_push(pushed);
+            // A broadcast lands here under its shard's lock, so nothing is written here: a
+            // full queue has a flush arranged already (`Queued`), and should it not, the
+            // connection's own task writes the close frame.
+            if pushed == Pushed::MustFlush {
+                self.queue.hand_over();
+            }
         }
     }
 

@@ -383,6 +383,29 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queues_close_has_its_flush_arranged_already() {
+        // The slow-consumer close relies on this: it runs under a broadcast's shard lock,
+        // where nothing may be written.
+        for max_bytes in [usize::MAX, 2] {
+            let queue = OutboundQueue::new(2, max_bytes);
+            assert_eq!(queue.push_data(text("a")).ok(), Some(Pushed::MustFlush));
+            let _ = queue.push_data(text("b"));
+            assert!(matches!(
+                queue.push_data(text("c")),
+                Err(Rejected::Full { .. })
+            ));
+            let close = CloseFrame {
+                code: CloseCode::POLICY_VIOLATION,
+                reason: String::new(),
+            };
+            assert!(matches!(
+                queue.push_close(close, true),
+                Ok((Pushed::Queued, dropped)) if dropped >= 1
+            ));
+        }
+    }
+
+    #[test]
     fn the_byte_bound_holds_but_a_big_message_still_fits_an_empty_queue() {
         let queue = OutboundQueue::new(100, 4);
         assert!(

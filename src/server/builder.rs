@@ -271,14 +271,20 @@ impl ServerBuilder {
     }
 
     /// Whether to give memory back to the operating system after a storm (on Linux with
-    /// glibc; elsewhere this does nothing). When connections or their queues have freed
-    /// 8 MiB or more and freeing has calmed down for a second, the heap is trimmed once
-    /// (`malloc_trim`, on a blocking thread). glibc's malloc otherwise keeps what a burst
-    /// freed: on the chat example, 10,000 clients connecting with join notices left 22 KiB
-    /// of RSS per idle connection, and 158 MiB after all had left (3.4 MiB before); with
-    /// trimming, 6.3 KiB and 8.5 MiB. The heap is the process's, so one server with this on
-    /// is enough. On by default; turn it off if the application manages this itself (with
-    /// another allocator, say).
+    /// glibc; elsewhere this does nothing). When connections or their queues have freed a
+    /// MiB or more and freeing has calmed down for a second, the heap is trimmed once
+    /// (`malloc_trim`, on a blocking thread, at most every five seconds). glibc's malloc
+    /// otherwise keeps what a burst freed: on the chat example, 10,000 clients connecting
+    /// with join notices left 22 KiB of RSS per idle connection, and 158 MiB after all had
+    /// left (3.4 MiB before); with trimming, 6.3 KiB and 8.5 MiB.
+    ///
+    /// On by default, although the heap is the whole process's, not this server's: a
+    /// server that keeps the memory of its last reconnect storm for ever looks like a leak,
+    /// and few applications know to trim. What it costs the rest of the process is a walk
+    /// of the heap after a storm, off the async threads; what it can do to it is only give
+    /// back free pages, which glibc maps again on demand. One server with this on trims for
+    /// the process. Turn it off if the application manages its memory itself, for example
+    /// with another global allocator (then trimming glibc's heap finds next to nothing).
     pub fn trim_memory(mut self, on: bool) -> Self {
         self.config.trim_memory = on;
         self
