@@ -7,8 +7,9 @@
 //! cargo run --example axum_chat -- --addr 127.0.0.1:3000
 //! ```
 //!
-//! [`websocket_handler::upgrade`] takes axum's `Request` as it is (it is an
-//! `http::Request`), and its response becomes axum's with `.map(Body::new)`.
+//! With the crate's `axum` feature, [`WebSocketUpgrade`] is an extractor: it checks the
+//! handshake and takes the peer's address from axum's `ConnectInfo`; the route then
+//! accepts with a handler or answers something else.
 
 #[path = "chat/handler.rs"]
 mod handler;
@@ -16,15 +17,14 @@ mod handler;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use handler::ChatRooms;
 use tower_http::services::ServeFile;
-use websocket_handler::WebSocketServer;
+use websocket_handler::{WebSocketServer, WebSocketUpgrade};
 
 /// What every request handler gets: the rooms and the WebSocket server.
 #[derive(Clone)]
@@ -33,16 +33,17 @@ struct App {
     server: WebSocketServer,
 }
 
+/// The extractor finds the server in the state.
+impl FromRef<App> for WebSocketServer {
+    fn from_ref(app: &App) -> Self {
+        app.server.clone()
+    }
+}
+
 /// `/api/Chat?username=NAME&room=ROOM`: the WebSocket, or a 400 that says what is wrong.
-async fn chat_socket(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-) -> Response {
-    // Handlers see the peer's address as `Connection::remote_addr`.
-    request.extensions_mut().insert(peer);
-    match app.chat.handler_for(request.uri().query().unwrap_or("")) {
-        Ok(handler) => app.server.upgrade(request, handler).map(Body::new),
+async fn chat_socket(State(app): State<App>, upgrade: WebSocketUpgrade) -> Response {
+    match app.chat.handler_for(upgrade.uri().query().unwrap_or("")) {
+        Ok(handler) => upgrade.accept(handler).into_response(),
         Err(problem) => (StatusCode::BAD_REQUEST, problem).into_response(),
     }
 }
@@ -67,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("Chat server (axum) running. Open http://{local}/chat.htm in a browser.");
+    // With the peer's address, for `Connection::remote_addr` and the limits per address.
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -424,14 +424,20 @@ mod scale {
         let addr = listener.local_addr()?;
         let ws = WebSocketServer::new();
         let rooms = c.rooms.clone();
+        // An older crate's `serve` took a handler maker that returned an `Option`.
+        #[cfg(backplane_scale_baseline)]
+        let admit = move |_: &http::request::Parts| {
+            Some(Resumer {
+                rooms: rooms.clone(),
+            })
+        };
+        #[cfg(not(backplane_scale_baseline))]
+        let admit = move |upgrade: websocket_handler::WebSocketUpgrade| {
+            let rooms = rooms.clone();
+            async move { upgrade.accept(Resumer { rooms }) }
+        };
         tokio::spawn(async move {
-            let _ = ws
-                .serve(listener, move |_| {
-                    Some(Resumer {
-                        rooms: rooms.clone(),
-                    })
-                })
-                .await;
+            let _ = ws.serve(listener, admit).await;
         });
         let (cpu0, started) = (cpu_s(), Instant::now());
         let url = format!("ws://{addr}/?room={room}&after={after}");

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build();
     // Ctrl-C stops it, returning from `main` (so that profilers see a normal exit).
     tokio::select! {
-        served = server.serve(listener, |_request| Some(Echo)) => served?,
+        served = server.serve(listener, |upgrade| async move { upgrade.accept(Echo) }) => served?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())

@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use websocket_handler::{query_param, Connection, JsonError, Message};
+use websocket_handler::http::StatusCode;
+use websocket_handler::{Connection, JsonError, Message};
 use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 /// What a client may send: `{"type": "bid", "amount": 120}` or `{"type": "say", "text": ".."}`.
@@ -113,11 +114,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let auction = Auction::default();
     WebSocketServer::new()
-        .serve(listener, move |request| {
-            // `?name=ana`; without it, 404.
-            let name = query_param(request.uri.query()?, "name").ok()??;
+        .serve(listener, move |upgrade| {
             let auction = auction.clone();
-            Some(Bidder { name, auction })
+            async move {
+                // `?name=ana`; without it, 400.
+                match upgrade.query_param("name") {
+                    Ok(Some(name)) => upgrade.accept(Bidder { name, auction }),
+                    _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?name=NAME is needed\n"),
+                }
+            }
         })
         .await?;
     Ok(())

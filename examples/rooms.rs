@@ -20,7 +20,8 @@
 
 use std::net::SocketAddr;
 
-use websocket_handler::{query_param, Connection, Message, Rooms};
+use websocket_handler::http::StatusCode;
+use websocket_handler::{Connection, Message, Rooms};
 use websocket_handler::{WebSocketHandler, WebSocketServer};
 
 const HELP: &str = "commands: /join ROOM, /leave ROOM, /say ROOM TEXT, /msg USER TEXT, /rooms";
@@ -109,13 +110,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let chat = Chat::default();
     WebSocketServer::new()
-        .serve(listener, move |request| {
-            // `?user=ana`; without it, 404.
-            let user = query_param(request.uri.query()?, "user").ok()??;
-            Some(Member {
-                user,
-                chat: chat.clone(),
-            })
+        .serve(listener, move |upgrade| {
+            let chat = chat.clone();
+            async move {
+                // `?user=ana`; without it, 400.
+                match upgrade.query_param("user") {
+                    Ok(Some(user)) => upgrade.accept(Member { user, chat }),
+                    _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?user=NAME is needed\n"),
+                }
+            }
         })
         .await?;
     Ok(())

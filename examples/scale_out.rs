@@ -32,7 +32,8 @@
 use std::net::SocketAddr;
 
 use websocket_handler::backplane::{RedisBackplane, RedisConfig};
-use websocket_handler::{query_param, Connection, Message, WebSocketCollection};
+use websocket_handler::http::StatusCode;
+use websocket_handler::{Connection, Message, WebSocketCollection};
 use websocket_handler::{WebSocketHandler, WebSocketServer};
 
 /// One client: its name and the room, exactly as in a single process.
@@ -80,10 +81,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     WebSocketServer::new()
-        .serve(listener, move |request| {
-            let name = query_param(request.uri.query()?, "name").ok()??;
+        .serve(listener, move |upgrade| {
             let room = room.clone();
-            Some(Chat { name, room, server })
+            async move {
+                match upgrade.query_param("name") {
+                    Ok(Some(name)) => upgrade.accept(Chat { name, room, server }),
+                    _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?name=NAME is needed\n"),
+                }
+            }
         })
         .await?;
     Ok(())

@@ -28,7 +28,8 @@
 
 use std::net::SocketAddr;
 
-use websocket_handler::{query_param, CloseCode, Connection, WebSocketHandler, WebSocketServer};
+use websocket_handler::http::StatusCode;
+use websocket_handler::{CloseCode, Connection, WebSocketHandler, WebSocketServer};
 
 /// One client's stream: how many lines it asked for (`None`: no end).
 struct Log {
@@ -73,16 +74,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Stream listening on ws://{addr}/?lines=N");
 
     WebSocketServer::new()
-        .serve(listener, |request| {
-            // `?lines=N`; no `lines`: endless; anything else: 404.
-            let lines = match request.uri.query() {
-                None => None,
-                Some(query) => match query_param(query, "lines").ok()? {
-                    None => None,
-                    Some(lines) => Some(lines.parse().ok()?),
-                },
-            };
-            Some(Log { lines })
+        .serve(listener, |upgrade| async move {
+            // `?lines=N`; no `lines`: endless; anything else: 400.
+            match upgrade
+                .query_param("lines")
+                .map(|lines| lines.map(|n| n.parse()))
+            {
+                Ok(None) => upgrade.accept(Log { lines: None }),
+                Ok(Some(Ok(lines))) => upgrade.accept(Log { lines: Some(lines) }),
+                _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?lines=N, a number\n"),
+            }
         })
         .await?;
     Ok(())

@@ -82,10 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let watchers = WebSocketCollection::new();
     tokio::spawn(tick(watchers.clone()));
     WebSocketServer::new()
-        .serve(listener, move |_request| {
-            Some(Watcher {
-                watchers: watchers.clone(),
-            })
+        .serve(listener, move |upgrade| {
+            let watchers = watchers.clone();
+            async move { upgrade.accept(Watcher { watchers }) }
         })
         .await?;
     Ok(())

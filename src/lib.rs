@@ -26,7 +26,8 @@
 //! `ws://127.0.0.1:8080/?username=ana`.
 //!
 //! ```no_run
-//! use websocket_handler::{query_param, Connection, Message};
+//! use websocket_handler::http::StatusCode;
+//! use websocket_handler::{Connection, Message};
 //! use websocket_handler::{WebSocketCollection, WebSocketHandler, WebSocketServer};
 //!
 //! struct Chat { username: String, room: WebSocketCollection }
@@ -47,9 +48,15 @@
 //!     let room = WebSocketCollection::new();
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //!     WebSocketServer::new()
-//!         .serve(listener, move |request| {
-//!             let username = query_param(request.uri.query()?, "username").ok()??;
-//!             Some(Chat { username, room: room.clone() }) // None answers 404
+//!         .serve(listener, move |upgrade| {
+//!             let room = room.clone();
+//!             async move {
+//!                 // Any check may go here, awaiting if it must (a token, a database).
+//!                 match upgrade.query_param("username") {
+//!                     Ok(Some(username)) => upgrade.accept(Chat { username, room }),
+//!                     _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?username=NAME is needed\n"),
+//!                 }
+//!             }
 //!         })
 //!         .await
 //! }
@@ -239,6 +246,9 @@ mod server;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
+/// The `http` crate, whose types (`Request`, `Response`, `StatusCode`, `HeaderMap`...) the
+/// API takes and returns: usable without a dependency of its own, at the version the crate's.
+pub use http;
 
 pub use connection::handler::WebSocketHandler;
 pub use connection::{Connection, Queued};
@@ -262,6 +272,7 @@ pub use server::body::Body;
 pub use server::builder::ServerBuilder;
 pub use server::config::Config;
 pub use server::listener::ConnectionSlot;
+pub use server::upgrade::WebSocketUpgrade;
 pub use server::WebSocketServer;
 
 /// Every Rust snippet of README.md, compiled as a doc test so that none can rot.

@@ -238,3 +238,80 @@ async fn an_axum_router_is_served_by_a_connection_slot_over_http2() {
         .expect("an answer");
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+// ---- the WebSocketUpgrade extractor (cargo feature axum) ----
+
+/// Greets with the peer's address as the connection sees it, then echoes.
+#[cfg(feature = "axum")]
+struct Greeter;
+
+#[cfg(feature = "axum")]
+impl WebSocketHandler for Greeter {
+    async fn on_open(&mut self, conn: &Connection) {
+        let peer = conn.remote_addr().map(|addr| addr.to_string());
+        let _ = conn.send(format!("peer {}", peer.unwrap_or_default()));
+    }
+    async fn on_message(&mut self, conn: &Connection, message: Message) {
+        let _ = conn.send(message);
+    }
+}
+
+/// A route that admits `?token=open-sesame` after an await, refuses others with 401.
+#[cfg(feature = "axum")]
+async fn guarded(upgrade: websocket_handler::WebSocketUpgrade) -> http::Response<Body> {
+    tokio::task::yield_now().await; // a lookup would be here
+    match upgrade.query_param("token") {
+        Ok(Some(token)) if token == "open-sesame" => upgrade.accept(Greeter),
+        _ => upgrade.refuse(StatusCode::UNAUTHORIZED, "who are you?\n"),
+    }
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_extractor_checks_the_handshake_and_the_route_admits_or_refuses() {
+    let router = Router::new()
+        .route("/ws", any(guarded))
+        .with_state(WebSocketServer::builder().max_connections(1).build());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("axum serve");
+    });
+
+    // Not an upgrade: the extractor's rejection, the handshake error's 400.
+    let plain = common::http_get(addr, "/ws?token=open-sesame", "").await;
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    assert!(plain.contains("Connection: upgrade"), "{plain}");
+
+    // The route's own refusal, and it holds no connection (the limit is 1).
+    for _ in 0..3 {
+        match within(
+            "a refused handshake",
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=guess")),
+        )
+        .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+                let body = response.body().clone().unwrap_or_default();
+                assert_eq!(body, b"who are you?\n");
+            }
+            other => panic!("a wrong token was not refused with 401: {other:?}"),
+        }
+    }
+
+    // Admitted: the peer's address came from ConnectInfo, with nothing inserted by hand.
+    let mut client = common::connect(addr, "/ws?token=open-sesame").await;
+    let greeting = common::next_text(&mut client).await;
+    assert!(greeting.starts_with("peer 127.0.0.1:"), "{greeting:?}");
+    common::send_text(&mut client, "through the extractor").await;
+    assert_eq!(
+        common::next_text(&mut client).await,
+        "through the extractor"
+    );
+}

@@ -1,6 +1,8 @@
 //! `examples/axum_chat`: the chat's handler mounted in an axum router, with the page served
 //! by tower-http, end to end over real sockets.
 
+#![cfg(feature = "axum")] // the example uses the WebSocketUpgrade extractor
+
 mod common;
 
 use common::{next_text, send_text, ChatServer};

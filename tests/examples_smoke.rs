@@ -1,4 +1,4 @@
-//! The small examples (`json_protocol`, `ticker`, `stream`, `rooms`, `scale_out`) do what
+//! The small examples (`json_protocol`, `ticker`, `stream`, `rooms`, `token_auth`, `scale_out`) do what
 //! their doc comments say: each real example binary on a free loopback port, with real
 //! WebSocket clients, checked on its main behaviour.
 
@@ -220,4 +220,47 @@ async fn scale_out_carries_a_message_from_one_process_to_the_other() {
     );
     assert_eq!(next_text(&mut ana).await, expected);
     assert_eq!(next_text(&mut ben).await, expected);
+}
+
+#[tokio::test]
+async fn token_auth_admits_a_known_token_and_refuses_others_with_401() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+
+    let example = Example::start("token_auth", &[]).await;
+    let mut ana = example.client("/?token=ana-secret").await;
+    assert_eq!(next_text(&mut ana).await, "welcome, ana");
+
+    // The same check with the token in a header, for clients that can send one.
+    let mut request = format!("ws://{}/", example.addr)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        "Bearer bob-secret".parse().expect("header value"),
+    );
+    let (mut bob, _) = common::within("bob's handshake", tokio_tungstenite::connect_async(request))
+        .await
+        .expect("bob admitted");
+    assert_eq!(next_text(&mut bob).await, "welcome, bob");
+    send_text(&mut bob, "hi").await;
+    assert_eq!(next_text(&mut ana).await, "bob: hi");
+
+    for path in ["/?token=guess", "/"] {
+        let url = format!("ws://{}{path}", example.addr);
+        match common::within("a refused handshake", tokio_tungstenite::connect_async(url)).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), 401, "{path}");
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("www-authenticate")
+                        .map(|v| v.as_bytes()),
+                    Some(&b"Bearer"[..]),
+                    "{path}"
+                );
+            }
+            other => panic!("{path} was not refused with 401: {other:?}"),
+        }
+    }
 }

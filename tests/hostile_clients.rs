@@ -398,11 +398,12 @@ async fn start_serve(server: WebSocketServer) -> SocketAddr {
     let (events, _) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _ = server
-            .serve(listener, move |_| {
-                Some(Chat {
+            .serve(listener, move |upgrade| {
+                let chat = Chat {
                     room: room.clone(),
                     events: events.clone(),
-                })
+                };
+                async move { upgrade.accept(chat) }
             })
             .await;
     });

@@ -1,7 +1,7 @@
 //! The opening handshake (RFC 6455 section 4.2): what makes an upgrade request valid, the
 //! `Sec-WebSocket-Accept` answer, and the reasons a request is refused.
 
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Why an upgrade request was refused. Each variant has an HTTP status; see
@@ -103,24 +103,40 @@ pub(crate) enum Accept {
     Connect,
 }
 
-/// Checks an upgrade request of either kind: an HTTP/1.1 `GET` with `Upgrade: websocket`
-/// ([`check_handshake`]), or an HTTP/2 `CONNECT` whose `:protocol` (`protocol`, which HTTP
-/// servers keep apart from the headers) is `websocket` (RFC 8441 section 5): there is no
-/// key to answer, and `Sec-WebSocket-Version` must be 13 as over HTTP/1.1.
+/// [`check_head`] on a whole request (the fuzz targets').
+#[cfg(fuzzing)]
 pub(crate) fn check_request<B>(
-    request: &Request<B>,
+    request: &http::Request<B>,
     protocol: Option<&str>,
 ) -> Result<Accept, HandshakeError> {
-    if request.version() != Version::HTTP_2 {
-        return check_handshake(request).map(Accept::Upgrade);
+    check_head(
+        request.method(),
+        request.version(),
+        request.headers(),
+        protocol,
+    )
+}
+
+/// Checks an upgrade request's head, of either kind: an HTTP/1.1 `GET` with `Upgrade:
+/// websocket`, or an HTTP/2 `CONNECT` whose `:protocol` (`protocol`, which HTTP servers keep
+/// apart from the headers) is `websocket` (RFC 8441 section 5): there is no key to answer,
+/// and `Sec-WebSocket-Version` must be 13 as over HTTP/1.1.
+pub(crate) fn check_head(
+    method: &http::Method,
+    version: Version,
+    headers: &HeaderMap,
+    protocol: Option<&str>,
+) -> Result<Accept, HandshakeError> {
+    if version != Version::HTTP_2 {
+        return check_upgrade(method, version, headers).map(Accept::Upgrade);
     }
-    if request.method() != http::Method::CONNECT {
-        return Err(HandshakeError::ConnectRequired(request.method().clone()));
+    if method != http::Method::CONNECT {
+        return Err(HandshakeError::ConnectRequired(method.clone()));
     }
     if !protocol.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
         return Err(HandshakeError::MissingUpgradeWebSocket);
     }
-    check_version(request.headers())?;
+    check_version(headers)?;
     Ok(Accept::Connect)
 }
 
@@ -133,16 +149,27 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
     }
 }
 
-/// Checks the handshake headers (RFC 6455 section 4.2.1) and returns the
-/// `Sec-WebSocket-Accept` value to answer with.
-pub(crate) fn check_handshake<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
-    if request.method() != http::Method::GET {
-        return Err(HandshakeError::MethodNotAllowed(request.method().clone()));
+/// [`check_upgrade`] on a whole request (the fuzz targets').
+#[cfg(fuzzing)]
+pub(crate) fn check_handshake<B>(
+    request: &http::Request<B>,
+) -> Result<HeaderValue, HandshakeError> {
+    check_upgrade(request.method(), request.version(), request.headers())
+}
+
+/// Checks an HTTP/1.1 upgrade's method, version and headers (RFC 6455 section 4.2.1) and
+/// returns the `Sec-WebSocket-Accept` value to answer with.
+fn check_upgrade(
+    method: &http::Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, HandshakeError> {
+    if method != http::Method::GET {
+        return Err(HandshakeError::MethodNotAllowed(method.clone()));
     }
-    if request.version() != Version::HTTP_11 {
-        return Err(HandshakeError::HttpVersion(request.version()));
+    if version != Version::HTTP_11 {
+        return Err(HandshakeError::HttpVersion(version));
     }
-    let headers = request.headers();
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(HandshakeError::MissingConnectionUpgrade);
     }

@@ -9,6 +9,8 @@
 //! is the top layer: it may use every other, and none uses it.
 
 pub(crate) mod address;
+#[cfg(feature = "axum")]
+pub(crate) mod axum;
 pub(crate) mod body;
 pub(crate) mod builder;
 pub(crate) mod config;

@@ -2,6 +2,7 @@
 //! WebSockets: the accept loop, on top of the listener (`listener.rs`).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -10,28 +11,35 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
-use crate::connection::handler::WebSocketHandler;
 use crate::server::body::Body;
+use crate::server::upgrade::WebSocketUpgrade;
 use crate::server::WebSocketServer;
 
 impl WebSocketServer {
     /// Serves WebSockets on `listener` until [`close_all`](WebSocketServer::close_all) is
     /// called (then it returns `Ok`) or the listener fails.
     ///
-    /// Every request is an upgrade: `make_handler` sees its head (path, query, headers) and
-    /// returns the handler for the new connection, or `None` to answer 404. Behind it is
-    /// what a server usually sets up by hand around [`upgrade`](WebSocketServer::upgrade):
-    /// HTTP/1.1 with upgrades, `TCP_NODELAY`, the peer's address for
-    /// [`Connection::remote_addr`](crate::Connection::remote_addr), and the listener's
-    /// limits: the [`handshake_timeout`](crate::ServerBuilder::handshake_timeout) for a
-    /// client to send its request, and at most
-    /// [`max_pending_connections`](crate::ServerBuilder::max_pending_connections)
+    /// Every request is an upgrade. One whose handshake is invalid is answered with its
+    /// [`HandshakeError`](crate::HandshakeError)'s response; each valid one goes to `admit`
+    /// as a [`WebSocketUpgrade`], and what `admit` resolves to is the answer:
+    /// [`upgrade.accept(handler)`](WebSocketUpgrade::accept) opens the connection, any other
+    /// response refuses it ([`refuse`](WebSocketUpgrade::refuse) makes a plain one: 401 for a
+    /// bad token, 404 for an unknown path). `admit` may take its time (a database, a key
+    /// set), within the [`handshake_timeout`](crate::ServerBuilder::handshake_timeout):
+    /// past it the client gets 503.
+    ///
+    /// Behind it is what a server usually sets up by hand around
+    /// [`upgrade`](WebSocketServer::upgrade): HTTP/1.1 with upgrades, `TCP_NODELAY`, the
+    /// peer's address for [`Connection::remote_addr`](crate::Connection::remote_addr), and
+    /// the listener's limits: the `handshake_timeout` for a client to send its request, and
+    /// at most [`max_pending_connections`](crate::ServerBuilder::max_pending_connections)
     /// connections accepted and not yet upgraded (see [`ConnectionSlot`](crate::ConnectionSlot)).
     /// Servers that also serve pages or other routes, or TLS, serve their own service
     /// with a [`ConnectionSlot`](crate::ConnectionSlot), or call `upgrade` from their own
     /// hyper service or axum router.
     ///
     /// ```
+    /// use http::StatusCode;
     /// use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
     ///
     /// struct Echo;
@@ -48,14 +56,21 @@ impl WebSocketServer {
     /// let server = WebSocketServer::new();
     /// # let stop = server.clone();
     /// # tokio::spawn(async move { stop.close_all(std::time::Duration::from_secs(1)).await });
-    /// server.serve(listener, |_request| Some(Echo)).await?;
+    /// server
+    ///     .serve(listener, |upgrade| async move {
+    ///         match upgrade.uri().path() {
+    ///             "/echo" => upgrade.accept(Echo),
+    ///             _ => upgrade.refuse(StatusCode::NOT_FOUND, "not found\n"),
+    ///         }
+    ///     })
+    ///     .await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn serve<H, F>(&self, listener: TcpListener, make_handler: F) -> io::Result<()>
+    pub async fn serve<F, Fut>(&self, listener: TcpListener, admit: F) -> io::Result<()>
     where
-        H: WebSocketHandler,
-        F: Fn(&http::request::Parts) -> Option<H> + Clone + Send + Sync + 'static,
+        F: Fn(WebSocketUpgrade) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         loop {
             // At the limit of pending connections, new ones wait in the kernel's backlog.
@@ -80,14 +95,24 @@ impl WebSocketServer {
             };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
-            let make_handler = make_handler.clone();
+            let admit = admit.clone();
             let service = service_fn(move |request: Request<Incoming>| {
-                let (head, body) = request.into_parts();
-                let response = match make_handler(&head) {
-                    Some(handler) => server.upgrade(Request::from_parts(head, body), handler),
-                    None => not_found(),
-                };
-                async move { Ok::<_, Infallible>(response) }
+                let checked = server.check_upgrade(request);
+                let admit = admit.clone();
+                let timeout = server.config().handshake_timeout();
+                async move {
+                    let upgrade = match checked {
+                        Ok(upgrade) => upgrade,
+                        Err(error) => {
+                            tracing::debug!(%error, "refused WebSocket upgrade");
+                            return Ok::<_, Infallible>(error.to_response());
+                        }
+                    };
+                    Ok(match tokio::time::timeout(timeout, admit(upgrade)).await {
+                        Ok(response) => response,
+                        Err(_) => admission_timed_out(),
+                    })
+                }
             });
             tokio::spawn(async move {
                 let served = slot.serve(stream, peer, Version::HTTP_11, service).await;
@@ -99,9 +124,10 @@ impl WebSocketServer {
     }
 }
 
-fn not_found() -> Response<Body> {
-    let mut response = Response::new(Body::from("not found\n"));
-    *response.status_mut() = StatusCode::NOT_FOUND;
+fn admission_timed_out() -> Response<Body> {
+    tracing::warn!("admitting a WebSocket took longer than the handshake timeout: answered 503");
+    let mut response = Response::new(Body::from("the server took too long to admit you\n"));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     response
 }
 

@@ -1,7 +1,13 @@
 //! Answering an upgrade request: the handshake checks, the `101` answer, and handing the
 //! upgraded socket to the connection's task.
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use std::fmt;
+use std::net::SocketAddr;
+
+use http::{
+    header, Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -11,7 +17,8 @@ use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
 use crate::engine::writer::WriteIo;
 use crate::protocol::deflate;
-use crate::protocol::handshake::{check_request, Accept, HandshakeError};
+use crate::protocol::handshake::{check_head, Accept, HandshakeError};
+use crate::protocol::query::QueryError;
 use crate::server::address::{client_address, peer_address};
 use crate::server::body::Body;
 use crate::server::h2_streams::StreamLink;
@@ -98,44 +105,212 @@ impl WebSocketServer {
     /// way.
     pub fn try_upgrade<B, H>(
         &self,
-        mut request: Request<B>,
+        request: Request<B>,
         handler: H,
     ) -> Result<Response<Body>, HandshakeError>
     where
         H: WebSocketHandler,
     {
+        self.check_upgrade(request)?.try_accept(handler)
+    }
+
+    /// The first half of [`upgrade`](WebSocketServer::upgrade): checks the handshake
+    /// (method, headers, version, origin, that hyper can hand the connection over) and
+    /// commits nothing, so that the application can decide, taking its time, whether to
+    /// [`accept`](WebSocketUpgrade::accept) the connection or answer something else (401,
+    /// 403, 404...). Nothing is counted or held until it accepts: the connection limits are
+    /// checked then.
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use websocket_handler::{Body, Connection, Message, WebSocketHandler, WebSocketServer};
+    ///
+    /// struct Echo;
+    ///
+    /// impl WebSocketHandler for Echo {
+    ///     async fn on_message(&mut self, conn: &Connection, message: Message) {
+    ///         let _ = conn.send(message);
+    ///     }
+    /// }
+    ///
+    /// async fn token_is_valid(token: &str) -> bool {
+    ///     token == "let-me-in" // a database or a key set in a real server
+    /// }
+    ///
+    /// async fn handle<B>(server: &WebSocketServer, request: Request<B>) -> Response<Body> {
+    ///     let upgrade = match server.check_upgrade(request) {
+    ///         Ok(upgrade) => upgrade,
+    ///         Err(refused) => return refused.to_response(),
+    ///     };
+    ///     let token = upgrade.query_param("token").ok().flatten().unwrap_or_default();
+    ///     if !token_is_valid(&token).await {
+    ///         return upgrade.refuse(StatusCode::UNAUTHORIZED, "a valid token is needed\n");
+    ///     }
+    ///     upgrade.accept(Echo)
+    /// }
+    /// ```
+    pub fn check_upgrade<B>(
+        &self,
+        request: Request<B>,
+    ) -> Result<WebSocketUpgrade, HandshakeError> {
+        let (mut parts, _body) = request.into_parts();
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>();
+        let listener = parts.extensions.remove::<ListenerLink>();
+        self.check_parts(
+            parts.method,
+            parts.version,
+            parts.uri,
+            parts.headers,
+            &parts.extensions,
+            on_upgrade,
+            listener,
+        )
+    }
+
+    /// [`check_upgrade`](Self::check_upgrade) on a request's parts, taken apart.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check_parts(
+        &self,
+        method: Method,
+        version: Version,
+        uri: Uri,
+        headers: HeaderMap,
+        extensions: &Extensions,
+        on_upgrade: Option<OnUpgrade>,
+        listener: Option<ListenerLink>,
+    ) -> Result<WebSocketUpgrade, HandshakeError> {
         let config = self.config();
         // HTTP/2 keeps the extended CONNECT's `:protocol` apart from the headers.
-        let protocol_pseudo = request
-            .extensions()
+        let protocol_pseudo = extensions
             .get::<hyper::ext::Protocol>()
             .map(hyper::ext::Protocol::as_str);
-        let accept = check_request(&request, protocol_pseudo)?;
-        let origin = request.headers().get(header::ORIGIN);
+        let accept = check_head(&method, version, &headers, protocol_pseudo)?;
+        let origin = headers.get(header::ORIGIN);
         // HTTP/2 names the host in `:authority` (the URI's), not in a `Host` header.
-        let authority = request
-            .uri()
+        let authority = uri
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
-        let host = request.headers().get(header::HOST).or(authority.as_ref());
+        let host = headers.get(header::HOST).or(authority.as_ref());
         if !config.origin_allowed(origin, host) {
             let origin = origin.map_or_else(String::new, |origin| {
                 String::from_utf8_lossy(origin.as_bytes()).into_owned()
             });
             return Err(HandshakeError::OriginNotAllowed(origin));
         }
-        if request
-            .extensions()
-            .get::<hyper::upgrade::OnUpgrade>()
-            .is_none()
-        {
-            return Err(HandshakeError::NotUpgradable);
+        let on_upgrade = on_upgrade.ok_or(HandshakeError::NotUpgradable)?;
+        Ok(WebSocketUpgrade {
+            server: self.clone(),
+            remote_addr: peer_address(extensions),
+            uri,
+            headers,
+            accept,
+            on_upgrade,
+            listener,
+        })
+    }
+}
+
+/// A WebSocket upgrade request whose handshake was checked and not yet answered: made by
+/// [`WebSocketServer::check_upgrade`] (or, with the cargo feature `axum`, extracted by an
+/// axum handler), answered by [`accept`](WebSocketUpgrade::accept) with a handler, or by
+/// any other response ([`refuse`](WebSocketUpgrade::refuse) makes a plain one). Dropping
+/// it refuses too: nothing was counted or started.
+///
+/// What it shows of the request ([`uri`](Self::uri), [`headers`](Self::headers),
+/// [`query_param`](Self::query_param), [`remote_addr`](Self::remote_addr)) is what an
+/// application checks before admitting a client: a token, a cookie, a path.
+pub struct WebSocketUpgrade {
+    server: WebSocketServer,
+    uri: Uri,
+    headers: HeaderMap,
+    remote_addr: Option<SocketAddr>,
+    accept: Accept,
+    on_upgrade: OnUpgrade,
+    /// Set on a connection served by a [`ConnectionSlot`](crate::ConnectionSlot).
+    listener: Option<ListenerLink>,
+}
+
+impl fmt::Debug for WebSocketUpgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketUpgrade")
+            .field("uri", &self.uri)
+            .field("remote_addr", &self.remote_addr)
+            .field("http2", &(self.accept == Accept::Connect))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocketUpgrade {
+    /// The request's URI (over HTTP/2, with the scheme and authority of its pseudo-headers).
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The value of query parameter `name`, percent-decoded (the first, if it is repeated);
+    /// `Ok(None)` if it is absent. See [`query_param`](crate::query_param).
+    pub fn query_param(&self, name: &str) -> Result<Option<String>, QueryError> {
+        crate::protocol::query::query_param(self.uri.query().unwrap_or(""), name)
+    }
+
+    /// The peer's address, if the request carried one (see
+    /// [`WebSocketServer::upgrade`]); what [`Connection::remote_addr`] will say.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// Answers the request with a plain-text `status` and `body`, not upgrading: for the
+    /// application's own refusals (`401` for a missing token, `404` for an unknown room).
+    pub fn refuse(self, status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+        let mut response = Response::new(body.into());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+
+    /// Accepts the connection with `handler`: the `101` (over HTTP/2, `200`) to send back,
+    /// and, once hyper hands the connection over, the connection's task. If the server's
+    /// connection limits refuse it now (it is full, shutting down, or the client's address
+    /// has too many), the response is that refusal's (503 or 429), and the handler is
+    /// dropped.
+    #[must_use = "the response must be sent for the connection to open"]
+    pub fn accept<H: WebSocketHandler>(self, handler: H) -> Response<Body> {
+        match self.try_accept(handler) {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "refused WebSocket upgrade");
+                error.to_response()
+            }
         }
+    }
+
+    /// Like [`accept`](Self::accept), but hands back the [`HandshakeError`] of a refusal
+    /// instead of its response.
+    pub fn try_accept<H: WebSocketHandler>(
+        self,
+        handler: H,
+    ) -> Result<Response<Body>, HandshakeError> {
+        let WebSocketUpgrade {
+            server,
+            uri,
+            headers,
+            remote_addr,
+            accept,
+            on_upgrade,
+            listener,
+        } = self;
+        let config = server.config();
         // Counted from here until the connection ends.
-        let remote_addr = peer_address(request.extensions());
-        let per_address = match (self.addresses(), remote_addr) {
+        let per_address = match (server.addresses(), remote_addr) {
             (Some(limits), Some(peer)) => {
-                let client = client_address(peer, request.headers(), &config.trusted_proxies);
+                let client = client_address(peer, &headers, &config.trusted_proxies);
                 Some(limits.admit(client)?)
             }
             (Some(limits), None) => {
@@ -144,16 +319,12 @@ impl WebSocketServer {
             }
             (None, _) => None,
         };
-        let permit = ConnectionLimit::admit(self.limit())?;
-        let on_upgrade = request
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(HandshakeError::NotUpgradable)?;
-        let protocol = config.choose_protocol(request.headers());
+        let permit = ConnectionLimit::admit(server.limit())?;
+        let protocol = config.choose_protocol(&headers);
         // permessage-deflate, if offered and on: an offer we cannot take is declined, the
         // handshake going on without it.
         let deflate = if config.engine.deflate_on {
-            let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
             deflate::negotiate(
                 offers.iter().map(HeaderValue::as_bytes),
                 &config.engine.deflate,
@@ -164,31 +335,25 @@ impl WebSocketServer {
         };
 
         let conn = Connection::new(
-            RequestParts::detached(
-                request.uri(),
-                request.headers(),
-                remote_addr,
-                config.engine.kept_header_bytes,
-            ),
+            RequestParts::detached(&uri, &headers, remote_addr, config.engine.kept_header_bytes),
             protocol.clone(),
             deflate.as_ref().map(|(agreed, _)| *agreed),
             &config.engine,
-            self.metrics().clone(),
+            server.metrics().clone(),
         );
         // On a connection served by a `ConnectionSlot`: no longer pending, busy while the
         // WebSocket lives, and, over HTTP/2, its stream linked to hyper's send task so that
         // the stream can be reset once the WebSocket has ended (`h2_streams`).
-        let listener = request.extensions().get::<ListenerLink>().cloned();
         let stream_link = match (&listener, &accept) {
             (Some(_), Accept::Connect) => Some(StreamLink::new(config.engine.close_timeout)),
             _ => None,
         };
-        drop(request);
-        let tracked = self.track(&conn)?;
+        drop((uri, headers));
+        let tracked = server.track(&conn)?;
         let listener = listener.map(|link| link.upgraded(stream_link.as_ref()));
         // All are held until the handler has finished.
         let lease = (permit, per_address, tracked, listener);
-        let budget = self.partial_budget().clone();
+        let budget = server.partial_budget().clone();
         let settings = config.engine;
         // Everything the connection logs, the handler's own events included, carries its id
         // and the peer's address.

@@ -191,11 +191,15 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
     build.args(["build", "--quiet", "--example", name]);
     // The same features as this test build, so that `--all-features` tests the whole example.
-    if cfg!(feature = "redis") {
-        build.args(["--features", "redis"]);
-    }
-    if cfg!(feature = "json") {
-        build.args(["--features", "json"]);
+    let features = [
+        ("redis", cfg!(feature = "redis")),
+        ("json", cfg!(feature = "json")),
+        ("axum", cfg!(feature = "axum")),
+    ];
+    for (feature, on) in features {
+        if on {
+            build.args(["--features", feature]);
+        }
     }
     if profile_dir.ends_with("release") {
         build.arg("--release");
