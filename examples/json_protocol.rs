@@ -119,7 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 // `?name=ana`; without it, 400.
                 match upgrade.query_param("name") {
-                    Ok(Some(name)) => upgrade.accept(Bidder { name, auction }),
+                    Some(name) => upgrade.accept(Bidder { name, auction }),
                     _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?name=NAME is needed\n"),
                 }
             }

@@ -115,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 // `?user=ana`; without it, 400.
                 match upgrade.query_param("user") {
-                    Ok(Some(user)) => upgrade.accept(Member { user, chat }),
+                    Some(user) => upgrade.accept(Member { user, chat }),
                     _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?user=NAME is needed\n"),
                 }
             }

@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let room = room.clone();
             async move {
                 match upgrade.query_param("name") {
-                    Ok(Some(name)) => upgrade.accept(Chat { name, room, server }),
+                    Some(name) => upgrade.accept(Chat { name, room, server }),
                     _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?name=NAME is needed\n"),
                 }
             }

@@ -76,13 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     WebSocketServer::new()
         .serve(listener, |upgrade| async move {
             // `?lines=N`; no `lines`: endless; anything else: 400.
-            match upgrade
-                .query_param("lines")
-                .map(|lines| lines.map(|n| n.parse()))
-            {
-                Ok(None) => upgrade.accept(Log { lines: None }),
-                Ok(Some(Ok(lines))) => upgrade.accept(Log { lines: Some(lines) }),
-                _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?lines=N, a number\n"),
+            match upgrade.query_param("lines").map(|n| n.parse()) {
+                None => upgrade.accept(Log { lines: None }),
+                Some(Ok(lines)) => upgrade.accept(Log { lines: Some(lines) }),
+                Some(Err(_)) => upgrade.refuse(StatusCode::BAD_REQUEST, "?lines=N, a number\n"),
             }
         })
         .await?;

@@ -80,7 +80,7 @@ async fn admit(
         .map(str::to_owned);
     let token = match bearer {
         Some(token) => Some(token),
-        None => upgrade.query_param("token").ok().flatten(),
+        None => upgrade.query_param("token"),
     };
     let user = match token {
         Some(token) => keys.user_of(&token).await,

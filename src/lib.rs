@@ -53,7 +53,7 @@
 //!             async move {
 //!                 // Any check may go here, awaiting if it must (a token, a database).
 //!                 match upgrade.query_param("username") {
-//!                     Ok(Some(username)) => upgrade.accept(Chat { username, room }),
+//!                     Some(username) => upgrade.accept(Chat { username, room }),
 //!                     _ => upgrade.refuse(StatusCode::BAD_REQUEST, "?username=NAME is needed\n"),
 //!                 }
 //!             }
@@ -266,7 +266,7 @@ pub use json::{JsonError, SendJsonError};
 pub use protocol::close::{CloseCode, CloseFrame};
 pub use protocol::handshake::HandshakeError;
 pub use protocol::message::{Message, Utf8Bytes};
-pub use protocol::query::{query_param, QueryError};
+pub use protocol::query::{query_param, query_params, QueryError};
 pub use server::address::{IpNetwork, IpNetworkError};
 pub use server::body::Body;
 pub use server::builder::ServerBuilder;

@@ -15,13 +15,15 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use websocket_handler::http::StatusCode;
 use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer, WebSocketUpgrade};
 
-/// Greets with the peer's address as the server sees it, then echoes.
+/// Greets with the peer's address as the server sees it and the `tag`s of its query, then
+/// echoes.
 struct Echo;
 
 impl WebSocketHandler for Echo {
     async fn on_open(&mut self, conn: &Connection) {
         let peer = conn.remote_addr().map(|addr| addr.to_string());
-        let _ = conn.send(format!("peer {}", peer.unwrap_or_default()));
+        let tags = conn.query_params("tag").join(",");
+        let _ = conn.send(format!("peer {} tags {tags}", peer.unwrap_or_default()));
     }
     async fn on_message(&mut self, conn: &Connection, message: Message) {
         let _ = conn.send(message);
@@ -64,7 +66,7 @@ async fn serve_with_tokens(server: WebSocketServer, keys: Keys) -> (SocketAddr, 
                 counted.fetch_add(1, Ordering::SeqCst);
                 let keys = keys.clone();
                 async move {
-                    let Ok(Some(token)) = upgrade.query_param("token") else {
+                    let Some(token) = upgrade.query_param("token") else {
                         return upgrade.refuse(StatusCode::FORBIDDEN, "no token\n");
                     };
                     match keys.user_of(&token).await {
@@ -104,11 +106,15 @@ async fn refused(addr: SocketAddr, path: &str) -> (StatusCode, String) {
 async fn an_async_check_admits_a_good_token_and_refuses_others_with_their_own_response() {
     let (addr, _) = serve_with_tokens(WebSocketServer::new(), keys()).await;
 
-    let mut client = common::connect(addr, "/?token=ana-key").await;
+    let mut client = common::connect(addr, "/?tag=a&token=ana-key&tag=b+c").await;
     let greeting = common::next_text(&mut client).await;
     assert!(
         greeting.starts_with("peer 127.0.0.1:"),
         "the handler sees the peer's address: {greeting:?}"
+    );
+    assert!(
+        greeting.ends_with(" tags a,b c"),
+        "every value of a repeated parameter: {greeting:?}"
     );
     common::send_text(&mut client, "hello").await;
     assert_eq!(common::next_text(&mut client).await, "hello");

@@ -261,7 +261,7 @@ impl WebSocketHandler for Greeter {
 async fn guarded(upgrade: websocket_handler::WebSocketUpgrade) -> http::Response<Body> {
     tokio::task::yield_now().await; // a lookup would be here
     match upgrade.query_param("token") {
-        Ok(Some(token)) if token == "open-sesame" => upgrade.accept(Greeter),
+        Some(token) if token == "open-sesame" => upgrade.accept(Greeter),
         _ => upgrade.refuse(StatusCode::UNAUTHORIZED, "who are you?\n"),
     }
 }

@@ -112,6 +112,15 @@ impl Connection {
             .flatten()
     }
 
+    /// Every value of a repeated query parameter (`?tag=a&tag=b`), in order, percent-decoded;
+    /// values that are not valid UTF-8 are left out. See [`query_params`](crate::query_params).
+    pub fn query_params(&self, name: &str) -> Vec<String> {
+        let query = self.query().unwrap_or("");
+        crate::protocol::query::query_params(query, name)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
     /// The upgrade request's headers, as far as the server keeps them (see
     /// [`ServerBuilder::kept_header_bytes`](crate::ServerBuilder::kept_header_bytes), 4 KiB
     /// by default). The handler's constructor sees the whole request, if it needs more.

@@ -1,4 +1,4 @@
-//! Reading one parameter from a URL query string.
+//! Reading parameters from a URL query string.
 
 /// Reads the parameter `name` from a query string (`a=1&b=two`, without the `?`),
 /// percent-decoded, with `+` read as a space as HTML forms encode it.
@@ -16,17 +16,32 @@
 /// assert!(query_param("username=%FF", "username").is_err());
 /// ```
 pub fn query_param(query: &str, name: &str) -> Result<Option<String>, QueryError> {
-    for pair in query.split('&') {
+    query_params(query, name).next().transpose()
+}
+
+/// Every value of the parameter `name` in a query string, in order (`tag=a&tag=b`), decoded
+/// as [`query_param`] decodes one; a value that is not UTF-8 once decoded is an error in
+/// its place.
+///
+/// ```
+/// use websocket_handler::query_params;
+///
+/// let tags: Result<Vec<String>, _> = query_params("tag=rust&x=1&tag=web+sockets", "tag").collect();
+/// assert_eq!(tags.unwrap(), ["rust", "web sockets"]);
+/// assert_eq!(query_params("x=1", "tag").count(), 0);
+/// ```
+pub fn query_params<'a>(
+    query: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = Result<String, QueryError>> + 'a {
+    query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if decode(key).as_deref() == Ok(name) {
-            return decode(value)
-                .map(Some)
-                .map_err(|_| QueryError::InvalidUtf8 {
-                    name: name.to_owned(),
-                });
-        }
-    }
-    Ok(None)
+        (decode(key).as_deref() == Ok(name)).then(|| {
+            decode(value).map_err(|_| QueryError::InvalidUtf8 {
+                name: name.to_owned(),
+            })
+        })
+    })
 }
 
 fn decode(component: &str) -> Result<String, std::string::FromUtf8Error> {
@@ -90,6 +105,11 @@ mod tests {
         assert_eq!(query_param("r&q", "q").unwrap().as_deref(), Some(""));
         assert_eq!(query_param("", "q").unwrap(), None);
         assert_eq!(query_param("q=1&q=2", "q").unwrap().as_deref(), Some("1"));
+        let all: Vec<_> = super::query_params("q=1&r=0&q=%FF&q=3", "q").collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].as_deref(), Ok("1"));
+        assert!(all[1].is_err());
+        assert_eq!(all[2].as_deref(), Ok("3"));
         assert_eq!(
             query_param("na%6De=x", "name").unwrap().as_deref(),
             Some("x")

@@ -18,7 +18,6 @@ use crate::connection::{Connection, RequestParts};
 use crate::engine::writer::WriteIo;
 use crate::protocol::deflate;
 use crate::protocol::handshake::{check_head, Accept, HandshakeError};
-use crate::protocol::query::QueryError;
 use crate::server::address::{client_address, peer_address};
 use crate::server::body::Body;
 use crate::server::h2_streams::StreamLink;
@@ -142,7 +141,7 @@ impl WebSocketServer {
     ///         Ok(upgrade) => upgrade,
     ///         Err(refused) => return refused.to_response(),
     ///     };
-    ///     let token = upgrade.query_param("token").ok().flatten().unwrap_or_default();
+    ///     let token = upgrade.query_param("token").unwrap_or_default();
     ///     if !token_is_valid(&token).await {
     ///         return upgrade.refuse(StatusCode::UNAUTHORIZED, "a valid token is needed\n");
     ///     }
@@ -252,9 +251,21 @@ impl WebSocketUpgrade {
     }
 
     /// The value of query parameter `name`, percent-decoded (the first, if it is repeated);
-    /// `Ok(None)` if it is absent. See [`query_param`](crate::query_param).
-    pub fn query_param(&self, name: &str) -> Result<Option<String>, QueryError> {
+    /// `None` if it is absent or not valid UTF-8, as
+    /// [`Connection::query_param`](crate::Connection::query_param). See
+    /// [`query_param`](crate::query_param) to tell those apart.
+    pub fn query_param(&self, name: &str) -> Option<String> {
         crate::protocol::query::query_param(self.uri.query().unwrap_or(""), name)
+            .ok()
+            .flatten()
+    }
+
+    /// Every value of a repeated query parameter, as
+    /// [`Connection::query_params`](crate::Connection::query_params).
+    pub fn query_params(&self, name: &str) -> Vec<String> {
+        crate::protocol::query::query_params(self.uri.query().unwrap_or(""), name)
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// The peer's address, if the request carried one (see
