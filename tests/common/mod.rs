@@ -19,6 +19,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::{WebSocketHandler, WebSocketServer};
 
 pub mod redis_server;
+#[cfg(feature = "redis")]
+#[allow(dead_code)] // only the Sentinel tests use it
+pub mod sentinel;
 
 /// A client connected to a test server.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;

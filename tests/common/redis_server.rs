@@ -67,32 +67,22 @@ impl RedisServer {
             Some(dir) => (dir.to_string_lossy().into_owned(), "dump.rdb".to_owned()),
             None => ("/tmp".to_owned(), format!("never-written-{port}.rdb")),
         };
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &dir])
-            .args(["--dbfilename", &dbfilename])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Ready to accept connections") {
-                    return true;
-                }
-            }
-            false // exited, most likely because the port was taken
-        })
-        .await
-        .expect("redis-server neither started nor exited");
-        if !ready {
-            // Its output ended: it is exiting (or has exited).
-            let _ = within("redis-server to exit", child.wait()).await;
-            return None;
-        }
-        // Keep reading its log, so Redis never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--dbfilename",
+            &dbfilename,
+        ]
+        .map(str::to_owned);
+        let child = spawn_until(&args, "Ready to accept connections").await?;
         Some(RedisServer { child, port })
     }
 
@@ -122,7 +112,36 @@ impl RedisServer {
     }
 }
 
-fn installed() -> bool {
+/// Starts `redis-server ARGS` and waits until its log says `ready`; `None` if it exited
+/// first (most likely because its port was taken). Its log is read on, so that it never
+/// blocks on a full pipe.
+pub async fn spawn_until(args: &[String], ready: &str) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let started = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(ready) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or_else(|_| panic!("redis-server {args:?} neither logged {ready:?} nor exited"));
+    if !started {
+        let _ = within("redis-server to exit", child.wait()).await;
+        return None;
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(child)
+}
+
+pub fn installed() -> bool {
     std::process::Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -130,7 +149,7 @@ fn installed() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind a free port")
