@@ -208,8 +208,9 @@
 //! them is a breaking change here: `http` 1 (requests, responses, headers), `http-body` 1
 //! (what [`Body`] implements), `hyper` 1 (the upgrade mechanism [`upgrade`] relies on, and
 //! `serve`'s connections), `bytes` 1 (re-exported as [`Bytes`]), `tokio` 1 (`serve`'s
-//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait)). Message text is this
-//! crate's own [`Utf8Bytes`]; tungstenite is an implementation detail.
+//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait), for
+//! [`backplane::Backplane`]'s async method). Message text is this crate's own
+//! [`Utf8Bytes`]; tungstenite is an implementation detail.
 //!
 //! [`upgrade`]: WebSocketServer::upgrade
 //!
@@ -237,6 +238,9 @@ mod json;
 mod protocol;
 mod server;
 
+/// The attribute on an `impl` of [`backplane::Backplane`] that implements its async method,
+/// [`missed`](backplane::Backplane::missed): a trait used as an object (`Box<dyn Backplane>`).
+/// Handlers need no attribute.
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 

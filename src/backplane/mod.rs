@@ -38,8 +38,6 @@ mod memory;
 mod redis;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -49,7 +47,7 @@ use crate::engine::id::ConnectionId;
 pub(crate) use crate::engine::sync::lock;
 use crate::fanout::collection::{Members, WebSocketCollection};
 use crate::fanout::history::{Position, ResumeError};
-use crate::fanout::relay::{Missed, MissedMessages, Relay, RoomDelivery};
+use crate::fanout::relay::{MissedMessages, Relay, RoomDelivery};
 use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
@@ -108,6 +106,14 @@ pub use memory::MemoryBackplane;
 /// here.broadcast("reaches `there` (no connections in it yet), and skips `here`");
 /// # drop(there);
 /// ```
+///
+/// The trait is used as an object (`Box<dyn Backplane>`), so its one async method,
+/// [`missed`](Backplane::missed), is declared with [`async_trait`](macro@crate::async_trait),
+/// which the crate re-exports. A backplane that keeps a history and implements `missed`
+/// puts the attribute on its `impl` block, as `#[websocket_handler::async_trait]`
+/// (without it, rustc reports error E0195, lifetimes that do not match the trait); one
+/// that does not, like the one above, needs nothing.
+#[async_trait::async_trait]
 pub trait Backplane: Send + Sync + 'static {
     /// Sends `envelope` to every process subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: Bytes);
@@ -141,21 +147,45 @@ pub trait Backplane: Send + Sync + 'static {
     /// holds about `max_bytes` of envelopes (at least one, if there is one); the caller
     /// asks again from [`MissedPage::through`] until [`MissedPage::complete`]. The default
     /// keeps nothing ([`ResumeError::NoHistory`]).
-    fn missed(
+    ///
+    /// An implementation writes it as an `async fn`, with the
+    /// [`async_trait`](macro@crate::async_trait) attribute on its `impl` block:
+    ///
+    /// ```
+    /// use websocket_handler::backplane::{Backplane, Inbox, MissedPage};
+    /// use websocket_handler::{async_trait, Bytes, Position, ResumeError};
+    ///
+    /// struct Keeping;
+    ///
+    /// #[async_trait]
+    /// impl Backplane for Keeping {
+    ///     fn publish(&self, _topic: &str, _envelope: Bytes) {}
+    ///     fn subscribe(&self, _topic: &str, _inbox: Inbox) {}
+    ///     fn ordered(&self) -> bool {
+    ///         true
+    ///     }
+    ///     async fn missed(
+    ///         &self,
+    ///         _topic: &str,
+    ///         _room: Option<&str>,
+    ///         after: Position,
+    ///         _max_bytes: usize,
+    ///     ) -> Result<MissedPage, ResumeError> {
+    ///         // A real one reads what it keeps of the topic after `after`.
+    ///         Ok(MissedPage::new(Vec::new(), after, true))
+    ///     }
+    /// }
+    /// ```
+    async fn missed(
         &self,
         topic: &str,
         room: Option<&str>,
         after: Position,
         max_bytes: usize,
-    ) -> MissedEnvelopes {
+    ) -> Result<MissedPage, ResumeError> {
         let _ = (topic, room, after, max_bytes);
-        no_history()
+        Err(ResumeError::NoHistory)
     }
-}
-
-/// What [`Backplane::missed`] answers for a backplane that keeps nothing.
-fn no_history() -> MissedEnvelopes {
-    Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
 }
 
 /// One page of what an ordered backplane keeps: see [`Backplane::missed`].
@@ -181,9 +211,6 @@ impl MissedPage {
         }
     }
 }
-
-/// What [`Backplane::missed`] resolves to.
-pub type MissedEnvelopes = Pin<Box<dyn Future<Output = Result<MissedPage, ResumeError>> + Send>>;
 
 /// Whether a network backplane can reach its server, as reported by
 /// `RedisBackplane::state`.
@@ -458,6 +485,7 @@ impl Link {
     }
 }
 
+#[async_trait::async_trait]
 impl Relay for Link {
     fn topic(&self) -> &str {
         &self.topic
@@ -487,26 +515,30 @@ impl Relay for Link {
         self.ordered
     }
 
-    fn missed(&self, room: Option<&str>, after: Position, max_bytes: usize) -> Missed {
-        let page = self.backplane.missed(&self.topic, room, after, max_bytes);
-        let room = room.map(str::to_owned);
-        Box::pin(async move {
-            let page = page.await?;
-            let mut messages = Vec::new();
-            for (position, envelope) in page.envelopes {
-                // What is not an envelope, or is for another room, is not this room's.
-                let Ok(envelope) = envelope::decode(envelope) else {
-                    continue;
-                };
-                if envelope.room == room {
-                    messages.push((position, envelope.message));
-                }
+    async fn missed(
+        &self,
+        room: Option<&str>,
+        after: Position,
+        max_bytes: usize,
+    ) -> Result<MissedMessages, ResumeError> {
+        let page = self
+            .backplane
+            .missed(&self.topic, room, after, max_bytes)
+            .await?;
+        let mut messages = Vec::new();
+        for (position, envelope) in page.envelopes {
+            // What is not an envelope, or is for another room, is not this room's.
+            let Ok(envelope) = envelope::decode(envelope) else {
+                continue;
+            };
+            if envelope.room.as_deref() == room {
+                messages.push((position, envelope.message));
             }
-            Ok(MissedMessages {
-                messages,
-                through: page.through,
-                complete: page.complete,
-            })
+        }
+        Ok(MissedMessages {
+            messages,
+            through: page.through,
+            complete: page.complete,
         })
     }
 }

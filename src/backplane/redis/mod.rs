@@ -13,8 +13,8 @@ use tokio::sync::{watch, Notify};
 
 mod streams;
 
-use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedEnvelopes};
-use crate::fanout::history::Position;
+use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedPage};
+use crate::fanout::history::{Position, ResumeError};
 
 /// Settings for a [`RedisBackplane`], with builder-style setters.
 ///
@@ -573,6 +573,7 @@ impl RedisBackplane {
     }
 }
 
+#[async_trait::async_trait]
 impl Backplane for RedisBackplane {
     fn publish(&self, topic: &str, envelope: Bytes) {
         let shared = &self.shared;
@@ -609,19 +610,19 @@ impl Backplane for RedisBackplane {
         self.shared.config.lossless
     }
 
-    fn missed(
+    async fn missed(
         &self,
         topic: &str,
         room: Option<&str>,
         after: Position,
         max_bytes: usize,
-    ) -> MissedEnvelopes {
+    ) -> Result<MissedPage, ResumeError> {
         if !self.shared.config.lossless {
-            return super::no_history();
+            return Err(ResumeError::NoHistory);
         }
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
         let room = room.filter(|_| self.shared.config.room_retention > 0);
-        streams::missed(&self.shared, channel, room, after, max_bytes)
+        streams::missed(&self.shared, channel, room, after, max_bytes).await
     }
 }
 
