@@ -176,7 +176,7 @@
 //! use websocket_handler::backplane::MemoryBackplane;
 //! use websocket_handler::{Rooms, WebSocketCollection};
 //!
-//! // In production: RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?
+//! // In production: RedisBackplane::new("redis://127.0.0.1:6379")?
 //! let backplane = MemoryBackplane::new();
 //! let room = WebSocketCollection::with_backplane("chat", backplane.clone());
 //! room.broadcast("to this process's clients, then to every other process on \"chat\"");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::{connect, next_text, send_text, ChatServer, Client};
 use futures_util::future::join_all;
-use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
+use websocket_handler::backplane::{BackplaneState, RedisBackplane};
 use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 /// Starts `n` chat servers on free ports, all on `redis` with `mode` (`--redis`, lossless,
@@ -256,11 +256,12 @@ async fn wait_for_state(redis: &RedisBackplane, wanted: BackplaneState) {
 /// A pub/sub backplane (these tests are of that mode; tests/lossless_backplane.rs has the
 /// lossless one's).
 fn backplane(url: &str) -> RedisBackplane {
-    let config = RedisConfig::new(url)
+    RedisBackplane::builder(url)
         .lossless(false)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .max_pending(3);
-    RedisBackplane::new(config).expect("valid URL, in a runtime")
+        .max_pending(3)
+        .build()
+        .expect("valid URL, in a runtime")
 }
 
 /// Redis is not there at first: local broadcasts work, the state says so, publications wait
@@ -368,14 +369,14 @@ async fn foreign_messages_on_the_channel_are_ignored() {
 
 #[test]
 fn a_backplane_needs_a_valid_url_and_a_runtime() {
-    let invalid = RedisBackplane::new(RedisConfig::new("http://nope")).unwrap_err();
+    let invalid = RedisBackplane::new("http://nope").unwrap_err();
     assert!(
         invalid
             .to_string()
             .contains("invalid Redis URL `http://nope`"),
         "{invalid}"
     );
-    let no_runtime = RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:1")).unwrap_err();
+    let no_runtime = RedisBackplane::new("redis://127.0.0.1:1").unwrap_err();
     assert!(
         no_runtime.to_string().contains("tokio runtime"),
         "{no_runtime}"
@@ -477,9 +478,15 @@ async fn a_publishing_flood_does_not_hold_up_receiving() {
     else {
         return;
     };
-    let config = |url: String| RedisConfig::new(url).lossless(false).max_pending(1_000_000);
-    let busy = RedisBackplane::new(config(server.url())).expect("backplane");
-    let quiet = RedisBackplane::new(config(server.url())).expect("backplane");
+    let backplane = || {
+        RedisBackplane::builder(server.url())
+            .lossless(false)
+            .max_pending(1_000_000)
+            .build()
+            .expect("backplane")
+    };
+    let busy = backplane();
+    let quiet = backplane();
     let flood = WebSocketCollection::with_backplane("flood", busy.clone());
     let room = WebSocketCollection::with_backplane("chat", busy.clone());
     let other = WebSocketCollection::with_backplane("chat", quiet.clone());
@@ -570,9 +577,10 @@ async fn a_channel_redis_refuses_is_reported_and_the_others_keep_flowing() {
 
 /// A lossless backplane on `url` that reconnects fast.
 fn lossless(url: &str) -> RedisBackplane {
-    let config = RedisConfig::new(url)
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    RedisBackplane::new(config).expect("valid URL, in a runtime")
+    RedisBackplane::builder(url)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .expect("valid URL, in a runtime")
 }
 
 /// In lossless mode too, Redis refusing one topic's stream (an ACL on its keys) is not an

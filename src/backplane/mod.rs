@@ -53,7 +53,7 @@ use crate::protocol::message::Message;
 
 pub use self::envelope::EnvelopeError;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisConfig, RedisStats};
+pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisBuilder, RedisConfig, RedisStats};
 pub use memory::MemoryBackplane;
 
 /// A transport that carries envelopes between the processes subscribed to a topic.

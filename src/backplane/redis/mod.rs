@@ -16,17 +16,193 @@ mod streams;
 use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
-/// Settings for a [`RedisBackplane`], with builder-style setters.
+/// Builds a [`RedisBackplane`]: every setting, with builder-style setters, and
+/// [`build`](RedisBuilder::build) at the end ([`RedisBackplane::new`] takes the defaults).
+/// The settings are read back with [`RedisBackplane::config`].
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`channel_prefix`](RedisBuilder::channel_prefix) | `websocket-handler:` |
+/// | [`max_pending`](RedisBuilder::max_pending) | 10,000 messages |
+/// | [`max_pending_bytes`](RedisBuilder::max_pending_bytes) | 64 MiB |
+/// | [`lossless`](RedisBuilder::lossless) | on |
+/// | [`retention`](RedisBuilder::retention) | 10,000 messages |
+/// | [`retention_bytes`](RedisBuilder::retention_bytes) | 16 MiB |
+/// | [`room_retention`](RedisBuilder::room_retention) | 1,000 messages, 1 MiB, 24 h |
+/// | [`republish_window`](RedisBuilder::republish_window) | 10,000 messages, 8 MiB |
+/// | [`reconnect_backoff`](RedisBuilder::reconnect_backoff) | 100 ms to 3 s |
+/// | [`connect_timeout`](RedisBuilder::connect_timeout) | 2 s |
+/// | [`response_timeout`](RedisBuilder::response_timeout) | 3 s |
+/// | [`ping_interval`](RedisBuilder::ping_interval) | 5 s |
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_handler::backplane::RedisConfig;
+/// use websocket_handler::backplane::RedisBackplane;
 ///
-/// let config = RedisConfig::new("redis://127.0.0.1:6379")
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackplane::builder("redis://127.0.0.1:6379")
 ///     .channel_prefix("myapp:")
 ///     .max_pending(50_000)
-///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2));
-/// assert_eq!(config.get_channel_prefix(), "myapp:");
+///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
+///     .build()?; // connects in the background
+/// assert_eq!(redis.config().channel_prefix(), "myapp:");
+/// assert_eq!(redis.config().max_pending_bytes(), 64 << 20);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` makes the backplane"]
+pub struct RedisBuilder {
+    config: RedisConfig,
+}
+
+impl RedisBuilder {
+    /// Settings for the Redis server at `url` (`redis://host:port/db`, with an optional
+    /// `user:password@`), with the defaults in the table above.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisBuilder {
+            config: RedisConfig::defaults(url.into()),
+        }
+    }
+
+    /// The backplane, with these settings: see [`RedisBackplane::new`].
+    ///
+    /// # Errors
+    ///
+    /// If the URL is invalid, or there is no tokio runtime to run the background task on.
+    pub fn build(self) -> Result<RedisBackplane, RedisBackplaneError> {
+        RedisBackplane::with_config(self.config)
+    }
+
+    /// Prepended to each topic to make its Redis channel name, so that several applications
+    /// can share one Redis. Default `websocket-handler:`.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.channel_prefix = prefix.into();
+        self
+    }
+
+    /// Messages held for publishing while Redis is unreachable or slow; beyond this, the
+    /// oldest are dropped (and counted in [`RedisStats::dropped`]). Default 10,000.
+    pub fn max_pending(mut self, messages: usize) -> Self {
+        self.config.max_pending = messages.max(1);
+        self
+    }
+
+    /// Bytes of messages held for publishing, the other bound of the same queue: beyond
+    /// it, the oldest are dropped (and counted). Default 64 MiB.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_pending_bytes = bytes.max(1);
+        self
+    }
+
+    /// The lossless mode (the default): each topic is a Redis stream that every process
+    /// reads from where it left off. Every process delivers every message of a topic
+    /// exactly once, in one order, with its position, through dropped and killed
+    /// connections and a Redis restart, within the [`retention`](Self::retention); and
+    /// clients can resume on any process (see [`History`](crate::History)). The backplane
+    /// is *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
+    /// they come back from Redis, a round trip later, and none while Redis is down.
+    ///
+    /// `false`: a pub/sub channel per topic. Cheaper for Redis, and a broadcast reaches
+    /// the process's own clients at once, Redis or not; but what is published while a
+    /// process is not subscribed (its connection dropped, Redis restarting) never reaches
+    /// it, and positions are per process.
+    pub fn lossless(mut self, on: bool) -> Self {
+        self.config.lossless = on;
+        self
+    }
+
+    /// In lossless mode, how many messages each topic's stream keeps (about, as `MAXLEN ~`
+    /// would: it is trimmed back to this in batches, once it holds 1/16 more, 100 at most):
+    /// how far back a process that was away, or a client that resumes, can catch up.
+    /// Default 10,000; at least 1.
+    pub fn retention(mut self, messages: usize) -> Self {
+        self.config.retention = messages.max(1);
+        self
+    }
+
+    /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
+    /// message is always kept), the other bound of the [`retention`](Self::retention). A
+    /// stream that reaches it is trimmed 1/64 below it, so that it is not trimmed again at
+    /// every message.
+    /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
+    /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
+    pub fn retention_bytes(mut self, bytes: usize) -> Self {
+        self.config.retention_bytes = bytes.max(1);
+        self
+    }
+
+    /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
+    /// own, for clients that resume from further back than a process's history: its last
+    /// `messages` (trimmed in batches, like the topic's [`retention`](Self::retention)),
+    /// within `bytes` (the newest always kept; trimmed like
+    /// [`retention_bytes`](Self::retention_bytes)), for `ttl` after its last message. A room's history is its own: a busy room does not push a quiet one's out,
+    /// and a resume reads only its room's messages. It costs Redis a second copy of every
+    /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
+    /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
+    /// none (resumes then read the topic's stream, shared by all its rooms).
+    pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
+        self.config.room_retention = messages;
+        self.config.room_retention_bytes = bytes.max(1);
+        self.config.room_history_ttl = ttl.max(MIN_WAIT);
+        self
+    }
+
+    /// In lossless mode, what each process keeps of what it published lately, over all
+    /// topics, to publish again if Redis loses it (a restart without its data, a
+    /// failover, a flush): the newest `messages`, within `bytes`. It needs to cover what
+    /// the other processes may not have read yet when Redis loses it: a few seconds of
+    /// this process's publications. Default 10,000 messages, 8 MiB.
+    pub fn republish_window(mut self, messages: usize, bytes: usize) -> Self {
+        self.config.republish_messages = messages;
+        self.config.republish_bytes = bytes;
+        self
+    }
+
+    /// The wait before reconnecting: `min` after the first failure, doubling up to `max`,
+    /// with jitter. Default 100 ms to 3 s; at least 1 ms.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        // Never zero: a zero wait would retry a dead server in a busy loop.
+        self.config.reconnect_min = min.max(MIN_WAIT);
+        self.config.reconnect_max = max.max(self.config.reconnect_min);
+        self
+    }
+
+    /// How long connecting may take. Default 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long Redis may take to answer a publish, subscribe or ping before the connection
+    /// is considered lost. Default 3 s.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config.response_timeout = timeout;
+        self
+    }
+
+    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s;
+    /// at least 1 ms.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval.max(MIN_WAIT);
+        self
+    }
+}
+
+/// A [`RedisBackplane`]'s settings, read back with [`RedisBackplane::config`]. They are
+/// chosen with [`RedisBuilder`], which documents each one and its default.
+///
+/// ```
+/// use websocket_handler::backplane::RedisBackplane;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackplane::new("redis://127.0.0.1:6379")?;
+/// assert_eq!(redis.config().url(), "redis://127.0.0.1:6379");
+/// assert!(redis.config().lossless());
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -50,11 +226,10 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Settings for the Redis server at `url` (`redis://host:port/db`, with an optional
-    /// `user:password@`), with the defaults below.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// The defaults (see [`RedisBuilder`]) for the Redis server at `url`.
+    fn defaults(url: String) -> Self {
         RedisConfig {
-            url: url.into(),
+            url,
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
             max_pending_bytes: 64 << 20,
@@ -74,128 +249,73 @@ impl RedisConfig {
         }
     }
 
-    /// Prepended to each topic to make its Redis channel name, so that several applications
-    /// can share one Redis. Default `websocket-handler:`.
-    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.channel_prefix = prefix.into();
-        self
-    }
-
-    /// Messages held for publishing while Redis is unreachable or slow; beyond this, the
-    /// oldest are dropped (and counted in [`RedisStats::dropped`]). Default 10,000.
-    pub fn max_pending(mut self, messages: usize) -> Self {
-        self.max_pending = messages.max(1);
-        self
-    }
-
-    /// Bytes of messages held for publishing, the other bound of the same queue: beyond
-    /// it, the oldest are dropped (and counted). Default 64 MiB.
-    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
-        self.max_pending_bytes = bytes.max(1);
-        self
-    }
-
-    /// The lossless mode (the default): each topic is a Redis stream that every process
-    /// reads from where it left off. Every process delivers every message of a topic
-    /// exactly once, in one order, with its position, through dropped and killed
-    /// connections and a Redis restart, within the [`retention`](Self::retention); and
-    /// clients can resume on any process (see [`History`](crate::History)). The backplane
-    /// is *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
-    /// they come back from Redis, a round trip later, and none while Redis is down.
-    ///
-    /// `false`: a pub/sub channel per topic. Cheaper for Redis, and a broadcast reaches
-    /// the process's own clients at once, Redis or not; but what is published while a
-    /// process is not subscribed (its connection dropped, Redis restarting) never reaches
-    /// it, and positions are per process.
-    pub fn lossless(mut self, on: bool) -> Self {
-        self.lossless = on;
-        self
-    }
-
-    /// In lossless mode, how many messages each topic's stream keeps (about, as `MAXLEN ~`
-    /// would: it is trimmed back to this in batches, once it holds 1/16 more, 100 at most):
-    /// how far back a process that was away, or a client that resumes, can catch up.
-    /// Default 10,000; at least 1.
-    pub fn retention(mut self, messages: usize) -> Self {
-        self.retention = messages.max(1);
-        self
-    }
-
-    /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
-    /// message is always kept), the other bound of the [`retention`](Self::retention). A
-    /// stream that reaches it is trimmed 1/64 below it, so that it is not trimmed again at
-    /// every message.
-    /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
-    /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
-    pub fn retention_bytes(mut self, bytes: usize) -> Self {
-        self.retention_bytes = bytes.max(1);
-        self
-    }
-
-    /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
-    /// own, for clients that resume from further back than a process's history: its last
-    /// `messages` (trimmed in batches, like the topic's [`retention`](Self::retention)),
-    /// within `bytes` (the newest always kept; trimmed like
-    /// [`retention_bytes`](Self::retention_bytes)), for `ttl` after its last message. A room's history is its own: a busy room does not push a quiet one's out,
-    /// and a resume reads only its room's messages. It costs Redis a second copy of every
-    /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
-    /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
-    /// none (resumes then read the topic's stream, shared by all its rooms).
-    pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
-        self.room_retention = messages;
-        self.room_retention_bytes = bytes.max(1);
-        self.room_history_ttl = ttl.max(MIN_WAIT);
-        self
-    }
-
-    /// In lossless mode, what each process keeps of what it published lately, over all
-    /// topics, to publish again if Redis loses it (a restart without its data, a
-    /// failover, a flush): the newest `messages`, within `bytes`. It needs to cover what
-    /// the other processes may not have read yet when Redis loses it: a few seconds of
-    /// this process's publications. Default 10,000 messages, 8 MiB.
-    pub fn republish_window(mut self, messages: usize, bytes: usize) -> Self {
-        self.republish_messages = messages;
-        self.republish_bytes = bytes;
-        self
-    }
-
-    /// The wait before reconnecting: `min` after the first failure, doubling up to `max`,
-    /// with jitter. Default 100 ms to 3 s; at least 1 ms.
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        // Never zero: a zero wait would retry a dead server in a busy loop.
-        self.reconnect_min = min.max(MIN_WAIT);
-        self.reconnect_max = max.max(self.reconnect_min);
-        self
-    }
-
-    /// How long connecting may take. Default 2 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long Redis may take to answer a publish, subscribe or ping before the connection
-    /// is considered lost. Default 3 s.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s;
-    /// at least 1 ms.
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval.max(MIN_WAIT);
-        self
-    }
-
-    /// The Redis URL.
-    pub fn get_url(&self) -> &str {
+    /// The Redis URL, as given to [`RedisBuilder::new`].
+    pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The channel prefix.
-    pub fn get_channel_prefix(&self) -> &str {
+    /// [`RedisBuilder::channel_prefix`].
+    pub fn channel_prefix(&self) -> &str {
         &self.channel_prefix
+    }
+
+    /// [`RedisBuilder::max_pending`].
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// [`RedisBuilder::max_pending_bytes`].
+    pub fn max_pending_bytes(&self) -> usize {
+        self.max_pending_bytes
+    }
+
+    /// [`RedisBuilder::lossless`].
+    pub fn lossless(&self) -> bool {
+        self.lossless
+    }
+
+    /// [`RedisBuilder::retention`].
+    pub fn retention(&self) -> usize {
+        self.retention
+    }
+
+    /// [`RedisBuilder::retention_bytes`].
+    pub fn retention_bytes(&self) -> usize {
+        self.retention_bytes
+    }
+
+    /// [`RedisBuilder::room_retention`]: messages, bytes and time to live.
+    pub fn room_retention(&self) -> (usize, usize, Duration) {
+        (
+            self.room_retention,
+            self.room_retention_bytes,
+            self.room_history_ttl,
+        )
+    }
+
+    /// [`RedisBuilder::republish_window`]: messages and bytes.
+    pub fn republish_window(&self) -> (usize, usize) {
+        (self.republish_messages, self.republish_bytes)
+    }
+
+    /// [`RedisBuilder::reconnect_backoff`]: the shortest and the longest wait.
+    pub fn reconnect_backoff(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
+    }
+
+    /// [`RedisBuilder::connect_timeout`].
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// [`RedisBuilder::response_timeout`].
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// [`RedisBuilder::ping_interval`].
+    pub fn ping_interval(&self) -> Duration {
+        self.ping_interval
     }
 }
 
@@ -250,14 +370,14 @@ pub struct RedisStats {
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.
-/// - **Loses nothing** (lossless mode, the default: see [`RedisConfig::lossless`]). Each
+/// - **Loses nothing** (lossless mode, the default: see [`RedisBuilder::lossless`]). Each
 ///   topic is a Redis stream; every process reads it from where it left off, so every
 ///   process delivers every message once and in one order, through dropped connections
-///   and Redis restarts, within the [`retention`](RedisConfig::retention). Beyond it, what
+///   and Redis restarts, within the [`retention`](RedisBuilder::retention). Beyond it, what
 ///   was trimmed unread is counted ([`RedisStats::missed`]) and logged.
 /// - **Survives Redis going away.** The task reconnects by itself with backoff, reads (or
 ///   resubscribes) again, and then publishes what queued up meanwhile (up to
-///   [`max_pending`](RedisConfig::max_pending)). In pub/sub mode local broadcasts work
+///   [`max_pending`](RedisBuilder::max_pending)). In pub/sub mode local broadcasts work
 ///   throughout, and messages published while a process's subscription was down do not
 ///   reach it: Redis pub/sub does not store them. Losses are counted in
 ///   [`stats`](Self::stats) and logged with `tracing` (a full queue once per outage).
@@ -265,7 +385,7 @@ pub struct RedisStats {
 ///   what is still queued (for a second at most), closes its connections, and the state
 ///   becomes [`Stopped`](BackplaneState::Stopped).
 /// - **Bounded.** What waits to be published is bounded in messages and bytes
-///   ([`max_pending`](RedisConfig::max_pending), [`max_pending_bytes`](RedisConfig::max_pending_bytes));
+///   ([`max_pending`](RedisBuilder::max_pending), [`max_pending_bytes`](RedisBuilder::max_pending_bytes));
 ///   what other servers publish is delivered to the local connections as the connection
 ///   reads it, so nothing queues up in between, however slow a publish is.
 /// - **Refusals are not outages.** An error reply from Redis that can never succeed (an
@@ -277,15 +397,15 @@ pub struct RedisStats {
 ///   (a demoted primary) and a lost connection reconnect.
 /// - **Told when Redis forgets** (lossless mode): a restart, a failover, a flush or an
 ///   eviction gives the topic a new epoch, counted in [`RedisStats::history_resets`];
-///   see [`RedisConfig::lossless`].
+///   see [`RedisBuilder::lossless`].
 /// - **Observable.** [`state`](Self::state) and [`state_changes`](Self::state_changes).
 ///
 /// ```no_run
-/// use websocket_handler::backplane::{RedisBackplane, RedisConfig};
+/// use websocket_handler::backplane::RedisBackplane;
 /// use websocket_handler::WebSocketCollection;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let redis = RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?;
+/// let redis = RedisBackplane::new("redis://127.0.0.1:6379")?;
 /// let room = WebSocketCollection::with_backplane("chat", redis.clone());
 /// // Every process running this reaches every client in "chat".
 /// room.broadcast("hello from one of many servers");
@@ -339,7 +459,7 @@ struct Shared {
 const HISTORY_READS: usize = 4;
 
 /// Lossless mode: the envelopes this process published lately, over all topics, newest
-/// last, within [`RedisConfig::republish_window`]; and the epoch each topic's went into.
+/// last, within [`RedisBuilder::republish_window`]; and the epoch each topic's went into.
 /// Published again if Redis loses them.
 #[derive(Default)]
 struct Recent {
@@ -474,13 +594,25 @@ pub enum RedisBackplaneError {
 }
 
 impl RedisBackplane {
-    /// Starts connecting to Redis in the background and returns at once: broadcasts work
-    /// before (and whether or not) Redis is reachable.
+    /// A backplane on the Redis server at `url` (`redis://host:port/db`, with an optional
+    /// `user:password@`), with the default settings (see [`RedisBuilder`]). It starts
+    /// connecting in the background and returns at once: broadcasts work before (and
+    /// whether or not) Redis is reachable.
     ///
     /// # Errors
     ///
     /// If the URL is invalid, or there is no tokio runtime to run the background task on.
-    pub fn new(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
+    pub fn new(url: impl Into<String>) -> Result<Self, RedisBackplaneError> {
+        RedisBuilder::new(url).build()
+    }
+
+    /// A builder, to choose the settings.
+    pub fn builder(url: impl Into<String>) -> RedisBuilder {
+        RedisBuilder::new(url)
+    }
+
+    /// What [`RedisBuilder::build`] does.
+    fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
         let invalid = |source| RedisBackplaneError::InvalidUrl {
             url: config.url.clone(),
             source,
@@ -567,7 +699,7 @@ impl RedisBackplane {
         }
     }
 
-    /// The settings.
+    /// The settings the backplane was built with.
     pub fn config(&self) -> &RedisConfig {
         &self.shared.config
     }
@@ -1064,15 +1196,16 @@ fn jitter(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{jitter, Pending, Recent, RedisConfig};
+    use super::{jitter, Pending, Recent, RedisBuilder};
     use bytes::Bytes;
     use std::time::Duration;
 
     #[test]
     fn the_pending_queue_is_bounded_in_messages_and_in_bytes() {
-        let config = RedisConfig::new("redis://127.0.0.1")
+        let config = RedisBuilder::new("redis://127.0.0.1")
             .max_pending(3)
-            .max_pending_bytes(100);
+            .max_pending_bytes(100)
+            .config;
         let mut pending = Pending::default();
         let item = |len: usize| ("c".to_owned(), Bytes::from(vec![0u8; len]));
         for _ in 0..5 {
@@ -1096,7 +1229,9 @@ mod tests {
 
     #[test]
     fn what_is_kept_to_publish_again_is_bounded_over_all_topics() {
-        let config = RedisConfig::new("redis://127.0.0.1").republish_window(3, 100);
+        let config = RedisBuilder::new("redis://127.0.0.1")
+            .republish_window(3, 100)
+            .config;
         let mut recent = Recent::default();
         let envelope = |len: usize| Bytes::from(vec![0u8; len]);
         for channel in ["a", "b", "a", "b", "a"] {
@@ -1125,9 +1260,10 @@ mod tests {
 
     #[test]
     fn waits_are_never_zero() {
-        let config = super::RedisConfig::new("redis://127.0.0.1")
+        let config = RedisBuilder::new("redis://127.0.0.1")
             .ping_interval(Duration::ZERO)
-            .reconnect_backoff(Duration::ZERO, Duration::ZERO);
+            .reconnect_backoff(Duration::ZERO, Duration::ZERO)
+            .config;
         assert!(config.ping_interval > Duration::ZERO);
         assert!(config.reconnect_min > Duration::ZERO);
         assert!(config.reconnect_max >= config.reconnect_min);
