@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::{connect, next_text, send_text, ChatServer, Client};
 use futures_util::future::join_all;
-use websocket_handler::backplane::{BackplaneState, RedisBackplane};
+use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisBackplaneError};
 use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
 /// Starts `n` chat servers on free ports, all on `redis` with `mode` (`--redis`, lossless,
@@ -375,6 +375,19 @@ fn a_backplane_needs_a_valid_url_and_a_runtime() {
             .to_string()
             .contains("invalid Redis URL `http://nope`"),
         "{invalid}"
+    );
+    // The Redis client's reason, as text: its error type is not part of the API.
+    match &invalid {
+        RedisBackplaneError::InvalidUrl { url, reason } => {
+            assert_eq!(url, "http://nope");
+            assert!(!reason.is_empty() && invalid.to_string().ends_with(reason.as_str()));
+        }
+        other => panic!("expected InvalidUrl, got {other:?}"),
+    }
+    let bad_port = RedisBackplane::new("redis://127.0.0.1:notaport").unwrap_err();
+    assert!(
+        matches!(bad_port, RedisBackplaneError::InvalidUrl { .. }),
+        "{bad_port:?}"
     );
     let no_runtime = RedisBackplane::new("redis://127.0.0.1:1").unwrap_err();
     assert!(

@@ -577,19 +577,23 @@ impl Drop for Owner {
 }
 
 /// Why a Redis backplane could not be created.
-#[derive(Debug, thiserror::Error)]
+///
+/// Plain data, so that the Redis client the backplane uses can change without changing
+/// this type: what the client said is kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisBackplaneError {
-    /// The URL is not a valid Redis URL.
-    #[error("invalid Redis URL `{url}`: {source}")]
+    /// The URL is not one the Redis client can connect to: not `redis://` (or another
+    /// scheme it knows), or a host, port or database number that does not parse.
+    #[error("invalid Redis URL `{url}`: {reason}")]
     InvalidUrl {
         /// The URL given.
         url: String,
-        /// What the Redis client said.
-        source: redis::RedisError,
+        /// What is wrong with it, as the Redis client said.
+        reason: String,
     },
-    /// Called outside a tokio runtime, where the background task cannot run.
-    #[error("RedisBackplane::new must be called within a tokio runtime")]
+    /// Built outside a tokio runtime, where the background task cannot run.
+    #[error("a RedisBackplane must be built within a tokio runtime")]
     NoRuntime,
 }
 
@@ -613,9 +617,10 @@ impl RedisBackplane {
 
     /// What [`RedisBuilder::build`] does.
     fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
-        let invalid = |source| RedisBackplaneError::InvalidUrl {
+        // The client's error as text: its type stays out of the public API.
+        let invalid = |error: redis::RedisError| RedisBackplaneError::InvalidUrl {
             url: config.url.clone(),
-            source,
+            reason: error.to_string(),
         };
         let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
         // RESP3, whatever the URL says: subscriptions and commands share one connection, and
