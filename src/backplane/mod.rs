@@ -493,10 +493,10 @@ impl Relay for Link {
 
     /// Publishes `message` to the other processes (and, ordered, to this one): to their
     /// collection on the topic, or to one of their rooms.
-    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) {
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) -> bool {
         if room.is_some_and(|room| room.len() > envelope::MAX_ROOM_LEN) {
             tracing::warn!(topic = %self.topic, "backplane: room name too long to publish");
-            return;
+            return false;
         }
         let mut seq = lock(&self.seq);
         *seq += 1;
@@ -509,6 +509,7 @@ impl Relay for Link {
         }
         let envelope = envelope::encode(self.sender, *seq, room, message);
         self.backplane.publish(&self.topic, envelope);
+        true
     }
 
     fn ordered(&self) -> bool {

@@ -25,8 +25,9 @@ pub(crate) trait Relay: Send + Sync + 'static {
     fn topic(&self) -> &str;
 
     /// Publishes `message`, for the whole collection or for one `room` of a `Rooms`; on an
-    /// ordered relay, `except` is skipped when it comes back here.
-    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>);
+    /// ordered relay, `except` is skipped when it comes back here. Returns whether it was
+    /// handed on (a room whose name cannot be carried is not).
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) -> bool;
 
     /// Whether the relay orders the topic's messages for every process, this one included:
     /// then a broadcast is delivered here too only when the relay hands it back, with its
