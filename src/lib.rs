@@ -169,7 +169,8 @@
 //! A room that outgrows one process spans many: a collection or rooms built with a
 //! [backplane] reach the same room in every other process on the backplane,
 //! each client getting each message once and each sender's messages in order. The cargo
-//! feature `redis` adds `RedisBackplane`, over Redis pub/sub; see [`backplane`] for the
+//! feature `redis` adds `RedisBackplane`, over Redis streams (every message in one order
+//! everywhere, nothing lost across a Redis restart) or pub/sub; see [`backplane`] for the
 //! guarantees and for what happens when Redis goes away.
 //!
 //! ```

@@ -3,21 +3,30 @@
 //! A chat room that outgrows one process needs every server behind the load balancer to
 //! deliver every message. A [`WebSocketCollection`] built with
 //! [`with_backplane`](crate::WebSocketCollection::with_backplane) does this: each
-//! [`broadcast`](crate::WebSocketCollection::broadcast) is delivered to its local connections first,
-//! exactly as without a backplane, and then published on the collection's *topic*. Every
-//! other process with a collection on the same topic receives it and delivers it to its own
-//! connections.
+//! [`broadcast`](crate::WebSocketCollection::broadcast) is published on the collection's
+//! *topic*, and every process with a collection on the topic delivers it to its own
+//! connections, each client getting it once. A backplane is of one of two kinds
+//! ([`Backplane::ordered`]):
 //!
-//! - **Once per client.** A process ignores its own messages when they come back.
-//! - **Per-sender order.** Every message carries its sender's sequence number; a receiver
+//! - **Unordered** ([`MemoryBackplane`], Redis pub/sub): a broadcast is delivered to the
+//!   process's own connections first, exactly as without a backplane, and then published.
+//!   Every message carries its sender's sequence number: a receiver ignores its own,
 //!   delivers each sender's messages in that order, drops any it has already delivered (a
-//!   retry after a reconnect), and counts any it never got.
-//! - **Never waiting on the network.** Publishing only queues; a backplane that is down costs
+//!   retry after a reconnect), and counts any it never got. A backplane that is down costs
 //!   local delivery nothing.
+//! - **Ordered** (Redis streams, the Redis backplane's default, lossless mode): a
+//!   broadcast is only published, and every process, the sender's included, delivers it
+//!   when the backplane hands it back: all of them deliver the same messages in one order,
+//!   with the same [`Position`]s, so a client can resume on any of them. The sender's own
+//!   clients get it a round trip later, and none while the backplane is down.
+//!
+//! Either way, publishing only queues, so a broadcast never waits on the network, and what
+//! it returns counts this process's connections
+//! ([`broadcast`](crate::WebSocketCollection::broadcast) says what, in each kind).
 //!
 //! Two backplanes come with the crate: [`MemoryBackplane`] joins collections within one
-//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses Redis
-//! pub/sub. Any other transport implements [`Backplane`].
+//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses
+//! Redis streams, or pub/sub. Any other transport implements [`Backplane`].
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;

@@ -362,7 +362,8 @@ pub struct RedisStats {
     pub pending_bytes: usize,
 }
 
-/// A [`Backplane`] over Redis pub/sub.
+/// A [`Backplane`] over Redis: a stream per topic (lossless, the default) or a pub/sub
+/// channel.
 ///
 /// Cheap to clone; clones share one Redis connection (RESP3, so Redis 6 or newer, for
 /// publishing and subscriptions alike) and one background task, which ends when the last
