@@ -206,7 +206,7 @@ impl RedisBuilder {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    url: String,
+    url: SecretUrl,
     channel_prefix: String,
     max_pending: usize,
     max_pending_bytes: usize,
@@ -229,7 +229,7 @@ impl RedisConfig {
     /// The defaults (see [`RedisBuilder`]) for the Redis server at `url`.
     fn defaults(url: String) -> Self {
         RedisConfig {
-            url,
+            url: SecretUrl(url),
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
             max_pending_bytes: 64 << 20,
@@ -249,9 +249,10 @@ impl RedisConfig {
         }
     }
 
-    /// The Redis URL, as given to [`RedisBuilder::new`].
+    /// The Redis URL, as given to [`RedisBuilder::new`]. (`Debug` shows it without its
+    /// password, as the backplane's logs and errors do.)
     pub fn url(&self) -> &str {
-        &self.url
+        &self.url.0
     }
 
     /// [`RedisBuilder::channel_prefix`].
@@ -316,6 +317,55 @@ impl RedisConfig {
     /// [`RedisBuilder::ping_interval`].
     pub fn ping_interval(&self) -> Duration {
         self.ping_interval
+    }
+}
+
+/// A Redis URL, which may hold a password: shown without it (`Debug`, `Display`), so that
+/// logs and errors do not carry it.
+#[derive(Clone)]
+struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its password, if any, replaced by `***`: in the user information
+    /// (`redis://user:password@host`) or a `pass` query parameter (`redis+unix://`).
+    fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if let Some((scheme, rest)) = self.0.split_once("://") {
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let password = authority.rfind('@').and_then(|at| {
+                let colon = authority[..at].find(':')?;
+                Some((&authority[..colon], &rest[at..]))
+            });
+            if let Some((user, after)) = password {
+                url = format!("{scheme}://{user}:***{after}");
+            }
+        }
+        if let Some((head, query)) = url.split_once('?') {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|param| {
+                    if param.starts_with("pass=") {
+                        "pass=***"
+                    } else {
+                        param
+                    }
+                })
+                .collect();
+            url = format!("{head}?{}", params.join("&"));
+        }
+        url
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.redacted(), f)
     }
 }
 
@@ -588,7 +638,7 @@ pub enum RedisBackplaneError {
     /// scheme it knows), or a host, port or database number that does not parse.
     #[error("invalid Redis URL `{url}`: {reason}")]
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, its password (if any) replaced by `***`.
         url: String,
         /// What is wrong with it, as the Redis client said.
         reason: String,
@@ -620,10 +670,10 @@ impl RedisBackplane {
     fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
         // The client's error as text: its type stays out of the public API.
         let invalid = |error: redis::RedisError| RedisBackplaneError::InvalidUrl {
-            url: config.url.clone(),
+            url: config.url.to_string(),
             reason: error.to_string(),
         };
-        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
+        let client = redis::Client::open(config.url.0.as_str()).map_err(invalid)?;
         // RESP3, whatever the URL says: subscriptions and commands share one connection, and
         // what Redis pushes is handed to us as it is read (see `serve`).
         let info = client.get_connection_info().clone();
@@ -1273,6 +1323,29 @@ mod tests {
         assert!(config.ping_interval > Duration::ZERO);
         assert!(config.reconnect_min > Duration::ZERO);
         assert!(config.reconnect_max >= config.reconnect_min);
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        let shown = |url: &str| super::SecretUrl(url.to_owned()).to_string();
+        assert_eq!(
+            shown("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(shown("redis://ann@host"), "redis://ann@host", "no password");
+        assert_eq!(shown("redis://:s3cret@host:6379"), "redis://:***@host:6379");
+        assert_eq!(
+            shown("rediss://ann:s3cret@host/2"),
+            "rediss://ann:***@host/2"
+        );
+        assert_eq!(
+            shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(shown("not a url"), "not a url");
+        let config = RedisBuilder::new("redis://ann:s3cret@host").config;
+        assert!(!format!("{config:?}").contains("s3cret"), "{config:?}");
+        assert_eq!(config.url(), "redis://ann:s3cret@host");
     }
 
     #[test]
