@@ -27,13 +27,13 @@
 //!   reads Redis's memory.
 //!
 //! Retention flags (`--retention`, `--retention-bytes`, `--room-retention`,
-//! `--room-retention-bytes`) set the `RedisConfig` bounds; `--pubsub` uses the pub/sub mode
+//! `--room-retention-bytes`) set the `RedisBuilder` bounds; `--pubsub` uses the pub/sub mode
 //! instead (throughput only: nothing is kept in Redis, so no resume).
 //!
 //! Built with `RUSTFLAGS='--cfg backplane_scale_baseline'` (as `bench/redis_scale.py
 //! --baseline-rev` does), it compiles against older versions of the crate (from 7823ee6,
-//! before byte and room retention): the `throughput` and `memory` scenarios only, with
-//! `--retention` the only bound.
+//! before byte and room retention, and with `RedisConfig` for a builder): the `throughput`
+//! and `memory` scenarios only, with `--retention` the only bound.
 
 // Built for an older crate, what only the newer scenarios use is left unused.
 #![cfg_attr(backplane_scale_baseline, allow(unused))]
@@ -65,7 +65,7 @@ mod scale {
     use std::time::{Duration, Instant};
 
     use serde_json::{json, Value};
-    use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
+    use websocket_handler::backplane::{BackplaneState, RedisBackplane};
     use websocket_handler::{History, Rooms};
     #[cfg(not(backplane_scale_baseline))]
     use {
@@ -78,7 +78,7 @@ mod scale {
 
     /// The `Rooms` topic of every scenario.
     const TOPIC: &str = "scale";
-    /// `RedisConfig`'s default channel prefix: the room streams' keys start with it.
+    /// The default channel prefix: the room streams' keys start with it.
     const PREFIX: &str = "websocket-handler:";
 
     const USAGE: &str = "usage: backplane_scale --redis URL (throughput --rooms N --messages M \
@@ -163,11 +163,28 @@ mod scale {
         Ok(args)
     }
 
+    /// The settings of a backplane, with builder-style setters.
+    #[cfg(not(backplane_scale_baseline))]
+    type Settings = websocket_handler::backplane::RedisBuilder;
+    /// An older crate's: a `RedisConfig` with setters, given to `RedisBackplane::new`.
+    #[cfg(backplane_scale_baseline)]
+    type Settings = websocket_handler::backplane::RedisConfig;
+
+    #[cfg(not(backplane_scale_baseline))]
+    fn backplane(settings: Settings) -> Result<RedisBackplane> {
+        Ok(settings.build()?)
+    }
+
+    #[cfg(backplane_scale_baseline)]
+    fn backplane(settings: Settings) -> Result<RedisBackplane> {
+        Ok(RedisBackplane::new(settings)?)
+    }
+
     impl Args {
-        fn config(&self) -> RedisConfig {
+        fn config(&self) -> Settings {
             // Everything a scenario publishes may wait to be published at once: the queue
             // is not what is measured.
-            let mut config = RedisConfig::new(&self.redis)
+            let mut config = Settings::new(&self.redis)
                 .lossless(!self.pubsub)
                 .max_pending(self.messages.max(self.missed) + 1)
                 .max_pending_bytes(usize::MAX / 2);
@@ -179,12 +196,12 @@ mod scale {
 
         /// The bounds an older crate does not have (see `parse_args`).
         #[cfg(backplane_scale_baseline)]
-        fn newer_bounds(&self, config: RedisConfig) -> RedisConfig {
+        fn newer_bounds(&self, config: Settings) -> Settings {
             config
         }
 
         #[cfg(not(backplane_scale_baseline))]
-        fn newer_bounds(&self, mut config: RedisConfig) -> RedisConfig {
+        fn newer_bounds(&self, mut config: Settings) -> Settings {
             if let Some(bytes) = self.retention_bytes {
                 config = config.retention_bytes(bytes);
             }
@@ -217,7 +234,7 @@ mod scale {
     }
 
     async fn server(args: &Args) -> Result<Server> {
-        let backplane = RedisBackplane::new(args.config())?;
+        let backplane = backplane(args.config())?;
         let rooms = Rooms::with_backplane(TOPIC, backplane.clone()).with_history(History::new());
         let mut state = backplane.state_changes();
         tokio::time::timeout(

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! - let room = WebSocketCollection::new();
-//! + let redis = RedisBackplane::new(RedisConfig::new(url))?;
+//! + let redis = RedisBackplane::new(url)?;
 //! + let room = WebSocketCollection::with_backplane("scale-out-room", redis.clone());
 //! ```
 //!
@@ -31,7 +31,7 @@
 
 use std::net::SocketAddr;
 
-use websocket_handler::backplane::{RedisBackplane, RedisConfig};
+use websocket_handler::backplane::RedisBackplane;
 use websocket_handler::http::StatusCode;
 use websocket_handler::{Connection, Message, WebSocketCollection};
 use websocket_handler::{WebSocketHandler, WebSocketServer};
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Scale-out chat listening on ws://{server}/?name=NAME, through {url}");
 
     // The two lines: a backplane, and the room made with it.
-    let redis = RedisBackplane::new(RedisConfig::new(url))?;
+    let redis = RedisBackplane::new(url)?;
     let room = WebSocketCollection::with_backplane("scale-out-room", redis.clone());
 
     // Not needed, but good to see: connecting, connected, reconnecting...

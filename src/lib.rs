@@ -176,14 +176,15 @@
 //! A room that outgrows one process spans many: a collection or rooms built with a
 //! [backplane] reach the same room in every other process on the backplane,
 //! each client getting each message once and each sender's messages in order. The cargo
-//! feature `redis` adds `RedisBackplane`, over Redis pub/sub; see [`backplane`] for the
+//! feature `redis` adds `RedisBackplane`, over Redis streams (every message in one order
+//! everywhere, nothing lost across a Redis restart) or pub/sub; see [`backplane`] for the
 //! guarantees and for what happens when Redis goes away.
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;
 //! use websocket_handler::{Rooms, WebSocketCollection};
 //!
-//! // In production: RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?
+//! // In production: RedisBackplane::new("redis://127.0.0.1:6379")?
 //! let backplane = MemoryBackplane::new();
 //! let room = WebSocketCollection::with_backplane("chat", backplane.clone());
 //! room.broadcast("to this process's clients, then to every other process on \"chat\"");
@@ -215,8 +216,9 @@
 //! them is a breaking change here: `http` 1 (requests, responses, headers), `http-body` 1
 //! (what [`Body`] implements), `hyper` 1 (the upgrade mechanism [`upgrade`] relies on, and
 //! `serve`'s connections), `bytes` 1 (re-exported as [`Bytes`]), `tokio` 1 (`serve`'s
-//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait)). Message text is this
-//! crate's own [`Utf8Bytes`]; tungstenite is an implementation detail.
+//! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait), for
+//! [`backplane::Backplane`]'s async method). Message text is this crate's own
+//! [`Utf8Bytes`]; tungstenite is an implementation detail.
 //!
 //! [`upgrade`]: WebSocketServer::upgrade
 //!
@@ -244,6 +246,9 @@ mod json;
 mod protocol;
 mod server;
 
+/// The attribute on an `impl` of [`backplane::Backplane`] that implements its async method,
+/// [`missed`](backplane::Backplane::missed): a trait used as an object (`Box<dyn Backplane>`).
+/// Handlers need no attribute.
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 /// The `http` crate, whose types (`Request`, `Response`, `StatusCode`, `HeaderMap`...) the

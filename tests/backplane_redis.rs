@@ -12,8 +12,10 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::{connect, next_text, send_text, ChatServer, Client};
 use futures_util::future::join_all;
-use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
-use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
+use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisBackplaneError};
+use websocket_handler::{
+    Connection, ConnectionId, Rooms, WebSocketCollection, WebSocketHandler, WebSocketServer,
+};
 
 /// Starts `n` chat servers on free ports, all on `redis` with `mode` (`--redis`, lossless,
 /// or `--redis-pubsub`), and waits until each has subscribed (it prints
@@ -256,11 +258,119 @@ async fn wait_for_state(redis: &RedisBackplane, wanted: BackplaneState) {
 /// A pub/sub backplane (these tests are of that mode; tests/lossless_backplane.rs has the
 /// lossless one's).
 fn backplane(url: &str) -> RedisBackplane {
-    let config = RedisConfig::new(url)
+    RedisBackplane::builder(url)
         .lossless(false)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .max_pending(3);
-    RedisBackplane::new(config).expect("valid URL, in a runtime")
+        .max_pending(3)
+        .build()
+        .expect("valid URL, in a runtime")
+}
+
+/// Joins each connection to one room of `rooms`, then tells the client "in".
+struct RoomMember(Rooms<String>, &'static str);
+
+impl WebSocketHandler for RoomMember {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.0.join(self.1.to_owned(), conn);
+        conn.send("in").expect("room for one message");
+    }
+}
+
+/// A client in `room` of `rooms` (through a server in this process), and its id.
+async fn client_in_room(rooms: &Rooms<String>, room: &'static str) -> (Client, ConnectionId) {
+    let before: Vec<_> = rooms
+        .members(&room.to_owned())
+        .iter()
+        .map(|c| c.id())
+        .collect();
+    let serving = rooms.clone();
+    let addr = common::serve(WebSocketServer::new(), move |_| {
+        RoomMember(serving.clone(), room)
+    })
+    .await;
+    let mut client = connect(addr, "/").await;
+    assert_eq!(next_text(&mut client).await, "in");
+    let id = rooms
+        .members(&room.to_owned())
+        .iter()
+        .map(|c| c.id())
+        .find(|id| !before.contains(id))
+        .expect("the new member");
+    (client, id)
+}
+
+/// The count a broadcast returns is true in both modes: in pub/sub mode the message is
+/// queued here at once, and in lossless mode (ordered) it is queued here only when it comes
+/// back from Redis, yet the count is the same: this process's members, the excepted one
+/// left out. Each member counted gets it; the excepted one does not.
+#[tokio::test]
+async fn broadcasts_count_this_process_members_in_both_modes() {
+    let Some(server) =
+        RedisServer::start("backplane_redis::broadcasts_count_this_process_members_in_both_modes")
+            .await
+    else {
+        return;
+    };
+    for lossless in [true, false] {
+        let mode = if lossless { "lossless" } else { "pub/sub" };
+        let redis = RedisBackplane::builder(server.url())
+            .lossless(lossless)
+            .build()
+            .expect("a valid URL, in a runtime");
+        wait_for_state(&redis, BackplaneState::Connected).await;
+
+        let room = WebSocketCollection::with_backplane(format!("counted-{mode}"), redis.clone());
+        let mut a = client_in(&room).await;
+        let a_id = room.connections()[0].id();
+        let mut b = client_in(&room).await;
+        assert_eq!(room.broadcast("to both"), 2, "{mode}: broadcast");
+        assert_eq!(
+            room.broadcast_except(a_id, "to b"),
+            1,
+            "{mode}: broadcast_except"
+        );
+        assert_eq!(next_text(&mut a).await, "to both", "{mode}");
+        assert_eq!(next_text(&mut b).await, "to both", "{mode}");
+        assert_eq!(next_text(&mut b).await, "to b", "{mode}");
+        assert_eq!(room.broadcast("after"), 2, "{mode}");
+        assert_eq!(
+            next_text(&mut a).await,
+            "after",
+            "{mode}: a skipped \"to b\""
+        );
+        assert_eq!(next_text(&mut b).await, "after", "{mode}");
+
+        let rooms: Rooms<String> =
+            Rooms::with_backplane(format!("counted-rooms-{mode}"), redis.clone());
+        let (mut c, c_id) = client_in_room(&rooms, "lobby").await;
+        let (mut d, _) = client_in_room(&rooms, "lobby").await;
+        let lobby = "lobby".to_owned();
+        assert_eq!(
+            rooms.broadcast_to(&lobby, "to both"),
+            2,
+            "{mode}: broadcast_to"
+        );
+        assert_eq!(
+            rooms.broadcast_to_except(&lobby, c_id, "to d"),
+            1,
+            "{mode}: broadcast_to_except"
+        );
+        assert_eq!(
+            rooms.broadcast_to(&"nobody here".to_owned(), "to no one"),
+            0,
+            "{mode}: a room with no members here"
+        );
+        assert_eq!(next_text(&mut c).await, "to both", "{mode}");
+        assert_eq!(next_text(&mut d).await, "to both", "{mode}");
+        assert_eq!(next_text(&mut d).await, "to d", "{mode}");
+        assert_eq!(rooms.broadcast_to(&lobby, "after"), 2, "{mode}");
+        assert_eq!(
+            next_text(&mut c).await,
+            "after",
+            "{mode}: c skipped \"to d\""
+        );
+        assert_eq!(next_text(&mut d).await, "after", "{mode}");
+    }
 }
 
 /// Redis is not there at first: local broadcasts work, the state says so, publications wait
@@ -368,14 +478,27 @@ async fn foreign_messages_on_the_channel_are_ignored() {
 
 #[test]
 fn a_backplane_needs_a_valid_url_and_a_runtime() {
-    let invalid = RedisBackplane::new(RedisConfig::new("http://nope")).unwrap_err();
+    let invalid = RedisBackplane::new("http://nope").unwrap_err();
     assert!(
         invalid
             .to_string()
             .contains("invalid Redis URL `http://nope`"),
         "{invalid}"
     );
-    let no_runtime = RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:1")).unwrap_err();
+    // The Redis client's reason, as text: its error type is not part of the API.
+    match &invalid {
+        RedisBackplaneError::InvalidUrl { url, reason } => {
+            assert_eq!(url, "http://nope");
+            assert!(!reason.is_empty() && invalid.to_string().ends_with(reason.as_str()));
+        }
+        other => panic!("expected InvalidUrl, got {other:?}"),
+    }
+    let bad_port = RedisBackplane::new("redis://127.0.0.1:notaport").unwrap_err();
+    assert!(
+        matches!(bad_port, RedisBackplaneError::InvalidUrl { .. }),
+        "{bad_port:?}"
+    );
+    let no_runtime = RedisBackplane::new("redis://127.0.0.1:1").unwrap_err();
     assert!(
         no_runtime.to_string().contains("tokio runtime"),
         "{no_runtime}"
@@ -477,9 +600,15 @@ async fn a_publishing_flood_does_not_hold_up_receiving() {
     else {
         return;
     };
-    let config = |url: String| RedisConfig::new(url).lossless(false).max_pending(1_000_000);
-    let busy = RedisBackplane::new(config(server.url())).expect("backplane");
-    let quiet = RedisBackplane::new(config(server.url())).expect("backplane");
+    let backplane = || {
+        RedisBackplane::builder(server.url())
+            .lossless(false)
+            .max_pending(1_000_000)
+            .build()
+            .expect("backplane")
+    };
+    let busy = backplane();
+    let quiet = backplane();
     let flood = WebSocketCollection::with_backplane("flood", busy.clone());
     let room = WebSocketCollection::with_backplane("chat", busy.clone());
     let other = WebSocketCollection::with_backplane("chat", quiet.clone());
@@ -570,9 +699,10 @@ async fn a_channel_redis_refuses_is_reported_and_the_others_keep_flowing() {
 
 /// A lossless backplane on `url` that reconnects fast.
 fn lossless(url: &str) -> RedisBackplane {
-    let config = RedisConfig::new(url)
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    RedisBackplane::new(config).expect("valid URL, in a runtime")
+    RedisBackplane::builder(url)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .expect("valid URL, in a runtime")
 }
 
 /// In lossless mode too, Redis refusing one topic's stream (an ACL on its keys) is not an

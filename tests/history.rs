@@ -330,6 +330,7 @@ impl OrderedBus {
     }
 }
 
+#[websocket_handler::async_trait]
 impl websocket_handler::backplane::Backplane for OrderedBus {
     fn publish(&self, _topic: &str, envelope: bytes::Bytes) {
         self.lock().log.push(envelope);
@@ -346,13 +347,13 @@ impl websocket_handler::backplane::Backplane for OrderedBus {
         true
     }
 
-    fn missed(
+    async fn missed(
         &self,
         _topic: &str,
         _room: Option<&str>,
         after: Position,
         _max_bytes: usize,
-    ) -> websocket_handler::backplane::MissedEnvelopes {
+    ) -> Result<websocket_handler::backplane::MissedPage, ResumeError> {
         let state = self.lock();
         let from = usize::try_from(after.offset()).expect("an offset");
         let page: Vec<_> = (from..state.log.len())
@@ -361,8 +362,9 @@ impl websocket_handler::backplane::Backplane for OrderedBus {
             .collect();
         let through = page.last().map_or(after, |(position, _)| *position);
         let complete = through.offset() as usize >= state.log.len();
-        let page = websocket_handler::backplane::MissedPage::new(page, through, complete);
-        Box::pin(std::future::ready(Ok(page)))
+        Ok(websocket_handler::backplane::MissedPage::new(
+            page, through, complete,
+        ))
     }
 }
 

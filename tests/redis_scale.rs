@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::{connect, next_text, within, Client, EchoRoom};
-use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisConfig};
+use websocket_handler::backplane::{BackplaneState, RedisBackplane, RedisBuilder};
 use websocket_handler::{
     Connection, History, Position, Rooms, WebSocketCollection, WebSocketHandler, WebSocketServer,
 };
@@ -27,8 +27,8 @@ struct Node {
     addr: SocketAddr,
 }
 
-async fn node(config: RedisConfig, topic: &str) -> Node {
-    let backplane = RedisBackplane::new(config).expect("a valid Redis URL");
+async fn node(config: RedisBuilder, topic: &str) -> Node {
+    let backplane = config.build().expect("a valid Redis URL");
     let room = WebSocketCollection::with_backplane(topic, backplane.clone());
     let addr = {
         let room = room.clone();
@@ -78,8 +78,8 @@ async fn all_get(listeners: &mut [Client], prefix: &str, count: usize) {
     }
 }
 
-fn config(redis: &RedisServer) -> RedisConfig {
-    RedisConfig::new(redis.url())
+fn config(redis: &RedisServer) -> RedisBuilder {
+    RedisBackplane::builder(redis.url())
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
 }
 
@@ -320,7 +320,7 @@ async fn a_new_topic_among_10_000_costs_work_for_itself_only() {
     let Some(redis) = RedisServer::start("redis_scale::topics").await else {
         return;
     };
-    let backplane = RedisBackplane::new(config(&redis)).expect("a valid Redis URL");
+    let backplane = config(&redis).build().expect("a valid Redis URL");
     let rooms: Vec<WebSocketCollection> = (0..10_000)
         .map(|n| WebSocketCollection::with_backplane(format!("room-{n}"), backplane.clone()))
         .collect();
@@ -409,8 +409,8 @@ async fn rooms_node(redis: &RedisServer) -> (RedisBackplane, Rooms<String>, Sock
     rooms_node_with(config(redis).retention(1_000)).await
 }
 
-async fn rooms_node_with(config: RedisConfig) -> (RedisBackplane, Rooms<String>, SocketAddr) {
-    let backplane = RedisBackplane::new(config).expect("a valid URL");
+async fn rooms_node_with(config: RedisBuilder) -> (RedisBackplane, Rooms<String>, SocketAddr) {
+    let backplane = config.build().expect("a valid URL");
     let rooms: Rooms<String> =
         Rooms::with_backplane("rooms", backplane.clone()).with_history(History::new());
     let addr = {

@@ -354,9 +354,11 @@ fn open_rooms(
     };
     #[cfg(feature = "redis")]
     {
-        use websocket_handler::backplane::{RedisBackplane, RedisConfig};
-        let config = RedisConfig::new(url).lossless(lossless);
-        let redis = RedisBackplane::new(config).map_err(|e| e.to_string())?;
+        use websocket_handler::backplane::RedisBackplane;
+        let redis = RedisBackplane::builder(url)
+            .lossless(lossless)
+            .build()
+            .map_err(|e| e.to_string())?;
         // Say when the rooms span the servers and when they do not.
         let mut state = redis.state_changes();
         tokio::spawn(async move {

@@ -3,21 +3,30 @@
 //! A chat room that outgrows one process needs every server behind the load balancer to
 //! deliver every message. A [`WebSocketCollection`] built with
 //! [`with_backplane`](crate::WebSocketCollection::with_backplane) does this: each
-//! [`broadcast`](crate::WebSocketCollection::broadcast) is delivered to its local connections first,
-//! exactly as without a backplane, and then published on the collection's *topic*. Every
-//! other process with a collection on the same topic receives it and delivers it to its own
-//! connections.
+//! [`broadcast`](crate::WebSocketCollection::broadcast) is published on the collection's
+//! *topic*, and every process with a collection on the topic delivers it to its own
+//! connections, each client getting it once. A backplane is of one of two kinds
+//! ([`Backplane::ordered`]):
 //!
-//! - **Once per client.** A process ignores its own messages when they come back.
-//! - **Per-sender order.** Every message carries its sender's sequence number; a receiver
+//! - **Unordered** ([`MemoryBackplane`], Redis pub/sub): a broadcast is delivered to the
+//!   process's own connections first, exactly as without a backplane, and then published.
+//!   Every message carries its sender's sequence number: a receiver ignores its own,
 //!   delivers each sender's messages in that order, drops any it has already delivered (a
-//!   retry after a reconnect), and counts any it never got.
-//! - **Never waiting on the network.** Publishing only queues; a backplane that is down costs
+//!   retry after a reconnect), and counts any it never got. A backplane that is down costs
 //!   local delivery nothing.
+//! - **Ordered** (Redis streams, the Redis backplane's default, lossless mode): a
+//!   broadcast is only published, and every process, the sender's included, delivers it
+//!   when the backplane hands it back: all of them deliver the same messages in one order,
+//!   with the same [`Position`]s, so a client can resume on any of them. The sender's own
+//!   clients get it a round trip later, and none while the backplane is down.
+//!
+//! Either way, publishing only queues, so a broadcast never waits on the network, and what
+//! it returns counts this process's connections
+//! ([`broadcast`](crate::WebSocketCollection::broadcast) says what, in each kind).
 //!
 //! Two backplanes come with the crate: [`MemoryBackplane`] joins collections within one
-//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses Redis
-//! pub/sub. Any other transport implements [`Backplane`].
+//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses
+//! Redis streams, or pub/sub. Any other transport implements [`Backplane`].
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;
@@ -38,8 +47,6 @@ mod memory;
 mod redis;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -49,13 +56,13 @@ use crate::engine::id::ConnectionId;
 pub(crate) use crate::engine::sync::lock;
 use crate::fanout::collection::{Members, WebSocketCollection};
 use crate::fanout::history::{Position, ResumeError};
-use crate::fanout::relay::{Missed, MissedMessages, Relay, RoomDelivery};
+use crate::fanout::relay::{MissedMessages, Relay, RoomDelivery};
 use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
 pub use self::envelope::EnvelopeError;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisConfig, RedisStats};
+pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisBuilder, RedisConfig, RedisStats};
 pub use memory::MemoryBackplane;
 
 /// A transport that carries envelopes between the processes subscribed to a topic.
@@ -108,6 +115,14 @@ pub use memory::MemoryBackplane;
 /// here.broadcast("reaches `there` (no connections in it yet), and skips `here`");
 /// # drop(there);
 /// ```
+///
+/// The trait is used as an object (`Box<dyn Backplane>`), so its one async method,
+/// [`missed`](Backplane::missed), is declared with [`async_trait`](macro@crate::async_trait),
+/// which the crate re-exports. A backplane that keeps a history and implements `missed`
+/// puts the attribute on its `impl` block, as `#[websocket_handler::async_trait]`
+/// (without it, rustc reports error E0195, lifetimes that do not match the trait); one
+/// that does not, like the one above, needs nothing.
+#[async_trait::async_trait]
 pub trait Backplane: Send + Sync + 'static {
     /// Sends `envelope` to every process subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: Bytes);
@@ -141,21 +156,45 @@ pub trait Backplane: Send + Sync + 'static {
     /// holds about `max_bytes` of envelopes (at least one, if there is one); the caller
     /// asks again from [`MissedPage::through`] until [`MissedPage::complete`]. The default
     /// keeps nothing ([`ResumeError::NoHistory`]).
-    fn missed(
+    ///
+    /// An implementation writes it as an `async fn`, with the
+    /// [`async_trait`](macro@crate::async_trait) attribute on its `impl` block:
+    ///
+    /// ```
+    /// use websocket_handler::backplane::{Backplane, Inbox, MissedPage};
+    /// use websocket_handler::{async_trait, Bytes, Position, ResumeError};
+    ///
+    /// struct Keeping;
+    ///
+    /// #[async_trait]
+    /// impl Backplane for Keeping {
+    ///     fn publish(&self, _topic: &str, _envelope: Bytes) {}
+    ///     fn subscribe(&self, _topic: &str, _inbox: Inbox) {}
+    ///     fn ordered(&self) -> bool {
+    ///         true
+    ///     }
+    ///     async fn missed(
+    ///         &self,
+    ///         _topic: &str,
+    ///         _room: Option<&str>,
+    ///         after: Position,
+    ///         _max_bytes: usize,
+    ///     ) -> Result<MissedPage, ResumeError> {
+    ///         // A real one reads what it keeps of the topic after `after`.
+    ///         Ok(MissedPage::new(Vec::new(), after, true))
+    ///     }
+    /// }
+    /// ```
+    async fn missed(
         &self,
         topic: &str,
         room: Option<&str>,
         after: Position,
         max_bytes: usize,
-    ) -> MissedEnvelopes {
+    ) -> Result<MissedPage, ResumeError> {
         let _ = (topic, room, after, max_bytes);
-        no_history()
+        Err(ResumeError::NoHistory)
     }
-}
-
-/// What [`Backplane::missed`] answers for a backplane that keeps nothing.
-fn no_history() -> MissedEnvelopes {
-    Box::pin(std::future::ready(Err(ResumeError::NoHistory)))
 }
 
 /// One page of what an ordered backplane keeps: see [`Backplane::missed`].
@@ -181,9 +220,6 @@ impl MissedPage {
         }
     }
 }
-
-/// What [`Backplane::missed`] resolves to.
-pub type MissedEnvelopes = Pin<Box<dyn Future<Output = Result<MissedPage, ResumeError>> + Send>>;
 
 /// Whether a network backplane can reach its server, as reported by
 /// `RedisBackplane::state`.
@@ -458,6 +494,7 @@ impl Link {
     }
 }
 
+#[async_trait::async_trait]
 impl Relay for Link {
     fn topic(&self) -> &str {
         &self.topic
@@ -465,10 +502,10 @@ impl Relay for Link {
 
     /// Publishes `message` to the other processes (and, ordered, to this one): to their
     /// collection on the topic, or to one of their rooms.
-    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) {
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) -> bool {
         if room.is_some_and(|room| room.len() > envelope::MAX_ROOM_LEN) {
             tracing::warn!(topic = %self.topic, "backplane: room name too long to publish");
-            return;
+            return false;
         }
         let mut seq = lock(&self.seq);
         *seq += 1;
@@ -481,32 +518,37 @@ impl Relay for Link {
         }
         let envelope = envelope::encode(self.sender, *seq, room, message);
         self.backplane.publish(&self.topic, envelope);
+        true
     }
 
     fn ordered(&self) -> bool {
         self.ordered
     }
 
-    fn missed(&self, room: Option<&str>, after: Position, max_bytes: usize) -> Missed {
-        let page = self.backplane.missed(&self.topic, room, after, max_bytes);
-        let room = room.map(str::to_owned);
-        Box::pin(async move {
-            let page = page.await?;
-            let mut messages = Vec::new();
-            for (position, envelope) in page.envelopes {
-                // What is not an envelope, or is for another room, is not this room's.
-                let Ok(envelope) = envelope::decode(envelope) else {
-                    continue;
-                };
-                if envelope.room == room {
-                    messages.push((position, envelope.message));
-                }
+    async fn missed(
+        &self,
+        room: Option<&str>,
+        after: Position,
+        max_bytes: usize,
+    ) -> Result<MissedMessages, ResumeError> {
+        let page = self
+            .backplane
+            .missed(&self.topic, room, after, max_bytes)
+            .await?;
+        let mut messages = Vec::new();
+        for (position, envelope) in page.envelopes {
+            // What is not an envelope, or is for another room, is not this room's.
+            let Ok(envelope) = envelope::decode(envelope) else {
+                continue;
+            };
+            if envelope.room.as_deref() == room {
+                messages.push((position, envelope.message));
             }
-            Ok(MissedMessages {
-                messages,
-                through: page.through,
-                complete: page.complete,
-            })
+        }
+        Ok(MissedMessages {
+            messages,
+            through: page.through,
+            complete: page.complete,
         })
     }
 }

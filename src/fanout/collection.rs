@@ -733,14 +733,25 @@ impl WebSocketCollection {
     /// Never waits: a connection whose queue is full, or that is closing, is skipped.
     /// Messages broadcast one after another from one task reach each connection in order.
     ///
-    /// With a [backplane](WebSocketCollection::with_backplane), the message is then published
-    /// to the other processes on the same topic; the count is of local connections only.
+    /// With a [backplane](WebSocketCollection::with_backplane), the message also reaches
+    /// the collections on the same topic in other processes, and the count is of this
+    /// process's connections only. What it counts depends on the kind of backplane (see
+    /// [`Backplane::ordered`](crate::backplane::Backplane::ordered)):
+    /// - **unordered** ([`MemoryBackplane`](crate::backplane::MemoryBackplane), the Redis
+    ///   backplane in pub/sub mode): the message is queued here at once, as without a
+    ///   backplane, and then published; the count is as above, the connections it was
+    ///   queued to.
+    /// - **ordered** (the Redis backplane in its default, lossless mode): the message is
+    ///   only published, and queued here when it comes back from the backplane, in the
+    ///   topic's one order, a round trip later. The count is of the members when it was
+    ///   published: those it will be queued to, unless by then they have left, closed or
+    ///   filled their queue (a connection added meanwhile gets it too, uncounted).
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         self.broadcast_filtered(message.into(), None)
     }
 
     /// Like [`broadcast`](WebSocketCollection::broadcast), but skips the connection `except`
-    /// (typically the sender).
+    /// (typically the sender), which is not counted.
     pub fn broadcast_except(&self, except: ConnectionId, message: impl Into<Message>) -> usize {
         self.broadcast_filtered(message.into(), Some(except))
     }
@@ -757,14 +768,27 @@ impl WebSocketCollection {
             return self.members.broadcast(message, include);
         };
         if relay.ordered() {
-            // Delivered here too when the relay hands it back, in the one order.
-            relay.publish(None, &message, except);
-            return 0;
+            // Delivered here too when the relay hands it back, in the one order: to the
+            // members then, counted now.
+            let members = self.len_except(except);
+            return if relay.publish(None, &message, except) {
+                members
+            } else {
+                0
+            };
         }
         // Local connections first, so the backplane adds nothing to their latency.
         let queued = self.members.broadcast(message.clone(), include);
         relay.publish(None, &message, None);
         queued
+    }
+
+    /// How many members there are, `except` not counted.
+    pub(crate) fn len_except(&self, except: Option<ConnectionId>) -> usize {
+        let excepted = except.is_some_and(|id| self.members.contains(id));
+        // Counted one after the other: a member that joins in between is not subtracted
+        // from a count without it.
+        self.members.len().saturating_sub(usize::from(excepted))
     }
 
     /// Delivers a message that came through a relay to this process's members but

@@ -3,15 +3,9 @@
 //! room by its name through a [`RoomDelivery`]. The backplane layer implements the first
 //! and calls the second, so fan-out never depends on it.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::engine::id::ConnectionId;
 use crate::fanout::history::{Position, ResumeError};
 use crate::protocol::message::Message;
-
-/// What a relay's history lookup resolves to: one page of the messages after a position.
-pub(crate) type Missed = Pin<Box<dyn Future<Output = Result<MissedMessages, ResumeError>> + Send>>;
 
 /// One page of a relay's history of a collection or room.
 pub(crate) struct MissedMessages {
@@ -23,14 +17,17 @@ pub(crate) struct MissedMessages {
     pub(crate) complete: bool,
 }
 
-/// Carries a collection's (or a room's) broadcasts to other processes.
+/// Carries a collection's (or a room's) broadcasts to other processes. Held as an
+/// `Arc<dyn Relay>`, so its async method is declared with `async_trait`.
+#[async_trait::async_trait]
 pub(crate) trait Relay: Send + Sync + 'static {
     /// The topic other processes receive these broadcasts on.
     fn topic(&self) -> &str;
 
     /// Publishes `message`, for the whole collection or for one `room` of a `Rooms`; on an
-    /// ordered relay, `except` is skipped when it comes back here.
-    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>);
+    /// ordered relay, `except` is skipped when it comes back here. Returns whether it was
+    /// handed on (a room whose name cannot be carried is not).
+    fn publish(&self, room: Option<&str>, message: &Message, except: Option<ConnectionId>) -> bool;
 
     /// Whether the relay orders the topic's messages for every process, this one included:
     /// then a broadcast is delivered here too only when the relay hands it back, with its
@@ -39,7 +36,12 @@ pub(crate) trait Relay: Send + Sync + 'static {
 
     /// What an ordered relay keeps of the topic: one page, about `max_bytes`, of the
     /// messages of `room` (or of the whole topic) after `after`.
-    fn missed(&self, room: Option<&str>, after: Position, max_bytes: usize) -> Missed;
+    async fn missed(
+        &self,
+        room: Option<&str>,
+        after: Position,
+        max_bytes: usize,
+    ) -> Result<MissedMessages, ResumeError>;
 }
 
 /// Delivers a message from another process (or, ordered, from this one) to one room, by

@@ -298,14 +298,23 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
             .is_some_and(|collection| collection.remove(id).is_some())
     }
 
-    /// Queues `message` to every member of `room`; returns to how many (in this process).
-    /// See [`WebSocketCollection::broadcast`].
+    /// Queues `message` to every member of `room`; returns to how many, in this process: 0
+    /// if the room has no members here (with a backplane, its members elsewhere get it
+    /// anyway).
+    ///
+    /// With a backplane, the count is as [`WebSocketCollection::broadcast`] says for each
+    /// kind: with an unordered one, the members it was queued to; with an ordered one (the
+    /// Redis backplane's default, lossless mode), the room's members here when it was
+    /// published, to whom it is queued when it comes back from the backplane, unless by
+    /// then they have left, closed or filled their queue. A message the backplane cannot
+    /// carry (a room name longer than 65,535 bytes, logged as a warning) reaches nobody
+    /// on an ordered backplane: 0.
     pub fn broadcast_to(&self, room: &K, message: impl Into<Message>) -> usize {
         self.send(room, message.into(), None)
     }
 
     /// Like [`broadcast_to`](Rooms::broadcast_to), but skips the connection `except`
-    /// (typically the sender).
+    /// (typically the sender), which is not counted.
     pub fn broadcast_to_except(
         &self,
         room: &K,
@@ -318,11 +327,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     fn send(&self, room: &K, message: Message, except: Option<ConnectionId>) -> usize {
         let remote = self.shared.remote.get();
         if let Some(remote) = remote.filter(|remote| remote.relay.ordered()) {
-            // Delivered here too when the relay hands it back, in the one order.
-            remote
+            // Delivered here too when the relay hands it back, in the one order: to the
+            // members then, counted now.
+            let members = self.room(room).map_or(0, |local| local.len_except(except));
+            let published = remote
                 .relay
                 .publish(Some(&(remote.name)(room)), &message, except);
-            return 0;
+            return if published { members } else { 0 };
         }
         // Local members first, so that the backplane adds nothing to their latency.
         let local = self.room(room);

@@ -13,24 +13,200 @@ use tokio::sync::{watch, Notify};
 
 mod streams;
 
-use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedEnvelopes};
-use crate::fanout::history::Position;
+use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedPage};
+use crate::fanout::history::{Position, ResumeError};
 
-/// Settings for a [`RedisBackplane`], with builder-style setters.
+/// Builds a [`RedisBackplane`]: every setting, with builder-style setters, and
+/// [`build`](RedisBuilder::build) at the end ([`RedisBackplane::new`] takes the defaults).
+/// The settings are read back with [`RedisBackplane::config`].
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`channel_prefix`](RedisBuilder::channel_prefix) | `websocket-handler:` |
+/// | [`max_pending`](RedisBuilder::max_pending) | 10,000 messages |
+/// | [`max_pending_bytes`](RedisBuilder::max_pending_bytes) | 64 MiB |
+/// | [`lossless`](RedisBuilder::lossless) | on |
+/// | [`retention`](RedisBuilder::retention) | 10,000 messages |
+/// | [`retention_bytes`](RedisBuilder::retention_bytes) | 16 MiB |
+/// | [`room_retention`](RedisBuilder::room_retention) | 1,000 messages, 1 MiB, 24 h |
+/// | [`republish_window`](RedisBuilder::republish_window) | 10,000 messages, 8 MiB |
+/// | [`reconnect_backoff`](RedisBuilder::reconnect_backoff) | 100 ms to 3 s |
+/// | [`connect_timeout`](RedisBuilder::connect_timeout) | 2 s |
+/// | [`response_timeout`](RedisBuilder::response_timeout) | 3 s |
+/// | [`ping_interval`](RedisBuilder::ping_interval) | 5 s |
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_handler::backplane::RedisConfig;
+/// use websocket_handler::backplane::RedisBackplane;
 ///
-/// let config = RedisConfig::new("redis://127.0.0.1:6379")
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackplane::builder("redis://127.0.0.1:6379")
 ///     .channel_prefix("myapp:")
 ///     .max_pending(50_000)
-///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2));
-/// assert_eq!(config.get_channel_prefix(), "myapp:");
+///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
+///     .build()?; // connects in the background
+/// assert_eq!(redis.config().channel_prefix(), "myapp:");
+/// assert_eq!(redis.config().max_pending_bytes(), 64 << 20);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` makes the backplane"]
+pub struct RedisBuilder {
+    config: RedisConfig,
+}
+
+impl RedisBuilder {
+    /// Settings for the Redis server at `url` (`redis://host:port/db`, with an optional
+    /// `user:password@`), with the defaults in the table above.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisBuilder {
+            config: RedisConfig::defaults(url.into()),
+        }
+    }
+
+    /// The backplane, with these settings: see [`RedisBackplane::new`].
+    ///
+    /// # Errors
+    ///
+    /// If the URL is invalid, or there is no tokio runtime to run the background task on.
+    pub fn build(self) -> Result<RedisBackplane, RedisBackplaneError> {
+        RedisBackplane::with_config(self.config)
+    }
+
+    /// Prepended to each topic to make its Redis channel name, so that several applications
+    /// can share one Redis. Default `websocket-handler:`.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.channel_prefix = prefix.into();
+        self
+    }
+
+    /// Messages held for publishing while Redis is unreachable or slow; beyond this, the
+    /// oldest are dropped (and counted in [`RedisStats::dropped`]). Default 10,000.
+    pub fn max_pending(mut self, messages: usize) -> Self {
+        self.config.max_pending = messages.max(1);
+        self
+    }
+
+    /// Bytes of messages held for publishing, the other bound of the same queue: beyond
+    /// it, the oldest are dropped (and counted). Default 64 MiB.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_pending_bytes = bytes.max(1);
+        self
+    }
+
+    /// The lossless mode (the default): each topic is a Redis stream that every process
+    /// reads from where it left off. Every process delivers every message of a topic
+    /// exactly once, in one order, with its position, through dropped and killed
+    /// connections and a Redis restart, within the [`retention`](Self::retention); and
+    /// clients can resume on any process (see [`History`](crate::History)). The backplane
+    /// is *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
+    /// they come back from Redis, a round trip later, and none while Redis is down.
+    ///
+    /// `false`: a pub/sub channel per topic. Cheaper for Redis, and a broadcast reaches
+    /// the process's own clients at once, Redis or not; but what is published while a
+    /// process is not subscribed (its connection dropped, Redis restarting) never reaches
+    /// it, and positions are per process.
+    pub fn lossless(mut self, on: bool) -> Self {
+        self.config.lossless = on;
+        self
+    }
+
+    /// In lossless mode, how many messages each topic's stream keeps (about, as `MAXLEN ~`
+    /// would: it is trimmed back to this in batches, once it holds 1/16 more, 100 at most):
+    /// how far back a process that was away, or a client that resumes, can catch up.
+    /// Default 10,000; at least 1.
+    pub fn retention(mut self, messages: usize) -> Self {
+        self.config.retention = messages.max(1);
+        self
+    }
+
+    /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
+    /// message is always kept), the other bound of the [`retention`](Self::retention). A
+    /// stream that reaches it is trimmed 1/64 below it, so that it is not trimmed again at
+    /// every message.
+    /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
+    /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
+    pub fn retention_bytes(mut self, bytes: usize) -> Self {
+        self.config.retention_bytes = bytes.max(1);
+        self
+    }
+
+    /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
+    /// own, for clients that resume from further back than a process's history: its last
+    /// `messages` (trimmed in batches, like the topic's [`retention`](Self::retention)),
+    /// within `bytes` (the newest always kept; trimmed like
+    /// [`retention_bytes`](Self::retention_bytes)), for `ttl` after its last message. A room's history is its own: a busy room does not push a quiet one's out,
+    /// and a resume reads only its room's messages. It costs Redis a second copy of every
+    /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
+    /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
+    /// none (resumes then read the topic's stream, shared by all its rooms).
+    pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
+        self.config.room_retention = messages;
+        self.config.room_retention_bytes = bytes.max(1);
+        self.config.room_history_ttl = ttl.max(MIN_WAIT);
+        self
+    }
+
+    /// In lossless mode, what each process keeps of what it published lately, over all
+    /// topics, to publish again if Redis loses it (a restart without its data, a
+    /// failover, a flush): the newest `messages`, within `bytes`. It needs to cover what
+    /// the other processes may not have read yet when Redis loses it: a few seconds of
+    /// this process's publications. Default 10,000 messages, 8 MiB.
+    pub fn republish_window(mut self, messages: usize, bytes: usize) -> Self {
+        self.config.republish_messages = messages;
+        self.config.republish_bytes = bytes;
+        self
+    }
+
+    /// The wait before reconnecting: `min` after the first failure, doubling up to `max`,
+    /// with jitter. Default 100 ms to 3 s; at least 1 ms.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        // Never zero: a zero wait would retry a dead server in a busy loop.
+        self.config.reconnect_min = min.max(MIN_WAIT);
+        self.config.reconnect_max = max.max(self.config.reconnect_min);
+        self
+    }
+
+    /// How long connecting may take. Default 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long Redis may take to answer a publish, subscribe or ping before the connection
+    /// is considered lost. Default 3 s.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config.response_timeout = timeout;
+        self
+    }
+
+    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s;
+    /// at least 1 ms.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval.max(MIN_WAIT);
+        self
+    }
+}
+
+/// A [`RedisBackplane`]'s settings, read back with [`RedisBackplane::config`]. They are
+/// chosen with [`RedisBuilder`], which documents each one and its default.
+///
+/// ```
+/// use websocket_handler::backplane::RedisBackplane;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = RedisBackplane::new("redis://127.0.0.1:6379")?;
+/// assert_eq!(redis.config().url(), "redis://127.0.0.1:6379");
+/// assert!(redis.config().lossless());
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    url: String,
+    url: SecretUrl,
     channel_prefix: String,
     max_pending: usize,
     max_pending_bytes: usize,
@@ -50,11 +226,10 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Settings for the Redis server at `url` (`redis://host:port/db`, with an optional
-    /// `user:password@`), with the defaults below.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// The defaults (see [`RedisBuilder`]) for the Redis server at `url`.
+    fn defaults(url: String) -> Self {
         RedisConfig {
-            url: url.into(),
+            url: SecretUrl(url),
             channel_prefix: "websocket-handler:".into(),
             max_pending: 10_000,
             max_pending_bytes: 64 << 20,
@@ -74,128 +249,123 @@ impl RedisConfig {
         }
     }
 
-    /// Prepended to each topic to make its Redis channel name, so that several applications
-    /// can share one Redis. Default `websocket-handler:`.
-    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.channel_prefix = prefix.into();
-        self
+    /// The Redis URL, as given to [`RedisBuilder::new`]. (`Debug` shows it without its
+    /// password, as the backplane's logs and errors do.)
+    pub fn url(&self) -> &str {
+        &self.url.0
     }
 
-    /// Messages held for publishing while Redis is unreachable or slow; beyond this, the
-    /// oldest are dropped (and counted in [`RedisStats::dropped`]). Default 10,000.
-    pub fn max_pending(mut self, messages: usize) -> Self {
-        self.max_pending = messages.max(1);
-        self
-    }
-
-    /// Bytes of messages held for publishing, the other bound of the same queue: beyond
-    /// it, the oldest are dropped (and counted). Default 64 MiB.
-    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
-        self.max_pending_bytes = bytes.max(1);
-        self
-    }
-
-    /// The lossless mode (the default): each topic is a Redis stream that every process
-    /// reads from where it left off. Every process delivers every message of a topic
-    /// exactly once, in one order, with its position, through dropped and killed
-    /// connections and a Redis restart, within the [`retention`](Self::retention); and
-    /// clients can resume on any process (see [`History`](crate::History)). The backplane
-    /// is *ordered* ([`Backplane::ordered`]): a process delivers its own broadcasts when
-    /// they come back from Redis, a round trip later, and none while Redis is down.
-    ///
-    /// `false`: a pub/sub channel per topic. Cheaper for Redis, and a broadcast reaches
-    /// the process's own clients at once, Redis or not; but what is published while a
-    /// process is not subscribed (its connection dropped, Redis restarting) never reaches
-    /// it, and positions are per process.
-    pub fn lossless(mut self, on: bool) -> Self {
-        self.lossless = on;
-        self
-    }
-
-    /// In lossless mode, how many messages each topic's stream keeps (about, as `MAXLEN ~`
-    /// would: it is trimmed back to this in batches, once it holds 1/16 more, 100 at most):
-    /// how far back a process that was away, or a client that resumes, can catch up.
-    /// Default 10,000; at least 1.
-    pub fn retention(mut self, messages: usize) -> Self {
-        self.retention = messages.max(1);
-        self
-    }
-
-    /// In lossless mode, the payload bytes each topic's stream keeps at most (the newest
-    /// message is always kept), the other bound of the [`retention`](Self::retention). A
-    /// stream that reaches it is trimmed 1/64 below it, so that it is not trimmed again at
-    /// every message.
-    /// Redis holds more than the payload: about 2x for messages of 64 B, 1.26x at 4 KiB,
-    /// 1.07x at 60 KiB (`bench/redis_scale.py`). Default 16 MiB; at least 1.
-    pub fn retention_bytes(mut self, bytes: usize) -> Self {
-        self.retention_bytes = bytes.max(1);
-        self
-    }
-
-    /// In lossless mode, what each room of a [`Rooms`](crate::Rooms) keeps in Redis of its
-    /// own, for clients that resume from further back than a process's history: its last
-    /// `messages` (trimmed in batches, like the topic's [`retention`](Self::retention)),
-    /// within `bytes` (the newest always kept; trimmed like
-    /// [`retention_bytes`](Self::retention_bytes)), for `ttl` after its last message. A room's history is its own: a busy room does not push a quiet one's out,
-    /// and a resume reads only its room's messages. It costs Redis a second copy of every
-    /// room's recent messages, and about 4.4 KB per room that spoke within `ttl`, however
-    /// little it holds (a stream's first node). Default 1,000 messages, 1 MiB, 24 hours; 0 messages keeps
-    /// none (resumes then read the topic's stream, shared by all its rooms).
-    pub fn room_retention(mut self, messages: usize, bytes: usize, ttl: Duration) -> Self {
-        self.room_retention = messages;
-        self.room_retention_bytes = bytes.max(1);
-        self.room_history_ttl = ttl.max(MIN_WAIT);
-        self
-    }
-
-    /// In lossless mode, what each process keeps of what it published lately, over all
-    /// topics, to publish again if Redis loses it (a restart without its data, a
-    /// failover, a flush): the newest `messages`, within `bytes`. It needs to cover what
-    /// the other processes may not have read yet when Redis loses it: a few seconds of
-    /// this process's publications. Default 10,000 messages, 8 MiB.
-    pub fn republish_window(mut self, messages: usize, bytes: usize) -> Self {
-        self.republish_messages = messages;
-        self.republish_bytes = bytes;
-        self
-    }
-
-    /// The wait before reconnecting: `min` after the first failure, doubling up to `max`,
-    /// with jitter. Default 100 ms to 3 s; at least 1 ms.
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        // Never zero: a zero wait would retry a dead server in a busy loop.
-        self.reconnect_min = min.max(MIN_WAIT);
-        self.reconnect_max = max.max(self.reconnect_min);
-        self
-    }
-
-    /// How long connecting may take. Default 2 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long Redis may take to answer a publish, subscribe or ping before the connection
-    /// is considered lost. Default 3 s.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// How often an idle subscription is pinged, to notice a dead connection. Default 5 s;
-    /// at least 1 ms.
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval.max(MIN_WAIT);
-        self
-    }
-
-    /// The Redis URL.
-    pub fn get_url(&self) -> &str {
-        &self.url
-    }
-
-    /// The channel prefix.
-    pub fn get_channel_prefix(&self) -> &str {
+    /// [`RedisBuilder::channel_prefix`].
+    pub fn channel_prefix(&self) -> &str {
         &self.channel_prefix
+    }
+
+    /// [`RedisBuilder::max_pending`].
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// [`RedisBuilder::max_pending_bytes`].
+    pub fn max_pending_bytes(&self) -> usize {
+        self.max_pending_bytes
+    }
+
+    /// [`RedisBuilder::lossless`].
+    pub fn lossless(&self) -> bool {
+        self.lossless
+    }
+
+    /// [`RedisBuilder::retention`].
+    pub fn retention(&self) -> usize {
+        self.retention
+    }
+
+    /// [`RedisBuilder::retention_bytes`].
+    pub fn retention_bytes(&self) -> usize {
+        self.retention_bytes
+    }
+
+    /// [`RedisBuilder::room_retention`]: messages, bytes and time to live.
+    pub fn room_retention(&self) -> (usize, usize, Duration) {
+        (
+            self.room_retention,
+            self.room_retention_bytes,
+            self.room_history_ttl,
+        )
+    }
+
+    /// [`RedisBuilder::republish_window`]: messages and bytes.
+    pub fn republish_window(&self) -> (usize, usize) {
+        (self.republish_messages, self.republish_bytes)
+    }
+
+    /// [`RedisBuilder::reconnect_backoff`]: the shortest and the longest wait.
+    pub fn reconnect_backoff(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
+    }
+
+    /// [`RedisBuilder::connect_timeout`].
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// [`RedisBuilder::response_timeout`].
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// [`RedisBuilder::ping_interval`].
+    pub fn ping_interval(&self) -> Duration {
+        self.ping_interval
+    }
+}
+
+/// A Redis URL, which may hold a password: shown without it (`Debug`, `Display`), so that
+/// logs and errors do not carry it.
+#[derive(Clone)]
+struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its password, if any, replaced by `***`: in the user information
+    /// (`redis://user:password@host`) or a `pass` query parameter (`redis+unix://`).
+    fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if let Some((scheme, rest)) = self.0.split_once("://") {
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let password = authority.rfind('@').and_then(|at| {
+                let colon = authority[..at].find(':')?;
+                Some((&authority[..colon], &rest[at..]))
+            });
+            if let Some((user, after)) = password {
+                url = format!("{scheme}://{user}:***{after}");
+            }
+        }
+        if let Some((head, query)) = url.split_once('?') {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|param| {
+                    if param.starts_with("pass=") {
+                        "pass=***"
+                    } else {
+                        param
+                    }
+                })
+                .collect();
+            url = format!("{head}?{}", params.join("&"));
+        }
+        url
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.redacted(), f)
     }
 }
 
@@ -242,7 +412,8 @@ pub struct RedisStats {
     pub pending_bytes: usize,
 }
 
-/// A [`Backplane`] over Redis pub/sub.
+/// A [`Backplane`] over Redis: a stream per topic (lossless, the default) or a pub/sub
+/// channel.
 ///
 /// Cheap to clone; clones share one Redis connection (RESP3, so Redis 6 or newer, for
 /// publishing and subscriptions alike) and one background task, which ends when the last
@@ -250,14 +421,14 @@ pub struct RedisStats {
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.
-/// - **Loses nothing** (lossless mode, the default: see [`RedisConfig::lossless`]). Each
+/// - **Loses nothing** (lossless mode, the default: see [`RedisBuilder::lossless`]). Each
 ///   topic is a Redis stream; every process reads it from where it left off, so every
 ///   process delivers every message once and in one order, through dropped connections
-///   and Redis restarts, within the [`retention`](RedisConfig::retention). Beyond it, what
+///   and Redis restarts, within the [`retention`](RedisBuilder::retention). Beyond it, what
 ///   was trimmed unread is counted ([`RedisStats::missed`]) and logged.
 /// - **Survives Redis going away.** The task reconnects by itself with backoff, reads (or
 ///   resubscribes) again, and then publishes what queued up meanwhile (up to
-///   [`max_pending`](RedisConfig::max_pending)). In pub/sub mode local broadcasts work
+///   [`max_pending`](RedisBuilder::max_pending)). In pub/sub mode local broadcasts work
 ///   throughout, and messages published while a process's subscription was down do not
 ///   reach it: Redis pub/sub does not store them. Losses are counted in
 ///   [`stats`](Self::stats) and logged with `tracing` (a full queue once per outage).
@@ -265,7 +436,7 @@ pub struct RedisStats {
 ///   what is still queued (for a second at most), closes its connections, and the state
 ///   becomes [`Stopped`](BackplaneState::Stopped).
 /// - **Bounded.** What waits to be published is bounded in messages and bytes
-///   ([`max_pending`](RedisConfig::max_pending), [`max_pending_bytes`](RedisConfig::max_pending_bytes));
+///   ([`max_pending`](RedisBuilder::max_pending), [`max_pending_bytes`](RedisBuilder::max_pending_bytes));
 ///   what other servers publish is delivered to the local connections as the connection
 ///   reads it, so nothing queues up in between, however slow a publish is.
 /// - **Refusals are not outages.** An error reply from Redis that can never succeed (an
@@ -277,15 +448,15 @@ pub struct RedisStats {
 ///   (a demoted primary) and a lost connection reconnect.
 /// - **Told when Redis forgets** (lossless mode): a restart, a failover, a flush or an
 ///   eviction gives the topic a new epoch, counted in [`RedisStats::history_resets`];
-///   see [`RedisConfig::lossless`].
+///   see [`RedisBuilder::lossless`].
 /// - **Observable.** [`state`](Self::state) and [`state_changes`](Self::state_changes).
 ///
 /// ```no_run
-/// use websocket_handler::backplane::{RedisBackplane, RedisConfig};
+/// use websocket_handler::backplane::RedisBackplane;
 /// use websocket_handler::WebSocketCollection;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let redis = RedisBackplane::new(RedisConfig::new("redis://127.0.0.1:6379"))?;
+/// let redis = RedisBackplane::new("redis://127.0.0.1:6379")?;
 /// let room = WebSocketCollection::with_backplane("chat", redis.clone());
 /// // Every process running this reaches every client in "chat".
 /// room.broadcast("hello from one of many servers");
@@ -339,7 +510,7 @@ struct Shared {
 const HISTORY_READS: usize = 4;
 
 /// Lossless mode: the envelopes this process published lately, over all topics, newest
-/// last, within [`RedisConfig::republish_window`]; and the epoch each topic's went into.
+/// last, within [`RedisBuilder::republish_window`]; and the epoch each topic's went into.
 /// Published again if Redis loses them.
 #[derive(Default)]
 struct Recent {
@@ -457,35 +628,52 @@ impl Drop for Owner {
 }
 
 /// Why a Redis backplane could not be created.
-#[derive(Debug, thiserror::Error)]
+///
+/// Plain data, so that the Redis client the backplane uses can change without changing
+/// this type: what the client said is kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisBackplaneError {
-    /// The URL is not a valid Redis URL.
-    #[error("invalid Redis URL `{url}`: {source}")]
+    /// The URL is not one the Redis client can connect to: not `redis://` (or another
+    /// scheme it knows), or a host, port or database number that does not parse.
+    #[error("invalid Redis URL `{url}`: {reason}")]
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, its password (if any) replaced by `***`.
         url: String,
-        /// What the Redis client said.
-        source: redis::RedisError,
+        /// What is wrong with it, as the Redis client said.
+        reason: String,
     },
-    /// Called outside a tokio runtime, where the background task cannot run.
-    #[error("RedisBackplane::new must be called within a tokio runtime")]
+    /// Built outside a tokio runtime, where the background task cannot run.
+    #[error("a RedisBackplane must be built within a tokio runtime")]
     NoRuntime,
 }
 
 impl RedisBackplane {
-    /// Starts connecting to Redis in the background and returns at once: broadcasts work
-    /// before (and whether or not) Redis is reachable.
+    /// A backplane on the Redis server at `url` (`redis://host:port/db`, with an optional
+    /// `user:password@`), with the default settings (see [`RedisBuilder`]). It starts
+    /// connecting in the background and returns at once: broadcasts work before (and
+    /// whether or not) Redis is reachable.
     ///
     /// # Errors
     ///
     /// If the URL is invalid, or there is no tokio runtime to run the background task on.
-    pub fn new(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
-        let invalid = |source| RedisBackplaneError::InvalidUrl {
-            url: config.url.clone(),
-            source,
+    pub fn new(url: impl Into<String>) -> Result<Self, RedisBackplaneError> {
+        RedisBuilder::new(url).build()
+    }
+
+    /// A builder, to choose the settings.
+    pub fn builder(url: impl Into<String>) -> RedisBuilder {
+        RedisBuilder::new(url)
+    }
+
+    /// What [`RedisBuilder::build`] does.
+    fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
+        // The client's error as text: its type stays out of the public API.
+        let invalid = |error: redis::RedisError| RedisBackplaneError::InvalidUrl {
+            url: config.url.to_string(),
+            reason: error.to_string(),
         };
-        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
+        let client = redis::Client::open(config.url.0.as_str()).map_err(invalid)?;
         // RESP3, whatever the URL says: subscriptions and commands share one connection, and
         // what Redis pushes is handed to us as it is read (see `serve`).
         let info = client.get_connection_info().clone();
@@ -567,12 +755,13 @@ impl RedisBackplane {
         }
     }
 
-    /// The settings.
+    /// The settings the backplane was built with.
     pub fn config(&self) -> &RedisConfig {
         &self.shared.config
     }
 }
 
+#[async_trait::async_trait]
 impl Backplane for RedisBackplane {
     fn publish(&self, topic: &str, envelope: Bytes) {
         let shared = &self.shared;
@@ -609,19 +798,19 @@ impl Backplane for RedisBackplane {
         self.shared.config.lossless
     }
 
-    fn missed(
+    async fn missed(
         &self,
         topic: &str,
         room: Option<&str>,
         after: Position,
         max_bytes: usize,
-    ) -> MissedEnvelopes {
+    ) -> Result<MissedPage, ResumeError> {
         if !self.shared.config.lossless {
-            return super::no_history();
+            return Err(ResumeError::NoHistory);
         }
         let channel = format!("{}{topic}", self.shared.config.channel_prefix);
         let room = room.filter(|_| self.shared.config.room_retention > 0);
-        streams::missed(&self.shared, channel, room, after, max_bytes)
+        streams::missed(&self.shared, channel, room, after, max_bytes).await
     }
 }
 
@@ -1063,15 +1252,16 @@ fn jitter(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{jitter, Pending, Recent, RedisConfig};
+    use super::{jitter, Pending, Recent, RedisBuilder};
     use bytes::Bytes;
     use std::time::Duration;
 
     #[test]
     fn the_pending_queue_is_bounded_in_messages_and_in_bytes() {
-        let config = RedisConfig::new("redis://127.0.0.1")
+        let config = RedisBuilder::new("redis://127.0.0.1")
             .max_pending(3)
-            .max_pending_bytes(100);
+            .max_pending_bytes(100)
+            .config;
         let mut pending = Pending::default();
         let item = |len: usize| ("c".to_owned(), Bytes::from(vec![0u8; len]));
         for _ in 0..5 {
@@ -1095,7 +1285,9 @@ mod tests {
 
     #[test]
     fn what_is_kept_to_publish_again_is_bounded_over_all_topics() {
-        let config = RedisConfig::new("redis://127.0.0.1").republish_window(3, 100);
+        let config = RedisBuilder::new("redis://127.0.0.1")
+            .republish_window(3, 100)
+            .config;
         let mut recent = Recent::default();
         let envelope = |len: usize| Bytes::from(vec![0u8; len]);
         for channel in ["a", "b", "a", "b", "a"] {
@@ -1124,12 +1316,36 @@ mod tests {
 
     #[test]
     fn waits_are_never_zero() {
-        let config = super::RedisConfig::new("redis://127.0.0.1")
+        let config = RedisBuilder::new("redis://127.0.0.1")
             .ping_interval(Duration::ZERO)
-            .reconnect_backoff(Duration::ZERO, Duration::ZERO);
+            .reconnect_backoff(Duration::ZERO, Duration::ZERO)
+            .config;
         assert!(config.ping_interval > Duration::ZERO);
         assert!(config.reconnect_min > Duration::ZERO);
         assert!(config.reconnect_max >= config.reconnect_min);
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        let shown = |url: &str| super::SecretUrl(url.to_owned()).to_string();
+        assert_eq!(
+            shown("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(shown("redis://ann@host"), "redis://ann@host", "no password");
+        assert_eq!(shown("redis://:s3cret@host:6379"), "redis://:***@host:6379");
+        assert_eq!(
+            shown("rediss://ann:s3cret@host/2"),
+            "rediss://ann:***@host/2"
+        );
+        assert_eq!(
+            shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(shown("not a url"), "not a url");
+        let config = RedisBuilder::new("redis://ann:s3cret@host").config;
+        assert!(!format!("{config:?}").contains("s3cret"), "{config:?}");
+        assert_eq!(config.url(), "redis://ann:s3cret@host");
     }
 
     #[test]

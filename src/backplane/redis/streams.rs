@@ -39,7 +39,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{classify, Failure, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
-use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedEnvelopes, MissedPage};
+use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
 
 /// What both scripts share, as Lua functions; KEYS as [`Keys::all`] (then, for a room,
@@ -1287,115 +1287,112 @@ fn new_epoch() -> String {
 /// still kept: from the room's own stream for a room, else from the topic's. Read a few
 /// entries at a time, so that what one resume holds stays near `max_bytes` whatever the
 /// size of the messages.
-pub(super) fn missed(
-    shared: &Arc<Shared>,
+pub(super) async fn missed(
+    shared: &Shared,
     channel: String,
     room: Option<&str>,
     after: Position,
     max_bytes: usize,
-) -> MissedEnvelopes {
+) -> Result<MissedPage, ResumeError> {
     let conn = lock(&shared.connection).clone();
-    let shared = shared.clone();
     let room = room.map(|room| room_keys(&channel, Some(room.as_bytes())));
-    Box::pin(async move {
-        let Some(mut conn) = conn else {
-            return Err(ResumeError::Unavailable);
+    let Some(mut conn) = conn else {
+        return Err(ResumeError::Unavailable);
+    };
+    let _turn = shared
+        .history_reads
+        .acquire()
+        .await
+        .map_err(|_| ResumeError::Unavailable)?;
+    let keys = keys(&channel);
+    let unavailable = |_| ResumeError::Unavailable;
+    let (epoch, last): (Option<u64>, Option<u64>) = redis::pipe()
+        .get(&keys.epoch)
+        .get(&keys.offset)
+        .query_async(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    let last = last.unwrap_or(0);
+    if epoch != Some(after.epoch()) || after.offset() > last {
+        return Err(ResumeError::OtherEpoch {
+            asked: after,
+            current: epoch.unwrap_or(0),
+        });
+    }
+    let stream = match &room {
+        Some(room) => room.stream.clone(),
+        None => keys.stream.clone().into_bytes(),
+    };
+    let mut envelopes: Vec<(Position, Bytes)> = Vec::new();
+    let mut bytes = 0;
+    let mut through = after.offset();
+    // Entries per read: a few at first, then as many as the page has room for at the
+    // size seen so far.
+    let mut count = 16;
+    while through < last && (envelopes.is_empty() || bytes < max_bytes) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("{}-0", through + 1))
+            .arg(format!("{last}-0"))
+            .arg("COUNT")
+            .arg(count);
+        if let Some(room) = &room {
+            pipe.hget(&room.meta, "f");
+        }
+        let (reply, floor): (Value, Option<String>) = if room.is_some() {
+            pipe.query_async(&mut conn).await.map_err(unavailable)?
+        } else {
+            let (reply,): (Value,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            (reply, None)
         };
-        let _turn = shared
-            .history_reads
-            .acquire()
-            .await
-            .map_err(|_| ResumeError::Unavailable)?;
-        let keys = keys(&channel);
-        let unavailable = |_| ResumeError::Unavailable;
-        let (epoch, last): (Option<u64>, Option<u64>) = redis::pipe()
-            .get(&keys.epoch)
-            .get(&keys.offset)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let last = last.unwrap_or(0);
-        if epoch != Some(after.epoch()) || after.offset() > last {
-            return Err(ResumeError::OtherEpoch {
+        let entries = parse_entries(reply);
+        let complete = match room {
+            // A room's offsets are sparse: what is missing is what was trimmed.
+            Some(_) => {
+                let floor = floor
+                    .and_then(|floor| floor.split_once('-').and_then(|(n, _)| n.parse().ok()))
+                    .unwrap_or(0);
+                floor <= through
+            }
+            // The topic's are contiguous: a hole is what was trimmed.
+            None => entries
+                .first()
+                .is_some_and(|(first, _, _)| *first == through + 1),
+        };
+        if !complete {
+            return Err(ResumeError::TooOld {
                 asked: after,
-                current: epoch.unwrap_or(0),
+                oldest: entries
+                    .first()
+                    .map(|(offset, _, _)| Position::new(after.epoch(), *offset)),
             });
         }
-        let stream = match &room {
-            Some(room) => room.stream.clone(),
-            None => keys.stream.clone().into_bytes(),
-        };
-        let mut envelopes: Vec<(Position, Bytes)> = Vec::new();
-        let mut bytes = 0;
-        let mut through = after.offset();
-        // Entries per read: a few at first, then as many as the page has room for at the
-        // size seen so far.
-        let mut count = 16;
-        while through < last && (envelopes.is_empty() || bytes < max_bytes) {
-            let mut pipe = redis::pipe();
-            pipe.cmd("XRANGE")
-                .arg(&stream)
-                .arg(format!("{}-0", through + 1))
-                .arg(format!("{last}-0"))
-                .arg("COUNT")
-                .arg(count);
-            if let Some(room) = &room {
-                pipe.hget(&room.meta, "f");
-            }
-            let (reply, floor): (Value, Option<String>) = if room.is_some() {
-                pipe.query_async(&mut conn).await.map_err(unavailable)?
-            } else {
-                let (reply,): (Value,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-                (reply, None)
-            };
-            let entries = parse_entries(reply);
-            let complete = match room {
-                // A room's offsets are sparse: what is missing is what was trimmed.
-                Some(_) => {
-                    let floor = floor
-                        .and_then(|floor| floor.split_once('-').and_then(|(n, _)| n.parse().ok()))
-                        .unwrap_or(0);
-                    floor <= through
-                }
-                // The topic's are contiguous: a hole is what was trimmed.
-                None => entries
-                    .first()
-                    .is_some_and(|(first, _, _)| *first == through + 1),
-            };
-            if !complete {
-                return Err(ResumeError::TooOld {
+        let whole = entries.len() < count;
+        for (offset, epoch, envelope) in entries {
+            if epoch.is_some_and(|epoch| epoch != after.epoch()) {
+                // Written in another epoch: the stream was lost or rewound meanwhile.
+                return Err(ResumeError::OtherEpoch {
                     asked: after,
-                    oldest: entries
-                        .first()
-                        .map(|(offset, _, _)| Position::new(after.epoch(), *offset)),
+                    current: epoch.unwrap_or(0),
                 });
             }
-            let whole = entries.len() < count;
-            for (offset, epoch, envelope) in entries {
-                if epoch.is_some_and(|epoch| epoch != after.epoch()) {
-                    // Written in another epoch: the stream was lost or rewound meanwhile.
-                    return Err(ResumeError::OtherEpoch {
-                        asked: after,
-                        current: epoch.unwrap_or(0),
-                    });
-                }
-                bytes += envelope.len();
-                through = offset;
-                envelopes.push((Position::new(after.epoch(), offset), envelope));
-            }
-            if whole {
-                // Nothing more up to `last` in this stream.
-                through = last;
-            }
-            let average = bytes / envelopes.len().max(1);
-            count = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 256);
+            bytes += envelope.len();
+            through = offset;
+            envelopes.push((Position::new(after.epoch(), offset), envelope));
         }
-        Ok(MissedPage::new(
-            envelopes,
-            Position::new(after.epoch(), through),
-            through >= last,
-        ))
-    })
+        if whole {
+            // Nothing more up to `last` in this stream.
+            through = last;
+        }
+        let average = bytes / envelopes.len().max(1);
+        count = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 256);
+    }
+    Ok(MissedPage::new(
+        envelopes,
+        Position::new(after.epoch(), through),
+        through >= last,
+    ))
 }
 
 #[cfg(test)]
