@@ -259,6 +259,15 @@ async fn an_out_of_memory_redis_delays_messages_and_drops_none() {
         }
     })
     .await;
+    // Connected, but not publishing: the state says so (a /health would answer 503).
+    let mut state = a.backplane.state_changes();
+    within("the state to say Retrying", async {
+        state
+            .wait_for(|state| *state == BackplaneState::Retrying)
+            .await
+            .expect("the backplane's task runs")
+    })
+    .await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
@@ -267,6 +276,13 @@ async fn an_out_of_memory_redis_delays_messages_and_drops_none() {
         .await
         .expect("CONFIG SET maxmemory 0");
     all_get(&mut listeners, "m", 50).await;
+    within("the state to say Connected again", async {
+        state
+            .wait_for(|state| *state == BackplaneState::Connected)
+            .await
+            .expect("the backplane's task runs")
+    })
+    .await;
     let stats = a.backplane.stats();
     assert_eq!((stats.refused, stats.dropped), (0, 0), "{stats:?}");
 }

@@ -10,6 +10,8 @@
 //! cargo run --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! # rooms across processes, through Redis (see README, "Scaling out"):
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
+//! # the same through Redis Sentinel, following failovers (scripts/redis-sentinel.sh starts one):
+//! cargo run --example chat --features redis -- --redis-sentinel redis://127.0.0.1:26010,redis://127.0.0.1:26011 --redis-master mymaster
 //! ```
 //!
 //! `--redis` shares the rooms losslessly (a Redis stream per room): every server delivers
@@ -25,7 +27,7 @@
 //!   In the chat, `/join ROOM` changes rooms and `/msg NAME text` writes to one user;
 //! - `/metrics`: the server's counters in the Prometheus text format;
 //! - `/health` answers 200 when the server can serve the whole chat (503 while its Redis
-//!   backplane is reconnecting).
+//!   backplane cannot publish: reconnecting, or Redis refusing writes for now).
 //!
 //! With `--redis`, the join and leave notices count the users on this server only.
 
@@ -103,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();
-    let (chat, backplane) = open_rooms(redis.as_deref(), lossless, announce)?;
+    let (chat, backplane) = open_rooms(redis.as_ref(), lossless, announce)?;
     let tls = match tls {
         Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
         None => None,
@@ -345,17 +347,21 @@ impl Backplane {
 
 /// The chat's rooms: local, or shared with other processes through Redis.
 fn open_rooms(
-    redis: Option<&str>,
+    redis: Option<&RedisAt>,
     lossless: bool,
     announce: bool,
 ) -> Result<(ChatRooms, Backplane), String> {
-    let Some(url) = redis else {
+    let Some(at) = redis else {
         return Ok((ChatRooms::new(announce), Backplane::default()));
     };
     #[cfg(feature = "redis")]
     {
-        use websocket_handler::backplane::RedisBackplane;
-        let redis = RedisBackplane::builder(url)
+        use websocket_handler::backplane::{RedisBackplane, RedisBuilder};
+        let builder = match at {
+            RedisAt::Url(url) => RedisBackplane::builder(url),
+            RedisAt::Sentinel { sentinels, master } => RedisBuilder::sentinel(sentinels, master),
+        };
+        let redis = builder
             .lossless(lossless)
             .build()
             .map_err(|e| e.to_string())?;
@@ -372,11 +378,12 @@ fn open_rooms(
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = (announce, lossless);
-        Err(format!(
-            "--redis {url}: this build has no Redis support; \
-             run with `cargo run --example chat --features redis -- --redis {url}`"
-        ))
+        let _ = (announce, lossless, at);
+        Err(
+            "--redis and --redis-sentinel: this build has no Redis support; \
+             run with `cargo run --example chat --features redis -- --redis URL`"
+                .to_owned(),
+        )
     }
 }
 
@@ -396,10 +403,21 @@ struct Args {
     /// `--tls-cert` and `--tls-key`.
     tls: Option<(PathBuf, PathBuf)>,
     announce: bool,
-    redis: Option<String>,
+    redis: Option<RedisAt>,
     /// `--redis` (streams) rather than `--redis-pubsub`.
     lossless: bool,
     trim: bool,
+}
+
+/// Where the Redis backplane is.
+enum RedisAt {
+    /// `--redis URL` or `--redis-pubsub URL`.
+    Url(String),
+    /// `--redis-sentinel URL[,URL...] --redis-master NAME`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -407,6 +425,7 @@ fn parse_args() -> Result<Args, String> {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut announce = true;
     let mut redis = None;
+    let (mut sentinels, mut master) = (None, None);
     let mut lossless = true;
     let mut trim = true;
     let (mut cert, mut key) = (None, None);
@@ -419,6 +438,11 @@ fn parse_args() -> Result<Args, String> {
                 redis = Some(args.next().ok_or("--redis-pubsub needs a URL")?);
                 lossless = false;
             }
+            "--redis-sentinel" => {
+                let list = args.next().ok_or("--redis-sentinel needs URL[,URL...]")?;
+                sentinels = Some(list.split(',').map(str::to_owned).collect::<Vec<_>>());
+            }
+            "--redis-master" => master = Some(args.next().ok_or("--redis-master needs a NAME")?),
             "--no-trim" => trim = false,
             "--tls-cert" => {
                 cert = Some(PathBuf::from(args.next().ok_or("--tls-cert needs a FILE")?))
@@ -427,7 +451,9 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: chat [--addr HOST:PORT] [--no-notices] [--no-trim]\n            \
-                     [--redis URL | --redis-pubsub URL] [--tls-cert FILE --tls-key FILE]\n  \
+                     [--redis URL | --redis-pubsub URL |\n             \
+                     --redis-sentinel URL[,URL...] --redis-master NAME]\n            \
+                     [--tls-cert FILE --tls-key FILE]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --tls-cert FILE, --tls-key FILE  serve HTTPS (PEM files), HTTP/2 and\n                \
                      HTTP/1.1 on one port, WebSockets over either\n  \
@@ -437,7 +463,10 @@ fn parse_args() -> Result<Args, String> {
                      --redis URL   share the rooms with other servers through Redis, losslessly\n                \
                      (redis://127.0.0.1:6379; needs --features redis)\n  \
                      --redis-pubsub URL  the same through plain pub/sub: cheaper, but a server\n                \
-                     that is not subscribed (Redis restarting) misses messages"
+                     that is not subscribed (Redis restarting) misses messages\n  \
+                     --redis-sentinel URL[,URL...]  losslessly, through the primary that these\n                \
+                     Redis Sentinels name (redis://127.0.0.1:26379,redis://...), following\n                \
+                     failovers; with --redis-master NAME, the master name they watch"
                 );
                 std::process::exit(0);
             }
@@ -451,6 +480,15 @@ fn parse_args() -> Result<Args, String> {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    let redis = match (redis, sentinels, master) {
+        (Some(url), None, None) => Some(RedisAt::Url(url)),
+        (None, Some(sentinels), Some(master)) => Some(RedisAt::Sentinel { sentinels, master }),
+        (None, None, None) => None,
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            return Err("--redis-sentinel and --redis-master go together".into())
+        }
+        (Some(_), _, _) => return Err("--redis and --redis-sentinel exclude each other".into()),
     };
     Ok(Args {
         addr,

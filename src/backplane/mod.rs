@@ -234,6 +234,10 @@ pub enum BackplaneState {
     /// The connection was lost; retrying with backoff. Local broadcasts keep working, and
     /// publications wait in a bounded queue.
     Reconnecting,
+    /// Connected, but the server refuses publications for now (busy, loading, out of
+    /// memory, its replicas gone...): they wait in the bounded queue and are retried in
+    /// order with backoff. Nothing is lost, and nothing moves between processes either.
+    Retrying,
     /// The backplane's task has ended: its last handle (and collection) was dropped, after
     /// publishing what was queued (for a second at most). Nothing is carried any more.
     Stopped,

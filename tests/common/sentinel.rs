@@ -51,27 +51,30 @@ impl Sentinels {
         }
         set.wait_until_replicated(set.nodes[1].port).await;
         // Every sentinel knows the replica and the two other sentinels.
-        set.wait_for("the sentinels to know each other and the replica", |set| async move {
-            for (_, port) in &set.sentinels {
-                let mut admin = admin(*port).await;
-                let others: Vec<redis::Value> = redis::cmd("SENTINEL")
-                    .arg("sentinels")
-                    .arg(MASTER)
-                    .query_async(&mut admin)
-                    .await
-                    .unwrap_or_default();
-                let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
-                    .arg("replicas")
-                    .arg(MASTER)
-                    .query_async(&mut admin)
-                    .await
-                    .unwrap_or_default();
-                if others.len() < 2 || replicas.is_empty() {
-                    return false;
+        set.wait_for(
+            "the sentinels to know each other and the replica",
+            |set| async move {
+                for (_, port) in &set.sentinels {
+                    let mut admin = admin(*port).await;
+                    let others: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("sentinels")
+                        .arg(MASTER)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap_or_default();
+                    let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                        .arg("replicas")
+                        .arg(MASTER)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap_or_default();
+                    if others.len() < 2 || replicas.is_empty() {
+                        return false;
+                    }
                 }
-            }
-            true
-        })
+                true
+            },
+        )
         .await;
         Some(set)
     }
@@ -124,18 +127,21 @@ impl Sentinels {
 
     /// Waits until the sentinels name a primary other than `old`, and it says it is one.
     pub async fn wait_for_failover(&self, old: u16) -> u16 {
-        self.wait_for("the sentinels to promote another primary", |set| async move {
-            let port = set.primary().await;
-            if port == old {
-                return false;
-            }
-            let mut admin = admin(port).await;
-            let role: Vec<redis::Value> = redis::cmd("ROLE")
-                .query_async(&mut admin)
-                .await
-                .unwrap_or_default();
-            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
-        })
+        self.wait_for(
+            "the sentinels to promote another primary",
+            |set| async move {
+                let port = set.primary().await;
+                if port == old {
+                    return false;
+                }
+                let mut admin = admin(port).await;
+                let role: Vec<redis::Value> = redis::cmd("ROLE")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap_or_default();
+                matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+            },
+        )
         .await;
         self.primary().await
     }
@@ -230,7 +236,11 @@ fn node_args(port: u16, replica_of: Option<u16>) -> Vec<String> {
     .map(str::to_owned)
     .into();
     if let Some(primary) = replica_of {
-        args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), primary.to_string()]);
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.to_string(),
+        ]);
     }
     args
 }
@@ -238,7 +248,9 @@ fn node_args(port: u16, replica_of: Option<u16>) -> Vec<String> {
 async fn start_node(replica_of: Option<u16>) -> Node {
     for _ in 0..5 {
         let port = free_port();
-        if let Some(child) = spawn_until(&node_args(port, replica_of), "Ready to accept connections").await {
+        if let Some(child) =
+            spawn_until(&node_args(port, replica_of), "Ready to accept connections").await
+        {
             return Node {
                 child: Some(child),
                 port,

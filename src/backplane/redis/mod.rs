@@ -11,6 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 use tokio::sync::{watch, Notify};
 
+mod servers;
 mod streams;
 
 use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedPage};
@@ -64,6 +65,41 @@ impl RedisBuilder {
         RedisBuilder {
             config: RedisConfig::defaults(url.into()),
         }
+    }
+
+    /// Settings for the primary that Redis Sentinel names for `master`: the sentinels at
+    /// `sentinels` (`redis://host:port` each, with an optional `user:password@` for the
+    /// sentinels themselves) are asked, in turn, on every connect, and the server they
+    /// name is used only once it says it is a primary (`ROLE`), so a failover is followed
+    /// and a demoted primary (which answers writes with `READONLY`) is left at once. The
+    /// primary is reached with the database number and credentials of the first sentinel
+    /// URL, so give credentials there only if the sentinels accept the same ones. At least
+    /// one URL is needed.
+    ///
+    /// What a failover does to the lossless mode's promises: Redis replicates
+    /// asynchronously, so a new primary may lack the last writes its predecessor
+    /// acknowledged. Positions are bound to one Redis run, so a failover always starts a
+    /// new epoch (every process counts a history reset, clients are told through
+    /// [`History::lost_notice`](crate::History::lost_notice), and positions from before
+    /// resume as `OtherEpoch`); what was published lately is published again in the new
+    /// epoch and delivered once (each process skips what it already delivered), so live
+    /// clients lose nothing and get nothing twice.
+    pub fn sentinel<I, S>(sentinels: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let sentinels: Vec<SecretUrl> = sentinels
+            .into_iter()
+            .map(|url| SecretUrl(url.into()))
+            .collect();
+        let first = sentinels
+            .first()
+            .map(|url| url.0.clone())
+            .unwrap_or_default();
+        let mut config = RedisConfig::defaults(first);
+        config.sentinel = Some((sentinels, master.into()));
+        RedisBuilder { config }
     }
 
     /// The backplane, with these settings: see [`RedisBackplane::new`].
@@ -223,6 +259,8 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     response_timeout: Duration,
     ping_interval: Duration,
+    /// Through Sentinel: the sentinels and the master name.
+    sentinel: Option<(Vec<SecretUrl>, String)>,
 }
 
 impl RedisConfig {
@@ -246,10 +284,29 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(3),
             ping_interval: Duration::from_secs(5),
+            sentinel: None,
         }
     }
 
-    /// The Redis URL, as given to [`RedisBuilder::new`]. (`Debug` shows it without its
+    /// With [`RedisBuilder::sentinel`]: the sentinels' URLs and the master name.
+    pub fn sentinel(&self) -> Option<(Vec<&str>, &str)> {
+        let (sentinels, master) = self.sentinel.as_ref()?;
+        Some((sentinels.iter().map(|url| url.0.as_str()).collect(), master))
+    }
+
+    /// What logs name: the URL, or the master and its sentinels (passwords hidden).
+    fn target(&self) -> String {
+        match &self.sentinel {
+            None => self.url.to_string(),
+            Some((sentinels, master)) => {
+                let sentinels: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
+                format!("{master} through sentinels {}", sentinels.join(","))
+            }
+        }
+    }
+
+    /// The Redis URL, as given to [`RedisBuilder::new`] (through Sentinel, the first
+    /// sentinel's). (`Debug` shows it without its
     /// password, as the backplane's logs and errors do.)
     pub fn url(&self) -> &str {
         &self.url.0
@@ -643,6 +700,9 @@ pub enum RedisBackplaneError {
         /// What is wrong with it, as the Redis client said.
         reason: String,
     },
+    /// [`RedisBuilder::sentinel`] was given no sentinel URL.
+    #[error("a Redis backplane through Sentinel needs at least one sentinel URL")]
+    NoSentinels,
     /// Built outside a tokio runtime, where the background task cannot run.
     #[error("a RedisBackplane must be built within a tokio runtime")]
     NoRuntime,
@@ -666,6 +726,27 @@ impl RedisBackplane {
         RedisBuilder::new(url)
     }
 
+    /// A builder for the primary that Redis Sentinel names for `master`, following
+    /// failovers: see [`RedisBuilder::sentinel`].
+    ///
+    /// ```no_run
+    /// use websocket_handler::backplane::RedisBackplane;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sentinels = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"];
+    /// let redis = RedisBackplane::sentinel(sentinels, "mymaster").build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn sentinel<I, S>(sentinels: I, master: impl Into<String>) -> RedisBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBuilder::sentinel(sentinels, master)
+    }
+
     /// What [`RedisBuilder::build`] does.
     fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
         // The client's error as text: its type stays out of the public API.
@@ -681,7 +762,32 @@ impl RedisBackplane {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
+        let node = info.set_redis_settings(resp3);
+        let servers = match &config.sentinel {
+            None => servers::Servers::One(redis::Client::open(node).map_err(invalid)?),
+            Some((sentinels, _)) if sentinels.is_empty() => {
+                return Err(RedisBackplaneError::NoSentinels)
+            }
+            Some((sentinels, master)) => {
+                let sentinels = sentinels
+                    .iter()
+                    .map(|url| {
+                        redis::Client::open(url.0.as_str()).map_err(|error| {
+                            RedisBackplaneError::InvalidUrl {
+                                url: url.to_string(),
+                                reason: error.to_string(),
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                servers::Servers::Sentinel {
+                    sentinels,
+                    master: master.clone(),
+                    node,
+                    first: std::sync::atomic::AtomicUsize::new(0),
+                }
+            }
+        };
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackplaneError::NoRuntime)?;
         let shared = Arc::new(Shared {
@@ -708,7 +814,7 @@ impl RedisBackplane {
             history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
             disconnects: AtomicU64::new(0),
         });
-        runtime.spawn(run(shared.clone(), client));
+        runtime.spawn(run(shared.clone(), servers));
         Ok(RedisBackplane {
             _owner: Arc::new(Owner(shared.clone())),
             shared,
@@ -855,7 +961,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// The background task: connect, serve until the connection is lost, wait, repeat; until
 /// the last handle is dropped.
-async fn run(shared: Arc<Shared>, client: redis::Client) {
+async fn run(shared: Arc<Shared>, servers: servers::Servers) {
     // Whatever ends the task, even a panic, the state says so.
     struct Ended<'a>(&'a Shared);
     impl Drop for Ended<'_> {
@@ -870,10 +976,13 @@ async fn run(shared: Arc<Shared>, client: redis::Client) {
     let mut read = streams::Streams::default();
     loop {
         let mut connected = false;
-        let served = if shared.config.lossless {
-            streams::serve(&shared, &client, &mut connected, &mut read).await
-        } else {
-            serve(&shared, &client, &mut connected).await
+        // Through Sentinel, the primary is looked up again on every connect.
+        let served = match servers.client(shared.config.connect_timeout).await {
+            Ok(client) if shared.config.lossless => {
+                streams::serve(&shared, &client, &mut connected, &mut read).await
+            }
+            Ok(client) => serve(&shared, &client, &mut connected).await,
+            Err(no_primary) => Err(no_primary.into()),
         };
         let lost = match served {
             Ok(()) => return, // stopped
@@ -889,7 +998,7 @@ async fn run(shared: Arc<Shared>, client: redis::Client) {
         shared.state.send_replace(BackplaneState::Reconnecting);
         let wait = jitter(delay);
         tracing::warn!(
-            url = %shared.config.url,
+            redis = %shared.config.target(),
             error = %lost,
             retry_in = ?wait,
             "redis backplane: {}",
@@ -918,6 +1027,8 @@ enum SessionError {
     Timeout(Duration),
     #[error("the connection closed")]
     Closed,
+    #[error(transparent)]
+    NoPrimary(#[from] servers::NoPrimary),
 }
 
 /// One connection's life: `Ok` once stopped, or why the connection was lost.
@@ -959,7 +1070,7 @@ async fn serve(
     *connected = true;
     shared.drop_reported.store(false, Ordering::Relaxed);
     shared.state.send_replace(BackplaneState::Connected);
-    tracing::info!(url = %config.url, "redis backplane: connected");
+    tracing::info!(redis = %config.target(), "redis backplane: connected");
 
     loop {
         let more = publish_batch(shared, &mut conn).await?;

@@ -402,7 +402,7 @@ pub(super) async fn serve(
         *connected = true;
         shared.drop_reported.store(false, Ordering::Relaxed);
         shared.state.send_replace(BackplaneState::Connected);
-        tracing::info!(url = %config.url, "redis backplane (lossless): connected");
+        tracing::info!(redis = %config.target(), "redis backplane (lossless): connected");
         loop {
             let read = read(reader.clone(), streams);
             tokio::pin!(read);
@@ -1263,10 +1263,24 @@ async fn publish_batch(
             let wait = session.next_backoff(config);
             tracing::warn!(%error, retry_in = ?wait, "redis backplane: Redis cannot publish now; retrying in order");
             session.retry_at = Some(tokio::time::Instant::now() + wait);
+            shared.state.send_if_modified(|state| {
+                let connected = *state == BackplaneState::Connected;
+                if connected {
+                    *state = BackplaneState::Retrying;
+                }
+                connected
+            });
         }
         None => {
             session.retry_at = None;
             session.backoff = config.reconnect_min;
+            shared.state.send_if_modified(|state| {
+                let retrying = *state == BackplaneState::Retrying;
+                if retrying {
+                    *state = BackplaneState::Connected;
+                }
+                retrying
+            });
         }
     }
     Ok(!lock(&shared.pending).items.is_empty())
