@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,12 +84,19 @@ def loadgen(server: Server, path: str, flags: list[str], timeout: float,
     return result
 
 
-def build_baseline(rev: str, work: Path, target: Path) -> Path:
+def build_baseline(rev: str, work: Path, target: Path, features: list[str] | None = None) -> Path:
+    """The chat example of `rev`, built with those of `features` that revision has (TLS was
+    built in before the crate's `tls` feature existed)."""
     tree = work / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True,
                    capture_output=True)
+    manifest = (tree / "Cargo.toml").read_text()
+    known = [f for f in features or [] if re.search(rf"^{re.escape(f)} = \[", manifest, re.M)]
     log(f"building the chat example of {rev} in {tree}")
-    subprocess.run(["cargo", "build", "--release", "--example", "chat"], cwd=tree, check=True,
+    cmd = ["cargo", "build", "--release", "--example", "chat"]
+    if known:
+        cmd += ["--features", ",".join(known)]
+    subprocess.run(cmd, cwd=tree, check=True,
                    env={**os.environ, "CARGO_TARGET_DIR": str(target)})
     return target / "release" / "examples" / "chat"
 

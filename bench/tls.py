@@ -72,7 +72,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     benchlib.raise_nofile_limit()
-    benchlib.cargo_build(["chat", "baseline_axum", "loadgen"])
+    # The chat serves TLS with the crate's `tls` feature.
+    benchlib.cargo_build(["chat", "baseline_axum", "loadgen"], features=["tls"])
     examples = benchlib.target_dir() / "release" / "examples"
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as work:
@@ -84,8 +85,8 @@ def main(argv: list[str]) -> int:
                    "axum": (examples / "baseline_axum", [])}
         if args.baseline_rev:
             target = args.baseline_target or work / "target"
-            servers[f"chat@{args.baseline_rev}"] = (build_baseline(args.baseline_rev, work, target),
-                                                    ["--no-notices"])
+            binary = build_baseline(args.baseline_rev, work, target, features=["tls"])
+            servers[f"chat@{args.baseline_rev}"] = (binary, ["--no-notices"])
         # (server, transport, server flags, URL scheme, loadgen flags)
         cases = [("chat", "plain", [], "ws", [])]
         for name in servers:

@@ -51,9 +51,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-#[path = "chat/tls.rs"]
-mod tls;
-
 /// What every connection shares.
 struct Room {
     tx: broadcast::Sender<Utf8Bytes>,
@@ -65,7 +62,7 @@ struct Room {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (addr, capacity, tls) = parse_args()?;
     let tls = match tls {
-        Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
+        Some((cert, key)) => Some(tls_acceptor(&cert, &key)?),
         None => None,
     };
     let (tx, _) = broadcast::channel(capacity);
@@ -124,6 +121,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+}
+
+/// The acceptor for the certificate chain and key in these PEM files: rustls with ring,
+/// ALPN `h2` then `http/1.1`, written by hand as an axum application without this crate does.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("--tls-cert {}: {error}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| format!("--tls-key {}: {error}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS: {error}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|error| format!("TLS: {error}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn chat(

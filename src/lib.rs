@@ -209,6 +209,9 @@
 //! # Cargo features
 //!
 //! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate.
+//! - `tls` (off by default): HTTPS with HTTP/2 and HTTP/1.1 on one port, with rustls
+//!   (`ring`) through tokio-rustls: `TlsConfig` from PEM files or a rustls `ServerConfig`,
+//!   `WebSocketServer::serve_tls`, `ConnectionSlot::serve_tls`, and `rustls` re-exported.
 //!
 //! # Dependencies in the public API
 //!
@@ -217,8 +220,9 @@
 //! (what [`Body`] implements), `hyper` 1 (the upgrade mechanism [`upgrade`] relies on, and
 //! `serve`'s connections), `bytes` 1 (re-exported as [`Bytes`]), `tokio` 1 (`serve`'s
 //! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait), for
-//! [`backplane::Backplane`]'s async method). Message text is this crate's own
-//! [`Utf8Bytes`]; tungstenite is an implementation detail.
+//! [`backplane::Backplane`]'s async method); with the `tls` feature, `rustls` 0.23 too (a
+//! `ServerConfig` of one's own, re-exported as `rustls`). Message text is this crate's own
+//! [`Utf8Bytes`]; tungstenite and tokio-rustls are implementation details.
 //!
 //! [`upgrade`]: WebSocketServer::upgrade
 //!
@@ -254,6 +258,11 @@ pub use bytes::Bytes;
 /// The `http` crate, whose types (`Request`, `Response`, `StatusCode`, `HeaderMap`...) the
 /// API takes and returns: usable without a dependency of its own, at the version the crate's.
 pub use http;
+/// The `rustls` crate (cargo feature `tls`), for a [`ServerConfig`](rustls::ServerConfig) of
+/// one's own ([`TlsConfig::from_rustls`]) at the version the crate takes, without a
+/// dependency of one's own.
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
 
 pub use connection::handler::WebSocketHandler;
 pub use connection::{Connection, Queued};
@@ -277,6 +286,12 @@ pub use server::body::Body;
 pub use server::builder::ServerBuilder;
 pub use server::config::Config;
 pub use server::listener::ConnectionSlot;
+#[cfg(feature = "tls")]
+pub use server::tls::config::TlsConfig;
+#[cfg(feature = "tls")]
+pub use server::tls::connection::TlsConnectionError;
+#[cfg(feature = "tls")]
+pub use server::tls::pem::TlsConfigError;
 pub use server::upgrade::WebSocketUpgrade;
 pub use server::WebSocketServer;
 

@@ -237,7 +237,8 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
 
 /// The chat over HTTPS (a certificate the test makes, which the browsers are told to
 /// accept): the page loads, two users chat; and the chat's `/metrics` tells over which HTTP
-/// version Chromium opened its WebSockets.
+/// version Chromium opened its WebSockets. The chat serves TLS with the `tls` feature.
+#[cfg(feature = "tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_over_https() {
     let Some((chromium, chromedriver)) = tools("browser::two_browsers_chat_over_https") else {
@@ -273,6 +274,7 @@ async fn two_browsers_chat_over_https() {
 }
 
 /// Alice and bob chat over HTTPS; returns the chat's count of WebSockets by HTTP version.
+#[cfg(feature = "tls")]
 async fn chat_over_https(server: &ChatServer, alice: &Client, bob: &Client) -> Result<String> {
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     for (client, name) in [(alice, "alice"), (bob, "bob")] {

@@ -1,12 +1,13 @@
 //! The chat example over TLS (`--tls-cert`, `--tls-key`): a certificate the test makes,
 //! real TLS clients (rustls), HTTP/2 and HTTP/1.1 chosen by ALPN on one port, and WebSockets
-//! over both (an extended CONNECT over HTTP/2, an Upgrade over HTTP/1.1) in one room.
+//! over both (an extended CONNECT over HTTP/2, an Upgrade over HTTP/1.1) in one room. The
+//! chat serves TLS with the `tls` feature (`TlsConfig`, `ConnectionSlot::serve_tls`).
+#![cfg(feature = "tls")]
 
 mod common;
 mod h2_raw;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Version};
@@ -14,42 +15,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use common::tls::tls_connect as tls;
 use common::{read_frame_text, self_signed_certificate, send_masked_text, within, ChatServer};
-
-/// A TLS connection to `addr` that trusts `root` and offers `alpn`.
-async fn tls(
-    addr: SocketAddr,
-    root: &CertificateDer<'static>,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(root.clone())
-        .expect("trust the test's certificate");
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = within("a TCP connection", TcpStream::connect(addr))
-        .await
-        .expect("connect");
-    let name = ServerName::try_from("localhost").expect("server name");
-    let stream = within(
-        "the TLS handshake",
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("TLS handshake");
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn), "ALPN");
-    stream
-}
 
 #[tokio::test]
 async fn over_tls_http2_and_http1_websockets_chat_in_one_room_on_one_port() {

@@ -1,4 +1,5 @@
-//! The small examples (`json_protocol`, `ticker`, `stream`, `rooms`, `token_auth`, `scale_out`) do what
+//! The small examples (`json_protocol`, `ticker`, `stream`, `rooms`, `token_auth`, `scale_out`,
+//! `tls`) do what
 //! their doc comments say: each real example binary on a free loopback port, with real
 //! WebSocket clients, checked on its main behaviour.
 
@@ -24,7 +25,7 @@ struct Example {
 
 impl Example {
     /// Starts example `name` with `--addr 127.0.0.1:0` and `args`, and waits until it
-    /// prints the address it listens on (`... ws://ADDR/...`, its first line): the port
+    /// prints the address it listens on (`... ws://ADDR/...` or `wss://`, its first line): the port
     /// the system chose, so no other process can take it between a probe and the bind.
     async fn start(name: &str, args: &[&str]) -> Example {
         let binary = common::example_binary(name);
@@ -43,7 +44,10 @@ impl Example {
             .unwrap_or_else(|| panic!("{name} exited before listening"));
         let addr = first
             .split_whitespace()
-            .find_map(|word| word.strip_prefix("ws://"))
+            .find_map(|word| {
+                word.strip_prefix("ws://")
+                    .or_else(|| word.strip_prefix("wss://"))
+            })
             .and_then(|rest| rest.split('/').next())
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no ws://ADDR in {name}'s first line: {first:?}"));
@@ -263,4 +267,31 @@ async fn token_auth_admits_a_known_token_and_refuses_others_with_401() {
             other => panic!("{path} was not refused with 401: {other:?}"),
         }
     }
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_chats_over_http1_and_http2_on_one_port() {
+    use common::tls::{wss_http1, H2Connection};
+
+    let (cert, key, root) = common::self_signed_certificate("examples-smoke-tls");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let example = Example::start("tls", &["--tls-cert", &cert, "--tls-key", &key]).await;
+
+    let mut ana = wss_http1(example.addr, &root, "/").await;
+    assert_eq!(next_text(&mut ana).await, "welcome (1 here)");
+    let mut h2 = H2Connection::connect(example.addr, &root).await;
+    let mut ben = h2.websocket("/").await;
+    assert_eq!(next_text(&mut ben).await, "welcome (2 here)");
+
+    send_text(&mut ben, "hello from an HTTP/2 stream").await;
+    for client_text in [next_text(&mut ana).await, next_text(&mut ben).await] {
+        assert!(
+            client_text.ends_with(": hello from an HTTP/2 stream"),
+            "{client_text}"
+        );
+    }
+    send_text(&mut ana, "hello over HTTP/1.1").await;
+    assert!(next_text(&mut ben).await.ends_with(": hello over HTTP/1.1"));
+    assert!(next_text(&mut ana).await.ends_with(": hello over HTTP/1.1"));
 }

@@ -7,7 +7,7 @@
 //! cargo run --example chat                        # http://127.0.0.1:8080/chat.htm
 //! cargo run --example chat -- --addr 0.0.0.0:3000
 //! # HTTPS, HTTP/2 and HTTP/1.1 on one port (see README, "TLS and HTTP/2"):
-//! cargo run --example chat -- --tls-cert cert.pem --tls-key key.pem
+//! cargo run --example chat --features tls -- --tls-cert cert.pem --tls-key key.pem
 //! # rooms across processes, through Redis (see README, "Scaling out"):
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! # the same through Redis Sentinel, following failovers (scripts/redis-sentinel.sh starts one):
@@ -32,11 +32,10 @@
 //! With `--redis`, the join and leave notices count the users on this server only.
 
 mod handler;
-mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,36 +51,31 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use websocket_handler::{Body, ConnectionSlot, Metrics, WebSocketServer};
 
-/// Serves one TLS connection: its handshake within the server's handshake timeout, then
-/// HTTP/2 if the client chose it by ALPN (WebSockets as extended CONNECTs), else HTTP/1.1.
-/// The crate's listener (`ConnectionSlot::serve`) sets hyper up with the server's limits.
-async fn serve_tls<S>(
-    server: WebSocketServer,
-    slot: ConnectionSlot,
-    tls: tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    service: S,
-    peer: SocketAddr,
-) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let timeout = server.config().handshake_timeout();
-    // A client that never finishes its TLS handshake is dropped too.
-    let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return eprintln!("TLS handshake from {peer} failed: {error}"),
-        Err(_) => return eprintln!("TLS handshake from {peer} timed out"),
-    };
-    let version = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Version::HTTP_2,
-        _ => Version::HTTP_11,
-    };
-    if let Err(error) = slot.serve(stream, peer, version, service).await {
-        eprintln!("connection from {peer} failed: {error}");
-    }
+/// The TLS settings of `--tls-cert` and `--tls-key`: HTTPS, with HTTP/2 and HTTP/1.1 chosen
+/// by ALPN on one port (`ConnectionSlot::serve_tls`).
+#[cfg(feature = "tls")]
+type Tls = websocket_handler::TlsConfig;
+/// Without the `tls` feature there is no TLS: `load_tls` refuses the flags.
+#[cfg(not(feature = "tls"))]
+enum Tls {}
+
+#[cfg(feature = "tls")]
+fn load_tls(cert: &Path, key: &Path) -> Result<Tls, Box<dyn std::error::Error>> {
+    // The error names the file and what was wrong with it.
+    websocket_handler::TlsConfig::from_pem_files(cert, key)
+        .map_err(|error| error.to_string().into())
+}
+
+#[cfg(not(feature = "tls"))]
+fn load_tls(cert: &Path, key: &Path) -> Result<Tls, Box<dyn std::error::Error>> {
+    Err(format!(
+        "--tls-cert {}: this build has no TLS support; run with `cargo run --example chat \
+         --features tls -- --tls-cert {} --tls-key {}`",
+        cert.display(),
+        cert.display(),
+        key.display()
+    )
+    .into())
 }
 
 const PAGE: &str = include_str!("chat.htm");
@@ -107,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let (chat, backplane) = open_rooms(redis.as_ref(), lossless, announce)?;
     let tls = match tls {
-        Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
+        Some((cert, key)) => Some(load_tls(&cert, &key)?),
         None => None,
     };
     let listener = TcpListener::bind(addr).await?;
@@ -152,10 +146,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let response = route(req, &chat, &router, &backplane);
             async move { Ok::<_, Infallible>(response) }
         });
-        match tls.clone() {
+        match &tls {
+            // The TLS handshake within the server's handshake timeout, then HTTP/2 if the
+            // client chose it by ALPN (WebSockets as extended CONNECTs), else HTTP/1.1.
+            #[cfg(feature = "tls")]
             Some(tls) => {
-                tokio::spawn(serve_tls(server.clone(), slot, tls, stream, service, peer));
+                let served = slot.serve_tls(stream, peer, tls, service);
+                tokio::spawn(async move {
+                    if let Err(error) = served.await {
+                        eprintln!("connection from {peer} failed: {error}");
+                    }
+                });
             }
+            #[cfg(not(feature = "tls"))]
+            Some(no_tls) => match *no_tls {},
             // Plain HTTP: HTTP/1.1, the connection's future right in the task, as small as
             // it can be (a task per connection being handshaken, and what it leaves behind
             // in the heap, counts in memory per connection).
@@ -456,7 +460,7 @@ fn parse_args() -> Result<Args, String> {
                      [--tls-cert FILE --tls-key FILE]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --tls-cert FILE, --tls-key FILE  serve HTTPS (PEM files), HTTP/2 and\n                \
-                     HTTP/1.1 on one port, WebSockets over either\n  \
+                     HTTP/1.1 on one port, WebSockets over either (needs --features tls)\n  \
                      --no-notices  do not announce joins and leaves\n  \
                      --no-trim     keep memory freed after a storm in the allocator\n                \
                      (to measure what trimming gives back)\n  \

@@ -37,8 +37,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// before accepting a connection, then [`serve`](ConnectionSlot::serve) the connection
 /// with it. The connection counts as pending until its first WebSocket opens (or it ends).
 ///
-/// [`WebSocketServer::serve`] does all this itself. A server that accepts its own
-/// connections, to add TLS or routes of its own, does it so:
+/// [`WebSocketServer::serve`] does all this itself (and, with the cargo feature `tls`,
+/// `serve_tls`). A server that accepts its own connections, for routes of its own, does
+/// it so:
 ///
 /// ```no_run
 /// use std::convert::Infallible;
@@ -69,8 +70,8 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 ///         let response = server.upgrade(request, Echo);
 ///         async move { Ok::<_, Infallible>(response) }
 ///     });
-///     // A TLS server would finish its handshake here, within
-///     // `server.config().handshake_timeout()`, and pass HTTP_2 if ALPN chose "h2".
+///     // Over TLS (cargo feature `tls`): `slot.serve_tls(stream, peer, &tls, service)`, the
+///     // handshake within the handshake timeout, then HTTP/2 if ALPN chose "h2".
 ///     tokio::spawn(slot.serve(stream, peer, Version::HTTP_11, service));
 /// }
 /// # }
@@ -119,9 +120,16 @@ impl WebSocketServer {
 }
 
 impl ConnectionSlot {
+    /// The server whose slot this is.
+    #[cfg(feature = "tls")]
+    pub(crate) fn server(&self) -> &WebSocketServer {
+        &self.server
+    }
+
     /// Serves HTTP on `io`, a connection accepted from `peer` (a TCP stream, or a TLS
-    /// stream once its handshake is done), with `service` answering its requests, until
-    /// the connection ends or its last request has been upgraded.
+    /// stream once its handshake is done: with the cargo feature `tls`, `serve_tls` does
+    /// the handshake), with `service` answering its requests, until the connection ends or
+    /// its last request has been upgraded.
     ///
     /// `version` says what the connection speaks: [`Version::HTTP_2`] (over TLS, when ALPN
     /// chose `h2`; in cleartext, for clients with prior knowledge) or anything else for

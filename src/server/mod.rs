@@ -5,8 +5,9 @@
 //! [`address`]), the budget for partial messages, the counters and the graceful
 //! [`shutdown`]. It answers upgrade requests ([`upgrade`], with the response
 //! [`body`]) and can run a whole plain-HTTP server by itself ([`serve`]), or serve the
-//! connections an application accepts ([`listener`], with [`h2_streams`] for HTTP/2). This
-//! is the top layer: it may use every other, and none uses it.
+//! connections an application accepts ([`listener`], with [`h2_streams`] for HTTP/2); with
+//! the cargo feature `tls`, over TLS too (`tls`). This is the top layer: it may use every
+//! other, and none uses it.
 
 pub(crate) mod address;
 #[cfg(feature = "axum")]
@@ -20,6 +21,8 @@ pub(crate) mod listener;
 pub(crate) mod serve;
 pub(crate) mod shutdown;
 pub(crate) mod sweep;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 pub(crate) mod upgrade;
 
 use std::fmt;

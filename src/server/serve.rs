@@ -1,17 +1,20 @@
 //! A whole WebSocket server on a TCP listener, for the common case that needs nothing but
-//! WebSockets: the accept loop, on top of the listener (`listener.rs`).
+//! WebSockets: the accept loop, on top of the listener (`listener.rs`), each connection
+//! served by a [`Transport`]: in cleartext here, over TLS in `tls/serve.rs`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use tokio::net::TcpListener;
+use hyper::service::{service_fn, Service};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::body::Body;
+use crate::server::listener::ConnectionSlot;
 use crate::server::upgrade::WebSocketUpgrade;
 use crate::server::WebSocketServer;
 
@@ -34,9 +37,10 @@ impl WebSocketServer {
     /// the listener's limits: the `handshake_timeout` for a client to send its request, and
     /// at most [`max_pending_connections`](crate::ServerBuilder::max_pending_connections)
     /// connections accepted and not yet upgraded (see [`ConnectionSlot`](crate::ConnectionSlot)).
-    /// Servers that also serve pages or other routes, or TLS, serve their own service
-    /// with a [`ConnectionSlot`](crate::ConnectionSlot), or call `upgrade` from their own
-    /// hyper service or axum router.
+    /// With the cargo feature `tls`, `serve_tls` is the same over TLS. Servers that also
+    /// serve pages or other routes serve their own service with a
+    /// [`ConnectionSlot`](crate::ConnectionSlot), or call `upgrade` from their own hyper
+    /// service or axum router.
     ///
     /// ```
     /// use http::StatusCode;
@@ -69,6 +73,21 @@ impl WebSocketServer {
     /// ```
     pub async fn serve<F, Fut>(&self, listener: TcpListener, admit: F) -> io::Result<()>
     where
+        F: Fn(WebSocketUpgrade) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        self.accept_loop(listener, Cleartext, admit).await
+    }
+
+    /// `serve`'s accept loop, each connection served over `transport`.
+    pub(crate) async fn accept_loop<T, F, Fut>(
+        &self,
+        listener: TcpListener,
+        transport: T,
+        admit: F,
+    ) -> io::Result<()>
+    where
+        T: Transport,
         F: Fn(WebSocketUpgrade) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
@@ -114,12 +133,44 @@ impl WebSocketServer {
                     })
                 }
             });
-            tokio::spawn(async move {
-                let served = slot.serve(stream, peer, Version::HTTP_11, service).await;
-                if let Err(error) = served {
-                    tracing::debug!(%error, %peer, "HTTP connection failed");
-                }
-            });
+            tokio::spawn(transport.clone().serve(slot, stream, peer, service));
+        }
+    }
+}
+
+/// How [`WebSocketServer::accept_loop`] serves an accepted connection: in cleartext, or
+/// over TLS (`tls/serve.rs`).
+pub(crate) trait Transport: Clone + Send + Sync + 'static {
+    /// Serves `stream`, accepted from `peer`, with `service`, logging how it failed.
+    fn serve<S>(
+        self,
+        slot: ConnectionSlot,
+        stream: TcpStream,
+        peer: SocketAddr,
+        service: S,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static;
+}
+
+/// Plain HTTP/1.1.
+#[derive(Clone, Copy)]
+struct Cleartext;
+
+impl Transport for Cleartext {
+    async fn serve<S>(self, slot: ConnectionSlot, stream: TcpStream, peer: SocketAddr, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let served = slot.serve(stream, peer, Version::HTTP_11, service).await;
+        if let Err(error) = served {
+            tracing::debug!(%error, %peer, "HTTP connection failed");
         }
     }
 }

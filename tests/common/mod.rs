@@ -22,6 +22,7 @@ pub mod redis_server;
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the Sentinel tests use it
 pub mod sentinel;
+pub mod tls;
 
 /// A client connected to a test server.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -151,7 +152,10 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Client {
 
 /// The next data or close message a client receives (pings and pongs are skipped), within
 /// [`WAIT`] in all: pings that keep coming (a short ping interval) do not extend the wait.
-pub async fn next_message(client: &mut Client) -> Option<WsMessage> {
+pub async fn next_message<S>(client: &mut WebSocketStream<S>) -> Option<WsMessage>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     within("a message", async {
         loop {
             match client.next().await {
@@ -165,7 +169,10 @@ pub async fn next_message(client: &mut Client) -> Option<WsMessage> {
 }
 
 /// The next text message a client receives; panics on anything else.
-pub async fn next_text(client: &mut Client) -> String {
+pub async fn next_text<S>(client: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match next_message(client).await {
         Some(WsMessage::Text(text)) => text.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
@@ -173,7 +180,10 @@ pub async fn next_text(client: &mut Client) -> String {
 }
 
 /// Sends a text message from a client.
-pub async fn send_text(client: &mut Client, text: &str) {
+pub async fn send_text<S>(client: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     within("a client's send", client.send(WsMessage::text(text)))
         .await
         .expect("send");
@@ -198,6 +208,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         ("redis", cfg!(feature = "redis")),
         ("json", cfg!(feature = "json")),
         ("axum", cfg!(feature = "axum")),
+        ("tls", cfg!(feature = "tls")),
     ];
     for (feature, on) in features {
         if on {
