@@ -382,12 +382,20 @@ fn open_rooms(
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = (announce, lossless, at);
-        Err(
-            "--redis and --redis-sentinel: this build has no Redis support; \
-             run with `cargo run --example chat --features redis -- --redis URL`"
-                .to_owned(),
-        )
+        let _ = (announce, lossless);
+        let flag = match at {
+            RedisAt::Url(url) => format!("--redis {url}"),
+            RedisAt::Sentinel { sentinels, master } => {
+                format!(
+                    "--redis-sentinel {} --redis-master {master}",
+                    sentinels.join(",")
+                )
+            }
+        };
+        Err(format!(
+            "{flag}: this build has no Redis support; \
+             run with `cargo run --example chat --features redis -- {flag}`"
+        ))
     }
 }
 
