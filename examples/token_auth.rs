@@ -12,9 +12,9 @@
 //! token travels in the query (keep such URLs out of logs; a short-lived ticket is better):
 //!
 //! ```text
-//! ws = new WebSocket("ws://127.0.0.1:3006/?token=ana-secret"); ws.onmessage = e => console.log(e.data)
+//! ws = new WebSocket("ws://127.0.0.1:3007/?token=ana-secret"); ws.onmessage = e => console.log(e.data)
 //! // welcome, ana
-//! new WebSocket("ws://127.0.0.1:3006/?token=guess")  // refused: 401
+//! new WebSocket("ws://127.0.0.1:3007/?token=guess")  // refused: 401
 //! ```
 
 use std::collections::HashMap;
@@ -100,7 +100,7 @@ async fn admit(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = addr_argument("token_auth", "127.0.0.1:3006")?;
+    let addr = addr_argument("token_auth", "127.0.0.1:3007")?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "Token-checked chat listening on ws://{}/?token=ana-secret",

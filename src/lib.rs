@@ -208,7 +208,12 @@
 //!
 //! # Cargo features
 //!
-//! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate.
+//! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate: one
+//!   Redis server, or the primary Redis Sentinel names.
+//! - `json` (off by default): typed JSON messages with serde: `Message::json`,
+//!   `Connection::send_json`, `WebSocketCollection::broadcast_json`, `JsonError`.
+//! - `axum` (off by default): `WebSocketUpgrade` as an axum extractor, and the peer's
+//!   address from axum's `ConnectInfo`.
 //! - `tls` (off by default): HTTPS with HTTP/2 and HTTP/1.1 on one port, with rustls
 //!   (`ring`) through tokio-rustls: `TlsConfig` from PEM files or a rustls `ServerConfig`,
 //!   `WebSocketServer::serve_tls`, `ConnectionSlot::serve_tls`, and `rustls` re-exported.
