@@ -25,9 +25,21 @@ async fn the_chat_works_the_same_inside_axum() {
         sources.starts_with("HTTP/1.1 404"),
         "only the page is served: {sources}"
     );
-    let refused = common::http_get(server.addr, "/api/Chat?username=", "").await;
-    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
-    assert!(refused.contains("missing username"), "{refused}");
+    // Not an upgrade: the extractor's 400, before the chat looks at the query.
+    let plain = common::http_get(server.addr, "/api/Chat?username=ann", "").await;
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    assert!(plain.contains("Connection: upgrade"), "{plain}");
+    // An upgrade without a name: the chat's own 400, saying why.
+    let url = format!("ws://{}/api/Chat?username=", server.addr);
+    match common::within("a refused handshake", tokio_tungstenite::connect_async(url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let body = response.body().clone().unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("missing username"), "{body}");
+        }
+        other => panic!("an upgrade without a username was not refused: {other:?}"),
+    }
 
     let mut ann = common::connect(server.addr, "/api/Chat?username=ann").await;
     assert_eq!(next_text(&mut ann).await, "ann joined (1 online)");
