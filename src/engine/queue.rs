@@ -106,6 +106,9 @@ struct State {
     owner: Option<Waker>,
     /// Our close frame was taken, or the connection ended: accept nothing more.
     stopped: bool,
+    /// Data messages ever queued, wrapping: how a protocol above tells a connection it has
+    /// not written to lately (SignalR's pings).
+    pushed: u32,
 }
 
 /// Above this, a drained buffer gives its memory back, so a burst does not pin memory on an
@@ -147,6 +150,7 @@ impl OutboundQueue {
         }
         state.messages += 1;
         state.bytes += len;
+        state.pushed = state.pushed.wrapping_add(1);
         state.items.push_back(Outbound::Data(frame));
         Ok(schedule(&mut state))
     }
@@ -292,6 +296,11 @@ impl OutboundQueue {
         drop(state);
         // Payloads are dropped outside the lock.
         drop(items);
+    }
+
+    /// How many data messages were ever queued, wrapping at 2^32.
+    pub(crate) fn pushed(&self) -> u32 {
+        lock(&self.state).pushed
     }
 
     /// Messages queued and their payload bytes.
