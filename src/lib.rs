@@ -245,6 +245,9 @@ mod fanout;
 mod json;
 mod protocol;
 mod server;
+#[cfg(feature = "signalr")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signalr")))]
+pub mod signalr;
 
 /// The attribute on an `impl` of [`backplane::Backplane`] that implements its async method,
 /// [`missed`](backplane::Backplane::missed): a trait used as an object (`Box<dyn Backplane>`).
