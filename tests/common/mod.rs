@@ -198,6 +198,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         ("redis", cfg!(feature = "redis")),
         ("json", cfg!(feature = "json")),
         ("axum", cfg!(feature = "axum")),
+        ("signalr", cfg!(feature = "signalr")),
     ];
     for (feature, on) in features {
         if on {
