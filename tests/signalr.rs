@@ -36,7 +36,10 @@ fn node_scenarios(test: &str) -> Option<PathBuf> {
         return None;
     }
     if !dir.join("node_modules/@microsoft/signalr").is_dir() {
-        common::skip(test, "the client is not installed: run `npm ci` in tests/signalr");
+        common::skip(
+            test,
+            "the client is not installed: run `npm ci` in tests/signalr",
+        );
         return None;
     }
     Some(dir)
@@ -66,7 +69,9 @@ impl Example {
         let url = line
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("not the line expected: {line:?}"));
-        let addr = url[..url.find('/').expect("a path")].parse().expect("an address");
+        let addr = url[..url.find('/').expect("a path")]
+            .parse()
+            .expect("an address");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Example { child, addr }
     }
@@ -175,22 +180,38 @@ async fn run(test: &str, name: &str) {
 
 #[tokio::test]
 async fn every_method_of_the_example_answers_the_official_client() {
-    run("every_method_of_the_example_answers_the_official_client", "methods").await;
+    run(
+        "every_method_of_the_example_answers_the_official_client",
+        "methods",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn group_members_get_what_is_sent_to_their_group_and_others_do_not() {
-    run("group_members_get_what_is_sent_to_their_group_and_others_do_not", "groups").await;
+    run(
+        "group_members_get_what_is_sent_to_their_group_and_others_do_not",
+        "groups",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn streams_complete_and_a_cancelled_stream_stops_with_a_completion() {
-    run("streams_complete_and_a_cancelled_stream_stops_with_a_completion", "streams").await;
+    run(
+        "streams_complete_and_a_cancelled_stream_stops_with_a_completion",
+        "streams",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_hub_method_awaits_its_callers_client_result() {
-    run("a_hub_method_awaits_its_callers_client_result", "client-results").await;
+    run(
+        "a_hub_method_awaits_its_callers_client_result",
+        "client-results",
+    )
+    .await;
 }
 
 /// Stopped with Ctrl-C (a Close that allows reconnecting), then killed: after each, the
@@ -211,5 +232,61 @@ async fn the_client_reconnects_by_itself_after_the_server_restarts() {
     example.kill().await;
     let _example = Example::start(&addr).await;
     scenario.event("reconnected 2").await;
+    scenario.passes().await;
+}
+
+/// A TCP proxy in front of the example whose connections the test can cut (as a network
+/// that fails would), both sides at once.
+struct Proxy {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("its address");
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                    // Dropped: both sockets close, mid-message if that is where they were.
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    /// Drops every connection through the proxy now.
+    fn cut(&self) {
+        self.cut.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+/// Stateful reconnect: the socket is cut while 200 stream items and 200 messages flow;
+/// the client reattaches through the proxy and gets all of them once, in order.
+#[tokio::test]
+async fn a_stateful_client_resumes_after_its_socket_is_cut_and_misses_nothing() {
+    let test = "a_stateful_client_resumes_after_its_socket_is_cut_and_misses_nothing";
+    let Some(dir) = node_scenarios(test) else {
+        return;
+    };
+    let example = Example::start("127.0.0.1:0").await;
+    let proxy = Proxy::start(example.addr).await;
+    let url = format!("http://{}/hubs/chat", proxy.addr);
+    let mut scenario = Scenario::start(&dir, "stateful", &url);
+    scenario.event("cut").await;
+    proxy.cut();
     scenario.passes().await;
 }

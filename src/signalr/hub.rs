@@ -108,7 +108,11 @@ impl Hub {
                 keep_alive: Duration::from_secs(15),
                 client_timeout: Duration::from_secs(30),
                 negotiate_timeout: Duration::from_secs(15),
-                stateful: None,
+                stateful: Some(StatefulSettings {
+                    window: Duration::from_secs(30),
+                    max_messages: 4096,
+                    max_bytes: 1 << 20,
+                }),
             },
             handlers: Handlers::default(),
             identify: None,
@@ -259,13 +263,17 @@ impl Hub {
             .identify
             .as_ref()
             .and_then(|identify| identify(upgrade.uri(), upgrade.headers()));
+        let mut previous = None;
         let session = match upgrade.query_param("id") {
             Some(token) => {
                 let Some(session) = self.shared.by_token(&token) else {
                     return upgrade.refuse(StatusCode::NOT_FOUND, "No Connection with that ID\n");
                 };
                 match session.claim() {
-                    Ok(()) => session,
+                    Ok(old) => {
+                        previous = old;
+                        session
+                    }
                     Err(Refused::Gone) => {
                         return upgrade
                             .refuse(StatusCode::NOT_FOUND, "No Connection with that ID\n")
@@ -292,10 +300,17 @@ impl Hub {
             }
         };
         keepalive::start(&self.shared);
-        let socket = HubSocket::new(session, self.shared.clone(), self.handlers.clone(), user);
+        // A stateful connection's new socket goes on under the old one's id, to take its
+        // place in the groups at once for every send.
+        let id = previous.as_ref().map(|old| old.id());
+        let socket = HubSocket::new(session, self.shared.clone(), self.handlers.clone(), user)
+            .resuming(previous);
         // Refused by the server's limits: the socket handler is dropped, which ends the
-        // connection.
-        upgrade.accept(socket)
+        // connection (unless it was resuming one: that one waits on for its client).
+        match upgrade.try_accept_as(socket, id) {
+            Ok(response) => response,
+            Err(refused) => refused.to_response(),
+        }
     }
 
     /// Serves the hub on `listener` until the server's
@@ -506,7 +521,7 @@ impl HubBuilder {
             };
             for session in shared.sessions() {
                 if session.is_handshaken() {
-                    let _ = session.send_untracked(records::close(None, true));
+                    let _ = session.send_untracked(&records::close(None, true));
                 }
             }
         });

@@ -58,7 +58,7 @@ fn tick(weak: &Weak<HubShared>) -> bool {
         let Some(socket) = session.socket() else {
             continue;
         };
-        if !session.is_handshaken() {
+        if !session.is_handshaken() || session.is_parked() {
             continue;
         }
         let pushed = socket.core().queue.pushed();
@@ -68,9 +68,15 @@ fn tick(weak: &Weak<HubShared>) -> bool {
             session.quiet_since.store(stamp, Ordering::Relaxed);
             continue;
         }
+        if session.stateful && !session.is_parked() {
+            if let Some(through) = session.ack_due(now) {
+                let _ = session.send_untracked(&records::ack(through));
+            }
+        }
         if clock::since(since, now) >= interval {
-            let _ = session.send_untracked(records::PING.to_owned());
-            // The ping is a data message too: the next look sees the count moved.
+            let _ = session.send_untracked(records::PING);
+            // Not a data message the count sees: quiet from now again.
+            session.quiet_since.store(stamp, Ordering::Relaxed);
         }
     }
     true

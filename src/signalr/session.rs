@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::connection::Connection;
+use crate::engine::flush::HasCore;
 use crate::engine::sync::lock;
 use crate::protocol::message::Message;
 use crate::signalr::error::HubError;
@@ -61,6 +62,7 @@ pub(crate) struct Session {
     /// The client's invocations, run one at a time in order.
     serial: Mutex<Serial>,
     permits: Arc<Semaphore>,
+    inbound: Mutex<Inbound>,
     /// For the server's pings: the data messages queued to the socket when last looked,
     /// and since when that count has not moved (a clock stamp).
     pub(crate) quiet_count: AtomicU32,
@@ -70,10 +72,27 @@ pub(crate) struct Session {
 #[derive(Default)]
 struct State {
     socket: Option<Connection>,
+    /// Counts the sockets attached: a socket's end concerns the connection only if no
+    /// other has attached since.
+    generation: u64,
     /// A socket was accepted for it.
     claimed: bool,
+    /// Stateful reconnect: the socket is gone, its messages kept, the client may come back.
+    parked: bool,
     user: Option<Arc<str>>,
     ended: bool,
+}
+
+/// Stateful reconnect's count of the records the client sent (types 1 to 5).
+#[derive(Default)]
+struct Inbound {
+    /// The number the next record the client sends will have (its Sequence sets it).
+    next: u64,
+    /// The highest number processed: a record at or below it is a replayed duplicate.
+    processed: u64,
+    /// The highest number acknowledged to the client, and when.
+    acked: u64,
+    acked_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -96,23 +115,32 @@ impl Session {
             streams: Mutex::new(HashMap::new()),
             serial: Mutex::new(Serial::default()),
             permits: Arc::new(Semaphore::new(MAX_QUEUED_INVOCATIONS)),
+            inbound: Mutex::new(Inbound {
+                next: 1,
+                ..Inbound::default()
+            }),
             quiet_count: AtomicU32::new(0),
             quiet_since: AtomicU32::new(0),
         }
     }
 
     /// Takes the connection for a new socket: refused if it is over, or if it has one and
-    /// cannot take another.
-    pub(crate) fn claim(&self) -> Result<(), Refused> {
+    /// cannot take another. With stateful reconnect, a new socket replaces the one it has
+    /// (returned: the new one takes over from it), if that one can be resumed.
+    pub(crate) fn claim(&self) -> Result<Option<Connection>, Refused> {
         let mut state = lock(&self.state);
         if state.ended {
             return Err(Refused::Gone);
         }
-        if state.claimed {
-            return Err(Refused::Taken);
+        if !state.claimed {
+            state.claimed = true;
+            return Ok(None);
         }
-        state.claimed = true;
-        Ok(())
+        match &state.socket {
+            Some(old) if self.stateful && old.can_resume() => Ok(Some(old.clone())),
+            Some(_) if self.stateful => Err(Refused::Gone),
+            _ => Err(Refused::Taken),
+        }
     }
 
     /// Whether a socket was ever accepted for it.
@@ -120,15 +148,86 @@ impl Session {
         lock(&self.state).claimed
     }
 
-    /// The socket is open: sends go to it.
-    pub(crate) fn attach(&self, socket: &Connection, user: Option<Arc<str>>) -> bool {
+    /// The socket is open: sends go to it. Returns its generation, or `None` if the
+    /// connection is over.
+    pub(crate) fn attach(&self, socket: &Connection, user: Option<Arc<str>>) -> Option<u64> {
         let mut state = lock(&self.state);
         if state.ended {
-            return false;
+            return None;
         }
         state.socket = Some(socket.clone());
-        state.user = user;
+        state.parked = false;
+        state.generation += 1;
+        if user.is_some() || state.user.is_none() {
+            state.user = user;
+        }
+        Some(state.generation)
+    }
+
+    /// The socket of `generation` is gone and the client may come back: true if it is the
+    /// current one, now parked.
+    pub(crate) fn park(&self, generation: u64) -> bool {
+        let mut state = lock(&self.state);
+        if state.ended || state.generation != generation {
+            return false;
+        }
+        state.parked = true;
         true
+    }
+
+    /// Whether the socket of `generation` is the current one and parked.
+    pub(crate) fn is_parked_at(&self, generation: u64) -> bool {
+        let state = lock(&self.state);
+        state.parked && state.generation == generation && !state.ended
+    }
+
+    /// Whether the current socket is parked.
+    pub(crate) fn is_parked(&self) -> bool {
+        lock(&self.state).parked
+    }
+
+    /// Whether no socket has attached since the one of `generation`.
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        lock(&self.state).generation == generation
+    }
+
+    /// Stateful reconnect: a record of types 1 to 5 arrived; false if it is a duplicate
+    /// of one processed before the socket changed (the client's replay).
+    pub(crate) fn inbound_record(&self) -> bool {
+        let mut inbound = lock(&self.inbound);
+        let number = inbound.next;
+        inbound.next += 1;
+        if number <= inbound.processed {
+            return false;
+        }
+        inbound.processed = number;
+        true
+    }
+
+    /// The client's Sequence: its next record has number `next`. False if that is past
+    /// what the client can have sent.
+    pub(crate) fn inbound_sequence(&self, next: u64) -> bool {
+        let mut inbound = lock(&self.inbound);
+        if next == 0 || next > inbound.processed + 1 {
+            return false;
+        }
+        inbound.next = next;
+        true
+    }
+
+    /// The Ack to send the client now, if one is due: what was processed since the last,
+    /// at most one a second.
+    pub(crate) fn ack_due(&self, now: Instant) -> Option<u64> {
+        let mut inbound = lock(&self.inbound);
+        let recent = inbound
+            .acked_at
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1));
+        if inbound.processed == inbound.acked || recent {
+            return None;
+        }
+        inbound.acked = inbound.processed;
+        inbound.acked_at = Some(now);
+        Some(inbound.acked)
     }
 
     /// The connection's current socket.
@@ -139,10 +238,6 @@ impl Session {
     /// The user the hub's `identify` named, if any.
     pub(crate) fn user(&self) -> Option<Arc<str>> {
         lock(&self.state).user.clone()
-    }
-
-    pub(crate) fn is_ended(&self) -> bool {
-        lock(&self.state).ended
     }
 
     pub(crate) fn set_handshaken(&self) {
@@ -161,10 +256,12 @@ impl Session {
             .map_err(|_| HubError::Closed)
     }
 
-    /// Queues a record that stateful reconnect does not count (a Ping, a Close, an Ack, a
-    /// Sequence) without waiting.
-    pub(crate) fn send_untracked(&self, record: String) -> Result<(), HubError> {
-        self.send(record)
+    /// Queues a record that stateful reconnect does not count (a Ping, a Close, an Ack)
+    /// without waiting: never kept for a replay.
+    pub(crate) fn send_untracked(&self, record: &str) -> Result<(), HubError> {
+        let socket = self.socket().ok_or(HubError::Closed)?;
+        socket.core().send_unkept_text(record);
+        Ok(())
     }
 
     /// Queues a record to the client, waiting while its queue is full (a stream's items).

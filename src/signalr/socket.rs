@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
+use crate::engine::flush::HasCore;
 use crate::protocol::close::{CloseCode, CloseFrame};
 use crate::protocol::message::Message;
 use crate::signalr::call::Call;
@@ -25,6 +26,10 @@ pub(crate) struct HubSocket {
     handlers: Arc<Handlers>,
     /// The user `identify` named from the request.
     user: Option<Arc<str>>,
+    /// Stateful reconnect: the socket this one replaces.
+    previous: Option<Connection>,
+    /// Which socket of the connection this is (see `Session::attach`); 0 until open.
+    generation: u64,
     opened: bool,
 }
 
@@ -40,8 +45,32 @@ impl HubSocket {
             shared,
             handlers,
             user: user.map(Arc::from),
+            previous: None,
+            generation: 0,
             opened: false,
         }
+    }
+
+    /// This socket replaces `previous` (stateful reconnect), if any.
+    pub(crate) fn resuming(mut self, previous: Option<Connection>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// Stateful reconnect: takes over from the previous socket, with no new handshake. The
+    /// client gets a Sequence with the number of the oldest record it has not
+    /// acknowledged, then those records again, then what comes next.
+    fn resume(&mut self, conn: &Connection, old: &Connection) -> bool {
+        // If the old socket still lives (the server has not seen it go), it keeps what is
+        // sent from now on instead of writing it, and goes.
+        old.park();
+        let deflate_same = conn.core().deflate == old.core().deflate;
+        if !deflate_same || !conn.take_over(old, records::sequence) {
+            return false;
+        }
+        let _ = old.close(CloseCode::GOING_AWAY, "replaced by a new socket");
+        tracing::debug!(id = %self.session.id, "SignalR connection resumed on a new socket");
+        true
     }
 
     fn call(&self) -> Call {
@@ -73,6 +102,10 @@ impl HubSocket {
         // The answer goes before anything else: only now does the socket join the rooms
         // that sends to many go through.
         let _ = conn.send(records::handshake_response(None));
+        if let (true, Some(stateful)) = (self.session.stateful, self.shared.settings.stateful) {
+            // From here on, what it is sent is kept until the client acknowledges it.
+            conn.make_resumable(stateful.max_messages, stateful.max_bytes);
+        }
         self.session.set_handshaken();
         self.shared.all.add(conn.clone());
         if let Some(user) = &self.user {
@@ -93,6 +126,10 @@ impl HubSocket {
 
     async fn dispatch(&self, conn: &Connection, record: Inbound<'_>) {
         let session = &self.session;
+        if session.stateful && record.is_tracked() && !session.inbound_record() {
+            // Replayed by the client after a reconnect, and processed before it.
+            return;
+        }
         match record {
             Inbound::Invocation {
                 id,
@@ -189,31 +226,61 @@ impl HubSocket {
                 }
             }
             Inbound::Cancel { id } => session.cancel_stream(&id),
-            Inbound::StreamItem { .. } => {
-                tracing::debug!("a stream item from the client: client streams are not supported");
+            Inbound::StreamItem { id } => {
+                tracing::debug!(%id, "an item of a stream from the client: not supported");
             }
-            Inbound::Close { .. } => {
+            Inbound::Close { error } => {
+                tracing::debug!(error = error.as_deref(), "the SignalR client is closing");
                 let _ = conn.close(CloseCode::NORMAL, "");
             }
-            Inbound::Ping | Inbound::Ack { .. } | Inbound::Sequence { .. } => {}
+            Inbound::Ack { sequence_id } => conn.ack(sequence_id),
+            Inbound::Sequence { sequence_id } => {
+                if !session.inbound_sequence(sequence_id) {
+                    let error = RecordError::Json(format!(
+                        "Sequence {sequence_id} is past the records received"
+                    ));
+                    self.refuse(conn, &error);
+                }
+            }
+            Inbound::Ping => {}
         }
     }
 
     /// The connection is over: forgotten, its waits failed, its hook run.
     async fn end(&mut self) {
-        self.session.end();
-        self.shared.unregister(&self.session);
-        if let Some(disconnected) = &self.handlers.disconnected {
-            disconnected(self.call()).await;
-        }
+        finish(&self.session, &self.shared, &self.handlers).await;
+    }
+}
+
+/// Ends a connection: it leaves its groups, is forgotten, its waits fail, its hook runs.
+async fn finish(session: &Arc<Session>, shared: &Arc<HubShared>, handlers: &Handlers) {
+    if let Some(socket) = session.socket() {
+        socket.leave_all();
+    }
+    session.end();
+    shared.unregister(session);
+    if let Some(disconnected) = &handlers.disconnected {
+        disconnected(Call::new(session.clone(), shared.clone())).await;
     }
 }
 
 impl WebSocketHandler for HubSocket {
     async fn on_open(&mut self, conn: &Connection) {
         self.opened = true;
-        if !self.session.attach(conn, self.user.clone()) {
-            let _ = conn.close(CloseCode::NORMAL, "");
+        if let Some(old) = self.previous.take() {
+            if !self.resume(conn, &old) {
+                let error = "the connection cannot be resumed";
+                conn.core()
+                    .send_unkept_text(&records::close(Some(error), false));
+                let _ = conn.close(CloseCode::NORMAL, "");
+                return;
+            }
+        }
+        match self.session.attach(conn, self.user.clone()) {
+            Some(generation) => self.generation = generation,
+            None => {
+                let _ = conn.close(CloseCode::NORMAL, "");
+            }
         }
     }
 
@@ -243,15 +310,50 @@ impl WebSocketHandler for HubSocket {
         }
     }
 
-    async fn on_close(&mut self, _conn: &Connection, _frame: &CloseFrame) {
+    async fn on_close(&mut self, conn: &Connection, frame: &CloseFrame) {
+        if self.generation == 0 || !self.session.is_current(self.generation) {
+            // Another socket has taken over (or this one never attached): it goes on.
+            return;
+        }
+        // Stateful reconnect: a socket lost without a close (the network, not the client
+        // or the server) waits for its client to come back, keeping what is sent to it.
+        let lost = frame.code == CloseCode::ABNORMAL;
+        let window = self
+            .shared
+            .settings
+            .stateful
+            .map(|stateful| stateful.window);
+        if let (true, true, Some(window)) = (self.session.stateful, lost, window) {
+            if conn.can_resume()
+                && !self.shared.server.is_shutting_down()
+                && self.session.park(self.generation)
+            {
+                tracing::debug!(id = %self.session.id, "SignalR socket lost: waiting {window:?} for the client");
+                let (session, shared, handlers) = (
+                    self.session.clone(),
+                    self.shared.clone(),
+                    self.handlers.clone(),
+                );
+                let generation = self.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(window).await;
+                    if session.is_parked_at(generation) {
+                        tracing::debug!(id = %session.id, "SignalR client did not come back");
+                        finish(&session, &shared, &handlers).await;
+                    }
+                });
+                return;
+            }
+        }
         self.end().await;
     }
 }
 
 impl Drop for HubSocket {
     fn drop(&mut self) {
-        if !self.opened {
-            // The upgrade never completed: the connection is over.
+        if !self.opened && self.previous.is_none() {
+            // The upgrade never completed: the connection is over (unless this socket
+            // was to resume one, which waits on for its client).
             self.session.end();
             self.shared.unregister(&self.session);
         }

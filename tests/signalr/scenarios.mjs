@@ -48,11 +48,13 @@ class Wire {
   constructor() {
     this.records = [];
     this.waiters = [];
+    this.sockets = 0;
   }
 
   logger() {
     return {
       log: (level, message) => {
+        if (message.includes("WebSocket connected to")) this.sockets += 1;
         const at = message.indexOf("Content: '");
         if (message.includes("data received") && at >= 0) {
           const content = message.slice(at + "Content: '".length, message.lastIndexOf("'"));
@@ -246,6 +248,49 @@ const scenarios = {
     assert.deepEqual(closes, []);
     await connection.stop();
   },
+};
+
+// Stateful reconnect: while COUNT stream items flow from the server and COUNT messages
+// go to the server and back to all, the Rust test cuts the socket (a TCP proxy drops it
+// after `event: cut`). The client reattaches by itself, with no new handshake: every item
+// and every message arrives once, in order, under the same connection id.
+scenarios.stateful = async function stateful(count = "200") {
+  const n = Number(count);
+  const wire = new Wire();
+  const connection = builder({ wire, stateful: true }).build();
+  let reconnecting = 0;
+  connection.onreconnecting(() => { reconnecting += 1; });
+  const received = new Inbox(connection, "ReceiveMessage");
+  await within("start", connection.start());
+  const id = connection.connectionId;
+  const items = [];
+  const streamed = new Promise((resolve, reject) => {
+    connection.stream("Counter", n, 5).subscribe({
+      next: (i) => {
+        items.push(i);
+        if (items.length === Math.floor(n / 4)) event("cut");
+      },
+      complete: resolve,
+      error: reject,
+    });
+  });
+  for (let i = 0; i < n; i += 1) {
+    await within(`sending message ${i}`, connection.send("SendMessage", "ana", `m${i}`));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  await within("the stream's end", streamed, 60000);
+  assert.deepEqual(items, [...Array(n).keys()], "every item once, in order");
+  for (let i = 0; i < n; i += 1) {
+    assert.deepEqual(await received.next(`message ${i}`), ["ana", `m${i}`]);
+  }
+  // Nothing twice: a call after them all, then nothing more had come.
+  assert.equal(await within("Echo", connection.invoke("Echo", "last")), "last");
+  assert.deepEqual(received.items, [], "messages received twice");
+  assert.equal(connection.connectionId, id, "the same connection");
+  assert.equal(reconnecting, 0, "no reconnect the application sees");
+  assert.ok(wire.sockets >= 2, `the socket was replaced (${wire.sockets} sockets)`);
+  assert.ok(wire.records.some((r) => r.type === 9), "the server's Sequence after the reattach");
+  await connection.stop();
 };
 
 const run = scenarios[scenario];
