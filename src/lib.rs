@@ -385,4 +385,12 @@ pub mod fuzzing {
             }
         }
     }
+
+    /// A client's text message to a SignalR hub, as the hub reads it (the handshake, then
+    /// the records): panics if a record that parsed does not hold what its text said, or
+    /// if what the server would send back from it does not parse again.
+    #[cfg(feature = "signalr")]
+    pub fn signalr_records(data: &[u8]) {
+        crate::signalr::records::check_message(data)
+    }
 }

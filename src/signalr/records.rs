@@ -544,4 +544,27 @@ mod tests {
         check_message(completion("1", Ok(Some("[1,2]"))).as_bytes());
         check_message(invocation(Some("s\u{1}"), "T\u{7f}", "[]").as_bytes());
     }
+
+    /// What the fuzz target checks, on every prefix and every one-byte change of a few
+    /// messages: no panic, and what parses holds what its text said.
+    #[test]
+    fn cut_and_changed_messages_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"{\"protocol\":\"json\",\"version\":2}\x1e{\"type\":6}\x1e",
+            b"{\"arguments\":[\"a\\u0000\",[{}]],\"invocationId\":\"0\",\"target\":\"Send\",\"type\":4}\x1e",
+            b"{\"type\":3,\"invocationId\":\"s0\",\"result\":{\"a\":[1]}}\x1e{\"type\":9,\"sequenceId\":4}\x1e",
+        ];
+        for seed in seeds {
+            for end in 0..=seed.len() {
+                check_message(&seed[..end]);
+            }
+            for at in 0..seed.len() {
+                for byte in [0u8, b'"', b'[', b'{', b'}', 0x1e, b'\\', 0xff] {
+                    let mut changed = seed.to_vec();
+                    changed[at] = byte;
+                    check_message(&changed);
+                }
+            }
+        }
+    }
 }
