@@ -59,6 +59,7 @@ pub(crate) trait Membership: Send + Sync + 'static {
     /// Puts `successor` where the connection of the same id is (a resumed connection
     /// taking its predecessor's place), at once for every broadcast; false if it is not
     /// there.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     fn replace_member(&self, successor: &Connection) -> bool;
 }
 
@@ -275,27 +276,32 @@ impl Connection {
     /// most `max_messages` and `max_bytes`, and when its socket ends it stays in its
     /// collections, keeping what they send it, until a successor
     /// [takes over](Self::take_over) or it [leaves them all](Self::leave_all).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn make_resumable(&self, max_messages: usize, max_bytes: usize) {
         self.inner.core.queue.keep(max_messages, max_bytes);
         self.inner.core.set_resumable(true);
     }
 
     /// The peer has the messages kept up to number `through`.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn ack(&self, through: u64) {
         self.inner.core.queue.ack(through);
     }
 
     /// Whether a successor could take over: resumable, and what it kept is whole.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn can_resume(&self) -> bool {
         self.inner.core.is_resumable() && self.inner.core.queue.resumable()
     }
 
     /// The socket is being replaced: from now on the messages queued are kept only.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn park(&self) {
         self.inner.core.queue.park();
     }
 
     /// Not to be resumed: it keeps nothing more, and leaves every collection.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn leave_all(&self) {
         self.inner.core.set_resumable(false);
         self.inner.core.queue.forget_kept();
@@ -308,6 +314,7 @@ impl Connection {
     /// message kept) and then what `old` kept, before anything else; from then on what is
     /// queued to `old` comes here, after them; and this connection takes `old`'s place in
     /// every collection. False, changing nothing, if `old` cannot be resumed.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn take_over(&self, old: &Connection, first: impl FnOnce(u64) -> String) -> bool {
         let core = &self.inner.core;
         let successor: Arc<dyn Successor> = Arc::new(self.clone());

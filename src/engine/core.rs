@@ -263,6 +263,7 @@ impl Core {
     }
 
     /// Marks the connection resumable, or no longer.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn set_resumable(&self, resumable: bool) {
         self.resumable.store(resumable, Ordering::Release);
     }
@@ -270,6 +271,7 @@ impl Core {
     /// Queues a text message of a protocol above that is never kept for a resume (SignalR's
     /// pings, acks and closes): encoded here, plain, and queued as a frame of our own,
     /// outside the bounds of messages.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn send_unkept_text(&self, text: &str) {
         self.push_protocol(Outbound::Raw(text_frame(text)));
     }
@@ -515,6 +517,7 @@ impl Core {
 
 /// An unmasked control frame with `payload` (at most 125 bytes).
 /// A whole text frame of `text`, header and payload in one buffer.
+#[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
 pub(crate) fn text_frame(text: &str) -> Bytes {
     let frame = Frame::new(opcode::TEXT, Bytes::copy_from_slice(text.as_bytes()));
     let mut bytes = Vec::with_capacity(frame.len());

@@ -3,6 +3,7 @@
 //! reconnect): the frames themselves, shared with the queue and with every other member of
 //! a broadcast (no copy), numbered from 1 in the order they were queued, bounded in
 //! messages and bytes.
+#![cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
 
 use std::collections::VecDeque;
 use std::sync::Arc;

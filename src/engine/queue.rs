@@ -180,11 +180,13 @@ impl OutboundQueue {
     /// From now on, keeps the data messages queued (numbered from 1) until
     /// [`ack`](Self::ack)ed, at most `max_messages` and `max_bytes`: past them nothing is
     /// kept and the connection cannot be resumed.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn keep(&self, max_messages: usize, max_bytes: usize) {
         lock(&self.state).kept = Some(Box::new(Kept::new(1, max_messages, max_bytes)));
     }
 
     /// Lets go of the kept messages up to number `through`.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn ack(&self, through: u64) {
         if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
             kept.ack(through);
@@ -192,6 +194,7 @@ impl OutboundQueue {
     }
 
     /// Whether the messages kept are whole: false once they overflowed, or if none are.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn resumable(&self) -> bool {
         lock(&self.state)
             .kept
@@ -200,6 +203,7 @@ impl OutboundQueue {
     }
 
     /// The socket is going: data messages are kept only, until a successor takes over.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn park(&self) {
         if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
             kept.parked = true;
@@ -207,6 +211,7 @@ impl OutboundQueue {
     }
 
     /// Keeps nothing any more (the connection will not be resumed).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn forget_kept(&self) {
         let kept = lock(&self.state).kept.take();
         drop(kept);
@@ -217,6 +222,7 @@ impl OutboundQueue {
     /// successor first), and from then on every message queued here goes to the
     /// successor, after them. Returns false, handing nothing on, if the messages kept are
     /// not whole (they overflowed, or were handed on already) or `resume` refused.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn hand_on(
         &self,
         successor: std::sync::Arc<dyn Successor>,
@@ -242,6 +248,7 @@ impl OutboundQueue {
     /// then the predecessor's kept `frames`, before anything else, and keeps them as
     /// `kept` says. The replay counts against the kept bounds, not the queue's. Refused
     /// if anything was queued here already.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn resume(
         &self,
         first_item: Bytes,
@@ -406,6 +413,7 @@ impl OutboundQueue {
     }
 
     /// How many data messages were ever queued, wrapping at 2^32.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn pushed(&self) -> u32 {
         lock(&self.state).pushed
     }

@@ -50,6 +50,7 @@ impl ShutdownState {
 
     /// Runs `hook` when [`close_all`](WebSocketServer::close_all) starts, before it closes
     /// the connections: what a protocol above says to its clients first (SignalR's Close).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn before_close(&self, hook: impl Fn() + Send + Sync + 'static) {
         lock(&self.before_close).0.push(Box::new(hook));
     }

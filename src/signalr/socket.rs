@@ -293,7 +293,7 @@ impl WebSocketHandler for HubSocket {
         let mut bytes = text.as_bytes();
         if !self.session.is_handshaken() {
             match self.handshake(conn, bytes).await {
-                Some(rest) if rest.is_empty() => return,
+                Some([]) => return,
                 Some(rest) => bytes = rest,
                 None => return,
             }
