@@ -92,7 +92,7 @@ fn at(line: usize, column: usize) -> String {
 }
 
 impl JsonError {
-    fn decoding(error: serde_json::Error) -> Self {
+    pub(crate) fn decoding(error: serde_json::Error) -> Self {
         let (line, column) = (error.line(), error.column());
         // serde_json's own text ends with " at line L column C": said above already.
         let reason = error.to_string();

@@ -254,6 +254,9 @@ mod fanout;
 mod json;
 mod protocol;
 mod server;
+#[cfg(feature = "signalr")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signalr")))]
+pub mod signalr;
 
 /// The attribute on an `impl` of [`backplane::Backplane`] that implements its async method,
 /// [`missed`](backplane::Backplane::missed): a trait used as an object (`Box<dyn Backplane>`).
@@ -401,5 +404,13 @@ pub mod fuzzing {
                 assert!(inflated == data, "level {level}, {bits} bits");
             }
         }
+    }
+
+    /// A client's text message to a SignalR hub, as the hub reads it (the handshake, then
+    /// the records): panics if a record that parsed does not hold what its text said, or
+    /// if what the server would send back from it does not parse again.
+    #[cfg(feature = "signalr")]
+    pub fn signalr_records(data: &[u8]) {
+        crate::signalr::records::check_message(data)
     }
 }

@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "json",
     "backplane",
     "server",
+    "signalr",
 ];
 
 /// One `crate::` path found in a source file.

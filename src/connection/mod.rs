@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use crate::engine::core::{Core, Deflate};
 use crate::engine::flush::HasCore;
 use crate::engine::id::ConnectionId;
+use crate::engine::kept::Successor;
 use crate::engine::metrics::Metrics;
 use crate::engine::queue::Rejected;
 use crate::engine::settings::Settings;
@@ -55,6 +56,11 @@ pub(crate) trait Membership: Send + Sync + 'static {
     fn remove_member(&self, id: ConnectionId);
     /// Whether the connection is there.
     fn has_member(&self, id: ConnectionId) -> bool;
+    /// Puts `successor` where the connection of the same id is (a resumed connection
+    /// taking its predecessor's place), at once for every broadcast; false if it is not
+    /// there.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    fn replace_member(&self, successor: &Connection) -> bool;
 }
 
 impl Connection {
@@ -64,9 +70,14 @@ impl Connection {
         deflate: Option<Agreed>,
         settings: &Settings,
         metrics: Metrics,
+        id: Option<ConnectionId>,
     ) -> Self {
         let mut core = Core::new(settings, metrics);
         core.deflate = Deflate::new(deflate, &settings.deflate);
+        if let Some(id) = id {
+            // A resumed connection goes on under its predecessor's id.
+            core.id = id;
+        }
         let inner = Inner {
             core,
             uri: request.uri,
@@ -201,7 +212,7 @@ impl Connection {
     /// ```
     pub async fn send_wait(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let core = &self.inner.core;
-        if !core.is_open() {
+        if !core.is_open() && !core.is_resumable() {
             return Err(SendError::Closed);
         }
         let frame = core.frame_for(message.into());
@@ -212,7 +223,7 @@ impl Connection {
                     core.after_push(pushed);
                     return Ok(());
                 }
-                Err(Rejected::Full { .. }) if core.is_open() => {
+                Err(Rejected::Full { .. }) if core.is_open() || core.is_resumable() => {
                     // Polled, as a resume's replay is: a writer waking a waiter would cost
                     // every idle connection a few bytes, for what few connections do.
                     tokio::time::sleep(SEND_WAIT_POLL).await;
@@ -243,15 +254,100 @@ impl Connection {
         self.inner.core.is_closed()
     }
 
-    /// Marks the connection closed: it leaves every collection and `closed()` resolves.
+    /// Marks the connection closed: it leaves every collection (unless it is resumable:
+    /// see [`make_resumable`](Self::make_resumable)) and `closed()` resolves.
     pub(crate) fn mark_closed(&self) {
         let memberships = {
             let mut memberships = lock(&self.inner.memberships);
             self.inner.core.set_closed();
-            std::mem::take(&mut *memberships)
+            if self.inner.core.is_resumable() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut *memberships)
+            }
         };
         // Waiters are woken whatever happens below.
         let _notify = NotifyClosed(&self.inner.core);
+        self.leave(memberships);
+    }
+
+    /// Makes the connection resumable on another socket by a protocol above (SignalR's
+    /// stateful reconnect): its queue keeps what it sends until [`ack`](Self::ack)ed, at
+    /// most `max_messages` and `max_bytes`, and when its socket ends it stays in its
+    /// collections, keeping what they send it, until a successor
+    /// [takes over](Self::take_over) or it [leaves them all](Self::leave_all).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn make_resumable(&self, max_messages: usize, max_bytes: usize) {
+        self.inner.core.queue.keep(max_messages, max_bytes);
+        self.inner.core.set_resumable(true);
+    }
+
+    /// The peer has the messages kept up to number `through`.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn ack(&self, through: u64) {
+        self.inner.core.queue.ack(through);
+    }
+
+    /// Whether a successor could take over: resumable, and what it kept is whole.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn can_resume(&self) -> bool {
+        self.inner.core.is_resumable() && self.inner.core.queue.resumable()
+    }
+
+    /// The socket is being replaced: from now on the messages queued are kept only.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn park(&self) {
+        self.inner.core.queue.park();
+    }
+
+    /// Not to be resumed: it keeps nothing more, and leaves every collection.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn leave_all(&self) {
+        self.inner.core.set_resumable(false);
+        self.inner.core.queue.forget_kept();
+        let memberships = std::mem::take(&mut *lock(&self.inner.memberships));
+        self.leave(memberships);
+    }
+
+    /// Takes over from `old`, a resumable connection of the same id whose socket is gone
+    /// or going: queues `first` (the protocol's text, given the number of the oldest
+    /// message kept) and then what `old` kept, before anything else; from then on what is
+    /// queued to `old` comes here, after them; and this connection takes `old`'s place in
+    /// every collection. False, changing nothing, if `old` cannot be resumed.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn take_over(&self, old: &Connection, first: impl FnOnce(u64) -> String) -> bool {
+        let core = &self.inner.core;
+        let successor: Arc<dyn Successor> = Arc::new(self.clone());
+        let handed = old.inner.core.queue.hand_on(successor, |kept, frames| {
+            let text = first(kept.first());
+            match core
+                .queue
+                .resume(crate::engine::core::text_frame(&text), kept, frames)
+            {
+                Ok(pushed) => {
+                    core.after_push(pushed);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if !handed {
+            return false;
+        }
+        core.set_resumable(true);
+        let memberships = std::mem::take(&mut *lock(&old.inner.memberships));
+        let mut taken = Vec::with_capacity(memberships.len());
+        for members in memberships.iter().filter_map(Weak::upgrade) {
+            if members.replace_member(self) {
+                taken.push(Arc::downgrade(&members));
+            }
+        }
+        lock(&self.inner.memberships).extend(taken);
+        true
+    }
+
+    /// Leaves `memberships`, each in turn.
+    fn leave(&self, memberships: Vec<Weak<dyn Membership>>) {
         for members in memberships.iter().filter_map(Weak::upgrade) {
             // Leaving may run the user's code (a room key's `Hash` and `Eq`): a panic
             // there must not keep the connection in its other collections.
@@ -310,6 +406,15 @@ impl Connection {
         let mut memberships = lock(&self.inner.memberships);
         if !members.has_member(self.id()) {
             memberships.retain(|weak| !std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(members)));
+        }
+    }
+}
+
+impl Successor for Connection {
+    fn forward(&self, frame: crate::protocol::frame::Frame) {
+        // Flushed here: the caller flushes the connection it queued to, the predecessor.
+        if let Ok(pushed) = self.inner.core.send_frame(frame) {
+            self.inner.core.after_push(pushed);
         }
     }
 }

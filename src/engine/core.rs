@@ -120,6 +120,9 @@ pub(crate) struct Core {
     keepalive_due: AtomicU32,
     /// The server's timer found `keepalive_due` passed and woke the connection's task.
     keepalive_fired: AtomicBool,
+    /// A protocol above may resume it on another socket: its queue keeps what it sent
+    /// (`OutboundQueue::keep`), and it stays in its collections when its socket ends.
+    resumable: AtomicBool,
     /// What permessage-deflate was agreed with the client, if anything.
     pub(crate) deflate: Deflate,
     /// The first close frame on the wire, in either direction.
@@ -144,6 +147,7 @@ impl Core {
             close_written: AtomicBool::new(false),
             keepalive_due: AtomicU32::new(0),
             keepalive_fired: AtomicBool::new(false),
+            resumable: AtomicBool::new(false),
             deflate: Deflate::default(),
             first_close: OnceBox::new(),
             metrics,
@@ -233,7 +237,8 @@ impl Core {
 
     /// Queues an encoded frame. The caller must act on [`Pushed::MustFlush`].
     pub(crate) fn send_frame(&self, frame: Frame) -> Result<Pushed, SendError> {
-        if !self.is_open() {
+        // A resumable connection's queue decides: it keeps what comes after the socket.
+        if !self.is_open() && !self.is_resumable() {
             return Err(SendError::Closed);
         }
         self.queue
@@ -250,6 +255,25 @@ impl Core {
                 }
                 Rejected::Stopped => SendError::Closed,
             })
+    }
+
+    /// Whether a protocol above may resume the connection on another socket.
+    pub(crate) fn is_resumable(&self) -> bool {
+        self.resumable.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection resumable, or no longer.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn set_resumable(&self, resumable: bool) {
+        self.resumable.store(resumable, Ordering::Release);
+    }
+
+    /// Queues a text message of a protocol above that is never kept for a resume (SignalR's
+    /// pings, acks and closes): encoded here, plain, and queued as a frame of our own,
+    /// outside the bounds of messages.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn send_unkept_text(&self, text: &str) {
+        self.push_protocol(Outbound::Raw(text_frame(text)));
     }
 
     /// Queues a ping (an empty one: only the answer matters).
@@ -492,6 +516,16 @@ impl Core {
 }
 
 /// An unmasked control frame with `payload` (at most 125 bytes).
+/// A whole text frame of `text`, header and payload in one buffer.
+#[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+pub(crate) fn text_frame(text: &str) -> Bytes {
+    let frame = Frame::new(opcode::TEXT, Bytes::copy_from_slice(text.as_bytes()));
+    let mut bytes = Vec::with_capacity(frame.len());
+    bytes.extend_from_slice(frame.header());
+    bytes.extend_from_slice(frame.payload());
+    bytes.into()
+}
+
 fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(2 + payload.len());
     frame.push(0x80 | opcode);

@@ -15,6 +15,7 @@ pub(crate) mod core;
 pub(crate) mod flush;
 pub(crate) mod id;
 pub(crate) mod keepalive;
+pub(crate) mod kept;
 pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod queue;

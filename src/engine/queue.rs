@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
+use crate::engine::kept::{Kept, Successor};
 use crate::engine::memory;
 use crate::engine::sync::{lock_handover as lock, HandoverMutex as Mutex};
 use crate::protocol::close::CloseFrame;
@@ -106,6 +107,12 @@ struct State {
     owner: Option<Waker>,
     /// Our close frame was taken, or the connection ended: accept nothing more.
     stopped: bool,
+    /// Data messages ever queued, wrapping: how a protocol above tells a connection it has
+    /// not written to lately (SignalR's pings).
+    pushed: u32,
+    /// What a resumable connection keeps until its peer acknowledges it (see
+    /// [`keep`](OutboundQueue::keep)); boxed, as most connections keep nothing.
+    kept: Option<Box<Kept>>,
 }
 
 /// Above this, a drained buffer gives its memory back, so a burst does not pin memory on an
@@ -132,8 +139,23 @@ impl OutboundQueue {
     /// Queues a message behind everything already queued. Refused once a close frame is
     /// queued: nothing behind it would ever be written, so a send that races a close either
     /// goes out before the close frame or fails.
+    ///
+    /// On a resumable connection the message is kept too; once its socket is gone it is
+    /// only kept, and once another connection has taken over it goes there.
     pub(crate) fn push_data(&self, frame: Frame) -> Result<Pushed, Rejected> {
         let mut state = lock(&self.state);
+        if let Some(kept) = state.kept.as_deref_mut() {
+            if let Some(successor) = kept.successor.clone() {
+                drop(state);
+                successor.forward(frame);
+                return Ok(Pushed::Queued);
+            }
+            if kept.parked {
+                kept.keep(&frame);
+                state.pushed = state.pushed.wrapping_add(1);
+                return Ok(Pushed::Queued);
+            }
+        }
         if state.stopped || state.close_queued {
             return Err(Rejected::Stopped);
         }
@@ -147,7 +169,99 @@ impl OutboundQueue {
         }
         state.messages += 1;
         state.bytes += len;
+        state.pushed = state.pushed.wrapping_add(1);
+        if let Some(kept) = state.kept.as_deref_mut() {
+            kept.keep(&frame);
+        }
         state.items.push_back(Outbound::Data(frame));
+        Ok(schedule(&mut state))
+    }
+
+    /// From now on, keeps the data messages queued (numbered from 1) until
+    /// [`ack`](Self::ack)ed, at most `max_messages` and `max_bytes`: past them nothing is
+    /// kept and the connection cannot be resumed.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn keep(&self, max_messages: usize, max_bytes: usize) {
+        lock(&self.state).kept = Some(Box::new(Kept::new(1, max_messages, max_bytes)));
+    }
+
+    /// Lets go of the kept messages up to number `through`.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn ack(&self, through: u64) {
+        if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
+            kept.ack(through);
+        }
+    }
+
+    /// Whether the messages kept are whole: false once they overflowed, or if none are.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn resumable(&self) -> bool {
+        lock(&self.state)
+            .kept
+            .as_ref()
+            .is_some_and(|kept| !kept.overflowed && kept.successor.is_none())
+    }
+
+    /// The socket is going: data messages are kept only, until a successor takes over.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn park(&self) {
+        if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
+            kept.parked = true;
+        }
+    }
+
+    /// Keeps nothing any more (the connection will not be resumed).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn forget_kept(&self) {
+        let kept = lock(&self.state).kept.take();
+        drop(kept);
+    }
+
+    /// Hands this connection's messages on to `successor`: under this queue's lock, `resume`
+    /// gets the number of the oldest kept message and the kept frames (to queue to the
+    /// successor first), and from then on every message queued here goes to the
+    /// successor, after them. Returns false, handing nothing on, if the messages kept are
+    /// not whole (they overflowed, or were handed on already) or `resume` refused.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn hand_on(
+        &self,
+        successor: std::sync::Arc<dyn Successor>,
+        resume: impl FnOnce(Kept, VecDeque<Frame>) -> bool,
+    ) -> bool {
+        let mut state = lock(&self.state);
+        let Some(kept) = state.kept.as_deref_mut() else {
+            return false;
+        };
+        if kept.overflowed || kept.successor.is_some() {
+            return false;
+        }
+        let (first, frames) = kept.take();
+        let next = kept.successor_of(first, &frames);
+        if !resume(next, frames) {
+            return false;
+        }
+        kept.successor = Some(successor);
+        true
+    }
+
+    /// Starts a successor's queue: `first_item` (a frame of the protocol's, queued as is),
+    /// then the predecessor's kept `frames`, before anything else, and keeps them as
+    /// `kept` says. The replay counts against the kept bounds, not the queue's. Refused
+    /// if anything was queued here already.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn resume(
+        &self,
+        first_item: Bytes,
+        kept: Kept,
+        frames: VecDeque<Frame>,
+    ) -> Result<Pushed, Rejected> {
+        let mut state = lock(&self.state);
+        if state.stopped || state.close_queued || !state.items.is_empty() {
+            return Err(Rejected::Stopped);
+        }
+        state.kept = Some(Box::new(kept));
+        state.items.push_back(Outbound::Raw(first_item));
+        state.items.extend(frames.into_iter().map(Outbound::Data));
         Ok(schedule(&mut state))
     }
 
@@ -284,6 +398,10 @@ impl OutboundQueue {
     pub(crate) fn stop(&self) {
         let mut state = lock(&self.state);
         state.stopped = true;
+        if let Some(kept) = state.kept.as_deref_mut() {
+            // A resumable connection's messages are kept on (they are in `kept` already).
+            kept.parked = true;
+        }
         state.messages = 0;
         state.bytes = 0;
         state.pong_at = None;
@@ -292,6 +410,12 @@ impl OutboundQueue {
         drop(state);
         // Payloads are dropped outside the lock.
         drop(items);
+    }
+
+    /// How many data messages were ever queued, wrapping at 2^32.
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn pushed(&self) -> u32 {
+        lock(&self.state).pushed
     }
 
     /// Messages queued and their payload bytes.

@@ -367,6 +367,22 @@ impl Membership for Members {
     fn has_member(&self, id: ConnectionId) -> bool {
         self.contains(id)
     }
+
+    fn replace_member(&self, successor: &Connection) -> bool {
+        let id = successor.id();
+        let replace = |shard: &mut Shard| match shard.position(id) {
+            Some(at) => {
+                shard.list[at].connection = successor.clone();
+                true
+            }
+            None => false,
+        };
+        // Under the lock broadcasts queue under: each goes to one of the two.
+        match self.layout() {
+            Layout::Sharded(shards) => replace(&mut write(shard_of(shards, id))),
+            Layout::Small(mut small) => replace(&mut small),
+        }
+    }
 }
 
 fn read(lock: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
@@ -1074,6 +1090,7 @@ mod tests {
             None,
             &settings,
             crate::engine::metrics::Metrics::new(),
+            None,
         )
     }
 

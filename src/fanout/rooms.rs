@@ -554,6 +554,7 @@ mod tests {
             None,
             &settings,
             crate::engine::metrics::Metrics::new(),
+            None,
         )
     }
 

@@ -24,6 +24,18 @@ pub(crate) struct ShutdownState {
     started: AtomicBool,
     /// Wakes [`serve`](WebSocketServer::serve) loops when the shutdown starts.
     starting: Notify,
+    /// Run by `close_all` before it closes the connections (a protocol's goodbye).
+    before_close: Mutex<BeforeClose>,
+}
+
+/// What [`ShutdownState::before_close`] runs.
+#[derive(Default)]
+struct BeforeClose(Vec<Box<dyn Fn() + Send + Sync>>);
+
+impl std::fmt::Debug for BeforeClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} hooks", self.0.len())
+    }
 }
 
 impl ShutdownState {
@@ -34,6 +46,13 @@ impl ShutdownState {
 
     pub(crate) fn is_started(&self) -> bool {
         self.started.load(Ordering::SeqCst)
+    }
+
+    /// Runs `hook` when [`close_all`](WebSocketServer::close_all) starts, before it closes
+    /// the connections: what a protocol above says to its clients first (SignalR's Close).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn before_close(&self, hook: impl Fn() + Send + Sync + 'static) {
+        lock(&self.before_close).0.push(Box::new(hook));
     }
 
     /// Resolves once the shutdown has started.
@@ -173,6 +192,9 @@ impl WebSocketServer {
         let state = self.shutdown_state();
         state.started.store(true, Ordering::SeqCst);
         state.starting.notify_waiters();
+        for hook in &lock(&state.before_close).0 {
+            hook();
+        }
         let open: Vec<Connection> = lock(&state.connections).iter().cloned().collect();
         for conn in &open {
             let _ = conn.close(CloseCode::GOING_AWAY, "server shutting down");

@@ -132,7 +132,14 @@ mod tests {
             None,
             0,
         );
-        Connection::new(parts, None, None, &Settings::default(), Metrics::new())
+        Connection::new(
+            parts,
+            None,
+            None,
+            &Settings::default(),
+            Metrics::new(),
+            None,
+        )
     }
 
     /// A server (with no timer of its own) and `n` connections in its list.

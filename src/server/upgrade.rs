@@ -308,6 +308,16 @@ impl WebSocketUpgrade {
         self,
         handler: H,
     ) -> Result<Response<Body>, HandshakeError> {
+        self.try_accept_as(handler, None)
+    }
+
+    /// [`try_accept`](Self::try_accept), the connection taking the id `id` if given: a
+    /// connection resumed by a protocol above goes on under its predecessor's id.
+    pub(crate) fn try_accept_as<H: WebSocketHandler>(
+        self,
+        handler: H,
+        id: Option<crate::engine::id::ConnectionId>,
+    ) -> Result<Response<Body>, HandshakeError> {
         let WebSocketUpgrade {
             server,
             uri,
@@ -351,6 +361,7 @@ impl WebSocketUpgrade {
             deflate.as_ref().map(|(agreed, _)| *agreed),
             &config.engine,
             server.metrics().clone(),
+            id,
         );
         // On a connection served by a `ConnectionSlot`: no longer pending, busy while the
         // WebSocket lives, and, over HTTP/2, its stream linked to hyper's send task so that

@@ -209,6 +209,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         ("json", cfg!(feature = "json")),
         ("axum", cfg!(feature = "axum")),
         ("tls", cfg!(feature = "tls")),
+        ("signalr", cfg!(feature = "signalr")),
     ];
     for (feature, on) in features {
         if on {
