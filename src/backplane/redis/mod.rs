@@ -526,9 +526,10 @@ pub struct RedisStats {
 /// A [`Backplane`] over Redis: a stream per topic (lossless, the default) or a pub/sub
 /// channel.
 ///
-/// Cheap to clone; clones share one Redis connection (RESP3, so Redis 6 or newer, for
-/// publishing and subscriptions alike) and one background task, which ends when the last
-/// clone, and the last collection using it, is dropped.
+/// Cheap to clone; clones share one background task and its Redis connections (RESP3, so
+/// Redis 6 or newer), which end when the last clone, and the last collection using it, is
+/// dropped. One Redis server, the primary that Redis Sentinel names
+/// ([`sentinel`](Self::sentinel)), or a Redis Cluster ([`cluster`](Self::cluster)).
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.

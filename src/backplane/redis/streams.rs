@@ -411,8 +411,10 @@ enum Reader {
         bells: Arc<Bells>,
         /// The channels whose bell this connection is subscribed to.
         subscribed: HashSet<String>,
-        /// The topics read may have changed since the subscriptions were last made to match.
-        changed: bool,
+        /// Channels whose bell subscription is to be made to match whether they are read
+        /// (every one when the session starts, then those whose collections changed): the
+        /// work of a change is proportional to it.
+        reconsider: HashSet<String>,
         /// The channels still to read in the current sweep.
         sweep: Vec<String>,
         /// When the next sweep is due.
@@ -459,7 +461,7 @@ pub(super) async fn serve(
                 conn,
                 bells,
                 subscribed: HashSet::new(),
-                changed: true,
+                reconsider: HashSet::new(),
                 sweep: Vec::new(),
                 next_sweep: tokio::time::Instant::now() + BLOCK,
             }
@@ -489,6 +491,7 @@ pub(super) async fn serve(
         streams.sync(shared, &mut publisher, &session, all).await?;
         // For resumes, once every topic's epoch is known valid for this run.
         *lock(&shared.connection) = Some(publisher.clone());
+        reader.reconsider(streams.read.keys().cloned());
         while publish_batch(shared, &mut publisher, &mut session).await? {}
         *connected = true;
         shared.drop_reported.store(false, Ordering::Relaxed);
@@ -507,6 +510,7 @@ pub(super) async fn serve(
                     // A topic was added: where it stands is read before anything more is
                     // published to it (same connection, in order), so none of its messages
                     // is skipped. The read in progress is cut short to take it in.
+                    reader.reconsider(changed.iter().cloned());
                     streams
                         .sync(shared, &mut publisher, &session, changed)
                         .await?;
@@ -572,38 +576,45 @@ pub(super) async fn serve(
 }
 
 impl Reader {
-    /// In a cluster, makes the bell subscriptions match the topics read: subscribes to new
-    /// ones (and again to those the cluster ended, their slot moved), one command each (they
-    /// may be in as many slots), and ends those of topics no longer read.
+    /// In a cluster, `channels` are to have their bell subscription made to match whether
+    /// they are read (at the next [`follow`](Self::follow)).
+    fn reconsider(&mut self, channels: impl Iterator<Item = String>) {
+        if let Reader::Bells { reconsider, .. } = self {
+            reconsider.extend(channels);
+        }
+    }
+
+    /// In a cluster, makes the bell subscriptions of the channels to reconsider, and of
+    /// those the cluster ended (their slot moved), match the topics read: subscribes to new
+    /// ones, one command each (they may be in as many slots), and ends those of topics no
+    /// longer read.
     async fn follow(&mut self, shared: &Shared, streams: &mut Streams) -> Result<(), SessionError> {
         let Reader::Bells {
             conn,
             bells,
             subscribed,
-            changed,
+            reconsider,
             ..
         } = self
         else {
             return Ok(());
         };
-        let ended = bells.take_ended();
-        // Only when something changed: this looks at every topic.
-        if !std::mem::take(changed) && ended.is_empty() {
+        for channel in bells.take_ended() {
+            subscribed.remove(&channel);
+            reconsider.insert(channel);
+        }
+        if reconsider.is_empty() {
             return Ok(());
         }
-        for channel in ended {
-            subscribed.remove(&channel);
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        for channel in reconsider.drain() {
+            let wanted = streams.read.contains_key(&channel) && !streams.refused.contains(&channel);
+            match (wanted, subscribed.contains(&channel)) {
+                (true, false) => new.push(channel),
+                (false, true) => gone.push(channel),
+                _ => {}
+            }
         }
-        let wanted = |channel: &String| {
-            streams.read.contains_key(channel) && !streams.refused.contains(channel)
-        };
-        let gone: Vec<String> = subscribed.iter().filter(|c| !wanted(c)).cloned().collect();
-        let new: Vec<String> = streams
-            .read
-            .keys()
-            .filter(|channel| wanted(channel) && !subscribed.contains(*channel))
-            .cloned()
-            .collect();
         if !gone.is_empty() {
             let bells_gone: Vec<String> =
                 gone.iter().map(|channel| cluster::bell(channel)).collect();
@@ -667,8 +678,7 @@ impl Reader {
     async fn interrupt(&mut self, publisher: &mut Conn) -> Result<(), SessionError> {
         match self {
             Reader::Blocking { id, .. } => unblock(publisher, *id).await,
-            Reader::Bells { bells, changed, .. } => {
-                *changed = true;
+            Reader::Bells { bells, .. } => {
                 bells.interrupt();
                 Ok(())
             }
