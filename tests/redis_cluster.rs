@@ -509,3 +509,40 @@ async fn topics_on_every_primary_through_a_killed_one() {
         );
     }
 }
+
+/// A topic added while connected is read from where it stood then: what another process
+/// publishes from then on arrives, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_added_while_connected_gets_what_is_published_from_then_on() {
+    let Some(cluster) = Cluster::start("redis_cluster::late", false).await else {
+        return;
+    };
+    let urls = cluster.urls();
+    let nodes = [node(&urls, 1, true).await, node(&urls, 1, true).await];
+    let late: Vec<WebSocketCollection> = nodes
+        .iter()
+        .map(|node| WebSocketCollection::with_backplane("late", node.backplane.clone()))
+        .collect();
+    let addr = {
+        let room = late[1].clone();
+        common::serve(WebSocketServer::new(), move |_| Joiner {
+            room: room.clone(),
+        })
+        .await
+    };
+    let mut listener = connect(addr, "/").await;
+    assert_eq!(next_text(&mut listener).await, "joined");
+    // Both processes have taken the topic in once both listen to its bell.
+    let owner = cluster
+        .primary_of(cluster.slot("websocket-handler:late").await)
+        .await;
+    cluster
+        .wait_for_shard_subscribers(owner, "{websocket-handler:late}:bell", 2)
+        .await;
+    for n in 0..20 {
+        late[0].broadcast(format!("late:{n}"));
+    }
+    for n in 0..20 {
+        assert_eq!(next_text(&mut listener).await, format!("late:{n}"));
+    }
+}

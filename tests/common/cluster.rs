@@ -400,7 +400,13 @@ impl Cluster {
 
     /// Waits until the node on `port` has a subscriber to the sharded channel `channel`.
     pub async fn wait_for_shard_subscriber(&self, port: u16, channel: &str) {
-        let what = format!("a subscriber to {channel} on {port}");
+        self.wait_for_shard_subscribers(port, channel, 1).await;
+    }
+
+    /// Waits until the node on `port` has `count` subscribers to the sharded channel
+    /// `channel`, or more.
+    pub async fn wait_for_shard_subscribers(&self, port: u16, channel: &str, count: i64) {
+        let what = format!("{count} subscribers to {channel} on {port}");
         self.wait_for(&what, |_| async move {
             let counts: Vec<redis::Value> = redis::cmd("PUBSUB")
                 .arg("SHARDNUMSUB")
@@ -408,7 +414,7 @@ impl Cluster {
                 .query_async(&mut admin(port).await)
                 .await
                 .unwrap_or_default();
-            matches!(counts.get(1), Some(redis::Value::Int(n)) if *n > 0)
+            matches!(counts.get(1), Some(redis::Value::Int(n)) if *n >= count)
         })
         .await;
     }
