@@ -372,6 +372,7 @@ async fn topics_on_every_primary_and_no_command_across_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_uses_sharded_channels_and_follows_a_migrated_slot() {
     const TOPICS: usize = 6;
+    const BURST: usize = 200;
     let Some(cluster) = Cluster::start("redis_cluster::pubsub", false).await else {
         return;
     };
@@ -394,14 +395,19 @@ async fn pubsub_uses_sharded_channels_and_follows_a_migrated_slot() {
         let owner = cluster.primary_of(cluster.slot(&channel).await).await;
         cluster.wait_for_shard_subscriber(owner, &channel).await;
     }
-    for (t, listener) in listeners.iter_mut().enumerate() {
-        for n in 0..10 {
+    // A burst: many of one topic in one pipelined batch, which must reach Redis in order.
+    for t in 0..TOPICS {
+        for n in 0..BURST {
             nodes[0].topics[t].broadcast(format!("{t}:{n}"));
         }
-        for n in 0..10 {
+    }
+    for (t, listener) in listeners.iter_mut().enumerate() {
+        for n in 0..BURST {
             assert_eq!(next_text(listener).await, format!("{t}:{n}"));
         }
     }
+    let stats = nodes[1].backplane.stats();
+    assert_eq!((stats.missed, stats.invalid), (0, 0), "{stats:?}");
     for node in &cluster.nodes {
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")

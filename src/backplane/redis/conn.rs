@@ -3,8 +3,8 @@
 //! keeps one connection per node).
 //!
 //! In a cluster every command, pipeline and script must stay within one slot (else
-//! `CROSSSLOT`): [`Conn::run_each`] runs commands of many slots as separate commands, at
-//! once, where one server takes them as one pipeline.
+//! `CROSSSLOT`): [`Conn::run_groups`] runs groups of commands of many slots, each group a
+//! pipeline of its own, at once, where one server takes them all as one pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use super::{RedisConfig, SessionError};
 /// over as it is read.
 pub(super) type Pushes = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
-/// Cluster commands in flight at once in [`Conn::run_each`].
+/// Cluster commands (or pipelines) in flight at once in [`Conn::run_groups`].
 pub(super) const IN_FLIGHT: usize = 256;
 
 /// How often the cluster client retries a command itself (a redirect, `TRYAGAIN` during a
@@ -128,31 +128,64 @@ impl Conn {
 
     /// Runs `commands` and answers each one's result, in order: on one server as one
     /// pipeline (an `Err` for all if the connection fails), in a cluster each on its own,
-    /// at most [`IN_FLIGHT`] at once (they may be in as many slots).
+    /// at most [`IN_FLIGHT`] at once (they may be in as many slots, and their order is not
+    /// kept).
     pub(super) async fn run_each(
         &mut self,
         commands: Vec<Cmd>,
     ) -> RedisResult<Vec<RedisResult<Value>>> {
+        self.run_groups(commands.into_iter().map(|command| vec![command]).collect())
+            .await
+    }
+
+    /// Runs `groups` of commands and answers each command's result, in order: on one
+    /// server all as one pipeline (an `Err` for all if the connection fails); in a cluster
+    /// each group as a pipeline of its own (its commands must share one slot; they reach
+    /// Redis in their order), the groups at once, at most [`IN_FLIGHT`].
+    pub(super) async fn run_groups(
+        &mut self,
+        groups: Vec<Vec<Cmd>>,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let pipeline = |commands: Vec<Cmd>| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for command in commands {
+                pipe.add_command(command);
+            }
+            pipe
+        };
         match self {
             Conn::One(conn) => {
+                let commands: Vec<Cmd> = groups.into_iter().flatten().collect();
                 if commands.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                for command in commands {
-                    pipe.add_command(command);
-                }
-                pipe.query_async(conn).await
+                pipeline(commands).query_async(conn).await
             }
-            Conn::Cluster(conn) => Ok(futures_util::stream::iter(commands)
-                .map(|command| {
-                    let mut conn = conn.clone();
-                    async move { command.query_async::<Value>(&mut conn).await }
-                })
-                .buffered(IN_FLIGHT)
-                .collect()
-                .await),
+            Conn::Cluster(conn) => {
+                let answers: Vec<Vec<RedisResult<Value>>> = futures_util::stream::iter(groups)
+                    .map(|group| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let count = group.len();
+                            if let [command] = &group[..] {
+                                return vec![command.query_async::<Value>(&mut conn).await];
+                            }
+                            // A failed group fails each of its commands.
+                            match pipeline(group)
+                                .query_async::<Vec<RedisResult<Value>>>(&mut conn)
+                                .await
+                            {
+                                Ok(answers) => answers,
+                                Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
+                            }
+                        }
+                    })
+                    .buffered(IN_FLIGHT)
+                    .collect()
+                    .await;
+                Ok(answers.into_iter().flatten().collect())
+            }
         }
     }
 

@@ -1357,15 +1357,45 @@ async fn publish_batch(shared: &Shared, conn: &mut Conn) -> Result<bool, Session
         return Ok(false);
     }
     let publish = conn.publish_command();
-    let commands = batch
-        .iter()
-        .map(|(channel, envelope)| {
+    // By channel, in the order they first appear: its messages, in order. In a cluster
+    // each channel's are one pipeline, so that they reach Redis in their order.
+    let mut groups: Vec<Vec<redis::Cmd>> = Vec::new();
+    // Of each message of the batch: its group, and its place in it.
+    let mut places: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
+    {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (channel, envelope) in &batch {
+            let group = *index.entry(channel).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
             let mut command = redis::cmd(publish);
             command.arg(channel).arg(envelope.as_ref());
-            command
-        })
-        .collect();
-    let results = match conn.run_each(commands).await {
+            places.push((group, groups[group].len()));
+            groups[group].push(command);
+        }
+    }
+    let mut starts = Vec::with_capacity(groups.len());
+    let mut next = 0;
+    for group in &groups {
+        starts.push(next);
+        next += group.len();
+    }
+    // The answers come group by group: back in the batch's order.
+    let answers = conn.run_groups(groups).await.map(|answers| {
+        let mut answers: Vec<Option<redis::RedisResult<redis::Value>>> =
+            answers.into_iter().map(Some).collect();
+        places
+            .iter()
+            .map(|&(group, at)| {
+                answers
+                    .get_mut(starts[group] + at)
+                    .and_then(Option::take)
+                    .unwrap_or(Ok(redis::Value::Nil))
+            })
+            .collect::<Vec<_>>()
+    });
+    let results = match answers {
         Ok(results) => results,
         Err(error) => {
             let dropped = {

@@ -1875,7 +1875,7 @@ pub(super) async fn missed(
 
 #[cfg(test)]
 mod tests {
-    use super::{keys, parse_outcome, parse_read, script_error, Outcome};
+    use super::{keys, parse_ensured, parse_outcome, parse_read, script_error, Ensure, Outcome};
     use crate::backplane::redis::Failure;
     use redis::Value;
 
@@ -1906,9 +1906,27 @@ mod tests {
     }
 
     #[test]
+    fn ensure_replies() {
+        let ensured = Value::Array(vec![bulk("7"), Value::Int(100), bulk("90")]);
+        assert!(matches!(
+            parse_ensured(&ensured),
+            Some(Ensure::Ensured(super::Ensured {
+                epoch: 7,
+                counter: 100,
+                base: 90
+            }))
+        ));
+        let foreign = Value::Array(vec![bulk("foreign"), bulk("ab12")]);
+        assert!(matches!(parse_ensured(&foreign), Some(Ensure::Foreign(run)) if run == "ab12"));
+        assert!(parse_ensured(&Value::Array(vec![bulk("7")])).is_none());
+    }
+
+    #[test]
     fn publish_replies() {
         let moved = Value::Array(vec![bulk("moved"), bulk("42")]);
         assert!(matches!(parse_outcome(&moved), Some(Outcome::Moved(42))));
+        let foreign = Value::Array(vec![bulk("foreign"), bulk("ab12")]);
+        assert!(matches!(parse_outcome(&foreign), Some(Outcome::Foreign)));
         let all = Value::Array(vec![bulk("7"), Value::Int(100), Value::Int(3), bulk("")]);
         match parse_outcome(&all) {
             Some(Outcome::Published {
@@ -1949,6 +1967,12 @@ mod tests {
         assert!(script_error("OOM command not allowed").0 == Failure::Transient);
         assert!(script_error("BUSY Redis is busy").0 == Failure::Transient);
         assert!(script_error("READONLY You can't write").0 == Failure::Reconnect);
+        // Redirects the cluster client gave up following: its view of the slots is stale.
+        assert!(script_error("MOVED 3999 127.0.0.1:6381").0 == Failure::Reconnect);
+        assert!(script_error("ASK 3999 127.0.0.1:6381").0 == Failure::Reconnect);
+        assert!(script_error("TRYAGAIN Multiple keys request").0 == Failure::Transient);
+        assert!(script_error("CLUSTERDOWN The cluster is down").0 == Failure::Transient);
+        assert!(script_error("CROSSSLOT Keys in request").0 == Failure::Permanent);
         assert!(script_error("WRONGTYPE Operation").0 == Failure::Permanent);
         assert!(
             script_error("ERR The ID specified in XADD is equal or smaller").0
