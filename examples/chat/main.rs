@@ -12,6 +12,8 @@
 //! cargo run --example chat --features redis -- --addr 127.0.0.1:8081 --redis redis://127.0.0.1:6379
 //! # the same through Redis Sentinel, following failovers (scripts/redis-sentinel.sh starts one):
 //! cargo run --example chat --features redis -- --redis-sentinel redis://127.0.0.1:26010,redis://127.0.0.1:26011 --redis-master mymaster
+//! # on a Redis Cluster (scripts/redis-cluster.sh starts one):
+//! cargo run --example chat --features redis -- --redis-cluster redis://127.0.0.1:27000,redis://127.0.0.1:27001
 //! ```
 //!
 //! `--redis` shares the rooms losslessly (a Redis stream per room): every server delivers
@@ -364,6 +366,7 @@ fn open_rooms(
         let builder = match at {
             RedisAt::Url(url) => RedisBackplane::builder(url),
             RedisAt::Sentinel { sentinels, master } => RedisBuilder::sentinel(sentinels, master),
+            RedisAt::Cluster(nodes) => RedisBuilder::cluster(nodes),
         };
         let redis = builder
             .lossless(lossless)
@@ -391,6 +394,7 @@ fn open_rooms(
                     sentinels.join(",")
                 )
             }
+            RedisAt::Cluster(nodes) => format!("--redis-cluster {}", nodes.join(",")),
         };
         Err(format!(
             "{flag}: this build has no Redis support; \
@@ -430,6 +434,8 @@ enum RedisAt {
         sentinels: Vec<String>,
         master: String,
     },
+    /// `--redis-cluster URL[,URL...]`: some nodes of a Redis Cluster.
+    Cluster(Vec<String>),
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -438,6 +444,7 @@ fn parse_args() -> Result<Args, String> {
     let mut announce = true;
     let mut redis = None;
     let (mut sentinels, mut master) = (None, None);
+    let mut cluster = None;
     let mut lossless = true;
     let mut trim = true;
     let (mut cert, mut key) = (None, None);
@@ -455,6 +462,10 @@ fn parse_args() -> Result<Args, String> {
                 sentinels = Some(list.split(',').map(str::to_owned).collect::<Vec<_>>());
             }
             "--redis-master" => master = Some(args.next().ok_or("--redis-master needs a NAME")?),
+            "--redis-cluster" => {
+                let list = args.next().ok_or("--redis-cluster needs URL[,URL...]")?;
+                cluster = Some(list.split(',').map(str::to_owned).collect::<Vec<_>>());
+            }
             "--no-trim" => trim = false,
             "--tls-cert" => {
                 cert = Some(PathBuf::from(args.next().ok_or("--tls-cert needs a FILE")?))
@@ -464,7 +475,8 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "usage: chat [--addr HOST:PORT] [--no-notices] [--no-trim]\n            \
                      [--redis URL | --redis-pubsub URL |\n             \
-                     --redis-sentinel URL[,URL...] --redis-master NAME]\n            \
+                     --redis-sentinel URL[,URL...] --redis-master NAME |\n             \
+                     --redis-cluster URL[,URL...]]\n            \
                      [--tls-cert FILE --tls-key FILE]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --tls-cert FILE, --tls-key FILE  serve HTTPS (PEM files), HTTP/2 and\n                \
@@ -478,7 +490,10 @@ fn parse_args() -> Result<Args, String> {
                      that is not subscribed (Redis restarting) misses messages\n  \
                      --redis-sentinel URL[,URL...]  losslessly, through the primary that these\n                \
                      Redis Sentinels name (redis://127.0.0.1:26379,redis://...), following\n                \
-                     failovers; with --redis-master NAME, the master name they watch"
+                     failovers; with --redis-master NAME, the master name they watch\n  \
+                     --redis-cluster URL[,URL...]  losslessly, on the Redis Cluster these nodes\n                \
+                     belong to (redis://127.0.0.1:7000,redis://...), each topic on the\n                \
+                     primary of its hash slot"
                 );
                 std::process::exit(0);
             }
@@ -493,14 +508,23 @@ fn parse_args() -> Result<Args, String> {
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    let redis = match (redis, sentinels, master) {
-        (Some(url), None, None) => Some(RedisAt::Url(url)),
-        (None, Some(sentinels), Some(master)) => Some(RedisAt::Sentinel { sentinels, master }),
-        (None, None, None) => None,
-        (None, Some(_), None) | (None, None, Some(_)) => {
+    let redis = match (redis, sentinels, master, cluster) {
+        (Some(url), None, None, None) => Some(RedisAt::Url(url)),
+        (None, Some(sentinels), Some(master), None) => {
+            Some(RedisAt::Sentinel { sentinels, master })
+        }
+        (None, None, None, Some(nodes)) => Some(RedisAt::Cluster(nodes)),
+        (None, None, None, None) => None,
+        (None, Some(_), None, None) | (None, None, Some(_), None) => {
             return Err("--redis-sentinel and --redis-master go together".into())
         }
-        (Some(_), _, _) => return Err("--redis and --redis-sentinel exclude each other".into()),
+        _ => {
+            return Err(
+                "--redis (or --redis-pubsub), --redis-sentinel and --redis-cluster exclude \
+                 each other"
+                    .into(),
+            )
+        }
     };
     Ok(Args {
         addr,

@@ -18,6 +18,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use websocket_handler::{WebSocketHandler, WebSocketServer};
 
+#[cfg(feature = "redis")]
+#[allow(dead_code)] // only the cluster tests use it
+pub mod cluster;
 pub mod redis_server;
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the Sentinel tests use it

@@ -7,12 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind};
+use redis::{PushInfo, PushKind};
 use tokio::sync::{watch, Notify};
 
+mod cluster;
+mod conn;
 mod servers;
 mod streams;
+
+use conn::Conn;
 
 use super::{lock, Backplane, BackplaneState, Delivery, Inbox, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
@@ -99,6 +102,43 @@ impl RedisBuilder {
             .unwrap_or_default();
         let mut config = RedisConfig::defaults(first);
         config.sentinel = Some((sentinels, master.into()));
+        RedisBuilder { config }
+    }
+
+    /// Settings for a Redis Cluster (Redis 7 or newer), reached through any of `nodes`
+    /// (`redis://host:port` each, with an optional `user:password@`, the same on each):
+    /// the backplane asks them for the cluster's layout and then talks to every primary.
+    ///
+    /// Each topic lives on the primary of its hash slot (all of a topic's keys, its rooms'
+    /// included, share one hash tag, `{PREFIX+TOPIC}`), so topics spread over the primaries
+    /// and every command stays within one slot. In lossless mode a process reads each
+    /// primary's topics on one connection to it, woken by a sharded pub/sub message that the
+    /// publish script sends (`SPUBLISH`); in pub/sub mode each topic is a sharded channel
+    /// (`SSUBSCRIBE`, `SPUBLISH`), carried by its slot's primary only.
+    ///
+    /// What the cluster's changes do to the lossless mode:
+    /// - **A slot migrated** (`redis-cli --cluster reshard`, `MIGRATE`): redirects are
+    ///   followed, and a topic whose keys arrive on another primary keeps its epoch once
+    ///   the primary they came from is proven to have handed them over (it runs on, a
+    ///   primary, and redirects the topic's keys): nothing is lost or reset.
+    /// - **A primary failing over** (killed, or `CLUSTER FAILOVER`): as through
+    ///   [`sentinel`](Self::sentinel), a new epoch for each of its topics, counted and told
+    ///   ([`History::lost_notice`](crate::History::lost_notice)), and what was published
+    ///   lately published again and delivered once. Redis replicates asynchronously, so
+    ///   exactly once through a failover is not on offer; a rewind is always reported.
+    ///
+    /// While any primary is unreachable (a failover under way: by default a cluster refuses
+    /// every command then), the backplane reconnects as it would to one server, and
+    /// publishing waits, for every topic.
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes: Vec<SecretUrl> = nodes.into_iter().map(|url| SecretUrl(url.into())).collect();
+        let first = nodes.first().map(|url| url.0.clone()).unwrap_or_default();
+        let mut config = RedisConfig::defaults(first);
+        config.cluster = Some(nodes);
         RedisBuilder { config }
     }
 
@@ -261,6 +301,8 @@ pub struct RedisConfig {
     ping_interval: Duration,
     /// Through Sentinel: the sentinels and the master name.
     sentinel: Option<(Vec<SecretUrl>, String)>,
+    /// A Redis Cluster: the nodes first asked.
+    cluster: Option<Vec<SecretUrl>>,
 }
 
 impl RedisConfig {
@@ -285,6 +327,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(3),
             ping_interval: Duration::from_secs(5),
             sentinel: None,
+            cluster: None,
         }
     }
 
@@ -294,19 +337,30 @@ impl RedisConfig {
         Some((sentinels.iter().map(|url| url.0.as_str()).collect(), master))
     }
 
-    /// What logs name: the URL, or the master and its sentinels (passwords hidden).
+    /// With [`RedisBuilder::cluster`]: the URLs of the nodes first asked.
+    pub fn cluster(&self) -> Option<Vec<&str>> {
+        let nodes = self.cluster.as_ref()?;
+        Some(nodes.iter().map(|url| url.0.as_str()).collect())
+    }
+
+    /// What logs name: the URL, the master and its sentinels, or the cluster's nodes
+    /// (passwords hidden).
     fn target(&self) -> String {
-        match &self.sentinel {
-            None => self.url.to_string(),
-            Some((sentinels, master)) => {
-                let sentinels: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
-                format!("{master} through sentinels {}", sentinels.join(","))
+        let list = |urls: &[SecretUrl]| {
+            let urls: Vec<String> = urls.iter().map(ToString::to_string).collect();
+            urls.join(",")
+        };
+        match (&self.sentinel, &self.cluster) {
+            (Some((sentinels, master)), _) => {
+                format!("{master} through sentinels {}", list(sentinels))
             }
+            (None, Some(nodes)) => format!("the cluster of {}", list(nodes)),
+            (None, None) => self.url.to_string(),
         }
     }
 
     /// The Redis URL, as given to [`RedisBuilder::new`] (through Sentinel, the first
-    /// sentinel's). (`Debug` shows it without its
+    /// sentinel's; in a cluster, the first node's). (`Debug` shows it without its
     /// password, as the backplane's logs and errors do.)
     pub fn url(&self) -> &str {
         &self.url.0
@@ -472,9 +526,10 @@ pub struct RedisStats {
 /// A [`Backplane`] over Redis: a stream per topic (lossless, the default) or a pub/sub
 /// channel.
 ///
-/// Cheap to clone; clones share one Redis connection (RESP3, so Redis 6 or newer, for
-/// publishing and subscriptions alike) and one background task, which ends when the last
-/// clone, and the last collection using it, is dropped.
+/// Cheap to clone; clones share one background task and its Redis connections (RESP3, so
+/// Redis 6 or newer), which end when the last clone, and the last collection using it, is
+/// dropped. One Redis server, the primary that Redis Sentinel names
+/// ([`sentinel`](Self::sentinel)), or a Redis Cluster ([`cluster`](Self::cluster)).
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message; the task publishes in
 ///   order, pipelining whatever has queued up.
@@ -538,6 +593,9 @@ struct Shared {
     /// The channels whose subscriptions changed since the task last looked: a change costs
     /// work for its channel only.
     changed: Mutex<HashSet<String>>,
+    /// Pub/sub mode: sharded subscriptions that ended (ours, or a cluster's whose slot
+    /// moved), to be made again if still wanted.
+    ended_subscriptions: Mutex<HashSet<String>>,
     /// A full queue has been reported in the current outage (one warning per outage).
     drop_reported: AtomicBool,
     /// Inboxes by Redis channel name.
@@ -555,7 +613,7 @@ struct Shared {
     retried: AtomicU64,
     disconnects: AtomicU64,
     /// Lossless mode: the publishing connection while connected, for history lookups.
-    connection: Mutex<Option<MultiplexedConnection>>,
+    connection: Mutex<Option<Conn>>,
     /// Lossless mode: what was published lately, in case Redis loses it.
     recent: Mutex<Recent>,
     /// Lossless mode: history reads for resumes at once, each holding up to the retention
@@ -703,6 +761,9 @@ pub enum RedisBackplaneError {
     /// [`RedisBuilder::sentinel`] was given no sentinel URL.
     #[error("a Redis backplane through Sentinel needs at least one sentinel URL")]
     NoSentinels,
+    /// [`RedisBuilder::cluster`] was given no node URL.
+    #[error("a Redis backplane on a Redis Cluster needs at least one node URL")]
+    NoClusterNodes,
     /// Built outside a tokio runtime, where the background task cannot run.
     #[error("a RedisBackplane must be built within a tokio runtime")]
     NoRuntime,
@@ -747,6 +808,27 @@ impl RedisBackplane {
         RedisBuilder::sentinel(sentinels, master)
     }
 
+    /// A builder for a Redis Cluster, reached through any of `nodes`: see
+    /// [`RedisBuilder::cluster`].
+    ///
+    /// ```no_run
+    /// use websocket_handler::backplane::RedisBackplane;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+    /// let redis = RedisBackplane::cluster(nodes).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> RedisBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBuilder::cluster(nodes)
+    }
+
     /// What [`RedisBuilder::build`] does.
     fn with_config(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
         // The client's error as text: its type stays out of the public API.
@@ -763,12 +845,48 @@ impl RedisBackplane {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let node = info.set_redis_settings(resp3);
-        let servers = match &config.sentinel {
-            None => servers::Servers::One(redis::Client::open(node).map_err(invalid)?),
-            Some((sentinels, _)) if sentinels.is_empty() => {
+        let servers = match (&config.sentinel, &config.cluster) {
+            (None, None) => servers::Servers::One(redis::Client::open(node).map_err(invalid)?),
+            (None, Some(nodes)) => {
+                if nodes.is_empty() {
+                    return Err(RedisBackplaneError::NoClusterNodes);
+                }
+                let nodes = nodes
+                    .iter()
+                    .map(|url| {
+                        let invalid = |reason: String| RedisBackplaneError::InvalidUrl {
+                            url: url.to_string(),
+                            reason,
+                        };
+                        let info = redis::IntoConnectionInfo::into_connection_info(url.0.as_str())
+                            .map_err(|error| invalid(error.to_string()))?;
+                        if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
+                            return Err(invalid(
+                                "a cluster's nodes are reached over TCP (they name each other \
+                                 by address)"
+                                    .to_owned(),
+                            ));
+                        }
+                        let resp3 = info
+                            .redis_settings()
+                            .clone()
+                            .set_protocol(redis::ProtocolVersion::RESP3);
+                        Ok(info.set_redis_settings(resp3))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // What the cluster client would refuse (different credentials), refused now.
+                redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .build()
+                    .map_err(|error| RedisBackplaneError::InvalidUrl {
+                        url: config.url.to_string(),
+                        reason: error.to_string(),
+                    })?;
+                servers::Servers::Cluster(nodes)
+            }
+            (Some((sentinels, _)), _) if sentinels.is_empty() => {
                 return Err(RedisBackplaneError::NoSentinels)
             }
-            Some((sentinels, master)) => {
+            (Some((sentinels, master)), _) => {
                 let sentinels = sentinels
                     .iter()
                     .map(|url| {
@@ -809,6 +927,7 @@ impl RedisBackplane {
             history_resets: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             changed: Mutex::new(HashSet::new()),
+            ended_subscriptions: Mutex::new(HashSet::new()),
             connection: Mutex::new(None),
             recent: Mutex::new(Recent::default()),
             history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
@@ -977,11 +1096,11 @@ async fn run(shared: Arc<Shared>, servers: servers::Servers) {
     loop {
         let mut connected = false;
         // Through Sentinel, the primary is looked up again on every connect.
-        let served = match servers.client(shared.config.connect_timeout).await {
-            Ok(client) if shared.config.lossless => {
-                streams::serve(&shared, &client, &mut connected, &mut read).await
+        let served = match servers.target(shared.config.connect_timeout).await {
+            Ok(target) if shared.config.lossless => {
+                streams::serve(&shared, &target, &mut connected, &mut read).await
             }
-            Ok(client) => serve(&shared, &client, &mut connected).await,
+            Ok(target) => serve(&shared, &target, &mut connected).await,
             Err(no_primary) => Err(no_primary.into()),
         };
         let lost = match served {
@@ -1039,29 +1158,18 @@ enum SessionError {
 /// however long a publish takes, so memory stays bounded whatever the other servers send.
 async fn serve(
     shared: &Arc<Shared>,
-    client: &redis::Client,
+    target: &servers::Target,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
     let config = &shared.config;
     let timed = |timeout: Duration| move |_| SessionError::Timeout(timeout);
     let lost = Arc::new(Notify::new());
-    let push = {
+    let pushes: conn::Pushes = {
         let (shared, lost) = (shared.clone(), lost.clone());
-        move |push: PushInfo| {
-            on_push(&shared, &lost, push);
-            Ok::<(), std::convert::Infallible>(())
-        }
+        Arc::new(move |push: PushInfo| on_push(&shared, &lost, push))
     };
-    let connection_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout))
-        .set_push_sender(push);
-    let mut conn = tokio::time::timeout(
-        config.connect_timeout,
-        client.get_multiplexed_async_connection_with_config(&connection_config),
-    )
-    .await
-    .map_err(timed(config.connect_timeout))??;
+    let mut conn = Conn::open(target, config, config.response_timeout, Some(pushes)).await?;
+    lock(&shared.ended_subscriptions).clear();
     let mut subscriptions = Subscriptions::default();
     shared.subscriptions_changed.store(false, Ordering::Release);
     subscriptions.sync(shared, &mut conn).await?;
@@ -1117,13 +1225,14 @@ impl Subscriptions {
     /// Makes this connection's subscriptions match the channels that have live inboxes:
     /// subscribes to new ones and unsubscribes from those whose collections are all gone.
     /// A channel Redis refuses is reported and left out; only a lost connection is an error.
-    async fn sync(
-        &mut self,
-        shared: &Shared,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), SessionError> {
+    async fn sync(&mut self, shared: &Shared, conn: &mut Conn) -> Result<(), SessionError> {
         // Every channel is looked at: what changed is known to be among them.
         lock(&shared.changed).clear();
+        // Subscriptions the cluster ended (their slot moved to another primary) are made
+        // again, on the slot's primary now.
+        for channel in lock(&shared.ended_subscriptions).drain() {
+            self.subscribed.remove(&channel);
+        }
         let (wanted, unwanted): (Vec<String>, Vec<String>) = {
             let mut inboxes = lock(&shared.inboxes);
             inboxes.retain(|_, list| {
@@ -1189,7 +1298,8 @@ enum Failure {
     /// `maxmemory`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `NOREPLICAS`): retry later.
     Transient,
     /// The connection is gone or points at the wrong server (`READONLY`: a replica, a
-    /// demoted primary; `NOSCRIPT`: scripts were flushed): connect again.
+    /// demoted primary; `NOSCRIPT`: scripts were flushed, or a node is new; `MOVED` or
+    /// `ASK` left over: the cluster's layout changed under us): connect again.
     Reconnect,
 }
 
@@ -1216,7 +1326,9 @@ fn classify_code(code: &str, detail: &str) -> Failure {
         "CLUSTERDOWN",
         "NOREPLICAS",
     ];
-    const RECONNECT: [&str; 2] = ["READONLY", "NOSCRIPT"];
+    // `MOVED` and `ASK` that the cluster client gave up following: its view of the slots is
+    // stale, so it starts over.
+    const RECONNECT: [&str; 4] = ["READONLY", "NOSCRIPT", "MOVED", "ASK"];
     let names = |word: &str| code == word || detail.starts_with(&format!("{word} "));
     if RECONNECT.iter().any(|word| names(word)) {
         Failure::Reconnect
@@ -1239,23 +1351,51 @@ fn is_refusal(error: &redis::RedisError) -> bool {
 /// after reconnecting (receivers drop whatever part of it had arrived). A message Redis
 /// refuses (an error reply) is dropped, counted in [`RedisStats::refused`] and logged with
 /// the reply, once per channel; the rest of the batch, and of the queue, goes on.
-async fn publish_batch(
-    shared: &Shared,
-    conn: &mut MultiplexedConnection,
-) -> Result<bool, SessionError> {
+async fn publish_batch(shared: &Shared, conn: &mut Conn) -> Result<bool, SessionError> {
     let batch = lock(&shared.pending).take(PUBLISH_BATCH);
     if batch.is_empty() {
         return Ok(false);
     }
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for (channel, envelope) in &batch {
-        pipe.cmd("PUBLISH").arg(channel).arg(envelope.as_ref());
-    }
-    let results = match pipe
-        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
-        .await
+    let publish = conn.publish_command();
+    // By channel, in the order they first appear: its messages, in order. In a cluster
+    // each channel's are one pipeline, so that they reach Redis in their order.
+    let mut groups: Vec<Vec<redis::Cmd>> = Vec::new();
+    // Of each message of the batch: its group, and its place in it.
+    let mut places: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
     {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (channel, envelope) in &batch {
+            let group = *index.entry(channel).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            let mut command = redis::cmd(publish);
+            command.arg(channel).arg(envelope.as_ref());
+            places.push((group, groups[group].len()));
+            groups[group].push(command);
+        }
+    }
+    let mut starts = Vec::with_capacity(groups.len());
+    let mut next = 0;
+    for group in &groups {
+        starts.push(next);
+        next += group.len();
+    }
+    // The answers come group by group: back in the batch's order.
+    let answers = conn.run_groups(groups).await.map(|answers| {
+        let mut answers: Vec<Option<redis::RedisResult<redis::Value>>> =
+            answers.into_iter().map(Some).collect();
+        places
+            .iter()
+            .map(|&(group, at)| {
+                answers
+                    .get_mut(starts[group] + at)
+                    .and_then(Option::take)
+                    .unwrap_or(Ok(redis::Value::Nil))
+            })
+            .collect::<Vec<_>>()
+    });
+    let results = match answers {
         Ok(results) => results,
         Err(error) => {
             let dropped = {
@@ -1295,7 +1435,8 @@ async fn publish_batch(
 /// connection wakes the task.
 fn on_push(shared: &Shared, lost: &Notify, push: PushInfo) {
     match push.kind {
-        PushKind::Message => {
+        // `smessage`: a sharded channel's, in a cluster.
+        PushKind::Message | PushKind::SMessage => {
             let mut data = push.data.into_iter();
             let (Some(redis::Value::BulkString(channel)), Some(redis::Value::BulkString(payload))) =
                 (data.next(), data.next())
@@ -1308,6 +1449,15 @@ fn on_push(shared: &Shared, lost: &Notify, push: PushInfo) {
                 &String::from_utf8_lossy(&channel),
                 Bytes::from(payload),
             );
+        }
+        PushKind::SUnsubscribe => {
+            // Ours, or the cluster's when the channel's slot moved: the task subscribes again
+            // to what is still wanted.
+            if let Some(redis::Value::BulkString(channel)) = push.data.first() {
+                lock(&shared.ended_subscriptions).insert(String::from_utf8_lossy(channel).into());
+                shared.subscriptions_changed.store(true, Ordering::Release);
+                shared.work.notify_one();
+            }
         }
         PushKind::Disconnection => lost.notify_one(),
         _ => {}

@@ -1,6 +1,6 @@
-//! Which Redis server to connect to: one at a fixed address, or the primary that Redis
+//! Which Redis to connect to: one server at a fixed address, the primary that Redis
 //! Sentinel names, asked again on every connect (a remembered address may have become a
-//! replica, or an empty primary restarted with its old configuration).
+//! replica, or an empty primary restarted with its old configuration), or a Redis Cluster.
 
 use std::time::Duration;
 
@@ -22,6 +22,16 @@ pub(super) enum Servers {
         /// The sentinel to ask first.
         first: std::sync::atomic::AtomicUsize,
     },
+    /// A Redis Cluster, known by some of its nodes: the client asks them for the rest.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// What one connect goes to.
+pub(super) enum Target {
+    /// One server.
+    One(redis::Client),
+    /// A Redis Cluster, through these of its nodes.
+    Cluster(Vec<ConnectionInfo>),
 }
 
 /// Why no primary could be found through the sentinels.
@@ -46,12 +56,13 @@ pub(super) enum NoPrimary {
 }
 
 impl Servers {
-    /// The client for the server to use now. Through Sentinel, the primary is looked up
-    /// and asked for its `ROLE`, so that a stale answer (a sentinel that has not seen the
-    /// failover yet, a demoted primary) is never used.
-    pub(super) async fn client(&self, timeout: Duration) -> Result<redis::Client, NoPrimary> {
+    /// What to connect to now. Through Sentinel, the primary is looked up and asked for its
+    /// `ROLE`, so that a stale answer (a sentinel that has not seen the failover yet, a
+    /// demoted primary) is never used.
+    pub(super) async fn target(&self, timeout: Duration) -> Result<Target, NoPrimary> {
         let (sentinels, master, node, first) = match self {
-            Servers::One(client) => return Ok(client.clone()),
+            Servers::One(client) => return Ok(Target::One(client.clone())),
+            Servers::Cluster(nodes) => return Ok(Target::Cluster(nodes.clone())),
             Servers::Sentinel {
                 sentinels,
                 master,
@@ -92,7 +103,7 @@ impl Servers {
                 continue;
             };
             match role(&client, timeout).await {
-                Ok(role) if role == "master" => return Ok(client),
+                Ok(role) if role == "master" => return Ok(Target::One(client)),
                 Ok(role) => {
                     last = NoPrimary::NotPrimary {
                         master: master.clone(),

@@ -35,9 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use futures_util::StreamExt;
+use redis::Value;
 
+use super::cluster::{self, Bells};
+use super::conn::Conn;
+use super::servers::Target;
 use super::{classify, Failure, SessionError, Shared, FINAL_FLUSH, PUBLISH_BATCH};
 use crate::backplane::{envelope, lock, BackplaneState, Delivery, MissedPage};
 use crate::fanout::history::{Position, ResumeError};
@@ -45,10 +48,15 @@ use crate::fanout::history::{Position, ResumeError};
 /// What both scripts share, as Lua functions; KEYS as [`Keys::all`] (then, for a room,
 /// [`RoomKeys`]). Every number written is formatted with `%d` (Lua's own conversion would
 /// write offsets, which are microseconds, in exponent form).
-/// - `epoch_for(run, new, stale)`: the topic's epoch and counters, in one `MGET`: started
-///   over (with `new`, and offsets from the server's clock in microseconds, above every
-///   earlier epoch's) when it has none valid for this Redis run (`run`), or it is `stale` (a
-///   reader saw its counter go back).
+/// - `epoch_for(run, new, stale, foreign)`: the topic's epoch and counters, in one `MGET`:
+///   started over (with `new`, and offsets from the server's clock in microseconds, above
+///   every earlier epoch's) when it has none valid for this Redis run (`run`; `''`: asked
+///   with `INFO`, in a cluster, where the node that runs the script is the slot's primary,
+///   whichever it is), or it is `stale` (a reader saw its counter go back). Keys written
+///   under another run are `foreign`: `''` or `'!'` starts over; `'?'` answers
+///   `{foreign = run}` (the caller finds out whether that run handed them over, see
+///   `cluster::handed_over`); a run id keeps the epoch if they were written under that run,
+///   and makes them this run's.
 /// - `slack(keep)`: how far past `keep` entries a stream may grow before it is trimmed back
 ///   to `keep` (1/16 of it, 1 to 100): trimmed in batches, as `MAXLEN ~` would.
 /// - `trim(stream, len, bytes, keep, keep_bytes)`: removes the oldest entries of a stream of
@@ -58,12 +66,23 @@ use crate::fanout::history::{Position, ResumeError};
 ///   the sizes of what goes (`XRANGE`), then removes it at once (`XTRIM MAXLEN`, exact).
 ///   Answers what is left, in entries and bytes, and the last id removed (`false`: none).
 const FUNCTIONS: &str = r#"
-local function epoch_for(run, new, stale)
+local function epoch_for(run, new, stale, foreign)
+  if run == '' then
+    run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  end
   local kept = redis.call('MGET', KEYS[3], KEYS[4], KEYS[2], KEYS[5], KEYS[6])
   local epoch = kept[1]
-  if epoch and epoch ~= stale and kept[2] == run and kept[3] then
-    return {epoch = epoch, offset = kept[3], bytes = tonumber(kept[4]) or 0,
-      base = kept[5] or '0'}
+  if epoch and epoch ~= stale and kept[3] then
+    local valid = kept[2] == run
+    if not valid and kept[2] and foreign ~= '' and foreign ~= '!' then
+      if foreign ~= kept[2] then return {foreign = kept[2]} end
+      redis.call('SET', KEYS[4], run)
+      valid = true
+    end
+    if valid then
+      return {epoch = epoch, offset = kept[3], bytes = tonumber(kept[4]) or 0,
+        base = kept[5] or '0'}
+    end
   end
   local now = redis.call('TIME')
   local base = now[1] .. string.format('%06d', tonumber(now[2]))
@@ -111,18 +130,24 @@ end
 /// ([`Keys::all`]), then two per room of the batch ([`RoomKeys`]: its stream and its
 /// counters). ARGV: 1 messages kept, 2 bytes kept, 3 run id, 4 a new epoch, 5 the epoch the
 /// publisher expects ('' for any), 6 a room's messages kept, 7 its bytes kept, 8 how long
-/// it is kept after its last message, in milliseconds; then for each envelope, the
-/// envelope and its room (the room's number in KEYS, from 1; 0 for none).
+/// it is kept after its last message, in milliseconds, 9 what to do with keys of another
+/// run (`foreign` in `epoch_for`), 10 the topic's bell ('' for none: one server); then for
+/// each envelope, the envelope and its room (the room's number in KEYS, from 1; 0 for none).
 ///
-/// Answers `{'moved', epoch}` (another epoch than expected: nothing published), or
+/// Answers `{'moved', epoch}` (another epoch than expected: nothing published), `{'foreign',
+/// run}` (keys of another run, nothing published), or
 /// `{epoch, offset, published, error, [n, room error]...}`: the first `published`
 /// envelopes went in at the offsets after `offset`; if fewer than all, the next one was
 /// refused with `error` (the later ones were not tried). A room whose own history refused
 /// an envelope that the topic took names it (its number, from 1) and the error.
 ///
-/// Redis calls of a batch: `MGET` (the topic's epoch and counters), an `XADD` per envelope
+/// The bell, if any, is rung with the last offset (`SPUBLISH`; a bell refused is left out: the
+/// readers' sweep finds the messages).
+///
+/// Redis calls of a batch: `INFO` in a cluster, `MGET` (the topic's epoch and counters), an
+/// `XADD` per envelope
 /// (the first one is the first write: a batch that Redis refuses for memory is refused
-/// whole), `MSET` of the counters; per room of the batch, `HMGET` (its epoch and counters;
+/// whole), `MSET` of the counters, the bell; per room of the batch, `HMGET` (its epoch and counters;
 /// `EXISTS` for a new one), an `XADD` per envelope, `HSET` and `PEXPIRE` of its two keys.
 /// Trimming (`XLEN`, `XRANGE`, `XTRIM`) runs when a stream may be `slack` entries past its
 /// bound, or its bytes are past theirs (which are then trimmed 1/64 below).
@@ -184,15 +209,16 @@ local function room_close(room, epoch)
   redis.call('PEXPIRE', room.meta, ARGV[8])
 end
 
-local topic = epoch_for(ARGV[3], ARGV[4], '')
+local topic = epoch_for(ARGV[3], ARGV[4], '', ARGV[9])
+if topic.foreign then return {{'foreign', topic.foreign}} end
 local epoch = topic.epoch
 if ARGV[5] ~= '' and ARGV[5] ~= epoch then return {{'moved', epoch}} end
-local count = (#ARGV - 8) / 2
+local count = (#ARGV - 10) / 2
 local first = tonumber(topic.offset)
 local bytes, published, failed = topic.bytes, 0, ''
 local rooms, last_of, refused = {{}}, {{}}, {{}}
 for i = 1, count do
-  local data, n = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local data, n = ARGV[9 + 2 * i], tonumber(ARGV[10 + 2 * i])
   local id = string.format('%d-0', first + i)
   local ok, e = pcall(redis.call, 'XADD', KEYS[1], id, 'e', epoch, 'd', data)
   if not ok then
@@ -229,18 +255,23 @@ for n, room in pairs(rooms) do
     refused[#refused + 1] = error_text(e)
   end
 end
+if ARGV[10] ~= '' then
+  pcall(redis.call, 'SPUBLISH', ARGV[10], string.format('%d', last))
+end
 return {{epoch, first, published, failed, unpack(refused)}}
 "#
     )
 }
 
 /// Makes sure a topic has an epoch valid for this run. ARGV: 1 run id, 2 a new epoch, 3 an
-/// epoch to replace ('' for none). Answers `{epoch, counter, base}`: the last offset given
-/// out, and the one the epoch started after.
+/// epoch to replace ('' for none), 4 what to do with keys of another run (`foreign` in
+/// `epoch_for`). Answers `{epoch, counter, base}`: the last offset given out, and the one
+/// the epoch started after; or `{'foreign', run}`.
 fn ensure_script() -> String {
     format!(
         "{FUNCTIONS}
-local topic = epoch_for(ARGV[1], ARGV[2], ARGV[3])
+local topic = epoch_for(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if topic.foreign then return {{'foreign', topic.foreign}} end
 return {{topic.epoch, topic.offset, topic.base}}
 "
     )
@@ -344,48 +375,110 @@ struct ReadState {
 struct Session {
     publish: String,
     ensure: String,
+    /// The server's run id; empty in a cluster, where each script asks its node's.
     run_id: String,
+    /// In a cluster: how to reach one node directly (its credentials and database), to ask
+    /// a primary whether it handed a topic over.
+    node: Option<redis::ConnectionInfo>,
     /// After a transient refusal: no publishing before this.
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
+    response_timeout: Duration,
 }
+
+impl Session {
+    /// What the scripts do with a topic's keys written under another run: on one server,
+    /// start a new epoch (a restart); in a cluster, say so (a migration or a failover).
+    fn foreign(&self) -> &'static str {
+        if self.node.is_some() {
+            "?"
+        } else {
+            ""
+        }
+    }
+}
+
+/// How a session waits for new entries.
+enum Reader {
+    /// One server: a connection of its own, blocked in `XREAD` over every topic at once
+    /// (`CLIENT UNBLOCK`ed, by its id, when the topics change).
+    Blocking { conn: Conn, id: i64 },
+    /// A cluster: one connection per primary (the cluster client's), subscribed to the bells
+    /// of the topics read; topics are read when rung, and a few in turn every [`BLOCK`]
+    /// (see [`SWEEP`]).
+    Bells {
+        conn: Conn,
+        bells: Arc<Bells>,
+        /// The channels whose bell this connection is subscribed to.
+        subscribed: HashSet<String>,
+        /// Channels whose bell subscription is to be made to match whether they are read
+        /// (every one when the session starts, then those whose collections changed): the
+        /// work of a change is proportional to it.
+        reconsider: HashSet<String>,
+        /// The channels still to read in the current sweep.
+        sweep: Vec<String>,
+        /// When the next sweep is due.
+        next_sweep: tokio::time::Instant,
+    },
+}
+
+/// In a cluster, topics read every [`BLOCK`] whether or not their bell rang, in turn: what
+/// a lost bell (a subscription being moved, a node reconnecting) held back arrives within
+/// `topics / SWEEP` seconds.
+const SWEEP: usize = 256;
+
+/// In a cluster, `XREAD`s (one per slot) in one read at most; the rest waits for the next.
+const READS: usize = 64;
 
 /// One connection's life in lossless mode: `Ok` once stopped, or why it was lost.
 pub(super) async fn serve(
     shared: &Arc<Shared>,
-    client: &redis::Client,
+    target: &Target,
     connected: &mut bool,
     streams: &mut Streams,
 ) -> Result<(), SessionError> {
     let config = &shared.config;
-    let timed = |timeout: Duration| move |_| SessionError::Timeout(timeout);
-    let connect = |response: Duration| {
-        let options = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(response));
-        async move {
-            tokio::time::timeout(
-                config.connect_timeout,
-                client.get_multiplexed_async_connection_with_config(&options),
-            )
-            .await
-            .map_err(timed(config.connect_timeout))?
-            .map_err(SessionError::from)
+    let mut publisher = Conn::open(target, config, config.response_timeout, None).await?;
+    let mut reader = match target {
+        Target::One(_) => {
+            // The reader blocks in XREAD: a connection of its own, allowed to wait that long.
+            let mut conn =
+                Conn::open(target, config, config.response_timeout + BLOCK, None).await?;
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await?;
+            Reader::Blocking { conn, id }
+        }
+        Target::Cluster(_) => {
+            let bells = Arc::new(Bells::default());
+            let pushes: super::conn::Pushes = {
+                let bells = bells.clone();
+                Arc::new(move |push| bells.on_push(push))
+            };
+            let conn = Conn::open(target, config, config.response_timeout, Some(pushes)).await?;
+            Reader::Bells {
+                conn,
+                bells,
+                subscribed: HashSet::new(),
+                reconsider: HashSet::new(),
+                sweep: Vec::new(),
+                next_sweep: tokio::time::Instant::now() + BLOCK,
+            }
         }
     };
-    let mut publisher = connect(config.response_timeout).await?;
-    // The reader blocks in XREAD: a connection of its own, allowed to wait that long.
-    let mut reader = connect(config.response_timeout + BLOCK).await?;
-    let reader_id: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut reader)
-        .await?;
+    let (run_id, node) = match target {
+        Target::One(_) => (run_id(&mut publisher).await?, None),
+        Target::Cluster(nodes) => (String::new(), nodes.first().cloned()),
+    };
     let mut session = Session {
         publish: load(&mut publisher, &publish_script()).await?,
         ensure: load(&mut publisher, &ensure_script()).await?,
-        run_id: run_id(&mut publisher).await?,
+        run_id,
+        node,
         retry_at: None,
         backoff: config.reconnect_min,
+        response_timeout: config.response_timeout,
     };
     let result = async {
         lock(&shared.changed).clear();
@@ -398,15 +491,17 @@ pub(super) async fn serve(
         streams.sync(shared, &mut publisher, &session, all).await?;
         // For resumes, once every topic's epoch is known valid for this run.
         *lock(&shared.connection) = Some(publisher.clone());
+        reader.reconsider(streams.read.keys().cloned());
         while publish_batch(shared, &mut publisher, &mut session).await? {}
         *connected = true;
         shared.drop_reported.store(false, Ordering::Relaxed);
         shared.state.send_replace(BackplaneState::Connected);
         tracing::info!(redis = %config.target(), "redis backplane (lossless): connected");
         loop {
-            let read = read(reader.clone(), streams);
+            reader.follow(shared, streams).await?;
+            let read = reader.wait(streams);
             tokio::pin!(read);
-            let entries = loop {
+            let read = loop {
                 if shared.subscriptions_changed.swap(false, Ordering::AcqRel) {
                     let changed: Vec<String> = lock(&shared.changed).drain().collect();
                     for channel in &changed {
@@ -415,8 +510,11 @@ pub(super) async fn serve(
                     // A topic was added: where it stands is read before anything more is
                     // published to it (same connection, in order), so none of its messages
                     // is skipped. The read in progress is cut short to take it in.
-                    streams.sync(shared, &mut publisher, &session, changed).await?;
-                    unblock(&mut publisher, reader_id).await?;
+                    reader.reconsider(changed.iter().cloned());
+                    streams
+                        .sync(shared, &mut publisher, &session, changed)
+                        .await?;
+                    reader.interrupt(&mut publisher).await?;
                     break (&mut read).await?;
                 }
                 let waiting = session
@@ -439,37 +537,265 @@ pub(super) async fn serve(
                 }
                 if more && session.retry_at.is_none() {
                     // Between batches, anything already read is delivered.
-                    if let Some(entries) = futures_util::FutureExt::now_or_never(&mut read) {
-                        break entries?;
+                    if let Some(read) = futures_util::FutureExt::now_or_never(&mut read) {
+                        break read?;
                     }
                     continue;
                 }
                 let retry = session.retry_at;
                 tokio::select! {
-                    entries = &mut read => break entries?,
+                    read = &mut read => break read?,
                     () = shared.work.notified() => {}
                     () = sleep_until(retry) => {}
                 }
             };
-            match entries {
-                Read::Entries(entries) => {
-                    streams
-                        .deliver(shared, &mut publisher, &session, entries)
-                        .await?
-                }
-                Read::Refused => streams.find_refused(shared, &mut publisher).await?,
-                Read::Busy(error) => {
-                    // Redis answers, but cannot serve reads now: wait, and read again from
-                    // where we were.
-                    tracing::warn!(%error, "redis backplane: Redis cannot serve reads now; retrying");
-                    tokio::time::sleep(session.next_backoff(config)).await;
-                }
+            let read = match read {
+                Some(read) => read,
+                // Woken (in a cluster): read what rang.
+                None => reader.fetch(streams).await?,
+            };
+            if !read.entries.is_empty() {
+                streams
+                    .deliver(shared, &mut publisher, &session, read.entries)
+                    .await?;
+            }
+            if read.refused {
+                streams.find_refused(shared, &mut publisher).await?;
+            }
+            if let Some(error) = read.busy {
+                // Redis answers, but cannot serve reads now: wait, and read again from
+                // where we were.
+                tracing::warn!(%error, "redis backplane: Redis cannot serve reads now; retrying");
+                tokio::time::sleep(session.next_backoff(config)).await;
             }
         }
     }
     .await;
     *lock(&shared.connection) = None;
     result
+}
+
+impl Reader {
+    /// In a cluster, `channels` are to have their bell subscription made to match whether
+    /// they are read (at the next [`follow`](Self::follow)).
+    fn reconsider(&mut self, channels: impl Iterator<Item = String>) {
+        if let Reader::Bells { reconsider, .. } = self {
+            reconsider.extend(channels);
+        }
+    }
+
+    /// In a cluster, makes the bell subscriptions of the channels to reconsider, and of
+    /// those the cluster ended (their slot moved), match the topics read: subscribes to new
+    /// ones, one command each (they may be in as many slots), and ends those of topics no
+    /// longer read.
+    async fn follow(&mut self, shared: &Shared, streams: &mut Streams) -> Result<(), SessionError> {
+        let Reader::Bells {
+            conn,
+            bells,
+            subscribed,
+            reconsider,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        for channel in bells.take_ended() {
+            subscribed.remove(&channel);
+            reconsider.insert(channel);
+        }
+        if reconsider.is_empty() {
+            return Ok(());
+        }
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        for channel in reconsider.drain() {
+            let wanted = streams.read.contains_key(&channel) && !streams.refused.contains(&channel);
+            match (wanted, subscribed.contains(&channel)) {
+                (true, false) => new.push(channel),
+                (false, true) => gone.push(channel),
+                _ => {}
+            }
+        }
+        if !gone.is_empty() {
+            let bells_gone: Vec<String> =
+                gone.iter().map(|channel| cluster::bell(channel)).collect();
+            conn.unsubscribe(&bells_gone).await?;
+            for channel in &gone {
+                subscribed.remove(channel);
+            }
+        }
+        // Through the cluster client's own call (it keeps the subscription across
+        // reconnects), a few at once.
+        let mut subscribing = futures_util::stream::iter(new)
+            .map(|channel| {
+                let mut conn = conn.clone();
+                async move {
+                    let result = conn.subscribe(&cluster::bell(&channel)).await;
+                    (channel, result)
+                }
+            })
+            .buffer_unordered(super::conn::IN_FLIGHT);
+        while let Some((channel, result)) = subscribing.next().await {
+            match result {
+                Ok(()) => {
+                    subscribed.insert(channel);
+                }
+                Err(error) if classify(&error) == Failure::Permanent => {
+                    streams.refuse(shared, channel, &error);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for new entries: on one server, reads them (`Some`, within [`BLOCK`]); in a
+    /// cluster, waits until a bell rings or a sweep is due (`None`: [`fetch`](Self::fetch)
+    /// reads then).
+    fn wait(
+        &self,
+        streams: &Streams,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Read>, SessionError>> + Send>,
+    > {
+        match self {
+            Reader::Blocking { conn, .. } => {
+                let read = read(conn.clone(), streams);
+                Box::pin(async move { read.await.map(Some) })
+            }
+            Reader::Bells {
+                bells, next_sweep, ..
+            } => {
+                let (bells, until) = (bells.clone(), *next_sweep);
+                Box::pin(async move {
+                    bells.wait(until).await.map_err(|_| SessionError::Closed)?;
+                    Ok(None)
+                })
+            }
+        }
+    }
+
+    /// Cuts a wait short: the topics read changed.
+    async fn interrupt(&mut self, publisher: &mut Conn) -> Result<(), SessionError> {
+        match self {
+            Reader::Blocking { id, .. } => unblock(publisher, *id).await,
+            Reader::Bells { bells, .. } => {
+                bells.interrupt();
+                Ok(())
+            }
+        }
+    }
+
+    /// In a cluster: reads the topics whose bell rang past where they stand, and, when a
+    /// sweep is due, the next [`SWEEP`] topics in turn. One `XREAD` per slot (never a
+    /// command across slots), at most [`READS`] of them and [`READ_TOTAL`] entries in all;
+    /// what is left, and topics that may hold more, are read next time.
+    async fn fetch(&mut self, streams: &Streams) -> Result<Read, SessionError> {
+        let Reader::Bells {
+            conn,
+            bells,
+            sweep,
+            next_sweep,
+            ..
+        } = self
+        else {
+            return Ok(Read::default());
+        };
+        let readable = |channel: &str| {
+            (!streams.refused.contains(channel))
+                .then(|| streams.read.get(channel))
+                .flatten()
+        };
+        let mut wanted: Vec<String> = bells
+            .take_rung()
+            .into_iter()
+            .filter(|(channel, rung)| readable(channel).is_some_and(|state| *rung > state.offset))
+            .map(|(channel, _)| channel)
+            .collect();
+        if tokio::time::Instant::now() >= *next_sweep {
+            *next_sweep = tokio::time::Instant::now() + BLOCK;
+            if sweep.is_empty() {
+                sweep.extend(streams.read.keys().cloned());
+            }
+            let from = sweep.len().saturating_sub(SWEEP);
+            let turn: HashSet<&String> = wanted.iter().collect();
+            let turn: Vec<String> = sweep[from..]
+                .iter()
+                .filter(|channel| !turn.contains(channel))
+                .cloned()
+                .collect();
+            sweep.truncate(from);
+            wanted.extend(turn);
+        }
+        // By slot, in a stable order.
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<(String, u64)>> = Default::default();
+        for channel in wanted {
+            if let Some(state) = readable(&channel) {
+                let stream = keys(&channel).stream;
+                by_slot
+                    .entry(super::conn::slot(stream.as_bytes()))
+                    .or_default()
+                    .push((channel, state.offset));
+            }
+        }
+        let mut groups: Vec<Vec<(String, u64)>> = by_slot.into_values().collect();
+        for left in groups.split_off(groups.len().min(READS)) {
+            for (channel, _) in left {
+                bells.ring_anyway(channel);
+            }
+        }
+        let streams_read: usize = groups.iter().map(Vec::len).sum();
+        let count = (READ_TOTAL / streams_read.max(1)).max(1);
+        let commands = groups
+            .iter()
+            .map(|group| {
+                let mut command = redis::cmd("XREAD");
+                command.arg("COUNT").arg(count).arg("STREAMS");
+                for (channel, _) in group {
+                    command.arg(keys(channel).stream);
+                }
+                for (_, offset) in group {
+                    command.arg(format!("{offset}-0"));
+                }
+                command
+            })
+            .collect();
+        let mut read = Read::default();
+        for (group, result) in groups.into_iter().zip(conn.run_each(commands).await?) {
+            match result {
+                Ok(reply) => {
+                    for (stream, entries) in parse_read(reply) {
+                        if entries.len() >= count {
+                            // There may be more: read on next time.
+                            if let Some(channel) = channel_of(&stream) {
+                                bells.ring_anyway(channel.to_owned());
+                            }
+                        }
+                        read.entries.push((stream, entries));
+                    }
+                }
+                Err(error) => match classify(&error) {
+                    Failure::Permanent => read.refused = true,
+                    Failure::Transient => {
+                        for (channel, _) in group {
+                            bells.ring_anyway(channel);
+                        }
+                        read.busy = Some(error);
+                    }
+                    Failure::Reconnect => return Err(error.into()),
+                },
+            }
+        }
+        if !read.entries.is_empty() {
+            // Something was read: the backoff is for reads that bring nothing.
+            read.busy = None;
+        }
+        Ok(read)
+    }
+}
+
+/// The channel of a topic's stream key, `{channel}`.
+fn channel_of(stream: &str) -> Option<&str> {
+    stream.strip_prefix('{')?.strip_suffix('}')
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -489,7 +815,8 @@ impl Session {
     }
 }
 
-async fn load(conn: &mut MultiplexedConnection, script: &str) -> Result<String, SessionError> {
+/// Loads `script` (in a cluster, on every node: `EVALSHA` may go to any of them).
+async fn load(conn: &mut Conn, script: &str) -> Result<String, SessionError> {
     Ok(redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(script)
@@ -498,7 +825,7 @@ async fn load(conn: &mut MultiplexedConnection, script: &str) -> Result<String, 
 }
 
 /// The server's `run_id`: new every time Redis starts.
-async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, SessionError> {
+async fn run_id(conn: &mut Conn) -> Result<String, SessionError> {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
     let run_id = info
         .lines()
@@ -510,7 +837,7 @@ async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, SessionError
 
 /// Ends the reader's `XREAD` now (it answers as if it timed out). Where `CLIENT UNBLOCK`
 /// is not allowed (an ACL), the read ends by itself within [`BLOCK`].
-async fn unblock(conn: &mut MultiplexedConnection, reader: i64) -> Result<(), SessionError> {
+async fn unblock(conn: &mut Conn, reader: i64) -> Result<(), SessionError> {
     let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT")
         .arg("UNBLOCK")
         .arg(reader)
@@ -540,7 +867,7 @@ impl Streams {
     async fn sync(
         &mut self,
         shared: &Shared,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         session: &Session,
         channels: Vec<String>,
     ) -> Result<(), SessionError> {
@@ -584,7 +911,7 @@ impl Streams {
     async fn take_in(
         &mut self,
         shared: &Shared,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         session: &Session,
         channel: String,
         mut ensured: Ensured,
@@ -646,11 +973,7 @@ impl Streams {
 
     /// A read was refused as a whole: finds the streams Redis refuses, one by one, and
     /// leaves them out.
-    async fn find_refused(
-        &mut self,
-        shared: &Shared,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), SessionError> {
+    async fn find_refused(&mut self, shared: &Shared, conn: &mut Conn) -> Result<(), SessionError> {
         let channels: Vec<String> = self
             .read
             .keys()
@@ -680,7 +1003,7 @@ impl Streams {
     async fn deliver(
         &mut self,
         shared: &Shared,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         session: &Session,
         entries: Entries,
     ) -> Result<(), SessionError> {
@@ -779,29 +1102,120 @@ fn deliver_guarded(
     })
 }
 
-/// Runs [`ensure_script`] for each channel, in one pipelined round trip; `stale`: an epoch
-/// to replace.
+/// Runs [`ensure_script`] for each channel, in one round trip (one pipeline on one server,
+/// commands at once in a cluster); `stale`: an epoch to replace.
+///
+/// In a cluster, a topic whose keys another Redis run wrote (they came by a slot migration
+/// or a failover) keeps its epoch if that run handed them over ([`cluster::handed_over`]),
+/// and starts a new one otherwise.
 async fn ensure_all(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     session: &Session,
     channels: &[String],
     stale: Option<u64>,
 ) -> Result<Vec<redis::RedisResult<Ensured>>, SessionError> {
-    if channels.is_empty() {
-        return Ok(Vec::new());
-    }
     let stale = stale.map(|epoch| epoch.to_string()).unwrap_or_default();
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for channel in channels {
-        let keys = keys(channel);
-        pipe.cmd("EVALSHA").arg(&session.ensure).arg(6);
-        for key in keys.all() {
-            pipe.arg(key);
+    let asked: Vec<(&str, String)> = channels
+        .iter()
+        .map(|channel| (channel.as_str(), session.foreign().to_owned()))
+        .collect();
+    let mut replies = ensure_with(conn, session, &asked, &stale).await?;
+    // Twice at most: a run found to have handed the keys over may have been replaced by
+    // another meanwhile (a second move); then a new epoch.
+    for round in 0..2 {
+        let foreign: Vec<(usize, String)> = replies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, reply)| match reply {
+                Ok(Ensure::Foreign(run)) => Some((i, run.clone())),
+                _ => None,
+            })
+            .collect();
+        if foreign.is_empty() {
+            break;
         }
-        pipe.arg(&session.run_id).arg(new_epoch()).arg(&stale);
+        let proven = match (&session.node, round) {
+            (Some(node), 0) => {
+                let pairs: Vec<(String, String)> = foreign
+                    .iter()
+                    .map(|(i, run)| (run.clone(), keys(channels[*i].as_str()).epoch))
+                    .collect();
+                cluster::handed_over(conn, node, &pairs, session.response_timeout).await
+            }
+            _ => HashSet::new(),
+        };
+        let again: Vec<(&str, String)> = foreign
+            .iter()
+            .map(|(i, run)| {
+                let channel = channels[*i].as_str();
+                let handed = proven.contains(&(run.clone(), keys(channel).epoch));
+                if handed {
+                    tracing::info!(
+                        channel,
+                        "redis backplane: this topic's slot moved to another primary, handed \
+                         over whole: its history goes on"
+                    );
+                    (channel, run.clone())
+                } else {
+                    tracing::warn!(
+                        channel,
+                        "redis backplane: this topic's keys are on another primary than the one \
+                         that wrote them, and it cannot be shown that they were handed over \
+                         whole (a failover): its history starts a new epoch"
+                    );
+                    (channel, "!".to_owned())
+                }
+            })
+            .collect();
+        let answers = ensure_with(conn, session, &again, &stale).await?;
+        for ((i, _), answer) in foreign.into_iter().zip(answers) {
+            replies[i] = answer;
+        }
     }
-    let replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
+    Ok(replies
+        .into_iter()
+        .map(|reply| match reply? {
+            Ensure::Ensured(ensured) => Ok(ensured),
+            Ensure::Foreign(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a topic's keys moved between Redis runs again and again",
+            ))),
+        })
+        .collect())
+}
+
+/// What [`ensure_script`] answers.
+enum Ensure {
+    Ensured(Ensured),
+    /// Keys of this other run, which the script was told to ask about.
+    Foreign(String),
+}
+
+/// [`ensure_script`] for each `(channel, foreign)` (see `epoch_for`).
+async fn ensure_with(
+    conn: &mut Conn,
+    session: &Session,
+    asked: &[(&str, String)],
+    stale: &str,
+) -> Result<Vec<redis::RedisResult<Ensure>>, SessionError> {
+    let commands = asked
+        .iter()
+        .map(|(channel, foreign)| {
+            let keys = keys(channel);
+            let mut command = redis::cmd("EVALSHA");
+            command.arg(&session.ensure).arg(6);
+            for key in keys.all() {
+                command.arg(key);
+            }
+            command
+                .arg(&session.run_id)
+                .arg(new_epoch())
+                .arg(stale)
+                .arg(foreign);
+            command
+        })
+        .collect();
+    let replies = conn.run_each(commands).await?;
     Ok(replies
         .into_iter()
         .map(|reply| {
@@ -816,16 +1230,21 @@ async fn ensure_all(
         .collect())
 }
 
-fn parse_ensured(reply: &Value) -> Option<Ensured> {
+fn parse_ensured(reply: &Value) -> Option<Ensure> {
     let Value::Array(items) = reply else {
         return None;
     };
+    if let [Value::BulkString(word), run] = items.as_slice() {
+        if word == b"foreign" {
+            return Some(Ensure::Foreign(text(run.clone())?));
+        }
+    }
     let mut numbers = items.iter().map(number);
-    Some(Ensured {
+    Some(Ensure::Ensured(Ensured {
         epoch: numbers.next()??,
         counter: numbers.next()??,
         base: numbers.next()??,
-    })
+    }))
 }
 
 /// A number Redis answered as an integer or as text.
@@ -858,17 +1277,19 @@ fn requeue_if_lost(shared: &Shared, channel: &str, epoch: u64) {
 }
 
 /// What one read brought.
-enum Read {
-    Entries(Entries),
-    /// Redis refused the read: one of the streams is not allowed.
-    Refused,
-    /// Redis cannot serve it now (loading, busy): read again after a while.
-    Busy(redis::RedisError),
+#[derive(Default)]
+struct Read {
+    entries: Entries,
+    /// Redis refused (part of) the read: one of the streams is not allowed.
+    refused: bool,
+    /// Redis cannot serve it now (loading, busy, a slot migrating): read again after a
+    /// while.
+    busy: Option<redis::RedisError>,
 }
 
 /// Waits for new entries in the streams read (at most [`BLOCK`]).
 fn read(
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     streams: &Streams,
 ) -> impl std::future::Future<Output = Result<Read, SessionError>> {
     let (keys, ids): (Vec<String>, Vec<String>) = streams
@@ -881,7 +1302,7 @@ fn read(
     async move {
         if keys.is_empty() {
             tokio::time::sleep(BLOCK).await;
-            return Ok(Read::Entries(Vec::new()));
+            return Ok(Read::default());
         }
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -894,10 +1315,19 @@ fn read(
             .query_async(&mut conn)
             .await;
         match reply {
-            Ok(reply) => Ok(Read::Entries(parse_read(reply))),
+            Ok(reply) => Ok(Read {
+                entries: parse_read(reply),
+                ..Read::default()
+            }),
             Err(error) => match classify(&error) {
-                Failure::Permanent => Ok(Read::Refused),
-                Failure::Transient => Ok(Read::Busy(error)),
+                Failure::Permanent => Ok(Read {
+                    refused: true,
+                    ..Read::default()
+                }),
+                Failure::Transient => Ok(Read {
+                    busy: Some(error),
+                    ..Read::default()
+                }),
                 Failure::Reconnect => Err(error.into()),
             },
         }
@@ -987,6 +1417,9 @@ enum Outcome {
     /// None went in: the topic is at another epoch than the publisher expected (Redis lost
     /// or rewound it), and it is this one now.
     Moved(u64),
+    /// None went in: the topic's keys were written under another Redis run (in a cluster:
+    /// a slot migrated, or a primary failed over).
+    Foreign,
 }
 
 fn parse_outcome(reply: &Value) -> Option<Outcome> {
@@ -997,6 +1430,7 @@ fn parse_outcome(reply: &Value) -> Option<Outcome> {
         [Value::BulkString(word), epoch] if word == b"moved" => {
             Some(Outcome::Moved(number(epoch)?))
         }
+        [Value::BulkString(word), _run] if word == b"foreign" => Some(Outcome::Foreign),
         [epoch, _offset, published, error, rooms @ ..] => {
             let error = match error {
                 Value::BulkString(text) if text.is_empty() => None,
@@ -1052,7 +1486,7 @@ fn script_error(text: &str) -> (Failure, redis::RedisError) {
 ///   the topic took is counted and logged; the message is published.
 async fn publish_batch(
     shared: &Shared,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     session: &mut Session,
 ) -> Result<bool, SessionError> {
     let batch = lock(&shared.pending).take(PUBLISH_BATCH);
@@ -1073,8 +1507,7 @@ async fn publish_batch(
         }
     }
     drop(batch);
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
+    let mut commands = Vec::with_capacity(topics.len());
     for (channel, envelopes) in &topics {
         let keys = keys(channel);
         let expected = lock(&shared.recent)
@@ -1099,32 +1532,38 @@ async fn publish_batch(
                 }
             })
             .collect();
-        pipe.cmd("EVALSHA")
+        let mut command = redis::cmd("EVALSHA");
+        command
             .arg(&session.publish)
             .arg(keys.all().len() + 2 * rooms.len());
         for key in keys.all() {
-            pipe.arg(key);
+            command.arg(key);
         }
         for room in &rooms {
             let room_keys = room_keys(channel, Some(room));
-            pipe.arg(&room_keys.stream).arg(&room_keys.meta);
+            command.arg(&room_keys.stream).arg(&room_keys.meta);
         }
-        pipe.arg(config.retention)
+        let bell = match session.node {
+            Some(_) => cluster::bell(channel),
+            None => String::new(),
+        };
+        command
+            .arg(config.retention)
             .arg(config.retention_bytes)
             .arg(&session.run_id)
             .arg(new_epoch())
             .arg(expected)
             .arg(config.room_retention)
             .arg(config.room_retention_bytes)
-            .arg(config.room_history_ttl.as_millis() as u64);
+            .arg(config.room_history_ttl.as_millis() as u64)
+            .arg(session.foreign())
+            .arg(bell);
         for (envelope, number) in envelopes.iter().zip(numbers) {
-            pipe.arg(envelope.as_ref()).arg(number);
+            command.arg(envelope.as_ref()).arg(number);
         }
+        commands.push(command);
     }
-    let results = match pipe
-        .query_async::<Vec<redis::RedisResult<Value>>>(conn)
-        .await
-    {
+    let results = match conn.run_each(commands).await {
         Ok(results) => results,
         Err(error) => {
             let dropped = {
@@ -1145,6 +1584,8 @@ async fn publish_batch(
     let mut again: Vec<(String, Bytes)> = Vec::new();
     let mut transient = None;
     let mut reconnect = None;
+    // Topics whose keys another Redis run wrote (in a cluster): found out about below.
+    let mut foreign = Vec::new();
     for ((channel, envelopes), result) in topics.into_iter().zip(results) {
         let outcome = match result {
             Ok(reply) => parse_outcome(&reply),
@@ -1235,6 +1676,14 @@ async fn publish_batch(
                         .map(|envelope| (channel.clone(), envelope)),
                 );
             }
+            Some(Outcome::Foreign) => {
+                again.extend(
+                    envelopes
+                        .into_iter()
+                        .map(|envelope| (channel.clone(), envelope)),
+                );
+                foreign.push(channel);
+            }
             None => {
                 shared
                     .invalid
@@ -1256,6 +1705,21 @@ async fn publish_batch(
     }
     if let Some(error) = reconnect {
         return Err(error.into());
+    }
+    if !foreign.is_empty() {
+        // The topic keeps its epoch (a migration) or gets a new one (a failover): in the
+        // second case what this process published lately goes first, then the batch.
+        for (channel, ensured) in foreign
+            .iter()
+            .zip(ensure_all(conn, session, &foreign, None).await?)
+        {
+            match ensured {
+                Ok(ensured) => requeue_if_lost(shared, channel, ensured.epoch),
+                // Its messages are back in the queue: tried again after a backoff.
+                Err(error) if classify(&error) != Failure::Reconnect => transient = Some(error),
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     match transient {
         Some(error) => {
@@ -1411,7 +1875,7 @@ pub(super) async fn missed(
 
 #[cfg(test)]
 mod tests {
-    use super::{keys, parse_outcome, parse_read, script_error, Outcome};
+    use super::{keys, parse_ensured, parse_outcome, parse_read, script_error, Ensure, Outcome};
     use crate::backplane::redis::Failure;
     use redis::Value;
 
@@ -1442,9 +1906,27 @@ mod tests {
     }
 
     #[test]
+    fn ensure_replies() {
+        let ensured = Value::Array(vec![bulk("7"), Value::Int(100), bulk("90")]);
+        assert!(matches!(
+            parse_ensured(&ensured),
+            Some(Ensure::Ensured(super::Ensured {
+                epoch: 7,
+                counter: 100,
+                base: 90
+            }))
+        ));
+        let foreign = Value::Array(vec![bulk("foreign"), bulk("ab12")]);
+        assert!(matches!(parse_ensured(&foreign), Some(Ensure::Foreign(run)) if run == "ab12"));
+        assert!(parse_ensured(&Value::Array(vec![bulk("7")])).is_none());
+    }
+
+    #[test]
     fn publish_replies() {
         let moved = Value::Array(vec![bulk("moved"), bulk("42")]);
         assert!(matches!(parse_outcome(&moved), Some(Outcome::Moved(42))));
+        let foreign = Value::Array(vec![bulk("foreign"), bulk("ab12")]);
+        assert!(matches!(parse_outcome(&foreign), Some(Outcome::Foreign)));
         let all = Value::Array(vec![bulk("7"), Value::Int(100), Value::Int(3), bulk("")]);
         match parse_outcome(&all) {
             Some(Outcome::Published {
@@ -1485,6 +1967,12 @@ mod tests {
         assert!(script_error("OOM command not allowed").0 == Failure::Transient);
         assert!(script_error("BUSY Redis is busy").0 == Failure::Transient);
         assert!(script_error("READONLY You can't write").0 == Failure::Reconnect);
+        // Redirects the cluster client gave up following: its view of the slots is stale.
+        assert!(script_error("MOVED 3999 127.0.0.1:6381").0 == Failure::Reconnect);
+        assert!(script_error("ASK 3999 127.0.0.1:6381").0 == Failure::Reconnect);
+        assert!(script_error("TRYAGAIN Multiple keys request").0 == Failure::Transient);
+        assert!(script_error("CLUSTERDOWN The cluster is down").0 == Failure::Transient);
+        assert!(script_error("CROSSSLOT Keys in request").0 == Failure::Permanent);
         assert!(script_error("WRONGTYPE Operation").0 == Failure::Permanent);
         assert!(
             script_error("ERR The ID specified in XADD is equal or smaller").0
