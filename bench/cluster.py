@@ -247,7 +247,9 @@ def failover(run: int, chat: Path, cluster: Cluster, work: Path) -> dict:
                 "max_latency_ms": result["latency_us"]["max"] / 1000,
                 "p99_latency_ms": result["latency_us"]["p99"] / 1000,
                 "gaps": result["gaps"], "reordered": result["reordered"],
-                "lost": result["lost"]}
+                "lost": result["lost"],
+                # What the chat servers said of the backplane: state changes, rewinds.
+                "servers_said": [s.stderr_tail(1500) for s in servers]}
     finally:
         for server in servers:
             server.stop()
@@ -334,7 +336,7 @@ def main(argv: list[str]) -> int:
              "| --- | ---: | ---: | ---: |"]
     for config in ("redis-2", "cluster-2"):
         lines.append(f"| {config} | {benchlib.si(median(config, 'deliveries_per_s'))} | "
-                     f"{fmt(median(config, 'server_cpu_s_per_million'), '.1f')} | "
+                     f"{fmt(median(config, 'server_cpu_s_per_million'), '.2f')} | "
                      f"{fmt(median(config, 'redis_cpu_ms_per_thousand'), '.1f')} |")
     lines += ["", "cluster-2 ÷ redis-2 deliveries/s, per run: "
               + per_run("cluster-2", "redis-2", "deliveries_per_s"), ""]
@@ -358,13 +360,13 @@ def main(argv: list[str]) -> int:
                      + "; Redis CPU per message "
                      + per_run(f"scale-cluster-{topics}", f"scale-redis-{topics}",
                                "redis_cpu_ms_per_thousand"))
-    lines += ["", "| failover run | promoted after | largest latency | p99 | gaps | reordered |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| failover run | promoted after | largest latency | p99 | gaps | reordered "
+              "| lost |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
         if r["config"] == "failover":
             lines.append(f"| {r['run']} | {r['promoted_after_s']} s | "
                          f"{r['max_latency_ms']:.0f} ms | {r['p99_latency_ms']:.0f} ms | "
-                         f"{r['gaps']} | {r['reordered']} |")
+                         f"{r['gaps']} | {r['reordered']} | {r['lost']} |")
     others = [r["other_load_cores"] for r in runs if r.get("other_load_cores") is not None]
     if others:
         lines += ["", f"Other load during the measurements: median {statistics.median(others):.2f}"
