@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import benchlib
+from backplane import OtherLoad
 from benchlib import ROOT, log
 from density import Server
 
@@ -97,6 +98,11 @@ class Deployment:
             if line.startswith("process_id:"):
                 return int(line.split(":", 1)[1])
         raise RuntimeError(f"no process_id from port {port}")
+
+    def pids(self) -> list[int]:
+        """The data nodes' and the sentinels' PIDs."""
+        ports = [self.base, self.base + 1, self.base + 10, self.base + 11, self.base + 12]
+        return [self.pid_of(port) for port in ports]
 
     def stop(self) -> None:
         # The script stops its own redis-servers on SIGTERM.
@@ -175,7 +181,11 @@ def main(argv: list[str]) -> int:
                     try:
                         wait_connected(servers)
                         cpu0 = redis_cpu_s(port)
+                        redis_pids = ([redis.pid] if config == "redis-2"
+                                      else deployment.pids())
+                        other = OtherLoad([s.pid for s in servers] + redis_pids)
                         result = run_loadgen(servers, fanout_flags, 120)
+                        other_cores = other.cores()
                         redis_cpu = redis_cpu_s(port) - cpu0
                     finally:
                         for server in servers:
@@ -186,7 +196,8 @@ def main(argv: list[str]) -> int:
                               "server_cpu_s_per_million": result["cpu_s_per_million"],
                               "redis_cpu_ms_per_thousand":
                                   1e6 * redis_cpu / messages if messages else None,
-                              "gaps": result["gaps"], "reordered": result["reordered"]}
+                              "gaps": result["gaps"], "reordered": result["reordered"],
+                              "other_load_cores": other_cores}
                     log(json.dumps(record))
                     runs.append(record)
 
@@ -225,7 +236,8 @@ def main(argv: list[str]) -> int:
                               "max_latency_ms": result["latency_us"]["max"] / 1000,
                               "p99_latency_ms": result["latency_us"]["p99"] / 1000,
                               "gaps": result["gaps"], "reordered": result["reordered"],
-                              "lost": result["lost"]}
+                              "lost": result["lost"],
+                              "servers_said": [s.stderr_tail(1500) for s in servers]}
                     log(json.dumps(record))
                     runs.append(record)
                 finally:
@@ -241,23 +253,34 @@ def main(argv: list[str]) -> int:
 
     lines = ["| config | deliveries/s | servers' CPU s/M | primary's CPU ms per 1,000 messages |",
              "| --- | ---: | ---: | ---: |"]
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for config in ("redis-2", "sentinel-2"):
         lines.append(f"| {config} | {benchlib.si(median(config, 'deliveries_per_s'))} | "
-                     f"{median(config, 'server_cpu_s_per_million')} | "
-                     f"{median(config, 'redis_cpu_ms_per_thousand')} |")
-    ratio = [s["deliveries_per_s"] / r["deliveries_per_s"]
-             for s, r in zip([x for x in runs if x["config"] == "sentinel-2"],
-                             [x for x in runs if x["config"] == "redis-2"])]
-    lines.append("")
-    lines.append("sentinel-2 ÷ redis-2 deliveries/s, per run: "
-                 + ", ".join(f"{x:.2f}x" for x in ratio))
+                     f"{fmt(median(config, 'server_cpu_s_per_million'), '.2f')} | "
+                     f"{fmt(median(config, 'redis_cpu_ms_per_thousand'), '.1f')} |")
+    sentinel = [x for x in runs if x["config"] == "sentinel-2"]
+    redis = [x for x in runs if x["config"] == "redis-2"]
+    for key, what in (("deliveries_per_s", "deliveries/s"),
+                      ("redis_cpu_ms_per_thousand", "primary's CPU per message")):
+        ratio = [s[key] / r[key] for s, r in zip(sentinel, redis) if s[key] and r[key]]
+        lines.append("")
+        lines.append(f"sentinel-2 ÷ redis-2 {what}, per run: "
+                     + ", ".join(f"{x:.2f}x" for x in ratio))
     failovers = [r for r in runs if r["config"] == "failover"]
     lines.append("")
-    lines.append("| failover run | promoted after | largest latency | p99 | gaps | reordered |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| failover run | promoted after | largest latency | p99 | gaps | reordered "
+                 "| lost |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in failovers:
         lines.append(f"| {r['run']} | {r['promoted_after_s']} s | {r['max_latency_ms']:.0f} ms"
-                     f" | {r['p99_latency_ms']:.0f} ms | {r['gaps']} | {r['reordered']} |")
+                     f" | {r['p99_latency_ms']:.0f} ms | {r['gaps']} | {r['reordered']} | {r['lost']} |")
+    others = [r["other_load_cores"] for r in runs if r.get("other_load_cores") is not None]
+    if others:
+        lines += ["", f"Other load during the fan-out runs: median {statistics.median(others):.2f}"
+                  f" cores, max {max(others):.2f} (machine busy time minus this benchmark's "
+                  "processes)."]
     summary = "\n".join(lines)
     print(summary)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,11 @@
 //! `--room-retention-bytes`) set the `RedisBuilder` bounds; `--pubsub` uses the pub/sub mode
 //! instead (throughput only: nothing is kept in Redis, so no resume).
 //!
+//! `--cluster URL[,URL...]` (instead of `--redis`) puts both servers on a Redis Cluster;
+//! `--topics T` (throughput only) gives each server T `Rooms`, topics `scale0`..`scale{T-1}`,
+//! and sends message n to topic n % T: a topic's stream is one key, so one slot, and only
+//! separate topics spread the load over a cluster's primaries.
+//!
 //! Built with `RUSTFLAGS='--cfg backplane_scale_baseline'` (as `bench/redis_scale.py
 //! --baseline-rev` does), it compiles against older versions of the crate (from 7823ee6,
 //! before byte and room retention, and with `RedisConfig` for a builder): the `throughput`
@@ -84,7 +89,7 @@ mod scale {
     const USAGE: &str = "usage: backplane_scale --redis URL (throughput --rooms N --messages M \
         | resume --missed K | memory --rooms N --messages M) [--size BYTES] [--timeout S] \
         [--retention N] [--retention-bytes B] [--room-retention N] [--room-retention-bytes B] \
-        [--pubsub]";
+        [--pubsub] [--cluster URL[,URL...] instead of --redis] [--topics T]";
 
     struct Args {
         redis: String,
@@ -99,6 +104,8 @@ mod scale {
         room_retention: Option<usize>,
         room_retention_bytes: Option<usize>,
         pubsub: bool,
+        cluster: Vec<String>,
+        topics: usize,
     }
 
     fn parse_args() -> Result<Args> {
@@ -115,6 +122,8 @@ mod scale {
             room_retention: None,
             room_retention_bytes: None,
             pubsub: false,
+            cluster: Vec::new(),
+            topics: 1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -134,14 +143,30 @@ mod scale {
                 "--room-retention" => args.room_retention = Some(value()?.parse()?),
                 "--room-retention-bytes" => args.room_retention_bytes = Some(value()?.parse()?),
                 "--pubsub" => args.pubsub = true,
+                "--cluster" => {
+                    args.cluster = value()?.split(',').map(str::to_owned).collect();
+                }
+                "--topics" => args.topics = value()?.parse()?,
                 "throughput" | "resume" | "memory" if args.scenario.is_empty() => {
                     args.scenario = arg.clone()
                 }
                 other => return Err(format!("unknown argument {other:?}; {USAGE}").into()),
             }
         }
-        if args.redis.is_empty() || args.scenario.is_empty() {
+        if args.redis.is_empty() == args.cluster.is_empty() || args.scenario.is_empty() {
             return Err(USAGE.into());
+        }
+        if args.topics == 0 || (args.topics > 1 && args.scenario != "throughput") {
+            return Err("--topics is at least 1, and more than 1 only for throughput".into());
+        }
+        if cfg!(backplane_scale_baseline) && (!args.cluster.is_empty() || args.topics > 1) {
+            return Err(
+                "built for an older crate (backplane_scale_baseline): no --cluster, no --topics"
+                    .into(),
+            );
+        }
+        if !args.cluster.is_empty() && args.scenario == "resume" {
+            return Err("--cluster is for the throughput and memory scenarios".into());
         }
         if args.rooms == 0 || args.messages == 0 || args.missed < 2 {
             return Err("need --rooms >= 1, --messages >= 1, --missed >= 2".into());
@@ -184,7 +209,8 @@ mod scale {
         fn config(&self) -> Settings {
             // Everything a scenario publishes may wait to be published at once: the queue
             // is not what is measured.
-            let mut config = Settings::new(&self.redis)
+            let mut config = self
+                .base_settings()
                 .lossless(!self.pubsub)
                 .max_pending(self.messages.max(self.missed) + 1)
                 .max_pending_bytes(usize::MAX / 2);
@@ -192,6 +218,22 @@ mod scale {
                 config = config.retention(messages);
             }
             self.newer_bounds(config)
+        }
+
+        /// One Redis (`--redis`), or a cluster (`--cluster`).
+        #[cfg(not(backplane_scale_baseline))]
+        fn base_settings(&self) -> Settings {
+            if self.cluster.is_empty() {
+                Settings::new(&self.redis)
+            } else {
+                Settings::cluster(self.cluster.iter().cloned())
+            }
+        }
+
+        /// One Redis: an older crate has no cluster.
+        #[cfg(backplane_scale_baseline)]
+        fn base_settings(&self) -> Settings {
+            Settings::new(&self.redis)
         }
 
         /// The bounds an older crate does not have (see `parse_args`).
@@ -222,6 +264,8 @@ mod scale {
                 "room_retention": self.room_retention,
                 "room_retention_bytes": self.room_retention_bytes,
                 "lossless": !self.pubsub,
+                "cluster": !self.cluster.is_empty(),
+                "topics": self.topics,
             })
         }
     }
@@ -230,12 +274,30 @@ mod scale {
     /// messages, 1 MiB per room).
     struct Server {
         backplane: RedisBackplane,
-        rooms: Rooms<String>,
+        /// One per topic: only `TOPIC` when there is one.
+        topics: Vec<Rooms<String>>,
+    }
+
+    impl Server {
+        /// The `Rooms` of the only (or first) topic.
+        #[cfg(not(backplane_scale_baseline))]
+        fn rooms(&self) -> &Rooms<String> {
+            &self.topics[0]
+        }
     }
 
     async fn server(args: &Args) -> Result<Server> {
         let backplane = backplane(args.config())?;
-        let rooms = Rooms::with_backplane(TOPIC, backplane.clone()).with_history(History::new());
+        let topics = (0..args.topics)
+            .map(|t| {
+                let topic = if args.topics == 1 {
+                    TOPIC.to_owned()
+                } else {
+                    format!("{TOPIC}{t}")
+                };
+                Rooms::with_backplane(topic, backplane.clone()).with_history(History::new())
+            })
+            .collect();
         let mut state = backplane.state_changes();
         tokio::time::timeout(
             Duration::from_secs(15),
@@ -243,7 +305,7 @@ mod scale {
         )
         .await
         .map_err(|_| "the backplane did not connect to Redis within 15 s")??;
-        Ok(Server { backplane, rooms })
+        Ok(Server { backplane, topics })
     }
 
     /// CPU seconds (user + system) of this process so far.
@@ -312,7 +374,7 @@ mod scale {
         let total = args.messages as u64;
         let (cpu0, started) = (cpu_s(), Instant::now());
         for n in 0..args.messages {
-            a.rooms
+            a.topics[n % args.topics]
                 .broadcast_to(&names[n % args.rooms], texts[n % texts.len()].as_str());
         }
         let queued_s = started.elapsed().as_secs_f64();
@@ -426,7 +488,7 @@ mod scale {
         let total = args.missed as u64;
         let published = Instant::now();
         for n in 0..args.missed {
-            a.rooms.broadcast_to(&room, payload(n, args.size));
+            a.rooms().broadcast_to(&room, payload(n, args.size));
         }
         until(args.timeout, "every message to be published", || {
             a.backplane.stats().published >= total
@@ -440,7 +502,7 @@ mod scale {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let ws = WebSocketServer::new();
-        let rooms = c.rooms.clone();
+        let rooms = c.rooms().clone();
         // An older crate's `serve` took a handler maker that returned an `Option`.
         #[cfg(backplane_scale_baseline)]
         let admit = move |_: &http::request::Parts| {
