@@ -43,6 +43,8 @@
 
 mod envelope;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -61,6 +63,8 @@ use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
 pub use self::envelope::EnvelopeError;
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsBackplane, NatsBackplaneError, NatsBuilder, NatsConfig, NatsStats};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisBuilder, RedisConfig, RedisStats};
 pub use memory::MemoryBackplane;
