@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use common::nats_server::Nats;
 use common::{connect, next_text, send_text, ChatServer, Client};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The stream of the chat's rooms (topic `chat-rooms`, the default prefix).
 const ROOMS_STREAM: &str = "websocket-handler-chat-rooms";
@@ -44,6 +46,21 @@ async fn chat_servers(n: usize, nats: &Nats, replicas: usize) -> Vec<ChatServer>
         server.wait_for_stderr("NATS backplane: Connected").await;
     }
     servers
+}
+
+/// The next text line `client` gets, within [`PATIENCE`] (longer than the harness's usual
+/// wait: a leader election comes between two messages); `None` after it.
+async fn next_line(client: &mut Client) -> Option<String> {
+    let reading = async {
+        loop {
+            match client.next().await {
+                Some(Ok(WsMessage::Text(text))) => return text.as_str().to_owned(),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, reading).await.ok()
 }
 
 /// A tagged room message as the chat sends it to clients that ask for positions:
@@ -103,9 +120,9 @@ impl Listener {
         let prefix = format!("{from}: ");
         while self.positions.len() < end {
             let next = self.positions.len();
-            let line = match tokio::time::timeout(PATIENCE, next_text(&mut self.client)).await {
-                Ok(line) => line,
-                Err(_) => panic!(
+            let line = match next_line(&mut self.client).await {
+                Some(line) => line,
+                None => panic!(
                     "{} got {from}'s messages up to {next} (of {end}), then nothing",
                     self.name
                 ),
@@ -307,8 +324,9 @@ async fn a_single_server_restarted_with_its_store_loses_nothing() {
             listener.expect("sender", 100).await;
         }
         nats.kill("n0").await;
-        // The outage an operator would see: the server back a second later.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The outage an operator would see: the server back 3 s later, longer than a
+        // publication waits for its acknowledgement (2 s), so publications are retried.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         nats.restart("n0").await;
         for listener in &mut listeners {
             listener.expect("sender", MESSAGES).await;
@@ -316,5 +334,61 @@ async fn a_single_server_restarted_with_its_store_loses_nothing() {
     };
     tokio::join!(sending, disturbing);
     same_everywhere(&listeners);
+    nothing_more(&mut sender, &mut listeners).await;
+}
+
+/// The rooms' stream deleted mid-run (by an operator) is made again by the backplane: a new
+/// epoch, which every client is told of once, on a line of its own; the messages sent after
+/// it come in order, at positions of the new epoch, the same on both chat servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_again_is_a_new_epoch_every_client_is_told_of() {
+    let Some(nats) = Nats::single("nats_backplane::stream_made_again").await else {
+        return;
+    };
+    let chat = chat_servers(2, &nats, 1).await;
+    let mut listeners = Vec::new();
+    for (s, server) in chat.iter().enumerate() {
+        listeners.push(Listener::join(server.addr, &format!("listener{s}")).await);
+    }
+    let mut sender = chat_client(chat[0].addr, "sender").await;
+    send_paced(&mut sender, 0, 20, Duration::from_millis(2)).await;
+    for listener in &mut listeners {
+        listener.expect("sender", 20).await;
+    }
+    let old_epoch = listeners[0].last.split('.').next().map(str::to_owned);
+    let admin = nats.admin().await;
+    common::within("the stream's deletion", admin.delete_stream(ROOMS_STREAM))
+        .await
+        .expect("delete the rooms' stream");
+    send_text(&mut sender, "after").await;
+    for listener in &mut listeners {
+        // The notice, once, then "after" as the first message of the new epoch.
+        let mut notices = 0;
+        let first = loop {
+            let line = next_line(&mut listener.client)
+                .await
+                .unwrap_or_else(|| panic!("{} got nothing after the deletion", listener.name));
+            match tagged(&line) {
+                Some(message) => break message,
+                None if line == RESET_NOTICE => notices += 1,
+                None => {}
+            }
+        };
+        assert_eq!(notices, 1, "{} was told {notices} times", listener.name);
+        assert_eq!(first.text, "sender: after", "{}", listener.name);
+        assert_eq!(
+            first.previous, "-",
+            "{}: nothing before it in its epoch",
+            listener.name
+        );
+        assert_ne!(
+            first.position.split('.').next().map(str::to_owned),
+            old_epoch,
+            "{}: a new epoch",
+            listener.name
+        );
+        listener.last = first.position;
+    }
+    assert_eq!(listeners[0].last, listeners[1].last, "the same position");
     nothing_more(&mut sender, &mut listeners).await;
 }
