@@ -135,13 +135,15 @@ pub(super) async fn ensure(
     }
     use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
     match context.create_stream(stream_config(config, names)).await {
-        Ok(stream) => {
+        Ok(_) => {
             tracing::info!(
                 stream = names.stream,
                 replicas = config.replicas,
                 "nats backplane: created the topic's stream"
             );
-            Ok((StreamState::of(stream.cached_info()), true))
+            // Its state as everyone reads it: nats-server 2.9 may answer a creation with
+            // another creation time (or none) than it keeps, and the epoch must be one.
+            info(context, names).await.map(|state| (state, true))
         }
         Err(error) => match error.kind() {
             // Made meanwhile by another process (with other settings, or JetStream would
