@@ -399,6 +399,8 @@ fn open_rooms(
             }
         });
         let chat = ChatRooms::with_backplane(redis.clone(), announce);
+        // The other backplane's field is there only with its feature.
+        #[allow(clippy::needless_update)]
         let backplane = Backplane {
             redis: Some(redis),
             ..Backplane::default()
@@ -442,6 +444,8 @@ fn open_nats_rooms(nats: &NatsAt, announce: bool) -> Result<(ChatRooms, Backplan
             }
         });
         let chat = ChatRooms::with_backplane(nats.clone(), announce);
+        // The other backplane's field is there only with its feature.
+        #[allow(clippy::needless_update)]
         let backplane = Backplane {
             nats: Some(nats),
             ..Backplane::default()

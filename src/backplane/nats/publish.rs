@@ -70,19 +70,23 @@ impl Pending {
 /// The `Nats-Msg-Id` of an envelope: its sender and sequence number, which name it in
 /// every attempt. Bytes that are not an envelope get an id of this process's own.
 pub(super) fn message_id(shared: &Shared, bytes: &[u8]) -> String {
-    match (bytes.first(), bytes.get(2..envelope::HEADER_LEN)) {
-        (Some(1), Some(header)) => {
-            let mut hex = String::with_capacity(2 * header.len());
-            for byte in header {
-                hex.push_str(&format!("{byte:02x}"));
-            }
-            hex
-        }
-        _ => {
-            let n = shared.own_ids.fetch_add(1, Ordering::Relaxed);
-            format!("{:032x}-{n}", shared.process_id)
-        }
+    envelope_id(bytes).unwrap_or_else(|| {
+        let n = shared.own_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:032x}-{n}", shared.process_id)
+    })
+}
+
+/// An envelope's sender and sequence number, in hex; `None` for what is not an envelope.
+fn envelope_id(bytes: &[u8]) -> Option<String> {
+    let header = bytes.get(2..envelope::HEADER_LEN)?;
+    if bytes.first() != Some(&1) {
+        return None;
     }
+    let mut hex = String::with_capacity(2 * header.len());
+    for byte in header {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    Some(hex)
 }
 
 /// What became of one publication.
@@ -132,6 +136,20 @@ pub(super) async fn publish_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::message::Message;
+
+    #[test]
+    fn an_envelope_is_named_by_its_sender_and_sequence_number() {
+        let first = envelope::encode(0xab, 7, Some("lobby"), &Message::from("hi"));
+        let again = envelope::encode(0xab, 7, Some("lobby"), &Message::from("hi"));
+        let next = envelope::encode(0xab, 8, Some("lobby"), &Message::from("hi"));
+        let id = envelope_id(&first).expect("an envelope");
+        assert_eq!(id, format!("{:032x}{:016x}", 0xab, 7));
+        assert_eq!(envelope_id(&again), Some(id.clone()), "a retry is the same");
+        assert_ne!(envelope_id(&next), Some(id));
+        assert_eq!(envelope_id(b"junk"), None);
+        assert_eq!(envelope_id(&[9; 40]), None, "another version");
+    }
 
     #[test]
     fn the_pending_queue_is_bounded_in_messages_and_in_bytes() {
