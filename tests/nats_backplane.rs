@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::nats_server::Nats;
-use common::{connect, next_text, send_text, ChatServer, Client};
+use common::{connect, next_text, send_text, within, ChatServer, Client};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -357,7 +357,7 @@ async fn a_stream_made_again_is_a_new_epoch_every_client_is_told_of() {
     }
     let old_epoch = listeners[0].last.split('.').next().map(str::to_owned);
     let admin = nats.admin().await;
-    common::within("the stream's deletion", admin.delete_stream(ROOMS_STREAM))
+    within("the stream's deletion", admin.delete_stream(ROOMS_STREAM))
         .await
         .expect("delete the rooms' stream");
     send_text(&mut sender, "after").await;
@@ -391,4 +391,64 @@ async fn a_stream_made_again_is_a_new_epoch_every_client_is_told_of() {
     }
     assert_eq!(listeners[0].last, listeners[1].last, "the same position");
     nothing_more(&mut sender, &mut listeners).await;
+}
+
+/// A server that wants a user and password: backplanes that give them carry a broadcast
+/// from one to the other; one with a wrong password never says it is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_given_to_the_server() {
+    use websocket_handler::backplane::{BackplaneState, NatsBackplane};
+    use websocket_handler::{WebSocketCollection, WebSocketServer};
+
+    let test = "nats_backplane::credentials";
+    let args = ["--user", "ann", "--pass", "s3cret"];
+    let Some(nats) = Nats::single_with(test, &args).await else {
+        return;
+    };
+    let with = |password: &str| {
+        NatsBackplane::builder(nats.urls())
+            .user_and_password("ann", password)
+            .build()
+            .expect("a backplane")
+    };
+    let (here, there, refused) = (with("s3cret"), with("s3cret"), with("wrong"));
+    for backplane in [&here, &there] {
+        let mut state = backplane.state_changes();
+        within(
+            "the backplane to connect with its credentials",
+            state.wait_for(|state| *state == BackplaneState::Connected),
+        )
+        .await
+        .expect("the backplane runs");
+    }
+    let room_here = WebSocketCollection::with_backplane("auth", here.clone());
+    let room_there = WebSocketCollection::with_backplane("auth", there.clone());
+    let addr = common::serve(WebSocketServer::new(), move |_| common::EchoRoom {
+        room: room_here.clone(),
+    })
+    .await;
+    let mut client = connect(addr, "/").await;
+    assert!(next_text(&mut client).await.starts_with("joined "));
+    // Once this side reads the topic (set up in the background), a broadcast from the
+    // other reaches the client: broadcast until one does.
+    let heard = within("a broadcast from the other backplane", async {
+        for n in 0.. {
+            room_there.broadcast(format!("through an authenticated NATS {n}"));
+            let next = tokio::time::timeout(Duration::from_millis(200), client.next()).await;
+            if let Ok(Some(Ok(WsMessage::Text(text)))) = next {
+                return text.as_str().to_owned();
+            }
+        }
+        unreachable!()
+    })
+    .await;
+    assert!(heard.starts_with("through an authenticated NATS "), "{heard}");
+    let mut state = refused.state_changes();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.wait_for(|state| *state == BackplaneState::Connected),
+    )
+    .await;
+    assert!(connected.is_err(), "connected with a wrong password");
+    assert_ne!(refused.state(), BackplaneState::Connected);
 }

@@ -26,12 +26,20 @@ pub struct Node {
 pub struct Nats {
     pub nodes: Vec<Node>,
     routes: Vec<u16>,
+    /// More arguments for every server (credentials, say).
+    extra: Vec<String>,
 }
 
 impl Nats {
     /// One server with JetStream, for test `test`. Without `nats-server`, fails under CI
     /// and otherwise reports the test as skipped and returns `None`.
     pub async fn single(test: &str) -> Option<Nats> {
+        Self::single_with(test, &[]).await
+    }
+
+    /// Like [`single`](Self::single), with more arguments for `nats-server`.
+    pub async fn single_with(test: &str, extra: &[&str]) -> Option<Nats> {
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
         if !installed() {
             skip(test);
             return None;
@@ -45,11 +53,12 @@ impl Nats {
                 cluster_port: None,
                 store: dir.join("n0"),
             };
-            if let Some(child) = spawn(&node, &[]).await {
+            if let Some(child) = spawn(&node, &[], &extra).await {
                 node.child = Some(child);
                 return Some(Nats {
                     nodes: vec![node],
                     routes: Vec::new(),
+                    extra,
                 });
             }
         }
@@ -76,13 +85,17 @@ impl Nats {
                 .collect();
             let routes: Vec<u16> = nodes.iter().filter_map(|node| node.cluster_port).collect();
             for node in &mut nodes {
-                match spawn(node, &routes).await {
+                match spawn(node, &routes, &[]).await {
                     Some(child) => node.child = Some(child),
                     // A port was taken meanwhile: kill what started and try other ports.
                     None => continue 'attempt,
                 }
             }
-            return Some(Nats { nodes, routes });
+            return Some(Nats {
+                nodes,
+                routes,
+                extra: Vec::new(),
+            });
         }
         panic!("a nats-server cluster did not start on any of 5 sets of free ports");
     }
@@ -106,9 +119,9 @@ impl Nats {
 
     /// Starts the server named `name` again, on its ports and with its store.
     pub async fn restart(&mut self, name: &str) {
-        let routes = self.routes.clone();
+        let (routes, extra) = (self.routes.clone(), self.extra.clone());
         let node = self.node(name);
-        let child = spawn(node, &routes)
+        let child = spawn(node, &routes, &extra)
             .await
             .unwrap_or_else(|| panic!("nats-server {name} did not start again"));
         node.child = Some(child);
@@ -170,7 +183,7 @@ impl Nats {
 /// Starts `node`, with routes to `routes` (a cluster), and waits until it says it is
 /// ready; `None` if it exited first (its port taken, most likely). Its log is read on, so
 /// that it never blocks on a full pipe.
-async fn spawn(node: &Node, routes: &[u16]) -> Option<Child> {
+async fn spawn(node: &Node, routes: &[u16], extra: &[String]) -> Option<Child> {
     let mut args: Vec<String> = [
         "-a",
         "127.0.0.1",
@@ -184,6 +197,7 @@ async fn spawn(node: &Node, routes: &[u16]) -> Option<Child> {
     ]
     .map(str::to_owned)
     .into();
+    args.extend(extra.iter().cloned());
     if let Some(cluster_port) = node.cluster_port {
         let routes: Vec<String> = routes
             .iter()
