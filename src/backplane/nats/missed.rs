@@ -17,9 +17,13 @@ use crate::fanout::history::{Position, ResumeError};
 /// Messages per fetch at most.
 const FETCH_MAX: usize = 256;
 
+/// Attempts at a page before a resume is told the history cannot be reached.
+const ATTEMPTS: u32 = 3;
+
 /// A page of `topic`'s messages (of `room`'s alone, for a room) after `after`: about
 /// `max_bytes` (at least one message, if there is one), up to the stream's last message
-/// when asked.
+/// when asked. What fails for now (a consumer placed on a server that is down, a request
+/// lost in a reconnect) is tried again, twice, after a backoff.
 pub(super) async fn missed(
     shared: &Shared,
     topic: &str,
@@ -35,8 +39,30 @@ pub(super) async fn missed(
         .acquire()
         .await
         .map_err(|_| ResumeError::Unavailable)?;
+    let mut wait = shared.config.reconnect_min;
+    for attempt in 1.. {
+        match page(shared, &context, topic, room, after, max_bytes).await {
+            Err(ResumeError::Unavailable) if attempt < ATTEMPTS => {
+                tokio::time::sleep(streams::jitter(wait)).await;
+                wait = (wait * 4).min(shared.config.reconnect_max);
+            }
+            done => return done,
+        }
+    }
+    Err(ResumeError::Unavailable)
+}
+
+/// One attempt at [`missed`].
+async fn page(
+    shared: &Shared,
+    context: &js::Context,
+    topic: &str,
+    room: Option<&str>,
+    after: Position,
+    max_bytes: usize,
+) -> Result<MissedPage, ResumeError> {
     let names = TopicNames::new(&shared.config.prefix, topic);
-    let state = stream_state(&context, &names).await?;
+    let state = stream_state(context, &names).await?;
     let other_epoch = |current| ResumeError::OtherEpoch {
         asked: after,
         current,
@@ -68,7 +94,11 @@ pub(super) async fn missed(
             },
             _ => ResumeError::Unavailable,
         })?;
-    let page = read_page(&consumer, state.last, max_bytes).await;
+    // A fetch whose answer is lost (a reconnect meanwhile) is not waited for for ever.
+    let wait = shared.config.response_timeout * 4;
+    let page = tokio::time::timeout(wait, read_page(&consumer, state.last, max_bytes))
+        .await
+        .unwrap_or(Err(ResumeError::Unavailable));
     // Made for this page only: removed now (the server would after a while anyway).
     let name = consumer.cached_info().name.clone();
     let (cleanup, stream) = (context.clone(), names.stream.clone());
@@ -77,7 +107,7 @@ pub(super) async fn missed(
     });
     let (envelopes, through, complete) = page?;
     // The stream as it is now: made again meanwhile, or trimmed past `after`.
-    let now = stream_state(&context, &names).await?;
+    let now = stream_state(context, &names).await?;
     if now.epoch != after.epoch() {
         return Err(other_epoch(now.epoch));
     }
