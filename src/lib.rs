@@ -177,8 +177,10 @@
 //! [backplane] reach the same room in every other process on the backplane,
 //! each client getting each message once and each sender's messages in order. The cargo
 //! feature `redis` adds `RedisBackplane`, over Redis streams (every message in one order
-//! everywhere, nothing lost across a Redis restart) or pub/sub; see [`backplane`] for the
-//! guarantees and for what happens when Redis goes away.
+//! everywhere, nothing lost across a Redis restart) or pub/sub; the feature `nats` adds
+//! `NatsBackplane`, over NATS JetStream streams (the same, and positions kept through the
+//! loss of a server of a cluster); see [`backplane`] for the guarantees and for what
+//! happens when the server goes away.
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;
@@ -210,6 +212,8 @@
 //!
 //! - `redis` (off by default): `backplane::RedisBackplane`, with the `redis` crate: one
 //!   Redis server, or the primary Redis Sentinel names.
+//! - `nats` (off by default): `backplane::NatsBackplane`, with the `async-nats` crate: NATS
+//!   JetStream, one server or a cluster.
 //! - `json` (off by default): typed JSON messages with serde: `Message::json`,
 //!   `Connection::send_json`, `WebSocketCollection::broadcast_json`, `JsonError`.
 //! - `axum` (off by default): `WebSocketUpgrade` as an axum extractor, and the peer's

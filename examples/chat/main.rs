@@ -14,12 +14,17 @@
 //! cargo run --example chat --features redis -- --redis-sentinel redis://127.0.0.1:26010,redis://127.0.0.1:26011 --redis-master mymaster
 //! # on a Redis Cluster (scripts/redis-cluster.sh starts one):
 //! cargo run --example chat --features redis -- --redis-cluster redis://127.0.0.1:27000,redis://127.0.0.1:27001
+//! # through NATS JetStream (scripts/nats-cluster.sh starts one server, or a cluster of 3):
+//! cargo run --example chat --features nats -- --nats nats://127.0.0.1:4222
+//! cargo run --example chat --features nats -- --nats nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224 --nats-replicas 3
 //! ```
 //!
 //! `--redis` shares the rooms losslessly (a Redis stream per room): every server delivers
 //! every message once, in one order, through Redis outages, and a page can resume on any
 //! server. `--redis-pubsub` uses plain pub/sub instead: cheaper, but what is published
-//! while a server is not subscribed is lost to it.
+//! while a server is not subscribed is lost to it. `--nats` shares them through a NATS
+//! JetStream stream per topic, as losslessly, and with `--nats-replicas 3` on a cluster of
+//! three through the loss of any one NATS server, positions unchanged.
 //!
 //! Routes:
 //! - `/` leads to `/chat.htm`, the page;
@@ -29,9 +34,9 @@
 //!   In the chat, `/join ROOM` changes rooms and `/msg NAME text` writes to one user;
 //! - `/metrics`: the server's counters in the Prometheus text format;
 //! - `/health` answers 200 when the server can serve the whole chat (503 while its Redis
-//!   backplane cannot publish: reconnecting, or Redis refusing writes for now).
+//!   or NATS backplane cannot publish: reconnecting, or refused writes for now).
 //!
-//! With `--redis`, the join and leave notices count the users on this server only.
+//! With a backplane, the join and leave notices count the users on this server only.
 
 mod handler;
 
@@ -93,6 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         announce,
         redis,
         lossless,
+        nats,
         trim,
         tls,
     } = parse_args()?;
@@ -101,7 +107,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();
-    let (chat, backplane) = open_rooms(redis.as_ref(), lossless, announce)?;
+    let (chat, backplane) = match nats {
+        Some(nats) => open_nats_rooms(&nats, announce)?,
+        None => open_rooms(redis.as_ref(), lossless, announce)?,
+    };
     let tls = match tls {
         Some((cert, key)) => Some(load_tls(&cert, &key)?),
         None => None,
@@ -335,6 +344,8 @@ fn prometheus_text(metrics: &Metrics, chat: &ChatRooms) -> String {
 struct Backplane {
     #[cfg(feature = "redis")]
     redis: Option<websocket_handler::backplane::RedisBackplane>,
+    #[cfg(feature = "nats")]
+    nats: Option<websocket_handler::backplane::NatsBackplane>,
 }
 
 impl Backplane {
@@ -345,6 +356,13 @@ impl Backplane {
             let state = redis.state();
             if state != websocket_handler::backplane::BackplaneState::Connected {
                 return Some(format!("redis backplane: {state:?}\n"));
+            }
+        }
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.nats {
+            let state = nats.state();
+            if state != websocket_handler::backplane::BackplaneState::Connected {
+                return Some(format!("nats backplane: {state:?}\n"));
             }
         }
         None
@@ -381,7 +399,13 @@ fn open_rooms(
             }
         });
         let chat = ChatRooms::with_backplane(redis.clone(), announce);
-        Ok((chat, Backplane { redis: Some(redis) }))
+        // The other backplane's field is there only with its feature.
+        #[allow(clippy::needless_update)]
+        let backplane = Backplane {
+            redis: Some(redis),
+            ..Backplane::default()
+        };
+        Ok((chat, backplane))
     }
     #[cfg(not(feature = "redis"))]
     {
@@ -399,6 +423,42 @@ fn open_rooms(
         Err(format!(
             "{flag}: this build has no Redis support; \
              run with `cargo run --example chat --features redis -- {flag}`"
+        ))
+    }
+}
+
+/// The chat's rooms shared with other processes through NATS JetStream.
+fn open_nats_rooms(nats: &NatsAt, announce: bool) -> Result<(ChatRooms, Backplane), String> {
+    #[cfg(feature = "nats")]
+    {
+        use websocket_handler::backplane::NatsBackplane;
+        let nats = NatsBackplane::builder(&nats.servers)
+            .replicas(nats.replicas)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut state = nats.state_changes();
+        tokio::spawn(async move {
+            while state.changed().await.is_ok() {
+                let now = *state.borrow_and_update();
+                eprintln!("NATS backplane: {now:?}");
+            }
+        });
+        let chat = ChatRooms::with_backplane(nats.clone(), announce);
+        // The other backplane's field is there only with its feature.
+        #[allow(clippy::needless_update)]
+        let backplane = Backplane {
+            nats: Some(nats),
+            ..Backplane::default()
+        };
+        Ok((chat, backplane))
+    }
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = announce;
+        let flag = format!("--nats {} --nats-replicas {}", nats.servers, nats.replicas);
+        Err(format!(
+            "{flag}: this build has no NATS support; \
+             run with `cargo run --example chat --features nats -- {flag}`"
         ))
     }
 }
@@ -422,7 +482,14 @@ struct Args {
     redis: Option<RedisAt>,
     /// `--redis` (streams) rather than `--redis-pubsub`.
     lossless: bool,
+    nats: Option<NatsAt>,
     trim: bool,
+}
+
+/// Where the NATS backplane is: `--nats URL[,URL...]` and `--nats-replicas N`.
+struct NatsAt {
+    servers: String,
+    replicas: usize,
 }
 
 /// Where the Redis backplane is.
@@ -446,6 +513,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut sentinels, mut master) = (None, None);
     let mut cluster = None;
     let mut lossless = true;
+    let (mut nats, mut nats_replicas) = (None, None);
     let mut trim = true;
     let (mut cert, mut key) = (None, None);
     while let Some(arg) = args.next() {
@@ -466,6 +534,16 @@ fn parse_args() -> Result<Args, String> {
                 let list = args.next().ok_or("--redis-cluster needs URL[,URL...]")?;
                 cluster = Some(list.split(',').map(str::to_owned).collect::<Vec<_>>());
             }
+            "--nats" => nats = Some(args.next().ok_or("--nats needs URL[,URL...]")?),
+            "--nats-replicas" => {
+                let n = args.next().ok_or("--nats-replicas needs a number")?;
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=5).contains(n))
+                    .ok_or(format!("--nats-replicas {n:?}: a number from 1 to 5"))?;
+                nats_replicas = Some(n);
+            }
             "--no-trim" => trim = false,
             "--tls-cert" => {
                 cert = Some(PathBuf::from(args.next().ok_or("--tls-cert needs a FILE")?))
@@ -476,7 +554,8 @@ fn parse_args() -> Result<Args, String> {
                     "usage: chat [--addr HOST:PORT] [--no-notices] [--no-trim]\n            \
                      [--redis URL | --redis-pubsub URL |\n             \
                      --redis-sentinel URL[,URL...] --redis-master NAME |\n             \
-                     --redis-cluster URL[,URL...]]\n            \
+                     --redis-cluster URL[,URL...] |\n             \
+                     --nats URL[,URL...] [--nats-replicas N]]\n            \
                      [--tls-cert FILE --tls-key FILE]\n  \
                      --addr        where to listen (default 127.0.0.1:8080)\n  \
                      --tls-cert FILE, --tls-key FILE  serve HTTPS (PEM files), HTTP/2 and\n                \
@@ -493,7 +572,11 @@ fn parse_args() -> Result<Args, String> {
                      failovers; with --redis-master NAME, the master name they watch\n  \
                      --redis-cluster URL[,URL...]  losslessly, on the Redis Cluster these nodes\n                \
                      belong to (redis://127.0.0.1:7000,redis://...), each topic on the\n                \
-                     primary of its hash slot"
+                     primary of its hash slot\n  \
+                     --nats URL[,URL...]  share the rooms through NATS JetStream, losslessly\n                \
+                     (nats://127.0.0.1:4222, or a cluster's servers; needs --features nats)\n  \
+                     --nats-replicas N  servers holding each room stream, 1 to 5 (default 1;\n                \
+                     3 on a cluster of 3 keeps the rooms through the loss of any one)"
                 );
                 std::process::exit(0);
             }
@@ -526,12 +609,24 @@ fn parse_args() -> Result<Args, String> {
             )
         }
     };
+    let nats = match (nats, nats_replicas) {
+        (Some(_), _) if redis.is_some() => {
+            return Err("--nats and the --redis options exclude each other".into())
+        }
+        (Some(servers), replicas) => Some(NatsAt {
+            servers,
+            replicas: replicas.unwrap_or(1),
+        }),
+        (None, Some(_)) => return Err("--nats-replicas goes with --nats".into()),
+        (None, None) => None,
+    };
     Ok(Args {
         addr,
         tls,
         announce,
         redis,
         lossless,
+        nats,
         trim,
     })
 }

@@ -86,7 +86,7 @@ pub(crate) fn encode(sender: SenderId, seq: u64, room: Option<&str>, message: &M
 
 /// The room an envelope is for, read from its header alone: `None` for a whole collection's,
 /// and for what is not an envelope (that is found out when it is decoded).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by the Redis backplane
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // read by the Redis and NATS backplanes
 pub(crate) fn room_of(bytes: &[u8]) -> Option<&[u8]> {
     let kind = *bytes.get(1)?;
     if bytes.first() != Some(&VERSION) || kind & ROOM == 0 {

@@ -14,7 +14,8 @@
 //!   delivers each sender's messages in that order, drops any it has already delivered (a
 //!   retry after a reconnect), and counts any it never got. A backplane that is down costs
 //!   local delivery nothing.
-//! - **Ordered** (Redis streams, the Redis backplane's default, lossless mode): a
+//! - **Ordered** (Redis streams, the Redis backplane's default, lossless mode; NATS
+//!   JetStream): a
 //!   broadcast is only published, and every process, the sender's included, delivers it
 //!   when the backplane hands it back: all of them deliver the same messages in one order,
 //!   with the same [`Position`]s, so a client can resume on any of them. The sender's own
@@ -24,9 +25,10 @@
 //! it returns counts this process's connections
 //! ([`broadcast`](crate::WebSocketCollection::broadcast) says what, in each kind).
 //!
-//! Two backplanes come with the crate: [`MemoryBackplane`] joins collections within one
-//! process (for tests and examples), and `RedisBackplane` (cargo feature `redis`) uses
-//! Redis streams, or pub/sub. Any other transport implements [`Backplane`].
+//! Three backplanes come with the crate: [`MemoryBackplane`] joins collections within one
+//! process (for tests and examples), `RedisBackplane` (cargo feature `redis`) uses Redis
+//! streams, or pub/sub, and `NatsBackplane` (cargo feature `nats`) NATS JetStream streams.
+//! Any other transport implements [`Backplane`].
 //!
 //! ```
 //! use websocket_handler::backplane::MemoryBackplane;
@@ -43,6 +45,8 @@
 
 mod envelope;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -61,6 +65,8 @@ use crate::fanout::rooms::Rooms;
 use crate::protocol::message::Message;
 
 pub use self::envelope::EnvelopeError;
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsBackplane, NatsBackplaneError, NatsBuilder, NatsConfig, NatsStats};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisBackplane, RedisBackplaneError, RedisBuilder, RedisConfig, RedisStats};
 pub use memory::MemoryBackplane;
@@ -222,7 +228,7 @@ impl MissedPage {
 }
 
 /// Whether a network backplane can reach its server, as reported by
-/// `RedisBackplane::state`.
+/// `RedisBackplane::state` and `NatsBackplane::state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackplaneState {
@@ -235,8 +241,9 @@ pub enum BackplaneState {
     /// publications wait in a bounded queue.
     Reconnecting,
     /// Connected, but the server refuses publications for now (busy, loading, out of
-    /// memory, its replicas gone...): they wait in the bounded queue and are retried in
-    /// order with backoff. Nothing is lost, and nothing moves between processes either.
+    /// memory, its replicas gone, no leader for a NATS stream...), or a NATS topic cannot be
+    /// read for now: publications wait in the bounded queue and are retried in order with
+    /// backoff. Nothing is lost, and nothing moves between processes either.
     Retrying,
     /// The backplane's task has ended: its last handle (and collection) was dropped, after
     /// publishing what was queued (for a second at most). Nothing is carried any more.

@@ -21,6 +21,7 @@ use websocket_handler::{WebSocketHandler, WebSocketServer};
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the cluster tests use it
 pub mod cluster;
+pub mod nats_server;
 pub mod redis_server;
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the Sentinel tests use it
@@ -209,6 +210,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     // The same features as this test build, so that `--all-features` tests the whole example.
     let features = [
         ("redis", cfg!(feature = "redis")),
+        ("nats", cfg!(feature = "nats")),
         ("json", cfg!(feature = "json")),
         ("axum", cfg!(feature = "axum")),
         ("tls", cfg!(feature = "tls")),
