@@ -22,6 +22,7 @@ pub mod redis_server;
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the Sentinel tests use it
 pub mod sentinel;
+pub mod signalr_example;
 pub mod tls;
 
 /// A client connected to a test server.
