@@ -236,3 +236,42 @@ async fn a_stateful_client_resumes_after_its_socket_is_cut_and_misses_nothing() 
     proxy.cut();
     scenario.passes().await;
 }
+
+/// The benchmark tooling works: `loadgen --signalr` negotiates, joins the group and sends
+/// to it through the example, every broadcast reaches every client (4 KiB texts, so the
+/// records span many of loadgen's eight-byte steps), and the JSON line says so.
+#[tokio::test]
+async fn loadgen_drives_the_example_in_a_group_without_losing_a_message() {
+    let example = Example::start("127.0.0.1:0").await;
+    let loadgen = common::example_binary("loadgen");
+    let pid = example.pid().to_string();
+    let url = format!("ws://{}/hubs/chat", example.addr);
+    let run = Command::new(&loadgen)
+        .args([
+            "--url",
+            &url,
+            "--signalr",
+            "--clients",
+            "20",
+            "--senders",
+            "2",
+        ])
+        .args(["--size", "4096", "--duration", "1", "--warmup", "0"])
+        .args(["--quiet", "--server-pid", &pid])
+        .output();
+    let output = common::within("loadgen to finish", run)
+        .await
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(line["signalr"], true, "{line}");
+    assert!(line["deliveries"].as_u64() >= Some(20), "{line}");
+    assert_eq!(line["deliveries"], line["expected_deliveries"], "{line}");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["errors"], serde_json::json!([]), "{line}");
+}

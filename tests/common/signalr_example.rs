@@ -47,6 +47,11 @@ impl SignalrExample {
         SignalrExample { child, addr }
     }
 
+    /// The process id, for `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the example runs")
+    }
+
     /// The hub's URL, by address.
     pub fn hub_url(&self) -> String {
         format!("http://{}/hubs/chat", self.addr)
