@@ -27,6 +27,8 @@ from typing import IO, Callable
 ROOT = Path(__file__).resolve().parent.parent
 # The line every chat server (the example, the baselines) prints once it listens.
 READY_LINE = re.compile(r"Chat server running\. Open https?://(\S+)/chat\.htm")
+# The line examples/signalr_chat prints once it listens.
+SIGNALR_READY = re.compile(r"listening on http://(\S+?)/ \(hub at")
 
 
 def log(message: str) -> None:

@@ -56,7 +56,7 @@ class Server(benchlib.ServerOutput):
             line = self.proc.stdout.readline().decode("utf-8", "replace")
             if not line:
                 break
-            match = benchlib.READY_LINE.search(line)
+            match = benchlib.READY_LINE.search(line) or benchlib.SIGNALR_READY.search(line)
             if match:
                 self.drain_stdout()
                 return match.group(1)

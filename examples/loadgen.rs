@@ -32,6 +32,14 @@
 //! With several URLs, clients (senders included, as they are clients 0..S) are spread
 //! round-robin over them, RSS and CPU are summed over all `--server-pid`s, and the JSON line
 //! also gives the latency of deliveries through the sender's own server and through another.
+//!
+//! With `--signalr`, the URL is a SignalR hub's (`examples/signalr_chat`'s
+//! `ws://127.0.0.1:5000/hubs/chat`) and the clients speak its JSON hub protocol as the
+//! official clients do: each negotiates (`POST {hub}/negotiate?negotiateVersion=1`, on the
+//! connection it then upgrades), opens the WebSocket with its token, does the handshake and
+//! calls `JoinGroup("bench")`; a sender invokes `SendToGroup("bench", "u<s>", text)` with no
+//! invocation id (the client's `send`: no answer), and every member gets
+//! `ReceiveMessage("u<s>", text)`, the same text as in the chat protocol.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -74,6 +82,9 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...
                        extended CONNECT; over TLS by ALPN for wss://, prior knowledge for
                        ws://), --streams per connection
   --streams M          with --http2: WebSockets per HTTP/2 connection (default 100)
+  --signalr            the URL is a SignalR hub: negotiate, the JSON hub protocol, every
+                       client in the group \"bench\", senders invoke SendToGroup (not with
+                       --http2 or --json)
   --quiet              no progress display";
 
 /// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
@@ -91,6 +102,8 @@ const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(5);
 const WINDOW_STALL: Duration = Duration::from_secs(2);
+/// `--signalr`: the group every client joins and every sender sends to.
+const SIGNALR_GROUP: &str = "bench";
 
 // Phases, for the progress display.
 const CONNECT: u8 = 0;
@@ -127,6 +140,8 @@ struct Args {
     /// `--http2`, and `--streams`: clients per HTTP/2 connection.
     http2: bool,
     streams: usize,
+    /// `--signalr`: the URL is a SignalR hub.
+    signalr: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -149,6 +164,7 @@ fn parse_args() -> Result<Args, String> {
         ca: None,
         http2: false,
         streams: 100,
+        signalr: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -177,6 +193,7 @@ fn parse_args() -> Result<Args, String> {
             "--ca" => a.ca = Some(value()?),
             "--http2" => a.http2 = true,
             "--streams" => a.streams = number(&flag, value()?)?,
+            "--signalr" => a.signalr = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -194,6 +211,9 @@ fn parse_args() -> Result<Args, String> {
         }
         _ if a.senders > a.clients => Err("--senders cannot exceed --clients".into()),
         _ if a.size < MIN_SIZE => Err(format!("--size must be at least {MIN_SIZE}")),
+        _ if a.signalr && (a.http2 || a.json) => {
+            Err("--signalr goes with neither --http2 nor --json".into())
+        }
         _ if !ok(a.rate) || !ok(a.warmup) || !ok(a.duration) || a.duration == 0.0 => {
             Err("--rate, --warmup and --duration must be >= 0 (--duration > 0)".into())
         }
@@ -217,6 +237,8 @@ struct Target {
     host: String,
     /// Path and query up to the username's number: `/api/Chat?username=u`.
     path: String,
+    /// `--signalr`: the hub's path, as given (`/hubs/chat`).
+    hub: Option<String>,
     /// `--http2`: the connections, made by the first of their clients, whose streams the
     /// others open (client `i` of this target on connection `i / --streams`).
     h2: Option<Vec<tokio::sync::OnceCell<H2Sender>>>,
@@ -254,6 +276,7 @@ async fn resolve_target(url: &str, args: &Args) -> Result<Target, Box<dyn Error>
         tls,
         host: host.to_owned(),
         path: format!("{path}{sep}username=u"),
+        hub: args.signalr.then(|| path.to_owned()),
         h2,
     })
 }
@@ -304,6 +327,8 @@ struct Shared {
     servers: usize,
     /// `--streams`.
     streams: usize,
+    /// `--signalr`: messages are records of the JSON hub protocol.
+    signalr: bool,
     stats: Stats,
     /// Closed loop: per sender, how many clients have seen each in-flight seq (slot seq % W).
     ring: Vec<Vec<Padded<AtomicU32>>>,
@@ -325,6 +350,7 @@ impl Shared {
             deflate: args.deflate,
             servers: args.urls.len(),
             streams: args.streams,
+            signalr: args.signalr,
             stats: Stats::default(),
             ring: (0..args.senders).map(|_| slots()).collect(),
             wake: (0..args.senders).map(|_| Notify::new()).collect(),
@@ -447,7 +473,7 @@ async fn connect(
     let stream = tcp_connect(target).await?;
     let Some((connector, name)) = &target.tls else {
         let mut stream = stream;
-        let (buf, agreed) = handshake(&mut stream, target, idx, deflate).await?;
+        let (buf, agreed) = upgrade(&mut stream, target, idx, deflate).await?;
         let (read, write) = stream.into_split();
         return Ok((
             Box::new(read),
@@ -460,7 +486,7 @@ async fn connect(
         .connect(name.clone(), stream)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
-    let (buf, agreed) = handshake(&mut stream, target, idx, deflate).await?;
+    let (buf, agreed) = upgrade(&mut stream, target, idx, deflate).await?;
     let (read, write) = tokio::io::split(stream);
     Ok((
         Box::new(read),
@@ -604,11 +630,144 @@ fn tls_client(
     ))
 }
 
-/// The HTTP upgrade on `stream`: the bytes read past the response, and whether the server
-/// agreed permessage-deflate.
+/// The WebSocket on `stream`, ready for the load: the chat's upgrade, or a SignalR client's
+/// negotiate, upgrade, handshake and `JoinGroup`. Returns the bytes read past the last
+/// answer, and whether the server agreed permessage-deflate.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &Target,
+    idx: usize,
+    deflate: bool,
+) -> Result<(BytesMut, bool), String> {
+    let Some(hub) = &target.hub else {
+        let path = format!("{}{idx}", target.path);
+        return handshake(stream, target, &path, idx, deflate).await;
+    };
+    let token = negotiate(stream, target, hub).await?;
+    let sep = if hub.contains('?') { '&' } else { '?' };
+    let path = format!("{hub}{sep}id={token}");
+    let (mut buf, agreed) = handshake(stream, target, &path, idx, deflate).await?;
+    if agreed {
+        return Err("SignalR: permessage-deflate is not read in this mode".into());
+    }
+    // The handshake and the join in one frame, as several records may be.
+    let mut frame = Vec::new();
+    let records = format!(
+        "{{\"protocol\":\"json\",\"version\":1}}\u{1e}\
+         {{\"type\":1,\"invocationId\":\"0\",\"target\":\"JoinGroup\",\"arguments\":[\"{SIGNALR_GROUP}\"]}}\u{1e}"
+    );
+    push_frame(&mut frame, 0x1, records.as_bytes(), seed(idx as u64));
+    let io = |e: std::io::Error| format!("SignalR handshake: {e}");
+    stream.write_all(&frame).await.map_err(io)?;
+    // `{}` (the handshake accepted), then the join's Completion.
+    let (mut handshaken, mut joined) = (false, false);
+    while !joined {
+        let Some(head) = frame_head(&buf)? else {
+            if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                return Err("SignalR handshake: server closed the connection".into());
+            }
+            continue;
+        };
+        let total = head.len + head.payload;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                return Err("SignalR handshake: server closed the connection".into());
+            }
+            continue;
+        }
+        if head.opcode == 0x1 {
+            for record in buf[head.len..total].split(|&b| b == 0x1e) {
+                if record.is_empty() {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(record);
+                if !handshaken {
+                    if record != b"{}" {
+                        return Err(format!("SignalR handshake refused: {text}"));
+                    }
+                    handshaken = true;
+                } else if find(record, b"\"invocationId\":\"0\"").is_some() {
+                    if find(record, b"\"error\"").is_some() {
+                        return Err(format!("SignalR JoinGroup failed: {text}"));
+                    }
+                    joined = true;
+                }
+            }
+        } else if head.opcode == 0x8 {
+            return Err("SignalR handshake: server sent close".into());
+        }
+        buf.advance(total);
+    }
+    Ok((buf, false))
+}
+
+/// A SignalR client's negotiate, on the connection it will upgrade (HTTP/1.1 keep-alive):
+/// the connection token.
+async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &Target,
+    hub: &str,
+) -> Result<String, String> {
+    let (path, query) = hub.split_once('?').unwrap_or((hub, ""));
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("&{query}")
+    };
+    let request = format!(
+        "POST {}/negotiate?negotiateVersion=1{query} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Length: 0\r\nX-Requested-With: XMLHttpRequest\r\n\r\n",
+        path.trim_end_matches('/'),
+        target.host,
+    );
+    let io = |e: std::io::Error| format!("negotiate: {e}");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let end = loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 8192 {
+            return Err("negotiate: response headers too long".into());
+        }
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err("negotiate: server closed the connection".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) != Some("200") {
+        return Err(format!("negotiate refused: {status}"));
+    }
+    let length: usize = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .ok_or("negotiate: no Content-Length")?;
+    while buf.len() < end + 4 + length {
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err("negotiate: server closed the connection".into());
+        }
+    }
+    let body = &buf[end + 4..end + 4 + length];
+    let key = b"\"connectionToken\":\"";
+    let at = find(body, key).ok_or("negotiate: no connectionToken")? + key.len();
+    let len = body[at..]
+        .iter()
+        .position(|&b| b == b'"')
+        .ok_or("negotiate: connectionToken not closed")?;
+    // Ids are URL-safe already (the crate's are); others would need escaping in the query.
+    Ok(String::from_utf8_lossy(&body[at..at + len]).into_owned())
+}
+
+/// The HTTP upgrade to `path` on `stream`: the bytes read past the response, and whether
+/// the server agreed permessage-deflate.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     target: &Target,
+    path: &str,
     idx: usize,
     deflate: bool,
 ) -> Result<(BytesMut, bool), String> {
@@ -618,9 +777,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .collect();
     let key = base64(&key);
     let request = format!(
-        "GET {}{idx} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
-        target.path,
         target.host,
         offer = if deflate {
             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
@@ -841,9 +999,23 @@ impl Client {
     }
 
     fn on_text(&mut self, text: &[u8]) {
-        let Some((s, seq, send_ns)) = parse_chat(text) else {
-            return;
-        };
+        if self.shared.signalr {
+            // Records end with 0x1E; one frame may hold several.
+            let mut rest = text;
+            while !rest.is_empty() {
+                let end = find_separator(rest).unwrap_or(rest.len());
+                if let Some(message) = parse_signalr(&rest[..end]) {
+                    self.on_message(message);
+                }
+                rest = &rest[(end + 1).min(rest.len())..];
+            }
+        } else if let Some(message) = parse_chat(text) {
+            self.on_message(message);
+        }
+    }
+
+    /// A broadcast `(sender, seq, send_ns)` arrived.
+    fn on_message(&mut self, (s, seq, send_ns): (usize, u32, u64)) {
         let Some(&expected) = self.next_seq.get(s) else {
             return;
         };
@@ -997,6 +1169,39 @@ fn parse_chat(text: &[u8]) -> Option<(usize, u32, u64)> {
     Some((usize::try_from(s).ok()?, u32::try_from(seq).ok()?, send_ns))
 }
 
+/// A SignalR `{"type":1,"target":"ReceiveMessage","arguments":["u<s>","<s> <seq> <send_ns>
+/// xxx…"]}` into `(s, seq, send_ns)`; `None` for any other record. The user is `u` and
+/// digits, so the text starts right after the first `","` of the arguments.
+fn parse_signalr(record: &[u8]) -> Option<(usize, u32, u64)> {
+    const HEAD: &[u8] = b"\"target\":\"ReceiveMessage\",\"arguments\":[\"";
+    let arguments = &record[find(record, HEAD)? + HEAD.len()..];
+    let mut rest = &arguments[find(arguments, b"\",\"")? + 3..];
+    let s = parse_field(&mut rest)?;
+    let seq = parse_field(&mut rest)?;
+    let send_ns = parse_field(&mut rest)?;
+    Some((usize::try_from(s).ok()?, u32::try_from(seq).ok()?, send_ns))
+}
+
+/// Where the first record separator (0x1E) is, eight bytes at a time: every delivery of a
+/// 4 KiB record is scanned, and a byte at a time would cost loadgen more than the server.
+fn find_separator(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const SEPARATORS: u64 = u64::from_le_bytes([0x1e; 8]);
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        // Zero where a byte is 0x1E; the test is true if and only if a byte is zero.
+        let word = u64::from_le_bytes(word) ^ SEPARATORS;
+        if word.wrapping_sub(ONES) & !word & HIGHS != 0 {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|&b| b == 0x1e).map(|i| at + i)
+}
+
 /// Takes `<digits> ` off the front of `rest`, without scanning the padding after it.
 fn parse_field(rest: &mut &[u8]) -> Option<u64> {
     let mut n: u64 = 0;
@@ -1039,12 +1244,27 @@ async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Ar
             break;
         }
         text.clear();
+        // SignalR: the text is the last argument of SendToGroup, no invocation id (no
+        // answer wanted), the record's end after it.
+        let envelope = if args.signalr {
+            let _ = write!(
+                text,
+                "{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{SIGNALR_GROUP}\",\"u{s}\",\""
+            );
+            text.len()
+        } else {
+            0
+        };
         let _ = write!(text, "{s} {seq} {stamp} ");
-        let pad = args.size.saturating_sub(text.len());
+        let size = envelope + args.size;
+        let pad = size.saturating_sub(text.len());
         if args.json {
-            pad_json(&mut text, args.size, &mut rng);
+            pad_json(&mut text, size, &mut rng);
         } else {
             text.extend(std::iter::repeat_n('x', pad));
+        }
+        if args.signalr {
+            text.push_str("\"]}\u{1e}");
         }
         frame.clear();
         push_frame(&mut frame, 0x1, text.as_bytes(), xorshift(&mut rng));
@@ -1539,6 +1759,7 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
             ),
         ),
         ("http2", args.http2.to_string()),
+        ("signalr", args.signalr.to_string()),
         ("errors", format!("[{}]", errors_json.join(","))),
         ("servers", args.urls.len().to_string()),
         ("server_cpu_s_each", format!("[{}]", cpu_each.join(","))),

@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --example signalr_chat --features signalr                 # http://127.0.0.1:5000/
 //! cargo run --example signalr_chat --features signalr -- --addr 127.0.0.1:0
+//! cargo run --example signalr_chat --features signalr -- --same-origin \
+//!     --allowed-origin http://localhost:8080
 //! ```
 //!
 //! The hub's methods:
@@ -16,7 +18,10 @@
 //!
 //! The page loads the JavaScript client from `/signalr.js`, served from the npm package
 //! installed by `npm ci` in `tests/signalr/` (or the file `--client-js` names): the
-//! repository holds no copy of it. Ctrl-C closes every connection with a Close that lets
+//! repository holds no copy of it. `/?hub=URL` connects the page to a hub elsewhere: a
+//! page of another origin sends negotiate with credentials after a CORS preflight, which
+//! the hub answers for the origins it accepts (any, unless `--same-origin` or
+//! `--allowed-origin` say otherwise). Ctrl-C closes every connection with a Close that lets
 //! the clients reconnect.
 
 use std::convert::Infallible;
@@ -99,7 +104,15 @@ async fn main() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/signalr/node_modules/@microsoft/signalr/dist/browser/signalr.js")
     });
-    let server = WebSocketServer::new();
+    let mut builder = WebSocketServer::builder();
+    if !args.allowed_origins.is_empty() {
+        builder = builder.allowed_origins(args.allowed_origins);
+    }
+    if args.same_origin {
+        // After `allowed_origins`, which it adds to.
+        builder = builder.same_origin();
+    }
+    let server = builder.build();
     let hub = chat_hub(&server);
     let listener = match TcpListener::bind(args.addr).await {
         Ok(listener) => listener,
@@ -177,11 +190,15 @@ fn status(status: StatusCode, text: String) -> Response<Body> {
 struct Args {
     addr: SocketAddr,
     client_js: Option<PathBuf>,
+    allowed_origins: Vec<String>,
+    same_origin: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut addr = "127.0.0.1:5000".to_owned();
     let mut client_js = None;
+    let mut allowed_origins = Vec::new();
+    let mut same_origin = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -191,11 +208,20 @@ fn parse_args() -> Result<Args, String> {
                     args.next().ok_or("--client-js needs a path")?,
                 ))
             }
+            "--allowed-origin" => allowed_origins.push(
+                args.next()
+                    .ok_or("--allowed-origin needs an origin, like http://localhost:8080")?,
+            ),
+            "--same-origin" => same_origin = true,
             "--help" | "-h" => {
                 println!(
-                    "usage: signalr_chat [--addr HOST:PORT] [--client-js PATH]\n  \
-                     --addr       where to listen (default 127.0.0.1:5000; port 0: any free one)\n  \
-                     --client-js  the browser build of @microsoft/signalr to serve at /signalr.js"
+                    "usage: signalr_chat [--addr HOST:PORT] [--client-js PATH] \
+                     [--same-origin] [--allowed-origin ORIGIN]...\n  \
+                     --addr            where to listen (default 127.0.0.1:5000; port 0: any free one)\n  \
+                     --client-js       the browser build of @microsoft/signalr to serve at /signalr.js\n  \
+                     --same-origin     accept pages of this server only (and --allowed-origin's)\n  \
+                     --allowed-origin  accept pages of this origin (scheme://host:port), and of no\n                    \
+                     other unless listed too or --same-origin; by default any origin"
                 );
                 std::process::exit(0);
             }
@@ -205,5 +231,10 @@ fn parse_args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|error| format!("invalid --addr {addr:?}: {error}"))?;
-    Ok(Args { addr, client_js })
+    Ok(Args {
+        addr,
+        client_js,
+        allowed_origins,
+        same_origin,
+    })
 }

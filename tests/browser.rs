@@ -651,3 +651,294 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// The SignalR example's page (`examples/signalr_chat.htm`, on the npm client that the
+/// example serves from `tests/signalr/node_modules`), or `None` after saying the test is
+/// skipped.
+#[cfg(feature = "signalr")]
+fn signalr_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let client = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/signalr/node_modules/@microsoft/signalr/dist/browser/signalr.js");
+    if !client.is_file() {
+        common::skip(
+            test,
+            "the SignalR client is not installed: run `npm ci` in tests/signalr",
+        );
+        return None;
+    }
+    tools(test)
+}
+
+/// Two browsers on the SignalR example's page: each one's `SendMessage` reaches the other
+/// as `ReceiveMessage`; groups reach their members only; a `Counter` stream shows item by
+/// item and completes.
+#[cfg(feature = "signalr")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalr_pages_chat_in_groups_and_show_a_stream() {
+    use common::signalr_example::SignalrExample;
+
+    let test = "browser::signalr_pages_chat_in_groups_and_show_a_stream";
+    let Some((chromium, chromedriver)) = signalr_tools(test) else {
+        return;
+    };
+    let example = SignalrExample::start("127.0.0.1:0").await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let alice = driver.browser(&chromium).await.expect("alice's browser");
+    let bob = driver.browser(&chromium).await.expect("bob's browser");
+    let mut outcome = signalr_chat(&example, &alice, &bob).await;
+    if let Err(error) = &outcome {
+        outcome = Err(
+            signalr_report(&**error, &[(&alice, "alice"), (&bob, "bob")])
+                .await
+                .into(),
+        );
+    }
+    let _ = bounded("alice's browser to close", alice.close()).await;
+    let _ = bounded("bob's browser to close", bob.close()).await;
+    drop(driver);
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+}
+
+#[cfg(feature = "signalr")]
+async fn signalr_chat(
+    example: &common::signalr_example::SignalrExample,
+    alice: &Client,
+    bob: &Client,
+) -> Result<()> {
+    let page = format!("http://{}/", example.addr);
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        bounded(&format!("{name}'s page to load"), client.goto(&page)).await?;
+        wait_for_status(client, name, "connected").await?;
+        fill(client, "user", name).await?;
+    }
+    // SendMessage: every page shows it (the sender's own too).
+    send_to_all(alice, "Hello Bob, from SignalR.").await?;
+    send_to_all(bob, "Hello Alice.").await?;
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        wait_for_signalr_line(client, name, "alice: Hello Bob, from SignalR.").await?;
+        wait_for_signalr_line(client, name, "bob: Hello Alice.").await?;
+    }
+
+    // Groups: alice alone in red, then both, then bob alone.
+    join_or_leave(alice, "alice", "join", "red").await?;
+    send_to_group(alice, "red", "Red, alice only.").await?;
+    wait_for_signalr_line(alice, "alice", "alice: Red, alice only.").await?;
+    // Alice's calls run in order: once bob has her next message to all, he would have
+    // had the group's before it.
+    send_to_all(alice, "Back in the lobby.").await?;
+    wait_for_signalr_line(bob, "bob", "alice: Back in the lobby.").await?;
+    not_shown(bob, "bob", "alice: Red, alice only.").await?;
+
+    join_or_leave(bob, "bob", "join", "red").await?;
+    send_to_group(bob, "red", "Red, both of us.").await?;
+    for (client, name) in [(alice, "alice"), (bob, "bob")] {
+        wait_for_signalr_line(client, name, "bob: Red, both of us.").await?;
+    }
+    join_or_leave(alice, "alice", "leave", "red").await?;
+    send_to_group(bob, "red", "Red, bob only.").await?;
+    wait_for_signalr_line(bob, "bob", "bob: Red, bob only.").await?;
+    send_to_all(bob, "Lobby again.").await?;
+    wait_for_signalr_line(alice, "alice", "bob: Lobby again.").await?;
+    not_shown(alice, "alice", "bob: Red, bob only.").await?;
+
+    // A stream: Counter(5, 100 ms), each item shown as it comes, then its completion.
+    fill(alice, "count", "5").await?;
+    click(alice, "count-up").await?;
+    wait_for("alice", "the counter at 0 1 2 (or further)", || async {
+        Ok(counter(alice).await?.starts_with("0 1 2"))
+    })
+    .await?;
+    wait_for("alice", "the counter done at 0 1 2 3 4", || async {
+        Ok(counter(alice).await? == "0 1 2 3 4 (done)")
+    })
+    .await?;
+    Ok(())
+}
+
+/// A page on `localhost` whose hub is on `127.0.0.1`, another origin: the JavaScript client
+/// sends negotiate with credentials after a CORS preflight. A hub that allows the page's
+/// origin answers both and the page chats; one that allows only its own origin refuses,
+/// and the page says it failed (though that hub serves its own page).
+#[cfg(feature = "signalr")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signalr_page_negotiates_with_a_hub_of_another_origin_only_if_allowed() {
+    use common::signalr_example::SignalrExample;
+
+    let test = "browser::a_signalr_page_negotiates_with_a_hub_of_another_origin_only_if_allowed";
+    let Some((chromium, chromedriver)) = signalr_tools(test) else {
+        return;
+    };
+    // The page's server, and two hubs: one allowing the page's origin, one its own only.
+    let pages = SignalrExample::start("127.0.0.1:0").await;
+    let page_origin = format!("http://localhost:{}", pages.addr.port());
+    let allowing = SignalrExample::start_with(
+        "127.0.0.1:0",
+        &["--same-origin", "--allowed-origin", &page_origin],
+    )
+    .await;
+    let refusing = SignalrExample::start_with("127.0.0.1:0", &["--same-origin"]).await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let carol = driver.browser(&chromium).await.expect("carol's browser");
+    let mut outcome = async {
+        let page = |hub: &SignalrExample| format!("{page_origin}/?hub={}", hub.hub_url());
+        bounded("carol's page to load", carol.goto(&page(&allowing))).await?;
+        wait_for_status(&carol, "carol", "connected").await?;
+        fill(&carol, "user", "carol").await?;
+        send_to_all(&carol, "Across origins.").await?;
+        wait_for_signalr_line(&carol, "carol", "carol: Across origins.").await?;
+
+        // The refusing hub works for its own page...
+        let own = format!("http://{}/", refusing.addr);
+        bounded("carol's page to load", carol.goto(&own)).await?;
+        wait_for_status(&carol, "carol", "connected").await?;
+        // ...and not for the page of another origin: negotiate is refused (the browser
+        // has no CORS headers to let the page read the answer).
+        bounded("carol's page to load", carol.goto(&page(&refusing))).await?;
+        wait_for(
+            "carol",
+            "the status \"failed: ...negotiation...\"",
+            || async {
+                let status = status(&carol).await?;
+                Ok(status.starts_with("failed: ") && status.contains("negotiation"))
+            },
+        )
+        .await
+    }
+    .await;
+    if let Err(error) = &outcome {
+        outcome = Err(signalr_report(&**error, &[(&carol, "carol")]).await.into());
+    }
+    let _ = bounded("carol's browser to close", carol.close()).await;
+    drop(driver);
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+}
+
+/// What each SignalR page showed, added to `error`.
+#[cfg(feature = "signalr")]
+async fn signalr_report(error: &dyn std::error::Error, pages: &[(&Client, &str)]) -> String {
+    let mut report = error.to_string();
+    for (client, name) in pages {
+        report += &format!(
+            "\n{name}'s status: {:?}\n{name}'s lines: {:?}\n{name}'s counter: {:?}",
+            status(client).await,
+            signalr_lines(client).await,
+            counter(client).await
+        );
+    }
+    report
+}
+
+/// The text of the SignalR page's status.
+#[cfg(feature = "signalr")]
+async fn status(client: &Client) -> Result<String> {
+    let status = bounded("the status", client.find(Locator::Id("status"))).await?;
+    bounded("the status's text", status.text()).await
+}
+
+/// Waits until the SignalR page's status says `state`.
+#[cfg(feature = "signalr")]
+async fn wait_for_status(client: &Client, name: &str, state: &str) -> Result<()> {
+    wait_for(name, &format!("the status {state:?}"), || async {
+        Ok(status(client).await? == state)
+    })
+    .await
+}
+
+/// The text of the SignalR page's counter.
+#[cfg(feature = "signalr")]
+async fn counter(client: &Client) -> Result<String> {
+    let counter = bounded("the counter", client.find(Locator::Id("counter"))).await?;
+    bounded("the counter's text", counter.text()).await
+}
+
+/// Replaces the text of the field `id` with `text`.
+#[cfg(feature = "signalr")]
+async fn fill(client: &Client, id: &str, text: &str) -> Result<()> {
+    let field = bounded(&format!("the field #{id}"), client.find(Locator::Id(id))).await?;
+    bounded(&format!("#{id} to be cleared"), field.clear()).await?;
+    bounded(
+        &format!("{text:?} to be typed in #{id}"),
+        field.send_keys(text),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(feature = "signalr")]
+async fn click(client: &Client, id: &str) -> Result<()> {
+    let button = bounded(&format!("the button #{id}"), client.find(Locator::Id(id))).await?;
+    bounded(&format!("a click on #{id}"), button.click()).await?;
+    Ok(())
+}
+
+/// Types `text` as the message and presses Enter: `SendMessage(user, text)`.
+#[cfg(feature = "signalr")]
+async fn send_to_all(client: &Client, text: &str) -> Result<()> {
+    fill(
+        client,
+        "message",
+        &format!("{text}{}", char::from(Key::Enter)),
+    )
+    .await
+}
+
+/// `SendToGroup(group, user, text)`, with the page's button.
+#[cfg(feature = "signalr")]
+async fn send_to_group(client: &Client, group: &str, text: &str) -> Result<()> {
+    fill(client, "group", group).await?;
+    fill(client, "message", text).await?;
+    click(client, "send-group").await
+}
+
+/// `JoinGroup` or `LeaveGroup` (`action`: "join" or "leave"), until the page says it is done.
+#[cfg(feature = "signalr")]
+async fn join_or_leave(client: &Client, name: &str, action: &str, group: &str) -> Result<()> {
+    fill(client, "group", group).await?;
+    click(client, action).await?;
+    let done = if action == "join" { "joined" } else { "left" };
+    wait_for_signalr_line(client, name, &format!("You {done} {group}")).await
+}
+
+/// The SignalR page's lines, oldest first: `user: message`, or the page's own notes.
+#[cfg(feature = "signalr")]
+async fn signalr_lines(client: &Client) -> Result<Vec<String>> {
+    let value = bounded(
+        "the page's lines",
+        client.execute(
+            "return Array.from(document.querySelectorAll('#messages li'), li => \
+               li.className === 'note' ? li.textContent \
+               : li.firstChild.textContent + ': ' + li.lastChild.textContent);",
+            vec![],
+        ),
+    )
+    .await?;
+    Ok(serde_json::from_value(value)?)
+}
+
+#[cfg(feature = "signalr")]
+async fn wait_for_signalr_line(client: &Client, name: &str, line: &str) -> Result<()> {
+    wait_for(name, &format!("the line {line:?}"), || async {
+        Ok(signalr_lines(client)
+            .await?
+            .iter()
+            .any(|shown| shown == line))
+    })
+    .await
+}
+
+/// Fails if the SignalR page shows `line`.
+#[cfg(feature = "signalr")]
+async fn not_shown(client: &Client, name: &str, line: &str) -> Result<()> {
+    if signalr_lines(client)
+        .await?
+        .iter()
+        .any(|shown| shown == line)
+    {
+        return Err(format!("{name}'s page shows {line:?}, which was not for it").into());
+    }
+    Ok(())
+}

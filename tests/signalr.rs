@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::signalr_example::SignalrExample as Example;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,62 +45,6 @@ fn node_scenarios(test: &str) -> Option<PathBuf> {
         return None;
     }
     Some(dir)
-}
-
-/// The example, listening; killed when dropped.
-struct Example {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Example {
-    async fn start(addr: &str) -> Example {
-        let binary = common::example_binary("signalr_chat");
-        let mut child = Command::new(&binary)
-            .args(["--addr", addr])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = common::within("the example to listen", lines.next_line())
-            .await
-            .expect("read its stdout")
-            .expect("the example exited before listening");
-        let url = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("not the line expected: {line:?}"));
-        let addr = url[..url.find('/').expect("a path")]
-            .parse()
-            .expect("an address");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Example { child, addr }
-    }
-
-    fn hub_url(&self) -> String {
-        format!("http://{}/hubs/chat", self.addr)
-    }
-
-    /// Ctrl-C: the example closes every connection (a Close with allowReconnect) and exits.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("pid").to_string();
-        let status = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -INT {pid}")])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let exit = common::within("the example to exit", self.child.wait())
-            .await
-            .expect("wait for it");
-        assert!(exit.success(), "{exit:?}");
-    }
-
-    /// Kills it, as a crash would.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("kill");
-        let _ = common::within("the killed example to exit", self.child.wait()).await;
-    }
 }
 
 /// A Node scenario running: its `event:` lines, and its end.
@@ -289,4 +235,43 @@ async fn a_stateful_client_resumes_after_its_socket_is_cut_and_misses_nothing() 
     scenario.event("cut").await;
     proxy.cut();
     scenario.passes().await;
+}
+
+/// The benchmark tooling works: `loadgen --signalr` negotiates, joins the group and sends
+/// to it through the example, every broadcast reaches every client (4 KiB texts, so the
+/// records span many of loadgen's eight-byte steps), and the JSON line says so.
+#[tokio::test]
+async fn loadgen_drives_the_example_in_a_group_without_losing_a_message() {
+    let example = Example::start("127.0.0.1:0").await;
+    let loadgen = common::example_binary("loadgen");
+    let pid = example.pid().to_string();
+    let url = format!("ws://{}/hubs/chat", example.addr);
+    let run = Command::new(&loadgen)
+        .args([
+            "--url",
+            &url,
+            "--signalr",
+            "--clients",
+            "20",
+            "--senders",
+            "2",
+        ])
+        .args(["--size", "4096", "--duration", "1", "--warmup", "0"])
+        .args(["--quiet", "--server-pid", &pid])
+        .output();
+    let output = common::within("loadgen to finish", run)
+        .await
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(line["signalr"], true, "{line}");
+    assert!(line["deliveries"].as_u64() >= Some(20), "{line}");
+    assert_eq!(line["deliveries"], line["expected_deliveries"], "{line}");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["errors"], serde_json::json!([]), "{line}");
 }

@@ -26,6 +26,7 @@ pub mod redis_server;
 #[cfg(feature = "redis")]
 #[allow(dead_code)] // only the Sentinel tests use it
 pub mod sentinel;
+pub mod signalr_example;
 pub mod tls;
 
 /// A client connected to a test server.
@@ -416,13 +417,29 @@ pub async fn read_until_contains(stream: &mut TcpStream, needle: &[u8]) -> Vec<u
 /// returns the whole response as text.
 #[allow(dead_code)] // not every test binary uses it
 pub async fn http_get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
+    http_request(addr, "GET", target, extra_headers).await
+}
+
+/// Like [`http_get`], with another method (`POST`, with an empty body; `OPTIONS`...).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    extra_headers: &str,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = within("a TCP connection", TcpStream::connect(addr))
         .await
         .expect("connect");
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{length}{extra_headers}\r\n"
     );
     within(
         "the request to be written",
