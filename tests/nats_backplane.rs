@@ -99,7 +99,9 @@ impl Listener {
         let mut client = connect(addr, &format!("/api/Chat?username={name}&positions=1")).await;
         send_text(&mut client, "here").await;
         let last = loop {
-            let line = next_text(&mut client).await;
+            let line = next_line(&mut client)
+                .await
+                .unwrap_or_else(|| panic!("{name}'s own \"here\" did not come back"));
             if let Some(message) = tagged(&line).filter(|m| m.text == format!("{name}: here")) {
                 break message.position;
             }
@@ -158,8 +160,14 @@ impl Listener {
 async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
     let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
     send_text(&mut client, "here").await;
-    while next_text(&mut client).await != format!("{name}: here") {}
-    client
+    let here = format!("{name}: here");
+    loop {
+        match next_line(&mut client).await {
+            Some(line) if line == here => return client,
+            Some(_) => {}
+            None => panic!("{name}'s own \"here\" did not come back"),
+        }
+    }
 }
 
 /// Sends `from..to` from `sender`, one every `pace`.
@@ -192,7 +200,9 @@ fn same_everywhere(listeners: &[Listener]) {
 async fn nothing_more(sender: &mut Client, listeners: &mut [Listener]) {
     send_text(sender, "last").await;
     for listener in listeners {
-        let line = next_text(&mut listener.client).await;
+        let line = next_line(&mut listener.client)
+            .await
+            .unwrap_or_else(|| panic!("{} did not get \"last\"", listener.name));
         assert!(
             line.ends_with(" sender: last"),
             "{}'s next line: {line:?}",
@@ -233,6 +243,8 @@ async fn a_cluster_loses_its_leader_twice_and_nothing_is_lost_or_repeated() {
             killed.elapsed()
         );
         nats.restart(&first).await;
+        // Back: in the stream's group again, and caught up.
+        nats.wait_current(ROOMS_STREAM, &first).await;
         let second = nats.leader(ROOMS_STREAM, None).await;
         for listener in &mut listeners {
             listener.expect("sender", 300).await;

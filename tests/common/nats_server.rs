@@ -180,6 +180,38 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// Waits (20 s at most) until the server named `name` is a current replica of
+    /// `stream`: back in its group and caught up.
+    #[cfg(feature = "nats")]
+    pub async fn wait_current(&self, stream: &str, name: &str) {
+        let admin = self.admin().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let current = match admin.get_stream(stream).await {
+                Ok(mut found) => found.info().await.ok().is_some_and(|info| {
+                    info.cluster.as_ref().is_some_and(|cluster| {
+                        cluster.leader.as_deref() == Some(name)
+                            || cluster
+                                .replicas
+                                .iter()
+                                .any(|peer| peer.name == name && peer.current && !peer.offline)
+                    })
+                }),
+                Err(_) => false,
+            };
+            if current {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is not a current replica of {stream} after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Starts `node`, with routes to `routes` (a cluster), and waits until it says it is
 /// ready; `None` if it exited first (its port taken, most likely). Its log is read on, so
 /// that it never blocks on a full pipe.

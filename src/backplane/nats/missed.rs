@@ -17,13 +17,14 @@ use crate::fanout::history::{Position, ResumeError};
 /// Messages per fetch at most.
 const FETCH_MAX: usize = 256;
 
-/// Attempts at a page before a resume is told the history cannot be reached.
-const ATTEMPTS: u32 = 3;
+/// How long a resume tries to read a page while NATS is unavailable (a leader election
+/// takes 3 to 8 s) before it is told the history cannot be reached.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A page of `topic`'s messages (of `room`'s alone, for a room) after `after`: about
 /// `max_bytes` (at least one message, if there is one), up to the stream's last message
 /// when asked. What fails for now (a consumer placed on a server that is down, a request
-/// lost in a reconnect) is tried again, twice, after a backoff.
+/// lost in a reconnect, no leader) is tried again with backoff, for [`PATIENCE`].
 pub(super) async fn missed(
     shared: &Shared,
     topic: &str,
@@ -40,16 +41,16 @@ pub(super) async fn missed(
         .await
         .map_err(|_| ResumeError::Unavailable)?;
     let mut wait = shared.config.reconnect_min;
-    for attempt in 1.. {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
         match page(shared, &context, topic, room, after, max_bytes).await {
-            Err(ResumeError::Unavailable) if attempt < ATTEMPTS => {
+            Err(ResumeError::Unavailable) if tokio::time::Instant::now() < give_up => {
                 tokio::time::sleep(streams::jitter(wait)).await;
-                wait = (wait * 4).min(shared.config.reconnect_max);
+                wait = (wait * 2).min(shared.config.reconnect_max);
             }
             done => return done,
         }
     }
-    Err(ResumeError::Unavailable)
 }
 
 /// One attempt at [`missed`].
