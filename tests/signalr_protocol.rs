@@ -430,3 +430,26 @@ async fn a_bad_call_gets_a_completion_with_an_error_and_the_connection_stays() {
         json!({"type": 3, "invocationId": "8", "result": "fine"})
     );
 }
+
+#[tokio::test]
+async fn a_hub_method_that_panics_is_answered_with_an_error_and_later_calls_still_run() {
+    let addr = start_hub(|hub| {
+        hub.method("Panic", |_call, (really,): (bool,)| async move {
+            if really {
+                panic!("a hub method panicking on purpose");
+            }
+            Ok(())
+        })
+    })
+    .await;
+    let mut client = HubClient::connect(addr).await;
+    let answer = client.call("1", "Panic", json!([true])).await;
+    assert_eq!(answer["type"], 3, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Panic"), "{answer}");
+    // The client's next calls still run: the panic did not leave its queue stuck.
+    for id in ["2", "3"] {
+        let answer = client.call(id, "Echo", json!([id])).await;
+        assert_eq!(answer, json!({"type": 3, "invocationId": id, "result": id}));
+    }
+}

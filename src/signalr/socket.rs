@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
 use crate::engine::flush::HasCore;
@@ -203,12 +205,25 @@ impl HubSocket {
                     return;
                 };
                 let answering = session.clone();
+                let method_name = target.to_string();
                 let job = async move {
-                    let outcome = running.await;
+                    // A panic in the application's method must not leave this client's
+                    // queue of invocations stuck (`run_invocations` would never run again):
+                    // it is answered as ASP.NET Core answers an exception.
+                    let outcome = std::panic::AssertUnwindSafe(running).catch_unwind().await;
+                    if outcome.is_err() {
+                        tracing::error!(method = %method_name, "a SignalR hub method panicked");
+                    }
                     let Some(id) = id else { return };
                     let record = match &outcome {
-                        Ok(result) => records::completion(&id, Ok(result.as_deref())),
-                        Err(failed) => records::completion(&id, Err(&failed.to_string())),
+                        Ok(Ok(result)) => records::completion(&id, Ok(result.as_deref())),
+                        Ok(Err(failed)) => records::completion(&id, Err(&failed.to_string())),
+                        Err(_) => records::completion(
+                            &id,
+                            Err(&format!(
+                                "An unexpected error occurred invoking '{method_name}' on the server."
+                            )),
+                        ),
                     };
                     let _ = answering.send(record);
                 };
