@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
-use common::{connect, next_text, send_text, within, ChatServer, Client};
+use common::{
+    chat_client, connect, next_text, send_text, within, ChatServer, Client, RESET_NOTICE,
+};
 
 /// Messages the sender sends in each run, and how fast.
 const MESSAGES: usize = 300;
@@ -42,15 +44,6 @@ async fn chat_servers(n: usize, url: &str) -> Vec<ChatServer> {
         server.wait_for_stderr("Redis backplane: Connected").await;
     }
     servers
-}
-
-/// Connects `name` to a chat server (the classic protocol) and waits until it is in the
-/// room: its own `NAME: here` has come back.
-async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
-    let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
-    send_text(&mut client, "here").await;
-    while next_text(&mut client).await != format!("{name}: here") {}
-    client
 }
 
 /// An admin connection to Redis, for the disturbances.
@@ -140,9 +133,6 @@ async fn expect_in_order(
     }
     others
 }
-
-/// What the chat tells every client when the room's history was lost.
-const RESET_NOTICE: &str = "some messages were lost: history was reset";
 
 async fn nothing_lost(servers: usize, disturbance: Disturbance) {
     let test = format!("lossless_backplane::{servers}_servers_{disturbance:?}");

@@ -14,15 +14,12 @@ mod common;
 use std::time::Duration;
 
 use common::nats_server::Nats;
-use common::{connect, next_text, send_text, within, ChatServer, Client};
+use common::{connect, next_text, send_text, within, ChatServer, Client, RESET_NOTICE};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The stream of the chat's rooms (topic `chat-rooms`, the default prefix).
 const ROOMS_STREAM: &str = "websocket-handler-chat-rooms";
-
-/// What the chat tells every client when the room's history was lost.
-const RESET_NOTICE: &str = "some messages were lost: history was reset";
 
 /// How long a listener may wait for the next message: a leader election takes 3 to 8 s,
 /// then the publisher's and the readers' backoffs.

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{connect, next_text, send_text, within, ChatServer, Client};
+use common::{connect, next_text, send_text, within, ChatServer, Client, RESET_NOTICE};
 use websocket_handler::backplane::{BackplaneState, RedisBackplane};
 use websocket_handler::{Connection, WebSocketCollection, WebSocketHandler, WebSocketServer};
 
@@ -37,9 +37,6 @@ const DISTURB_AT: usize = 150;
 const AHEAD: usize = 180;
 /// The rooms the messages go to, in turn.
 const ROOMS: [&str; 3] = ["lobby", "red", "blue"];
-
-/// What the chat tells every client when the room's history was lost.
-const RESET_NOTICE: &str = "some messages were lost: history was reset";
 
 /// The Redis stream key of the chat's rooms (`Rooms::with_backplane("chat-rooms", ..)`
 /// with the default prefix): its slot is every room's.

@@ -15,16 +15,13 @@ mod common;
 use std::time::Duration;
 
 use common::sentinel::{Sentinels, MASTER};
-use common::{connect, next_text, send_text, ChatServer, Client};
+use common::{chat_client, next_text, send_text, ChatServer, Client, RESET_NOTICE};
 
 /// Messages the sender sends in each run, and how fast (300 a second).
 const MESSAGES: usize = 450;
 const PACE: Duration = Duration::from_micros(3_333);
 /// The disturbance comes once every listener has this many.
 const DISTURB_AT: usize = 150;
-
-/// What the chat tells every client when the room's history was lost.
-const RESET_NOTICE: &str = "some messages were lost: history was reset";
 
 /// What happens to the primary mid-run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,14 +53,6 @@ async fn chat_servers(n: usize, sentinels: &Sentinels) -> Vec<ChatServer> {
         server.wait_for_stderr("Redis backplane: Connected").await;
     }
     servers
-}
-
-/// Connects `name` and waits until it is in the room: its own `NAME: here` came back.
-async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
-    let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
-    send_text(&mut client, "here").await;
-    while next_text(&mut client).await != format!("{name}: here") {}
-    client
 }
 
 /// Reads until `from`'s messages `start..end` have come, each once and in order; returns

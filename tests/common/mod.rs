@@ -184,6 +184,20 @@ where
     }
 }
 
+/// What the chat example tells every client when its room's history was lost.
+#[allow(dead_code)] // not every test binary uses it
+pub const RESET_NOTICE: &str = "some messages were lost: history was reset";
+
+/// Connects `name` to a chat example server (the classic protocol) and waits until it is
+/// in the room: its own `NAME: here` has come back.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn chat_client(addr: SocketAddr, name: &str) -> Client {
+    let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
+    send_text(&mut client, "here").await;
+    while next_text(&mut client).await != format!("{name}: here") {}
+    client
+}
+
 /// Sends a text message from a client.
 pub async fn send_text<S>(client: &mut WebSocketStream<S>, text: &str)
 where
