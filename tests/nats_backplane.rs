@@ -14,9 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::nats_server::Nats;
-use common::{connect, next_text, send_text, within, ChatServer, Client, RESET_NOTICE};
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use common::{connect, within, ChatServer, ReadAlways, RESET_NOTICE};
 
 /// The stream of the chat's rooms (topic `chat-rooms`, the default prefix).
 const ROOMS_STREAM: &str = "websocket-handler-chat-rooms";
@@ -47,17 +45,8 @@ async fn chat_servers(n: usize, nats: &Nats, replicas: usize) -> Vec<ChatServer>
 
 /// The next text line `client` gets, within [`PATIENCE`] (longer than the harness's usual
 /// wait: a leader election comes between two messages); `None` after it.
-async fn next_line(client: &mut Client) -> Option<String> {
-    let reading = async {
-        loop {
-            match client.next().await {
-                Some(Ok(WsMessage::Text(text))) => return text.as_str().to_owned(),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, reading).await.ok()
+async fn next_line(client: &mut ReadAlways) -> Option<String> {
+    client.next_line_within(PATIENCE).await
 }
 
 /// A tagged room message as the chat sends it to clients that ask for positions:
@@ -82,7 +71,8 @@ fn tagged(line: &str) -> Option<Tagged> {
 /// A listener that asks for positions, in the room once its own `NAME: here` came back.
 struct Listener {
     name: String,
-    client: Client,
+    /// Read all along, so it keeps answering pings while the test waits on others.
+    client: ReadAlways,
     /// The position of the last room message it got.
     last: String,
     /// The position of each of the sender's messages, by number.
@@ -93,8 +83,9 @@ struct Listener {
 
 impl Listener {
     async fn join(addr: std::net::SocketAddr, name: &str) -> Listener {
-        let mut client = connect(addr, &format!("/api/Chat?username={name}&positions=1")).await;
-        send_text(&mut client, "here").await;
+        let path = format!("/api/Chat?username={name}&positions=1");
+        let mut client = ReadAlways::new(connect(addr, &path).await);
+        client.send("here").await;
         let last = loop {
             let line = next_line(&mut client)
                 .await
@@ -154,9 +145,9 @@ impl Listener {
 }
 
 /// Connects a classic client and waits until it is in the room.
-async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
-    let mut client = connect(addr, &format!("/api/Chat?username={name}")).await;
-    send_text(&mut client, "here").await;
+async fn chat_client(addr: std::net::SocketAddr, name: &str) -> ReadAlways {
+    let mut client = ReadAlways::new(connect(addr, &format!("/api/Chat?username={name}")).await);
+    client.send("here").await;
     let here = format!("{name}: here");
     loop {
         match next_line(&mut client).await {
@@ -168,11 +159,11 @@ async fn chat_client(addr: std::net::SocketAddr, name: &str) -> Client {
 }
 
 /// Sends `from..to` from `sender`, one every `pace`.
-async fn send_paced(sender: &mut Client, from: usize, to: usize, pace: Duration) {
+async fn send_paced(sender: &mut ReadAlways, from: usize, to: usize, pace: Duration) {
     let mut ticks = tokio::time::interval(pace);
     for n in from..to {
         ticks.tick().await;
-        send_text(sender, &n.to_string()).await;
+        sender.send(&n.to_string()).await;
     }
 }
 
@@ -194,8 +185,8 @@ fn same_everywhere(listeners: &[Listener]) {
 }
 
 /// Then the sender's `last`: the next line everyone gets, so no duplicate was in flight.
-async fn nothing_more(sender: &mut Client, listeners: &mut [Listener]) {
-    send_text(sender, "last").await;
+async fn nothing_more(sender: &mut ReadAlways, listeners: &mut [Listener]) {
+    sender.send("last").await;
     for listener in listeners {
         let line = next_line(&mut listener.client)
             .await
@@ -289,7 +280,7 @@ async fn a_client_resuming_across_a_leaders_death_gets_what_it_missed() {
     let path = format!("/api/Chat?username=ann&positions=1&resume={last}");
     let mut ann = Listener {
         name: "ann".to_owned(),
-        client: connect(fresh[0].addr, &path).await,
+        client: ReadAlways::new(connect(fresh[0].addr, &path).await),
         last,
         positions: witness.positions[..20].to_vec(),
         notices: Vec::new(),
@@ -304,7 +295,7 @@ async fn a_client_resuming_across_a_leaders_death_gets_what_it_missed() {
         {
             break line.clone();
         }
-        let line = next_text(&mut ann.client).await;
+        let line = ann.client.next_line().await;
         assert!(tagged(&line).is_none(), "more than was missed: {line:?}");
         ann.notices.push(line);
     };
@@ -385,7 +376,7 @@ async fn a_stream_made_again_is_a_new_epoch_every_client_is_told_of() {
         }
     })
     .await;
-    send_text(&mut sender, "after").await;
+    sender.send("after").await;
     for listener in &mut listeners {
         // The notice, once, then "after" as the first message of the new epoch.
         let mut notices = 0;
@@ -452,16 +443,16 @@ async fn credentials_are_given_to_the_server() {
         room: room_here.clone(),
     })
     .await;
-    let mut client = connect(addr, "/").await;
-    assert!(next_text(&mut client).await.starts_with("joined "));
+    let mut client = ReadAlways::new(connect(addr, "/").await);
+    assert!(client.next_line().await.starts_with("joined "));
     // Once this side reads the topic (set up in the background), a broadcast from the
     // other reaches the client: broadcast until one does.
     let heard = within("a broadcast from the other backplane", async {
         for n in 0.. {
             room_there.broadcast(format!("through an authenticated NATS {n}"));
-            let next = tokio::time::timeout(Duration::from_millis(200), client.next()).await;
-            if let Ok(Some(Ok(WsMessage::Text(text)))) = next {
-                return text.as_str().to_owned();
+            let next = client.next_line_within(Duration::from_millis(200)).await;
+            if let Some(text) = next {
+                return text;
             }
         }
         unreachable!()

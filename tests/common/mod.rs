@@ -184,6 +184,63 @@ where
     }
 }
 
+/// A client read by a task of its own, so that it answers the server's pings however long
+/// a test leaves it alone (the server drops a client silent past its idle timeout, 30 s by
+/// default): what it gets waits in a channel until the test asks for it.
+pub struct ReadAlways {
+    sink: futures_util::stream::SplitSink<Client, WsMessage>,
+    /// Text lines, then one `Err` saying how the connection ended, if it did.
+    lines: tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+}
+
+impl ReadAlways {
+    /// Starts reading `client` now.
+    pub fn new(client: Client) -> ReadAlways {
+        let (sink, mut stream) = client.split();
+        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = stream.next().await {
+                let line = match message {
+                    Ok(WsMessage::Text(text)) => Ok(text.as_str().to_owned()),
+                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                    other => Err(format!("{other:?}")),
+                };
+                let ended = line.is_err();
+                if lines_tx.send(line).is_err() || ended {
+                    return;
+                }
+            }
+            let _ = lines_tx.send(Err("the end of the stream".to_owned()));
+        });
+        ReadAlways { sink, lines }
+    }
+
+    /// Sends a text message.
+    pub async fn send(&mut self, text: &str) {
+        within("a client's send", self.sink.send(WsMessage::text(text)))
+            .await
+            .expect("send");
+    }
+
+    /// The next text line, within `patience`; `None` after it. Panics if the connection
+    /// ended or brought something else than text.
+    pub async fn next_line_within(&mut self, patience: Duration) -> Option<String> {
+        match tokio::time::timeout(patience, self.lines.recv()).await {
+            Err(_) => None,
+            Ok(Some(Ok(line))) => Some(line),
+            Ok(Some(Err(what))) => panic!("expected a text message, got {what}"),
+            Ok(None) => panic!("expected a text message, the reader is gone"),
+        }
+    }
+
+    /// The next text line, within [`WAIT`]; panics without one.
+    pub async fn next_line(&mut self) -> String {
+        self.next_line_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no text message within {WAIT:?}"))
+    }
+}
+
 /// What the chat example tells every client when its room's history was lost.
 #[allow(dead_code)] // not every test binary uses it
 pub const RESET_NOTICE: &str = "some messages were lost: history was reset";
