@@ -248,6 +248,7 @@ def failover(run: int, chat: Path, cluster: Cluster, work: Path) -> dict:
                 "p99_latency_ms": result["latency_us"]["p99"] / 1000,
                 "gaps": result["gaps"], "reordered": result["reordered"],
                 "lost": result["lost"],
+                "loadgen_errors": result.get("errors", []),
                 # What the chat servers said of the backplane: state changes, rewinds.
                 "servers_said": [s.stderr_tail(1500) for s in servers]}
     finally:

@@ -237,6 +237,7 @@ def main(argv: list[str]) -> int:
                               "p99_latency_ms": result["latency_us"]["p99"] / 1000,
                               "gaps": result["gaps"], "reordered": result["reordered"],
                               "lost": result["lost"],
+                              "loadgen_errors": result.get("errors", []),
                               "servers_said": [s.stderr_tail(1500) for s in servers]}
                     log(json.dumps(record))
                     runs.append(record)
