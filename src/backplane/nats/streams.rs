@@ -2,9 +2,12 @@
 //!
 //! A position's offset is the stream's sequence number, which JetStream never reuses while
 //! the stream lives (an R3 stream keeps it through the loss of any one server). Its epoch
-//! is the stream's creation time, in nanoseconds: the same in every process, and new only
-//! if the stream is deleted and made again, which is exactly when old positions stop
-//! naming the same messages.
+//! is a random number the process that made the stream wrote in the stream's description:
+//! the same in every process and on every server of a cluster (the configuration is
+//! replicated with the stream), and new only if the stream is deleted and made again, which
+//! is exactly when old positions stop naming the same messages. Not the stream's creation
+//! time: nats-server 2.9 can answer with another one from another server (a reader then
+//! saw a new epoch where there was none).
 
 use std::time::Duration;
 
@@ -28,13 +31,40 @@ pub(super) struct StreamState {
 
 impl StreamState {
     pub(super) fn of(info: &stream::Info) -> Self {
-        let nanos = info.created.unix_timestamp_nanos();
+        let epoch = (info.config.description.as_deref())
+            .and_then(epoch_in)
+            .unwrap_or_else(|| {
+                // A stream made by an earlier version, without an epoch of its own.
+                let nanos = info.created.unix_timestamp_nanos();
+                u64::try_from(nanos).unwrap_or(1).max(1)
+            });
         StreamState {
-            epoch: u64::try_from(nanos).unwrap_or(1).max(1),
+            epoch,
             first: info.state.first_sequence,
             last: info.state.last_sequence,
         }
     }
+}
+
+/// How the description of a stream this backplane makes starts; the epoch follows, in hex.
+const DESCRIPTION: &str = "websocket-handler backplane topic, epoch ";
+
+/// The epoch a stream's description names; `None` if it names none.
+fn epoch_in(description: &str) -> Option<u64> {
+    let hex = description.strip_prefix(DESCRIPTION)?;
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .filter(|epoch| *epoch != 0)
+}
+
+/// A new stream's epoch: random, never 0.
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    hasher.finish().max(1)
 }
 
 /// Why NATS did not do what was asked.
@@ -77,8 +107,8 @@ pub(super) fn classify_api(error: &js::Error) -> Failure {
     }
 }
 
-/// The stream configuration this backplane makes for a topic.
-fn stream_config(config: &NatsConfig, names: &TopicNames) -> stream::Config {
+/// The stream configuration this backplane makes for a topic, with `epoch`.
+fn stream_config(config: &NatsConfig, names: &TopicNames, epoch: u64) -> stream::Config {
     stream::Config {
         name: names.stream.clone(),
         subjects: vec![names.wildcard()],
@@ -94,7 +124,7 @@ fn stream_config(config: &NatsConfig, names: &TopicNames) -> stream::Config {
         duplicate_window: config.duplicate_window,
         discard: DiscardPolicy::Old,
         retention: RetentionPolicy::Limits,
-        description: Some("websocket-handler backplane topic".to_owned()),
+        description: Some(format!("{DESCRIPTION}{epoch:016x}")),
         ..Default::default()
     }
 }
@@ -134,15 +164,19 @@ pub(super) async fn ensure(
         },
     }
     use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
-    match context.create_stream(stream_config(config, names)).await {
+    // Made by two processes at once, the stream is the first one's, with its epoch: the
+    // other one's configuration differs by the epoch, so JetStream refuses it.
+    match context
+        .create_stream(stream_config(config, names, new_epoch()))
+        .await
+    {
         Ok(_) => {
             tracing::info!(
                 stream = names.stream,
                 replicas = config.replicas,
                 "nats backplane: created the topic's stream"
             );
-            // Its state as everyone reads it: nats-server 2.9 may answer a creation with
-            // another creation time (or none) than it keeps, and the epoch must be one.
+            // Its state as everyone reads it.
             info(context, names).await.map(|state| (state, true))
         }
         Err(error) => match error.kind() {
@@ -162,7 +196,7 @@ pub(super) async fn ensure(
 
 /// Logs what an existing stream keeps differently from what this process would make.
 fn warn_if_different(config: &NatsConfig, names: &TopicNames, found: &stream::Config) {
-    let ours = stream_config(config, names);
+    let ours = stream_config(config, names, 1);
     if found.num_replicas != ours.num_replicas
         || found.max_messages != ours.max_messages
         || found.max_bytes != ours.max_bytes
@@ -193,4 +227,28 @@ pub(super) fn jitter(delay: Duration) -> Duration {
         return delay;
     }
     delay - quarter + Duration::from_nanos(random % spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streams_epoch_is_the_one_its_description_names() {
+        let epoch = new_epoch();
+        assert_ne!(epoch, 0);
+        assert_ne!(epoch, new_epoch(), "each stream its own");
+        let names = TopicNames::new("p", "t");
+        let config = super::super::NatsBuilder::new("nats://h").config;
+        let config = stream_config(&config, &names, epoch);
+        let description = config.description.expect("a description");
+        assert_eq!(epoch_in(&description), Some(epoch));
+        assert_eq!(
+            epoch_in("websocket-handler backplane topic"),
+            None,
+            "an earlier version's"
+        );
+        assert_eq!(epoch_in(&format!("{DESCRIPTION}0")), None);
+        assert_eq!(epoch_in(&format!("{DESCRIPTION}zz")), None);
+    }
 }
