@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use common::nats_server::Nats;
 use common::{connect, within, ChatServer, ReadAlways, RESET_NOTICE};
+use websocket_handler::backplane::{BackplaneState, NatsBackplane};
+use websocket_handler::{WebSocketCollection, WebSocketServer};
 
 /// The stream of the chat's rooms (topic `chat-rooms`, the default prefix).
 const ROOMS_STREAM: &str = "websocket-handler-chat-rooms";
@@ -413,9 +415,6 @@ async fn a_stream_made_again_is_a_new_epoch_every_client_is_told_of() {
 /// from one to the other; one with a wrong password never says it is connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_given_to_the_server() {
-    use websocket_handler::backplane::{BackplaneState, NatsBackplane};
-    use websocket_handler::{WebSocketCollection, WebSocketServer};
-
     let test = "nats_backplane::credentials";
     let args = ["--user", "ann", "--pass", "s3cret"];
     let Some(nats) = Nats::single_with(test, &args).await else {
@@ -470,4 +469,73 @@ async fn credentials_are_given_to_the_server() {
     .await;
     assert!(connected.is_err(), "connected with a wrong password");
     assert_ne!(refused.state(), BackplaneState::Connected);
+}
+
+/// A collection that subscribes while its backplane cannot reach NATS gets, once it can,
+/// every message published after it subscribed: reading starts from the subscription, not
+/// from wherever the stream stands when the backplane finally sets the topic up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_published_after_a_subscription_reaches_it_however_late_nats_is_reached() {
+    let Some(mut nats) = Nats::cluster("nats_backplane::subscribed_before_reachable").await else {
+        return;
+    };
+    let urls: Vec<String> = (nats.nodes.iter())
+        .map(|node| format!("nats://127.0.0.1:{}", node.port))
+        .collect();
+    let build = |url: String| {
+        NatsBackplane::builder(url)
+            .replicas(3)
+            .build()
+            .expect("a backplane")
+    };
+    let there = build(urls[0].clone());
+    let room_there = WebSocketCollection::with_backplane("late", there.clone());
+    // The stream exists, with a message in it, before the other side subscribes.
+    room_there.broadcast("before");
+    wait_published(&there, 1).await;
+    nats.kill("n1").await;
+    // Subscribed now, through the server just killed: the backplane cannot set the topic
+    // up until that server is back.
+    let here = build(urls[1].clone());
+    let room_here = WebSocketCollection::with_backplane("late", here.clone());
+    let addr = common::serve(WebSocketServer::new(), move |_| common::EchoRoom {
+        room: room_here.clone(),
+    })
+    .await;
+    let mut client = ReadAlways::new(connect(addr, "/").await);
+    assert!(client.next_line().await.starts_with("joined "));
+    for n in 0..5 {
+        room_there.broadcast(format!("after {n}"));
+    }
+    wait_published(&there, 6).await;
+    nats.restart("n1").await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let line = client.next_line_within(PATIENCE).await.unwrap_or_else(|| {
+            panic!("got {got:?} of what was published after the subscription, then nothing")
+        });
+        // "before" may come too: it was published just before the subscription.
+        if line != "before" || !got.is_empty() {
+            got.push(line);
+        }
+    }
+    let expected: Vec<String> = (0..5).map(|n| format!("after {n}")).collect();
+    assert_eq!(got, expected, "once each, in order");
+}
+
+/// Waits until `backplane` has had `count` publications acknowledged.
+async fn wait_published(backplane: &NatsBackplane, count: u64) {
+    let waiting = async {
+        while backplane.stats().published < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{count} publications were not acknowledged within {PATIENCE:?}: {:?}",
+                backplane.stats()
+            )
+        });
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
@@ -155,6 +155,9 @@ pub(super) struct Shared {
     work: Notify,
     /// Inboxes by topic.
     inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
+    /// When each topic without a reader yet was first subscribed to: its reader starts
+    /// there, however long setting the topic up takes.
+    subscribed_at: Mutex<HashMap<String, SystemTime>>,
     subscriptions_changed: AtomicBool,
     state: watch::Sender<BackplaneState>,
     stopped: AtomicBool,
@@ -162,6 +165,9 @@ pub(super) struct Shared {
     connected: AtomicBool,
     /// The client has connected once.
     ever_connected: AtomicBool,
+    /// Every topic subscribed to has been set up once (the state says `Connecting` until
+    /// then, so that what waits for `Connected` waits for the readers too).
+    set_up_once: AtomicBool,
     /// Publishing fails for now (retried).
     publish_failing: AtomicBool,
     /// Setting up a topic's stream fails for now (retried).
@@ -266,11 +272,14 @@ impl NatsBackplane {
             pending: Mutex::new(Pending::default()),
             work: Notify::new(),
             inboxes: Mutex::new(HashMap::new()),
-            subscriptions_changed: AtomicBool::new(false),
+            subscribed_at: Mutex::new(HashMap::new()),
+            // The task's first round sets up what is subscribed by then (if anything).
+            subscriptions_changed: AtomicBool::new(true),
             state: watch::Sender::new(BackplaneState::Connecting),
             stopped: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             ever_connected: AtomicBool::new(false),
+            set_up_once: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
             setup_failing: AtomicBool::new(false),
             readers_failing: AtomicUsize::new(0),
@@ -363,6 +372,9 @@ impl Backplane for NatsBackplane {
     }
 
     fn subscribe(&self, topic: &str, inbox: Inbox) {
+        lock(&self.shared.subscribed_at)
+            .entry(topic.to_owned())
+            .or_insert_with(SystemTime::now);
         lock(&self.shared.inboxes)
             .entry(topic.to_owned())
             .or_default()
@@ -430,7 +442,9 @@ impl Shared {
     fn update_state(&self) {
         let state = if self.stopped.load(Ordering::Acquire) {
             return;
-        } else if !self.ever_connected.load(Ordering::Acquire) {
+        } else if !self.ever_connected.load(Ordering::Acquire)
+            || !self.set_up_once.load(Ordering::Acquire)
+        {
             BackplaneState::Connecting
         } else if !self.connected.load(Ordering::Acquire) {
             BackplaneState::Reconnecting
@@ -642,23 +656,34 @@ async fn sync_readers(
             epoch: state.epoch,
             offset: state.last,
         };
+        // From the subscription on: what other processes published while this one could
+        // not set the topic up is the subscribers' too.
+        let since = lock(&shared.subscribed_at).remove(&topic);
         let reader = tokio::spawn(read::run(
             shared.clone(),
             publisher.context.clone(),
             topic.clone(),
             names,
             at,
+            since,
         ));
         readers.insert(topic, reader);
     }
+    // Kept for topics still to be read: a subscription to a topic read already, or left
+    // already, starts nothing.
+    let subscribed: Vec<String> = lock(&shared.inboxes).keys().cloned().collect();
+    lock(&shared.subscribed_at)
+        .retain(|topic, _| !readers.contains_key(topic) && subscribed.contains(topic));
     if failed {
         // Asked again once the backoff is over.
         shared.subscriptions_changed.store(true, Ordering::Release);
         publisher.failed();
     }
-    if shared.setup_failing.swap(failed, Ordering::AcqRel) != failed {
-        shared.update_state();
+    shared.setup_failing.store(failed, Ordering::Release);
+    if !failed {
+        shared.set_up_once.store(true, Ordering::Release);
     }
+    shared.update_state();
 }
 
 /// The publishing side of the task.

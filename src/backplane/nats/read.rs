@@ -2,7 +2,9 @@
 //! topic's stream, in sequence order, from the last one it delivered.
 //!
 //! It reads through a consumer of its own: ephemeral, in memory, on one server, without
-//! acknowledgements, starting at the sequence after the last delivered. The process keeps
+//! acknowledgements, starting at the sequence after the last delivered; the first one at
+//! the time the topic was subscribed to (less [`SINCE_SLACK`]), so that what other processes
+//! published while this one was setting the topic up is not skipped. The process keeps
 //! where it stands, not the server: whatever happens to the consumer (its server killed, a
 //! leader change, a reconnect to another server, a gap in the consumer's own numbering,
 //! which means something was lost on the way), the task makes a new one from the last
@@ -15,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::ConsumerErrorKind;
@@ -43,6 +45,11 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// when their reader moves on).
 pub(super) const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 
+/// How long before its subscription a topic is read from: what two clocks may differ by
+/// (this process's, which took the time, and the NATS servers', which stamp the messages).
+/// A message published that much before the subscription may reach the subscribers too.
+const SINCE_SLACK: Duration = Duration::from_secs(1);
+
 /// Where reading a topic stands: the stream's epoch and the last sequence delivered (or
 /// the one reading started after).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +58,16 @@ pub(super) struct ReadState {
     pub(super) offset: u64,
 }
 
-/// Reads `topic` from `at` until the task is aborted (the topic's last collection is gone,
-/// or the backplane stopped).
+/// Reads `topic` from `at`, or from what was stored `since` (less [`SINCE_SLACK`]) if
+/// given, until the task is aborted (the topic's last collection is gone, or the backplane
+/// stopped).
 pub(super) async fn run(
     shared: Arc<Shared>,
     context: js::Context,
     topic: String,
     names: TopicNames,
     mut at: ReadState,
+    mut since: Option<SystemTime>,
 ) {
     let config = &shared.config;
     let mut backoff = config.reconnect_min;
@@ -67,7 +76,14 @@ pub(super) async fn run(
         on: false,
     };
     loop {
-        let lost = read(&shared, &context, &topic, &names, &mut at, &mut failing).await;
+        let lost = read(
+            &shared,
+            &context,
+            (&topic, &names),
+            (&mut at, &mut since),
+            &mut failing,
+        )
+        .await;
         // Read for a while (a consumer was made): the next attempt waits the least.
         let progressed = !failing.on;
         if progressed {
@@ -174,18 +190,23 @@ enum Lost {
     NoInfo(String),
 }
 
-/// Makes a consumer from the sequence after `at` and delivers what it brings, until
-/// something goes wrong.
+/// Makes a consumer from the sequence after `at` (or from the time `since`, until the
+/// first message comes) and delivers what it brings, until something goes wrong.
 async fn read(
     shared: &Shared,
     context: &js::Context,
-    topic: &str,
-    names: &TopicNames,
-    at: &mut ReadState,
+    (topic, names): (&str, &TopicNames),
+    (at, since): (&mut ReadState, &mut Option<SystemTime>),
     failing: &mut Failing<'_>,
 ) -> Lost {
+    let mut config = consumer_config(at.offset + 1, None);
+    if let Some(since) = *since {
+        config.deliver_policy = DeliverPolicy::ByStartTime {
+            start_time: since.checked_sub(SINCE_SLACK).unwrap_or(since).into(),
+        };
+    }
     let consumer = match context
-        .create_consumer_on_stream(consumer_config(at.offset + 1, None), &names.stream)
+        .create_consumer_on_stream(config, &names.stream)
         .await
     {
         Ok(consumer) => consumer,
@@ -231,6 +252,10 @@ async fn read(
                 return Lost::Gap(at.offset);
             }
             next_consumer_seq += 1;
+            if since.take().is_some() {
+                // The first message since the subscription: reading stands before it.
+                at.offset = stream_seq.saturating_sub(1);
+            }
             if stream_seq <= at.offset {
                 continue; // delivered already
             }
