@@ -417,4 +417,12 @@ pub mod fuzzing {
     pub fn signalr_records(data: &[u8]) {
         crate::signalr::records::check_message(data)
     }
+
+    /// A NATS message on a backplane topic's subject, as the NATS backplane splits it into
+    /// envelopes: its batch header, a newline, then its payload. Panics if what it splits
+    /// is not the payload, in order and whole.
+    #[cfg(feature = "nats")]
+    pub fn nats_batch(data: &[u8]) {
+        crate::backplane::check_nats_batch(data)
+    }
 }

@@ -305,6 +305,61 @@ async fn a_client_resuming_across_a_leaders_death_gets_what_it_missed() {
     nothing_more(&mut sender, &mut [witness, ann]).await;
 }
 
+/// A burst from one chat server goes to JetStream in batches (what queues while one is on
+/// its way goes in the next): the other chat server's listener gets every message once, in
+/// order, at the positions the sender's server gave them; a client resuming from a message
+/// in the middle of a batch gets the rest of that batch and everything after, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_goes_in_batches_and_a_resume_from_inside_one_gets_exactly_the_rest() {
+    const MESSAGES: usize = 400;
+    let Some(nats) = Nats::single("nats_backplane::batches").await else {
+        return;
+    };
+    let chat = chat_servers(2, &nats, 1).await;
+    let mut witness = Listener::join(chat[0].addr, "witness").await;
+    let mut listener = Listener::join(chat[1].addr, "listener").await;
+    let mut sender = chat_client(chat[0].addr, "sender").await;
+    for n in 0..MESSAGES {
+        sender.send(&n.to_string()).await;
+    }
+    listener.expect("sender", MESSAGES).await;
+    witness.expect("sender", MESSAGES).await;
+    assert_eq!(listener.positions, witness.positions, "the same positions");
+    // A position is the batch's stream sequence, then the index in it (16 bits).
+    let index = |position: &str| {
+        let offset = position.rsplit('.').next().expect("epoch.offset");
+        offset.parse::<u64>().expect("a decimal offset") & 0xffff
+    };
+    let inside = (listener.positions.iter())
+        .position(|position| index(position) == 1)
+        .unwrap_or_else(|| panic!("no batch of two or more: {:?}", listener.positions));
+    // From the first message of that batch: the client had it, not the rest.
+    let (from, rest) = (inside - 1, MESSAGES - inside);
+    let path = format!(
+        "/api/Chat?username=ann&positions=1&resume={}",
+        listener.positions[from]
+    );
+    let mut ann = Listener {
+        name: "ann".to_owned(),
+        client: ReadAlways::new(connect(chat[1].addr, &path).await),
+        last: listener.positions[from].clone(),
+        positions: listener.positions[..inside].to_vec(),
+        notices: Vec::new(),
+    };
+    ann.expect("sender", MESSAGES).await;
+    assert_eq!(ann.positions, witness.positions, "the same positions");
+    let notice = loop {
+        if let Some(line) = (ann.notices.iter()).find(|line| line.starts_with("Recovered")) {
+            break line.clone();
+        }
+        let line = ann.client.next_line().await;
+        assert!(tagged(&line).is_none(), "more than was missed: {line:?}");
+        ann.notices.push(line);
+    };
+    assert_eq!(notice, format!("Recovered {rest} missed messages"));
+    nothing_more(&mut sender, &mut [witness, listener, ann]).await;
+}
+
 /// One `nats-server -js` killed mid-run and started again with its store: the chat servers
 /// ride it out, and nothing is lost, repeated or moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,8 @@ mod envelope;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(all(fuzzing, feature = "nats"))]
+pub(crate) use self::nats::check_batch as check_nats_batch;
 #[cfg(feature = "redis")]
 mod redis;
 

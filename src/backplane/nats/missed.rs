@@ -7,6 +7,7 @@ use async_nats::jetstream::{self as js};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::batch;
 use super::names::TopicNames;
 use super::read::consumer_config;
 use super::streams::{self, Failure};
@@ -68,23 +69,34 @@ async fn page(
         asked: after,
         current,
     };
-    if state.epoch != after.epoch() || after.offset() > state.last {
+    // The client's last message is at `index` in the batch stored at `sequence`.
+    let (sequence, index) = batch::sequence_and_index(after.offset());
+    if state.epoch != after.epoch() || sequence > state.last {
         return Err(other_epoch(state.epoch));
     }
-    if after.offset() == state.last {
+    let complete_at =
+        |last: u64| Position::new(after.epoch(), batch::offset(last, batch::LAST_INDEX));
+    if sequence == state.last && index == batch::LAST_INDEX {
         return Ok(MissedPage::new(Vec::new(), after, true));
     }
     let too_old = |first: u64| ResumeError::TooOld {
         asked: after,
-        oldest: Some(Position::new(after.epoch(), first)),
+        oldest: Some(Position::new(after.epoch(), batch::offset(first, 0))),
     };
-    // Below the oldest message kept, something after `after` is gone (for a room too: it
-    // cannot be told whether the room's or another's).
-    if after.offset() + 1 < state.first {
+    // Reading starts at the client's last batch, for what it holds after the client's last
+    // message, unless the client had all of it.
+    let start = if index == batch::LAST_INDEX {
+        sequence + 1
+    } else {
+        sequence
+    };
+    // Something after the client's last message is gone (for a room too: it cannot be
+    // told whether the room's or another's).
+    if start < state.first {
         return Err(too_old(state.first));
     }
     let filter = names.subject(room.map(str::as_bytes));
-    let config = consumer_config(after.offset() + 1, Some(filter));
+    let config = consumer_config(start, Some(filter));
     let consumer = context
         .create_consumer_on_stream(config, &names.stream)
         .await
@@ -106,24 +118,28 @@ async fn page(
     tokio::spawn(async move {
         let _ = cleanup.delete_consumer_from_stream(&name, &stream).await;
     });
-    let (envelopes, through, complete) = page?;
+    let (batches, through, complete) = page?;
     // The stream as it is now: made again meanwhile, or trimmed past `after`.
     let now = stream_state(context, &names).await?;
     if now.epoch != after.epoch() {
         return Err(other_epoch(now.epoch));
     }
-    if after.offset() + 1 < now.first {
+    if start < now.first {
         return Err(too_old(now.first));
     }
-    let envelopes = envelopes
-        .into_iter()
-        .map(|(offset, envelope)| (Position::new(after.epoch(), offset), envelope))
-        .collect();
-    Ok(MissedPage::new(
-        envelopes,
-        Position::new(after.epoch(), through.max(after.offset())),
-        complete,
-    ))
+    let mut envelopes = Vec::new();
+    for (at, envelopes_at) in batches {
+        for (i, envelope) in (0..).zip(envelopes_at) {
+            let offset = batch::offset(at, i);
+            if offset > after.offset() {
+                envelopes.push((Position::new(after.epoch(), offset), envelope));
+            }
+        }
+    }
+    let through = Some(complete_at(through))
+        .filter(|through| through.offset() > after.offset())
+        .unwrap_or(after);
+    Ok(MissedPage::new(envelopes, through, complete))
 }
 
 async fn stream_state(
@@ -138,30 +154,32 @@ async fn stream_state(
     }
 }
 
-/// What a page holds: envelopes by sequence, how far it reaches, whether to `last`.
-type Page = (Vec<(u64, Bytes)>, u64, bool);
+/// What a page holds: batches' envelopes by sequence, how far it reaches (a sequence),
+/// whether to `last`.
+type Page = (Vec<(u64, Vec<Bytes>)>, u64, bool);
 
 /// Fetches what the consumer has, up to sequence `last`, until the page holds `max_bytes`:
 /// a few messages at first, then as many as the room left holds at the size seen so far.
+/// A message that is not a batch of envelopes is left out (the live reader says so).
 async fn read_page(
     consumer: &js::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
     last: u64,
     max_bytes: usize,
 ) -> Result<Page, ResumeError> {
     let mut pending = consumer.cached_info().num_pending;
-    let mut envelopes: Vec<(u64, Bytes)> = Vec::new();
+    let mut batches: Vec<(u64, Vec<Bytes>)> = Vec::new();
     let (mut bytes, mut through) = (0, 0);
     let mut count = 16;
-    while pending > 0 && (envelopes.is_empty() || bytes < max_bytes) {
+    while pending > 0 && (batches.is_empty() || bytes < max_bytes) {
         let want = count.min(usize::try_from(pending).unwrap_or(FETCH_MAX));
-        let mut batch = consumer
+        let mut fetched = consumer
             .fetch()
             .max_messages(want)
             .messages()
             .await
             .map_err(|_| ResumeError::Unavailable)?;
         let mut got = 0;
-        while let Some(message) = batch.next().await {
+        while let Some(message) = fetched.next().await {
             let message = message.map_err(|_| ResumeError::Unavailable)?;
             let (seq, left) = match message.info() {
                 Ok(info) => (info.stream_sequence, info.pending),
@@ -174,19 +192,24 @@ async fn read_page(
                 pending = 0;
                 break;
             }
-            bytes += message.message.payload.len();
+            let message = message.message;
+            bytes += message.payload.len();
             through = seq;
-            envelopes.push((seq, message.message.payload));
+            let header = (message.headers.as_ref())
+                .and_then(|headers| headers.get(batch::HEADER))
+                .map(|value| value.as_str());
+            let envelopes = batch::split(message.payload.clone(), header).unwrap_or_default();
+            batches.push((seq, envelopes));
         }
         if got == 0 {
             // Nothing more now (what was pending was removed meanwhile).
             pending = 0;
         }
-        let average = bytes / envelopes.len().max(1);
+        let average = bytes / batches.len().max(1);
         count = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, FETCH_MAX);
     }
     let complete = pending == 0;
-    Ok((envelopes, if complete { last } else { through }, complete))
+    Ok((batches, if complete { last } else { through }, complete))
 }
 
 impl Shared {

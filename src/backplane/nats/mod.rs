@@ -12,7 +12,11 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+mod batch;
 mod config;
+
+#[cfg(fuzzing)]
+pub(crate) use self::batch::check as check_batch;
 mod missed;
 mod names;
 mod publish;
@@ -38,12 +42,15 @@ pub struct NatsStats {
     /// Of those, publications sent again that JetStream had already stored (the first
     /// attempt's acknowledgement was lost): stored once, by their `Nats-Msg-Id`.
     pub duplicates: u64,
+    /// The NATS messages those went in: what queued while a batch was on its way to
+    /// JetStream goes together in the next (`published / batches` a round trip).
+    pub batches: u64,
     /// Messages handed to a local collection or `Rooms` (once per collection), this
     /// process's own included, as they come back from the stream.
     pub delivered: u64,
     /// Messages dropped before publishing because more than `max_pending` were waiting.
     pub dropped: u64,
-    /// Messages removed from a stream (its retention) before this process read them.
+    /// Batches removed from a stream (its retention) before this process read them.
     pub missed: u64,
     /// Messages read from a stream that were not envelopes of this crate.
     pub invalid: u64,
@@ -104,12 +111,14 @@ pub enum NatsBackplaneError {
 /// The backplane is *ordered* ([`Backplane::ordered`]), as the Redis backplane's lossless
 /// mode: every process, the sender's included, delivers each message of a topic when it
 /// reads it back from the stream, so all deliver the same messages in the same order, each
-/// at the same [`Position`]: the stream's sequence number, with the stream's creation time
-/// as epoch. Clients can resume on any process (see [`History`](crate::History)).
+/// at the same [`Position`]: the stream's sequence number (and the message's place in the
+/// batch stored there), with a random epoch written in the stream's description. Clients
+/// can resume on any process (see [`History`](crate::History)).
 ///
 /// - **Never blocks a broadcast.** Publishing queues the message (bounded in messages and
 ///   bytes: [`max_pending`](NatsBuilder::max_pending)); the backplane's task publishes in
-///   order, one at a time, each acknowledged by JetStream before the next goes.
+///   order, in batches (what queued of one topic and room while the last batch was on its
+///   way, stored whole or not at all), each acknowledged by JetStream before the next goes.
 /// - **Loses nothing, repeats nothing.** A publication counts once JetStream acknowledged
 ///   it; until then it is sent again, the same, with a `Nats-Msg-Id`, so that JetStream
 ///   stores it once ([`duplicate_window`](NatsBuilder::duplicate_window)), through
@@ -184,6 +193,7 @@ pub(super) struct Shared {
     process_id: u128,
     own_ids: AtomicU64,
     published: AtomicU64,
+    batches: AtomicU64,
     duplicates: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -289,6 +299,7 @@ impl NatsBackplane {
             process_id: super::new_sender_id(),
             own_ids: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -325,6 +336,7 @@ impl NatsBackplane {
         let pending = lock(&shared.pending);
         NatsStats {
             published: count(&shared.published),
+            batches: count(&shared.batches),
             duplicates: count(&shared.duplicates),
             delivered: count(&shared.delivered),
             dropped: count(&shared.dropped),
@@ -570,6 +582,7 @@ async fn run(
         shared: shared.clone(),
         context: context.clone(),
         ready: HashMap::new(),
+        failed_batch: None,
         retry_at: None,
         backoff: config.reconnect_min,
     };
@@ -692,6 +705,8 @@ struct Publisher {
     context: js::Context,
     /// Topics whose stream is known to exist, and their names.
     ready: HashMap<String, TopicNames>,
+    /// The batch that was not acknowledged: sent again, the same, before anything else.
+    failed_batch: Option<publish::Batch>,
     /// After a failure: nothing before this.
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
@@ -720,19 +735,21 @@ impl Publisher {
         }
     }
 
-    /// Publishes the oldest queued message and waits for its acknowledgement. Returns
-    /// whether to go on at once (it was published or dropped); after a failure, sets when
-    /// to try again.
+    /// Publishes the batch that failed last, or else the oldest queued messages of one
+    /// topic and room as a batch, and waits for its acknowledgement. Returns whether to go
+    /// on at once (it was published or dropped); after a failure, keeps the batch to send
+    /// again and sets when.
     async fn publish_next(&mut self) -> bool {
-        let Some((topic, envelope)) = lock(&self.shared.pending).pop_front() else {
+        let batch = self.failed_batch.take();
+        let Some(mut batch) = batch.or_else(|| lock(&self.shared.pending).take_batch()) else {
             return false;
         };
-        let names = match self.ready.get(&topic) {
+        let names = match self.ready.get(&batch.topic) {
             Some(names) => names.clone(),
-            None => match self.ensure(&topic).await {
+            None => match self.ensure(&batch.topic).await {
                 Some((names, _)) => names,
                 None => {
-                    self.put_back(topic, envelope);
+                    self.failed_batch = Some(batch);
                     self.failed();
                     self.set_failing(true);
                     return false;
@@ -740,11 +757,13 @@ impl Publisher {
             },
         };
         let shared = &self.shared;
-        match publish::publish_one(shared, &self.context, &names, envelope.clone()).await {
+        let count = batch.envelopes.len() as u64;
+        match publish::publish_batch(shared, &self.context, &names, &mut batch).await {
             Outcome::Stored { duplicate } => {
-                shared.published.fetch_add(1, Ordering::Relaxed);
+                shared.published.fetch_add(count, Ordering::Relaxed);
+                shared.batches.fetch_add(1, Ordering::Relaxed);
                 if duplicate {
-                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    shared.duplicates.fetch_add(count, Ordering::Relaxed);
                 }
                 self.retry_at = None;
                 self.backoff = shared.config.reconnect_min;
@@ -754,36 +773,28 @@ impl Publisher {
                 true
             }
             Outcome::Failed(Failure::Refused(reason)) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
+                shared.refused.fetch_add(count, Ordering::Relaxed);
                 tracing::error!(
                     stream = names.stream,
                     reason,
-                    "nats backplane: JetStream refused to publish; the message is dropped"
+                    messages = count,
+                    "nats backplane: JetStream refused to publish; the messages are dropped"
                 );
                 true
             }
             Outcome::Failed(failure) => {
                 if failure == Failure::Missing {
                     // No stream, or no leader for it now: looked at before the retry.
-                    self.ready.remove(&topic);
+                    self.ready.remove(&batch.topic);
                 }
-                self.put_back(topic, envelope);
-                shared.retried.fetch_add(1, Ordering::Relaxed);
+                self.failed_batch = Some(batch);
+                shared.retried.fetch_add(count, Ordering::Relaxed);
                 let wait = self.failed();
                 tracing::debug!(stream = names.stream, %failure, retry_in = ?wait, "nats backplane: publication not acknowledged; retrying in order");
                 self.set_failing(true);
                 false
             }
         }
-    }
-
-    fn put_back(&self, topic: String, envelope: Bytes) {
-        let dropped = {
-            let mut pending = lock(&self.shared.pending);
-            pending.push_front((topic, envelope));
-            pending.trim(&self.shared.config)
-        };
-        self.shared.dropped(dropped);
     }
 
     /// Something could not be done now: nothing more before a backoff, which is returned.

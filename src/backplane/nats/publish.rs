@@ -1,18 +1,19 @@
-//! Publishing: a bounded queue, emptied one publication at a time, each acknowledged by
-//! JetStream before the next goes.
+//! Publishing: a bounded queue, emptied in order, a batch at a time (see [`batch`]), each
+//! acknowledged by JetStream before the next goes.
 //!
-//! One at a time, because order is the point: a receiver delivers each sender's messages in
-//! sequence and drops one older than what it has (a duplicate). With several publications
-//! in flight, a leader change could fail one and store the next; the failed one, sent
-//! again, would land behind it and be dropped everywhere. So a publication that is not
-//! acknowledged (a timeout, no leader, no connection) is sent again, the same, before
-//! anything after it, with backoff, for as long as it takes. Each carries a `Nats-Msg-Id`
-//! (its sender and sequence number): when an earlier attempt was stored after all and only
-//! its acknowledgement was lost, JetStream stores the retry not at all and answers with the
-//! first one's sequence (`duplicate`).
+//! One batch at a time, because order is the point: a receiver delivers each sender's
+//! messages in sequence and drops one older than what it has (a duplicate). With several
+//! messages in flight, a leader change or a lost connection could fail one and store the
+//! next; the failed one, sent again, would land behind it and be dropped everywhere. A batch
+//! is one NATS message, stored whole or not at all, so everything that queued while the
+//! last one was on its way goes in the next round trip. A batch that is not acknowledged (a
+//! timeout, no leader, no connection) is sent again, the same, before anything after it,
+//! with backoff, for as long as it takes. Each carries a `Nats-Msg-Id` (its first envelope's
+//! sender and sequence number, and how many): when an earlier attempt was stored after all
+//! and only its acknowledgement was lost, JetStream stores the retry not at all and answers
+//! with the first one's sequence (`duplicate`).
 //!
-//! The cost is a round trip to the stream's leader per publication and process (and for
-//! R3, its replication to a quorum), which bounds how fast one process can publish.
+//! [`batch`]: super::batch
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
 
+use super::batch;
 use super::config::NatsConfig;
 use super::names::TopicNames;
 use super::streams::{classify_api, Failure};
@@ -41,15 +43,38 @@ impl Pending {
         self.items.push_back(item);
     }
 
-    pub(super) fn push_front(&mut self, item: (String, Bytes)) {
-        self.bytes += item.1.len();
-        self.items.push_front(item);
-    }
-
     pub(super) fn pop_front(&mut self) -> Option<(String, Bytes)> {
         let item = self.items.pop_front()?;
         self.bytes -= item.1.len();
         Some(item)
+    }
+
+    /// The oldest queued envelopes of one topic and room, in order, as one batch: up to
+    /// [`batch::MAX_COUNT`] and [`batch::MAX_BYTES`] (or one larger envelope alone).
+    pub(super) fn take_batch(&mut self) -> Option<Batch> {
+        let (topic, first) = self.pop_front()?;
+        let mut bytes = first.len();
+        let mut envelopes = vec![first];
+        while envelopes.len() < batch::MAX_COUNT {
+            let Some((next_topic, next)) = self.items.front() else {
+                break;
+            };
+            if *next_topic != topic
+                || envelope::room_of(next) != envelope::room_of(&envelopes[0])
+                || bytes + next.len() > batch::MAX_BYTES
+            {
+                break;
+            }
+            bytes += next.len();
+            if let Some((_, next)) = self.pop_front() {
+                envelopes.push(next);
+            }
+        }
+        Some(Batch {
+            topic,
+            envelopes,
+            id: None,
+        })
     }
 
     /// Drops the oldest while over either bound; returns how many.
@@ -67,13 +92,28 @@ impl Pending {
     }
 }
 
-/// The `Nats-Msg-Id` of an envelope: its sender and sequence number, which name it in
-/// every attempt. Bytes that are not an envelope get an id of this process's own.
-pub(super) fn message_id(shared: &Shared, bytes: &[u8]) -> String {
-    envelope_id(bytes).unwrap_or_else(|| {
+/// Envelopes of one topic and room, published as one NATS message.
+pub(super) struct Batch {
+    pub(super) topic: String,
+    /// At least one.
+    pub(super) envelopes: Vec<Bytes>,
+    /// Its `Nats-Msg-Id`, once sent: the same in every attempt.
+    id: Option<String>,
+}
+
+/// The `Nats-Msg-Id` of a batch: its first envelope's sender and sequence number, which
+/// name it in every attempt, and, for more than one, how many. Bytes that are not an
+/// envelope get an id of this process's own.
+pub(super) fn message_id(shared: &Shared, envelopes: &[Bytes]) -> String {
+    let first = envelopes.first().map_or(&[][..], |first| &first[..]);
+    let id = envelope_id(first).unwrap_or_else(|| {
         let n = shared.own_ids.fetch_add(1, Ordering::Relaxed);
         format!("{:032x}-{n}", shared.process_id)
-    })
+    });
+    match envelopes.len() {
+        1 => id,
+        count => format!("{id}+{count}"),
+    }
 }
 
 /// An envelope's sender and sequence number, in hex; `None` for what is not an envelope.
@@ -97,17 +137,23 @@ pub(super) enum Outcome {
     Failed(Failure),
 }
 
-/// Publishes one envelope on `names`' stream and waits for JetStream's acknowledgement
-/// (within the context's timeout, the response timeout).
-pub(super) async fn publish_one(
+/// Publishes `batch` on `names`' stream as one message and waits for JetStream's
+/// acknowledgement (within the context's timeout, the response timeout).
+pub(super) async fn publish_batch(
     shared: &Shared,
     context: &js::Context,
     names: &TopicNames,
-    envelope: Bytes,
+    batch: &mut Batch,
 ) -> Outcome {
-    let subject = names.subject(envelope::room_of(&envelope));
-    let id = message_id(shared, &envelope);
-    let publish = PublishMessage::build().payload(envelope).message_id(id);
+    let subject = names.subject(batch.envelopes.first().and_then(|e| envelope::room_of(e)));
+    let id = (batch.id)
+        .get_or_insert_with(|| message_id(shared, &batch.envelopes))
+        .clone();
+    let (payload, count) = batch::encode(&batch.envelopes);
+    let mut publish = PublishMessage::build().payload(payload).message_id(id);
+    if let Some(count) = count {
+        publish = publish.header(batch::HEADER, count.as_str());
+    }
     let acked = match context.send_publish(subject, publish).await {
         Ok(ack) => ack.await,
         Err(error) => Err(error),

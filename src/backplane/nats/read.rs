@@ -25,6 +25,7 @@ use async_nats::jetstream::{self as js};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::batch;
 use super::names::TopicNames;
 use super::streams::{self, classify_api, jitter, Failure, StreamState};
 use super::Shared;
@@ -153,7 +154,7 @@ pub(super) fn moved(shared: &Shared, names: &TopicNames, at: &mut ReadState, sta
         shared.history_resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             stream = names.stream,
-            delivered = %Position::new(at.epoch, at.offset),
+            delivered = %Position::new(at.epoch, batch::offset(at.offset, batch::LAST_INDEX)),
             epoch = state.epoch,
             "nats backplane: the topic's stream was deleted and made again; reading its new \
              epoch from the start"
@@ -166,7 +167,7 @@ pub(super) fn moved(shared: &Shared, names: &TopicNames, at: &mut ReadState, sta
         shared.history_resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             stream = names.stream,
-            delivered = %Position::new(at.epoch, at.offset),
+            delivered = %Position::new(at.epoch, batch::offset(at.offset, batch::LAST_INDEX)),
             last = state.last,
             "nats backplane: the topic's stream went back below what was delivered (its \
              servers lost data); reading on from its last message"
@@ -272,12 +273,22 @@ async fn read(
                 );
             }
             at.offset = stream_seq;
-            deliver(
-                shared,
-                topic,
-                message.message.payload,
-                Position::new(at.epoch, stream_seq),
-            );
+            let message = message.message;
+            let header = (message.headers.as_ref())
+                .and_then(|headers| headers.get(batch::HEADER))
+                .map(|value| value.as_str());
+            match batch::split(message.payload.clone(), header) {
+                Ok(envelopes) => {
+                    for (index, envelope) in (0..).zip(envelopes) {
+                        let position = Position::new(at.epoch, batch::offset(stream_seq, index));
+                        deliver(shared, topic, envelope, position);
+                    }
+                }
+                Err(error) => {
+                    shared.invalid.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(stream = names.stream, %error, "nats backplane: ignored a message");
+                }
+            }
         }
     }
 }
