@@ -1,6 +1,7 @@
 //! Load generator for servers speaking the "chat protocol": a WebSocket at
 //! `/api/Chat?username=NAME` where every text message a client sends is broadcast to
-//! every connected client (sender included) as `NAME: <message>`.
+//! every connected client (sender included) as `NAME: <message>`; with `--rooms`, to every
+//! client of the sender's room (the chat example's `/join ROOM`).
 //!
 //! It is built to cost much less per delivery than the server it measures (hand-written
 //! handshake and frame parser, one small read buffer per client, two runtime workers), so
@@ -22,6 +23,9 @@
 //! # several servers sharing one room (e.g. through Redis): client i connects to URL i % n
 //! cargo run --release --example loadgen -- \
 //!     --url ws://127.0.0.1:8081/api/Chat,ws://127.0.0.1:8082/api/Chat --server-pid $A,$B
+//! # 100 rooms of 10 clients, one sender in each
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
+//!     --clients 1000 --rooms 100 --senders 100
 //! ```
 //!
 //! Sender `s` sends `<s> <seq> <send_time_ns> ` padded with `x` to `--size` bytes. Every
@@ -32,6 +36,17 @@
 //! With several URLs, clients (senders included, as they are clients 0..S) are spread
 //! round-robin over them, RSS and CPU are summed over all `--server-pid`s, and the JSON line
 //! also gives the latency of deliveries through the sender's own server and through another.
+//!
+//! With `--rooms R` (R > 1), client `i` sends `/join r<i % R>` right after connecting and
+//! waits for the chat's `You are in room r<i % R>` before the run starts; sender `s` is
+//! client `s`, so in room `s % R`, and there must be a sender in every room (`--senders` at
+//! least R). All accounting is per room: a broadcast is expected at the live clients of its
+//! room only (deliveries, `lost`, the closed-loop window), a message from another room's
+//! sender is counted in `wrong_room`, not delivered. Client `i` then connects to URL
+//! `(i % R + i / R) % n` (which is `i % n` with one room) so that every room's clients, and
+//! the senders, are spread over the servers: with `i % n` and n dividing R, a room's clients
+//! would all be on one server. With one room (the default) no `/join` is sent: every client
+//! stays in the server's default room, as servers without rooms need.
 //!
 //! With `--signalr`, the URL is a SignalR hub's (`examples/signalr_chat`'s
 //! `ws://127.0.0.1:5000/hubs/chat`) and the clients speak its JSON hub protocol as the
@@ -62,12 +77,18 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...] [options]
-  --url URL[,URL...]   server(s) to load; client i connects to URL i % n
+  --url URL[,URL...]   server(s) to load; client i connects to URL i % n (see --rooms)
   --clients N          clients to connect (default 1000)
   --senders S          clients 0..S also send (default 10)
   --rate R             broadcasts/s, all senders together; 0 = closed loop (default 0)
   --window W           closed loop: broadcasts in flight per sender (default 8)
   --size BYTES         message length, padded, at least 32 (default 64)
+  --rooms R            client i joins room r<i % R> (sends `/join r<i % R>`, waits for
+                       `You are in room r<i % R>`) before the run; sender s is in room s % R,
+                       so --senders must be at least R (but with --idle); a broadcast is
+                       expected at its room's clients only; client i connects to URL
+                       (i % R + i / R) % n to spread each room over the servers. Default 1:
+                       no /join, everyone in the server's default room (not with --signalr)
   --duration SECS      measured phase (default 10)
   --warmup SECS        unmeasured phase before it (default 2)
   --connect-batch B    clients connected concurrently (default 100)
@@ -97,6 +118,8 @@ const HIST_SHARDS: usize = 8;
 /// Latency paths: through the sender's own server, or through another one.
 const SAME: usize = 0;
 const CROSS: usize = 1;
+/// Not a path: the sender is in another room than the client, so nothing of it is expected.
+const OTHER_ROOM: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
@@ -142,6 +165,8 @@ struct Args {
     streams: usize,
     /// `--signalr`: the URL is a SignalR hub.
     signalr: bool,
+    /// `--rooms`: client `i` is in room `i % rooms`.
+    rooms: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -165,6 +190,7 @@ fn parse_args() -> Result<Args, String> {
         http2: false,
         streams: 100,
         signalr: false,
+        rooms: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -194,6 +220,7 @@ fn parse_args() -> Result<Args, String> {
             "--http2" => a.http2 = true,
             "--streams" => a.streams = number(&flag, value()?)?,
             "--signalr" => a.signalr = true,
+            "--rooms" => a.rooms = number(&flag, value()?)?,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -210,6 +237,14 @@ fn parse_args() -> Result<Args, String> {
             Err("--clients, --connect-batch, --window and --streams must be at least 1".into())
         }
         _ if a.senders > a.clients => Err("--senders cannot exceed --clients".into()),
+        _ if a.rooms == 0 || a.rooms > a.clients => {
+            Err("--rooms must be at least 1 and at most --clients".into())
+        }
+        _ if a.rooms > a.senders && !a.idle => Err(format!(
+            "--rooms {} needs a sender in every room: --senders {} at least",
+            a.rooms, a.rooms
+        )),
+        _ if a.rooms > 1 && a.signalr => Err("--signalr speaks one group: no --rooms".into()),
         _ if a.size < MIN_SIZE => Err(format!("--size must be at least {MIN_SIZE}")),
         _ if a.signalr && (a.http2 || a.json) => {
             Err("--signalr goes with neither --http2 nor --json".into())
@@ -310,11 +345,24 @@ struct Stats {
     deliveries: Padded<AtomicU64>,
     gaps: Padded<AtomicU64>,
     reordered: Padded<AtomicU64>,
+    /// Messages a client got from a sender of another room.
+    wrong_room: Padded<AtomicU64>,
     window_stalls: AtomicU64,
     /// Bytes read from sockets during the measured phase, and clients whose server agreed
     /// permessage-deflate.
     wire_bytes: Padded<AtomicU64>,
     deflate_agreed: AtomicU32,
+}
+
+/// One room's counts: what its clients expect is what was sent to it, times its clients.
+struct Room {
+    /// Its clients that are connected; each of them reads this once per read.
+    live: Padded<AtomicU32>,
+    /// Broadcasts its senders sent: in all (warmup too), and stamped in the measured phase.
+    sent_total: Padded<AtomicU64>,
+    sent_measured: AtomicU64,
+    /// Its clients, connected or not: `--clients` spread over `--rooms`.
+    members: u64,
 }
 
 struct Shared {
@@ -330,6 +378,8 @@ struct Shared {
     /// `--signalr`: messages are records of the JSON hub protocol.
     signalr: bool,
     stats: Stats,
+    /// `--rooms`: client `i` (and so sender `i`) is in `rooms[i % rooms.len()]`.
+    rooms: Vec<Room>,
     /// Closed loop: per sender, how many clients have seen each in-flight seq (slot seq % W).
     ring: Vec<Vec<Padded<AtomicU32>>>,
     wake: Vec<Notify>,
@@ -352,6 +402,15 @@ impl Shared {
             streams: args.streams,
             signalr: args.signalr,
             stats: Stats::default(),
+            rooms: (0..args.rooms)
+                .map(|r| Room {
+                    live: Padded::default(),
+                    sent_total: Padded::default(),
+                    sent_measured: AtomicU64::new(0),
+                    // Clients r, r + R, r + 2R... below --clients.
+                    members: args.clients.saturating_sub(r).div_ceil(args.rooms) as u64,
+                })
+                .collect(),
             ring: (0..args.senders).map(|_| slots()).collect(),
             wake: (0..args.senders).map(|_| Notify::new()).collect(),
             hist: [(); 2].map(|()| {
@@ -365,6 +424,19 @@ impl Shared {
 
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The room client (or sender) `i` is in.
+    fn room_of(&self, i: usize) -> usize {
+        i % self.rooms.len()
+    }
+
+    /// The server (index in `--url`) client `i` connects to: `i % n` with one room; with
+    /// more, a room's clients `r, r + R, r + 2R...` take the servers in turn from `r % n`, so
+    /// that each room spans the servers even when n divides R.
+    fn server_of(&self, i: usize) -> usize {
+        let rooms = self.rooms.len();
+        (i % rooms + i / rooms) % self.servers.max(1)
     }
 
     fn at(&self, ns: u64) -> tokio::time::Instant {
@@ -390,7 +462,8 @@ impl Shared {
             .or_insert(0) += 1;
     }
 
-    /// A client has now seen `seqs` of sender `s`: wake the sender once all live clients have.
+    /// A client has now seen `seqs` of sender `s`: wake the sender once all `live` clients
+    /// of its room have.
     fn advance_window(&self, s: usize, seqs: RangeInclusive<u32>, live: u32) {
         for seq in seqs {
             if self.ring[s][seq as usize % self.window].fetch_add(1, AcqRel) + 1 >= live {
@@ -412,12 +485,16 @@ async fn client_task(
     ready: oneshot::Sender<Result<Writer, String>>,
 ) {
     let connection = idx / shared.servers.max(1) / shared.streams;
-    let connected = match timeout(
-        CONNECT_TIMEOUT,
-        connect(&target, idx, connection, shared.deflate),
-    )
-    .await
-    {
+    let room = shared.room_of(idx);
+    let joined = async {
+        let (mut read, writer, mut buf, agreed) =
+            connect(&target, idx, connection, shared.deflate).await?;
+        if shared.rooms.len() > 1 {
+            join_room(&mut read, &writer, &mut buf, room, idx).await?;
+        }
+        Ok::<_, String>((read, writer, buf, agreed))
+    };
+    let connected = match timeout(CONNECT_TIMEOUT, joined).await {
         Ok(result) => result,
         Err(_) => Err("timed out after 10 s".into()),
     };
@@ -433,6 +510,7 @@ async fn client_task(
         shared.stats.deflate_agreed.fetch_add(1, Relaxed);
     }
     shared.stats.live.fetch_add(1, AcqRel);
+    shared.rooms[room].live.fetch_add(1, AcqRel);
     let _ = ready.send(Ok(writer.clone()));
 
     let mut client = Client::new(shared.clone(), idx);
@@ -442,6 +520,7 @@ async fn client_task(
     if !shared.stats.stopping.load(Acquire) {
         shared.error(format!("client disconnected: {reason}"));
         shared.stats.live.fetch_sub(1, AcqRel);
+        shared.rooms[room].live.fetch_sub(1, AcqRel);
         // Closed-loop senders may be waiting for this client.
         shared.wake.iter().for_each(Notify::notify_one);
     }
@@ -827,6 +906,79 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((buf, agreed))
 }
 
+/// `--rooms`: sends `/join r<room>` and reads until the chat answers `You are in room
+/// r<room>` (before or after its join notice, whichever the protocol says). Nothing is
+/// broadcast before every client has joined, so what else comes is notices, skipped; pings
+/// are answered. Bytes read past the answer stay in `buf`.
+async fn join_room(
+    read: &mut ReadIo,
+    writer: &Writer,
+    buf: &mut BytesMut,
+    room: usize,
+    idx: usize,
+) -> Result<(), String> {
+    let mut rng = seed(idx as u64 ^ 0x0101);
+    let mut frame = Vec::new();
+    push_frame(
+        &mut frame,
+        0x1,
+        format!("/join r{room}").as_bytes(),
+        xorshift(&mut rng),
+    );
+    let io = |e: std::io::Error| format!("joining room r{room}: {e}");
+    writer.lock().await.write_all(&frame).await.map_err(io)?;
+    let answer = format!("You are in room r{room}");
+    let (mut inflater, mut inflated) = (None, Vec::new());
+    loop {
+        let Some(head) = frame_head(buf)? else {
+            if read.read_buf(buf).await.map_err(io)? == 0 {
+                return Err(format!(
+                    "joining room r{room}: server closed the connection"
+                ));
+            }
+            continue;
+        };
+        let total = head.len + head.payload;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            if read.read_buf(buf).await.map_err(io)? == 0 {
+                return Err(format!(
+                    "joining room r{room}: server closed the connection"
+                ));
+            }
+            continue;
+        }
+        let payload = &buf[head.len..total];
+        match head.opcode {
+            0x1 => {
+                let text: &[u8] = if head.rsv1 {
+                    let inflater = inflater.get_or_insert_with(|| flate2::Decompress::new(false));
+                    inflate_into(inflater, payload, &mut inflated)?;
+                    &inflated
+                } else {
+                    payload
+                };
+                if text == answer.as_bytes() {
+                    buf.advance(total);
+                    return Ok(());
+                }
+                if text.starts_with(b"Cannot join") {
+                    let text = String::from_utf8_lossy(text);
+                    return Err(format!("joining room r{room}: {text}"));
+                }
+            }
+            0x8 => return Err(format!("joining room r{room}: server sent close")),
+            0x9 => {
+                frame.clear();
+                push_frame(&mut frame, 0xA, payload, xorshift(&mut rng));
+                writer.lock().await.write_all(&frame).await.map_err(io)?;
+            }
+            _ => {}
+        }
+        buf.advance(total);
+    }
+}
+
 fn connect_error(e: std::io::Error) -> String {
     match e.raw_os_error() {
         Some(24) => "too many open files (EMFILE): raise ulimit -n".into(),
@@ -847,17 +999,22 @@ struct Client {
     shared: Arc<Shared>,
     shard: usize,
     next_seq: Vec<u32>,
-    /// Per sender: `CROSS` if it is connected to another server than this client, else `SAME`.
+    /// Per sender: `CROSS` if it is connected to another server than this client, else
+    /// `SAME`; `OTHER_ROOM` if it sends to another room.
     path: Vec<usize>,
+    /// This client's room (an index in `shared.rooms`).
+    room: usize,
     /// Per path, latencies not yet added to the histograms.
     latencies: [Vec<u32>; 2],
     received: u64,
     deliveries: u64,
     gaps: u64,
     reordered: u64,
+    /// Messages from senders of other rooms (none expected: counted, not delivered).
+    wrong_room: u64,
     fragment: Fragment,
     /// Snapshots taken once per read rather than per message: arrival time, the measured
-    /// window and the live client count.
+    /// window and the count of this room's live clients.
     now_ns: u64,
     measured: Range<u64>,
     live: u32,
@@ -874,19 +1031,18 @@ struct Client {
 
 impl Client {
     fn new(shared: Arc<Shared>, idx: usize) -> Self {
-        let servers = shared.servers.max(1);
+        let room = shared.room_of(idx);
         let path = (0..shared.ring.len())
-            .map(|s| {
-                if s % servers == idx % servers {
-                    SAME
-                } else {
-                    CROSS
-                }
+            .map(|s| match () {
+                _ if shared.room_of(s) != room => OTHER_ROOM,
+                _ if shared.server_of(s) == shared.server_of(idx) => SAME,
+                _ => CROSS,
             })
             .collect();
         Client {
             next_seq: vec![0; shared.ring.len()],
             path,
+            room,
             shared,
             shard: idx % HIST_SHARDS,
             latencies: [Vec::new(), Vec::new()],
@@ -894,6 +1050,7 @@ impl Client {
             deliveries: 0,
             gaps: 0,
             reordered: 0,
+            wrong_room: 0,
             fragment: Fragment::None,
             now_ns: 0,
             measured: 0..0,
@@ -912,7 +1069,7 @@ impl Client {
             // Everything in one read arrived at the same moment.
             self.now_ns = self.shared.now_ns();
             self.measured = self.shared.measured();
-            self.live = self.shared.stats.live.load(Relaxed);
+            self.live = self.shared.rooms[self.room].live.load(Relaxed);
             let result = self.handle_frames(&mut buf);
             self.flush();
             if !self.out.is_empty() {
@@ -1019,6 +1176,11 @@ impl Client {
         let Some(&expected) = self.next_seq.get(s) else {
             return;
         };
+        let path = self.path[s];
+        if path == OTHER_ROOM {
+            self.wrong_room += 1;
+            return;
+        }
         self.received += 1;
         if seq < expected {
             self.reordered += 1;
@@ -1036,7 +1198,7 @@ impl Client {
         if self.measured.contains(&send_ns) {
             self.deliveries += 1;
             let micros = (self.now_ns.saturating_sub(send_ns) / 1000).min(u32::MAX.into());
-            let latencies = &mut self.latencies[self.path[s]];
+            let latencies = &mut self.latencies[path];
             latencies.push(micros as u32);
             if latencies.len() >= LATENCY_BATCH {
                 self.flush_latencies();
@@ -1049,24 +1211,8 @@ impl Client {
         let inflater = self
             .inflater
             .get_or_insert_with(|| flate2::Decompress::new(false));
-        inflater.reset(false);
         let mut out = std::mem::take(&mut self.inflated);
-        out.clear();
-        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
-            let mut input = input;
-            while !input.is_empty() {
-                out.reserve(input.len() * 4 + 1024);
-                let before = inflater.total_in();
-                inflater
-                    .decompress_vec(input, &mut out, flate2::FlushDecompress::Sync)
-                    .map_err(|e| format!("inflate: {e}"))?;
-                let used = (inflater.total_in() - before) as usize;
-                input = &input[used..];
-                if used == 0 && out.len() < out.capacity() {
-                    return Err("inflate: stuck".into());
-                }
-            }
-        }
+        inflate_into(inflater, payload, &mut out)?;
         Ok(out)
     }
 
@@ -1078,6 +1224,7 @@ impl Client {
             (&mut self.deliveries, &stats.deliveries),
             (&mut self.gaps, &stats.gaps),
             (&mut self.reordered, &stats.reordered),
+            (&mut self.wrong_room, &stats.wrong_room),
         ] {
             if *local > 0 {
                 global.fetch_add(std::mem::take(local), AcqRel);
@@ -1096,6 +1243,33 @@ impl Client {
             }
         }
     }
+}
+
+/// Inflates one compressed message into `out` (cleared first), with the tail of RFC 7692
+/// section 7.2.2 put back; `inflater` is reset, as the server takes over no context.
+fn inflate_into(
+    inflater: &mut flate2::Decompress,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    inflater.reset(false);
+    out.clear();
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let mut input = input;
+        while !input.is_empty() {
+            out.reserve(input.len() * 4 + 1024);
+            let before = inflater.total_in();
+            inflater
+                .decompress_vec(input, out, flate2::FlushDecompress::Sync)
+                .map_err(|e| format!("inflate: {e}"))?;
+            let used = (inflater.total_in() - before) as usize;
+            input = &input[used..];
+            if used == 0 && out.len() < out.capacity() {
+                return Err("inflate: stuck".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 struct FrameHead {
@@ -1226,6 +1400,7 @@ async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Ar
     let interval_ns = args.senders as f64 * 1e9 / args.rate;
     let stagger = s as f64 / args.senders as f64;
     let mut rng = seed(s as u64 ^ 0xface);
+    let room = &shared.rooms[shared.room_of(s)];
     let (mut text, mut frame) = (String::new(), Vec::new());
     for seq in 0u32.. {
         let stamp = if shared.closed_loop {
@@ -1273,8 +1448,10 @@ async fn sender_task(shared: Arc<Shared>, s: usize, writer: Writer, args: Arc<Ar
             break;
         }
         shared.stats.sent_total.fetch_add(1, AcqRel);
+        room.sent_total.fetch_add(1, AcqRel);
         if shared.measured().contains(&stamp) {
             shared.stats.sent_measured.fetch_add(1, Relaxed);
+            room.sent_measured.fetch_add(1, Relaxed);
         }
     }
 }
@@ -1305,12 +1482,14 @@ fn pad_json(text: &mut String, size: usize, rng: &mut u64) {
     text.truncate(size);
 }
 
-/// Closed loop: waits until seq - W has reached every live client; `false` once time is up.
+/// Closed loop: waits until seq - W has reached every live client of sender `s`'s room;
+/// `false` once time is up.
 async fn wait_window(shared: &Shared, s: usize, seq: u32, end_ns: u64) -> bool {
     let slot = &shared.ring[s][seq as usize % shared.window];
+    let live = &shared.rooms[shared.room_of(s)].live;
     if seq as usize >= shared.window {
         let give_up = Instant::now() + WINDOW_STALL;
-        while slot.load(Acquire) < shared.stats.live.load(Acquire) {
+        while slot.load(Acquire) < live.load(Acquire) {
             if shared.now_ns() >= end_ns {
                 return false;
             }
@@ -1326,8 +1505,8 @@ async fn wait_window(shared: &Shared, s: usize, seq: u32, end_ns: u64) -> bool {
     true
 }
 
-/// Connects all clients, `--connect-batch` at a time, client `i` to `targets[i % n]`; stops
-/// at the first failing batch.
+/// Connects all clients, `--connect-batch` at a time, client `i` to
+/// `targets[shared.server_of(i)]`; stops at the first failing batch.
 async fn connect_all(
     shared: &Arc<Shared>,
     targets: &[Arc<Target>],
@@ -1341,7 +1520,7 @@ async fn connect_all(
             let (tx, rx) = oneshot::channel();
             tasks.push(tokio::spawn(client_task(
                 shared.clone(),
-                targets[idx % targets.len()].clone(),
+                targets[shared.server_of(idx)].clone(),
                 idx,
                 tx,
             )));
@@ -1426,12 +1605,14 @@ async fn run_load(
     (each, secs(before.1, after.1), writes)
 }
 
-/// Waits (at most `DRAIN`) until everything sent has reached every live client.
+/// Waits (at most `DRAIN`) until everything sent has reached every live client of its room.
 async fn drain(shared: &Shared) {
     let deadline = Instant::now() + DRAIN;
     let stats = &shared.stats;
     while Instant::now() < deadline {
-        let expected = stats.sent_total.load(Acquire) * u64::from(stats.live.load(Acquire));
+        let expected: u64 = (shared.rooms.iter())
+            .map(|room| room.sent_total.load(Acquire) * u64::from(room.live.load(Acquire)))
+            .sum();
         if stats.received_total.load(Acquire) >= expected {
             break;
         }
@@ -1620,8 +1801,16 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
     let sent = st.sent_measured.load(Acquire);
     let deliveries = st.deliveries.load(Acquire);
     let received = st.received_total.load(Acquire);
-    // Loss is over everything sent (warmup too), against every client that connected.
-    let lost = (st.sent_total.load(Acquire) * n).saturating_sub(received);
+    // Loss is over everything sent (warmup too), against every client of its room (all of
+    // them connected, or the run did not start).
+    let expected_total: u64 = (shared.rooms.iter())
+        .map(|room| room.sent_total.load(Acquire) * room.members)
+        .sum();
+    let lost = expected_total.saturating_sub(received);
+    let expected: u64 = (shared.rooms.iter())
+        .map(|room| room.sent_measured.load(Acquire) * room.members)
+        .sum();
+    let wrong_room = st.wrong_room.load(Acquire);
     let per_s = deliveries as f64 / args.duration;
     let all = percentiles(&merged(shared.hist.iter().flatten()));
     let [same, cross] = [SAME, CROSS].map(|path| percentiles(&merged(&shared.hist[path])));
@@ -1671,6 +1860,12 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         eprintln!(
             "  {sent} broadcasts in {secs} s: {deliveries} deliveries, {per_s:.0}/s, lost {lost}"
         );
+        if args.rooms > 1 {
+            eprintln!(
+                "  over {} rooms: {expected} deliveries expected, {wrong_room} from another room",
+                args.rooms
+            );
+        }
         eprintln!("  latency us: p50 {p50} p90 {p90} p99 {p99} p99.9 {p999} max {max}");
     }
     if args.urls.len() > 1 && !args.idle && u64::from(connected) == n {
@@ -1714,7 +1909,7 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("connect_s", format!("{:.3}", m.connect_s)),
         ("sent", sent.to_string()),
         ("sent_total", st.sent_total.load(Acquire).to_string()),
-        ("expected_deliveries", (sent * n).to_string()),
+        ("expected_deliveries", expected.to_string()),
         ("deliveries", deliveries.to_string()),
         ("received_total", received.to_string()),
         ("lost", lost.to_string()),
@@ -1765,6 +1960,8 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("server_cpu_s_each", format!("[{}]", cpu_each.join(","))),
         ("latency_same_server_us", latency_json(&same)),
         ("latency_cross_server_us", latency_json(&cross)),
+        ("rooms", args.rooms.to_string()),
+        ("wrong_room", wrong_room.to_string()),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     println!("{{{}}}", body.join(","));

@@ -221,20 +221,7 @@ async fn loadgen_drives_the_chat_example_without_losing_a_message() {
         "loadgen failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let field = |name: &str| -> f64 {
-        let key = format!("\"{name}\":");
-        let start = stdout
-            .find(&key)
-            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-            + key.len();
-        let value: String = stdout[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} is not a number in {stdout}"))
-    };
+    let field = |name: &str| json_number(&stdout, name);
     assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
     assert!(field("deliveries") >= 20.0, "{stdout}");
     assert_eq!(field("lost"), 0.0, "{stdout}");
@@ -244,6 +231,72 @@ async fn loadgen_drives_the_chat_example_without_losing_a_message() {
         "{stdout}"
     );
     assert!(field("server_rss_kib_connected") > 0.0, "{stdout}");
+    assert!(stdout.contains("\"errors\":[]"), "{stdout}");
+}
+
+/// The number `name` of loadgen's JSON line.
+fn json_number(stdout: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = stdout
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        + key.len();
+    let value: String = stdout[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number in {stdout}"))
+}
+
+/// `loadgen --rooms`: every client joins its room through the chat's `/join` before the run,
+/// and a broadcast is expected at its room's clients only, which is what the chat delivers:
+/// nothing lost, nothing from another room.
+#[tokio::test]
+async fn loadgen_in_rooms_expects_each_broadcast_at_its_rooms_clients() {
+    let server = ChatServer::start("127.0.0.1:0").await;
+    let loadgen = common::example_binary("loadgen");
+    let url = format!("ws://{}/api/Chat", server.addr);
+    let run = Command::new(&loadgen)
+        .args(["--url", &url, "--clients", "20", "--senders", "4"])
+        .args([
+            "--rooms",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--quiet",
+        ])
+        .output();
+    let output = tokio::time::timeout(WAIT * 3, run)
+        .await
+        .expect("loadgen finished in time")
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |name: &str| json_number(&stdout, name);
+    assert_eq!(field("rooms"), 4.0, "{stdout}");
+    assert!(field("deliveries") >= 5.0, "{stdout}");
+    // 20 clients in 4 rooms, one sender in each: every broadcast for 5 clients.
+    assert_eq!(
+        field("expected_deliveries"),
+        field("sent") * 5.0,
+        "{stdout}"
+    );
+    assert_eq!(
+        field("deliveries"),
+        field("expected_deliveries"),
+        "{stdout}"
+    );
+    assert_eq!(field("lost"), 0.0, "{stdout}");
+    assert_eq!(field("wrong_room"), 0.0, "{stdout}");
+    assert_eq!(field("gaps") + field("reordered"), 0.0, "{stdout}");
     assert!(stdout.contains("\"errors\":[]"), "{stdout}");
 }
 
