@@ -279,7 +279,8 @@ def main(argv: list[str]) -> int:
                           "max_latency_ms": result["latency_us"]["max"] / 1000,
                           "p99_ms": result["latency_us"]["p99"] / 1000,
                           "gaps": result["gaps"], "reordered": result["reordered"],
-                          "lost": result.get("lost"), "load_avg_1m": load}
+                          "lost": result.get("lost"),
+                          "loadgen_errors": result.get("errors", []), "load_avg_1m": load}
                 log(json.dumps(record))
                 runs.append(record)
             finally:
