@@ -400,3 +400,84 @@ async fn a_client_that_drops_gets_what_it_missed_once_on_any_server() {
     assert!(line.ends_with(" sender: after"), "{line}");
     drop(fresh.pop());
 }
+
+/// A backlog arriving at once (a server whose Redis connection stalled while another
+/// published) does not overflow its clients' outbound queues: the reader lets the
+/// connections write between the messages it hands over, so a client that reads is never
+/// closed as a slow consumer because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_outbound_queue_reaches_a_client_that_reads() {
+    use websocket_handler::backplane::{BackplaneState, RedisBackplane};
+    use websocket_handler::{WebSocketCollection, WebSocketServer};
+    const MESSAGES: usize = 1000;
+    let Some(redis) = RedisServer::start("lossless_backplane::backlog").await else {
+        return;
+    };
+    let port: u16 = (redis.url().rsplit(':').next())
+        .and_then(|port| port.trim_end_matches('/').parse().ok())
+        .expect("redis://127.0.0.1:PORT");
+    let proxy = common::HeldProxy::start(([127, 0, 0, 1], port).into()).await;
+    let there = RedisBackplane::new(redis.url()).expect("a backplane");
+    let here = RedisBackplane::new(format!("redis://{}", proxy.addr)).expect("a backplane");
+    for backplane in [&there, &here] {
+        let mut state = backplane.state_changes();
+        common::within(
+            "the backplane to connect",
+            state.wait_for(|state| *state == BackplaneState::Connected),
+        )
+        .await
+        .expect("the backplane runs");
+    }
+    let room_there = WebSocketCollection::with_backplane("backlog", there.clone());
+    let room_here = WebSocketCollection::with_backplane("backlog", here.clone());
+    // A queue of 64 messages: the backlog is 1,000.
+    let server = WebSocketServer::builder()
+        .outbound_queue_capacity(64)
+        .build();
+    let addr = common::serve(server, move |_| common::EchoRoom {
+        room: room_here.clone(),
+    })
+    .await;
+    let mut client = common::ReadAlways::new(connect(addr, "/").await);
+    assert!(client.next_line().await.starts_with("joined "));
+    // Once this side reads the topic, a broadcast from the other reaches the client.
+    common::within("a broadcast from the other backplane", async {
+        loop {
+            room_there.broadcast("warm");
+            if client
+                .next_line_within(Duration::from_millis(200))
+                .await
+                .is_some()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    proxy.hold(true);
+    let published = there.stats().published;
+    for n in 0..MESSAGES {
+        room_there.broadcast(format!("backlog {n}"));
+    }
+    common::within("the backlog to be published", async {
+        while there.stats().published < published + MESSAGES as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    proxy.hold(false);
+    let mut next = 0;
+    while next < MESSAGES {
+        let line = client
+            .next_line_within(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!("got {next} of the {MESSAGES} messages of the backlog, then nothing")
+            });
+        if line == "warm" && next == 0 {
+            continue;
+        }
+        assert_eq!(line, format!("backlog {next}"), "once each, in order");
+        next += 1;
+    }
+}

@@ -597,3 +597,56 @@ async fn wait_published(backplane: &NatsBackplane, count: u64) {
             )
         });
 }
+
+/// A backlog arriving at once (a server catching up after NATS was out of reach) does not
+/// overflow its clients' outbound queues: the reader lets the connections write between
+/// the messages it hands over, so a client that reads is never closed as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_outbound_queue_reaches_a_client_that_reads() {
+    const MESSAGES: usize = 1000;
+    let Some(mut nats) = Nats::cluster("nats_backplane::backlog").await else {
+        return;
+    };
+    let urls: Vec<String> = (nats.nodes.iter())
+        .map(|node| format!("nats://127.0.0.1:{}", node.port))
+        .collect();
+    let build = |url: String| {
+        NatsBackplane::builder(url)
+            .replicas(3)
+            .build()
+            .expect("a backplane")
+    };
+    let there = build(urls[0].clone());
+    let room_there = WebSocketCollection::with_backplane("backlog", there.clone());
+    room_there.broadcast("before");
+    wait_published(&there, 1).await;
+    nats.kill("n1").await;
+    let here = build(urls[1].clone());
+    let room_here = WebSocketCollection::with_backplane("backlog", here.clone());
+    // A queue of 64 messages: the backlog is 1,000.
+    let server = WebSocketServer::builder()
+        .outbound_queue_capacity(64)
+        .build();
+    let addr = common::serve(server, move |_| common::EchoRoom {
+        room: room_here.clone(),
+    })
+    .await;
+    let mut client = ReadAlways::new(connect(addr, "/").await);
+    assert!(client.next_line().await.starts_with("joined "));
+    for n in 0..MESSAGES {
+        room_there.broadcast(format!("backlog {n}"));
+    }
+    wait_published(&there, 1 + MESSAGES as u64).await;
+    nats.restart("n1").await;
+    let mut next = 0;
+    while next < MESSAGES {
+        let line = client.next_line_within(PATIENCE).await.unwrap_or_else(|| {
+            panic!("got {next} of the {MESSAGES} messages of the backlog, then nothing")
+        });
+        if line == "before" && next == 0 {
+            continue;
+        }
+        assert_eq!(line, format!("backlog {next}"), "once each, in order");
+        next += 1;
+    }
+}

@@ -241,6 +241,63 @@ impl ReadAlways {
     }
 }
 
+/// A TCP proxy on 127.0.0.1 to `target` whose traffic can be held: while held, nothing
+/// passes in either direction (what is sent waits in the proxy), as on a stalled network.
+pub struct HeldProxy {
+    pub addr: SocketAddr,
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldProxy {
+    pub async fn start(target: SocketAddr) -> HeldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let (held, gate) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (from_client, to_client) = inbound.into_split();
+                let (from_target, to_target) = outbound.into_split();
+                tokio::spawn(pump(from_client, to_target, gate.clone()));
+                tokio::spawn(pump(from_target, to_client, gate.clone()));
+            }
+        });
+        HeldProxy { addr, held }
+    }
+
+    /// Holds the traffic (`true`) or lets it pass, what waited first.
+    pub fn hold(&self, on: bool) {
+        self.held.send_replace(on);
+    }
+}
+
+/// Copies `from` to `to`, waiting while the gate says held.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        if gate.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|held| !*held).await.is_err() || to.write_all(&buffer[..n]).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// What the chat example tells every client when its room's history was lost.
 #[allow(dead_code)] // not every test binary uses it
 pub const RESET_NOTICE: &str = "some messages were lost: history was reset";

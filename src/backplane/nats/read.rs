@@ -32,6 +32,11 @@ use super::Shared;
 use crate::backplane::{Delivery, EnvelopeError, Inbox};
 use crate::fanout::history::Position;
 
+/// Messages handed over between two yields of the reader: a backlog (a server catching up
+/// after an outage) reaches the connections' queues no faster than their writers can run,
+/// so clients that read are not closed as slow consumers because a backlog came at once.
+const DELIVERIES_PER_YIELD: usize = 16;
+
 /// Messages asked for per pull.
 const PULL_BATCH: usize = 256;
 
@@ -220,6 +225,7 @@ async fn read(
     };
     failing.set(false);
     let mut next_consumer_seq = 1;
+    let mut delivered = 0usize;
     let wait = PULL_EXPIRES + shared.config.response_timeout;
     loop {
         let batch = consumer
@@ -282,6 +288,10 @@ async fn read(
                     for (index, envelope) in (0..).zip(envelopes) {
                         let position = Position::new(at.epoch, batch::offset(stream_seq, index));
                         deliver(shared, topic, envelope, position);
+                        delivered += 1;
+                        if delivered.is_multiple_of(DELIVERIES_PER_YIELD) {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
                 Err(error) => {

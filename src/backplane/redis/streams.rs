@@ -281,6 +281,12 @@ return {{topic.epoch, topic.offset, topic.base}}
 /// least one): what Redis hands over at once stays bounded whatever the number of topics.
 const READ_TOTAL: usize = 1024;
 
+/// Entries handed over between two yields of the reader: a backlog (a server catching up
+/// after an outage or a stall) reaches the connections' queues no faster than their
+/// writers can run, so clients that read are not closed as slow consumers because a
+/// backlog came at once.
+const DELIVERIES_PER_YIELD: usize = 16;
+
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
 
@@ -1007,6 +1013,7 @@ impl Streams {
         session: &Session,
         entries: Entries,
     ) -> Result<(), SessionError> {
+        let mut delivered = 0usize;
         for (stream, list) in entries {
             let Some(channel) = stream
                 .strip_prefix('{')
@@ -1047,6 +1054,10 @@ impl Streams {
                     );
                 }
                 state.offset = offset;
+                delivered += 1;
+                if delivered.is_multiple_of(DELIVERIES_PER_YIELD) {
+                    tokio::task::yield_now().await;
+                }
                 let position = Position::new(state.epoch, offset);
                 for inbox in &inboxes {
                     match deliver_guarded(inbox, &envelope, position) {
