@@ -650,3 +650,107 @@ async fn a_backlog_larger_than_the_outbound_queue_reaches_a_client_that_reads() 
         next += 1;
     }
 }
+
+/// A publication whose acknowledgement does not come in time is sent again with the same
+/// `Nats-Msg-Id`; when the first attempt was stored after all, JetStream stores the retry
+/// not at all: the message reaches the other side once, and the retry counts as a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_sent_again_after_a_lost_acknowledgement_is_stored_once() {
+    let Some(nats) = Nats::single("nats_backplane::sent_again").await else {
+        return;
+    };
+    let proxy = common::HeldProxy::start(([127, 0, 0, 1], nats.nodes[0].port).into()).await;
+    let there = NatsBackplane::builder(format!("nats://{}", proxy.addr))
+        .response_timeout(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(200))
+        .build()
+        .expect("a backplane");
+    let here = NatsBackplane::new(nats.urls()).expect("a backplane");
+    let room_there = WebSocketCollection::with_backplane("again", there.clone());
+    let room_here = WebSocketCollection::with_backplane("again", here.clone());
+    for backplane in [&there, &here] {
+        let mut state = backplane.state_changes();
+        within(
+            "the backplane to connect",
+            state.wait_for(|state| *state == BackplaneState::Connected),
+        )
+        .await
+        .expect("the backplane runs");
+    }
+    let addr = common::serve(WebSocketServer::new(), move |_| common::EchoRoom {
+        room: room_here.clone(),
+    })
+    .await;
+    let mut client = ReadAlways::new(connect(addr, "/").await);
+    assert!(client.next_line().await.starts_with("joined "));
+    room_there.broadcast("first");
+    assert_eq!(
+        client.next_line_within(PATIENCE).await.as_deref(),
+        Some("first")
+    );
+    // Held: the publication waits in the proxy, its acknowledgement does not come, and the
+    // backplane sends it again (into the same connection) until let through.
+    proxy.hold(true);
+    room_there.broadcast("once");
+    let retried = async {
+        while there.stats().retried < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, retried)
+        .await
+        .unwrap_or_else(|_| panic!("not sent again: {:?}", there.stats()));
+    proxy.hold(false);
+    wait_published(&there, 2).await;
+    room_there.broadcast("after");
+    assert_eq!(
+        client.next_line_within(PATIENCE).await.as_deref(),
+        Some("once")
+    );
+    assert_eq!(
+        client.next_line_within(PATIENCE).await.as_deref(),
+        Some("after"),
+        "\"once\" came once"
+    );
+    wait_published(&there, 3).await;
+    let stats = there.stats();
+    assert!(
+        stats.duplicates >= 1,
+        "the retries were duplicates: {stats:?}"
+    );
+    assert_eq!(stats.published, 3, "each of the three once: {stats:?}");
+}
+
+/// A server that wants a token: a backplane that gives it connects and sets its topic up;
+/// one with another token never says it is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_given_to_the_server() {
+    let Some(nats) = Nats::single_with("nats_backplane::token", &["--auth", "t0ken"]).await else {
+        return;
+    };
+    let with = |token: &str| {
+        NatsBackplane::builder(nats.urls())
+            .token(token)
+            .build()
+            .expect("a backplane")
+    };
+    let (good, wrong) = (with("t0ken"), with("other"));
+    let _room = WebSocketCollection::with_backplane("token", good.clone());
+    let _other = WebSocketCollection::with_backplane("token", wrong.clone());
+    let mut state = good.state_changes();
+    within(
+        "the backplane to connect with its token",
+        state.wait_for(|state| *state == BackplaneState::Connected),
+    )
+    .await
+    .expect("the backplane runs");
+    let mut state = wrong.state_changes();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.wait_for(|state| *state == BackplaneState::Connected),
+    )
+    .await;
+    assert!(connected.is_err(), "connected with a wrong token");
+    assert_ne!(wrong.state(), BackplaneState::Connected);
+}
