@@ -536,34 +536,19 @@ async fn credentials_are_given_to_the_server() {
 /// from wherever the stream stands when the backplane finally sets the topic up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_published_after_a_subscription_reaches_it_however_late_nats_is_reached() {
-    let Some(mut nats) = Nats::cluster("nats_backplane::subscribed_before_reachable").await else {
+    let Some(Behind {
+        mut nats,
+        there,
+        room_there,
+        mut client,
+    }) = behind_a_server_out_of_reach(
+        "nats_backplane::subscribed_before_reachable",
+        WebSocketServer::new(),
+    )
+    .await
+    else {
         return;
     };
-    let urls: Vec<String> = (nats.nodes.iter())
-        .map(|node| format!("nats://127.0.0.1:{}", node.port))
-        .collect();
-    let build = |url: String| {
-        NatsBackplane::builder(url)
-            .replicas(3)
-            .build()
-            .expect("a backplane")
-    };
-    let there = build(urls[0].clone());
-    let room_there = WebSocketCollection::with_backplane("late", there.clone());
-    // The stream exists, with a message in it, before the other side subscribes.
-    room_there.broadcast("before");
-    wait_published(&there, 1).await;
-    nats.kill("n1").await;
-    // Subscribed now, through the server just killed: the backplane cannot set the topic
-    // up until that server is back.
-    let here = build(urls[1].clone());
-    let room_here = WebSocketCollection::with_backplane("late", here.clone());
-    let addr = common::serve(WebSocketServer::new(), move |_| common::EchoRoom {
-        room: room_here.clone(),
-    })
-    .await;
-    let mut client = ReadAlways::new(connect(addr, "/").await);
-    assert!(client.next_line().await.starts_with("joined "));
     for n in 0..5 {
         room_there.broadcast(format!("after {n}"));
     }
@@ -600,41 +585,67 @@ async fn wait_published(backplane: &NatsBackplane, count: u64) {
         });
 }
 
-/// A backlog arriving at once (a server catching up after NATS was out of reach) does not
-/// overflow its clients' outbound queues: the reader lets the connections write between
-/// the messages it hands over, so a client that reads is never closed as a slow consumer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_larger_than_the_outbound_queue_reaches_a_client_that_reads() {
-    const MESSAGES: usize = 1000;
-    let Some(mut nats) = Nats::cluster("nats_backplane::backlog").await else {
-        return;
-    };
-    let urls: Vec<String> = (nats.nodes.iter())
-        .map(|node| format!("nats://127.0.0.1:{}", node.port))
-        .collect();
+/// A client of a backplane ("here") that subscribed through a NATS server killed just
+/// before, and the other backplane ("there"), through another server of the cluster, whose
+/// stream already holds one message, "before". Both on topic "late", R3.
+struct Behind {
+    nats: Nats,
+    there: NatsBackplane,
+    room_there: WebSocketCollection,
+    /// In the room of "here", served by `server`.
+    client: ReadAlways,
+}
+
+/// Sets [`Behind`] up: "here" cannot set its topic up until `n1` is restarted.
+async fn behind_a_server_out_of_reach(test: &str, server: WebSocketServer) -> Option<Behind> {
+    let mut nats = Nats::cluster(test).await?;
+    let url = |node: &common::nats_server::Node| format!("nats://127.0.0.1:{}", node.port);
     let build = |url: String| {
         NatsBackplane::builder(url)
             .replicas(3)
             .build()
             .expect("a backplane")
     };
-    let there = build(urls[0].clone());
-    let room_there = WebSocketCollection::with_backplane("backlog", there.clone());
+    let there = build(url(&nats.nodes[0]));
+    let room_there = WebSocketCollection::with_backplane("late", there.clone());
     room_there.broadcast("before");
     wait_published(&there, 1).await;
     nats.kill("n1").await;
-    let here = build(urls[1].clone());
-    let room_here = WebSocketCollection::with_backplane("backlog", here.clone());
-    // A queue of 64 messages: the backlog is 1,000.
-    let server = WebSocketServer::builder()
-        .outbound_queue_capacity(64)
-        .build();
+    let here = build(url(&nats.nodes[1]));
+    let room_here = WebSocketCollection::with_backplane("late", here);
     let addr = common::serve(server, move |_| common::EchoRoom {
         room: room_here.clone(),
     })
     .await;
     let mut client = ReadAlways::new(connect(addr, "/").await);
     assert!(client.next_line().await.starts_with("joined "));
+    Some(Behind {
+        nats,
+        there,
+        room_there,
+        client,
+    })
+}
+
+/// A backlog arriving at once (a server catching up after NATS was out of reach) does not
+/// overflow its clients' outbound queues: the reader lets the connections write between
+/// the messages it hands over, so a client that reads is never closed as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_outbound_queue_reaches_a_client_that_reads() {
+    const MESSAGES: usize = 1000;
+    // A queue of 64 messages: the backlog is 1,000.
+    let server = WebSocketServer::builder()
+        .outbound_queue_capacity(64)
+        .build();
+    let Some(Behind {
+        mut nats,
+        there,
+        room_there,
+        mut client,
+    }) = behind_a_server_out_of_reach("nats_backplane::backlog", server).await
+    else {
+        return;
+    };
     for n in 0..MESSAGES {
         room_there.broadcast(format!("backlog {n}"));
     }
