@@ -684,9 +684,9 @@ async fn sync_readers(
     }
     // Kept for topics still to be read: a subscription to a topic read already, or left
     // already, starts nothing.
-    let subscribed: Vec<String> = lock(&shared.inboxes).keys().cloned().collect();
+    let subscribed = lock(&shared.inboxes);
     lock(&shared.subscribed_at)
-        .retain(|topic, _| !readers.contains_key(topic) && subscribed.contains(topic));
+        .retain(|topic, _| !readers.contains_key(topic) && subscribed.contains_key(topic));
     if failed {
         // Asked again once the backoff is over.
         shared.subscriptions_changed.store(true, Ordering::Release);
