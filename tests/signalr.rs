@@ -244,7 +244,6 @@ async fn a_stateful_client_resumes_after_its_socket_is_cut_and_misses_nothing() 
 async fn loadgen_drives_the_example_in_a_group_without_losing_a_message() {
     let example = Example::start("127.0.0.1:0").await;
     let loadgen = common::example_binary("loadgen");
-    let pid = example.pid().to_string();
     let url = format!("ws://{}/hubs/chat", example.addr);
     let run = Command::new(&loadgen)
         .args([
@@ -257,10 +256,14 @@ async fn loadgen_drives_the_example_in_a_group_without_losing_a_message() {
             "2",
         ])
         .args(["--size", "4096", "--duration", "1", "--warmup", "0"])
-        .args(["--quiet", "--server-pid", &pid])
+        // No `--server-pid`: loadgen would wait for the server's memory to settle after
+        // the run, seconds on a loaded machine, and nothing here asserts it.
+        .arg("--quiet")
         .output();
-    let output = common::within("loadgen to finish", run)
+    // Longer than `within`'s 10 s: loadgen connects, runs, drains and closes 20 clients.
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
         .await
+        .expect("loadgen did not finish within 60 s")
         .expect("run loadgen");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
