@@ -18,7 +18,10 @@ hits them alike:
   ten-sender scenario of `bench/compare.py`; the axum baseline beside it at N = 1000, 64 B.
 
 With `--baseline-rev`, the chat of that git revision (built in a temporary worktree) is
-measured in the same run. Output: a Markdown summary on stdout and, with every raw
+measured in the same run. When the uWebSockets chat of `../shared/peers/uws-chat` is there
+(`--uws DIR` to name another copy), it is built with its `build.sh` into the output directory
+and measured in the idle runs too, and the summary gives each server's bytes per connection
+as a ratio to its, from the same run; the script says so when it is absent. Output: a Markdown summary on stdout and, with every raw
 loadgen result, `bench/results/density-<timestamp>.json`.
 """
 
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,10 @@ import benchlib
 from benchlib import ROOT, log, spread
 
 ECHO_READY = "Echo server listening on ws://"
+# What the uWebSockets chat prints once it listens; it takes its port as an argument.
+UWS_READY = "uws-chat listening on ws://"
+UWS_DEFAULT = ROOT.parent / "shared" / "peers" / "uws-chat"
+UWS_NAME = "uWebSockets"
 
 
 class Server(benchlib.ServerOutput):
@@ -45,8 +53,13 @@ class Server(benchlib.ServerOutput):
 
     def __init__(self, binary: Path, extra: list[str], work: Path):
         self.stderr = tempfile.TemporaryFile(dir=work)
-        self.proc = subprocess.Popen([str(binary), "--addr", "127.0.0.1:0", *extra],
-                                     stdout=subprocess.PIPE, stderr=self.stderr)
+        if binary.name == "uws-chat":
+            # uWS prints the port it was given, so it gets a free one rather than 0.
+            self.port = free_port()
+            cmd = [str(binary), str(self.port), "1"]
+        else:
+            cmd = [str(binary), "--addr", "127.0.0.1:0", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr)
         self.address = self._address()
 
     def _address(self) -> str:
@@ -63,12 +76,40 @@ class Server(benchlib.ServerOutput):
             if ECHO_READY in line:
                 self.drain_stdout()
                 return line.split(ECHO_READY, 1)[1].strip()
+            if UWS_READY in line:
+                self.drain_stdout()
+                return f"127.0.0.1:{self.port}"
         benchlib.terminate(self.proc)
         sys.exit(f"{self.proc.args[0]} did not announce its address: {self.stderr_tail()}")
 
     def stop(self) -> None:
         benchlib.terminate(self.proc)
         self.stderr.close()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def build_uws(source: Path, out: Path) -> Path | None:
+    """The uWebSockets chat built by its own build.sh into `out`, or None (said why) when
+    its sources are not there or it does not build."""
+    script = source / "build.sh"
+    if not script.is_file():
+        log(f"uWebSockets: no {script}; measuring without it")
+        return None
+    log(f"building the uWebSockets chat of {source} into {out}")
+    done = subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(out)},
+                          capture_output=True, text=True)
+    binary = out / "uws-chat"
+    if done.returncode != 0 or not binary.is_file():
+        log(f"uWebSockets: build.sh failed ({done.returncode}); measuring without it: "
+            f"{done.stderr[-400:]}")
+        return None
+    return binary
 
 
 def loadgen(server: Server, path: str, flags: list[str], timeout: float,
@@ -101,6 +142,20 @@ def build_baseline(rev: str, work: Path, target: Path, features: list[str] | Non
     return target / "release" / "examples" / "chat"
 
 
+def uws_ratio(records: list[dict], record: dict) -> str:
+    """A server's bytes per idle connection over uWebSockets', run by run (the i-th run of
+    each was interleaved with the other's), as the median and (min-max); - without it."""
+    def per_conn(server: str) -> list[float]:
+        return [x["result"]["rss_per_conn_bytes"] for x in records
+                if x["kind"] == "idle" and x["server"] == server
+                and x["clients"] == record["clients"]]
+    ours, theirs = per_conn(record["server"]), per_conn(UWS_NAME)
+    ratios = [a / b for a, b in zip(ours, theirs) if b]
+    if not ratios or record["server"] == UWS_NAME:
+        return "-"
+    return spread(ratios, "{:.2f}x")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", help="also measure the chat of this git revision")
@@ -112,9 +167,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline-target", type=Path,
                         help="cargo target directory for the baseline (default: a temporary one)")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-notices", action="store_true",
+                        help="leave out the idle run of the chat with join notices (N^2/2 "
+                             "notices: the slowest run)")
+    parser.add_argument("--uws", type=Path, default=UWS_DEFAULT,
+                        help="the uWebSockets chat's directory (build.sh, server.cpp)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     benchlib.raise_nofile_limit()
+    args.out.mkdir(parents=True, exist_ok=True)
     benchlib.cargo_build(["chat", "echo", "baseline_axum", "loadgen"])
     examples = benchlib.target_dir() / "release" / "examples"
     records: list[dict] = []
@@ -128,8 +189,12 @@ def main(argv: list[str]) -> int:
             idle = []
             for name, binary in chats.items():
                 idle.append((f"{name} --no-notices", binary, ["--no-notices"], "/api/Chat"))
-            idle.append(("chat (notices)", examples / "chat", [], "/api/Chat"))
+            if not args.skip_notices:
+                idle.append(("chat (notices)", examples / "chat", [], "/api/Chat"))
             idle.append(("echo", examples / "echo", [], "/"))
+            uws = build_uws(args.uws, args.out / "uws")
+            if uws:
+                idle.append((UWS_NAME, uws, [], "/api/Chat"))
             for run in range(args.runs):
                 for name, binary, extra, path in idle:
                     server = Server(binary, extra, work)
@@ -185,8 +250,8 @@ def main(argv: list[str]) -> int:
     path = args.out / f"density-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"records": records}, indent=1))
     lines = [benchlib.machine_line(benchlib.machine_info({}), "loadgen", "shared"), "",
-             "| idle | clients | RSS per connection, bytes | RSS before | RSS after all left |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| idle | clients | RSS per connection, bytes | ÷ uWebSockets | RSS before | RSS after all left |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     seen = []
     for r in records:
         if r["kind"] != "idle":
@@ -198,6 +263,7 @@ def main(argv: list[str]) -> int:
         same = [x["result"] for x in records if x["kind"] == "idle" and (x["server"], x["clients"]) == key]
         lines.append(f"| {key[0]} | {key[1]} | "
                      f"{spread([x['rss_per_conn_bytes'] for x in same], '{:,.0f}')} | "
+                     f"{uws_ratio(records, r)} | "
                      f"{spread([x['server_rss_kib_before'] / 1024 for x in same], '{:.1f} MiB')} | "
                      f"{spread([x['server_rss_kib_after_close'] / 1024 for x in same], '{:.1f} MiB')} |")
     if not args.skip_cpu:
