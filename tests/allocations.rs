@@ -1,12 +1,15 @@
-//! Heap allocations per received message, counted by a global allocator: a message handed to
-//! a handler should cost what reading it needs and one box for the callback's future, not a
-//! box per layer.
+//! Heap allocations per received message, and heap bytes per idle connection, counted by a
+//! global allocator: a message handed to a handler should cost what reading it needs and one
+//! box for the callback's future, not a box per layer; an idle connection should hold only
+//! what it needs.
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,28 +17,57 @@ use websocket_handler::{Connection, Message, WebSocketHandler, WebSocketServer};
 
 use common::{masked_frame, within};
 
-/// Counts every allocation of the process.
+/// Counts every allocation of the process, and the bytes allocated and not yet freed by the
+/// threads that ask for it ([`count_live_bytes`]).
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    /// This thread's allocations count in `LIVE_BYTES`. Per thread, so that another test's
+    /// thread freeing its buffers as it exits does not count.
+    static COUNT_LIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count_live_bytes() {
+    COUNT_LIVE.with(|count| count.set(true));
+}
+
+fn live(delta: i64) {
+    if COUNT_LIVE.try_with(Cell::get).unwrap_or(false) {
+        LIVE_BYTES.fetch_add(delta, Ordering::Relaxed);
+    }
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        live(layout.size() as i64);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        live(new_size as i64 - layout.size() as i64);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// The counters are the process's: one test at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[global_allocator]
@@ -52,6 +84,7 @@ impl WebSocketHandler for Counter {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_received_message_costs_at_most_two_allocations() {
+    let _serial = one_at_a_time();
     const MESSAGES: usize = 2000;
     let received = Arc::new(AtomicUsize::new(0));
     let counter = received.clone();
@@ -96,5 +129,113 @@ async fn a_received_message_costs_at_most_two_allocations() {
         per_message <= 2.1,
         "{per_message:.2} allocations per received message (its payload and one box for the \
          callback's future are expected)"
+    );
+}
+
+/// Idle connections the next test holds: two file descriptors each in this process, within
+/// the usual limit of 1,024.
+const IDLE: usize = 400;
+
+static OPENED: AtomicUsize = AtomicUsize::new(0);
+
+/// A handler with no state, which counts its connections' `on_open`.
+struct Idle;
+
+impl WebSocketHandler for Idle {
+    async fn on_open(&mut self, _conn: &Connection) {
+        OPENED.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// What an idle plain connection costs the heap: everything the server allocated for it and
+/// still holds once it is open and quiet (its task, its state, tokio's registration of its
+/// socket, the request parts it keeps, its share of the server's lists), counted in bytes
+/// asked for (malloc's headers and rounding come on top, and RSS has fragmentation besides).
+/// The target of the density work: the process's RSS per idle chat connection at 1 KiB.
+#[test]
+fn an_idle_connection_holds_at_most_its_budget_of_heap_bytes() {
+    const BUDGET: i64 = 1_700;
+    let _serial = one_at_a_time();
+    // The server runs on this thread alone (a current-thread runtime), and only this
+    // thread's allocations count.
+    count_live_bytes();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let per_connection = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = WebSocketServer::new();
+        tokio::spawn(async move {
+            server
+                .serve(listener, |upgrade| async move { upgrade.accept(Idle) })
+                .await
+        });
+        let request = common::raw_handshake("/idle?name=a-typical-query");
+        // The clients are blocking sockets on a thread of their own: they allocate nothing
+        // on this heap while they connect, but the vector, made before counting, that keeps
+        // them open.
+        let connect = move |count: usize, mut sockets: Vec<std::net::TcpStream>| {
+            for _ in 0..count {
+                let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+                socket.write_all(&request).expect("write the handshake");
+                let (mut head, mut len) = ([0u8; 512], 0);
+                while !head[..len].ends_with(b"\r\n\r\n") {
+                    let read = socket.read(&mut head[len..]).expect("read the response");
+                    assert!(read > 0, "the server closed during the handshake");
+                    len += read;
+                }
+                assert!(head.starts_with(b"HTTP/1.1 101"), "refused");
+                sockets.push(socket);
+            }
+            sockets
+        };
+        let wait_opened = |count: usize| {
+            within("every connection's on_open", async move {
+                while OPENED.load(Ordering::Acquire) < count {
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        // One first, so that what the server allocates once (its timer, the threads'
+        // buffers, its lists' first slots) is not counted.
+        let first = std::thread::spawn({
+            let connect = connect.clone();
+            move || connect(1, Vec::new())
+        });
+        wait_opened(1).await;
+        let first = first.join().expect("the first client");
+        let sockets = Vec::with_capacity(IDLE);
+        let (go, ready) = std::sync::mpsc::sync_channel::<()>(1);
+        let clients = std::thread::spawn(move || {
+            ready.recv().expect("the signal to connect");
+            connect(IDLE, sockets)
+        });
+        let before = LIVE_BYTES.load(Ordering::Acquire);
+        go.send(()).expect("start the clients");
+        wait_opened(1 + IDLE).await;
+        within("the clients' thread", async {
+            while !clients.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        // The tasks that did the handshakes end right after the connections' own start.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let after = LIVE_BYTES.load(Ordering::Acquire);
+        let clients = clients.join().expect("the clients");
+        assert_eq!(clients.len(), IDLE);
+        drop((first, clients));
+        (after - before) / IDLE as i64
+    });
+    println!("{per_connection} heap bytes per idle connection");
+    assert!(
+        per_connection <= BUDGET,
+        "{per_connection} heap bytes per idle connection, above the {BUDGET} it may cost"
     );
 }
