@@ -327,22 +327,25 @@ impl Drop for Busy {
 pub(crate) struct ListenerLink(Arc<HttpConnection>);
 
 impl ListenerLink {
-    /// A WebSocket opens on this connection: the connection is no longer pending, and is
-    /// busy while the returned lease is held. Over HTTP/2 (`stream` set), the stream is
-    /// reset if it is still sending a grace period after the WebSocket ended.
-    pub(crate) fn upgraded(&self, stream: Option<&StreamLink>) -> ListenerLease {
+    /// A WebSocket opens on this connection: the connection is no longer pending. Over
+    /// HTTP/2 (`stream` set) the connection is busy while the returned lease is held, and
+    /// the stream is reset if it is still sending a grace period after the WebSocket ended.
+    /// Over HTTP/1.1 the WebSocket has the socket to itself and hyper's connection is over:
+    /// nothing is held, so that the connection's state is not kept for the WebSocket's life.
+    pub(crate) fn upgraded(&self, stream: Option<&StreamLink>) -> Option<ListenerLease> {
         drop(lock(&self.0.slot).take());
-        ListenerLease {
+        let stream = stream?;
+        Some(ListenerLease {
             _busy: self.0.busy(),
-            _stream: stream.map(StreamLink::guard),
-        }
+            _stream: stream.guard(),
+        })
     }
 }
 
-/// Held by a WebSocket of a listener's connection until it has ended.
+/// Held by a WebSocket of a listener's HTTP/2 connection until it has ended.
 pub(crate) struct ListenerLease {
     _busy: Busy,
-    _stream: Option<h2_streams::StreamGuard>,
+    _stream: h2_streams::StreamGuard,
 }
 
 /// The application's service, with the connection's link and peer added to every request,

@@ -372,7 +372,7 @@ impl WebSocketUpgrade {
         };
         drop((uri, headers));
         let tracked = server.track(&conn)?;
-        let listener = listener.map(|link| link.upgraded(stream_link.as_ref()));
+        let listener = listener.and_then(|link| link.upgraded(stream_link.as_ref()));
         // All are held until the handler has finished.
         let lease = (permit, per_address, tracked, listener);
         let budget = server.partial_budget().clone();
