@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
@@ -20,10 +19,8 @@ use tokio::io::AsyncRead;
 
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::Connection;
-use crate::engine::budget::PartialBudget;
 use crate::engine::flush::HasCore;
 use crate::engine::session::{End, Event, Session};
-use crate::engine::settings::Settings;
 use crate::engine::writer::{WriteIo, WriteSide};
 use crate::error::Error;
 use crate::protocol::close::CloseFrame;
@@ -38,8 +35,6 @@ pub(crate) fn run<R, H, L>(
     socket: Socket<'_, R>,
     conn: Connection,
     handler: H,
-    settings: Settings,
-    budget: Arc<PartialBudget>,
     lease: L,
 ) -> impl Future<Output = ()> + Send
 where
@@ -52,10 +47,10 @@ where
         leftover,
         write,
     } = socket;
-    let session = Session::new(read, leftover, &settings, budget, conn.core());
+    let core = conn.core();
+    let session = Session::new(read, leftover, core);
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
-    conn.core()
-        .attach(WriteSide::new(write, settings.write_buffer_size));
+    core.attach(WriteSide::new(write, core.settings().write_buffer_size));
     let mut driver = Driver {
         run: Running {
             session,
@@ -69,7 +64,7 @@ where
     };
     async move {
         // Counted as open once it runs, as it is counted closed at the end of `finish`.
-        driver.run.conn.core().metrics.opened();
+        driver.run.conn.core().metrics().opened();
         driver.serve().await;
         // Boxed: it runs once, at the end, and its state would otherwise be part of what
         // every idle connection holds. Awaited here rather than in a method of its own, whose
@@ -219,7 +214,7 @@ impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
         run.end();
 
         let frame = core.first_close().unwrap_or_else(CloseFrame::abnormal);
-        core.metrics.closed(frame.code.as_u16());
+        core.metrics().closed(frame.code.as_u16());
         tracing::debug!(code = frame.code.as_u16(), "connection closed");
         if let Err(Error::HandlerPanicked { message }) =
             caught(handler.on_close(&conn, &frame)).await

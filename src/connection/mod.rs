@@ -19,9 +19,8 @@ use crate::engine::core::{Core, Deflate};
 use crate::engine::flush::HasCore;
 use crate::engine::id::ConnectionId;
 use crate::engine::kept::Successor;
-use crate::engine::metrics::Metrics;
 use crate::engine::queue::Rejected;
-use crate::engine::settings::Settings;
+use crate::engine::shared::Shared;
 use crate::engine::sync::lock;
 use crate::error::SendError;
 use crate::protocol::close::CloseCode;
@@ -68,12 +67,11 @@ impl Connection {
         request: RequestParts,
         protocol: Option<HeaderValue>,
         deflate: Option<Agreed>,
-        settings: &Settings,
-        metrics: Metrics,
+        shared: &Arc<Shared>,
         id: Option<ConnectionId>,
     ) -> Self {
-        let mut core = Core::new(settings, metrics);
-        core.deflate = Deflate::new(deflate, &settings.deflate);
+        let mut core = Core::new(shared);
+        core.deflate = Deflate::new(deflate, &shared.settings.deflate);
         if let Some(id) = id {
             // A resumed connection goes on under its predecessor's id.
             core.id = id;

@@ -54,6 +54,11 @@ impl Refusal {
         false
     }
 
+    /// Whether the connection has been refused (without waiting to hear it).
+    pub(crate) fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
+    }
+
     fn refuse(&self) {
         let task = {
             let mut task = lock(&self.task);
@@ -67,11 +72,11 @@ impl Refusal {
 }
 
 impl PartialBudget {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(PartialBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        PartialBudget {
             limit,
             held: Mutex::new(Held::default()),
-        })
+        }
     }
 
     /// The connection `id` now holds `bytes` of a partial message (0: none any more). If

@@ -10,6 +10,7 @@
 //! a slow client never holds up a flush task, nor any other client.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use crate::engine::memory;
 use crate::engine::metrics::Metrics;
 use crate::engine::queue::{Outbound, OutboundQueue, Pushed, Rejected};
 use crate::engine::settings::{Settings, SlowConsumer};
+use crate::engine::shared::Shared;
 use crate::engine::sync::{lock_handover, HandoverMutex};
 use crate::engine::writer::{WriteEnd, WriteSide, Written};
 use crate::error::SendError;
@@ -100,7 +102,6 @@ impl Deflate {
 pub(crate) struct Core {
     pub(crate) id: ConnectionId,
     pub(crate) queue: OutboundQueue,
-    slow_consumer: SlowConsumer,
     /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
     overflow: OnceBox<(usize, usize)>,
     /// The socket's write half, once the upgrade has completed.
@@ -127,18 +128,19 @@ pub(crate) struct Core {
     pub(crate) deflate: Deflate,
     /// The first close frame on the wire, in either direction.
     first_close: OnceBox<CloseFrame>,
-    pub(crate) metrics: Metrics,
+    /// The server's settings, counters and budget.
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Core {
-    pub(crate) fn new(settings: &Settings, metrics: Metrics) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        let settings = &shared.settings;
         Core {
             id: ConnectionId::next(),
             queue: OutboundQueue::new(
                 settings.outbound_queue_capacity,
                 settings.outbound_queue_bytes,
             ),
-            slow_consumer: settings.slow_consumer,
             overflow: OnceBox::new(),
             write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
@@ -150,8 +152,18 @@ impl Core {
             resumable: AtomicBool::new(false),
             deflate: Deflate::default(),
             first_close: OnceBox::new(),
-            metrics,
+            shared: shared.clone(),
         }
+    }
+
+    /// The server's settings.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// The server's counters.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Whether the connection has ended.
@@ -189,7 +201,7 @@ impl Core {
         };
         match Frame::deflated(&message, level, bits) {
             Some(frame) => {
-                self.metrics
+                self.metrics()
                     .compressed(message.len(), frame.payload().len());
                 frame
             }
@@ -245,8 +257,8 @@ impl Core {
             .push_data(frame)
             .map_err(|rejected| match rejected {
                 Rejected::Full { messages, bytes } => {
-                    self.metrics.dropped(self.id, 1);
-                    if self.slow_consumer == SlowConsumer::Disconnect {
+                    self.metrics().dropped(self.id, 1);
+                    if self.settings().slow_consumer == SlowConsumer::Disconnect {
                         self.disconnect_slow_consumer(messages, bytes);
                     }
                     SendError::QueueFull {
@@ -312,7 +324,7 @@ impl Core {
     /// connection within the close timeout even if the peer never reads again.
     fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
         if self.overflow.set(Box::new((messages, bytes))).is_ok() {
-            self.metrics.slow_consumer_disconnected(self.id);
+            self.metrics().slow_consumer_disconnected(self.id);
         }
         let frame = CloseFrame {
             code: CloseCode::POLICY_VIOLATION,
@@ -324,7 +336,7 @@ impl Core {
         self.record_close(frame.clone());
         if let Ok((pushed, dropped)) = self.queue.push_close(frame, true) {
             // What was still queued goes unsent: the close frame replaces it.
-            self.metrics.dropped(self.id, dropped as u64);
+            self.metrics().dropped(self.id, dropped as u64);
             // A broadcast lands here under its shard's lock, so nothing is written here: a
             // full queue has a flush arranged already (`Queued`), and should it not, the
             // connection's own task writes the close frame.
@@ -365,7 +377,7 @@ impl Core {
         self.start_closing();
         if let Ok((pushed, dropped)) = self.queue.push_close(frame, false) {
             if dropped > 0 {
-                self.metrics.dropped(self.id, dropped as u64);
+                self.metrics().dropped(self.id, dropped as u64);
             }
             self.after_push(pushed);
         }
@@ -502,7 +514,8 @@ impl Core {
     /// are shared), and starts the close timeout once our close frame is out.
     fn record_written(&self, written: Written) {
         if written.messages > 0 {
-            self.metrics.sent(self.id, written.messages, written.bytes);
+            self.metrics()
+                .sent(self.id, written.messages, written.bytes);
         }
         if let Some(frame) = written.close {
             self.record_close(frame);
@@ -550,8 +563,7 @@ mod loom_tests {
     use tokio::io::AsyncWrite;
 
     use super::Core;
-    use crate::engine::metrics::Metrics;
-    use crate::engine::settings::Settings;
+    use crate::engine::shared::Shared;
     use crate::engine::writer::{WriteIo, WriteSide};
     use crate::protocol::frame::Frame;
 
@@ -610,7 +622,7 @@ mod loom_tests {
                 owner: None,
             }));
             let arrived = Arc::new(Notify::new());
-            let core = Arc::new(Core::new(&Settings::default(), Metrics::new()));
+            let core = Arc::new(Core::new(&Shared::for_tests()));
             let socket = Socket(pipe.clone(), arrived.clone());
             core.attach(WriteSide::new(WriteIo::boxed(socket), 1024));
 

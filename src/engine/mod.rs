@@ -6,7 +6,9 @@
 //! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`reader`]), and what
 //! the connection's own task runs: the protocol's answers, the timers and the limits of a
 //! live connection ([`session`], [`keepalive`], [`rate_limit`], on the millisecond
-//! [`clock`]), with the [`metrics`] they count into, and giving memory back after a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
+//! [`clock`]), with the [`metrics`] they count into, what a server's connections share
+//! ([`shared`]: the [`settings`], the counters, the [`budget`]), and giving memory back after
+//! a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
 pub(crate) mod budget;
@@ -23,5 +25,6 @@ pub(crate) mod rate_limit;
 pub(crate) mod reader;
 pub(crate) mod session;
 pub(crate) mod settings;
+pub(crate) mod shared;
 pub(crate) mod sync;
 pub(crate) mod writer;

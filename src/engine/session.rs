@@ -24,12 +24,13 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::time::{Instant, Sleep};
 
-use crate::engine::budget::{PartialBudget, Refusal};
+use crate::engine::budget::Refusal;
 use crate::engine::core::Core;
-use crate::engine::keepalive::{Due, KeepAlive};
+use crate::engine::keepalive::{Due, Intervals, KeepAlive};
 use crate::engine::rate_limit::Bucket;
 use crate::engine::reader::{ReadError, Reader};
 use crate::engine::settings::{Millis, Settings};
+use crate::engine::shared::Shared;
 use crate::engine::writer::WriteEnd;
 use crate::error::Error;
 use crate::protocol::decode::{Item, Limits};
@@ -53,32 +54,50 @@ pub(crate) enum End {
     Failed(Error),
 }
 
+/// What a connection's task keeps between polls. Its settings (timeouts, limits) are the
+/// server's, read through the connection's core; what only some connections need at some
+/// times is in [`UnderWay`], allocated while they do.
 pub(crate) struct Session<R> {
     reader: Reader<R>,
     keepalive: KeepAlive,
-    /// Boxed, like `message`: off by default, and an idle connection carries only the option.
-    rate: Option<Box<Bucket>>,
-    rate_per_second: u32,
-    close_timeout: Millis,
-    /// Armed once the close has been asked for.
-    close_timer: Option<Pin<Box<Sleep>>>,
-    /// Messages read while a callback ran, for the next [`next`](Self::next)s. Boxed:
-    /// rare, and what every idle connection would pay for inline.
-    held: Option<Box<Backlog>>,
+    /// The inbound rate limit's bucket, used when the server sets a limit.
+    bucket: Bucket,
+    /// Allocated while something is under way, dropped when nothing is.
+    under_way: Option<Box<UnderWay>>,
     /// The peer's close frame has arrived: reading is over.
     peer_closed: bool,
     /// The writer has ended for good (a close frame is out).
     writes_ended: bool,
+}
+
+/// What a connection holds only while it is under way: the close's timer, messages read
+/// while a callback ran, and a message that takes more than one read (its deadline, and
+/// its bytes counted against the server's budget). One allocation for all of them, made
+/// when the first is needed, so that an idle connection holds one pointer for them.
+#[derive(Default)]
+struct UnderWay {
+    /// Armed once the close has been asked for.
+    close_timer: Option<Pin<Box<Sleep>>>,
+    /// Messages read while a callback ran, for the next [`next`](Session::next)s.
+    held: Option<Backlog>,
     /// The message in progress must finish by this deadline (see `poll_timers`).
-    message: Option<Box<MessageDeadline>>,
-    /// Zero: messages have no deadline.
-    message_timeout: Millis,
-    min_message_rate: u32,
-    /// The server's budget for partial messages, and what this connection holds of it.
-    budget: Arc<PartialBudget>,
-    /// Allocated the first time this connection holds part of a message: an idle
-    /// connection pays one pointer for it.
-    partial: Option<Box<Held>>,
+    message: Option<MessageDeadline>,
+    /// What this connection holds of the server's budget for partial messages.
+    partial: Option<Held>,
+}
+
+impl UnderWay {
+    /// Nothing is under way: the allocation can go. A budget share goes once it is back
+    /// to nothing, unless it was refused meanwhile (the connection must still see that).
+    fn is_idle(&self) -> bool {
+        self.close_timer.is_none()
+            && self.held.is_none()
+            && self.message.is_none()
+            && self
+                .partial
+                .as_ref()
+                .is_none_or(|held| held.bytes == 0 && !held.refusal.is_refused())
+    }
 }
 
 /// The messages read while a callback runs and held for the handler, oldest first: at most
@@ -90,14 +109,33 @@ struct Backlog {
     then: Option<Message>,
 }
 
-/// What this connection holds of the server's budget for partial messages.
+/// What this connection holds of the server's budget for partial messages; given back when
+/// dropped.
 struct Held {
+    /// The server's budget.
+    shared: Arc<Shared>,
     /// Under this id in the budget.
     id: crate::engine::id::ConnectionId,
     /// How the budget tells this connection it must go.
     refusal: Arc<Refusal>,
     /// The bytes counted against the budget.
     bytes: usize,
+}
+
+impl Held {
+    /// Counts `bytes` against the budget now.
+    fn set(&mut self, bytes: usize) {
+        if bytes != self.bytes {
+            self.bytes = bytes;
+            self.shared.budget.hold(self.id, &self.refusal, bytes);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 /// When the message in progress began to arrive, and its checks: every `window`, how much
@@ -119,38 +157,41 @@ const LINGER_QUIET: Duration = Duration::from_secs(1);
 impl<R: AsyncRead + Unpin> Session<R> {
     /// A session reading `read`, after `leftover` (bytes read along with the handshake), for
     /// the connection whose state is `core`.
-    pub(crate) fn new(
-        read: R,
-        leftover: &[u8],
-        settings: &Settings,
-        budget: Arc<PartialBudget>,
-        core: &Core,
-    ) -> Self {
+    pub(crate) fn new(read: R, leftover: &[u8], core: &Core) -> Self {
+        let settings = core.settings();
         let limits = Limits {
             max_frame_size: settings.max_frame_size.min(settings.max_message_size),
             max_message_size: settings.max_message_size,
             allow_rsv1: core.deflate.agreed(),
         };
         let now = Instant::now();
-        let keepalive = KeepAlive::new(settings.ping_interval, settings.idle_timeout, now);
-        core.set_keepalive_due(keepalive.due_stamp(now));
+        let keepalive = KeepAlive::new(now);
+        core.set_keepalive_due(keepalive.due_stamp(intervals(settings), now));
+        let full = settings
+            .rate_limit
+            .unwrap_or(crate::engine::rate_limit::RateLimit {
+                per_second: 0.0,
+                burst: 0.0,
+            });
         Session {
             reader: Reader::new(read, leftover, limits, settings.read_buffer_size),
             keepalive,
-            rate: settings
-                .rate_limit
-                .map(|limit| Box::new(Bucket::new(limit, now))),
-            rate_per_second: settings.rate_limit.map_or(0, |l| l.per_second as u32),
-            close_timeout: Millis::new(settings.close_timeout),
-            close_timer: None,
-            held: None,
+            bucket: Bucket::new(full, now),
+            under_way: None,
             peer_closed: false,
             writes_ended: false,
-            message: None,
-            message_timeout: Millis::new(message_timeout(settings.message_timeout)),
-            min_message_rate: settings.min_message_rate.max(1),
-            budget,
-            partial: None,
+        }
+    }
+
+    /// What is under way, made now if nothing was.
+    fn under_way(&mut self) -> &mut UnderWay {
+        self.under_way.get_or_insert_with(Box::default)
+    }
+
+    /// Lets go of what was under way if nothing is any more.
+    fn tidy(&mut self) {
+        if self.under_way.as_deref().is_some_and(UnderWay::is_idle) {
+            self.under_way = None;
         }
     }
 
@@ -226,19 +267,26 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// Stops reading: the socket's read half goes, and with it what was half-received.
     pub(crate) fn close_read(&mut self) {
         self.reader.close();
-        self.release_partial();
-    }
-
-    fn release_partial(&mut self) {
-        if let Some(held) = self.partial.as_deref_mut() {
-            if held.bytes > 0 {
-                self.budget.hold(held.id, &held.refusal, 0);
-                held.bytes = 0;
-            }
+        if let Some(under_way) = self.under_way.as_deref_mut() {
+            // Gives the budget its share back.
+            under_way.partial = None;
         }
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>, core: &Core, deliver: bool) -> Poll<Event> {
+        let event = self.poll_event_inner(cx, core, deliver);
+        if event.is_pending() {
+            self.tidy();
+        }
+        event
+    }
+
+    fn poll_event_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        core: &Core,
+        deliver: bool,
+    ) -> Poll<Event> {
         if !self.writes_ended {
             if let Poll::Ready(end) = core.poll_write_handed_over(cx) {
                 self.writes_ended = true;
@@ -263,11 +311,12 @@ impl<R: AsyncRead + Unpin> Session<R> {
             return Poll::Ready(Event::End(End::Failed(failure)));
         }
         if self
-            .partial
+            .under_way
             .as_ref()
+            .and_then(|under_way| under_way.partial.as_ref())
             .is_some_and(|held| held.refusal.poll_refused(cx))
         {
-            let budget = self.budget.limit();
+            let budget = core.shared.budget.limit();
             return Poll::Ready(Event::End(End::Failed(Error::PartialBudget { budget })));
         }
         if deliver {
@@ -281,7 +330,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
             let item = self.reader.poll_item(cx);
             if self.reader.take_activity() {
                 self.keepalive.seen(Instant::now());
-                self.track_message();
+                self.track_message(core.settings());
                 if let Poll::Ready(failure) = self.count_held(cx, core) {
                     return Poll::Ready(Event::End(End::Failed(failure)));
                 }
@@ -311,13 +360,13 @@ impl<R: AsyncRead + Unpin> Session<R> {
                     self.peer_closed = true;
                     core.peer_closed(frame);
                     // Answered at once if the socket took it; else the writer finishes it.
-                    return self.poll_event(cx, core, deliver);
+                    return self.poll_event_inner(cx, core, deliver);
                 }
             };
-            core.metrics.received(core.id, message.len());
-            if let Some(bucket) = &mut self.rate {
-                if !bucket.take(Instant::now()) {
-                    let per_second = self.rate_per_second;
+            core.metrics().received(core.id, message.len());
+            if let Some(limit) = core.settings().rate_limit {
+                if !self.bucket.take(limit, Instant::now()) {
+                    let per_second = limit.per_second as u32;
                     return Poll::Ready(Event::End(End::Failed(Error::RateLimited { per_second })));
                 }
             }
@@ -335,21 +384,28 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// the connection is open (once it is closing, reading goes on to reach the peer's
     /// close frame).
     fn paused(&self, core: &Core) -> bool {
-        self.held.as_ref().is_some_and(|held| held.then.is_some()) && core.is_open()
+        self.backlog().is_some_and(|held| held.then.is_some()) && core.is_open()
+    }
+
+    /// The messages held for the handler, if any.
+    fn backlog(&self) -> Option<&Backlog> {
+        self.under_way.as_ref()?.held.as_ref()
     }
 
     /// Holds a message read while a callback runs, for a later [`next`](Self::next).
     fn hold(&mut self, message: Message, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
-        match &mut self.held {
+        let held = &mut self.under_way().held;
+        match held {
             None => {
-                self.held = Some(Box::new(Backlog {
+                *held = Some(Backlog {
                     first: message,
                     then: None,
-                }));
+                });
                 Poll::Pending
             }
             Some(held) if held.then.is_none() => {
                 held.then = Some(message);
+                // Read ahead: counted against the budget.
                 self.count_held(cx, core)
             }
             Some(_) => {
@@ -368,25 +424,36 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// while a callback ran, the connection's task takes what is left with this: those
     /// messages arrived before the peer's close frame.
     pub(crate) fn take_held(&mut self) -> Option<Message> {
-        let held = self.held.as_mut()?;
-        match held.then.take() {
+        let slot = &mut self.under_way.as_deref_mut()?.held;
+        let held = slot.as_mut()?;
+        let message = match held.then.take() {
             Some(then) => Some(std::mem::replace(&mut held.first, then)),
-            None => self.held.take().map(|held| held.first),
-        }
+            None => slot.take().map(|held| held.first),
+        };
+        self.tidy();
+        message
     }
 
     /// Starts (or ends) the deadline of the message in progress, after bytes arrived.
-    fn track_message(&mut self) {
+    fn track_message(&mut self, settings: &Settings) {
         if !self.reader.in_message() {
-            self.message = None;
-        } else if self.message.is_none() && self.message_timeout.as_u32() > 0 {
+            if let Some(under_way) = self.under_way.as_deref_mut() {
+                under_way.message = None;
+            }
+            return;
+        }
+        let Some(timeout) = message_timeout(settings) else {
+            return;
+        };
+        let message = &mut self.under_way().message;
+        if message.is_none() {
             let started = Instant::now();
-            let window = MESSAGE_WINDOW.min(self.message_timeout.get());
-            self.message = Some(Box::new(MessageDeadline {
+            let window = MESSAGE_WINDOW.min(timeout);
+            *message = Some(MessageDeadline {
                 started,
                 timer: Box::pin(tokio::time::sleep_until(started + window)),
                 checked_len: 0,
-            }));
+            });
         }
     }
 
@@ -394,26 +461,34 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// (and of what was read ahead for a busy handler); ready with the failure if that
     /// got the connection refused.
     fn count_held(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
-        if self.partial.is_none() && self.held_bytes() > 0 {
-            self.partial = Some(Box::new(Held {
-                id: core.id,
-                refusal: Arc::default(),
-                bytes: 0,
-            }));
+        let bytes = self.held_bytes();
+        if bytes > 0 {
+            let partial = &mut self.under_way().partial;
+            if partial.is_none() {
+                *partial = Some(Held {
+                    shared: core.shared.clone(),
+                    id: core.id,
+                    refusal: Arc::default(),
+                    bytes: 0,
+                });
+            }
         }
         self.count_held_bytes(cx)
     }
 
     fn count_held_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
         let bytes = self.held_bytes();
-        let Some(held) = self.partial.as_deref_mut() else {
+        let Some(held) = self
+            .under_way
+            .as_deref_mut()
+            .and_then(|under_way| under_way.partial.as_mut())
+        else {
             return Poll::Pending;
         };
         if bytes != held.bytes {
-            held.bytes = bytes;
-            self.budget.hold(held.id, &held.refusal, bytes);
+            held.set(bytes);
             if held.refusal.poll_refused(cx) {
-                let budget = self.budget.limit();
+                let budget = held.shared.budget.limit();
                 return Poll::Ready(Error::PartialBudget { budget });
             }
         }
@@ -424,8 +499,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// and a message read ahead for a busy handler.
     fn held_bytes(&self) -> usize {
         let ahead = self
-            .held
-            .as_ref()
+            .backlog()
             .and_then(|held| held.then.as_ref())
             .map_or(0, Message::len);
         self.reader.held() + ahead
@@ -433,13 +507,22 @@ impl<R: AsyncRead + Unpin> Session<R> {
 
     /// Ready once the close timeout has passed (armed once the close is asked for).
     fn poll_close_timer(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<()> {
-        if self.close_timer.is_none() {
-            if let Some(since) = core.closing_since() {
-                let deadline = since + self.close_timeout.get();
-                self.close_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
-            }
+        let armed = self
+            .under_way
+            .as_ref()
+            .is_some_and(|under_way| under_way.close_timer.is_some());
+        if !armed {
+            let Some(since) = core.closing_since() else {
+                return Poll::Pending;
+            };
+            let deadline = since + close_timeout(core.settings());
+            self.under_way().close_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
-        match &mut self.close_timer {
+        match self
+            .under_way
+            .as_deref_mut()
+            .and_then(|under_way| under_way.close_timer.as_mut())
+        {
             Some(timer) => timer.as_mut().poll(cx),
             None => Poll::Pending,
         }
@@ -448,22 +531,28 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// The close timeout, pings, the idle timeout and the deadline of the message in
     /// progress; ready with the failure when one of them ends the connection.
     fn poll_timers(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
+        let settings = core.settings();
         if self.poll_close_timer(cx, core).is_ready() {
-            return Poll::Ready(Error::CloseTimeout(self.close_timeout.get()));
+            return Poll::Ready(Error::CloseTimeout(close_timeout(settings)));
         }
         // A message must finish within the timeout, or later only while each window keeps
         // bringing the minimum rate: a client on a slow phone finishes; one that trickles a
         // message it never ends (control frames in between change nothing) is dropped.
-        if let Some(message) = &mut self.message {
-            let window = MESSAGE_WINDOW.min(self.message_timeout.get());
+        if let (Some(timeout), Some(message)) = (
+            message_timeout(settings),
+            self.under_way
+                .as_deref_mut()
+                .and_then(|under_way| under_way.message.as_mut()),
+        ) {
+            let window = MESSAGE_WINDOW.min(timeout);
+            let min_rate = settings.min_message_rate.max(1);
             while message.timer.as_mut().poll(cx).is_ready() {
                 let received = self.reader.message_len();
                 let recent = received - message.checked_len.min(received);
                 message.checked_len = received;
                 let elapsed = message.started.elapsed();
-                let enough =
-                    recent as f64 >= f64::from(self.min_message_rate) * window.as_secs_f64();
-                if elapsed >= self.message_timeout.get() && !enough {
+                let enough = recent as f64 >= f64::from(min_rate) * window.as_secs_f64();
+                if elapsed >= timeout && !enough {
                     return Poll::Ready(Error::MessageTimeout { elapsed, received });
                 }
                 let next = message.started
@@ -473,44 +562,46 @@ impl<R: AsyncRead + Unpin> Session<R> {
         }
         // Noted on every read, but the deadline the server's timer sees is moved only when it
         // fires: if the deadline moved meanwhile, `due` says so.
-        if self.keepalive.is_on() && core.take_keepalive_fired() {
+        let every = intervals(settings);
+        if every.is_on() && core.take_keepalive_fired() {
             let now = Instant::now();
             if self.paused(core) {
                 // Not reading, so the peer's frames wait unheard in the socket: its silence
                 // is not known, and no ping is needed. Counted from when reading resumes.
                 self.keepalive.seen(now);
             }
-            match self.keepalive.due(now) {
+            match self.keepalive.due(every, now) {
                 Due::Idle => {
-                    let idle = self.keepalive.idle_timeout().unwrap_or_default();
-                    return Poll::Ready(Error::IdleTimeout(idle));
+                    let idle = every.idle.map(|idle| Millis::new(idle).get());
+                    return Poll::Ready(Error::IdleTimeout(idle.unwrap_or_default()));
                 }
                 Due::Ping => core.send_ping(),
                 Due::Nothing => {}
             }
-            core.set_keepalive_due(self.keepalive.due_stamp(now));
+            core.set_keepalive_due(self.keepalive.due_stamp(every, now));
         }
         Poll::Pending
     }
 }
 
-impl<R> Drop for Session<R> {
-    fn drop(&mut self) {
-        if let Some(held) = self.partial.as_deref().filter(|held| held.bytes > 0) {
-            self.budget.hold(held.id, &held.refusal, 0);
-        }
+/// The keep-alive's intervals, as the server sets them.
+fn intervals(settings: &Settings) -> Intervals {
+    Intervals {
+        ping: settings.ping_interval,
+        idle: settings.idle_timeout,
     }
 }
 
-/// The message timeout as kept: zero means none (a message that must arrive in no time
-/// at all would be no setting anyone means), and anything else is at least a millisecond,
-/// the unit it is kept in.
-fn message_timeout(timeout: Duration) -> Duration {
-    if timeout.is_zero() {
-        Duration::ZERO
-    } else {
-        timeout.max(Duration::from_millis(1))
-    }
+/// The close timeout, in whole milliseconds.
+fn close_timeout(settings: &Settings) -> Duration {
+    Millis::new(settings.close_timeout).get()
+}
+
+/// The message timeout: none when zero (a message that must arrive in no time at all
+/// would be no setting anyone means), and anything else in whole milliseconds, at least one.
+fn message_timeout(settings: &Settings) -> Option<Duration> {
+    let timeout = settings.message_timeout;
+    (!timeout.is_zero()).then(|| Millis::new(timeout.max(Duration::from_millis(1))).get())
 }
 
 /// A client's compressed message, inflated within `max` bytes (counted on what it inflates

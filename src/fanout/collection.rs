@@ -1088,8 +1088,11 @@ mod tests {
             parts,
             None,
             None,
-            &settings,
-            crate::engine::metrics::Metrics::new(),
+            &crate::engine::shared::Shared::new(
+                settings,
+                crate::engine::metrics::Metrics::new(),
+                usize::MAX,
+            ),
             None,
         )
     }

@@ -110,7 +110,7 @@ impl Frames {
                 if !*counted {
                     // Counted by the first member's server, as a compression made under
                     // the lock would be.
-                    core.metrics
+                    core.metrics()
                         .compressed(self.message.len(), frame.payload().len());
                     *counted = true;
                 }
@@ -123,7 +123,7 @@ impl Frames {
         let (message, plain) = (&self.message, &self.plain);
         slot.get_or_insert_with(|| match Frame::deflated(message, level, bits) {
             Some(frame) => {
-                core.metrics
+                core.metrics()
                     .compressed(message.len(), frame.payload().len());
                 frame
             }

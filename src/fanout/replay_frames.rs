@@ -90,7 +90,8 @@ impl Replaying<'_> {
         let Some(frame) = Frame::deflated(&tagged, level, bits) else {
             return Frame::from_message(tagged);
         };
-        core.metrics.compressed(tagged.len(), frame.payload().len());
+        core.metrics()
+            .compressed(tagged.len(), frame.payload().len());
         shared.insert(key, frame.clone());
         frame
     }

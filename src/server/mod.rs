@@ -30,9 +30,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::engine::budget::PartialBudget;
 use crate::engine::memory;
 use crate::engine::metrics::Metrics;
+use crate::engine::shared::Shared;
 use crate::server::address::AddressLimits;
 use crate::server::builder::ServerBuilder;
 use crate::server::config::Config;
@@ -68,10 +68,11 @@ pub struct WebSocketServer {
 
 struct Inner {
     config: Config,
-    metrics: Metrics,
+    /// What the connections share: the engine's settings, the counters, the budget of
+    /// partial messages.
+    engine: Arc<Shared>,
     limit: Option<Arc<ConnectionLimit>>,
     addresses: Option<Arc<AddressLimits>>,
-    partial_budget: Arc<PartialBudget>,
     /// Room for the connections accepted and not yet carrying a WebSocket.
     pending: Arc<Semaphore>,
     shutdown: ShutdownState,
@@ -103,7 +104,7 @@ impl WebSocketServer {
                 config.handshake_rate_per_address,
             )
         });
-        let partial_budget = PartialBudget::new(config.max_partial_bytes);
+        let engine = Shared::new(config.engine, Metrics::new(), config.max_partial_bytes);
         let pending = Arc::new(Semaphore::new(
             config
                 .listener
@@ -113,10 +114,9 @@ impl WebSocketServer {
         WebSocketServer {
             inner: Arc::new(Inner {
                 config,
-                metrics: Metrics::new(),
+                engine,
                 limit,
                 addresses,
-                partial_budget,
                 pending,
                 shutdown: ShutdownState::default(),
                 sweep: Sweep::default(),
@@ -131,13 +131,13 @@ impl WebSocketServer {
 
     /// The counters of this server's connections.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.inner.engine.metrics
     }
 
     /// Bytes held now for partially received messages, all connections together (see
     /// [`ServerBuilder::max_partial_bytes`]).
     pub fn partial_bytes(&self) -> usize {
-        self.inner.partial_budget.total()
+        self.inner.engine.budget.total()
     }
 
     pub(crate) fn limit(&self) -> Option<&Arc<ConnectionLimit>> {
@@ -148,8 +148,9 @@ impl WebSocketServer {
         self.inner.addresses.as_ref()
     }
 
-    pub(crate) fn partial_budget(&self) -> &Arc<PartialBudget> {
-        &self.inner.partial_budget
+    /// What the server's connections share.
+    pub(crate) fn engine(&self) -> &Arc<Shared> {
+        &self.inner.engine
     }
 
     pub(crate) fn pending(&self) -> &Arc<Semaphore> {
@@ -182,7 +183,7 @@ impl fmt::Debug for WebSocketServer {
             .field("config", &self.inner.config)
             .field(
                 "connections_open",
-                &self.inner.metrics.snapshot().connections_open(),
+                &self.inner.engine.metrics.snapshot().connections_open(),
             )
             .field("shutting_down", &self.inner.shutdown.is_started())
             .finish()

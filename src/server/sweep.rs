@@ -118,8 +118,7 @@ mod tests {
     use super::{period, sweep_all};
     use crate::connection::{Connection, RequestParts};
     use crate::engine::flush::HasCore;
-    use crate::engine::metrics::Metrics;
-    use crate::engine::settings::Settings;
+    use crate::engine::shared::Shared;
     use crate::engine::sync::lock;
     use crate::server::shutdown::Tracked;
     use crate::server::WebSocketServer;
@@ -132,14 +131,7 @@ mod tests {
             None,
             0,
         );
-        Connection::new(
-            parts,
-            None,
-            None,
-            &Settings::default(),
-            Metrics::new(),
-            None,
-        )
+        Connection::new(parts, None, None, &Shared::for_tests(), None)
     }
 
     /// A server (with no timer of its own) and `n` connections in its list.

@@ -359,8 +359,7 @@ impl WebSocketUpgrade {
             RequestParts::detached(&uri, &headers, remote_addr, config.engine.kept_header_bytes),
             protocol.clone(),
             deflate.as_ref().map(|(agreed, _)| *agreed),
-            &config.engine,
-            server.metrics().clone(),
+            server.engine(),
             id,
         );
         // On a connection served by a `ConnectionSlot`: no longer pending, busy while the
@@ -375,8 +374,7 @@ impl WebSocketUpgrade {
         let listener = listener.and_then(|link| link.upgraded(stream_link.as_ref()));
         // All are held until the handler has finished.
         let lease = (permit, per_address, tracked, listener);
-        let budget = server.partial_budget().clone();
-        let settings = config.engine;
+        let close_timeout = config.engine.close_timeout;
         // Everything the connection logs, the handler's own events included, carries its id
         // and the peer's address.
         let span = match conn.remote_addr() {
@@ -388,7 +386,7 @@ impl WebSocketUpgrade {
             // sends another response instead (or none), hyper may keep the pending upgrade as
             // long as the HTTP connection lives: give up after the close timeout, so that
             // the permit and the handler are not held that long.
-            let upgraded = tokio::time::timeout(settings.close_timeout, on_upgrade).await;
+            let upgraded = tokio::time::timeout(close_timeout, on_upgrade).await;
             match upgraded {
                 // The connection runs in a task of its own, sized for what it holds: this
                 // one, holding what waiting for hyper took besides, ends here.
@@ -401,7 +399,7 @@ impl WebSocketUpgrade {
                             leftover: &parts.read_buf,
                             write: WriteIo::Tcp(write),
                         };
-                        let run = driver::run(socket, conn, handler, settings, budget, lease);
+                        let run = driver::run(socket, conn, handler, lease);
                         driver::spawn_in_current_span(run);
                     }
                     Err(upgraded) => {
@@ -412,7 +410,7 @@ impl WebSocketUpgrade {
                             leftover: &[],
                             write: WriteIo::boxed(write),
                         };
-                        let run = driver::run(socket, conn, handler, settings, budget, lease);
+                        let run = driver::run(socket, conn, handler, lease);
                         driver::spawn_in_current_span(run);
                     }
                 },
