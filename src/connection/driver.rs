@@ -9,9 +9,10 @@
 //! cancelled halfway. After a clean close, the messages the session held for the handler
 //! meanwhile are still delivered, before `on_close`.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
@@ -24,6 +25,7 @@ use crate::engine::session::{End, Event, Session};
 use crate::engine::writer::{WriteIo, WriteSide};
 use crate::error::Error;
 use crate::protocol::close::CloseFrame;
+use crate::protocol::message::Message;
 
 /// Drives one connection until it ends, calling `handler` along the way. `lease` (the
 /// server's count of this connection, say) is held until `on_close` has returned.
@@ -65,10 +67,18 @@ where
     async move {
         // Counted as open once it runs, as it is counted closed at the end of `finish`.
         driver.run.conn.core().metrics().opened();
-        driver.serve().await;
-        // Boxed: it runs once, at the end, and its state would otherwise be part of what
-        // every idle connection holds. Awaited here rather than in a method of its own, whose
-        // state would be one more layer around `serve`'s.
+        // Every callback, and the end, is a boxed future of its own, and the wait for the
+        // next message a poll of the session: while it waits, the task holds `driver` and
+        // one pointer. (Awaited here, not in a method of the driver's, whose state would
+        // be one more layer around this one.)
+        driver.open().await;
+        loop {
+            // Not `while let`, which would keep the `Option` alive across the callback.
+            let Some(message) = poll_fn(|cx| driver.poll_next(cx)).await else {
+                break;
+            };
+            driver.message(message).await;
+        }
         Box::pin(driver.finish()).await;
     }
 }
@@ -133,49 +143,49 @@ struct Driver<R, H, L> {
 }
 
 impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
-    /// `on_open`, then every message until the connection is over.
-    ///
-    /// While it waits for a message, the only local it keeps is `self`: every reference
-    /// derived from it, and the connection's handle the callbacks borrow, is made again
-    /// after the wait, so that none of them is part of what an idle connection holds.
-    async fn serve(&mut self) {
-        {
-            let Some(handler) = self.handler.as_mut() else {
-                return;
-            };
-            let conn = self.run.conn.clone();
-            // Boxed, each callback: what a callback in progress needs (its watch of the
-            // session) is then not part of what every idle connection holds.
-            Box::pin(self.run.call(handler.on_open(&conn))).await;
-        }
-        while !self.run.ended && self.run.failure.is_none() && !self.run.closed_cleanly {
+    /// `on_open`, while the session keeps the connection going.
+    fn open(&mut self) -> Pin<Box<impl Future<Output = ()> + '_>> {
+        // Boxed, each callback: what a callback in progress needs (its watch of the
+        // session) is then not part of what every idle connection holds.
+        Box::pin(async move {
+            if let Some(handler) = self.handler.as_mut() {
+                let conn = self.run.conn.clone();
+                self.run.call(handler.on_open(&conn)).await;
+            }
+        })
+    }
+
+    /// The next message for the handler, or `None` once there will be none.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        loop {
             let run = &mut self.run;
-            // The event is taken apart before the next await, so that its slot is not part
-            // of what the task holds while the callback runs.
-            let message = match run.session.next(run.conn.core()).await {
-                Event::Message(message) => message,
-                Event::End(end) => {
-                    self.run.note(end);
-                    continue;
-                }
-            };
-            let Some(handler) = self.handler.as_mut() else {
-                return;
-            };
-            let conn = self.run.conn.clone();
-            Box::pin(self.run.call(handler.on_message(&conn, message))).await;
+            if self.handler.is_none() || run.failure.is_some() {
+                return Poll::Ready(None);
+            }
+            if run.closed_cleanly {
+                // The close handshake completed while a callback ran, behind messages read
+                // meanwhile: they came before the peer's close, so the handler still gets
+                // them.
+                return Poll::Ready(run.session.take_held());
+            }
+            if run.ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(run.session.poll_next(cx, run.conn.core())) {
+                Event::Message(message) => return Poll::Ready(Some(message)),
+                Event::End(end) => run.note(end),
+            }
         }
-        // The close handshake completed while a callback ran, behind messages read
-        // meanwhile: they came before the peer's close, so the handler still gets them.
-        while self.run.closed_cleanly && self.run.failure.is_none() {
-            let (Some(handler), Some(message)) =
-                (self.handler.as_mut(), self.run.session.take_held())
-            else {
-                return;
-            };
-            let conn = self.run.conn.clone();
-            Box::pin(self.run.call(handler.on_message(&conn, message))).await;
-        }
+    }
+
+    /// `on_message` with `message`, while the session keeps the connection going.
+    fn message(&mut self, message: Message) -> Pin<Box<impl Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            if let Some(handler) = self.handler.as_mut() {
+                let conn = self.run.conn.clone();
+                self.run.call(handler.on_message(&conn, message)).await;
+            }
+        })
     }
 
     /// `on_error` if it failed, the end of the connection, then `on_close`.
@@ -312,4 +322,18 @@ async fn caught<F: Future<Output = ()>>(callback: F) -> Result<(), Error> {
                 .unwrap_or_else(|| "a non-text panic payload".to_owned());
             Error::HandlerPanicked { message }
         })
+}
+
+/// The parts of a connection's task future and their sizes, for the test that bounds it.
+#[cfg(test)]
+pub(crate) fn sizes<R, H: WebSocketHandler, L>() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("Driver", size_of::<Driver<R, H, L>>()),
+        ("Running", size_of::<Running<R>>()),
+        ("Session", size_of::<Session<R>>()),
+        ("Reader", size_of::<crate::engine::reader::Reader<R>>()),
+        ("handler", size_of::<H>()),
+        ("lease", size_of::<L>()),
+    ]
 }

@@ -92,6 +92,12 @@ impl Connection {
         }
     }
 
+    /// The bytes of the allocation every connection's handles share.
+    #[cfg(test)]
+    pub(crate) fn shared_size() -> usize {
+        std::mem::size_of::<Inner>() + 2 * 8
+    }
+
     /// This connection's id.
     pub fn id(&self) -> ConnectionId {
         self.inner.core.id

@@ -40,50 +40,74 @@ pub(crate) enum ReadError {
     Decode(DecodeError),
 }
 
+/// How a connection reads, from its server's settings: given on every call rather than
+/// kept by every connection.
+pub(crate) struct Reading {
+    /// The decoder's limits.
+    pub(crate) limits: Limits,
+    /// The most bytes asked of one read (at most [`SCRATCH_SIZE`] are).
+    pub(crate) max_read: usize,
+}
+
 /// The socket's read half and the decoder of what comes out of it.
 pub(crate) struct Reader<R> {
     /// `None` once reading has been given up.
     io: Option<R>,
     decoder: Decoder,
-    /// Bytes read but not yet decoded (from `pending_at` on): what the client sent behind
-    /// its handshake, then the rest of a read that brought several items. Empty, and
-    /// unallocated, otherwise.
-    pending: Vec<u8>,
-    pending_at: usize,
-    /// The most bytes asked of one read (at most `SCRATCH_SIZE`, so 4 bytes are enough:
-    /// with `activity` beside it, a word less per connection).
-    max_read: u32,
+    /// Bytes read but not yet decoded: what the client sent behind its handshake, then the
+    /// rest of a read that brought several items. Boxed, and none otherwise: an idle
+    /// connection holds one pointer for them.
+    pending: Option<Box<Pending>>,
     /// Some bytes arrived since [`take_activity`](Self::take_activity) was last called.
     activity: bool,
+}
+
+/// Bytes read but not yet decoded, from `at` on.
+struct Pending {
+    bytes: Box<[u8]>,
+    at: usize,
+}
+
+impl Pending {
+    /// A copy of `bytes`, or none if there are none.
+    fn of(bytes: &[u8]) -> Option<Box<Self>> {
+        (!bytes.is_empty()).then(|| {
+            Box::new(Pending {
+                bytes: bytes.into(),
+                at: 0,
+            })
+        })
+    }
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// A reader of `io`, after `leftover`: the bytes the client sent right behind its
     /// handshake, which hyper read along with it. They are copied: hyper's slice would keep
     /// its whole 8 KiB read buffer alive as long as the reader lives.
-    pub(crate) fn new(io: R, leftover: &[u8], limits: Limits, max_read: usize) -> Self {
+    pub(crate) fn new(io: R, leftover: &[u8]) -> Self {
         Reader {
             io: Some(io),
-            decoder: Decoder::new(limits),
-            pending: leftover.to_vec(),
-            pending_at: 0,
-            // SCRATCH_SIZE fits in a u32.
-            max_read: max_read.clamp(1, SCRATCH_SIZE) as u32,
+            decoder: Decoder::new(),
+            pending: Pending::of(leftover),
             activity: false,
         }
     }
 
     /// The next item; `Pending` until the socket has brought enough bytes for one.
-    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<Item, ReadError>> {
-        if let Some(item) = self.decode_pending()? {
+    pub(crate) fn poll_item(
+        &mut self,
+        cx: &mut Context<'_>,
+        reading: &Reading,
+    ) -> Poll<Result<Item, ReadError>> {
+        if let Some(item) = self.decode_pending(&reading.limits)? {
             return Poll::Ready(Ok(item));
         }
+        let max_read = reading.max_read.clamp(1, SCRATCH_SIZE);
         for _ in 0..READS_PER_POLL {
             let Some(io) = self.io.as_mut() else {
                 return Poll::Ready(Err(ReadError::Eof));
             };
-            let (decoder, pending, max_read) =
-                (&mut self.decoder, &mut self.pending, self.max_read as usize);
+            let (decoder, pending) = (&mut self.decoder, &mut self.pending);
             let read = with_scratch(max_read, |scratch| {
                 let mut buf = ReadBuf::new(scratch);
                 match Pin::new(&mut *io).poll_read(cx, &mut buf) {
@@ -92,9 +116,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         Poll::Ready(Err(ReadError::Eof))
                     }
-                    Poll::Ready(Ok(())) => {
-                        Poll::Ready(decode_read(decoder, buf.filled(), pending).map(Some))
-                    }
+                    Poll::Ready(Ok(())) => Poll::Ready(
+                        decode_read(decoder, &reading.limits, buf.filled(), pending).map(Some),
+                    ),
                 }
             });
             match read {
@@ -102,7 +126,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Ready(Ok(item)) => {
                     self.activity = true;
-                    self.pending_at = 0;
                     if let Some(item) = item.flatten() {
                         return Poll::Ready(Ok(item));
                     }
@@ -114,17 +137,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Decodes what an earlier read left; `Ok(None)` once it is all consumed.
-    fn decode_pending(&mut self) -> Result<Option<Item>, ReadError> {
-        while self.pending_at < self.pending.len() {
+    fn decode_pending(&mut self, limits: &Limits) -> Result<Option<Item>, ReadError> {
+        while let Some(pending) = self.pending.as_deref_mut() {
             let (used, item) = self
                 .decoder
-                .feed(&self.pending[self.pending_at..])
+                .feed(limits, pending.bytes.get(pending.at..).unwrap_or_default())
                 .map_err(ReadError::Decode)?;
-            self.pending_at += used;
-            if self.pending_at == self.pending.len() {
+            pending.at += used;
+            if pending.at >= pending.bytes.len() {
                 // Give the memory back: an idle connection keeps no buffer.
-                self.pending = Vec::new();
-                self.pending_at = 0;
+                self.pending = None;
             }
             if item.is_some() {
                 return Ok(item);
@@ -138,11 +160,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.decoder.in_message()
     }
 
-    /// The largest message the peer may send (a compressed one's inflated size included).
-    pub(crate) fn max_message_size(&self) -> usize {
-        self.decoder.max_message_size()
-    }
-
     /// Payload bytes of the message in progress so far.
     pub(crate) fn message_len(&self) -> usize {
         self.decoder.message_len()
@@ -151,7 +168,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Heap bytes held for what has arrived but is not a whole item yet: the partial
     /// message, and the bytes of a read not yet decoded.
     pub(crate) fn held(&self) -> usize {
-        self.decoder.buffered() + self.pending.capacity()
+        self.decoder.buffered()
+            + self
+                .pending
+                .as_ref()
+                .map_or(0, |pending| pending.bytes.len())
     }
 
     /// Whether any bytes arrived since the last call: the peer is alive.
@@ -162,8 +183,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// After a close: reads and drops whatever arrives, undecoded. Ready once the peer
     /// has ended the stream or the socket has failed.
     pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.pending = Vec::new();
-        self.pending_at = 0;
+        self.pending = None;
         for _ in 0..READS_PER_POLL {
             let Some(io) = self.io.as_mut() else {
                 return Poll::Ready(());
@@ -190,8 +210,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Stops reading and drops the socket's read half.
     pub(crate) fn close(&mut self) {
         self.io = None;
-        self.pending = Vec::new();
-        self.pending_at = 0;
+        self.pending = None;
     }
 }
 
@@ -213,17 +232,18 @@ fn with_scratch<T>(len: usize, mut read: impl FnMut(&mut [u8]) -> T) -> T {
 /// `pending` (allocated to fit).
 fn decode_read(
     decoder: &mut Decoder,
+    limits: &Limits,
     bytes: &[u8],
-    pending: &mut Vec<u8>,
+    pending: &mut Option<Box<Pending>>,
 ) -> Result<Option<Item>, ReadError> {
     let mut at = 0;
     while at < bytes.len() {
-        let (used, item) = decoder.feed(&bytes[at..]).map_err(ReadError::Decode)?;
+        let (used, item) = decoder
+            .feed(limits, &bytes[at..])
+            .map_err(ReadError::Decode)?;
         at += used;
         if item.is_some() {
-            if at < bytes.len() {
-                *pending = bytes[at..].to_vec();
-            }
+            *pending = Pending::of(&bytes[at..]);
             return Ok(item);
         }
     }
@@ -232,17 +252,20 @@ fn decode_read(
 
 #[cfg(test)]
 mod tests {
-    use super::{Reader, SCRATCH_SIZE};
+    use super::{Reader, Reading, SCRATCH_SIZE};
     use crate::protocol::decode::{Item, Limits};
     use crate::protocol::message::Message;
     use std::pin::Pin;
     use std::task::{Context, Poll, Waker};
     use tokio::io::{AsyncRead, ReadBuf};
 
-    const LIMITS: Limits = Limits {
-        max_frame_size: 1 << 20,
-        max_message_size: 1 << 20,
-        allow_rsv1: false,
+    const READING: Reading = Reading {
+        limits: Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1 << 20,
+            allow_rsv1: false,
+        },
+        max_read: SCRATCH_SIZE,
     };
 
     /// A client's text frame: masked, as a client must send it.
@@ -269,7 +292,7 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            if let Poll::Ready(Ok(item)) = self.inner.poll_item(cx) {
+            if let Poll::Ready(Ok(item)) = self.inner.poll_item(cx, &READING) {
                 self.inner_items.push(item);
             }
             Pin::new(&mut self.own).poll_read(cx, buf)
@@ -281,13 +304,13 @@ mod tests {
         let inner_bytes: &'static [u8] = Box::leak(text_frame("inner").into_boxed_slice());
         let own_bytes: &'static [u8] = Box::leak(text_frame("outer").into_boxed_slice());
         let nesting = Nesting {
-            inner: Reader::new(inner_bytes, &[], LIMITS, SCRATCH_SIZE),
+            inner: Reader::new(inner_bytes, &[]),
             inner_items: Vec::new(),
             own: own_bytes,
         };
-        let mut outer = Reader::new(nesting, &[], LIMITS, SCRATCH_SIZE);
+        let mut outer = Reader::new(nesting, &[]);
         let mut cx = Context::from_waker(Waker::noop());
-        let item = outer.poll_item(&mut cx);
+        let item = outer.poll_item(&mut cx, &READING);
         assert!(
             matches!(&item, Poll::Ready(Ok(Item::Message(Message::Text(text)))) if text.as_str() == "outer"),
             "{item:?}"

@@ -28,7 +28,7 @@ use crate::engine::budget::Refusal;
 use crate::engine::core::Core;
 use crate::engine::keepalive::{Due, Intervals, KeepAlive};
 use crate::engine::rate_limit::Bucket;
-use crate::engine::reader::{ReadError, Reader};
+use crate::engine::reader::{ReadError, Reader, Reading};
 use crate::engine::settings::{Millis, Settings};
 use crate::engine::shared::Shared;
 use crate::engine::writer::WriteEnd;
@@ -159,11 +159,6 @@ impl<R: AsyncRead + Unpin> Session<R> {
     /// the connection whose state is `core`.
     pub(crate) fn new(read: R, leftover: &[u8], core: &Core) -> Self {
         let settings = core.settings();
-        let limits = Limits {
-            max_frame_size: settings.max_frame_size.min(settings.max_message_size),
-            max_message_size: settings.max_message_size,
-            allow_rsv1: core.deflate.agreed(),
-        };
         let now = Instant::now();
         let keepalive = KeepAlive::new(now);
         core.set_keepalive_due(keepalive.due_stamp(intervals(settings), now));
@@ -174,7 +169,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 burst: 0.0,
             });
         Session {
-            reader: Reader::new(read, leftover, limits, settings.read_buffer_size),
+            reader: Reader::new(read, leftover),
             keepalive,
             bucket: Bucket::new(full, now),
             under_way: None,
@@ -196,8 +191,8 @@ impl<R: AsyncRead + Unpin> Session<R> {
     }
 
     /// The next message, or the end of the connection.
-    pub(crate) async fn next(&mut self, core: &Core) -> Event {
-        poll_fn(|cx| self.poll_event(cx, core, true)).await
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Event> {
+        self.poll_event(cx, core, true)
     }
 
     /// Runs the connection while its handler is busy; resolves only when the connection is
@@ -326,8 +321,9 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 return Poll::Ready(Event::Message(message));
             }
         }
+        let reading = reading(core);
         while !self.peer_closed && !self.paused(core) {
-            let item = self.reader.poll_item(cx);
+            let item = self.reader.poll_item(cx, &reading);
             if self.reader.take_activity() {
                 self.keepalive.seen(Instant::now());
                 self.track_message(core.settings());
@@ -346,7 +342,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
                 Item::Message(message) => message,
                 Item::Compressed { text, payload } => {
                     // The decoder refuses RSV1 unless permessage-deflate was agreed.
-                    match inflated(text, &payload, self.reader.max_message_size()) {
+                    match inflated(text, &payload, reading.limits.max_message_size) {
                         Ok(message) => message,
                         Err(error) => return Poll::Ready(Event::End(End::Failed(error))),
                     }
@@ -581,6 +577,19 @@ impl<R: AsyncRead + Unpin> Session<R> {
             core.set_keepalive_due(self.keepalive.due_stamp(every, now));
         }
         Poll::Pending
+    }
+}
+
+/// How the connection reads: its server's limits, and permessage-deflate's RSV1 if agreed.
+fn reading(core: &Core) -> Reading {
+    let settings = core.settings();
+    Reading {
+        limits: Limits {
+            max_frame_size: settings.max_frame_size.min(settings.max_message_size),
+            max_message_size: settings.max_message_size,
+            allow_rsv1: core.deflate.agreed(),
+        },
+        max_read: settings.read_buffer_size,
     }
 }
 

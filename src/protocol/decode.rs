@@ -5,6 +5,10 @@
 //! soon as it is complete. Payload bytes are unmasked while they are copied into the
 //! message buffer, which grows only with bytes that have arrived. Nothing refers to the
 //! caller's input after `feed` returns, so the input may come in chunks of any size.
+//!
+//! Between two frames, as an idle connection's is, a decoder holds nothing but an empty
+//! pointer: its working state is on the caller's stack while it decodes, and is boxed only
+//! when an input ends within a frame or a message.
 
 use bytes::Bytes;
 
@@ -142,15 +146,80 @@ enum State {
     Payload,
     /// A close frame was returned; all further input is discarded.
     Closed,
-    /// An error was returned and is returned again for every call (boxed: every idle
-    /// connection's decoder holds a `State`).
+    /// An error was returned and is returned again for every call (boxed: the state is
+    /// moved in and out of its box on every call that finds one).
     Failed(Box<DecodeError>),
 }
 
 /// Streaming decoder of the frames a client sends to a server.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Decoder {
-    /// Limits and options fixed at construction.
+    /// The state between two inputs, when an input ended within a frame or a message, or
+    /// the stream has ended (closed or failed); none between frames.
+    work: Option<Box<Work>>,
+}
+
+impl Decoder {
+    /// A decoder at the start of a stream.
+    pub(crate) fn new() -> Self {
+        Decoder { work: None }
+    }
+
+    /// Consumes a prefix of `input` and returns how many bytes it consumed plus at most one
+    /// complete item. The caller calls again with the rest until all input is consumed
+    /// (consumed == 0 only when input is empty). Never panics. `limits` are the stream's,
+    /// the same on every call.
+    pub(crate) fn feed(
+        &mut self,
+        limits: &Limits,
+        input: &[u8],
+    ) -> Result<(usize, Option<Item>), DecodeError> {
+        match self.work.as_deref_mut() {
+            Some(work) => {
+                work.limits = *limits;
+                let fed = work.feed(input);
+                if work.is_between_frames() {
+                    self.work = None;
+                }
+                fed
+            }
+            None => {
+                let mut work = Work::new(*limits);
+                let fed = work.feed(input);
+                if !work.is_between_frames() {
+                    self.work = Some(Box::new(work));
+                }
+                fed
+            }
+        }
+    }
+
+    /// Whether a data message is in progress: from the first byte of a data frame's header
+    /// until its last fragment completes (control frames alone do not count). False after
+    /// an error or a close frame.
+    pub(crate) fn in_message(&self) -> bool {
+        self.work
+            .as_ref()
+            .is_some_and(|work| work.message.is_some())
+    }
+
+    /// Heap bytes held for the partial message (the capacity of its buffer), for a
+    /// server-wide memory budget. 0 when no message is in progress.
+    pub(crate) fn buffered(&self) -> usize {
+        self.work.as_ref().map_or(0, |work| work.buffered())
+    }
+
+    /// Payload bytes received so far of the message in progress.
+    pub(crate) fn message_len(&self) -> usize {
+        self.work.as_ref().map_or(0, |work| work.message_len())
+    }
+}
+
+/// What a decoder works with: the limits, where it is in the stream, and what it has of
+/// the frame and the message under way.
+#[derive(Debug)]
+struct Work {
+    /// Limits and options, the stream's.
     limits: Limits,
     /// Where the decoder is in the stream.
     state: State,
@@ -164,14 +233,13 @@ pub(crate) struct Decoder {
     /// The data message in progress, from the first header byte of its first frame.
     message: Option<Partial>,
     /// Unmasked payload of the control frame being received: allocated only for a control
-    /// frame that has a payload (a pong to our empty pings has none), so that an idle
-    /// connection's decoder stays small.
+    /// frame that has a payload (a pong to our empty pings has none).
     control: Vec<u8>,
 }
 
-impl Decoder {
-    /// A decoder at the start of a stream.
-    pub(crate) fn new(limits: Limits) -> Self {
+impl Work {
+    /// At the start of a stream, or between two frames.
+    fn new(limits: Limits) -> Self {
         Self {
             limits,
             state: State::Header,
@@ -189,17 +257,22 @@ impl Decoder {
         }
     }
 
-    /// Consumes a prefix of `input` and returns how many bytes it consumed plus at most one
-    /// complete item. The caller calls again with the rest until all input is consumed
-    /// (consumed == 0 only when input is empty). Never panics.
-    pub(crate) fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Item>), DecodeError> {
+    /// Between two frames, with no message under way: nothing to keep (what `new` makes).
+    fn is_between_frames(&self) -> bool {
+        matches!(self.state, State::Header)
+            && self.header_len == 0
+            && self.message.is_none()
+            && self.control.capacity() == 0
+    }
+
+    /// [`Decoder::feed`].
+    fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Item>), DecodeError> {
         match &self.state {
             State::Failed(e) => return Err((**e).clone()),
             State::Closed => return Ok((input.len(), None)),
             State::Header | State::Payload => {}
         }
-        // The item this call completes: on the caller's stack, not in the decoder, which
-        // every idle connection holds.
+        // The item this call completes: on the caller's stack, not in the decoder.
         let mut ready = None;
         match self.feed_frames(input, &mut ready) {
             Ok(used) => Ok((used, ready)),
@@ -212,26 +285,13 @@ impl Decoder {
         }
     }
 
-    /// Whether a data message is in progress: from the first byte of a data frame's header
-    /// until its last fragment completes (control frames alone do not count). False after
-    /// an error or a close frame.
-    pub(crate) fn in_message(&self) -> bool {
-        self.message.is_some()
-    }
-
-    /// Heap bytes held for the partial message (the capacity of its buffer), for a
-    /// server-wide memory budget. 0 when no message is in progress.
-    pub(crate) fn buffered(&self) -> usize {
+    /// [`Decoder::buffered`].
+    fn buffered(&self) -> usize {
         self.message.as_ref().map_or(0, |m| m.buf.capacity())
     }
 
-    /// The limit on a whole data message's payload.
-    pub(crate) fn max_message_size(&self) -> usize {
-        self.limits.max_message_size
-    }
-
-    /// Payload bytes received so far of the message in progress.
-    pub(crate) fn message_len(&self) -> usize {
+    /// [`Decoder::message_len`].
+    fn message_len(&self) -> usize {
         self.message.as_ref().map_or(0, |m| m.buf.len())
     }
 
@@ -696,7 +756,7 @@ struct Trace {
 /// buffer, checking the API's invariants after every call.
 #[cfg(any(test, fuzzing))]
 fn decode_chunked(limits: Limits, data: &[u8], next_chunk: &mut dyn FnMut() -> usize) -> Trace {
-    let mut dec = Decoder::new(limits);
+    let mut dec = Decoder::new();
     let mut scratch = Vec::new();
     let mut items = Vec::new();
     let mut pos = 0;
@@ -707,7 +767,7 @@ fn decode_chunked(limits: Limits, data: &[u8], next_chunk: &mut dyn FnMut() -> u
         pos += n;
         let mut off = 0;
         while off < scratch.len() {
-            match dec.feed(&scratch[off..]) {
+            match dec.feed(&limits, &scratch[off..]) {
                 Ok((used, item)) => {
                     assert!(
                         used > 0 && used <= scratch.len() - off,
@@ -721,7 +781,11 @@ fn decode_chunked(limits: Limits, data: &[u8], next_chunk: &mut dyn FnMut() -> u
                     items.extend(item.map(Ok));
                 }
                 Err(e) => {
-                    assert_eq!(dec.feed(b"\x81").err(), Some(e.clone()), "not poisoned");
+                    assert_eq!(
+                        dec.feed(&limits, b"\x81").err(),
+                        Some(e.clone()),
+                        "not poisoned"
+                    );
                     assert!(!dec.in_message() && dec.buffered() == 0);
                     items.push(Err(e));
                     return Trace {
@@ -780,6 +844,37 @@ pub(crate) fn check_chunking_invariance(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoder with its limits, as the tests below use it.
+    struct Dec {
+        limits: Limits,
+        inner: super::Decoder,
+    }
+
+    impl Dec {
+        fn new(limits: Limits) -> Self {
+            Dec {
+                limits,
+                inner: super::Decoder::new(),
+            }
+        }
+
+        fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Item>), DecodeError> {
+            self.inner.feed(&self.limits, input)
+        }
+
+        fn in_message(&self) -> bool {
+            self.inner.in_message()
+        }
+
+        fn buffered(&self) -> usize {
+            self.inner.buffered()
+        }
+
+        fn message_len(&self) -> usize {
+            self.inner.message_len()
+        }
+    }
 
     const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
     const RSV1: u8 = 0b100;
@@ -905,7 +1000,7 @@ mod tests {
     fn returns_one_item_per_call_and_consumes_a_prefix() {
         let first = fin(1, b"one");
         let data = cat(&[first.clone(), fin(1, b"two")]);
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         let (used, item) = dec.feed(&data).unwrap();
         assert_eq!(used, first.len());
         assert_eq!(Ok(item.unwrap()), text("one"));
@@ -918,7 +1013,7 @@ mod tests {
     #[test]
     fn whole_frame_gets_an_exact_allocation() {
         let payload = vec![7u8; 1000];
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         let data = fin(2, &payload);
         // Feed all but the last byte: the buffer holds exactly what arrived.
         let (used, item) = dec.feed(&data[..data.len() - 1]).unwrap();
@@ -927,7 +1022,7 @@ mod tests {
         let (_, item) = dec.feed(&data[data.len() - 1..]).unwrap();
         assert_eq!(Ok(item.unwrap()), binary(&payload));
         // A frame arriving in two chunks grows straight to its exact size, not by doubling.
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         dec.feed(&data[..600]).unwrap();
         assert_eq!(dec.buffered(), 600 - 4 - 4);
         assert_eq!(dec.message_len(), 592);
@@ -957,7 +1052,7 @@ mod tests {
 
     #[test]
     fn control_frame_does_not_disturb_the_message_in_progress() {
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         dec.feed(&part(2, b"abc")).unwrap();
         assert_eq!(dec.message_len(), 3);
         let (_, item) = dec.feed(&fin(9, b"")).unwrap();
@@ -998,14 +1093,14 @@ mod tests {
         );
         // Within a single frame, before its payload is complete.
         let data = fin(1, b"abc\xC0\x80 and a long tail that has not arrived yet");
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         assert_eq!(dec.feed(&data[..2 + 4 + 5]), Err(DecodeError::InvalidUtf8));
     }
 
     #[test]
     fn out_of_range_and_surrogate_tails_rejected_immediately() {
         for tail in [&b"a\xF4\x90"[..], b"a\xED\xA0"] {
-            let mut dec = Decoder::new(limits());
+            let mut dec = Dec::new(limits());
             assert_eq!(
                 dec.feed(&part(1, tail)),
                 Err(DecodeError::InvalidUtf8),
@@ -1013,7 +1108,7 @@ mod tests {
             );
         }
         // While a valid incomplete tail waits for the next fragment.
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         assert_eq!(dec.feed(&part(1, b"a\xF4\x8F")).map(|r| r.1), Ok(None));
     }
 
@@ -1031,22 +1126,22 @@ mod tests {
     fn unmasked_frame_rejected() {
         let mut data = header(true, 0, 1, 2, Len::Minimal, None);
         data.extend_from_slice(b"hi");
-        assert!(protocol(Decoder::new(limits()).feed(&data)));
+        assert!(protocol(Dec::new(limits()).feed(&data)));
         // Decided from the second byte alone.
-        assert!(protocol(Decoder::new(limits()).feed(&data[..2])));
+        assert!(protocol(Dec::new(limits()).feed(&data[..2])));
     }
 
     #[test]
     fn rsv2_and_rsv3_rejected() {
         for rsv in [RSV2, RSV3, RSV1 | RSV2] {
-            let r = Decoder::new(with_rsv1()).feed(&frame(true, rsv, 2, b"x", MASK));
+            let r = Dec::new(with_rsv1()).feed(&frame(true, rsv, 2, b"x", MASK));
             assert!(protocol(r), "rsv {rsv:03b}");
         }
     }
 
     #[test]
     fn rsv1_rejected_without_extension() {
-        let r = Decoder::new(limits()).feed(&frame(true, RSV1, 1, b"x", MASK));
+        let r = Dec::new(limits()).feed(&frame(true, RSV1, 1, b"x", MASK));
         assert!(protocol(r));
     }
 
@@ -1084,7 +1179,7 @@ mod tests {
         let items = decode(with_rsv1(), &data);
         assert!(protocol(items[0].clone()));
         for op in [8, 9, 0xA] {
-            let r = Decoder::new(with_rsv1()).feed(&frame(true, RSV1, op, b"", MASK));
+            let r = Dec::new(with_rsv1()).feed(&frame(true, RSV1, op, b"", MASK));
             assert!(protocol(r), "opcode {op}");
         }
     }
@@ -1092,7 +1187,7 @@ mod tests {
     #[test]
     fn reserved_opcodes_rejected() {
         for op in (3..=7).chain(0xB..=0xF) {
-            let mut dec = Decoder::new(limits());
+            let mut dec = Dec::new(limits());
             // Decided from the first byte alone.
             assert!(protocol(dec.feed(&fin(op, b"x")[..1])), "opcode {op:#x}");
         }
@@ -1102,7 +1197,7 @@ mod tests {
     fn control_frames_must_be_final() {
         for op in [8, 9, 0xA] {
             assert!(
-                protocol(Decoder::new(limits()).feed(&part(op, b""))),
+                protocol(Dec::new(limits()).feed(&part(op, b""))),
                 "opcode {op}"
             );
         }
@@ -1116,17 +1211,17 @@ mod tests {
             vec![Ok(Item::Ping(Bytes::from(vec![1; 125])))]
         );
         for op in [8, 9, 0xA] {
-            let r = Decoder::new(limits()).feed(&fin(op, &[1; 126]));
+            let r = Dec::new(limits()).feed(&fin(op, &[1; 126]));
             assert!(protocol(r), "opcode {op}");
             // Even a short payload in the 16-bit length form is too long a field.
-            let r = Decoder::new(limits()).feed(&frame_with(true, 0, op, b"", Len::Ext16, MASK));
+            let r = Dec::new(limits()).feed(&frame_with(true, 0, op, b"", Len::Ext16, MASK));
             assert!(protocol(r), "opcode {op}");
         }
     }
 
     #[test]
     fn continuation_without_message_rejected() {
-        assert!(protocol(Decoder::new(limits()).feed(&fin(0, b"x"))));
+        assert!(protocol(Dec::new(limits()).feed(&fin(0, b"x"))));
         // Also after a message has completed.
         let data = cat(&[fin(1, b"a"), fin(0, b"b")]);
         let items = decode(limits(), &data);
@@ -1178,7 +1273,7 @@ mod tests {
             allow_rsv1: false,
         };
         // Decided once the length field is complete, before the mask.
-        assert!(protocol(Decoder::new(unlimited).feed(&data[..10])));
+        assert!(protocol(Dec::new(unlimited).feed(&data[..10])));
     }
 
     #[test]
@@ -1187,12 +1282,12 @@ mod tests {
             max_frame_size: 1000,
             ..limits()
         };
-        let mut dec = Decoder::new(tight);
+        let mut dec = Dec::new(tight);
         assert_eq!(
             dec.feed(&header(true, 0, 2, 1000, Len::Minimal, Some(MASK))),
             Ok((8, None))
         );
-        let mut dec = Decoder::new(tight);
+        let mut dec = Dec::new(tight);
         let h = header(true, 0, 2, 1001, Len::Minimal, Some(MASK));
         assert_eq!(
             dec.feed(&h),
@@ -1202,7 +1297,7 @@ mod tests {
             })
         );
         // Huge declared lengths, too (beyond usize on 32-bit targets).
-        let mut dec = Decoder::new(tight);
+        let mut dec = Dec::new(tight);
         let h = header(true, 0, 2, u64::MAX >> 1, Len::Minimal, Some(MASK));
         assert_eq!(
             dec.feed(&h),
@@ -1220,7 +1315,7 @@ mod tests {
             max_message_size: 1500,
             allow_rsv1: false,
         };
-        let mut dec = Decoder::new(tight);
+        let mut dec = Dec::new(tight);
         dec.feed(&part(2, &[0; 800])).unwrap();
         dec.feed(&fin(9, b"")).unwrap();
         let h = header(true, 0, 0, 701, Len::Minimal, Some(MASK));
@@ -1231,7 +1326,7 @@ mod tests {
                 max: 1500
             })
         );
-        let mut dec = Decoder::new(tight);
+        let mut dec = Dec::new(tight);
         dec.feed(&part(2, &[0; 800])).unwrap();
         let (_, item) = dec.feed(&fin(0, &[0; 700])).unwrap();
         assert_eq!(Ok(item.unwrap()), binary(&[0; 1500]));
@@ -1282,7 +1377,7 @@ mod tests {
             fin(1, b"ignored"),
             vec![0xFF; 9],
         ]);
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         let (used, item) = dec.feed(&data).unwrap();
         assert_eq!(used, 2 + 4 + 3 + close.len());
         assert!(matches!(item, Some(Item::Close(Some(_)))));
@@ -1294,7 +1389,7 @@ mod tests {
 
     #[test]
     fn poisoned_after_error() {
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         dec.feed(&part(1, b"partial")).unwrap();
         let err = dec.feed(&fin(1, b"x")).unwrap_err();
         assert!(matches!(err, DecodeError::Protocol(_)));
@@ -1308,7 +1403,7 @@ mod tests {
         let payload = vec![b'x'; 60_000];
         let data = fin(1, &payload);
         let hdr = 2 + 2 + 4;
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         assert_eq!(dec.feed(&data[..hdr + 100]), Ok((hdr + 100, None)));
         assert_eq!(dec.message_len(), 100);
         assert!(
@@ -1341,7 +1436,7 @@ mod tests {
             data.extend_from_slice(&part(0, b"b"));
         }
         data.extend_from_slice(&fin(0, b""));
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         let mut pos = 0;
         let mut reallocs = 0;
         let mut cap = 0;
@@ -1364,7 +1459,7 @@ mod tests {
 
     #[test]
     fn in_message_from_first_header_byte() {
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         assert!(!dec.in_message());
         let ping = fin(9, b"p");
         dec.feed(&ping[..1]).unwrap();
@@ -1403,7 +1498,7 @@ mod tests {
                 text("x")
             ]
         );
-        let mut dec = Decoder::new(limits());
+        let mut dec = Dec::new(limits());
         let (_, item) = dec.feed(&fin(1, b"")).unwrap();
         assert_eq!(Ok(item.unwrap()), text(""));
         assert_eq!(dec.buffered(), 0);

@@ -39,6 +39,23 @@ impl ConnectionLimit {
     }
 }
 
+impl ConnectionLimit {
+    /// Gives back the count of a permit that [kept it](Permit::keep_counted).
+    pub(crate) fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Permit {
+    /// Lets go of the permit but not of its count, which stays taken until the holder of
+    /// the server calls [`ConnectionLimit::release`]: a permit held for a connection's
+    /// life would cost it a pointer.
+    pub(crate) fn keep_counted(mut self) {
+        // Its reference to the limit goes; the count stays.
+        self.0 = None;
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(limit) = &self.0 {

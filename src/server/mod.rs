@@ -16,6 +16,7 @@ pub(crate) mod body;
 pub(crate) mod builder;
 pub(crate) mod config;
 pub(crate) mod h2_streams;
+pub(crate) mod lease;
 pub(crate) mod limit;
 pub(crate) mod listener;
 pub(crate) mod serve;

@@ -131,6 +131,13 @@ pub(crate) struct Tracked {
     slot: u32,
 }
 
+impl Tracked {
+    /// The server whose list it is in.
+    pub(crate) fn server(&self) -> &WebSocketServer {
+        &self.server
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         let state = self.server.shutdown_state();

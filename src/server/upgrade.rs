@@ -21,6 +21,7 @@ use crate::protocol::handshake::{check_head, Accept, HandshakeError};
 use crate::server::address::{client_address, peer_address};
 use crate::server::body::Body;
 use crate::server::h2_streams::StreamLink;
+use crate::server::lease::Lease;
 use crate::server::limit::ConnectionLimit;
 use crate::server::listener::ListenerLink;
 use crate::server::WebSocketServer;
@@ -373,7 +374,7 @@ impl WebSocketUpgrade {
         let tracked = server.track(&conn)?;
         let listener = listener.and_then(|link| link.upgraded(stream_link.as_ref()));
         // All are held until the handler has finished.
-        let lease = (permit, per_address, tracked, listener);
+        let lease = Lease::new(permit, per_address, tracked, listener);
         let close_timeout = config.engine.close_timeout;
         // Everything the connection logs, the handler's own events included, carries its id
         // and the peer's address.
@@ -460,5 +461,72 @@ impl WebSocketUpgrade {
             headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::connection::driver::{self, Socket};
+    use crate::connection::{Connection, RequestParts};
+    use crate::engine::writer::WriteIo;
+    use crate::server::lease::Lease;
+    use crate::server::limit::ConnectionLimit;
+    use crate::server::WebSocketServer;
+    use crate::WebSocketHandler;
+
+    /// A handler with no state: what is left is the crate's own share of a connection.
+    struct Bare;
+
+    impl WebSocketHandler for Bare {}
+
+    fn size_of_val_of<T>(_: &T) -> usize {
+        size_of::<T>()
+    }
+
+    /// What every idle plain connection holds besides tokio's registration of its socket:
+    /// the future of its task (tokio adds 104 bytes and rounds the task up to a multiple of
+    /// 128: at most 152 bytes of future make a 256-byte task), and the allocation its
+    /// handles share. The bounds are the density work's figures: a change that grows them
+    /// costs every idle connection, and should say so where it raises them.
+    #[tokio::test]
+    async fn an_idle_connection_holds_what_it_needs() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let server = WebSocketServer::new();
+        let parts = RequestParts::detached(
+            &http::Uri::from_static("/"),
+            &http::HeaderMap::new(),
+            None,
+            0,
+        );
+        let conn = Connection::new(parts, None, None, server.engine(), None);
+        let permit = ConnectionLimit::admit(server.limit()).expect("no limit");
+        let lease = Lease::new(permit, None, server.track(&conn).expect("open"), None);
+        let (read, write) = accepted.into_split();
+        let socket = Socket {
+            read,
+            leftover: &[],
+            write: WriteIo::Tcp(write),
+        };
+        let task = driver::run(socket, conn, Bare, lease);
+        let (future, shared) = (size_of_val_of(&task), Connection::shared_size());
+        let parts = driver::sizes::<tokio::net::tcp::OwnedReadHalf, Bare, Lease>();
+        assert!(
+            future <= 152,
+            "a connection's task future is {future} bytes, above the 152 of a 256-byte task \
+             ({parts:?})"
+        );
+        assert!(
+            shared <= 384,
+            "the state a connection's handles share is {shared} bytes, above 384"
+        );
+        drop((task, client));
     }
 }
