@@ -222,7 +222,7 @@ impl Connection {
         let frame = core.frame_for(message.into());
         loop {
             // Not `send_frame`: a full queue here is a reason to wait, not a slow consumer.
-            match core.queue.push_data(frame.clone()) {
+            match core.queue.push_data(frame.clone(), core.bounds()) {
                 Ok(pushed) => {
                     core.after_push(pushed);
                     return Ok(());
@@ -284,6 +284,13 @@ impl Connection {
     pub(crate) fn make_resumable(&self, max_messages: usize, max_bytes: usize) {
         self.inner.core.queue.keep(max_messages, max_bytes);
         self.inner.core.set_resumable(true);
+    }
+
+    /// From now on, counts the data messages queued to it, for a protocol above that pings
+    /// the connections it has not written to lately (SignalR's keep-alive).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn count_pushes(&self) {
+        self.inner.core.queue.count_pushes();
     }
 
     /// The peer has the messages kept up to number `through`.

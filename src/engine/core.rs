@@ -22,7 +22,7 @@ use crate::engine::clock;
 use crate::engine::id::ConnectionId;
 use crate::engine::memory;
 use crate::engine::metrics::Metrics;
-use crate::engine::queue::{Outbound, OutboundQueue, Pushed, Rejected};
+use crate::engine::queue::{Bounds, Outbound, OutboundQueue, Pushed, Rejected};
 use crate::engine::settings::{Settings, SlowConsumer};
 use crate::engine::shared::Shared;
 use crate::engine::sync::{lock_handover, HandoverMutex};
@@ -134,13 +134,9 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        let settings = &shared.settings;
         Core {
             id: ConnectionId::next(),
-            queue: OutboundQueue::new(
-                settings.outbound_queue_capacity,
-                settings.outbound_queue_bytes,
-            ),
+            queue: OutboundQueue::new(),
             overflow: OnceBox::new(),
             write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
@@ -164,6 +160,11 @@ impl Core {
     /// The server's counters.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// How much the queue may hold: the server's bounds.
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds::of(self.settings())
     }
 
     /// Whether the connection has ended.
@@ -254,7 +255,7 @@ impl Core {
             return Err(SendError::Closed);
         }
         self.queue
-            .push_data(frame)
+            .push_data(frame, self.bounds())
             .map_err(|rejected| match rejected {
                 Rejected::Full { messages, bytes } => {
                     self.metrics().dropped(self.id, 1);
@@ -262,7 +263,7 @@ impl Core {
                         self.disconnect_slow_consumer(messages, bytes);
                     }
                     SendError::QueueFull {
-                        capacity: self.queue.max_messages(),
+                        capacity: self.bounds().max_messages(),
                     }
                 }
                 Rejected::Stopped => SendError::Closed,
@@ -334,7 +335,7 @@ impl Core {
         // Counted as 1008 even if the frame never gets through to a client that stopped
         // reading (which the close timeout or, over HTTP/2, a stream reset then ends).
         self.record_close(frame.clone());
-        if let Ok((pushed, dropped)) = self.queue.push_close(frame, true) {
+        if let Ok((pushed, dropped)) = self.queue.push_close(frame, true, self.bounds()) {
             // What was still queued goes unsent: the close frame replaces it.
             self.metrics().dropped(self.id, dropped as u64);
             // A broadcast lands here under its shard's lock, so nothing is written here: a
@@ -375,7 +376,7 @@ impl Core {
     /// behind, and the messages dropped count as dropped for a slow client.
     pub(crate) fn queue_close(&self, frame: CloseFrame) {
         self.start_closing();
-        if let Ok((pushed, dropped)) = self.queue.push_close(frame, false) {
+        if let Ok((pushed, dropped)) = self.queue.push_close(frame, false, self.bounds()) {
             if dropped > 0 {
                 self.metrics().dropped(self.id, dropped as u64);
             }

@@ -1,13 +1,17 @@
 //! The per-connection outbound queue: many producers (`send`, `broadcast`, the protocol's own
 //! replies), one writer at a time.
 //!
-//! A mutex-guarded `VecDeque` rather than a channel, for three reasons:
+//! A mutex-guarded `Vec` rather than a channel, for three reasons:
 //! - an idle connection's queue owns no heap memory (a channel preallocates a block of slots);
 //! - the writer takes everything queued in one swap, so a burst costs one lock, not one per
 //!   message;
 //! - the queue also records who is responsible for writing (see [`Pushed`]), which lets a
 //!   broadcast hand whole batches of connections to a few flush tasks instead of waking one
 //!   task per connection.
+//!
+//! Every idle connection holds one, so it keeps only what each needs: its bounds are the
+//! server's ([`Bounds`], given on each push), and what a protocol above asks of some
+//! connections (counting pushes, keeping what was sent for a resume) is boxed.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -16,6 +20,7 @@ use bytes::Bytes;
 
 use crate::engine::kept::{Kept, Successor};
 use crate::engine::memory;
+use crate::engine::settings::Settings;
 use crate::engine::sync::{lock_handover as lock, HandoverMutex as Mutex};
 use crate::protocol::close::CloseFrame;
 use crate::protocol::frame::Frame;
@@ -79,40 +84,119 @@ pub(crate) enum Pushed {
     Queued,
 }
 
-/// Counts and positions are `u32` (a queue is bounded far below four billion messages):
-/// every idle connection holds one of these.
-pub(crate) struct OutboundQueue {
-    state: Mutex<State>,
-    max_messages: u32,
+/// How much a queue may hold: the server's setting, given on every push rather than kept by
+/// every queue. Counts are `u32` (a queue is bounded far below four billion messages).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) max_messages: u32,
     /// At most 4 GiB (larger bounds count as that).
-    max_bytes: u32,
+    pub(crate) max_bytes: u32,
 }
 
-#[derive(Default)]
+impl Bounds {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Bounds {
+            max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The server's bounds.
+    pub(crate) fn of(settings: &Settings) -> Self {
+        Bounds::new(
+            settings.outbound_queue_capacity,
+            settings.outbound_queue_bytes,
+        )
+    }
+
+    pub(crate) fn max_messages(self) -> usize {
+        self.max_messages as usize
+    }
+
+    pub(crate) fn max_bytes(self) -> usize {
+        self.max_bytes as usize
+    }
+}
+
+/// One connection's queue: a lock and what it guards.
+pub(crate) struct OutboundQueue {
+    state: Mutex<State>,
+}
+
+/// What the queue holds, and who writes it.
 struct State {
-    items: VecDeque<Outbound>,
-    /// Queued messages and their payload bytes (only data frames count against the bounds).
-    messages: u32,
+    items: Vec<Outbound>,
+    /// The connection's task, waiting for a hand-over.
+    owner: Option<Waker>,
+    /// Payload bytes of the queued messages (only data frames count against the bounds).
     bytes: usize,
+    /// Queued messages.
+    messages: u32,
+    /// Where the unsent pong is in `items`, so that a newer one replaces it; `NO_PONG` if
+    /// none is.
+    pong_at: u32,
     /// A close frame (ours or the answer to the peer's) is queued; later ones are ignored.
     close_queued: bool,
-    /// Where the unsent pong is in `items`, so that a newer one replaces it.
-    pong_at: Option<u32>,
     /// Someone will write what is queued: set by the producer that finds the queue idle,
     /// cleared by the writer that finds it empty.
     scheduled: bool,
     /// A non-blocking flush met a full socket: the connection's own task takes over.
     handed_over: bool,
-    /// The connection's task, waiting for a hand-over.
-    owner: Option<Waker>,
     /// Our close frame was taken, or the connection ended: accept nothing more.
     stopped: bool,
-    /// Data messages ever queued, wrapping: how a protocol above tells a connection it has
-    /// not written to lately (SignalR's pings).
+    /// What a protocol above asked of this queue, if anything; boxed, as most connections
+    /// are asked nothing.
+    extras: Option<Box<Extras>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            items: Vec::new(),
+            owner: None,
+            bytes: 0,
+            messages: 0,
+            pong_at: NO_PONG,
+            close_queued: false,
+            scheduled: false,
+            handed_over: false,
+            stopped: false,
+            extras: None,
+        }
+    }
+}
+
+/// `State::pong_at` when no pong is queued.
+const NO_PONG: u32 = u32::MAX;
+
+/// What a protocol above (SignalR) asks of a connection's queue.
+#[derive(Default)]
+struct Extras {
+    /// Data messages queued since [`count_pushes`](OutboundQueue::count_pushes), wrapping:
+    /// how the protocol tells a connection it has not written to lately (SignalR's pings).
     pushed: u32,
     /// What a resumable connection keeps until its peer acknowledges it (see
-    /// [`keep`](OutboundQueue::keep)); boxed, as most connections keep nothing.
-    kept: Option<Box<Kept>>,
+    /// [`keep`](OutboundQueue::keep)).
+    kept: Option<Kept>,
+}
+
+impl State {
+    /// What a resumable connection keeps, if it does.
+    fn kept(&mut self) -> Option<&mut Kept> {
+        self.extras.as_deref_mut()?.kept.as_mut()
+    }
+
+    /// What a protocol above asked of this queue, made now if nothing was.
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// One more data message queued (or kept), for whoever counts.
+    fn count_push(&mut self) {
+        if let Some(extras) = self.extras.as_deref_mut() {
+            extras.pushed = extras.pushed.wrapping_add(1);
+        }
+    }
 }
 
 /// Above this, a drained buffer gives its memory back, so a burst does not pin memory on an
@@ -120,20 +204,10 @@ struct State {
 pub(crate) const KEEP_CAPACITY: usize = 16;
 
 impl OutboundQueue {
-    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new() -> Self {
         OutboundQueue {
             state: Mutex::new(State::default()),
-            max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
-            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
         }
-    }
-
-    pub(crate) fn max_messages(&self) -> usize {
-        self.max_messages as usize
-    }
-
-    pub(crate) fn max_bytes(&self) -> usize {
-        self.max_bytes as usize
     }
 
     /// Queues a message behind everything already queued. Refused once a close frame is
@@ -142,9 +216,9 @@ impl OutboundQueue {
     ///
     /// On a resumable connection the message is kept too; once its socket is gone it is
     /// only kept, and once another connection has taken over it goes there.
-    pub(crate) fn push_data(&self, frame: Frame) -> Result<Pushed, Rejected> {
+    pub(crate) fn push_data(&self, frame: Frame, bounds: Bounds) -> Result<Pushed, Rejected> {
         let mut state = lock(&self.state);
-        if let Some(kept) = state.kept.as_deref_mut() {
+        if let Some(kept) = state.kept() {
             if let Some(successor) = kept.successor.clone() {
                 drop(state);
                 successor.forward(frame);
@@ -152,7 +226,7 @@ impl OutboundQueue {
             }
             if kept.parked {
                 kept.keep(&frame);
-                state.pushed = state.pushed.wrapping_add(1);
+                state.count_push();
                 return Ok(Pushed::Queued);
             }
         }
@@ -160,8 +234,8 @@ impl OutboundQueue {
             return Err(Rejected::Stopped);
         }
         let len = frame.payload().len();
-        let over_bytes = state.messages > 0 && state.bytes + len > self.max_bytes as usize;
-        if state.messages >= self.max_messages || over_bytes {
+        let over_bytes = state.messages > 0 && state.bytes + len > bounds.max_bytes();
+        if state.messages >= bounds.max_messages || over_bytes {
             return Err(Rejected::Full {
                 messages: state.messages as usize,
                 bytes: state.bytes,
@@ -169,12 +243,18 @@ impl OutboundQueue {
         }
         state.messages += 1;
         state.bytes += len;
-        state.pushed = state.pushed.wrapping_add(1);
-        if let Some(kept) = state.kept.as_deref_mut() {
+        state.count_push();
+        if let Some(kept) = state.kept() {
             kept.keep(&frame);
         }
-        state.items.push_back(Outbound::Data(frame));
+        state.items.push(Outbound::Data(frame));
         Ok(schedule(&mut state))
+    }
+
+    /// From now on, counts the data messages queued ([`pushed`](Self::pushed)).
+    #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
+    pub(crate) fn count_pushes(&self) {
+        lock(&self.state).extras();
     }
 
     /// From now on, keeps the data messages queued (numbered from 1) until
@@ -182,13 +262,13 @@ impl OutboundQueue {
     /// kept and the connection cannot be resumed.
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn keep(&self, max_messages: usize, max_bytes: usize) {
-        lock(&self.state).kept = Some(Box::new(Kept::new(1, max_messages, max_bytes)));
+        lock(&self.state).extras().kept = Some(Kept::new(1, max_messages, max_bytes));
     }
 
     /// Lets go of the kept messages up to number `through`.
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn ack(&self, through: u64) {
-        if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
+        if let Some(kept) = lock(&self.state).kept() {
             kept.ack(through);
         }
     }
@@ -197,15 +277,14 @@ impl OutboundQueue {
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn resumable(&self) -> bool {
         lock(&self.state)
-            .kept
-            .as_ref()
+            .kept()
             .is_some_and(|kept| !kept.overflowed && kept.successor.is_none())
     }
 
     /// The socket is going: data messages are kept only, until a successor takes over.
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn park(&self) {
-        if let Some(kept) = lock(&self.state).kept.as_deref_mut() {
+        if let Some(kept) = lock(&self.state).kept() {
             kept.parked = true;
         }
     }
@@ -213,7 +292,10 @@ impl OutboundQueue {
     /// Keeps nothing any more (the connection will not be resumed).
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn forget_kept(&self) {
-        let kept = lock(&self.state).kept.take();
+        let kept = lock(&self.state)
+            .extras
+            .as_deref_mut()
+            .and_then(|extras| extras.kept.take());
         drop(kept);
     }
 
@@ -229,7 +311,7 @@ impl OutboundQueue {
         resume: impl FnOnce(Kept, VecDeque<Frame>) -> bool,
     ) -> bool {
         let mut state = lock(&self.state);
-        let Some(kept) = state.kept.as_deref_mut() else {
+        let Some(kept) = state.kept() else {
             return false;
         };
         if kept.overflowed || kept.successor.is_some() {
@@ -259,8 +341,8 @@ impl OutboundQueue {
         if state.stopped || state.close_queued || !state.items.is_empty() {
             return Err(Rejected::Stopped);
         }
-        state.kept = Some(Box::new(kept));
-        state.items.push_back(Outbound::Raw(first_item));
+        state.extras().kept = Some(kept);
+        state.items.push(Outbound::Raw(first_item));
         state.items.extend(frames.into_iter().map(Outbound::Data));
         Ok(schedule(&mut state))
     }
@@ -275,17 +357,18 @@ impl OutboundQueue {
         }
         match item {
             Outbound::Pong(_) => {
-                if let Some(at) = state.pong_at {
-                    state.items[at as usize] = item;
+                let at = state.pong_at as usize;
+                if let Some(slot) = state.items.get_mut(at) {
+                    *slot = item;
                     return Ok(Pushed::Queued);
                 }
                 // Below the bound of messages plus a few control frames: fits.
-                state.pong_at = Some(state.items.len() as u32);
+                state.pong_at = state.items.len() as u32;
             }
             Outbound::Reply(_) => state.close_queued = true,
             _ => {}
         }
-        state.items.push_back(item);
+        state.items.push(item);
         Ok(schedule(&mut state))
     }
 
@@ -296,6 +379,7 @@ impl OutboundQueue {
         &self,
         frame: CloseFrame,
         drop_queued: bool,
+        bounds: Bounds,
     ) -> Result<(Pushed, usize), Rejected> {
         let mut state = lock(&self.state);
         if state.stopped || state.close_queued {
@@ -303,25 +387,23 @@ impl OutboundQueue {
         }
         state.close_queued = true;
         let mut dropped = 0;
-        if drop_queued
-            || state.messages >= self.max_messages
-            || state.bytes >= self.max_bytes as usize
+        if drop_queued || state.messages >= bounds.max_messages || state.bytes >= bounds.max_bytes()
         {
             dropped = state.messages as usize;
             state.items.clear();
             state.messages = 0;
             state.bytes = 0;
+            // The pong, if any, went with them.
+            state.pong_at = NO_PONG;
         }
         let wire = Frame::close(&frame);
-        state
-            .items
-            .push_back(Outbound::Close(Box::new((frame, wire))));
+        state.items.push(Outbound::Close(Box::new((frame, wire))));
         Ok((schedule(&mut state), dropped))
     }
 
     /// Moves everything queued into `into` (which must be empty), up to and including a
     /// close frame. Returns `false`, and marks the queue idle, if nothing was queued.
-    pub(crate) fn take(&self, into: &mut VecDeque<Outbound>) -> bool {
+    pub(crate) fn take(&self, into: &mut Vec<Outbound>) -> bool {
         let mut state = lock(&self.state);
         if state.items.is_empty() {
             state.scheduled = false;
@@ -340,7 +422,7 @@ impl OutboundQueue {
         std::mem::swap(&mut state.items, into);
         state.messages = 0;
         state.bytes = 0;
-        state.pong_at = None;
+        state.pong_at = NO_PONG;
         if state.close_queued {
             if let Some(close) = into
                 .iter()
@@ -398,13 +480,13 @@ impl OutboundQueue {
     pub(crate) fn stop(&self) {
         let mut state = lock(&self.state);
         state.stopped = true;
-        if let Some(kept) = state.kept.as_deref_mut() {
+        if let Some(kept) = state.kept() {
             // A resumable connection's messages are kept on (they are in `kept` already).
             kept.parked = true;
         }
         state.messages = 0;
         state.bytes = 0;
-        state.pong_at = None;
+        state.pong_at = NO_PONG;
         state.owner = None;
         let items = std::mem::take(&mut state.items);
         drop(state);
@@ -412,10 +494,14 @@ impl OutboundQueue {
         drop(items);
     }
 
-    /// How many data messages were ever queued, wrapping at 2^32.
+    /// How many data messages were queued since [`count_pushes`](Self::count_pushes),
+    /// wrapping at 2^32 (0 if they are not counted).
     #[cfg_attr(not(feature = "signalr"), allow(dead_code))] // used by the signalr layer
     pub(crate) fn pushed(&self) -> u32 {
-        lock(&self.state).pushed
+        lock(&self.state)
+            .extras
+            .as_ref()
+            .map_or(0, |extras| extras.pushed)
     }
 
     /// Messages queued and their payload bytes.
@@ -434,13 +520,48 @@ impl OutboundQueue {
     #[cfg(test)]
     pub(crate) fn try_take(&self) -> Option<Outbound> {
         let mut state = lock(&self.state);
-        let item = state.items.pop_front()?;
-        state.pong_at = None;
+        if state.items.is_empty() {
+            return None;
+        }
+        let item = state.items.remove(0);
+        state.pong_at = NO_PONG;
         if let Outbound::Data(frame) = &item {
             state.messages -= 1;
             state.bytes -= frame.payload().len();
         }
         Some(item)
+    }
+}
+
+/// A queue and its bounds, for the engine's tests.
+#[cfg(test)]
+pub(crate) struct Bounded(OutboundQueue, Bounds);
+
+#[cfg(test)]
+impl Bounded {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Bounded(OutboundQueue::new(), Bounds::new(max_messages, max_bytes))
+    }
+
+    pub(crate) fn push_data(&self, frame: Frame) -> Result<Pushed, Rejected> {
+        self.0.push_data(frame, self.1)
+    }
+
+    pub(crate) fn push_close(
+        &self,
+        frame: CloseFrame,
+        drop_queued: bool,
+    ) -> Result<(Pushed, usize), Rejected> {
+        self.0.push_close(frame, drop_queued, self.1)
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for Bounded {
+    type Target = OutboundQueue;
+
+    fn deref(&self) -> &OutboundQueue {
+        &self.0
     }
 }
 
@@ -455,11 +576,10 @@ fn schedule(state: &mut State) -> Pushed {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outbound, OutboundQueue, Pushed, Rejected, KEEP_CAPACITY};
+    use super::{Bounded as Queue, Outbound, Pushed, Rejected, KEEP_CAPACITY};
     use crate::protocol::close::{CloseCode, CloseFrame};
     use crate::protocol::frame::Frame;
     use bytes::Bytes;
-    use std::collections::VecDeque;
 
     fn text(payload: &'static str) -> Frame {
         Frame::new(0x1, Bytes::from_static(payload.as_bytes()))
@@ -472,7 +592,7 @@ mod tests {
         }
     }
 
-    fn wire(items: &VecDeque<super::Outbound>) -> Vec<u8> {
+    fn wire(items: &[super::Outbound]) -> Vec<u8> {
         items
             .iter()
             .flat_map(|item| item.parts().concat())
@@ -481,7 +601,7 @@ mod tests {
 
     #[test]
     fn only_the_first_producer_of_a_batch_must_flush_and_the_bound_holds() {
-        let queue = OutboundQueue::new(2, usize::MAX);
+        let queue = Queue::new(2, usize::MAX);
         assert_eq!(queue.push_data(text("a")).ok(), Some(Pushed::MustFlush));
         assert_eq!(queue.push_data(text("b")).ok(), Some(Pushed::Queued));
         assert!(matches!(
@@ -498,7 +618,7 @@ mod tests {
                 .ok(),
             Some(Pushed::Queued)
         );
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         assert!(queue.take(&mut batch));
         assert_eq!(wire(&batch), b"\x81\x01a\x81\x01b\x8a\x00");
         batch.clear();
@@ -511,7 +631,7 @@ mod tests {
         // The slow-consumer close relies on this: it runs under a broadcast's shard lock,
         // where nothing may be written.
         for max_bytes in [usize::MAX, 2] {
-            let queue = OutboundQueue::new(2, max_bytes);
+            let queue = Queue::new(2, max_bytes);
             assert_eq!(queue.push_data(text("a")).ok(), Some(Pushed::MustFlush));
             let _ = queue.push_data(text("b"));
             assert!(matches!(
@@ -531,7 +651,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_holds_but_a_big_message_still_fits_an_empty_queue() {
-        let queue = OutboundQueue::new(100, 4);
+        let queue = Queue::new(100, 4);
         assert!(
             queue.push_data(text("hello")).is_ok(),
             "alone, it may exceed the bound"
@@ -543,7 +663,7 @@ mod tests {
                 bytes: 5
             })
         ));
-        assert!(queue.take(&mut VecDeque::new()));
+        assert!(queue.take(&mut Vec::new()));
         assert!(queue.push_data(text("abc")).is_ok());
         assert!(queue.push_data(text("d")).is_ok());
         assert!(queue.push_data(text("e")).is_err());
@@ -551,7 +671,7 @@ mod tests {
 
     #[test]
     fn a_ping_flood_keeps_one_pong_and_the_answer_to_a_close_is_last() {
-        let queue = OutboundQueue::new(10, usize::MAX);
+        let queue = Queue::new(10, usize::MAX);
         for i in 0..=255u8 {
             let pong = Bytes::from(vec![0x8a, 1, i]);
             assert!(queue.push_protocol(Outbound::Pong(pong)).is_ok());
@@ -567,7 +687,7 @@ mod tests {
             queue.push_close(close(), false).is_err(),
             "one close frame only"
         );
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         assert!(queue.take(&mut batch));
         assert_eq!(wire(&batch), b"\x8a\x01\xff\x88\x02\x03\xe8");
         assert!(matches!(queue.push_data(text("x")), Err(Rejected::Stopped)));
@@ -575,24 +695,24 @@ mod tests {
 
     #[test]
     fn only_one_close_frame_is_ever_queued() {
-        let queue = OutboundQueue::new(10, usize::MAX);
+        let queue = Queue::new(10, usize::MAX);
         assert!(queue.push_close(close(), false).is_ok());
         assert!(queue.push_close(close(), true).is_err());
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         assert!(queue.take(&mut batch));
         assert_eq!(batch.len(), 1);
     }
 
     #[test]
     fn close_waits_behind_messages_unless_the_queue_is_full() {
-        let queue = OutboundQueue::new(2, usize::MAX);
+        let queue = Queue::new(2, usize::MAX);
         assert!(queue.push_data(text("a")).is_ok());
         assert!(queue.push_close(close(), false).is_ok());
         assert!(
             queue.push_data(text("b")).is_err(),
             "nothing is queued behind a close frame"
         );
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         assert!(queue.take(&mut batch));
         assert_eq!(
             batch.len(),
@@ -601,10 +721,10 @@ mod tests {
         );
         assert!(matches!(queue.push_data(text("c")), Err(Rejected::Stopped)));
 
-        let queue = OutboundQueue::new(1, usize::MAX);
+        let queue = Queue::new(1, usize::MAX);
         assert!(queue.push_data(text("a")).is_ok());
         assert!(queue.push_close(close(), false).is_ok());
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         assert!(queue.take(&mut batch));
         assert_eq!(
             wire(&batch),
@@ -616,7 +736,7 @@ mod tests {
     #[test]
     fn a_message_pushed_after_the_close_frame_is_refused_not_silently_cut() {
         // A send that races a close: if it is queued at all, it must be written.
-        let queue = OutboundQueue::new(10, usize::MAX);
+        let queue = Queue::new(10, usize::MAX);
         assert!(queue.push_data(text("before")).is_ok());
         assert!(queue.push_close(close(), false).is_ok());
         assert!(
@@ -624,7 +744,7 @@ mod tests {
             "accepted behind the close frame, where it would never be written"
         );
         let reply = Bytes::from_static(b"\x88\x02\x03\xe8");
-        let queue = OutboundQueue::new(10, usize::MAX);
+        let queue = Queue::new(10, usize::MAX);
         assert!(queue.push_protocol(Outbound::Reply(reply)).is_ok());
         assert!(matches!(
             queue.push_data(text("after")),
@@ -634,8 +754,8 @@ mod tests {
 
     #[test]
     fn a_burst_does_not_pin_memory_and_a_stopped_queue_refuses() {
-        let queue = OutboundQueue::new(10_000, usize::MAX);
-        let mut batch = VecDeque::new();
+        let queue = Queue::new(10_000, usize::MAX);
+        let mut batch = Vec::new();
         for round in 0..3 {
             let burst = if round == 0 { 5_000 } else { 1 };
             for _ in 0..burst {

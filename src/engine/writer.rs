@@ -13,7 +13,6 @@
 //! a queue into a socket.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -71,11 +70,14 @@ impl WriteIo {
 /// The socket's write half and what has been taken from the queue but not yet written.
 pub(crate) struct WriteSide {
     io: WriteIo,
-    in_flight: VecDeque<Outbound>,
-    /// Bytes of `in_flight[0]` already written.
+    /// The batch taken from the queue, written from `in_flight[sent]` on.
+    in_flight: Vec<Outbound>,
+    /// Bytes of `in_flight[sent]` already written.
     written: usize,
     /// Most bytes handed to one write.
     max_write: u32,
+    /// Items of `in_flight` written (their payloads already let go).
+    sent: u32,
     /// The transport writes many slices at once; if not, a batch is copied into one.
     vectored: bool,
     /// A close frame (ours, or the answer to the peer's) is written: nothing more may be.
@@ -122,9 +124,10 @@ impl WriteSide {
         WriteSide {
             io,
             vectored,
-            in_flight: VecDeque::new(),
+            in_flight: Vec::new(),
             written: 0,
             max_write: u32::try_from(max_write).unwrap_or(u32::MAX).max(1),
+            sent: 0,
             closed: false,
             close_reported: false,
             shut_down: false,
@@ -144,7 +147,9 @@ impl WriteSide {
             return Poll::Ready(Some(WriteEnd::Failed));
         }
         loop {
-            if self.in_flight.is_empty() {
+            if self.unsent().is_empty() {
+                self.in_flight.clear();
+                self.sent = 0;
                 // Flush before looking for more: the queue may be marked idle only once all
                 // is on the wire. Marked idle while a flush is pending, a producer could poll
                 // the socket with another waker and strand this one (buffering transports).
@@ -184,7 +189,7 @@ impl WriteSide {
     fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // The slices are on the stack, not allocated per write; one item (the usual case at
         // low rates) has two parts at most, and needs no room for more.
-        if self.in_flight.len() == 1 {
+        if self.unsent().len() == 1 {
             self.poll_write_parts::<2>(cx)
         } else {
             self.poll_write_parts::<MAX_SLICES>(cx)
@@ -196,7 +201,8 @@ impl WriteSide {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        let (in_flight, written) = (&self.in_flight, self.written);
+        let in_flight = self.in_flight.get(self.sent as usize..).unwrap_or_default();
+        let written = self.written;
         let cap = self.max_write as usize;
         let mut slices = [IoSlice::new(&[]); N];
         let (count, total) = for_each_pending(in_flight, written, cap, N, |at, part| {
@@ -278,27 +284,34 @@ impl WriteSide {
         }
     }
 
-    /// Drops the items `wrote` bytes completed.
+    /// What is taken from the queue and not yet written.
+    fn unsent(&self) -> &[Outbound] {
+        self.in_flight.get(self.sent as usize..).unwrap_or_default()
+    }
+
+    /// Lets go of the items `wrote` bytes completed (their payloads at once: the slot
+    /// keeps an empty placeholder until the batch is done).
     fn advance(&mut self, wrote: usize, written: &mut Written) {
         let mut done = self.written + wrote;
-        while let Some(front) = self.in_flight.front() {
+        while let Some(front) = self.in_flight.get_mut(self.sent as usize) {
             let len = front.len();
             if done < len {
                 break;
             }
             done -= len;
-            match self.in_flight.pop_front() {
-                Some(Outbound::Data(frame)) => {
+            self.sent += 1;
+            match std::mem::replace(front, Outbound::Raw(bytes::Bytes::new())) {
+                Outbound::Data(frame) => {
                     written.messages += 1;
                     written.bytes += frame.payload().len() as u64;
                 }
                 // `take` put nothing behind a close frame; it counts as on the wire once
                 // flushed (see `poll_write_queue`).
-                Some(Outbound::Close(close)) => {
+                Outbound::Close(close) => {
                     written.close = Some(close.0);
                     self.closed = true;
                 }
-                Some(Outbound::Reply(_)) => self.closed = true,
+                Outbound::Reply(_) => self.closed = true,
                 _ => {}
             }
         }
@@ -308,6 +321,7 @@ impl WriteSide {
     fn fail(&mut self, queue: &OutboundQueue) -> WriteEnd {
         self.failed = true;
         self.in_flight.clear();
+        self.sent = 0;
         queue.stop();
         WriteEnd::Failed
     }
@@ -318,7 +332,7 @@ impl WriteSide {
 /// `cap` bytes, and at most `most` of them. Returns how many parts and bytes that was.
 #[inline]
 fn for_each_pending<'a>(
-    in_flight: &'a VecDeque<Outbound>,
+    in_flight: &'a [Outbound],
     written: usize,
     cap: usize,
     most: usize,
@@ -348,7 +362,6 @@ fn for_each_pending<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::io;
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
@@ -358,7 +371,7 @@ mod tests {
     use tokio::io::AsyncWrite;
 
     use super::{for_each_pending, WriteEnd, WriteIo, WriteSide, Written, MAX_JOINED_WRITE};
-    use crate::engine::queue::{Outbound, OutboundQueue};
+    use crate::engine::queue::{Bounded, Outbound, OutboundQueue};
     use crate::protocol::close::{CloseCode, CloseFrame};
     use crate::protocol::frame::Frame;
 
@@ -453,7 +466,7 @@ mod tests {
 
     /// The lengths of the write calls that `count` queued 64-byte messages take.
     fn writes_for(count: usize, vectored: bool) -> Vec<usize> {
-        let queue = OutboundQueue::new(1000, 1 << 20);
+        let queue = Bounded::new(1000, 1 << 20);
         for _ in 0..count {
             let frame = Frame::new(0x1, Bytes::from_static(&[b'a'; 64]));
             assert!(queue.push_data(frame).is_ok(), "queued");
@@ -494,7 +507,7 @@ mod tests {
         // A 1 MiB message between small ones, to a transport without vectored writes:
         // never more than 16 KiB per write, every byte once and in order, and the parts
         // of the payload that fill a write alone are handed over uncopied.
-        let queue = OutboundQueue::new(1000, 4 << 20);
+        let queue = Bounded::new(1000, 4 << 20);
         let big = Bytes::from((0..1 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let frames = [
             Frame::new(0x1, Bytes::from_static(b"before")),
@@ -528,7 +541,7 @@ mod tests {
         );
 
         // Vectored, the same bound holds: at most `max_write` (64 KiB) per write.
-        let queue = OutboundQueue::new(1000, 4 << 20);
+        let queue = Bounded::new(1000, 4 << 20);
         assert!(queue.push_data(Frame::new(0x2, big)).is_ok());
         let (writes, _) = write_all(&queue, true);
         assert!(writes.iter().all(|(_, bytes)| bytes.len() <= 64 * 1024));
@@ -540,12 +553,10 @@ mod tests {
 
     #[test]
     fn pending_parts_resume_mid_item_and_stop_at_the_cap() {
-        let mut items = VecDeque::new();
-        items.push_back(Outbound::Data(Frame::new(
-            0x1,
-            Bytes::from_static(b"hello"),
-        )));
-        items.push_back(Outbound::Raw(Bytes::from_static(&[0x89, 0])));
+        let items = vec![
+            Outbound::Data(Frame::new(0x1, Bytes::from_static(b"hello"))),
+            Outbound::Raw(Bytes::from_static(&[0x89, 0])),
+        ];
         let parts = |written, cap, most| {
             let mut parts: Vec<&[u8]> = Vec::new();
             let counted = for_each_pending(&items, written, cap, most, |_, part| parts.push(part));
@@ -573,7 +584,7 @@ mod tests {
     fn a_close_frame_counts_as_written_once_flushed_then_the_write_half_shuts_down() {
         // A buffering transport (TLS, an HTTP/2 stream) may hold the close frame after
         // taking it: until its flush completes, the close is not on the wire.
-        let queue = OutboundQueue::new(10, 1 << 20);
+        let queue = Bounded::new(10, 1 << 20);
         let close = CloseFrame {
             code: CloseCode::MESSAGE_TOO_BIG,
             reason: String::new(),
@@ -606,7 +617,7 @@ mod tests {
     /// connection's writer on the same thread, as a transport layered over another
     /// connection might: the thread's buffer for joined writes is in use then.
     struct Nesting {
-        inner: (WriteSide, OutboundQueue),
+        inner: (WriteSide, Bounded),
         outer: Recorder,
     }
 
@@ -633,7 +644,7 @@ mod tests {
     #[test]
     fn a_joined_write_that_reenters_another_writer_on_the_same_thread_does_not_panic() {
         let queued = |byte: u8| {
-            let queue = OutboundQueue::new(10, 1 << 20);
+            let queue = Bounded::new(10, 1 << 20);
             let mut wire = Vec::new();
             for _ in 0..3 {
                 let frame = Frame::new(0x2, Bytes::from(vec![byte; 600]));

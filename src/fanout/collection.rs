@@ -911,8 +911,9 @@ const REPLAY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// slow-consumer policy and leaves room for the application's own sends.
 fn has_room(core: &Core, len: usize) -> bool {
     let (messages, bytes) = core.queue.queued();
-    messages * 2 < core.queue.max_messages().max(1)
-        && (messages == 0 || (bytes + len) * 2 <= core.queue.max_bytes())
+    let bounds = core.bounds();
+    messages * 2 < bounds.max_messages().max(1)
+        && (messages == 0 || (bytes + len) * 2 <= bounds.max_bytes())
 }
 
 /// Queues one replayed message, tagged, to `core`, and counts it; `None` if the queue
@@ -935,7 +936,7 @@ fn queue_tagged(
     );
     // Not `send_frame`: a replay never meets the slow-consumer policy.
     let frame = replaying.frame(core, position, progress.previous, tagged);
-    let pushed = match core.queue.push_data(frame) {
+    let pushed = match core.queue.push_data(frame, core.bounds()) {
         Ok(pushed) => pushed,
         Err(Rejected::Full { .. }) => return Ok(None),
         Err(Rejected::Stopped) => return Err(ResumeError::Closed),

@@ -70,6 +70,8 @@ impl HubSocket {
         if !deflate_same || !conn.take_over(old, records::sequence) {
             return false;
         }
+        // As after a handshake: the hub's timer sees what is queued to it.
+        conn.count_pushes();
         let _ = old.close(CloseCode::GOING_AWAY, "replaced by a new socket");
         tracing::debug!(id = %self.session.id, "SignalR connection resumed on a new socket");
         true
@@ -108,6 +110,8 @@ impl HubSocket {
             // From here on, what it is sent is kept until the client acknowledges it.
             conn.make_resumable(stateful.max_messages, stateful.max_bytes);
         }
+        // The hub's timer pings a client it has not written to lately: from here on.
+        conn.count_pushes();
         self.session.set_handshaken();
         self.shared.all.add(conn.clone());
         if let Some(user) = &self.user {
