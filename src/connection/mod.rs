@@ -6,14 +6,14 @@ pub(crate) mod handler;
 mod request;
 
 pub(crate) use request::RequestParts;
-use request::{KeptAddr, KeptHeaders, KeptUri};
+use request::{KeptAddr, KeptRequest};
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, Uri};
 
 use crate::engine::core::{Core, Deflate};
 use crate::engine::flush::HasCore;
@@ -39,10 +39,8 @@ pub struct Connection {
 
 struct Inner {
     core: Core,
-    uri: KeptUri,
-    headers: KeptHeaders,
+    request: KeptRequest,
     remote_addr: KeptAddr,
-    protocol: Option<Box<str>>,
     /// Collections this connection is in, so that closing leaves all of them.
     memberships: Mutex<Vec<Weak<dyn Membership>>>,
 }
@@ -65,7 +63,6 @@ pub(crate) trait Membership: Send + Sync + 'static {
 impl Connection {
     pub(crate) fn new(
         request: RequestParts,
-        protocol: Option<HeaderValue>,
         deflate: Option<Agreed>,
         shared: &Arc<Shared>,
         id: Option<ConnectionId>,
@@ -78,13 +75,8 @@ impl Connection {
         }
         let inner = Inner {
             core,
-            uri: request.uri,
-            headers: request.headers,
+            request: request.request,
             remote_addr: request.remote_addr,
-            protocol: protocol
-                .as_ref()
-                .and_then(|protocol| protocol.to_str().ok())
-                .map(Box::from),
             memberships: Mutex::new(Vec::new()),
         };
         Connection {
@@ -106,17 +98,17 @@ impl Connection {
     /// The upgrade request's URI (path and query). Kept as text and made into a [`Uri`]
     /// on the first call; [`path`](Self::path) and [`query`](Self::query) need no `Uri`.
     pub fn uri(&self) -> &Uri {
-        self.inner.uri.uri()
+        self.inner.request.uri()
     }
 
     /// The upgrade request's path, for example `/api/Chat`.
     pub fn path(&self) -> &str {
-        self.inner.uri.path()
+        self.inner.request.path()
     }
 
     /// The upgrade request's raw query string, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        self.inner.uri.query()
+        self.inner.request.query()
     }
 
     /// One query parameter of the upgrade request, percent-decoded; `None` if it is absent or
@@ -142,7 +134,7 @@ impl Connection {
     /// They are kept as one compact buffer and made into a `HeaderMap` on the first call,
     /// so a connection that never asks does not pay for one.
     pub fn headers(&self) -> &HeaderMap {
-        self.inner.headers.map()
+        self.inner.request.headers()
     }
 
     /// The peer's address, if the server put it in the request's extensions as a
@@ -161,7 +153,7 @@ impl Connection {
     /// The subprotocol chosen in the handshake (see
     /// [`ServerBuilder::protocols`](crate::ServerBuilder::protocols)), if any.
     pub fn protocol(&self) -> Option<&str> {
-        self.inner.protocol.as_deref()
+        self.inner.request.protocol()
     }
 
     /// Whether the connection is open: not closed and no close requested.

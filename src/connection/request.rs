@@ -1,7 +1,9 @@
-//! What a connection keeps of its upgrade request: the URI, the peer's address, and the
-//! headers up to a size, in as few bytes as an idle connection can afford.
+//! What a connection keeps of its upgrade request: the URI, the subprotocol chosen, the
+//! peer's address, and the headers up to a size, in as few bytes as an idle connection can
+//! afford: the texts in one buffer, parsed into a `Uri` and a `HeaderMap` only when asked for.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -9,15 +11,14 @@ use once_cell::race::OnceBox;
 
 /// The parts of the upgrade request a connection keeps.
 pub(crate) struct RequestParts {
-    pub(crate) uri: KeptUri,
-    pub(crate) headers: KeptHeaders,
+    pub(crate) request: KeptRequest,
     pub(crate) remote_addr: KeptAddr,
 }
 
 impl RequestParts {
-    /// Keeps the request's URI, and its headers up to `header_bytes` (names and values),
-    /// in small buffers of their own. Headers that do not fit are dropped whole; the
-    /// smaller ones after them are still kept.
+    /// Keeps the request's URI, the subprotocol chosen for it, and its headers up to
+    /// `header_bytes` (names and values), in one small buffer of their own. Headers that do
+    /// not fit are dropped whole; the smaller ones after them are still kept.
     ///
     /// hyper parses them as slices of its 8 KiB read buffer, so keeping them as they are
     /// would pin that whole buffer for the connection's lifetime: more than everything else
@@ -26,61 +27,39 @@ impl RequestParts {
     pub(crate) fn detached(
         uri: &Uri,
         headers: &HeaderMap,
+        protocol: Option<&HeaderValue>,
         remote_addr: Option<SocketAddr>,
         header_bytes: usize,
     ) -> Self {
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let protocol = protocol.and_then(|protocol| protocol.to_str().ok());
         RequestParts {
-            uri: KeptUri {
-                text: target.into(),
-                uri: OnceBox::new(),
-            },
-            headers: KeptHeaders::keep(headers, header_bytes),
+            request: KeptRequest::keep(target, protocol, headers, header_bytes),
             remote_addr: KeptAddr::new(remote_addr),
         }
     }
 }
 
-/// The request's path and query as text, made into a [`Uri`] the first time the
-/// application asks for one (a `Uri` is 88 bytes; most handlers read only the query).
-pub(crate) struct KeptUri {
-    text: Box<str>,
-    /// One pointer until built (a `OnceLock<Box<_>>` is two words).
-    uri: OnceBox<Uri>,
+/// The request's path and query, the subprotocol and the headers, as one buffer: 32 bytes
+/// inline and one allocation, made into a [`Uri`] (88 bytes) and a [`HeaderMap`] (some 600
+/// bytes even for a few headers) the first time the application asks: most handlers read
+/// only the query, if anything.
+pub(crate) struct KeptRequest {
+    /// The path and query (`..uri_end`), the subprotocol (`..protocol_end`), then the
+    /// headers: per header, [`SENSITIVE`] or not, the name, `:`, the value, `\n`. Neither a
+    /// name nor a value can hold `\n`, and a name cannot hold `:`.
+    text: Box<[u8]>,
+    uri_end: u32,
+    protocol_end: u32,
+    /// One pointer until either is asked for.
+    built: OnceBox<Built>,
 }
 
-impl KeptUri {
-    /// The path, for example `/api/Chat`.
-    pub(crate) fn path(&self) -> &str {
-        self.text
-            .split_once('?')
-            .map_or(&*self.text, |(path, _)| path)
-    }
-
-    /// The query, without the `?`.
-    pub(crate) fn query(&self) -> Option<&str> {
-        self.text.split_once('?').map(|(_, query)| query)
-    }
-
-    /// The path and query as a [`Uri`], built on the first call.
-    pub(crate) fn uri(&self) -> &Uri {
-        self.uri.get_or_init(|| {
-            // It was a valid URI's path and query, so parsing it again cannot fail.
-            let bytes = Bytes::copy_from_slice(self.text.as_bytes());
-            Box::new(Uri::from_maybe_shared(bytes).unwrap_or_default())
-        })
-    }
-}
-
-/// Request headers kept as one compact buffer, made into a [`HeaderMap`] the first time
-/// the application asks for them: a `HeaderMap` costs about 600 bytes even for a few
-/// headers, and most handlers never look.
-pub(crate) struct KeptHeaders {
-    /// Per header: [`SENSITIVE`] or not, the name, `:`, the value, `\n`. Neither a name
-    /// nor a value can hold `\n`, and a name cannot hold `:`.
-    raw: Box<[u8]>,
-    /// One pointer until built.
-    map: OnceBox<HeaderMap>,
+/// What the kept request is made into when asked.
+#[derive(Default)]
+struct Built {
+    uri: OnceLock<Uri>,
+    headers: OnceLock<HeaderMap>,
 }
 
 /// Marks a header whose value was flagged sensitive (kept out of logs and HPACK tables).
@@ -88,10 +67,15 @@ const SENSITIVE: u8 = b'!';
 /// Marks one that was not.
 const PLAIN: u8 = b' ';
 
-impl KeptHeaders {
-    /// Keeps `headers` up to `budget` bytes of names and values, dropping whole headers.
-    fn keep(headers: &HeaderMap, mut budget: usize) -> Self {
-        let mut raw = Vec::new();
+impl KeptRequest {
+    /// Keeps `target`, `protocol`, and `headers` up to `budget` bytes of names and values,
+    /// dropping whole headers.
+    fn keep(target: &str, protocol: Option<&str>, headers: &HeaderMap, mut budget: usize) -> Self {
+        let mut text = Vec::with_capacity(target.len() + protocol.map_or(0, str::len));
+        text.extend_from_slice(target.as_bytes());
+        let uri_end = text.len();
+        text.extend_from_slice(protocol.unwrap_or("").as_bytes());
+        let protocol_end = text.len();
         let mut dropped = 0;
         for (name, value) in headers {
             let size = name.as_str().len() + value.len();
@@ -100,30 +84,78 @@ impl KeptHeaders {
                 continue;
             }
             budget -= size;
-            raw.push(if value.is_sensitive() {
+            text.push(if value.is_sensitive() {
                 SENSITIVE
             } else {
                 PLAIN
             });
-            raw.extend_from_slice(name.as_str().as_bytes());
-            raw.push(b':');
-            raw.extend_from_slice(value.as_bytes());
-            raw.push(b'\n');
+            text.extend_from_slice(name.as_str().as_bytes());
+            text.push(b':');
+            text.extend_from_slice(value.as_bytes());
+            text.push(b'\n');
         }
         if dropped > 0 {
             tracing::debug!(dropped, "request headers beyond the kept size dropped");
         }
-        KeptHeaders {
-            raw: raw.into_boxed_slice(),
-            map: OnceBox::new(),
+        // A request target and a protocol name are far below 4 GiB (hyper refuses long
+        // heads); were they not, the offsets would only cut them short.
+        let offset = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
+        KeptRequest {
+            text: text.into_boxed_slice(),
+            uri_end: offset(uri_end),
+            protocol_end: offset(protocol_end),
+            built: OnceBox::new(),
         }
     }
 
+    /// The text between two offsets (it was kept from text).
+    fn text(&self, from: u32, to: u32) -> &str {
+        let part = self
+            .text
+            .get(from as usize..to as usize)
+            .unwrap_or_default();
+        std::str::from_utf8(part).unwrap_or_default()
+    }
+
+    /// The path and query, for example `/api/Chat?username=ann`.
+    fn target(&self) -> &str {
+        self.text(0, self.uri_end)
+    }
+
+    /// The path, for example `/api/Chat`.
+    pub(crate) fn path(&self) -> &str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The query, without the `?`.
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The subprotocol chosen, if any.
+    pub(crate) fn protocol(&self) -> Option<&str> {
+        Some(self.text(self.uri_end, self.protocol_end)).filter(|protocol| !protocol.is_empty())
+    }
+
+    /// The path and query as a [`Uri`], built on the first call.
+    pub(crate) fn uri(&self) -> &Uri {
+        self.built().uri.get_or_init(|| {
+            // It was a valid URI's path and query, so parsing it again cannot fail.
+            let bytes = Bytes::copy_from_slice(self.target().as_bytes());
+            Uri::from_maybe_shared(bytes).unwrap_or_default()
+        })
+    }
+
     /// The kept headers, in their order, built on the first call.
-    pub(crate) fn map(&self) -> &HeaderMap {
-        self.map.get_or_init(|| {
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        self.built().headers.get_or_init(|| {
             let mut map = HeaderMap::new();
-            for line in self.raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let raw = self
+                .text
+                .get(self.protocol_end as usize..)
+                .unwrap_or_default();
+            for line in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let Some((&flag, line)) = line.split_first() else {
                     continue;
                 };
@@ -140,8 +172,12 @@ impl KeptHeaders {
                     map.append(name, value);
                 }
             }
-            Box::new(map)
+            map
         })
+    }
+
+    fn built(&self) -> &Built {
+        self.built.get_or_init(Box::default)
     }
 }
 
@@ -165,19 +201,22 @@ mod tests {
         headers.insert("x-custom", HeaderValue::from_static("a: b"));
         assert!(inside(headers[http::header::COOKIE].as_bytes().as_ptr()));
 
-        let parts = RequestParts::detached(&uri, &headers, None, usize::MAX);
-        assert_eq!(parts.uri.query(), Some("username=ann"));
-        assert_eq!(parts.uri.path(), "/api/Chat");
-        assert_eq!(parts.uri.uri(), "/api/Chat?username=ann");
-        let kept = parts.headers.map();
+        let protocol = HeaderValue::from_static("chat.v2");
+        let parts = RequestParts::detached(&uri, &headers, Some(&protocol), None, usize::MAX);
+        let kept = &parts.request;
+        assert_eq!(kept.query(), Some("username=ann"));
+        assert_eq!(kept.path(), "/api/Chat");
+        assert_eq!(kept.uri(), "/api/Chat?username=ann");
+        assert_eq!(kept.protocol(), Some("chat.v2"));
+        let kept = kept.headers();
         let cookies: Vec<_> = kept.get_all(http::header::COOKIE).iter().collect();
         assert_eq!(cookies, ["secret-cookie", "b=2"]);
         assert!(cookies[0].is_sensitive());
         assert!(!cookies[1].is_sensitive());
         assert_eq!(kept["x-custom"], "a: b", "a colon in a value is kept");
         assert_eq!(kept.len(), 3);
-        assert!(!inside(parts.uri.path().as_ptr()));
-        assert!(!inside(parts.uri.uri().path().as_ptr()));
+        assert!(!inside(parts.request.path().as_ptr()));
+        assert!(!inside(parts.request.uri().path().as_ptr()));
         assert!(!inside(cookies[0].as_bytes().as_ptr()));
     }
 
@@ -191,8 +230,8 @@ mod tests {
             HeaderValue::from_str(&"a".repeat(300_000)).expect("value"),
         );
         headers.insert(http::header::ORIGIN, HeaderValue::from_static("http://x"));
-        let parts = RequestParts::detached(&uri, &headers, None, 4096);
-        let kept = parts.headers.map();
+        let parts = RequestParts::detached(&uri, &headers, None, None, 4096);
+        let kept = parts.request.headers();
         assert_eq!(kept.len(), 2, "the huge one is dropped, the others kept");
         assert!(kept.get("x-huge").is_none());
         assert_eq!(kept[http::header::ORIGIN], "http://x");
@@ -201,10 +240,11 @@ mod tests {
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
         assert!(size <= 4096);
-        let none = RequestParts::detached(&uri, &headers, None, 0);
-        assert!(none.headers.map().is_empty());
-        assert_eq!(none.uri.path(), "/chat", "the URI is always kept");
-        assert_eq!(none.uri.query(), None);
+        let none = RequestParts::detached(&uri, &headers, None, None, 0);
+        assert!(none.request.headers().is_empty());
+        assert_eq!(none.request.path(), "/chat", "the URI is always kept");
+        assert_eq!(none.request.query(), None);
+        assert_eq!(none.request.protocol(), None);
     }
 }
 

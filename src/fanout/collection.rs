@@ -1078,6 +1078,7 @@ mod tests {
             &http::Uri::from_static("/"),
             &http::HeaderMap::new(),
             None,
+            None,
             0,
         );
         let settings = Settings {
@@ -1087,7 +1088,6 @@ mod tests {
         };
         Connection::new(
             parts,
-            None,
             None,
             &crate::engine::shared::Shared::new(
                 settings,

@@ -541,6 +541,7 @@ mod tests {
             &http::Uri::from_static("/"),
             &http::HeaderMap::new(),
             None,
+            None,
             0,
         );
         let settings = Settings {
@@ -550,7 +551,6 @@ mod tests {
         };
         Connection::new(
             parts,
-            None,
             None,
             &crate::engine::shared::Shared::new(
                 settings,

@@ -129,9 +129,10 @@ mod tests {
             &http::Uri::from_static("/"),
             &http::HeaderMap::new(),
             None,
+            None,
             0,
         );
-        Connection::new(parts, None, None, &Shared::for_tests(), None)
+        Connection::new(parts, None, &Shared::for_tests(), None)
     }
 
     /// A server (with no timer of its own) and `n` connections in its list.

@@ -356,9 +356,15 @@ impl WebSocketUpgrade {
             None
         };
 
+        let parts = RequestParts::detached(
+            &uri,
+            &headers,
+            protocol.as_ref(),
+            remote_addr,
+            config.engine.kept_header_bytes,
+        );
         let conn = Connection::new(
-            RequestParts::detached(&uri, &headers, remote_addr, config.engine.kept_header_bytes),
-            protocol.clone(),
+            parts,
             deflate.as_ref().map(|(agreed, _)| *agreed),
             server.engine(),
             id,
@@ -504,9 +510,10 @@ mod tests {
             &http::Uri::from_static("/"),
             &http::HeaderMap::new(),
             None,
+            None,
             0,
         );
-        let conn = Connection::new(parts, None, None, server.engine(), None);
+        let conn = Connection::new(parts, None, server.engine(), None);
         let permit = ConnectionLimit::admit(server.limit()).expect("no limit");
         let lease = Lease::new(permit, None, server.track(&conn).expect("open"), None);
         let (read, write) = accepted.into_split();
