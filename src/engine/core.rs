@@ -10,7 +10,7 @@
 //! a slow client never holds up a flush task, nor any other client.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -102,14 +102,11 @@ impl Deflate {
 pub(crate) struct Core {
     pub(crate) id: ConnectionId,
     pub(crate) queue: OutboundQueue,
-    /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
-    overflow: OnceBox<(usize, usize)>,
     /// The socket's write half, once the upgrade has completed.
     write_side: HandoverMutex<Option<WriteSide>>,
     state: AtomicU8,
-    /// Wakes those awaiting [`Core::closed`]: made by the first of them (most connections
-    /// end with nobody awaiting that), so that an idle connection pays one pointer for it.
-    closed: OnceBox<Notify>,
+    /// What its end brings, made by the first thing that needs it: see [`Ending`].
+    ending: OnceBox<Ending>,
     /// When the close was asked for (by us or by the peer), as a [`clock`] stamp; 0 until
     /// then. The close timeout runs from here.
     closing_since: AtomicU32,
@@ -126,10 +123,20 @@ pub(crate) struct Core {
     resumable: AtomicBool,
     /// What permessage-deflate was agreed with the client, if anything.
     pub(crate) deflate: Deflate,
-    /// The first close frame on the wire, in either direction.
-    first_close: OnceBox<CloseFrame>,
     /// The server's settings, counters and budget.
     pub(crate) shared: Arc<Shared>,
+}
+
+/// What a connection has only once it is ending, or someone waits for that: one
+/// allocation, made by the first of them, so that an idle connection pays one pointer.
+#[derive(Default)]
+struct Ending {
+    /// Wakes those awaiting [`Core::closed`].
+    closed: Notify,
+    /// The first close frame on the wire, in either direction.
+    first_close: OnceLock<CloseFrame>,
+    /// Set when the slow-consumer policy closed the connection: queued messages and bytes.
+    overflow: OnceLock<(usize, usize)>,
 }
 
 impl Core {
@@ -137,17 +144,15 @@ impl Core {
         Core {
             id: ConnectionId::next(),
             queue: OutboundQueue::new(),
-            overflow: OnceBox::new(),
             write_side: HandoverMutex::new(None),
             state: AtomicU8::new(OPEN),
-            closed: OnceBox::new(),
+            ending: OnceBox::new(),
             closing_since: AtomicU32::new(0),
             close_written: AtomicBool::new(false),
             keepalive_due: AtomicU32::new(0),
             keepalive_fired: AtomicBool::new(false),
             resumable: AtomicBool::new(false),
             deflate: Deflate::default(),
-            first_close: OnceBox::new(),
             shared: shared.clone(),
         }
     }
@@ -324,7 +329,7 @@ impl Core {
     /// The peer is too far behind: drop what is queued for it, send 1008 next, and end the
     /// connection within the close timeout even if the peer never reads again.
     fn disconnect_slow_consumer(&self, messages: usize, bytes: usize) {
-        if self.overflow.set(Box::new((messages, bytes))).is_ok() {
+        if self.ending().overflow.set((messages, bytes)).is_ok() {
             self.metrics().slow_consumer_disconnected(self.id);
         }
         let frame = CloseFrame {
@@ -349,7 +354,12 @@ impl Core {
 
     /// Set once the slow-consumer policy closed this connection: the queue's size then.
     pub(crate) fn overflow(&self) -> Option<(usize, usize)> {
-        self.overflow.get().copied()
+        self.ending.get()?.overflow.get().copied()
+    }
+
+    /// What the end brings, made now if nothing made it yet.
+    fn ending(&self) -> &Ending {
+        self.ending.get_or_init(Box::default)
     }
 
     /// Starts the close handshake with `code` and `reason`, behind what is queued (see
@@ -386,7 +396,7 @@ impl Core {
 
     /// Resolves once the connection has ended (immediately if it already has).
     pub(crate) async fn closed(&self) {
-        let notify = self.closed.get_or_init(|| Box::new(Notify::new()));
+        let notify = &self.ending().closed;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -403,11 +413,11 @@ impl Core {
 
     /// Records a close frame seen on the wire; only the first one counts.
     pub(crate) fn record_close(&self, frame: CloseFrame) {
-        let _ = self.first_close.set(Box::new(frame));
+        let _ = self.ending().first_close.set(frame);
     }
 
     pub(crate) fn first_close(&self) -> Option<CloseFrame> {
-        self.first_close.get().cloned()
+        self.ending.get()?.first_close.get().cloned()
     }
 
     /// The connection has ended: nothing more is queued or written. Call
@@ -419,8 +429,8 @@ impl Core {
     /// Wakes those awaiting [`closed`](Self::closed).
     pub(crate) fn notify_closed(&self) {
         fence(Ordering::SeqCst);
-        if let Some(notify) = self.closed.get() {
-            notify.notify_waiters();
+        if let Some(ending) = self.ending.get() {
+            ending.closed.notify_waiters();
         }
     }
 

@@ -532,8 +532,8 @@ mod tests {
              ({parts:?})"
         );
         assert!(
-            shared <= 352,
-            "the state a connection's handles share is {shared} bytes, above 352"
+            shared <= 304,
+            "the state a connection's handles share is {shared} bytes, above 304"
         );
         drop((task, client));
     }
