@@ -54,13 +54,7 @@ where
     // Anything queued before the socket was in place (a shutdown's close frame) goes now.
     core.attach(WriteSide::new(write, core.settings().write_buffer_size));
     let mut driver = Driver {
-        run: Running {
-            session,
-            conn,
-            ended: false,
-            failure: None,
-            closed_cleanly: false,
-        },
+        run: Running { session, conn },
         handler: Some(handler),
         _lease: lease,
     };
@@ -159,21 +153,21 @@ impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         loop {
             let run = &mut self.run;
-            if self.handler.is_none() || run.failure.is_some() {
+            if self.handler.is_none() || run.session.failed() {
                 return Poll::Ready(None);
             }
-            if run.closed_cleanly {
+            if run.session.closed_cleanly() {
                 // The close handshake completed while a callback ran, behind messages read
                 // meanwhile: they came before the peer's close, so the handler still gets
                 // them.
                 return Poll::Ready(run.session.take_held());
             }
-            if run.ended {
+            if run.ended() {
                 return Poll::Ready(None);
             }
             match std::task::ready!(run.session.poll_next(cx, run.conn.core())) {
                 Event::Message(message) => return Poll::Ready(Some(message)),
-                Event::End(end) => run.note(end),
+                Event::End(end) => run.session.note(end),
             }
         }
     }
@@ -197,20 +191,21 @@ impl<R: AsyncRead + Unpin, H: WebSocketHandler, L> Driver<R, H, L> {
         let conn = run.conn.clone();
         let core = conn.core();
 
-        // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
-        if let Some((messages, bytes)) = core.overflow() {
-            run.failure = Some(Box::new(Error::SlowConsumer { messages, bytes }));
-        }
-        if let Some(error) = run.failure.take() {
+        let failure = match core.overflow() {
+            // The slow-consumer policy ended it: that is the cause, whatever the reader saw.
+            Some((messages, bytes)) => Some(Error::SlowConsumer { messages, bytes }),
+            None => run.session.take_failure(),
+        };
+        if let Some(error) = failure {
             tracing::debug!(%error, "connection failed");
-            if let Error::HandlerPanicked { message } = &*error {
+            if let Error::HandlerPanicked { message } = &error {
                 tracing::error!(%message, "WebSocket handler panicked");
             }
             run.call(handler.on_error(&conn, &error)).await;
             // Fail the connection with the code that says why, if it can still be sent:
             // written within the close timeout, not waiting for the peer's answer.
             if let Some(code) = error.close_code() {
-                if !run.ended {
+                if !run.ended() {
                     core.queue_close(CloseFrame {
                         code,
                         reason: String::new(),
@@ -242,25 +237,25 @@ impl<R, H, L> Drop for Driver<R, H, L> {
     }
 }
 
-/// The connection while its task runs it.
+/// The connection while its task runs it: the session keeps how it is ending (the close
+/// handshake done, the first failure), in bytes it would have as padding anyway.
 struct Running<R> {
     session: Session<R>,
     conn: Connection,
-    /// The connection is over: its socket is gone and it has left its collections.
-    ended: bool,
-    /// The first thing that went wrong (boxed: an idle connection carries the option only).
-    failure: Option<Box<Error>>,
-    /// The close handshake completed.
-    closed_cleanly: bool,
 }
 
 impl<R: AsyncRead + Unpin> Running<R> {
+    /// The connection is over: its socket is gone and it has left its collections.
+    fn ended(&self) -> bool {
+        self.session.is_read_closed()
+    }
+
     /// Runs a handler callback while the session keeps the connection going. A panic
     /// becomes the connection's failure; if the connection is over before the callback
     /// returns, it is ended at once and the callback then finishes.
     async fn call(&mut self, callback: impl Future<Output = ()>) {
         let mut callback = pin!(caught(callback));
-        let outcome = if self.ended {
+        let outcome = if self.ended() {
             Ok(callback.as_mut().await)
         } else {
             let watch = pin!(self.session.watch(self.conn.core()));
@@ -272,29 +267,19 @@ impl<R: AsyncRead + Unpin> Running<R> {
         let result = match outcome {
             Ok(result) => result,
             Err(end) => {
-                self.note(end);
+                self.session.note(end);
                 self.end();
                 callback.await
             }
         };
         if let Err(panic) = result {
-            self.failure.get_or_insert(Box::new(panic));
-        }
-    }
-
-    fn note(&mut self, end: End) {
-        match end {
-            End::Closed => self.closed_cleanly = true,
-            End::Failed(error) => {
-                self.failure.get_or_insert(Box::new(error));
-            }
+            self.session.note(End::Failed(panic));
         }
     }
 
     /// Ends the connection now: the socket goes, and it leaves every collection.
     fn end(&mut self) {
-        if !self.ended {
-            self.ended = true;
+        if !self.ended() {
             self.session.close_read();
             end_connection(&self.conn);
         }

@@ -58,8 +58,6 @@ pub(crate) struct Reader<R> {
     /// rest of a read that brought several items. Boxed, and none otherwise: an idle
     /// connection holds one pointer for them.
     pending: Option<Box<Pending>>,
-    /// Some bytes arrived since [`take_activity`](Self::take_activity) was last called.
-    activity: bool,
 }
 
 /// Bytes read but not yet decoded, from `at` on.
@@ -89,15 +87,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             io: Some(io),
             decoder: Decoder::new(),
             pending: Pending::of(leftover),
-            activity: false,
         }
     }
 
-    /// The next item; `Pending` until the socket has brought enough bytes for one.
+    /// The next item; `Pending` until the socket has brought enough bytes for one. Sets
+    /// `heard` when bytes arrived (the peer is alive: the caller keeps the flag, which
+    /// the reader would keep in a word of its own).
     pub(crate) fn poll_item(
         &mut self,
         cx: &mut Context<'_>,
         reading: &Reading,
+        heard: &mut bool,
     ) -> Poll<Result<Item, ReadError>> {
         if let Some(item) = self.decode_pending(&reading.limits)? {
             return Poll::Ready(Ok(item));
@@ -125,7 +125,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Ready(Ok(item)) => {
-                    self.activity = true;
+                    *heard = true;
                     if let Some(item) = item.flatten() {
                         return Poll::Ready(Ok(item));
                     }
@@ -175,14 +175,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 .map_or(0, |pending| pending.bytes.len())
     }
 
-    /// Whether any bytes arrived since the last call: the peer is alive.
-    pub(crate) fn take_activity(&mut self) -> bool {
-        std::mem::take(&mut self.activity)
+    /// Whether reading was given up for good ([`close`](Self::close)).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.io.is_none()
     }
 
-    /// After a close: reads and drops whatever arrives, undecoded. Ready once the peer
-    /// has ended the stream or the socket has failed.
-    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// After a close: reads and drops whatever arrives, undecoded, setting `heard` when
+    /// bytes arrived. Ready once the peer has ended the stream or the socket has failed.
+    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>, heard: &mut bool) -> Poll<()> {
         self.pending = None;
         for _ in 0..READS_PER_POLL {
             let Some(io) = self.io.as_mut() else {
@@ -199,7 +199,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             match ended {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(true) => return Poll::Ready(()),
-                Poll::Ready(false) => self.activity = true,
+                Poll::Ready(false) => *heard = true,
             }
         }
         // A peer that keeps sending does not hold the worker.
@@ -292,7 +292,7 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            if let Poll::Ready(Ok(item)) = self.inner.poll_item(cx, &READING) {
+            if let Poll::Ready(Ok(item)) = self.inner.poll_item(cx, &READING, &mut false) {
                 self.inner_items.push(item);
             }
             Pin::new(&mut self.own).poll_read(cx, buf)
@@ -310,7 +310,7 @@ mod tests {
         };
         let mut outer = Reader::new(nesting, &[]);
         let mut cx = Context::from_waker(Waker::noop());
-        let item = outer.poll_item(&mut cx, &READING);
+        let item = outer.poll_item(&mut cx, &READING, &mut false);
         assert!(
             matches!(&item, Poll::Ready(Ok(Item::Message(Message::Text(text)))) if text.as_str() == "outer"),
             "{item:?}"

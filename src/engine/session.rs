@@ -68,6 +68,10 @@ pub(crate) struct Session<R> {
     peer_closed: bool,
     /// The writer has ended for good (a close frame is out).
     writes_ended: bool,
+    /// Bytes arrived since the keep-alive last looked: the peer is alive.
+    heard: bool,
+    /// The close handshake is done ([`End::Closed`] was noted).
+    closed_cleanly: bool,
 }
 
 /// What a connection holds only while it is under way: the close's timer, messages read
@@ -84,6 +88,8 @@ struct UnderWay {
     message: Option<MessageDeadline>,
     /// What this connection holds of the server's budget for partial messages.
     partial: Option<Held>,
+    /// The first thing that went wrong: the connection is ending.
+    failure: Option<Error>,
 }
 
 impl UnderWay {
@@ -93,6 +99,7 @@ impl UnderWay {
         self.close_timer.is_none()
             && self.held.is_none()
             && self.message.is_none()
+            && self.failure.is_none()
             && self
                 .partial
                 .as_ref()
@@ -175,7 +182,42 @@ impl<R: AsyncRead + Unpin> Session<R> {
             under_way: None,
             peer_closed: false,
             writes_ended: false,
+            heard: false,
+            closed_cleanly: false,
         }
+    }
+
+    /// Notes how the connection ends: the close handshake done, or a failure (the first
+    /// one counts).
+    pub(crate) fn note(&mut self, end: End) {
+        match end {
+            End::Closed => self.closed_cleanly = true,
+            End::Failed(error) => {
+                self.under_way().failure.get_or_insert(error);
+            }
+        }
+    }
+
+    /// Whether the close handshake is done.
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        self.closed_cleanly
+    }
+
+    /// Whether something went wrong (see [`take_failure`](Self::take_failure)).
+    pub(crate) fn failed(&self) -> bool {
+        self.under_way
+            .as_ref()
+            .is_some_and(|under_way| under_way.failure.is_some())
+    }
+
+    /// The first thing that went wrong, if anything did.
+    pub(crate) fn take_failure(&mut self) -> Option<Error> {
+        self.under_way.as_deref_mut()?.failure.take()
+    }
+
+    /// Whether reading was given up for good ([`close_read`](Self::close_read)).
+    pub(crate) fn is_read_closed(&self) -> bool {
+        self.reader.is_closed()
     }
 
     /// What is under way, made now if nothing was.
@@ -232,16 +274,16 @@ impl<R: AsyncRead + Unpin> Session<R> {
             }
             if !core.close_written() {
                 // The peer's end of the stream only ends reading: it may still read ours.
-                let _ = self.reader.poll_discard(cx);
+                let _ = self.reader.poll_discard(cx, &mut self.heard);
                 return Poll::Pending;
             }
             if core.poll_shutdown(cx).is_pending() {
                 return Poll::Pending;
             }
-            if self.peer_closed || self.reader.poll_discard(cx).is_ready() {
+            if self.peer_closed || self.reader.poll_discard(cx, &mut self.heard).is_ready() {
                 return Poll::Ready(());
             }
-            if self.reader.take_activity() || !lingering {
+            if std::mem::take(&mut self.heard) || !lingering {
                 lingering = true;
                 quiet.as_mut().reset(Instant::now() + LINGER_QUIET);
             }
@@ -323,8 +365,8 @@ impl<R: AsyncRead + Unpin> Session<R> {
         }
         let reading = reading(core);
         while !self.peer_closed && !self.paused(core) {
-            let item = self.reader.poll_item(cx, &reading);
-            if self.reader.take_activity() {
+            let item = self.reader.poll_item(cx, &reading, &mut self.heard);
+            if std::mem::take(&mut self.heard) {
                 self.keepalive.seen(Instant::now());
                 self.track_message(core.settings());
                 if let Poll::Ready(failure) = self.count_held(cx, core) {
