@@ -32,8 +32,13 @@ const MAX_NAME_CHARS: usize = 32;
 pub type Name = Arc<str>;
 
 /// Everything the chat's connections share: the rooms, and each user's connections (tabs).
+/// One pointer, cloned into every connection's handler: what a handler holds, every idle
+/// connection's task holds (the chat's is 48 bytes, which keeps the task at 256).
 #[derive(Clone)]
-pub struct ChatRooms {
+pub struct ChatRooms(Arc<Shared>);
+
+/// What [`ChatRooms`] points to.
+pub struct Shared {
     pub rooms: Rooms<Name>,
     pub users: Rooms<Name>,
     /// [`DEFAULT_ROOM`], made once for every connection that starts there.
@@ -73,28 +78,36 @@ fn tag(tag: &Tag, message: &Message) -> Message {
     Message::from(format!("@{} {previous} {text}", tag.position))
 }
 
+impl std::ops::Deref for ChatRooms {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl ChatRooms {
     /// Rooms in this process only.
     pub fn new(announce: bool) -> Self {
-        ChatRooms {
+        ChatRooms(Arc::new(Shared {
             rooms: Rooms::new().with_history(history()),
             users: Rooms::new(),
             lobby: Name::from(DEFAULT_ROOM),
             announce,
             spans_processes: false,
-        }
+        }))
     }
 
     /// Rooms and users shared with other processes on `backplane`.
     #[allow(dead_code)] // the axum example has no backplane
     pub fn with_backplane(backplane: impl Backplane + Clone, announce: bool) -> Self {
-        ChatRooms {
+        ChatRooms(Arc::new(Shared {
             rooms: Rooms::with_backplane("chat-rooms", backplane.clone()).with_history(history()),
             users: Rooms::with_backplane("chat-users", backplane),
             lobby: Name::from(DEFAULT_ROOM),
             announce,
             spans_processes: true,
-        }
+        }))
     }
 
     /// `N online`, or with a backplane `N on this server`: membership is per process.
@@ -109,14 +122,7 @@ impl ChatRooms {
 
     /// A handler for the WebSocket request with this query string, or a 400 message.
     pub fn handler_for(&self, query: &str) -> Result<Chat, String> {
-        let resume = match query_param(query, "resume") {
-            Ok(Some(position)) => Some(
-                position
-                    .parse()
-                    .map_err(|_| "invalid resume: it must be a position\n".to_owned())?,
-            ),
-            _ => None,
-        };
+        let resume = resume_position(query)?;
         Ok(Chat {
             username: username(query)?.into(),
             room: match query_param(query, "room") {
@@ -125,10 +131,20 @@ impl ChatRooms {
                 Err(_) => return Err("invalid room: it must be valid UTF-8\n".into()),
             },
             positions: resume.is_some() || matches!(query_param(query, "positions"), Ok(Some(_))),
-            resume,
             chat: self.clone(),
             joined: false,
         })
+    }
+}
+
+/// The `resume` query parameter: the last position a returning client saw, if it is one.
+fn resume_position(query: &str) -> Result<Option<Position>, String> {
+    match query_param(query, "resume") {
+        Ok(Some(position)) => position
+            .parse()
+            .map(Some)
+            .map_err(|_| "invalid resume: it must be a position\n".to_owned()),
+        _ => Ok(None),
     }
 }
 
@@ -138,8 +154,6 @@ pub struct Chat {
     room: Name,
     /// The client asked for positions: it gets room messages tagged.
     positions: bool,
-    /// The client comes back: the last position it saw in `room`.
-    resume: Option<Position>,
     chat: ChatRooms,
     /// Whether joining took this connection (it refuses one that already closed): only
     /// then is there a join, and so a leave, to announce.
@@ -208,7 +222,12 @@ impl Chat {
 impl WebSocketHandler for Chat {
     async fn on_open(&mut self, conn: &Connection) {
         let rooms = &self.chat.rooms;
-        self.joined = match (self.resume, self.positions) {
+        // A returning client's last position: checked when the handler was made, and read
+        // again here rather than kept in the handler for the connection's whole life.
+        let resume = conn
+            .query()
+            .and_then(|query| resume_position(query).ok().flatten());
+        self.joined = match (resume, self.positions) {
             (Some(after), _) => match rooms.resume(self.room.clone(), conn, &after).await {
                 Ok(resumed) => {
                     let _ = conn.send(format!("Recovered {} missed messages", resumed.replayed));
