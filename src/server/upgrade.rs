@@ -477,12 +477,12 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use crate::connection::driver::{self, Socket};
+    use crate::connection::handler::WebSocketHandler;
     use crate::connection::{Connection, RequestParts};
     use crate::engine::writer::WriteIo;
     use crate::server::lease::Lease;
     use crate::server::limit::ConnectionLimit;
     use crate::server::WebSocketServer;
-    use crate::WebSocketHandler;
 
     /// A handler with no state: what is left is the crate's own share of a connection.
     struct Bare;
