@@ -2,7 +2,7 @@
 //! timers (pings, the idle timeout, the close timeout), the inbound rate limit, and the
 //! writes handed over to the task.
 //!
-//! The task either waits for the next message ([`Session::next`]) or, while a handler
+//! The task either waits for the next message ([`Session::poll_next`]) or, while a handler
 //! callback runs, keeps everything but the delivery of messages going
 //! ([`Session::watch`]): pings go out, pongs and the peer's close are answered, writes
 //! continue, and the timers run whatever the handler does.
@@ -37,7 +37,7 @@ use crate::protocol::decode::{Item, Limits};
 use crate::protocol::deflate::{self, InflateError};
 use crate::protocol::message::Message;
 
-/// What the connection's task gets from [`Session::next`].
+/// What the connection's task gets from [`Session::poll_next`].
 pub(crate) enum Event {
     /// A whole message for the handler.
     Message(Message),
@@ -82,7 +82,7 @@ pub(crate) struct Session<R> {
 struct UnderWay {
     /// Armed once the close has been asked for.
     close_timer: Option<Pin<Box<Sleep>>>,
-    /// Messages read while a callback ran, for the next [`next`](Session::next)s.
+    /// Messages read while a callback ran, for the next [`poll_next`](Session::poll_next)s.
     held: Option<Backlog>,
     /// The message in progress must finish by this deadline (see `poll_timers`).
     message: Option<MessageDeadline>,
@@ -430,7 +430,7 @@ impl<R: AsyncRead + Unpin> Session<R> {
         self.under_way.as_ref()?.held.as_ref()
     }
 
-    /// Holds a message read while a callback runs, for a later [`next`](Self::next).
+    /// Holds a message read while a callback runs, for a later [`poll_next`](Self::poll_next).
     fn hold(&mut self, message: Message, cx: &mut Context<'_>, core: &Core) -> Poll<Error> {
         let held = &mut self.under_way().held;
         match held {
