@@ -11,6 +11,7 @@
 //! a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
 
+pub(crate) mod batch_pool;
 pub(crate) mod budget;
 pub(crate) mod clock;
 pub(crate) mod core;

@@ -18,6 +18,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
+use crate::engine::batch_pool;
 use crate::engine::kept::{Kept, Successor};
 use crate::engine::memory;
 use crate::engine::settings::Settings;
@@ -201,7 +202,7 @@ impl State {
 
 /// Above this, a drained buffer gives its memory back, so a burst does not pin memory on an
 /// idle connection.
-pub(crate) const KEEP_CAPACITY: usize = 16;
+pub(crate) const KEEP_CAPACITY: usize = batch_pool::CAPACITY;
 
 impl OutboundQueue {
     pub(crate) fn new() -> Self {
@@ -246,6 +247,9 @@ impl OutboundQueue {
         state.count_push();
         if let Some(kept) = state.kept() {
             kept.keep(&frame);
+        }
+        if state.items.capacity() == 0 {
+            state.items = batch_pool::take();
         }
         state.items.push(Outbound::Data(frame));
         Ok(schedule(&mut state))

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use crate::engine::batch_pool;
 use crate::engine::memory;
 use crate::engine::queue::{Outbound, OutboundQueue};
 use crate::protocol::close::CloseFrame;
@@ -174,7 +175,10 @@ impl WriteSide {
                 }
                 // Idle: give the buffer back; an idle connection should hold no queue memory.
                 let buffer = std::mem::take(&mut self.in_flight);
-                memory::freed(buffer.capacity() * std::mem::size_of::<Outbound>());
+                let bytes = buffer.capacity() * std::mem::size_of::<Outbound>();
+                if batch_pool::give(buffer) {
+                    memory::freed(bytes);
+                }
                 return Poll::Ready(None);
             }
 
