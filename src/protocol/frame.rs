@@ -87,7 +87,7 @@ impl Frame {
     /// The same frame with a payload of its own (see the collection's copy per shard).
     pub(crate) fn fresh_copy(&self) -> Self {
         Frame {
-            payload: Bytes::copy_from_slice(&self.payload),
+            payload: shared_copy(&self.payload),
             ..*self
         }
     }
@@ -111,6 +111,37 @@ impl Frame {
     /// Length on the wire.
     pub(crate) fn len(&self) -> usize {
         self.header().len() + self.payload.len()
+    }
+}
+
+/// A copy of `payload` that clones without allocating: up to 1 KiB, in one allocation with
+/// its reference count (`Bytes::copy_from_slice` makes a second one at the first clone).
+fn shared_copy(payload: &[u8]) -> Bytes {
+    fn inline<const N: usize>(payload: &[u8]) -> Bytes {
+        let mut bytes = [0u8; N];
+        bytes[..payload.len()].copy_from_slice(payload);
+        Bytes::from_owner(Inline {
+            len: payload.len() as u16,
+            bytes,
+        })
+    }
+    match payload.len() {
+        0..=64 => inline::<64>(payload),
+        65..=256 => inline::<256>(payload),
+        257..=1024 => inline::<1024>(payload),
+        _ => Bytes::copy_from_slice(payload),
+    }
+}
+
+/// A small payload held inline, for [`Bytes::from_owner`].
+struct Inline<const N: usize> {
+    len: u16,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -153,5 +184,15 @@ mod tests {
             })
             .collect();
         assert!(Frame::deflated(&Message::Binary(noise.into()), 6, 15).is_none());
+    }
+
+    #[test]
+    fn a_shared_copy_is_the_payload_at_every_size() {
+        for len in [0, 1, 64, 65, 256, 257, 1024, 1025, 4096] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let copy = super::shared_copy(&payload);
+            assert_eq!(&copy[..], &payload[..], "at {len} bytes");
+            assert_ne!(copy.as_ptr(), payload.as_ptr());
+        }
     }
 }
