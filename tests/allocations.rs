@@ -247,3 +247,100 @@ fn an_idle_connection_holds_at_most_its_budget_of_heap_bytes() {
         "{per_connection} heap bytes per idle connection, above the {BUDGET} it may cost"
     );
 }
+
+/// Connections of the broadcast test: two file descriptors each in this process.
+const LISTENERS: usize = 100;
+
+/// Adds its connections to a collection.
+struct Joins(websocket_handler::WebSocketCollection);
+
+impl WebSocketHandler for Joins {
+    async fn on_open(&mut self, conn: &Connection) {
+        self.0.add(conn.clone());
+    }
+}
+
+/// What a broadcast costs the heap per delivery once traffic has flowed: the queues of the
+/// connections it reaches take their buffers from spares that drained queues gave back, not
+/// a `malloc` and `realloc`s per connection per batch. Its own message, frames and list of
+/// connections to flush are per broadcast, shared by every delivery.
+#[test]
+fn a_broadcast_allocates_almost_nothing_per_delivery() {
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 8;
+    const PAYLOAD: &str = "a message of sixty-four bytes, as small as a chat's messages are";
+    let _serial = one_at_a_time();
+    // Two workers: queues are filled on one thread and drained on either.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let per_delivery = runtime.block_on(async {
+        let everyone = websocket_handler::WebSocketCollection::new();
+        let joins = everyone.clone();
+        let addr = common::serve(WebSocketServer::new(), move |_| Joins(joins.clone())).await;
+        let request = common::raw_handshake("/");
+        let frame_len = 2 + PAYLOAD.len();
+        let rounds_read = Arc::new(AtomicUsize::new(0));
+        // Blocking clients on a thread of their own: they read into one buffer, allocating
+        // nothing while the broadcasts are counted.
+        let clients = std::thread::spawn({
+            let rounds_read = rounds_read.clone();
+            move || {
+                let mut sockets: Vec<std::net::TcpStream> = (0..LISTENERS)
+                    .map(|_| {
+                        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+                        socket.write_all(&request).expect("write the handshake");
+                        let (mut head, mut len) = ([0u8; 512], 0);
+                        while !head[..len].ends_with(b"\r\n\r\n") {
+                            let read = socket.read(&mut head[len..]).expect("read the response");
+                            assert!(read > 0, "the server closed during the handshake");
+                            len += read;
+                        }
+                        socket
+                    })
+                    .collect();
+                let mut buffer = vec![0u8; frame_len * PER_ROUND];
+                for _ in 0..=ROUNDS {
+                    for socket in &mut sockets {
+                        socket.read_exact(&mut buffer).expect("a round's messages");
+                        assert!(buffer.ends_with(PAYLOAD.as_bytes()), "not the message sent");
+                    }
+                    rounds_read.fetch_add(1, Ordering::Release);
+                }
+            }
+        });
+        within("every client's connection", async {
+            while everyone.len() < LISTENERS {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let round = |number: usize| {
+            for _ in 0..PER_ROUND {
+                assert_eq!(everyone.broadcast(PAYLOAD), LISTENERS);
+            }
+            let rounds_read = rounds_read.clone();
+            within("every client reading a round", async move {
+                while rounds_read.load(Ordering::Acquire) < number {
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        // A first round fills the spare buffers, as any traffic would.
+        round(1).await;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for number in 2..=ROUNDS + 1 {
+            round(number).await;
+        }
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        clients.join().expect("the clients");
+        allocations as f64 / (ROUNDS * PER_ROUND * LISTENERS) as f64
+    });
+    println!("{per_delivery:.3} allocations per delivery");
+    assert!(
+        per_delivery <= 0.25,
+        "{per_delivery:.3} allocations per delivery of a broadcast to {LISTENERS} connections"
+    );
+}
