@@ -95,6 +95,7 @@ pub(crate) fn spawn_in_current_span<F>(future: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let future = crate::engine::flush::Corked::new(future);
     let span = tracing::Span::current();
     if span.is_disabled() {
         tokio::spawn(future);
