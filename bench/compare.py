@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -54,9 +55,13 @@ NODE_DIR = ROOT / "bench" / "node-baseline"
 ALL_SERVERS = ["chat", "axum", "tungstenite", "node", "uws"]
 # `chat-deflate`: the chat, its clients offering permessage-deflate (loadgen --deflate).
 # Not among the defaults; with `--json` every server gets chat-like JSON to compress.
-EXTRA_SERVERS = ["chat-deflate"]
-RUST_EXAMPLES = {"chat": "chat", "chat-deflate": "chat", "axum": "baseline_axum",
-                 "tungstenite": "baseline_tungstenite"}
+# `chat-1t`: the chat on one tokio worker thread (TOKIO_WORKER_THREADS=1), as uWebSockets
+# runs on one.
+EXTRA_SERVERS = ["chat-deflate", "chat-1t"]
+RUST_EXAMPLES = {"chat": "chat", "chat-deflate": "chat", "chat-1t": "chat",
+                 "axum": "baseline_axum", "tungstenite": "baseline_tungstenite"}
+# Environment a server starts with, beside this script's.
+SERVER_ENV = {"chat-1t": {"TOKIO_WORKER_THREADS": "1"}}
 # Metrics aggregated per group: (key in the run record, higher is better?)
 METRICS = {
     "deliveries_per_s": True,
@@ -67,9 +72,9 @@ METRICS = {
     "cpu_s_per_million": False,
     "lost": False,
 }
-COLORS = {"chat": "#1f5fbf", "chat-deflate": "#5fa8ff", "axum": "#e07b00",
+COLORS = {"chat": "#1f5fbf", "chat-deflate": "#5fa8ff", "chat-1t": "#0b2f6b", "axum": "#e07b00",
           "tungstenite": "#2a9d3a", "node": "#8e44ad", "uws": "#c0392b"}
-MARKERS = {"chat": "circle", "chat-deflate": "circle", "axum": "square",
+MARKERS = {"chat": "circle", "chat-deflate": "circle", "chat-1t": "circle", "axum": "square",
            "tungstenite": "triangle", "node": "diamond", "uws": "square"}
 # The server the CPU-cost section compares against, and what issue 30 asks of the chat:
 # at 64 B, at least this many times uWebSockets' deliveries per second of server CPU.
@@ -197,7 +202,7 @@ def server_command(name: str, uws: Path | None = None) -> list[str]:
     if name == "node":
         return ["node", str(NODE_DIR / "server.js"), *addr]
     command = [str(target_dir() / "release" / "examples" / RUST_EXAMPLES[name]), *addr]
-    if name in ("chat", "chat-deflate"):
+    if name in ("chat", "chat-deflate", "chat-1t"):
         # The baselines announce nothing; the chat's join and leave notices would make it
         # do extra work (a join storm of N clients is N*N/2 notices).
         command.append("--no-notices")
@@ -216,6 +221,7 @@ class Server(ServerOutput):
         self.proc = subprocess.Popen(
             server_command(name, uws),
             cwd=ROOT,
+            env={**os.environ, **SERVER_ENV.get(name, {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -254,8 +260,8 @@ def loadgen_command(args: argparse.Namespace, url: str, pid: int, params: dict) 
 
 def fake_loadgen(server: Server, params: dict, run_index: int) -> dict:
     """Plausible numbers for --dry-run, with a visible per-server difference."""
-    base = {"chat": 1.0, "chat-deflate": 0.9, "axum": 0.55, "tungstenite": 0.6, "node": 0.45,
-            "uws": 0.85}[server.name]
+    base = {"chat": 1.0, "chat-deflate": 0.9, "chat-1t": 0.8, "axum": 0.55, "tungstenite": 0.6,
+            "node": 0.45, "uws": 0.85}[server.name]
     wiggle = 1.0 + 0.04 * ((run_index * 7 + len(server.name)) % 5 - 2)
     n, size = params["clients"], params["size"]
     idle = params["kind"] == "idle"
