@@ -2,8 +2,8 @@
 """Many idle connections: what one chat server holds, what holding them costs, and how long
 one broadcast to all of them takes (issue 30, point 4).
 
-    python3 bench/scale.py                        # ~8 min: 2,500 / 5,000 / 10,000 / the most
-    python3 bench/scale.py --runs 2               # every step twice, interleaved
+    python3 bench/scale.py                        # ~4 min: 2,500 / 5,000 / 10,000 / the most
+    python3 bench/scale.py --runs 2               # every step twice, interleaved (~7 min)
     python3 bench/scale.py --steps 2500,max --idle-window 16 --probes 3   # a quick look
 
 It asks for `--clients` (default 100,000) idle connections to `examples/chat --no-notices`,
@@ -372,6 +372,19 @@ def summary(report: dict) -> str:
               f"{PING_INTERVAL_S:g} s); broadcast: median of {report['args']['probes']} "
               f"messages of {report['args']['size']} B, the time until the last client had "
               "it; (min-max) over runs where there are several.", ""]
+    per_conn = {
+        "server RSS, bytes": lambda r: r["rss_per_conn_bytes"],
+        "idle server CPU, µs/s": lambda r: r["idle_cpu_us_per_conn_s"],
+        "server CPU per broadcast, µs": lambda r: r["broadcast_cpu_ms"] * 1000 / r["clients"],
+        "broadcast to all, µs": lambda r: r["broadcast_ms"] * 1000 / r["clients"],
+    }
+    medians = {label: [statistics.median(value(r) for r in ok if r["clients"] == n)
+                       for n in steps if any(r["clients"] == n for r in ok)]
+               for label, value in per_conn.items()}
+    if any(len(v) > 1 for v in medians.values()):
+        lines += ["Linearity, per connection from the smallest step to the largest (medians): "
+                  + "; ".join(f"{label} " + " / ".join(f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values)
+                              for label, values in medians.items()) + ".", ""]
     fits = report.get("fits") or {}
     if fits:
         lines += ["| extrapolated (least squares over the steps) | per connection "
