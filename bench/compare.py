@@ -816,7 +816,7 @@ def main(argv: list[str]) -> int:
             report["complete"] = True
     report["elapsed_s"] = round(time.monotonic() - began, 1)
     report["aggregates"] = aggregate(report["runs"], servers)
-    if args.goal and PEER in servers and "chat" in servers:
+    if args.goal and PEER in args.servers and "chat" in servers:
         report["goal"] = {"goal": args.goal, "cells": peer_goal(report["aggregates"], args.goal)}
     if not write_svg(svg_path, report["aggregates"], servers, args.runs, args.dry_run):
         report["plot_file"] = None
