@@ -1,5 +1,6 @@
-"""What the benchmark scripts in bench/ (compare.py, backplane.py) share, so that both
-record the machine, build, start and stop servers, read loadgen and report in one way.
+"""What the benchmark scripts in bench/ (compare.py, density.py, scale.py, backplane.py...)
+share, so that they record the machine, build, start and stop servers (the uWebSockets peer
+too), read loadgen and report in one way.
 
 The scripts run as `python3 bench/<script>.py`, which puts this directory on sys.path.
 Python 3.11 standard library only.
@@ -16,6 +17,7 @@ import re
 import resource
 import selectors
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"Chat server running\. Open https?://(\S+)/chat\.htm")
 # The line examples/signalr_chat prints once it listens.
 SIGNALR_READY = re.compile(r"listening on http://(\S+?)/ \(hub at")
+# The uWebSockets chat of ../shared/peers/uws-chat (the peer issue 30 measures against):
+# where it is, the name the summaries give it, and the line it prints once it listens.
+UWS_DEFAULT = ROOT.parent / "shared" / "peers" / "uws-chat"
+UWS_NAME = "uWebSockets"
+UWS_READY = re.compile(r"uws-chat listening on ws://([^/\s]+)")
 
 
 def log(message: str) -> None:
@@ -163,6 +170,39 @@ def cargo_build(examples: list[str], features: list[str] | None = None) -> None:
 # ---------------------------------------------------------------- servers
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for servers that take no port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def build_uws(source: Path, out: Path) -> Path | None:
+    """The uWebSockets chat built by its own build.sh into `out` (once per run), or None,
+    said why on stderr, when its sources are not there or it does not build."""
+    script = source / "build.sh"
+    if not script.is_file():
+        log(f"NOTICE: uWebSockets: no {script}; measuring without it")
+        return None
+    log(f"building the uWebSockets chat of {source} into {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(out)},
+                          capture_output=True, text=True)
+    binary = out / "uws-chat"
+    if done.returncode != 0 or not binary.is_file():
+        log(f"NOTICE: uWebSockets: build.sh failed ({done.returncode}); measuring without it: "
+            f"{done.stderr[-400:]}")
+        return None
+    return binary
+
+
+def uws_command(binary: Path) -> list[str]:
+    """The uWebSockets chat on a free port, one thread (its normal mode: with more, each
+    thread has its own topic tree and a broadcast reaches one thread's clients only). It
+    takes no port 0, but prints the port it listens on (UWS_READY)."""
+    return [str(binary), str(free_port()), "1"]
+
+
 def terminate(proc: subprocess.Popen, grace: float = 3.0) -> int | None:
     """SIGTERM, then SIGKILL after `grace` s; returns the exit status."""
     if proc.poll() is None:
@@ -203,7 +243,8 @@ class ServerOutput:
                 if not line:
                     break
                 seen += line
-                match = READY_LINE.search(line.decode("utf-8", "replace"))
+                text = line.decode("utf-8", "replace")
+                match = READY_LINE.search(text) or UWS_READY.search(text)
                 if match:
                     return match.group(1), seen
         finally:

@@ -9,12 +9,20 @@ Servers (all speak the chat protocol of examples/chat/main.rs, started on port 0
   axum         examples/baseline_axum.rs        (axum + tokio::sync::broadcast)
   tungstenite  examples/baseline_tungstenite.rs (tokio-tungstenite + per-client mpsc)
   node         bench/node-baseline/server.js    (Node http + ws; skipped without node/npm)
+  uws          ../shared/peers/uws-chat         (uWebSockets, C++, one thread; built with its
+                                                 build.sh into OUT/uws, skipped when absent)
 
 For every (payload size, client count) and run index the servers are measured in
 interleaved order (A B C D A B C D ...), each one started fresh, loaded by
 target/release/examples/loadgen and stopped again.  Then, at --latency-clients clients,
 open-loop latency runs at each --rates value, and one --idle memory run per server at
 --idle-clients connections.
+
+With uWebSockets measured, a section gives every server's deliveries per second of server
+CPU and server CPU seconds per million deliveries over uWebSockets' (medians of the
+interleaved runs, and run by run), and a goal line: the chat's deliveries per server
+CPU-second at 64 B over uWebSockets', which must be at least --goal (issue 30: 1.2), or
+the exit status is 1.
 
 Output: OUT/results-<timestamp>.json (every raw run, the aggregates and the machine),
 OUT/summary.md (also printed) and OUT/fanout.svg (deliveries/s against N, one panel per
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -43,25 +52,34 @@ from benchlib import (ROOT, ServerOutput, cargo_build, int_list, last_json, load
                       summarize, target_dir)
 
 NODE_DIR = ROOT / "bench" / "node-baseline"
-ALL_SERVERS = ["chat", "axum", "tungstenite", "node"]
+ALL_SERVERS = ["chat", "axum", "tungstenite", "node", "uws"]
 # `chat-deflate`: the chat, its clients offering permessage-deflate (loadgen --deflate).
 # Not among the defaults; with `--json` every server gets chat-like JSON to compress.
-EXTRA_SERVERS = ["chat-deflate"]
-RUST_EXAMPLES = {"chat": "chat", "chat-deflate": "chat", "axum": "baseline_axum",
-                 "tungstenite": "baseline_tungstenite"}
+# `chat-1t`: the chat on one tokio worker thread (TOKIO_WORKER_THREADS=1), as uWebSockets
+# runs on one.
+EXTRA_SERVERS = ["chat-deflate", "chat-1t"]
+RUST_EXAMPLES = {"chat": "chat", "chat-deflate": "chat", "chat-1t": "chat",
+                 "axum": "baseline_axum", "tungstenite": "baseline_tungstenite"}
+# Environment a server starts with, beside this script's.
+SERVER_ENV = {"chat-1t": {"TOKIO_WORKER_THREADS": "1"}}
 # Metrics aggregated per group: (key in the run record, higher is better?)
 METRICS = {
     "deliveries_per_s": True,
+    "deliveries_per_cpu_s": True,
     "p50_us": False,
     "p99_us": False,
     "rss_per_conn_bytes": False,
     "cpu_s_per_million": False,
     "lost": False,
 }
-COLORS = {"chat": "#1f5fbf", "chat-deflate": "#5fa8ff", "axum": "#e07b00",
-          "tungstenite": "#2a9d3a", "node": "#8e44ad"}
-MARKERS = {"chat": "circle", "chat-deflate": "circle", "axum": "square",
-           "tungstenite": "triangle", "node": "diamond"}
+COLORS = {"chat": "#1f5fbf", "chat-deflate": "#5fa8ff", "chat-1t": "#0b2f6b", "axum": "#e07b00",
+          "tungstenite": "#2a9d3a", "node": "#8e44ad", "uws": "#c0392b"}
+MARKERS = {"chat": "circle", "chat-deflate": "circle", "chat-1t": "circle", "axum": "square",
+           "tungstenite": "triangle", "node": "diamond", "uws": "square"}
+# The server the CPU-cost section compares against, and what issue 30 asks of the chat:
+# at 64 B, at least this many times uWebSockets' deliveries per second of server CPU.
+PEER = "uws"
+GOAL = 1.2
 
 
 def int_list_or_empty(text: str) -> list[int]:
@@ -107,6 +125,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before one loadgen call is killed (default: computed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--uws", type=Path, default=benchlib.UWS_DEFAULT,
+                        help="the uWebSockets chat's directory (build.sh), built into OUT/uws")
+    parser.add_argument("--goal", type=float, default=GOAL,
+                        help="exit 1 unless the chat's deliveries per server CPU-second at 64 B "
+                             "are at least this many times uWebSockets' (when it is measured; "
+                             "0: no goal)")
     parser.add_argument("--json", action="store_true",
                         help="pad messages with chat-like JSON (for chat-deflate), not x's")
     parser.add_argument("--no-build", action="store_true", help="skip cargo build")
@@ -168,12 +192,17 @@ def prepare_node() -> str | None:
     return None
 
 
-def server_command(name: str) -> list[str]:
+def server_command(name: str, uws: Path | None = None) -> list[str]:
+    """How to start `name`; `uws` is the uWebSockets chat's binary, when it was built."""
     addr = ["--addr", "127.0.0.1:0"]
+    if name == PEER:
+        if uws is None:
+            raise RuntimeError("the uWebSockets chat was not built")
+        return benchlib.uws_command(uws)
     if name == "node":
         return ["node", str(NODE_DIR / "server.js"), *addr]
     command = [str(target_dir() / "release" / "examples" / RUST_EXAMPLES[name]), *addr]
-    if name in ("chat", "chat-deflate"):
+    if name in ("chat", "chat-deflate", "chat-1t"):
         # The baselines announce nothing; the chat's join and leave notices would make it
         # do extra work (a join storm of N clients is N*N/2 notices).
         command.append("--no-notices")
@@ -186,12 +215,13 @@ def server_command(name: str) -> list[str]:
 class Server(ServerOutput):
     """A server process started on port 0, stopped by its PID."""
 
-    def __init__(self, name: str, log_dir: Path):
+    def __init__(self, name: str, log_dir: Path, uws: Path | None = None):
         self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+b", dir=log_dir)
         self.proc = subprocess.Popen(
-            server_command(name),
+            server_command(name, uws),
             cwd=ROOT,
+            env={**os.environ, **SERVER_ENV.get(name, {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -230,7 +260,8 @@ def loadgen_command(args: argparse.Namespace, url: str, pid: int, params: dict) 
 
 def fake_loadgen(server: Server, params: dict, run_index: int) -> dict:
     """Plausible numbers for --dry-run, with a visible per-server difference."""
-    base = {"chat": 1.0, "chat-deflate": 0.9, "axum": 0.55, "tungstenite": 0.6, "node": 0.45}[server.name]
+    base = {"chat": 1.0, "chat-deflate": 0.9, "chat-1t": 0.8, "axum": 0.55, "tungstenite": 0.6,
+            "node": 0.45, "uws": 0.85}[server.name]
     wiggle = 1.0 + 0.04 * ((run_index * 7 + len(server.name)) % 5 - 2)
     n, size = params["clients"], params["size"]
     idle = params["kind"] == "idle"
@@ -270,7 +301,7 @@ def run_one(args: argparse.Namespace, name: str, params: dict, run_index: int,
               "ok": False, "error": None, "loadgen": None}
     started = time.monotonic()
     try:
-        server = Server(name, log_dir)
+        server = Server(name, log_dir, args.uws_binary)
     except (OSError, RuntimeError) as error:
         record["error"] = f"server start: {error}"
         return record
@@ -318,6 +349,8 @@ def flatten(record: dict) -> dict:
         "p99_us": latency.get("p99"),
         "rss_per_conn_bytes": result.get("rss_per_conn_bytes"),
         "cpu_s_per_million": result.get("cpu_s_per_million"),
+        "deliveries_per_cpu_s": (1e6 / result["cpu_s_per_million"]
+                                 if result.get("cpu_s_per_million") else None),
         "lost": result.get("lost"),
     }
 
@@ -345,8 +378,51 @@ def aggregate(runs: list[dict], servers: list[str]) -> list[dict]:
             for name, entry in per_server.items():
                 if name != "chat":
                     ratios[name] = median_ratios(chat, entry, METRICS)
-        out.append({"kind": kind, "size": size, "clients": clients, "rate": rate,
-                    "servers": per_server, "chat_over": ratios})
+        agg = {"kind": kind, "size": size, "clients": clients, "rate": rate,
+               "servers": per_server, "chat_over": ratios}
+        peer = per_server.get(PEER)
+        if kind == "throughput" and peer and peer["ok_runs"]:
+            agg["over_peer"] = over_peer(groups[key], per_server)
+        out.append(agg)
+    return out
+
+
+def over_peer(by_server: dict[str, list[dict]], per_server: dict[str, dict]) -> dict:
+    """Each server's CPU cost against uWebSockets' in one cell: the ratio of the medians,
+    and run by run (run i of each was measured next to the other's run i)."""
+    peer_runs = {r["run"]: flatten(r) for r in by_server.get(PEER, []) if r["ok"]}
+    out = {}
+    for name, entry in per_server.items():
+        ratios = median_ratios(entry, per_server[PEER], METRICS)
+        per_run: dict[str, list[float]] = {"deliveries_per_cpu_s": [], "cpu_s_per_million": []}
+        for record in sorted(by_server.get(name, []), key=lambda r: r["run"]):
+            theirs = peer_runs.get(record["run"])
+            if not record["ok"] or not theirs:
+                continue
+            ours = flatten(record)
+            for metric, values in per_run.items():
+                if ours[metric] and theirs[metric]:
+                    values.append(ours[metric] / theirs[metric])
+        out[name] = {
+            "deliveries_per_cpu_s": ratios["deliveries_per_cpu_s"],
+            "cpu_s_per_million": ratios["cpu_s_per_million"],
+            "per_run": per_run,
+        }
+    return out
+
+
+def peer_goal(aggregates: list[dict], goal: float) -> list[dict]:
+    """Issue 30's target, cell by cell at 64 B: the chat's deliveries per server CPU-second
+    over uWebSockets' (medians), and whether it reaches `goal`."""
+    out = []
+    for agg in aggregates:
+        ratios = (agg.get("over_peer") or {}).get("chat")
+        if agg["kind"] != "throughput" or agg["size"] != 64 or not ratios:
+            continue
+        value = ratios["deliveries_per_cpu_s"]
+        out.append({"clients": agg["clients"], "ratio": value,
+                    "per_run": ratios["per_run"]["deliveries_per_cpu_s"],
+                    "met": value is not None and value >= goal})
     return out
 
 
@@ -401,6 +477,44 @@ def markdown(report: dict) -> str:
                     f"| {fmt_stat(entry.get('lost'), lambda v: f'{v:.0f}', False)} "
                     f"| {'' if name == 'chat' else ratio(r)} |"
                 )
+    peer = [a for a in thr if a.get("over_peer")]
+    if peer:
+        lines += ["", "## CPU cost against uWebSockets", "",
+                  "Deliveries per second of server CPU (`1e6 / CPU s per million`) and server "
+                  "CPU seconds per million deliveries, each server's ÷ uWebSockets': the ratio "
+                  "of the medians, then run by run (run i of each server beside run i of "
+                  "uWebSockets). Deliveries per CPU-second above 1× and CPU per million below "
+                  "1× = cheaper than uWebSockets.", "",
+                  "| size | N | server | deliveries per server CPU-s | ÷ uWS | per run "
+                  "| CPU s / M deliveries | ÷ uWS | per run |",
+                  "|---:|---:|---|---:|---:|---|---:|---:|---|"]
+        for agg in peer:
+            for name in servers:
+                entry = agg["servers"].get(name) or {}
+                r = agg["over_peer"].get(name) or {}
+                per_run = r.get("per_run") or {}
+                runs = lambda values: " ".join(f"{v:.2f}" for v in values) or "–"
+                lines.append(
+                    f"| {agg['size']} | {agg['clients']} | {name} "
+                    f"| {fmt_stat(entry.get('deliveries_per_cpu_s'), si)} "
+                    f"| {'' if name == PEER else ratio(r.get('deliveries_per_cpu_s'))} "
+                    f"| {'' if name == PEER else runs(per_run.get('deliveries_per_cpu_s', []))} "
+                    f"| {fmt_stat(entry.get('cpu_s_per_million'), lambda v: f'{v:.3g}')} "
+                    f"| {'' if name == PEER else ratio(r.get('cpu_s_per_million'))} "
+                    f"| {'' if name == PEER else runs(per_run.get('cpu_s_per_million', []))} |"
+                )
+    goal = report.get("goal")
+    if goal:
+        lines.append("")
+        for cell in goal["cells"]:
+            lines.append(
+                f"**Goal (issue 30): chat ÷ uWebSockets, deliveries per server CPU-second, "
+                f"64 B, N = {cell['clients']}: {ratio(cell['ratio'])}** (runs: "
+                f"{' '.join(f'{v:.2f}' for v in cell['per_run']) or '–'}); "
+                f"wanted ≥ {goal['goal']:g}×: {'met' if cell['met'] else 'MISSED'}.")
+        if not goal["cells"]:
+            lines.append(f"Goal (issue 30, ≥ {goal['goal']:g}× uWebSockets at 64 B): not "
+                         "checked: uWebSockets or 64 B not measured.")
     lat = [a for a in aggregates if a["kind"] == "latency"]
     if lat:
         lines += ["", "## Latency (open loop)", "",
@@ -638,6 +752,14 @@ def main(argv: list[str]) -> int:
 
     servers = list(args.servers)
     skipped: dict[str, str] = {}
+    args.uws_binary = None
+    if PEER in servers:
+        args.uws_binary = benchlib.build_uws(args.uws, args.out / "uws")
+        if args.uws_binary is None:
+            reason = f"the uWebSockets chat is not at {args.uws} or did not build"
+            print(f"NOTICE: skipping uWebSockets: {reason}.", flush=True)
+            skipped[PEER] = reason
+            servers.remove(PEER)
     if "node" in servers:
         reason = prepare_node()
         if reason:
@@ -694,6 +816,8 @@ def main(argv: list[str]) -> int:
             report["complete"] = True
     report["elapsed_s"] = round(time.monotonic() - began, 1)
     report["aggregates"] = aggregate(report["runs"], servers)
+    if args.goal and PEER in args.servers and "chat" in servers:
+        report["goal"] = {"goal": args.goal, "cells": peer_goal(report["aggregates"], args.goal)}
     if not write_svg(svg_path, report["aggregates"], servers, args.runs, args.dry_run):
         report["plot_file"] = None
     save(report, results_path)
@@ -702,7 +826,11 @@ def main(argv: list[str]) -> int:
     print(summary, flush=True)
     log(f"done in {report['elapsed_s']:.0f} s: {results_path}, {args.out / 'summary.md'}"
         + (f", {svg_path}" if report["plot_file"] else ""))
-    return 0 if all(r["ok"] for r in report["runs"]) else 1
+    missed = [c for c in (report.get("goal") or {}).get("cells", []) if not c["met"]]
+    if missed:
+        log(f"goal missed: the chat's deliveries per server CPU-second at 64 B are under "
+            f"{args.goal:g}x uWebSockets' at N = {', '.join(str(c['clients']) for c in missed)}")
+    return 0 if all(r["ok"] for r in report["runs"]) and not missed else 1
 
 
 if __name__ == "__main__":

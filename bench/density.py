@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,7 @@ import benchlib
 from benchlib import ROOT, log, spread
 
 ECHO_READY = "Echo server listening on ws://"
-# What the uWebSockets chat prints once it listens; it takes its port as an argument.
-UWS_READY = "uws-chat listening on ws://"
-UWS_DEFAULT = ROOT.parent / "shared" / "peers" / "uws-chat"
-UWS_NAME = "uWebSockets"
+UWS_NAME = benchlib.UWS_NAME
 
 
 class Server(benchlib.ServerOutput):
@@ -54,9 +50,7 @@ class Server(benchlib.ServerOutput):
     def __init__(self, binary: Path, extra: list[str], work: Path):
         self.stderr = tempfile.TemporaryFile(dir=work)
         if binary.name == "uws-chat":
-            # uWS prints the port it was given, so it gets a free one rather than 0.
-            self.port = free_port()
-            cmd = [str(binary), str(self.port), "1"]
+            cmd = benchlib.uws_command(binary)
         else:
             cmd = [str(binary), "--addr", "127.0.0.1:0", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr)
@@ -69,47 +63,20 @@ class Server(benchlib.ServerOutput):
             line = self.proc.stdout.readline().decode("utf-8", "replace")
             if not line:
                 break
-            match = benchlib.READY_LINE.search(line) or benchlib.SIGNALR_READY.search(line)
+            match = (benchlib.READY_LINE.search(line) or benchlib.SIGNALR_READY.search(line)
+                     or benchlib.UWS_READY.search(line))
             if match:
                 self.drain_stdout()
                 return match.group(1)
             if ECHO_READY in line:
                 self.drain_stdout()
                 return line.split(ECHO_READY, 1)[1].strip()
-            if UWS_READY in line:
-                self.drain_stdout()
-                return f"127.0.0.1:{self.port}"
         benchlib.terminate(self.proc)
         sys.exit(f"{self.proc.args[0]} did not announce its address: {self.stderr_tail()}")
 
     def stop(self) -> None:
         benchlib.terminate(self.proc)
         self.stderr.close()
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def build_uws(source: Path, out: Path) -> Path | None:
-    """The uWebSockets chat built by its own build.sh into `out`, or None (said why) when
-    its sources are not there or it does not build."""
-    script = source / "build.sh"
-    if not script.is_file():
-        log(f"uWebSockets: no {script}; measuring without it")
-        return None
-    log(f"building the uWebSockets chat of {source} into {out}")
-    done = subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(out)},
-                          capture_output=True, text=True)
-    binary = out / "uws-chat"
-    if done.returncode != 0 or not binary.is_file():
-        log(f"uWebSockets: build.sh failed ({done.returncode}); measuring without it: "
-            f"{done.stderr[-400:]}")
-        return None
-    return binary
 
 
 def loadgen(server: Server, path: str, flags: list[str], timeout: float,
@@ -170,7 +137,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-notices", action="store_true",
                         help="leave out the idle run of the chat with join notices (N^2/2 "
                              "notices: the slowest run)")
-    parser.add_argument("--uws", type=Path, default=UWS_DEFAULT,
+    parser.add_argument("--uws", type=Path, default=benchlib.UWS_DEFAULT,
                         help="the uWebSockets chat's directory (build.sh, server.cpp)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -192,7 +159,7 @@ def main(argv: list[str]) -> int:
             if not args.skip_notices:
                 idle.append(("chat (notices)", examples / "chat", [], "/api/Chat"))
             idle.append(("echo", examples / "echo", [], "/"))
-            uws = build_uws(args.uws, args.out / "uws")
+            uws = benchlib.build_uws(args.uws, args.out / "uws")
             if uws:
                 idle.append((UWS_NAME, uws, [], "/api/Chat"))
             for run in range(args.runs):

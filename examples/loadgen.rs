@@ -26,6 +26,10 @@
 //! # 100 rooms of 10 clients, one sender in each
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
 //!     --clients 1000 --rooms 100 --senders 100
+//! # idle clients from 127.0.0.2-5 driven from stdin (bench/scale.py): `send 1` makes
+//! # client 0 send a probe, `wait 1 5000` answers once every client here has it
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:8080/api/Chat \
+//!     --idle --control --clients 10000 --first-id 10000 --source-addrs 4
 //! ```
 //!
 //! Sender `s` sends `<s> <seq> <send_time_ns> ` padded with `x` to `--size` bytes. Every
@@ -106,6 +110,18 @@ const USAGE: &str = "usage: loadgen --url ws://127.0.0.1:8080/api/Chat[,ws://...
   --signalr            the URL is a SignalR hub: negotiate, the JSON hub protocol, every
                        client in the group \"bench\", senders invoke SendToGroup (not with
                        --http2 or --json)
+  --source-addrs K     bind client i to 127.0.0.<2 + i % K> before connecting (an IPv4
+                       loopback --url only), so that more clients than one address has
+                       ephemeral ports (about 28k) can reach one port; 0 (the default):
+                       the kernel's choice, 127.0.0.1
+  --first-id M         usernames u<M>, u<M+1>... (default 0), for several loadgens on one
+                       server
+  --control            with --idle: once connected, print {\"ready\":...} and take
+                       commands on stdin, one a line, each answered by a JSON line:
+                       `send ID` (client 0 sends `probe ID <wall-clock ns>`), `wait ID MS`
+                       (until every client here has had probe ID, or MS ms: their count
+                       and latencies), `stats` (pings had, clients connected), `quit`
+                       (or the end of stdin: close and report)
   --quiet              no progress display";
 
 /// Per-client read buffer; 15k clients x 16 KiB is still acceptable, and it grows if needed.
@@ -167,6 +183,12 @@ struct Args {
     signalr: bool,
     /// `--rooms`: client `i` is in room `i % rooms`.
     rooms: usize,
+    /// `--source-addrs`: client `i` binds 127.0.0.<2 + i % source_addrs> (0: no bind).
+    source_addrs: usize,
+    /// `--first-id`: client `i`'s username is `u<first_id + i>`.
+    first_id: usize,
+    /// `--control`: idle clients that wait for probes ordered on stdin.
+    control: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -191,6 +213,9 @@ fn parse_args() -> Result<Args, String> {
         streams: 100,
         signalr: false,
         rooms: 1,
+        source_addrs: 0,
+        first_id: 0,
+        control: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -221,6 +246,9 @@ fn parse_args() -> Result<Args, String> {
             "--streams" => a.streams = number(&flag, value()?)?,
             "--signalr" => a.signalr = true,
             "--rooms" => a.rooms = number(&flag, value()?)?,
+            "--source-addrs" => a.source_addrs = number(&flag, value()?)?,
+            "--first-id" => a.first_id = number(&flag, value()?)?,
+            "--control" => a.control = true,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -246,6 +274,10 @@ fn parse_args() -> Result<Args, String> {
         )),
         _ if a.rooms > 1 && a.signalr => Err("--signalr speaks one group: no --rooms".into()),
         _ if a.size < MIN_SIZE => Err(format!("--size must be at least {MIN_SIZE}")),
+        _ if a.source_addrs > 253 => Err("--source-addrs: at most 253 (127.0.0.2-254)".into()),
+        _ if a.control && (!a.idle || a.signalr || a.rooms > 1) => {
+            Err("--control goes with --idle, and without --signalr or --rooms".into())
+        }
         _ if a.signalr && (a.http2 || a.json) => {
             Err("--signalr goes with neither --http2 nor --json".into())
         }
@@ -277,6 +309,10 @@ struct Target {
     /// `--http2`: the connections, made by the first of their clients, whose streams the
     /// others open (client `i` of this target on connection `i / --streams`).
     h2: Option<Vec<tokio::sync::OnceCell<H2Sender>>>,
+    /// `--source-addrs`: the local addresses connections are bound to, taken in turn.
+    sources: Vec<std::net::IpAddr>,
+    /// `--first-id`: added to a client's index in its username.
+    first_id: usize,
 }
 
 /// Opens streams on one HTTP/2 connection.
@@ -306,13 +342,22 @@ async fn resolve_target(url: &str, args: &Args) -> Result<Target, Box<dyn Error>
             .map(|_| tokio::sync::OnceCell::new())
             .collect()
     });
+    let addr = addrs.next().ok_or("the --url host did not resolve")?;
+    if args.source_addrs > 0 && !(addr.is_ipv4() && addr.ip().is_loopback()) {
+        return Err("--source-addrs needs an IPv4 loopback --url (127.x.x.x)".into());
+    }
+    let sources = (0..args.source_addrs)
+        .map(|k| std::net::Ipv4Addr::new(127, 0, 0, 2 + k as u8).into())
+        .collect();
     Ok(Target {
-        addr: addrs.next().ok_or("the --url host did not resolve")?,
+        addr,
         tls,
         host: host.to_owned(),
         path: format!("{path}{sep}username=u"),
         hub: args.signalr.then(|| path.to_owned()),
         h2,
+        sources,
+        first_id: args.first_id,
     })
 }
 
@@ -352,6 +397,8 @@ struct Stats {
     /// permessage-deflate.
     wire_bytes: Padded<AtomicU64>,
     deflate_agreed: AtomicU32,
+    /// Pings the servers sent (each answered with a pong).
+    pings: AtomicU64,
 }
 
 /// One room's counts: what its clients expect is what was sent to it, times its clients.
@@ -388,6 +435,10 @@ struct Shared {
     hist: [Vec<Mutex<Histogram<u64>>>; 2],
     /// Error message (without client ids, so 10k identical failures stay one line) -> count.
     errors: Mutex<BTreeMap<String, u64>>,
+    /// `--control`: per probe id, the latency (microseconds, wall clock: the sender may be
+    /// another process) of each client that has had it.
+    control: bool,
+    probes: Mutex<BTreeMap<u32, Vec<u32>>>,
 }
 
 impl Shared {
@@ -419,6 +470,8 @@ impl Shared {
                     .collect()
             }),
             errors: Mutex::default(),
+            control: args.control,
+            probes: Mutex::default(),
         }
     }
 
@@ -539,7 +592,9 @@ async fn connect(
         let cell = connections
             .get(connection)
             .ok_or("more clients than --clients")?;
-        let send = cell.get_or_try_init(|| h2_connection(target)).await?;
+        let send = cell
+            .get_or_try_init(|| h2_connection(target, connection))
+            .await?;
         let (stream, agreed) = h2_stream(send.clone(), target, idx, deflate).await?;
         let (read, write) = tokio::io::split(stream);
         return Ok((
@@ -549,7 +604,7 @@ async fn connect(
             agreed,
         ));
     }
-    let stream = tcp_connect(target).await?;
+    let stream = tcp_connect(target, idx).await?;
     let Some((connector, name)) = &target.tls else {
         let mut stream = stream;
         let (buf, agreed) = upgrade(&mut stream, target, idx, deflate).await?;
@@ -575,10 +630,21 @@ async fn connect(
     ))
 }
 
-async fn tcp_connect(target: &Target) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(target.addr)
-        .await
-        .map_err(connect_error)?;
+/// A TCP connection to `target`, from source address number `n` (of `--source-addrs`) if
+/// there are any. Bound before connecting: the kernel then picks a port free on that
+/// address, so each address adds a port range.
+async fn tcp_connect(target: &Target, n: usize) -> Result<TcpStream, String> {
+    let stream = match target.sources.get(n % target.sources.len().max(1)) {
+        None => TcpStream::connect(target.addr).await,
+        Some(&source) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(connect_error)?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {}", connect_error(e)))?;
+            socket.connect(target.addr).await
+        }
+    }
+    .map_err(connect_error)?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
@@ -586,8 +652,8 @@ async fn tcp_connect(target: &Target) -> Result<TcpStream, String> {
 }
 
 /// A new HTTP/2 connection to `target`, TLS (with `h2` agreed by ALPN) for `wss://`.
-async fn h2_connection(target: &Target) -> Result<H2Sender, String> {
-    let stream = tcp_connect(target).await?;
+async fn h2_connection(target: &Target, n: usize) -> Result<H2Sender, String> {
+    let stream = tcp_connect(target, n).await?;
     let Some((connector, name)) = &target.tls else {
         return h2_handshake(stream).await;
     };
@@ -627,7 +693,12 @@ async fn h2_stream(
     } else {
         "http"
     };
-    let uri = format!("{scheme}://{}{}{idx}", target.host, target.path);
+    let uri = format!(
+        "{scheme}://{}{}{}",
+        target.host,
+        target.path,
+        target.first_id + idx
+    );
     // The server's SETTINGS, which allow the extended CONNECT, may not have arrived when the
     // first stream is opened: hyper then refuses it, and it is tried again.
     let mut tries = 0;
@@ -719,7 +790,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     deflate: bool,
 ) -> Result<(BytesMut, bool), String> {
     let Some(hub) = &target.hub else {
-        let path = format!("{}{idx}", target.path);
+        let path = format!("{}{}", target.path, target.first_id + idx);
         return handshake(stream, target, &path, idx, deflate).await;
     };
     let token = negotiate(stream, target, hub).await?;
@@ -983,6 +1054,7 @@ fn connect_error(e: std::io::Error) -> String {
     match e.raw_os_error() {
         Some(24) => "too many open files (EMFILE): raise ulimit -n".into(),
         Some(99) => "no free local port (EADDRNOTAVAIL)".into(),
+        Some(98) => "no free local port on the source address (EADDRINUSE)".into(),
         _ => format!("connect: {e}"),
     }
 }
@@ -1146,7 +1218,10 @@ impl Client {
                     let code = code.first().map(|&hi| u16::from_be_bytes([hi, code[1]]));
                     return Err(format!("server sent close (code {})", opt(code)));
                 }
-                (0x9, _) => push_frame(&mut self.out, 0xA, payload, xorshift(&mut self.rng)),
+                (0x9, _) => {
+                    self.shared.stats.pings.fetch_add(1, Relaxed);
+                    push_frame(&mut self.out, 0xA, payload, xorshift(&mut self.rng));
+                }
                 (0x2 | 0xA, _) => {}
                 (op, _) => return Err(format!("protocol error: opcode {op:#x}")),
             }
@@ -1168,6 +1243,13 @@ impl Client {
             }
         } else if let Some(message) = parse_chat(text) {
             self.on_message(message);
+        } else if self.shared.control {
+            if let Some((id, sent_ns)) = parse_probe(text) {
+                let micros = wall_ns().saturating_sub(sent_ns) / 1000;
+                let mut probes = self.shared.probes.lock().expect("probes lock");
+                let latencies = probes.entry(id).or_default();
+                latencies.push(micros.min(u32::MAX.into()) as u32);
+            }
         }
     }
 
@@ -1341,6 +1423,20 @@ fn parse_chat(text: &[u8]) -> Option<(usize, u32, u64)> {
     let seq = parse_field(&mut rest)?;
     let send_ns = parse_field(&mut rest)?;
     Some((usize::try_from(s).ok()?, u32::try_from(seq).ok()?, send_ns))
+}
+
+/// `NAME: probe <id> <wall_ns> xxx…` (`--control`) into `(id, wall_ns)`.
+fn parse_probe(text: &[u8]) -> Option<(u32, u64)> {
+    let mut rest = text[find(text, b": ")? + 2..].strip_prefix(b"probe ")?;
+    let id = parse_field(&mut rest)?;
+    let sent_ns = parse_field(&mut rest)?;
+    Some((u32::try_from(id).ok()?, sent_ns))
+}
+
+/// Nanoseconds since the Unix epoch: one clock for every process on the machine.
+fn wall_ns() -> u64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A SignalR `{"type":1,"target":"ReceiveMessage","arguments":["u<s>","<s> <seq> <send_ns>
@@ -1738,7 +1834,10 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
         shared.set_phase(SETTLING);
         sleep(SETTLE).await;
         m.rss_connected = rss();
-        if args.idle {
+        if args.control {
+            shared.set_phase(HOLD);
+            control(&shared, &args, &writers).await;
+        } else if args.idle {
             shared.set_phase(HOLD);
             sleep(Duration::from_secs_f64(args.duration)).await;
         } else {
@@ -1760,6 +1859,81 @@ async fn run(args: Arc<Args>) -> Result<bool, Box<dyn Error>> {
         eprintln!();
     }
     Ok(report(&args, &shared, &m))
+}
+
+/// `--control`: the connected clients idle while stdin orders probes (a message from client
+/// 0, timed to each client's receipt), until `quit` or the end of stdin. Every command is
+/// answered by one JSON line on stdout, so a driving script can wait for it.
+async fn control(shared: &Shared, args: &Args, writers: &[Writer]) {
+    use tokio::io::AsyncBufReadExt;
+
+    println!(
+        "{{\"ready\":true,\"clients\":{},\"first_id\":{}}}",
+        writers.len(),
+        args.first_id
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut rng = seed(0x9b0b);
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |word: &str| word.parse::<u64>().ok();
+        match words.as_slice() {
+            ["send", id] if number(id).is_some_and(|id| id <= u32::MAX.into()) => {
+                let sent_ns = wall_ns();
+                let mut text = format!("probe {id} {sent_ns} ");
+                let pad = args.size.saturating_sub(text.len());
+                text.extend(std::iter::repeat_n('x', pad));
+                let mut frame = Vec::new();
+                push_frame(&mut frame, 0x1, text.as_bytes(), xorshift(&mut rng));
+                let written = writers[0].lock().await.write_all(&frame).await;
+                let error = written.err().map(|e| json_str(&e.to_string()));
+                println!(
+                    "{{\"sent\":{id},\"send_ns\":{sent_ns},\"error\":{}}}",
+                    opt(error)
+                );
+            }
+            ["wait", id, ms] if number(id).is_some() && number(ms).is_some() => {
+                let id = number(id)
+                    .and_then(|id| u32::try_from(id).ok())
+                    .unwrap_or(0);
+                let deadline = Instant::now() + Duration::from_millis(number(ms).unwrap_or(0));
+                let had =
+                    || (shared.probes.lock().expect("probes lock").get(&id)).map_or(0, Vec::len);
+                let live = || shared.stats.live.load(Acquire) as usize;
+                // Arrival times are the clients' own stamps: polling only decides when to answer.
+                while had() < live() && Instant::now() < deadline {
+                    sleep(Duration::from_millis(1)).await;
+                }
+                let mut latencies = (shared.probes.lock().expect("probes lock"))
+                    .remove(&id)
+                    .unwrap_or_default();
+                latencies.sort_unstable();
+                let at = |q: f64| {
+                    let last = latencies.len().checked_sub(1)?;
+                    latencies.get((last as f64 * q).round() as usize).copied()
+                };
+                println!(
+                    "{{\"probe\":{id},\"received\":{},\"clients\":{},\"p50_us\":{},\
+                     \"p99_us\":{},\"max_us\":{}}}",
+                    latencies.len(),
+                    live(),
+                    opt(at(0.5)),
+                    opt(at(0.99)),
+                    opt(at(1.0))
+                );
+            }
+            ["stats"] => println!(
+                "{{\"pings\":{},\"live\":{}}}",
+                shared.stats.pings.load(Acquire),
+                shared.stats.live.load(Acquire)
+            ),
+            ["quit"] => break,
+            _ => println!(
+                "{{\"error\":{}}}",
+                json_str(&format!("unknown command {line:?}"))
+            ),
+        }
+    }
 }
 
 /// The servers' RSS once the closes have been processed: once they hold no more sockets
@@ -1962,6 +2136,7 @@ fn report(args: &Args, shared: &Shared, m: &Measured) -> bool {
         ("latency_cross_server_us", latency_json(&cross)),
         ("rooms", args.rooms.to_string()),
         ("wrong_room", wrong_room.to_string()),
+        ("pings", st.pings.load(Acquire).to_string()),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     println!("{{{}}}", body.join(","));

@@ -491,3 +491,69 @@ async fn metrics_endpoint_counts_connections_messages_and_closes() {
         );
     }
 }
+
+/// `loadgen --idle --control` (what `bench/scale.py` drives): two processes of idle clients
+/// on one server, from two loopback source addresses, with usernames that do not collide;
+/// a probe sent by one process's client 0 reaches every client of both, and each process
+/// answers on stdout when its clients have it.
+#[tokio::test]
+async fn loadgen_control_times_one_broadcast_across_processes() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let server = ChatServer::start_with("127.0.0.1:0", &["--no-notices"]).await;
+    let loadgen = common::example_binary("loadgen");
+    let url = format!("ws://{}/api/Chat", server.addr);
+    let mut gens = Vec::new();
+    for first_id in ["0", "30"] {
+        let mut child = Command::new(&loadgen)
+            .args(["--url", &url, "--idle", "--control", "--quiet"])
+            .args(["--clients", "30", "--senders", "0", "--first-id", first_id])
+            .args(["--source-addrs", "2"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start loadgen");
+        let stdin = child.stdin.take().expect("loadgen stdin");
+        let lines = BufReader::new(child.stdout.take().expect("loadgen stdout")).lines();
+        gens.push((child, stdin, lines));
+    }
+    for (_, _, lines) in &mut gens {
+        let ready = within("loadgen's ready line", lines.next_line()).await;
+        let ready = ready.expect("read loadgen").expect("a ready line");
+        assert!(
+            ready.starts_with("{\"ready\":true,\"clients\":30,"),
+            "{ready}"
+        );
+    }
+    gens[0].1.write_all(b"send 7\n").await.expect("write send");
+    for (_, stdin, _) in &mut gens {
+        stdin.write_all(b"wait 7 5000\n").await.expect("write wait");
+    }
+    let sent = within("the send's answer", gens[0].2.next_line()).await;
+    let sent = sent.expect("read loadgen").expect("a line");
+    assert!(
+        sent.starts_with("{\"sent\":7,") && sent.ends_with("\"error\":null}"),
+        "{sent}"
+    );
+    for (_, _, lines) in &mut gens {
+        let answer = within("the probe's count", lines.next_line()).await;
+        let answer = answer.expect("read loadgen").expect("a line");
+        // Both processes' clients, the sender's own included, had the one broadcast.
+        assert!(
+            answer.starts_with("{\"probe\":7,\"received\":30,\"clients\":30,"),
+            "{answer}"
+        );
+        assert!(json_number(&answer, "max_us") > 0.0, "{answer}");
+    }
+    for (mut child, mut stdin, mut lines) in gens {
+        stdin.write_all(b"quit\n").await.expect("write quit");
+        drop(stdin);
+        let report = within("loadgen's report", lines.next_line()).await;
+        let report = report.expect("read loadgen").expect("a report line");
+        assert!(report.contains("\"mode\":\"idle\""), "{report}");
+        assert!(report.contains("\"errors\":[]"), "{report}");
+        let status = within("loadgen's exit", child.wait()).await.expect("wait");
+        assert!(status.success(), "loadgen failed: {report}");
+    }
+}
