@@ -1,43 +1,38 @@
-//! Spare queue buffers: a connection that goes idle gives its drained buffer back here, and
-//! the next connection a broadcast finds idle takes one, instead of a `malloc`, `realloc`s
-//! as it grows and a `free` per connection per batch.
+//! Spare buffers for queues: a connection that goes idle gives its drained buffer back,
+//! and the next connection a broadcast finds idle takes one, instead of a `malloc`,
+//! `realloc`s as it grows and a `free` per connection per batch. (The queue's pool is in
+//! `queue.rs`: a thread's [`Spares`] and a shared [`Stock`] of its buffer type.)
 //!
 //! Buffers are mostly taken on the thread that broadcasts and given back on those that
-//! write, so each thread's spares overflow in magazines of [`MAGAZINE`] to a shared stock,
-//! where a thread that runs out takes a magazine: one lock per [`MAGAZINE`] buffers.
+//! write, so each thread's spares overflow in magazines of [`MAGAZINE`] to the shared
+//! stock, where a thread that runs out takes a magazine: one lock per [`MAGAZINE`] buffers.
 //! (Profiled at 1,000 clients: the cross-thread `free`s' lock waits went from 1,500 to
 //! 125 futex calls per million deliveries.)
 
 use std::cell::RefCell;
 use std::sync::Mutex;
+use std::thread::LocalKey;
 
-use crate::engine::queue::Outbound;
-
-/// A pooled buffer's capacity: a batch of small messages rarely needs more.
+/// A pooled buffer's capacity in items: a batch of small messages rarely needs more.
 pub(crate) const CAPACITY: usize = 32;
 
 /// Buffers moved to or from the shared stock at once.
 const MAGAZINE: usize = 16;
 
-/// Most magazines in the shared stock. With a thread's own (at most two), what the pool
-/// holds is bounded: about 1.8 KiB per buffer, 29 KiB per magazine.
+/// Most magazines in the shared stock. With each thread's own (at most two), what a pool
+/// holds is bounded: for the queue's 56-byte items, 1.8 KiB a buffer, 29 KiB a magazine.
 const MOST_SHARED: usize = 8;
 
-type Buffer = Vec<Outbound>;
-
 /// Magazines of spare buffers, shared by the threads.
-type Stock = Mutex<Vec<Vec<Buffer>>>;
+pub(crate) type Stock<T> = Mutex<Vec<Vec<Vec<T>>>>;
 
-static STOCK: Stock = Mutex::new(Vec::new());
-
-thread_local! {
-    static SPARE: RefCell<Spares> = const { RefCell::new(Spares(Vec::new())) };
-}
-
-/// An empty buffer with room for [`CAPACITY`] items.
-pub(crate) fn take() -> Buffer {
-    SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok()?.take(&STOCK))
+/// An empty buffer with room for [`CAPACITY`] items, from `spares` or `stock`.
+pub(crate) fn take<T: 'static>(
+    spares: &'static LocalKey<RefCell<Spares<T>>>,
+    stock: &Stock<T>,
+) -> Vec<T> {
+    spares
+        .try_with(|spares| spares.try_borrow_mut().ok()?.take(stock))
         .ok()
         .flatten()
         .unwrap_or_else(|| Vec::with_capacity(CAPACITY))
@@ -45,24 +40,32 @@ pub(crate) fn take() -> Buffer {
 
 /// Gives `buffer` back: kept if it is a pooled buffer's size and there is room, freed
 /// otherwise. Returns whether it was freed.
-pub(crate) fn give(buffer: Buffer) -> bool {
+pub(crate) fn give<T: 'static>(
+    spares: &'static LocalKey<RefCell<Spares<T>>>,
+    stock: &Stock<T>,
+    buffer: Vec<T>,
+) -> bool {
     if buffer.capacity() != CAPACITY {
         return true;
     }
     let mut buffer = Some(buffer);
-    let _ = SPARE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut() {
-            spare.give(&mut buffer, &STOCK);
+    let _ = spares.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut() {
+            spares.give(&mut buffer, stock);
         }
     });
     buffer.is_some()
 }
 
 /// One thread's spare buffers.
-struct Spares(Vec<Buffer>);
+pub(crate) struct Spares<T>(Vec<Vec<T>>);
 
-impl Spares {
-    fn take(&mut self, stock: &Stock) -> Option<Buffer> {
+impl<T> Spares<T> {
+    pub(crate) const fn new() -> Self {
+        Spares(Vec::new())
+    }
+
+    fn take(&mut self, stock: &Stock<T>) -> Option<Vec<T>> {
         if self.0.is_empty() {
             self.0 = stock.lock().ok()?.pop()?;
         }
@@ -71,7 +74,7 @@ impl Spares {
 
     /// Keeps `buffer` (taking it out of the `Option`), or leaves it there when there is no
     /// room; moves a magazine to `stock` when this thread has two.
-    fn give(&mut self, buffer: &mut Option<Buffer>, stock: &Stock) {
+    fn give(&mut self, buffer: &mut Option<Vec<T>>, stock: &Stock<T>) {
         if self.0.len() == 2 * MAGAZINE {
             let magazine = self.0.split_off(MAGAZINE);
             match stock.lock() {
@@ -88,27 +91,31 @@ impl Spares {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::{give, take, Spares, Stock, CAPACITY, MAGAZINE, MOST_SHARED};
 
     #[test]
     fn a_buffer_given_back_is_taken_again_without_allocating() {
-        let buffer = take();
+        thread_local! {
+            static SPARES: RefCell<Spares<u64>> = const { RefCell::new(Spares::new()) };
+        }
+        let stock = Stock::default();
+        let buffer = take(&SPARES, &stock);
         assert_eq!(buffer.capacity(), CAPACITY);
         let at = buffer.as_ptr();
-        assert!(!give(buffer), "kept");
-        let again = take();
+        assert!(!give(&SPARES, &stock, buffer), "kept");
+        let again = take(&SPARES, &stock);
         assert_eq!(again.as_ptr(), at, "the same allocation");
-        assert!(
-            give(Vec::with_capacity(CAPACITY * 2)),
-            "another size is freed"
-        );
+        let other = Vec::with_capacity(CAPACITY * 2);
+        assert!(give(&SPARES, &stock, other), "another size is freed");
     }
 
     #[test]
     fn a_threads_overflow_goes_to_the_stock_for_others_and_the_stock_is_bounded() {
         let stock = Stock::default();
-        let (mut giver, mut taker) = (Spares(Vec::new()), Spares(Vec::new()));
-        let buffers: Vec<_> = (0..2 * MAGAZINE + 1)
+        let (mut giver, mut taker) = (Spares::new(), Spares::new());
+        let buffers: Vec<Vec<u64>> = (0..2 * MAGAZINE + 1)
             .map(|_| Vec::with_capacity(CAPACITY))
             .collect();
         let given: Vec<usize> = buffers.iter().map(|b| b.as_ptr() as usize).collect();
@@ -123,7 +130,7 @@ mod tests {
         assert_eq!(taker.0.len(), MAGAZINE - 1, "the rest of the magazine");
 
         // Full, the stock takes no more: what overflows is freed.
-        let full = Stock::new((0..MOST_SHARED).map(|_| Vec::new()).collect());
+        let full: Stock<u64> = Stock::new((0..MOST_SHARED).map(|_| Vec::new()).collect());
         let mut spares = Spares((0..2 * MAGAZINE).map(|_| Vec::new()).collect());
         let mut buffer = Some(Vec::with_capacity(CAPACITY));
         spares.give(&mut buffer, &full);

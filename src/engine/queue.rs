@@ -13,12 +13,13 @@
 //! server's ([`Bounds`], given on each push), and what a protocol above asks of some
 //! connections (counting pushes, keeping what was sent for a resume) is boxed.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-use crate::engine::batch_pool;
+use crate::engine::batch_pool::{self, Spares, Stock};
 use crate::engine::kept::{Kept, Successor};
 use crate::engine::memory;
 use crate::engine::settings::Settings;
@@ -249,7 +250,7 @@ impl OutboundQueue {
             kept.keep(&frame);
         }
         if state.items.capacity() == 0 {
-            state.items = batch_pool::take();
+            state.items = spare_buffer();
         }
         state.items.push(Outbound::Data(frame));
         Ok(schedule(&mut state))
@@ -567,6 +568,23 @@ impl std::ops::Deref for Bounded {
     fn deref(&self) -> &OutboundQueue {
         &self.0
     }
+}
+
+/// The queues' spare buffers (see `batch_pool.rs`).
+static STOCK: Stock<Outbound> = Stock::new(Vec::new());
+
+thread_local! {
+    static SPARES: RefCell<Spares<Outbound>> = const { RefCell::new(Spares::new()) };
+}
+
+/// An empty buffer for a queue, from the spares.
+fn spare_buffer() -> Vec<Outbound> {
+    batch_pool::take(&SPARES, &STOCK)
+}
+
+/// Gives a drained queue buffer back to the spares; returns whether it was freed instead.
+pub(crate) fn give_back(buffer: Vec<Outbound>) -> bool {
+    batch_pool::give(&SPARES, &STOCK, buffer)
 }
 
 fn schedule(state: &mut State) -> Pushed {

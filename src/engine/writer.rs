@@ -20,9 +20,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::engine::batch_pool;
 use crate::engine::memory;
-use crate::engine::queue::{Outbound, OutboundQueue};
+use crate::engine::queue::{self, Outbound, OutboundQueue};
 use crate::protocol::close::CloseFrame;
 
 /// Most slices handed to one vectored write (Linux allows 1024).
@@ -176,7 +175,7 @@ impl WriteSide {
                 // Idle: give the buffer back; an idle connection should hold no queue memory.
                 let buffer = std::mem::take(&mut self.in_flight);
                 let bytes = buffer.capacity() * std::mem::size_of::<Outbound>();
-                if batch_pool::give(buffer) {
+                if queue::give_back(buffer) {
                     memory::freed(bytes);
                 }
                 return Poll::Ready(None);
