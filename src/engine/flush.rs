@@ -10,7 +10,7 @@ use crate::engine::core::Core;
 
 /// Connections flushed by one flush task: big enough that spawning is cheap next to the
 /// writes, small enough that a broadcast to thousands spreads over every core.
-const FLUSH_CHUNK: usize = 128;
+pub(crate) const FLUSH_CHUNK: usize = 128;
 
 /// Most broadcasts whose flushes one poll of a corked task holds back: what a connection
 /// can have queued by then, so far below any queue's bound.

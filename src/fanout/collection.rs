@@ -6,7 +6,7 @@ use once_cell::race::OnceBox;
 
 use crate::connection::{Connection, Membership};
 use crate::engine::core::Core;
-use crate::engine::flush::{flush_all, HasCore};
+use crate::engine::flush::{flush_all, HasCore, FLUSH_CHUNK};
 use crate::engine::id::ConnectionId;
 use crate::engine::queue::{Pushed, Rejected};
 use crate::engine::sync::lock;
@@ -336,6 +336,10 @@ impl Members {
                 match core.send_frame(frame) {
                     Ok(Pushed::MustFlush) => {
                         queued += 1;
+                        if to_flush.capacity() == 0 {
+                            // One flush task's worth at once, not 4, 8, 16... by growing.
+                            to_flush.reserve_exact(FLUSH_CHUNK);
+                        }
                         to_flush.push(connection.clone());
                     }
                     Ok(Pushed::Queued) => queued += 1,
