@@ -10,3 +10,4 @@ pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod pem;
 pub(crate) mod serve;
+pub(crate) mod stream;
