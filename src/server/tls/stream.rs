@@ -19,13 +19,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use tokio_rustls::rustls::unbuffered::{
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
     UnbufferedStatus, WriteTraffic,
 };
-use tokio_rustls::rustls::{self, ServerConfig};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most plaintext one write takes: one TLS record, the largest there is.
 const MAX_PLAINTEXT: usize = 16 * 1024;
@@ -35,16 +35,16 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 const RECORD_OVERHEAD: usize = 256;
 
 /// Most bytes one read takes from the socket: one whole record of the largest size.
-const READ_SIZE: usize = MAX_PLAINTEXT + 2048 + 5;
+pub(crate) const READ_SIZE: usize = MAX_PLAINTEXT + 2048 + 5;
 
 /// Most input kept that does not yet make whole records: a handshake message, whose
 /// records rustls joins before it can discard them, is at most 64 KiB; then one record.
-const MAX_HELD_INPUT: usize = 0xffff + READ_SIZE;
+pub(crate) const MAX_HELD_INPUT: usize = 0xffff + READ_SIZE;
 
 /// Most records kept that the socket has not taken. A write adds at most one record and
 /// only once the earlier ones are written; reading adds handshake messages, alerts and
 /// key updates, which rustls bounds.
-const MAX_HELD_OUTPUT: usize = 64 * 1024;
+pub(crate) const MAX_HELD_OUTPUT: usize = 64 * 1024;
 
 thread_local! {
     /// Each worker thread's buffer for reads from sockets: nothing held per connection.
@@ -304,19 +304,20 @@ fn advance(
 }
 
 /// After rustls failed: the alert it queued, at the end of `outgoing`. rustls hands its
-/// queued records out before it looks at the input again (which must be the same bytes).
+/// queued records out before it looks at the input again, and only while there are some
+/// (`wants_write`): it must not see the bad input twice.
 fn queue_alert(conn: &mut UnbufferedServerConnection, input: &mut [u8], outgoing: &mut Held) {
-    // An alert is one record; a few more states at most.
+    // An alert is one record; a few more at most.
     for _ in 0..4 {
+        if !conn.wants_write() {
+            return;
+        }
         let UnbufferedStatus { state, .. } = conn.process_tls_records(input);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                if encode_into(&mut encode, outgoing).is_err() {
-                    return;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-            _ => return,
+        let Ok(ConnectionState::EncodeTlsData(mut encode)) = state else {
+            return;
+        };
+        if encode_into(&mut encode, outgoing).is_err() {
+            return;
         }
     }
 }
@@ -371,6 +372,17 @@ fn seal(
     }
     sealed.clear();
     Err(TlsError::OutputOverLimit(room))
+}
+
+/// One write of `bytes` to the socket. A vectored write of one slice: `writev` on a TCP
+/// socket, as tokio-rustls's writes were, which the kernel counts as a write (`syscw` in
+/// `/proc/PID/io`, what `bench/tls.py` counts) where a plain write is a `send` it does not.
+fn write_to<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+) -> Poll<io::Result<usize>> {
+    Pin::new(io).poll_write_vectored(cx, &[IoSlice::new(bytes)])
 }
 
 /// `f` with the thread's read buffer, or with one of its own if that is in use (a read
@@ -451,6 +463,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
                 Err(error)
             }
         }
+    }
+
+    /// Bytes kept (partial input, plaintext not yet read, records not yet written): what
+    /// the fuzz target bounds.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.input.len() + self.plaintext.len() + self.outgoing.len()
     }
 
     /// The ALPN protocol the handshake agreed on, if any.
@@ -557,7 +576,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
     /// Writes the records held, all of them, or `Pending`.
     fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.outgoing.is_empty() {
-            let wrote = ready!(Pin::new(&mut self.io).poll_write(cx, self.outgoing.pending()))?;
+            let wrote = ready!(write_to(&mut self.io, cx, self.outgoing.pending()))?;
             if wrote == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -640,7 +659,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
                 return Poll::Ready(Err(TlsError::NotReady.into()));
             }
             if self.outgoing.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, sealed) {
+                match write_to(&mut self.io, cx, sealed) {
                     Poll::Ready(Ok(wrote)) => {
                         self.outgoing.append(&sealed[wrote.min(sealed.len())..])
                     }
@@ -741,5 +760,206 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<I> {
         ready!(this.poll_write_held(cx))?;
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+    use super::{TlsStream, MAX_PLAINTEXT};
+
+    /// The server's end of the pipe, counting the writes made to it.
+    struct Counted {
+        io: DuplexStream,
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+            if let Poll::Ready(Ok(wrote)) = polled {
+                self.writes.lock().unwrap().push(wrote);
+            }
+            polled
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A session: the server's stream, the client's rustls connection and its end of the
+    /// pipe, and the server's writes.
+    async fn session() -> (
+        TlsStream<Counted>,
+        ClientConnection,
+        DuplexStream,
+        Arc<Mutex<Vec<usize>>>,
+    ) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a certificate");
+        let cert = CertificateDer::from(made.cert.der().to_vec());
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).expect("a key");
+        let server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("a server config");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).expect("trust it");
+        let client = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("a name");
+        let mut tls = ClientConnection::new(Arc::new(client), name).expect("a client");
+        let (mut client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let server_io = Counted {
+            io: server_io,
+            writes: writes.clone(),
+        };
+        let accept = tokio::spawn(TlsStream::accept(server_io, Arc::new(server)));
+        while tls.is_handshaking() {
+            pump(&mut tls, &mut client_io).await;
+        }
+        // The client's Finished, and the session tickets that follow it.
+        pump(&mut tls, &mut client_io).await;
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), accept)
+            .await
+            .expect("the handshake within 10 s")
+            .expect("the task")
+            .expect("the handshake");
+        writes.lock().unwrap().clear();
+        (stream, tls, client_io, writes)
+    }
+
+    /// What the client has to send, sent; what the server sent, read (once, if anything).
+    async fn pump(tls: &mut ClientConnection, io: &mut DuplexStream) {
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut out).expect("client records");
+        }
+        io.write_all(&out).await.expect("to the server");
+        let mut back = vec![0u8; 1 << 16];
+        let read = tokio::time::timeout(std::time::Duration::from_millis(200), io.read(&mut back))
+            .await
+            .unwrap_or(Ok(0))
+            .expect("from the server");
+        let mut back = &back[..read];
+        while !back.is_empty() {
+            tls.read_tls(&mut back).expect("server records");
+            tls.process_new_packets().expect("valid records");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vectored_batch_is_one_record_in_one_write_and_comes_out_whole() {
+        let (mut stream, mut tls, mut io, writes) = session().await;
+        let frames: Vec<Vec<u8>> = (0..50u8).map(|n| vec![n; 66]).collect();
+        let slices: Vec<_> = frames.iter().map(|f| std::io::IoSlice::new(f)).collect();
+        let wrote = stream.write_vectored(&slices).await.expect("a write");
+        assert_eq!(wrote, 50 * 66);
+        stream.flush().await.expect("a flush");
+        // 3,300 bytes of plaintext: one record (22 bytes more in TLS 1.3), one write.
+        assert_eq!(*writes.lock().unwrap(), [50 * 66 + 22]);
+        pump(&mut tls, &mut io).await;
+        let mut plain = vec![0u8; 50 * 66];
+        tls.reader().read_exact(&mut plain).expect("the plaintext");
+        assert_eq!(plain, frames.concat());
+        assert_eq!(stream.held_bytes(), 0, "nothing kept once written");
+    }
+
+    #[tokio::test]
+    async fn a_write_takes_one_record_at_most() {
+        let (mut stream, _tls, _io, writes) = session().await;
+        let big = vec![7u8; 40_000];
+        let wrote = stream.write(&big).await.expect("a write");
+        assert_eq!(wrote, MAX_PLAINTEXT);
+        assert_eq!(writes.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_split_anywhere_are_read_whole_and_nothing_is_kept_after() {
+        let (mut stream, mut tls, mut io, _writes) = session().await;
+        let message: Vec<u8> = (0..20_000u32).map(|n| n as u8).collect();
+        tls.writer().write_all(&message).expect("plaintext");
+        let mut records = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut records).expect("records");
+        }
+        let mut read = Vec::new();
+        // Split inside the first record's header, then inside the second record.
+        for part in [&records[..3], &records[3..17_000], &records[17_000..]] {
+            io.write_all(part).await.expect("to the server");
+            let mut buf = [0u8; 1000];
+            while read.len() < message.len() {
+                let polled = tokio::time::timeout(
+                    std::time::Duration::from_millis(50),
+                    stream.read(&mut buf),
+                )
+                .await;
+                match polled {
+                    Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                    Ok(Err(error)) => panic!("{error}"),
+                    Err(_) => break,
+                }
+            }
+        }
+        assert_eq!(read, message);
+        assert_eq!(stream.held_bytes(), 0, "nothing kept once read");
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_is_an_error_not_a_panic_and_the_alert_goes_out() {
+        let (mut stream, mut tls, mut io, _writes) = session().await;
+        io.write_all(&[23, 3, 3, 0, 40])
+            .await
+            .expect("a record header");
+        io.write_all(&[0u8; 40])
+            .await
+            .expect("a record that does not decrypt");
+        let mut buf = [0u8; 100];
+        let error = stream.read(&mut buf).await.expect_err("a bad record");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+        stream.flush().await.expect("the alert written");
+        let mut back = vec![0u8; 100];
+        let read = io.read(&mut back).await.expect("the alert");
+        let _ = tls.read_tls(&mut &back[..read]);
+        assert!(
+            tls.process_new_packets().is_err(),
+            "the client hears the alert"
+        );
+        assert!(
+            stream.write(b"more").await.is_err(),
+            "a failed session writes nothing"
+        );
     }
 }
