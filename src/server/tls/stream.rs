@@ -432,7 +432,8 @@ pub(crate) struct TlsStream<I> {
     read_closed: bool,
     /// The socket ended without `close_notify`: reads fail, once `plaintext` is read.
     truncated: bool,
-    /// Our `close_notify` is queued: nothing more may be written.
+    /// Our `close_notify` is queued: nothing more may be written, and what arrives is
+    /// drained unread.
     close_notify_sent: bool,
     /// rustls failed: nothing more is read or written (but the alert).
     failed: bool,
@@ -506,7 +507,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
             let len = read.filled().len();
             if len == 0 {
                 self.read_closed = true;
-                self.truncated = true;
+                // After our close_notify, the end of the socket is the end we wait for.
+                self.truncated = !self.close_notify_sent;
+                self.input = Held(None);
+                return Poll::Ready(Ok(()));
+            }
+            if self.close_notify_sent {
+                // Our side is closed: what still comes is drained unread, until the peer
+                // closes the socket (reading on is what keeps the kernel from resetting a
+                // socket closed with bytes unread). rustls is not given it: an error after
+                // its close_notify trips a debug assertion of its own (it has "sent" its
+                // one alert).
                 self.input = Held(None);
                 return Poll::Ready(Ok(()));
             }
@@ -961,5 +972,19 @@ mod tests {
             stream.write(b"more").await.is_err(),
             "a failed session writes nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn after_our_close_notify_what_arrives_is_drained_and_the_end_is_clean() {
+        let (mut stream, mut tls, mut io, _writes) = session().await;
+        stream.shutdown().await.expect("close_notify");
+        pump(&mut tls, &mut io).await;
+        assert!(tls.process_new_packets().expect("fine").peer_has_closed());
+        // Not even records: dropped unread, with no error.
+        io.write_all(&[0xff; 300]).await.expect("garbage");
+        drop(io);
+        let mut buf = [0u8; 100];
+        let read = stream.read(&mut buf).await.expect("a clean end");
+        assert_eq!(read, 0);
     }
 }
