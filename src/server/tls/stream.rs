@@ -349,28 +349,27 @@ fn encode_into(
     Err(TlsError::OutputOverLimit(room))
 }
 
-/// Encrypts `plaintext` into `sealed` (cleared first), as records of the session.
+/// Encrypts `plaintext` into the start of `sealed` (the thread's buffer: it only grows,
+/// so that its bytes are not zeroed again for every write), as records of the session;
+/// returns their length.
 fn seal(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
     plaintext: &[u8],
     sealed: &mut Vec<u8>,
-) -> Result<(), TlsError> {
+) -> Result<usize, TlsError> {
     let mut room = plaintext.len() + RECORD_OVERHEAD;
     for _ in 0..2 {
-        sealed.clear();
-        sealed.resize(room, 0);
+        if sealed.len() < room {
+            sealed.resize(room, 0);
+        }
         match traffic.encrypt(plaintext, sealed) {
-            Ok(written) => {
-                sealed.truncate(written);
-                return Ok(());
-            }
+            Ok(written) => return Ok(written),
             Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
                 room = required_size;
             }
             Err(error) => return Err(TlsError::Encrypt(error)),
         }
     }
-    sealed.clear();
     Err(TlsError::OutputOverLimit(room))
 }
 
@@ -662,13 +661,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
                     joined
                 }
             };
+            let mut len = 0;
             let mut encrypt = |traffic: &mut WriteTraffic<'_, ServerConnectionData>| {
-                seal(traffic, plaintext, sealed)
+                len = seal(traffic, plaintext, sealed)?;
+                Ok(())
             };
             if !self.advance_held(&mut encrypt)? {
                 // Not after a successful handshake: the session cannot send yet.
                 return Poll::Ready(Err(TlsError::NotReady.into()));
             }
+            let sealed = sealed.get(..len).unwrap_or_default();
             if self.outgoing.is_empty() {
                 match write_to(&mut self.io, cx, sealed) {
                     Poll::Ready(Ok(wrote)) => {
