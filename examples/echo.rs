@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run --release --example echo -- --addr 127.0.0.1:9001
 //! ```
+//!
+//! With the `tls` feature, `--tls-cert FILE --tls-key FILE` serves `wss://` instead (the
+//! suite's TLS run).
 
 use std::net::SocketAddr;
 
@@ -19,20 +22,19 @@ impl WebSocketHandler for Echo {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: echo [--addr HOST:PORT] [--tls-cert FILE --tls-key FILE]";
     let mut args = std::env::args().skip(1);
     let mut addr: SocketAddr = "127.0.0.1:9001".parse()?;
+    let (mut cert, mut key) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs HOST:PORT")?.parse()?,
-            other => {
-                return Err(
-                    format!("unknown argument {other:?}; usage: echo [--addr HOST:PORT]").into(),
-                )
-            }
+            "--tls-cert" => cert = Some(args.next().ok_or("--tls-cert needs a file")?),
+            "--tls-key" => key = Some(args.next().ok_or("--tls-key needs a file")?),
+            other => return Err(format!("unknown argument {other:?}; {usage}").into()),
         }
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("Echo server listening on ws://{}", listener.local_addr()?);
 
     // The conformance suite sends messages of up to 16 MiB.
     // permessage-deflate for the clients that offer it (the suite's cases 12 and 13).
@@ -41,10 +43,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_frame_size(16 << 20)
         .permessage_deflate(true)
         .build();
+    let admit = |upgrade: websocket_handler::WebSocketUpgrade| async move { upgrade.accept(Echo) };
     // Ctrl-C stops it, returning from `main` (so that profilers see a normal exit).
-    tokio::select! {
-        served = server.serve(listener, |upgrade| async move { upgrade.accept(Echo) }) => served?,
-        _ = tokio::signal::ctrl_c() => {}
+    match (cert, key) {
+        (None, None) => {
+            println!("Echo server listening on ws://{}", listener.local_addr()?);
+            tokio::select! {
+                served = server.serve(listener, admit) => served?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => {
+            let tls = websocket_handler::TlsConfig::from_pem_files(cert, key)?;
+            println!("Echo server listening on wss://{}", listener.local_addr()?);
+            tokio::select! {
+                served = server.serve_tls(listener, tls, admit) => served?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => return Err("--tls-cert needs the `tls` feature".into()),
+        _ => return Err(format!("--tls-cert and --tls-key go together; {usage}").into()),
     }
     Ok(())
 }

@@ -219,7 +219,8 @@
 //! - `axum` (off by default): `WebSocketUpgrade` as an axum extractor, and the peer's
 //!   address from axum's `ConnectInfo`.
 //! - `tls` (off by default): HTTPS with HTTP/2 and HTTP/1.1 on one port, with rustls
-//!   (`ring`) through tokio-rustls: `TlsConfig` from PEM files or a rustls `ServerConfig`,
+//!   (`ring`, through its unbuffered API: an idle connection keeps no TLS buffer):
+//!   `TlsConfig` from PEM files or a rustls `ServerConfig`,
 //!   `WebSocketServer::serve_tls`, `ConnectionSlot::serve_tls`, and `rustls` re-exported.
 //!
 //! # Dependencies in the public API
@@ -231,7 +232,7 @@
 //! listener) and `async-trait` 0.1 (re-exported as [`async_trait`](macro@async_trait), for
 //! [`backplane::Backplane`]'s async method); with the `tls` feature, `rustls` 0.23 too (a
 //! `ServerConfig` of one's own, re-exported as `rustls`). Message text is this crate's own
-//! [`Utf8Bytes`]; tungstenite and tokio-rustls are implementation details.
+//! [`Utf8Bytes`]; tungstenite is an implementation detail.
 //!
 //! [`upgrade`]: WebSocketServer::upgrade
 //!
@@ -274,7 +275,7 @@ pub use http;
 /// one's own ([`TlsConfig::from_rustls`]) at the version the crate takes, without a
 /// dependency of one's own.
 #[cfg(feature = "tls")]
-pub use tokio_rustls::rustls;
+pub use rustls;
 
 pub use connection::handler::WebSocketHandler;
 pub use connection::{Connection, Queued};
@@ -416,6 +417,16 @@ pub mod fuzzing {
     #[cfg(feature = "signalr")]
     pub fn signalr_records(data: &[u8]) {
         crate::signalr::records::check_message(data)
+    }
+
+    /// A client's bytes into the server's TLS stream (`server/tls/stream.rs`): raw during
+    /// the handshake, or, after a real client's handshake, that client's records split at
+    /// the points the input gives, raw bytes, server writes and closes. Panics if the
+    /// stream keeps more than its bounds, reads other than what the client sent, or a real
+    /// handshake fails.
+    #[cfg(feature = "tls")]
+    pub fn tls_stream(data: &[u8]) {
+        crate::server::tls::fuzzing::check(data)
     }
 
     /// A NATS message on a backplane topic's subject, as the NATS backplane splits it into

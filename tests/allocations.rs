@@ -1,7 +1,8 @@
-//! Heap allocations per received message, and heap bytes per idle connection, counted by a
-//! global allocator: a message handed to a handler should cost what reading it needs and one
-//! box for the callback's future, not a box per layer; an idle connection should hold only
-//! what it needs.
+//! Heap allocations per received message and per delivery of a broadcast, and heap bytes
+//! per idle connection (plain and over TLS), counted by a global allocator: a message handed
+//! to a handler should cost what reading it needs and one box for the callback's future, not
+//! a box per layer; a broadcast, nothing per connection it reaches; an idle connection
+//! should hold only what it needs.
 
 mod common;
 
@@ -342,5 +343,123 @@ fn a_broadcast_allocates_almost_nothing_per_delivery() {
     assert!(
         per_delivery <= 0.3,
         "{per_delivery:.3} allocations per delivery of a broadcast to {LISTENERS} connections"
+    );
+}
+
+/// What an idle TLS connection (HTTP/1.1 Upgrade over TLS 1.3) costs the heap, counted as
+/// [`an_idle_connection_holds_at_most_its_budget_of_heap_bytes`] counts a plain one: the
+/// same connection plus its TLS session, which should hold its keys and nothing else while
+/// idle (no receive, send or plaintext buffer).
+#[cfg(feature = "tls")]
+#[test]
+fn an_idle_tls_connection_holds_at_most_its_budget_of_heap_bytes() {
+    use tokio_rustls::rustls;
+
+    const BUDGET: i64 = 4_600;
+    // rustls's session cache is shared and bounded (256 sessions, two per TLS 1.3 client):
+    // these connections fill it before counting, so that its growth is not counted as the
+    // connections' cost.
+    const WARM_UP: usize = 140;
+    static TLS_OPENED: AtomicUsize = AtomicUsize::new(0);
+    struct IdleTls;
+    impl WebSocketHandler for IdleTls {
+        async fn on_open(&mut self, _conn: &Connection) {
+            TLS_OPENED.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    let _serial = one_at_a_time();
+    let (cert, key, root) = common::self_signed_certificate("allocations-idle-tls");
+    let tls = websocket_handler::TlsConfig::from_pem_files(&cert, &key).expect("the certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).expect("trust the test's certificate");
+    let mut client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client_config = Arc::new(client_config);
+    count_live_bytes();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let per_connection = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = WebSocketServer::new();
+        tokio::spawn(async move {
+            server
+                .serve_tls(
+                    listener,
+                    tls,
+                    |upgrade| async move { upgrade.accept(IdleTls) },
+                )
+                .await
+        });
+        let request = common::raw_handshake("/idle?name=a-typical-query");
+        // Blocking rustls clients on a thread of their own: nothing they allocate counts.
+        type Client = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+        let connect = move |count: usize, mut clients: Vec<Client>| {
+            for _ in 0..count {
+                let socket = std::net::TcpStream::connect(addr).expect("connect");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let session = rustls::ClientConnection::new(client_config.clone(), name)
+                    .expect("a client session");
+                let mut client = rustls::StreamOwned::new(session, socket);
+                client.write_all(&request).expect("write the handshake");
+                let (mut head, mut len) = ([0u8; 512], 0);
+                while !head[..len].ends_with(b"\r\n\r\n") {
+                    let read = client.read(&mut head[len..]).expect("read the response");
+                    assert!(read > 0, "the server closed during the handshake");
+                    len += read;
+                }
+                assert!(head.starts_with(b"HTTP/1.1 101"), "refused");
+                clients.push(client);
+            }
+            clients
+        };
+        let wait_opened = |count: usize| {
+            within("every TLS connection's on_open", async move {
+                while TLS_OPENED.load(Ordering::Acquire) < count {
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let first = std::thread::spawn({
+            let connect = connect.clone();
+            move || connect(WARM_UP, Vec::new())
+        });
+        wait_opened(WARM_UP).await;
+        let first = first.join().expect("the first clients");
+        let clients = Vec::with_capacity(IDLE);
+        let (go, ready) = std::sync::mpsc::sync_channel::<()>(1);
+        let clients = std::thread::spawn(move || {
+            ready.recv().expect("the signal to connect");
+            connect(IDLE, clients)
+        });
+        let before = LIVE_BYTES.load(Ordering::Acquire);
+        go.send(()).expect("start the clients");
+        wait_opened(WARM_UP + IDLE).await;
+        within("the clients' thread", async {
+            while !clients.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let after = LIVE_BYTES.load(Ordering::Acquire);
+        let clients = clients.join().expect("the clients");
+        assert_eq!(clients.len(), IDLE);
+        drop((first, clients));
+        (after - before) / IDLE as i64
+    });
+    println!("{per_connection} heap bytes per idle TLS connection");
+    assert!(
+        per_connection <= BUDGET,
+        "{per_connection} heap bytes per idle TLS connection, above the {BUDGET} it may cost"
     );
 }

@@ -219,7 +219,7 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
     let mut driver = ChromeDriver::start(&chromedriver);
     let alice = driver.browser(&chromium).await.expect("alice's browser");
     let bob = driver.browser(&chromium).await.expect("bob's browser");
-    let mut outcome = chat(server, &alice, &bob).await;
+    let mut outcome = chat(server, &[], &alice, &bob).await;
     if let Err(error) = &outcome {
         outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
             .await
@@ -271,6 +271,50 @@ async fn two_browsers_chat_over_https() {
         Ok(by_version) => eprintln!("Chromium's WebSockets over HTTPS: {by_version}"),
         Err(error) => panic!("{error}"),
     }
+}
+
+/// The first test's whole scenario (compression, markup shown as text, the server killed
+/// and started again on the same port, both pages back by themselves, rooms) over HTTPS:
+/// every WebSocket through the crate's TLS stream.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_and_reconnect_after_a_server_restart_over_https() {
+    let Some((chromium, chromedriver)) =
+        tools("browser::two_browsers_chat_and_reconnect_after_a_server_restart_over_https")
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let (cert, key, _) = common::self_signed_certificate("browser-https-restart");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let args = ["--tls-cert", &*cert, "--tls-key", &*key];
+    let server = ChatServer::start_with("127.0.0.1:0", &args).await;
+    let mut driver = ChromeDriver::start(&chromedriver);
+    let trusting = ["--ignore-certificate-errors"];
+    let alice = driver
+        .browser_with(&chromium, &trusting)
+        .await
+        .expect("alice's browser");
+    let bob = driver
+        .browser_with(&chromium, &trusting)
+        .await
+        .expect("bob's browser");
+    let mut outcome = chat(server, &args, &alice, &bob).await;
+    if let Err(error) = &outcome {
+        outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
+            .await
+            .into());
+    }
+    let _ = bounded("alice's browser to close", alice.close()).await;
+    let _ = bounded("bob's browser to close", bob.close()).await;
+    drop(driver);
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+    eprintln!(
+        "browser test over HTTPS took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Alice and bob chat over HTTPS; returns the chat's count of WebSockets by HTTP version.
@@ -422,9 +466,15 @@ async fn recover(a: ChatServer, b: &ChatServer, args: &[&str], carol: &Client) -
 }
 
 /// The scenario itself; an error says which condition was not met in time.
-async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
+/// `args` are the chat server's flags: with `--tls-cert`, all of it over HTTPS and `wss://`.
+async fn chat(server: ChatServer, args: &[&str], alice: &Client, bob: &Client) -> Result<()> {
     let addr = server.addr;
-    let page = format!("http://{addr}/chat.htm");
+    let scheme = if args.contains(&"--tls-cert") {
+        "https"
+    } else {
+        "http"
+    };
+    let page = format!("{scheme}://{addr}/chat.htm");
     for (client, name) in [(alice, "alice"), (bob, "bob")] {
         join_chat(client, name, &page).await?;
     }
@@ -510,7 +560,7 @@ async fn chat(server: ChatServer, alice: &Client, bob: &Client) -> Result<()> {
     wait_for_state(bob, "bob", "reconnecting").await?;
 
     // Back on the same port: both pages return by themselves.
-    let server = ChatServer::start(&addr.to_string()).await;
+    let server = ChatServer::start_with(&addr.to_string(), args).await;
     assert_eq!(server.addr, addr);
     wait_for_state(alice, "alice", "connected").await?;
     wait_for_state(bob, "bob", "connected").await?;

@@ -24,6 +24,8 @@ use crate::server::h2_streams::StreamLink;
 use crate::server::lease::Lease;
 use crate::server::limit::ConnectionLimit;
 use crate::server::listener::ListenerLink;
+#[cfg(feature = "tls")]
+use crate::server::tls::stream::TlsStream;
 use crate::server::WebSocketServer;
 
 impl WebSocketServer {
@@ -410,6 +412,23 @@ impl WebSocketUpgrade {
                         driver::spawn_in_current_span(run);
                     }
                     Err(upgraded) => {
+                        // Over TLS (`serve_tls`): the session as it is, without hyper's box
+                        // around it.
+                        #[cfg(feature = "tls")]
+                        let upgraded = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                            Ok(parts) => {
+                                let (read, write) = tokio::io::split(parts.io.into_inner());
+                                let socket = Socket {
+                                    read,
+                                    leftover: &parts.read_buf,
+                                    write: WriteIo::boxed(write),
+                                };
+                                let run = driver::run(socket, conn, handler, lease);
+                                driver::spawn_in_current_span(run);
+                                return;
+                            }
+                            Err(upgraded) => upgraded,
+                        };
                         // hyper's `Upgraded` reads what it had buffered first by itself.
                         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                         let socket = Socket {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio_rustls::rustls::ServerConfig;
+use rustls::ServerConfig;
 
 /// ALPN protocol of HTTP/2.
 pub(crate) const H2: &[u8] = b"h2";

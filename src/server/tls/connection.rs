@@ -12,10 +12,10 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::TlsAcceptor;
 
 use crate::server::listener::ConnectionSlot;
 use crate::server::tls::config::{TlsConfig, H2, HTTP_1_1};
+use crate::server::tls::stream::TlsStream;
 
 /// How a connection served by [`ConnectionSlot::serve_tls`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +107,11 @@ impl ConnectionSlot {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let acceptor = TlsAcceptor::from(tls.server_config().clone());
+        let config = tls.server_config().clone();
         async move {
             let server = self.server().clone();
             let timeout = server.config().handshake_timeout();
-            let handshake = tokio::time::timeout(timeout, acceptor.accept(io));
+            let handshake = tokio::time::timeout(timeout, TlsStream::accept(io, config));
             let mut stream = tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(stream)) => stream,
@@ -120,7 +120,7 @@ impl ConnectionSlot {
                 },
                 () = server.shutdown_state().started() => return Ok(()),
             };
-            let version = match stream.get_ref().1.alpn_protocol() {
+            let version = match stream.alpn_protocol() {
                 Some(H2) => Version::HTTP_2,
                 Some(HTTP_1_1) | None => Version::HTTP_11,
                 Some(other) => {

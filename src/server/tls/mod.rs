@@ -8,5 +8,8 @@
 
 pub(crate) mod config;
 pub(crate) mod connection;
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing;
 pub(crate) mod pem;
 pub(crate) mod serve;
+pub(crate) mod stream;
