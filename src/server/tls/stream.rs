@@ -535,7 +535,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TlsStream<I> {
                     None,
                 );
                 if let Ok((used, _)) = advanced {
-                    self.input.append(&input[used..]);
+                    self.input.append(input.get(used..).unwrap_or_default());
                 }
                 advanced
             } else {
