@@ -141,7 +141,69 @@ async fn received_message_allocations() {
     );
 }
 
-/// Idle connections the next test holds: two file descriptors each in this process, within
+/// Writes the upgrade `request` to `stream` and reads the response's head: a 101.
+fn upgrade(stream: &mut (impl Read + Write), request: &[u8]) {
+    stream.write_all(request).expect("write the handshake");
+    let (mut head, mut len) = ([0u8; 512], 0);
+    while !head[..len].ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut head[len..]).expect("read the response");
+        assert!(read > 0, "the server closed during the handshake");
+        len += read;
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "refused");
+}
+
+/// The heap bytes the server's thread (this one) holds per idle connection: `warm_up`
+/// clients first, uncounted (what the server allocates once), then [`IDLE`] more, counted
+/// from before they connect until every one is open (`opened` counts the `on_open`s) and
+/// the handshakes' tasks have ended. `connect(count, clients)` opens `count` clients into
+/// `clients` on a thread of its own, where nothing it allocates counts.
+async fn heap_per_idle_connection<C: Send + 'static>(
+    warm_up: usize,
+    opened: &'static AtomicUsize,
+    connect: impl Fn(usize, Vec<C>) -> Vec<C> + Clone + Send + 'static,
+) -> i64 {
+    let wait_opened = |count: usize| {
+        within("every connection's on_open", async move {
+            while opened.load(Ordering::Acquire) < count {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let first = std::thread::spawn({
+        let connect = connect.clone();
+        move || connect(warm_up, Vec::new())
+    });
+    wait_opened(warm_up).await;
+    let first = first.join().expect("the first clients");
+    // Made before counting: the clients' thread allocates nothing on this heap but them.
+    let clients = Vec::with_capacity(IDLE);
+    let (go, ready) = std::sync::mpsc::sync_channel::<()>(1);
+    let clients = std::thread::spawn(move || {
+        ready.recv().expect("the signal to connect");
+        connect(IDLE, clients)
+    });
+    let before = LIVE_BYTES.load(Ordering::Acquire);
+    go.send(()).expect("start the clients");
+    wait_opened(warm_up + IDLE).await;
+    within("the clients' thread", async {
+        while !clients.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The tasks that did the handshakes end right after the connections' own start.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let after = LIVE_BYTES.load(Ordering::Acquire);
+    let clients = clients.join().expect("the clients");
+    assert_eq!(clients.len(), IDLE);
+    drop((first, clients));
+    (after - before) / IDLE as i64
+}
+
+/// Idle connections each idle-memory test holds: two file descriptors each in this process, within
 /// the usual limit of 1,024.
 const IDLE: usize = 400;
 
@@ -190,57 +252,14 @@ fn an_idle_connection_holds_at_most_its_budget_of_heap_bytes() {
         let connect = move |count: usize, mut sockets: Vec<std::net::TcpStream>| {
             for _ in 0..count {
                 let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-                socket.write_all(&request).expect("write the handshake");
-                let (mut head, mut len) = ([0u8; 512], 0);
-                while !head[..len].ends_with(b"\r\n\r\n") {
-                    let read = socket.read(&mut head[len..]).expect("read the response");
-                    assert!(read > 0, "the server closed during the handshake");
-                    len += read;
-                }
-                assert!(head.starts_with(b"HTTP/1.1 101"), "refused");
+                upgrade(&mut socket, &request);
                 sockets.push(socket);
             }
             sockets
         };
-        let wait_opened = |count: usize| {
-            within("every connection's on_open", async move {
-                while OPENED.load(Ordering::Acquire) < count {
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
         // One first, so that what the server allocates once (its timer, the threads'
         // buffers, its lists' first slots) is not counted.
-        let first = std::thread::spawn({
-            let connect = connect.clone();
-            move || connect(1, Vec::new())
-        });
-        wait_opened(1).await;
-        let first = first.join().expect("the first client");
-        let sockets = Vec::with_capacity(IDLE);
-        let (go, ready) = std::sync::mpsc::sync_channel::<()>(1);
-        let clients = std::thread::spawn(move || {
-            ready.recv().expect("the signal to connect");
-            connect(IDLE, sockets)
-        });
-        let before = LIVE_BYTES.load(Ordering::Acquire);
-        go.send(()).expect("start the clients");
-        wait_opened(1 + IDLE).await;
-        within("the clients' thread", async {
-            while !clients.is_finished() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        // The tasks that did the handshakes end right after the connections' own start.
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        let after = LIVE_BYTES.load(Ordering::Acquire);
-        let clients = clients.join().expect("the clients");
-        assert_eq!(clients.len(), IDLE);
-        drop((first, clients));
-        (after - before) / IDLE as i64
+        heap_per_idle_connection(1, &OPENED, connect).await
     });
     println!("{per_connection} heap bytes per idle connection");
     assert!(
@@ -292,13 +311,7 @@ fn a_broadcast_allocates_almost_nothing_per_delivery() {
                 let mut sockets: Vec<std::net::TcpStream> = (0..LISTENERS)
                     .map(|_| {
                         let mut socket = std::net::TcpStream::connect(addr).expect("connect");
-                        socket.write_all(&request).expect("write the handshake");
-                        let (mut head, mut len) = ([0u8; 512], 0);
-                        while !head[..len].ends_with(b"\r\n\r\n") {
-                            let read = socket.read(&mut head[len..]).expect("read the response");
-                            assert!(read > 0, "the server closed during the handshake");
-                            len += read;
-                        }
+                        upgrade(&mut socket, &request);
                         socket
                     })
                     .collect();
@@ -408,54 +421,12 @@ fn an_idle_tls_connection_holds_at_most_its_budget_of_heap_bytes() {
                 let session = rustls::ClientConnection::new(client_config.clone(), name)
                     .expect("a client session");
                 let mut client = rustls::StreamOwned::new(session, socket);
-                client.write_all(&request).expect("write the handshake");
-                let (mut head, mut len) = ([0u8; 512], 0);
-                while !head[..len].ends_with(b"\r\n\r\n") {
-                    let read = client.read(&mut head[len..]).expect("read the response");
-                    assert!(read > 0, "the server closed during the handshake");
-                    len += read;
-                }
-                assert!(head.starts_with(b"HTTP/1.1 101"), "refused");
+                upgrade(&mut client, &request);
                 clients.push(client);
             }
             clients
         };
-        let wait_opened = |count: usize| {
-            within("every TLS connection's on_open", async move {
-                while TLS_OPENED.load(Ordering::Acquire) < count {
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
-        let first = std::thread::spawn({
-            let connect = connect.clone();
-            move || connect(WARM_UP, Vec::new())
-        });
-        wait_opened(WARM_UP).await;
-        let first = first.join().expect("the first clients");
-        let clients = Vec::with_capacity(IDLE);
-        let (go, ready) = std::sync::mpsc::sync_channel::<()>(1);
-        let clients = std::thread::spawn(move || {
-            ready.recv().expect("the signal to connect");
-            connect(IDLE, clients)
-        });
-        let before = LIVE_BYTES.load(Ordering::Acquire);
-        go.send(()).expect("start the clients");
-        wait_opened(WARM_UP + IDLE).await;
-        within("the clients' thread", async {
-            while !clients.is_finished() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        let after = LIVE_BYTES.load(Ordering::Acquire);
-        let clients = clients.join().expect("the clients");
-        assert_eq!(clients.len(), IDLE);
-        drop((first, clients));
-        (after - before) / IDLE as i64
+        heap_per_idle_connection(WARM_UP, &TLS_OPENED, connect).await
     });
     println!("{per_connection} heap bytes per idle TLS connection");
     assert!(
