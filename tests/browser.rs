@@ -209,17 +209,32 @@ async fn report(error: &dyn std::error::Error, pages: &[(&Client, &str)]) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
-    let Some((chromium, chromedriver)) =
-        tools("browser::two_browsers_chat_and_reconnect_after_a_server_restart")
-    else {
+    chat_and_restart_in_two_browsers(
+        "browser::two_browsers_chat_and_reconnect_after_a_server_restart",
+        &[],
+        &[],
+    )
+    .await;
+}
+
+/// The restart scenario ([`chat`]) in two browsers started with the switches `flags`,
+/// against a chat started with `args`; skipped (as `test`) without the browser's tools.
+async fn chat_and_restart_in_two_browsers(test: &str, args: &[&str], flags: &[&str]) {
+    let Some((chromium, chromedriver)) = tools(test) else {
         return;
     };
     let started = Instant::now();
-    let server = ChatServer::start("127.0.0.1:0").await;
+    let server = ChatServer::start_with("127.0.0.1:0", args).await;
     let mut driver = ChromeDriver::start(&chromedriver);
-    let alice = driver.browser(&chromium).await.expect("alice's browser");
-    let bob = driver.browser(&chromium).await.expect("bob's browser");
-    let mut outcome = chat(server, &[], &alice, &bob).await;
+    let alice = driver
+        .browser_with(&chromium, flags)
+        .await
+        .expect("alice's browser");
+    let bob = driver
+        .browser_with(&chromium, flags)
+        .await
+        .expect("bob's browser");
+    let mut outcome = chat(server, args, &alice, &bob).await;
     if let Err(error) = &outcome {
         outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
             .await
@@ -232,7 +247,7 @@ async fn two_browsers_chat_and_reconnect_after_a_server_restart() {
     if let Err(error) = outcome {
         panic!("{error}");
     }
-    eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("{test} took {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// The chat over HTTPS (a certificate the test makes, which the browsers are told to
@@ -279,42 +294,14 @@ async fn two_browsers_chat_over_https() {
 #[cfg(feature = "tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_and_reconnect_after_a_server_restart_over_https() {
-    let Some((chromium, chromedriver)) =
-        tools("browser::two_browsers_chat_and_reconnect_after_a_server_restart_over_https")
-    else {
-        return;
-    };
-    let started = Instant::now();
     let (cert, key, _) = common::self_signed_certificate("browser-https-restart");
     let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-    let args = ["--tls-cert", &*cert, "--tls-key", &*key];
-    let server = ChatServer::start_with("127.0.0.1:0", &args).await;
-    let mut driver = ChromeDriver::start(&chromedriver);
-    let trusting = ["--ignore-certificate-errors"];
-    let alice = driver
-        .browser_with(&chromium, &trusting)
-        .await
-        .expect("alice's browser");
-    let bob = driver
-        .browser_with(&chromium, &trusting)
-        .await
-        .expect("bob's browser");
-    let mut outcome = chat(server, &args, &alice, &bob).await;
-    if let Err(error) = &outcome {
-        outcome = Err(report(&**error, &[(&alice, "alice"), (&bob, "bob")])
-            .await
-            .into());
-    }
-    let _ = bounded("alice's browser to close", alice.close()).await;
-    let _ = bounded("bob's browser to close", bob.close()).await;
-    drop(driver);
-    if let Err(error) = outcome {
-        panic!("{error}");
-    }
-    eprintln!(
-        "browser test over HTTPS took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    chat_and_restart_in_two_browsers(
+        "browser::two_browsers_chat_and_reconnect_after_a_server_restart_over_https",
+        &["--tls-cert", &cert, "--tls-key", &key],
+        &["--ignore-certificate-errors"],
+    )
+    .await;
 }
 
 /// Alice and bob chat over HTTPS; returns the chat's count of WebSockets by HTTP version.
