@@ -77,6 +77,7 @@ impl ChromeDriver {
     }
 
     /// A new browser (its own fresh profile) with a desktop-sized window.
+    #[cfg_attr(not(any(feature = "redis", feature = "signalr")), allow(dead_code))]
     async fn browser(&mut self, chromium: &Path) -> Result<Client> {
         self.browser_with(chromium, &[]).await
     }
