@@ -311,6 +311,10 @@ fn a_broadcast_allocates_almost_nothing_per_delivery() {
                 let mut sockets: Vec<std::net::TcpStream> = (0..LISTENERS)
                     .map(|_| {
                         let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+                        // A round that never comes fails the test's own wait; this ends
+                        // the thread too.
+                        let timeout = Some(std::time::Duration::from_secs(10));
+                        socket.set_read_timeout(timeout).expect("a read timeout");
                         upgrade(&mut socket, &request);
                         socket
                     })
