@@ -209,7 +209,42 @@ const IDLE: usize = 400;
 
 static OPENED: AtomicUsize = AtomicUsize::new(0);
 
+/// A runtime on this thread alone, for a server whose allocations are the ones counted
+/// (only this thread's count).
+fn counted_runtime() -> tokio::runtime::Runtime {
+    count_live_bytes();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A listener on a free port of 127.0.0.1, and its address.
+async fn bind() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    (listener, addr)
+}
+
+/// Serves plain WebSockets on a free port, each with a copy of `handler`; its address.
+async fn serve_plain<H: WebSocketHandler + Copy + Sync>(handler: H) -> std::net::SocketAddr {
+    let (listener, addr) = bind().await;
+    let server = WebSocketServer::new();
+    tokio::spawn(async move {
+        server
+            .serve(
+                listener,
+                move |upgrade| async move { upgrade.accept(handler) },
+            )
+            .await
+    });
+    addr
+}
+
 /// A handler with no state, which counts its connections' `on_open`.
+#[derive(Clone, Copy)]
 struct Idle;
 
 impl WebSocketHandler for Idle {
@@ -227,24 +262,8 @@ impl WebSocketHandler for Idle {
 fn an_idle_connection_holds_at_most_its_budget_of_heap_bytes() {
     const BUDGET: i64 = 1_050;
     let _serial = one_at_a_time();
-    // The server runs on this thread alone (a current-thread runtime), and only this
-    // thread's allocations count.
-    count_live_bytes();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let per_connection = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let server = WebSocketServer::new();
-        tokio::spawn(async move {
-            server
-                .serve(listener, |upgrade| async move { upgrade.accept(Idle) })
-                .await
-        });
+    let per_connection = counted_runtime().block_on(async {
+        let addr = serve_plain(Idle).await;
         let request = common::raw_handshake("/idle?name=a-typical-query");
         // The clients are blocking sockets on a thread of their own: they allocate nothing
         // on this heap while they connect, but the vector, made before counting, that keeps
@@ -395,16 +414,8 @@ fn an_idle_tls_connection_holds_at_most_its_budget_of_heap_bytes() {
         .with_no_client_auth();
     client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let client_config = Arc::new(client_config);
-    count_live_bytes();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let per_connection = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
+    let per_connection = counted_runtime().block_on(async {
+        let (listener, addr) = bind().await;
         let server = WebSocketServer::new();
         tokio::spawn(async move {
             server
@@ -436,5 +447,66 @@ fn an_idle_tls_connection_holds_at_most_its_budget_of_heap_bytes() {
     assert!(
         per_connection <= BUDGET,
         "{per_connection} heap bytes per idle TLS connection, above the {BUDGET} it may cost"
+    );
+}
+
+/// Connections of the rooms test, handed over by their `on_open`.
+static KEPT: Mutex<Vec<Connection>> = Mutex::new(Vec::new());
+
+/// Keeps its connections for the test.
+#[derive(Clone, Copy)]
+struct Keeps;
+
+impl WebSocketHandler for Keeps {
+    async fn on_open(&mut self, conn: &Connection) {
+        KEPT.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn.clone());
+    }
+}
+
+/// What a room of one member costs the heap (a user's index: a `Rooms` keyed by user, each
+/// room one tab): the room's collection, its member, the keys that find it, the
+/// connection's membership, and the key itself (one `String`). Its callback to drop the room
+/// once empty is shared by every room, not a box and a copy of the key each.
+#[test]
+fn a_room_of_one_holds_at_most_its_budget_of_heap_bytes() {
+    const BUDGET: i64 = 215;
+    const ROOMS: usize = 200;
+    let _serial = one_at_a_time();
+    let per_room = counted_runtime().block_on(async {
+        let addr = serve_plain(Keeps).await;
+        let request = common::raw_handshake("/user");
+        let clients = std::thread::spawn(move || {
+            (0..ROOMS)
+                .map(|_| {
+                    let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+                    upgrade(&mut socket, &request);
+                    socket
+                })
+                .collect::<Vec<_>>()
+        });
+        within("every connection's on_open", async {
+            while KEPT.lock().map_or(0, |kept| kept.len()) < ROOMS {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let connections = std::mem::take(&mut *KEPT.lock().expect("the kept connections"));
+        let keys: Vec<String> = (0..ROOMS).map(|n| format!("user-{n:05}")).collect();
+        let users: websocket_handler::Rooms<String> = websocket_handler::Rooms::new();
+        let before = LIVE_BYTES.load(Ordering::Acquire);
+        for (key, conn) in keys.into_iter().zip(&connections) {
+            assert!(users.join(key, conn), "joined");
+        }
+        let after = LIVE_BYTES.load(Ordering::Acquire);
+        assert_eq!(users.len(), ROOMS);
+        drop((users, connections, clients.join().expect("the clients")));
+        (after - before) / ROOMS as i64
+    });
+    println!("{per_room} heap bytes per room of one");
+    assert!(
+        per_room <= BUDGET,
+        "{per_room} heap bytes per room of one, above the {BUDGET} it may cost"
     );
 }

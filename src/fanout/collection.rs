@@ -55,8 +55,8 @@ pub(crate) struct Members {
     small: Mutex<Shard>,
     sharded: OnceBox<[RwLock<Shard>; SHARDS]>,
     /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
-    /// empty rooms.
-    /// Inline rather than a `OnceBox` (which would box the box): one allocation per room.
+    /// empty rooms. One callback shared by all the rooms of a `Rooms`, which finds the room
+    /// by the collection's address: no allocation per room.
     on_empty: OnceLock<OnEmpty>,
     /// Set by [`WebSocketCollection::with_history`]. Held while a broadcast is given its
     /// position and delivered, so that a resume sees every broadcast either in the
@@ -74,8 +74,8 @@ struct Kept {
     replays: ReplayFrames,
 }
 
-/// What [`Members::on_empty`] calls.
-type OnEmpty = Box<dyn Fn(Emptied<'_>) + Send + Sync>;
+/// What [`Members::on_empty`] calls: shared, so that many collections cost one.
+pub(crate) type OnEmpty = Arc<dyn Fn(Emptied<'_>) + Send + Sync>;
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
 const SHARDS: usize = 16;
@@ -835,8 +835,8 @@ impl WebSocketCollection {
 
     /// Calls `on_empty` whenever a removal leaves the collection empty (once set), with
     /// the collection that emptied.
-    pub(crate) fn set_on_empty(&self, on_empty: impl Fn(Emptied<'_>) + Send + Sync + 'static) {
-        let _ = self.members.on_empty.set(Box::new(on_empty));
+    pub(crate) fn set_on_empty(&self, on_empty: OnEmpty) {
+        let _ = self.members.on_empty.set(on_empty);
     }
 
     /// The backplane topic, if the collection has a backplane.
@@ -1008,6 +1008,11 @@ impl Emptied<'_> {
     /// Whether `collection` is (a clone of) this one.
     pub(crate) fn is(&self, collection: &Bare) -> bool {
         std::ptr::eq(self.0, Arc::as_ptr(&collection.0))
+    }
+
+    /// Where the collection is in memory, as [`Bare::address`] gives it.
+    pub(crate) fn address(&self) -> usize {
+        std::ptr::from_ref(self.0).cast::<()>() as usize
     }
 }
 

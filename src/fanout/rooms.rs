@@ -10,7 +10,7 @@ use crate::connection::{Connection, Membership};
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
 use crate::fanout::collection::{
-    Bare, Emptied, Held, ResumeProgress, ResumeStep, WebSocketCollection,
+    Bare, Emptied, Held, OnEmpty, ResumeProgress, ResumeStep, WebSocketCollection,
 };
 use crate::fanout::history::{History, HistoryBudget, Position, ResumeError, Resumed};
 use crate::fanout::relay::{Relay, RoomDelivery};
@@ -66,6 +66,8 @@ struct Shared<K> {
     keep_empty: AtomicUsize,
     /// What the rooms' histories keep, together: [`Rooms::max_history_bytes`].
     budget: Arc<HistoryBudget>,
+    /// The callback every room's collection calls once empty ([`Rooms::drop_when_empty`]).
+    on_empty: OnceLock<OnEmpty>,
 }
 
 struct RoomMap<K> {
@@ -76,8 +78,9 @@ struct RoomMap<K> {
     /// kept for the members that come back (see [`Rooms::keep_empty_rooms`]). A room
     /// joined again stays listed until it is next emptied or reaches the front.
     emptied: VecDeque<K>,
-    /// The rooms by their collection's address, for [`Rooms::rooms_of`]: a collection is
-    /// not freed while it is here, so its address names it.
+    /// The rooms by their collection's address, for [`Rooms::rooms_of`] and for the
+    /// callback that drops a room once empty: a collection is not freed while it is here,
+    /// so its address names it.
     by_address: HashMap<usize, K>,
 }
 
@@ -125,6 +128,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                 history: OnceLock::new(),
                 keep_empty: AtomicUsize::new(EMPTY_ROOMS_KEPT),
                 budget: Arc::new(HistoryBudget::new(HISTORY_BYTES)),
+                on_empty: OnceLock::new(),
             }),
         }
     }
@@ -265,7 +269,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         if let Some(history) = self.shared.history.get() {
             collection = collection.with_history(history.clone());
         }
-        collection.set_on_empty(self.drop_when_empty(room.clone()));
+        collection.set_on_empty(self.drop_when_empty());
         if let Some(remote) = self.shared.remote.get() {
             let name = (remote.name)(room);
             rooms.by_name.insert(name, collection.bare());
@@ -419,39 +423,46 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         self.len() == 0
     }
 
-    /// The callback that drops `room` once its collection is empty, unless the room has been
-    /// made anew meanwhile. With a history, the room is kept among the last emptied (see
-    /// [`Rooms::keep_empty_rooms`]), and the oldest of those goes instead.
-    fn drop_when_empty(&self, room: K) -> impl Fn(Emptied<'_>) + Send + Sync + 'static {
-        let shared: Weak<Shared<K>> = Arc::downgrade(&self.shared);
-        move |members| {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            let mut rooms = lock(&shared.rooms);
-            let is_this_one_and_empty = rooms
-                .by_key
-                .get(&room)
-                .is_some_and(|current| current.is_empty() && members.is(current));
-            if !is_this_one_and_empty {
-                return;
-            }
-            if shared.history.get().is_none() {
-                rooms.remove(&room, shared.remote.get());
-                return;
-            }
-            rooms.emptied.retain(|kept| kept != &room);
-            rooms.emptied.push_back(room.clone());
-            while rooms.emptied.len() > shared.keep_empty.load(Ordering::Relaxed) {
-                let Some(oldest) = rooms.emptied.pop_front() else {
-                    break;
+    /// The callback that drops a room once its collection is empty, unless the room has
+    /// been made anew meanwhile. With a history, the room is kept among the last emptied
+    /// (see [`Rooms::keep_empty_rooms`]), and the oldest of those goes instead. One for all
+    /// the rooms, made by the first: it finds the room by its collection's address.
+    fn drop_when_empty(&self) -> OnEmpty {
+        let callback = self.shared.on_empty.get_or_init(|| {
+            let shared: Weak<Shared<K>> = Arc::downgrade(&self.shared);
+            Arc::new(move |members: Emptied<'_>| {
+                let Some(shared) = shared.upgrade() else {
+                    return;
                 };
-                // Only if still empty: it may have been joined again since.
-                if rooms.by_key.get(&oldest).is_some_and(Bare::is_empty) {
-                    rooms.remove(&oldest, shared.remote.get());
+                let mut rooms = lock(&shared.rooms);
+                let Some(room) = rooms.by_address.get(&members.address()).cloned() else {
+                    return;
+                };
+                let is_this_one_and_empty = rooms
+                    .by_key
+                    .get(&room)
+                    .is_some_and(|current| current.is_empty() && members.is(current));
+                if !is_this_one_and_empty {
+                    return;
                 }
-            }
-        }
+                if shared.history.get().is_none() {
+                    rooms.remove(&room, shared.remote.get());
+                    return;
+                }
+                rooms.emptied.retain(|kept| kept != &room);
+                rooms.emptied.push_back(room);
+                while rooms.emptied.len() > shared.keep_empty.load(Ordering::Relaxed) {
+                    let Some(oldest) = rooms.emptied.pop_front() else {
+                        break;
+                    };
+                    // Only if still empty: it may have been joined again since.
+                    if rooms.by_key.get(&oldest).is_some_and(Bare::is_empty) {
+                        rooms.remove(&oldest, shared.remote.get());
+                    }
+                }
+            })
+        });
+        callback.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomMap<K>> {
