@@ -16,7 +16,10 @@ For every (payload size, client count) and run index the servers are measured in
 interleaved order (A B C D A B C D ...), each one started fresh, loaded by
 target/release/examples/loadgen and stopped again.  Then, at --latency-clients clients,
 open-loop latency runs at each --rates value, and one --idle memory run per server at
---idle-clients connections.
+each of --idle-clients connection counts. With two counts or more, each server's RSS per
+added connection between the smallest and the largest count is given too (the slope):
+what one more connection costs, without what the first ones fault in once (code, the
+allocator's first pages), which the RSS per connection at one count carries.
 
 With uWebSockets measured, a section gives every server's deliveries per second of server
 CPU and server CPU seconds per million deliveries over uWebSockets' (medians of the
@@ -120,8 +123,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="measured seconds per latency run (default: --duration; quick 2)")
     parser.add_argument("--latency-runs", type=int, default=None,
                         help="runs per latency cell (default: --runs)")
-    parser.add_argument("--idle-clients", type=int, default=10000,
-                        help="connections for the idle memory run (0 skips it)")
+    parser.add_argument("--idle-clients", type=int_list_or_empty, default=[10000],
+                        help="connection counts for the idle memory runs (empty or 0 skips "
+                             "them; two or more also give the RSS per added connection)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before one loadgen call is killed (default: computed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -547,6 +551,7 @@ def markdown(report: dict) -> str:
                     f"| {fmt_stat(entry.get('rss_per_conn_bytes'), kib)} "
                     f"| {'' if name == 'chat' else ratio(r)} |"
                 )
+        lines += idle_slopes(idle, servers)
     failed = [r for r in report["runs"] if not r["ok"]]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
@@ -735,11 +740,43 @@ def plan(args: argparse.Namespace, servers: list[str]) -> list[tuple[dict, int, 
                           "rate": rate, "duration": args.latency_duration,
                           "warmup": args.warmup}
                 steps += [(params, run, name) for name in servers]
-    if args.idle_clients > 0:
-        params = {"kind": "idle", "size": args.sizes[0], "clients": args.idle_clients,
+    for clients in idle_counts(args):
+        params = {"kind": "idle", "size": args.sizes[0], "clients": clients,
                   "rate": 0, "duration": 1.0, "warmup": 0.0}
         steps += [(params, 0, name) for name in servers]
     return steps
+
+
+def idle_counts(args: argparse.Namespace) -> list[int]:
+    """The idle runs' connection counts, smallest first (0s dropped)."""
+    return sorted({n for n in args.idle_clients if n > 0})
+
+
+def idle_slopes(idle: list[dict], servers: list[str]) -> list[str]:
+    """Markdown rows: each server's RSS per connection added between the smallest and the
+    largest idle count (from the medians' totals), and the chat's over each."""
+    if len(idle) < 2:
+        return []
+    low, high = idle[0], idle[-1]
+
+    def slope(name: str) -> float | None:
+        ends = [(agg["clients"], (agg["servers"].get(name) or {}).get("rss_per_conn_bytes"))
+                for agg in (low, high)]
+        if any(stat is None for _, stat in ends):
+            return None
+        (n1, a), (n2, b) = [(n, stat["median"] * n) for n, stat in ends]
+        return (b - a) / (n2 - n1)
+
+    slopes = {name: slope(name) for name in servers}
+    rows = ["", f"RSS per connection added from {low['clients']} to {high['clients']} idle "
+            "connections (the slope: without what the first connections cost once):", "",
+            "| server | bytes per added connection | chat ÷ server |", "|---|---:|---:|"]
+    chat = slopes.get("chat")
+    for name, value in slopes.items():
+        text = "–" if value is None else f"{value:,.0f}"
+        r = chat / value if chat is not None and value else None
+        rows.append(f"| {name} | {text} | {'' if name == 'chat' else ratio(r)} |")
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -774,7 +811,7 @@ def main(argv: list[str]) -> int:
                if not p.exists()]
     if missing:
         sys.exit(f"missing binaries (build them or drop --no-build): {', '.join(missing)}")
-    needed = max([*args.clients, args.latency_clients, args.idle_clients]) + 100
+    needed = max([*args.clients, args.latency_clients, *idle_counts(args)]) + 100
     notes = []
     if nofile[0] < needed:
         notes.append(f"RLIMIT_NOFILE is {nofile[0]}, below the ~{needed} descriptors the "
