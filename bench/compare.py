@@ -126,6 +126,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--idle-clients", type=int_list_or_empty, default=[10000],
                         help="connection counts for the idle memory runs (empty or 0 skips "
                              "them; two or more also give the RSS per added connection)")
+    parser.add_argument("--idle-runs", type=int, default=1,
+                        help="idle memory runs per server and count, interleaved")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before one loadgen call is killed (default: computed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -743,7 +745,8 @@ def plan(args: argparse.Namespace, servers: list[str]) -> list[tuple[dict, int, 
     for clients in idle_counts(args):
         params = {"kind": "idle", "size": args.sizes[0], "clients": clients,
                   "rate": 0, "duration": 1.0, "warmup": 0.0}
-        steps += [(params, 0, name) for name in servers]
+        for run in range(args.idle_runs):
+            steps += [(params, run, name) for name in servers]
     return steps
 
 
