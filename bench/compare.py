@@ -15,8 +15,9 @@ Servers (all speak the chat protocol of examples/chat/main.rs, started on port 0
 For every (payload size, client count) and run index the servers are measured in
 interleaved order (A B C D A B C D ...), each one started fresh, loaded by
 target/release/examples/loadgen and stopped again.  Then, at --latency-clients clients,
-open-loop latency runs at each --rates value, and one --idle memory run per server at
-each of --idle-clients connection counts. With two counts or more, each server's RSS per
+open-loop latency runs at each --rates value, and --idle-runs idle memory runs per server at
+each of the --idle-clients connection counts (a count's runs alternate between the
+servers; the counts come one after the other). With two counts or more, each server's RSS per
 added connection between the smallest and the largest count is given too (the slope):
 what one more connection costs, without what the first ones fault in once (code, the
 allocator's first pages), which the RSS per connection at one count carries.
@@ -127,7 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="connection counts for the idle memory runs (empty or 0 skips "
                              "them; two or more also give the RSS per added connection)")
     parser.add_argument("--idle-runs", type=int, default=1,
-                        help="idle memory runs per server and count, interleaved")
+                        help="idle memory runs per server and count (alternating between the "
+                             "servers)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before one loadgen call is killed (default: computed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -457,7 +459,8 @@ def markdown(report: dict) -> str:
     lines.append(
         f"Median of {args['runs']} run(s), (min–max) when more than one; "
         f"{args['duration']:g} s measured after {args['warmup']:g} s warm-up; "
-        f"{args['senders']} senders, window {args['window']}. "
+        f"{args['senders']} senders, window {args['window']}; "
+        f"idle memory: median of {args.get('idle_runs', 1)} run(s). "
         "Ratio columns: chat's median ÷ that server's median "
         "(deliveries/s: above 1 = chat faster; p99, memory, CPU: below 1 = chat better)."
     )
@@ -777,7 +780,8 @@ def idle_slopes(idle: list[dict], servers: list[str]) -> list[str]:
     chat = slopes.get("chat")
     for name, value in slopes.items():
         text = "–" if value is None else f"{value:,.0f}"
-        r = chat / value if chat is not None and value else None
+        # A slope at or below 0 is noise (or a server that freed memory): no ratio.
+        r = chat / value if chat is not None and value and value > 0 else None
         rows.append(f"| {name} | {text} | {'' if name == 'chat' else ratio(r)} |")
     return rows
 
