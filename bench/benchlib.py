@@ -338,6 +338,17 @@ def summarize(records: list[dict], metrics: dict, flatten: Callable[[dict], dict
     return entry
 
 
+def fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares y = a + b x: (a, b), or None with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - b * mx, b
+
+
 def median_ratios(a: dict, b: dict, metrics: dict) -> dict[str, float | None]:
     """a's median over b's, metric by metric: the comparison within one run that holds up
     on a shared machine (None where either is missing or b's is 0)."""

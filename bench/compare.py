@@ -18,7 +18,7 @@ target/release/examples/loadgen and stopped again.  Then, at --latency-clients c
 open-loop latency runs at each --rates value, and --idle-runs idle memory runs per server at
 each of the --idle-clients connection counts (a count's runs alternate between the
 servers; the counts come one after the other). With two counts or more, each server's RSS per
-added connection between the smallest and the largest count is given too (the slope):
+added connection is given too (the least-squares slope over the counts):
 what one more connection costs, without what the first ones fault in once (code, the
 allocator's first pages), which the RSS per connection at one count carries.
 
@@ -50,7 +50,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import benchlib
-from benchlib import (ROOT, ServerOutput, cargo_build, int_list, last_json, loadgen_flags,
+from benchlib import (ROOT, ServerOutput, cargo_build, fit, int_list, last_json, loadgen_flags,
                       loadgen_timeout, log, machine_info, machine_line, median_ratios, ms,
                       name_list, raise_nofile_limit, ratio, record_loadgen, save, si,
                       summarize, target_dir)
@@ -759,23 +759,23 @@ def idle_counts(args: argparse.Namespace) -> list[int]:
 
 
 def idle_slopes(idle: list[dict], servers: list[str]) -> list[str]:
-    """Markdown rows: each server's RSS per connection added between the smallest and the
-    largest idle count (from the medians' totals), and the chat's over each."""
+    """Markdown rows: each server's RSS per added connection (the least-squares slope of
+    the RSS its idle connections added, from the medians, against their count), and the
+    chat's over each."""
     if len(idle) < 2:
         return []
     low, high = idle[0], idle[-1]
 
     def slope(name: str) -> float | None:
-        ends = [(agg["clients"], (agg["servers"].get(name) or {}).get("rss_per_conn_bytes"))
-                for agg in (low, high)]
-        if any(stat is None for _, stat in ends):
-            return None
-        (n1, a), (n2, b) = [(n, stat["median"] * n) for n, stat in ends]
-        return (b - a) / (n2 - n1)
+        stats = [(agg["clients"], (agg["servers"].get(name) or {}).get("rss_per_conn_bytes"))
+                 for agg in idle]
+        line = fit([(n, stat["median"] * n) for n, stat in stats if stat])
+        return line[1] if line else None
 
     slopes = {name: slope(name) for name in servers}
     rows = ["", f"RSS per connection added from {low['clients']} to {high['clients']} idle "
-            "connections (the slope: without what the first connections cost once):", "",
+            "connections (the slope, fitted over every count: without what the first "
+            "connections cost once):", "",
             "| server | bytes per added connection | chat ÷ server |", "|---|---:|---:|"]
     chat = slopes.get("chat")
     for name, value in slopes.items():

@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 import benchlib
-from benchlib import ROOT, log
+from benchlib import ROOT, fit, log
 from density import Server
 
 # Descriptors a process keeps besides its connections (listener, epoll, eventfds, stdio,
@@ -312,17 +312,6 @@ def sum_pings(gens: list[Loadgen]) -> int:
         gen.command("stats")
         total += gen.next(10, "its stats")["pings"]
     return total
-
-
-def fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least squares y = a + b x: (a, b), or None with fewer than two distinct x."""
-    if len({x for x, _ in points}) < 2:
-        return None
-    mx = statistics.fmean(x for x, _ in points)
-    my = statistics.fmean(y for _, y in points)
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sxx
-    return my - b * mx, b
 
 
 def steps_for(spec: list[str], possible: int) -> list[int]:
