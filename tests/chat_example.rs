@@ -518,9 +518,17 @@ async fn loadgen_control_times_one_broadcast_across_processes() {
         let lines = BufReader::new(child.stdout.take().expect("loadgen stdout")).lines();
         gens.push((child, stdin, lines));
     }
+    // loadgen's next line on stdout, within the tests' timeout.
+    async fn next_line(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        what: &str,
+    ) -> String {
+        let line = within(what, lines.next_line()).await;
+        line.expect("read loadgen")
+            .unwrap_or_else(|| panic!("loadgen ended before {what}"))
+    }
     for (_, _, lines) in &mut gens {
-        let ready = within("loadgen's ready line", lines.next_line()).await;
-        let ready = ready.expect("read loadgen").expect("a ready line");
+        let ready = next_line(lines, "loadgen's ready line").await;
         assert!(
             ready.starts_with("{\"ready\":true,\"clients\":30,"),
             "{ready}"
@@ -530,15 +538,13 @@ async fn loadgen_control_times_one_broadcast_across_processes() {
     for (_, stdin, _) in &mut gens {
         stdin.write_all(b"wait 7 5000\n").await.expect("write wait");
     }
-    let sent = within("the send's answer", gens[0].2.next_line()).await;
-    let sent = sent.expect("read loadgen").expect("a line");
+    let sent = next_line(&mut gens[0].2, "the send's answer").await;
     assert!(
         sent.starts_with("{\"sent\":7,") && sent.ends_with("\"error\":null}"),
         "{sent}"
     );
     for (_, _, lines) in &mut gens {
-        let answer = within("the probe's count", lines.next_line()).await;
-        let answer = answer.expect("read loadgen").expect("a line");
+        let answer = next_line(lines, "the probe's count").await;
         // Both processes' clients, the sender's own included, had the one broadcast.
         assert!(
             answer.starts_with("{\"probe\":7,\"received\":30,\"clients\":30,"),
@@ -549,8 +555,7 @@ async fn loadgen_control_times_one_broadcast_across_processes() {
     for (mut child, mut stdin, mut lines) in gens {
         stdin.write_all(b"quit\n").await.expect("write quit");
         drop(stdin);
-        let report = within("loadgen's report", lines.next_line()).await;
-        let report = report.expect("read loadgen").expect("a report line");
+        let report = next_line(&mut lines, "loadgen's report").await;
         assert!(report.contains("\"mode\":\"idle\""), "{report}");
         assert!(report.contains("\"errors\":[]"), "{report}");
         let status = within("loadgen's exit", child.wait()).await.expect("wait");
