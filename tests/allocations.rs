@@ -254,13 +254,16 @@ impl WebSocketHandler for Idle {
 }
 
 /// What an idle plain connection costs the heap: everything the server allocated for it and
-/// still holds once it is open and quiet (its task, its state, tokio's registration of its
-/// socket, the request parts it keeps, its share of the server's lists), counted in bytes
+/// still holds once it is open and quiet (its task, its state, its socket's place in the
+/// poller, the request parts it keeps, its share of the server's lists), counted in bytes
 /// asked for (malloc's headers and rounding come on top, and RSS has fragmentation besides).
 /// The target of the density work: the process's RSS per idle chat connection at 1 KiB.
 #[test]
 fn an_idle_connection_holds_at_most_its_budget_of_heap_bytes() {
-    const BUDGET: i64 = 1_050;
+    // 819 measured on Linux: the task (256), the shared state (304), the kept request (144)
+    // and the socket in the crate's poller (88). 1,033 while the socket stayed in tokio's
+    // reactor (its registration, 256 bytes aligned to 128, and `into_split`'s shared 48).
+    const BUDGET: i64 = if cfg!(unix) { 850 } else { 1_050 };
     let _serial = one_at_a_time();
     let per_connection = counted_runtime().block_on(async {
         let addr = serve_plain(Idle).await;

@@ -6,7 +6,8 @@
 //! ([`core`]), flushing after a broadcast ([`flush`]), the read side ([`reader`]), and what
 //! the connection's own task runs: the protocol's answers, the timers and the limits of a
 //! live connection ([`session`], [`keepalive`], [`rate_limit`], on the millisecond
-//! [`clock`]), with the [`metrics`] they count into, what a server's connections share
+//! [`clock`]), with the [`metrics`] they count into, the [`poller`] that watches plain
+//! sockets, what a server's connections share
 //! ([`shared`]: the [`settings`], the counters, the [`budget`]), and giving memory back after
 //! a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
@@ -21,6 +22,8 @@ pub(crate) mod keepalive;
 pub(crate) mod kept;
 pub(crate) mod memory;
 pub(crate) mod metrics;
+#[cfg(unix)]
+pub(crate) mod poller;
 pub(crate) mod queue;
 pub(crate) mod rate_limit;
 pub(crate) mod reader;

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::engine::memory;
 use crate::engine::queue::{self, Outbound, OutboundQueue};
@@ -48,11 +47,18 @@ thread_local! {
     static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_JOINED_WRITE));
 }
 
+/// A plain TCP socket's write half: in the crate's own poller where there is one.
+#[cfg(unix)]
+pub(crate) type TcpWrite = crate::engine::poller::PolledWrite;
+/// A plain TCP socket's write half: in the crate's own poller where there is one.
+#[cfg(not(unix))]
+pub(crate) type TcpWrite = tokio::net::tcp::OwnedWriteHalf;
+
 /// The socket's write half: a plain TCP one as it is, any other (TLS, hyper's upgraded
 /// stream) boxed. Every idle connection holds one, and boxing the TCP one would cost each
 /// 32 bytes.
 pub(crate) enum WriteIo {
-    Tcp(OwnedWriteHalf),
+    Tcp(TcpWrite),
     Boxed(Pin<Box<dyn AsyncWrite + Send>>),
 }
 
@@ -65,7 +71,7 @@ impl WriteIo {
     fn as_mut(&mut self) -> Pin<&mut (dyn AsyncWrite + Send)> {
         match self {
             WriteIo::Tcp(tcp) => {
-                let tcp: Pin<&mut OwnedWriteHalf> = Pin::new(tcp);
+                let tcp: Pin<&mut TcpWrite> = Pin::new(tcp);
                 tcp
             }
             WriteIo::Boxed(boxed) => boxed.as_mut(),

@@ -15,7 +15,9 @@ use tracing::Instrument;
 use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
-use crate::engine::writer::WriteIo;
+#[cfg(unix)]
+use crate::engine::poller::{PolledRead, Poller};
+use crate::engine::writer::{TcpWrite, WriteIo};
 use crate::protocol::deflate;
 use crate::protocol::handshake::{check_head, Accept, HandshakeError};
 use crate::server::address::{client_address, peer_address};
@@ -401,16 +403,21 @@ impl WebSocketUpgrade {
                 // one, holding what waiting for hyper took besides, ends here.
                 Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     // A plain TCP socket: its halves need no lock between reading and writing.
-                    Ok(parts) => {
-                        let (read, write) = parts.io.into_inner().into_split();
-                        let socket = Socket {
-                            read,
-                            leftover: &parts.read_buf,
-                            write: WriteIo::Tcp(write),
-                        };
-                        let run = driver::run(socket, conn, handler, lease);
-                        driver::spawn_in_current_span(run);
-                    }
+                    Ok(parts) => match split_tcp(parts.io.into_inner()) {
+                        Ok((read, write)) => {
+                            let socket = Socket {
+                                read,
+                                leftover: &parts.read_buf,
+                                write: WriteIo::Tcp(write),
+                            };
+                            let run = driver::run(socket, conn, handler, lease);
+                            driver::spawn_in_current_span(run);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "the upgraded socket could not be watched");
+                            conn.mark_closed();
+                        }
+                    },
                     Err(upgraded) => {
                         // Over TLS (`serve_tls`): the session as it is, without hyper's box
                         // around it.
@@ -489,6 +496,23 @@ impl WebSocketUpgrade {
     }
 }
 
+/// A plain socket's read half.
+#[cfg(unix)]
+type TcpRead = PolledRead;
+/// A plain socket's read half.
+#[cfg(not(unix))]
+type TcpRead = tokio::net::tcp::OwnedReadHalf;
+
+/// An upgraded plain socket's halves. On Unix the socket leaves tokio's reactor for the
+/// engine's poller, where an idle one costs a fraction of what tokio's registration does
+/// (`engine/poller`).
+fn split_tcp(socket: TcpStream) -> std::io::Result<(TcpRead, TcpWrite)> {
+    #[cfg(unix)]
+    return Poller::current()?.adopt(socket);
+    #[cfg(not(unix))]
+    return Ok(socket.into_split());
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
@@ -501,6 +525,7 @@ mod tests {
     use crate::engine::writer::WriteIo;
     use crate::server::lease::Lease;
     use crate::server::limit::ConnectionLimit;
+    use crate::server::upgrade::{split_tcp, TcpRead};
     use crate::server::WebSocketServer;
 
     /// A handler with no state: what is left is the crate's own share of a connection.
@@ -537,7 +562,7 @@ mod tests {
         let conn = Connection::new(parts, None, server.engine(), None);
         let permit = ConnectionLimit::admit(server.limit()).expect("no limit");
         let lease = Lease::new(permit, None, server.track(&conn).expect("open"), None);
-        let (read, write) = accepted.into_split();
+        let (read, write) = split_tcp(accepted).expect("watched");
         let socket = Socket {
             read,
             leftover: &[],
@@ -545,7 +570,7 @@ mod tests {
         };
         let task = driver::run(socket, conn, Bare, lease);
         let (future, shared) = (size_of_val_of(&task), Connection::shared_size());
-        let parts = driver::sizes::<tokio::net::tcp::OwnedReadHalf, Bare, Lease>();
+        let parts = driver::sizes::<TcpRead, Bare, Lease>();
         println!("task future {future} bytes {parts:?}, shared state {shared} bytes");
         assert!(
             future <= 112,
