@@ -22,7 +22,7 @@ pub(crate) mod keepalive;
 pub(crate) mod kept;
 pub(crate) mod memory;
 pub(crate) mod metrics;
-#[cfg(unix)]
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) mod poller;
 pub(crate) mod queue;
 pub(crate) mod rate_limit;

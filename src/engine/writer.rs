@@ -48,10 +48,10 @@ thread_local! {
 }
 
 /// A plain TCP socket's write half: in the crate's own poller where there is one.
-#[cfg(unix)]
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) type TcpWrite = crate::engine::poller::PolledWrite;
 /// A plain TCP socket's write half: in the crate's own poller where there is one.
-#[cfg(not(unix))]
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) type TcpWrite = tokio::net::tcp::OwnedWriteHalf;
 
 /// The socket's write half: a plain TCP one as it is, any other (TLS, hyper's upgraded

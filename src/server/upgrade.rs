@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
-#[cfg(unix)]
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use crate::engine::poller::{PolledRead, Poller};
 use crate::engine::writer::{TcpWrite, WriteIo};
 use crate::protocol::deflate;
@@ -414,7 +414,7 @@ impl WebSocketUpgrade {
                             driver::spawn_in_current_span(run);
                         }
                         Err(error) => {
-                            tracing::debug!(%error, "the upgraded socket could not be watched");
+                            tracing::warn!(%error, "the upgraded socket could not be watched");
                             conn.mark_closed();
                         }
                     },
@@ -497,19 +497,19 @@ impl WebSocketUpgrade {
 }
 
 /// A plain socket's read half.
-#[cfg(unix)]
+#[cfg(any(target_os = "linux", target_os = "android"))]
 type TcpRead = PolledRead;
 /// A plain socket's read half.
-#[cfg(not(unix))]
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 type TcpRead = tokio::net::tcp::OwnedReadHalf;
 
-/// An upgraded plain socket's halves. On Unix the socket leaves tokio's reactor for the
+/// An upgraded plain socket's halves. On Linux the socket leaves tokio's reactor for the
 /// engine's poller, where an idle one costs a fraction of what tokio's registration does
 /// (`engine/poller`).
 fn split_tcp(socket: TcpStream) -> std::io::Result<(TcpRead, TcpWrite)> {
-    #[cfg(unix)]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     return Poller::current()?.adopt(socket);
-    #[cfg(not(unix))]
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
     return Ok(socket.into_split());
 }
 

@@ -82,7 +82,8 @@ impl Poller {
         // and the replacement is not in every tokio this crate allows.
         #[allow(deprecated)]
         let watching = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
-        handle.spawn(watch(watching, Arc::downgrade(&poller), stopped));
+        let ended = Ended(Arc::downgrade(&poller));
+        handle.spawn(watch(watching, Arc::downgrade(&poller), stopped, ended));
         pollers.push((id, Arc::downgrade(&poller)));
         Ok(poller)
     }
@@ -157,24 +158,28 @@ impl Poller {
     }
 }
 
+/// Marks its poller ended however the poller's task ends: the runtime's shutdown
+/// included, even before the task first ran (it is an argument of the task's future, so
+/// it is dropped with it).
+struct Ended(Weak<Poller>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(poller) = self.0.upgrade() {
+            poller.running.store(false, Ordering::Release);
+            poller.wake_all();
+        }
+    }
+}
+
 /// The poller's task: reads the epoll set whenever tokio reports it readable, until the
 /// poller is dropped (`stopped`).
 async fn watch(
     mut watching: AsyncFd<Poll>,
     poller: Weak<Poller>,
     mut stopped: oneshot::Receiver<()>,
+    _ended: Ended,
 ) {
-    /// Marks the poller ended however the task ends, its runtime's shutdown included.
-    struct Ended(Weak<Poller>);
-    impl Drop for Ended {
-        fn drop(&mut self) {
-            if let Some(poller) = self.0.upgrade() {
-                poller.running.store(false, Ordering::Release);
-                poller.wake_all();
-            }
-        }
-    }
-    let _ended = Ended(poller.clone());
     let mut events = Events::with_capacity(EVENTS);
     let mut ready = Vec::new();
     loop {

@@ -228,3 +228,22 @@ fn a_poller_and_its_task_end_with_its_last_socket() {
         .expect("the poller's task still runs 10 s after its last socket was dropped");
     });
 }
+
+#[test]
+fn a_poller_whose_task_never_ran_is_ended_with_its_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Spawned but never polled: the runtime is not driven before it is dropped.
+    let poller = {
+        let _entered = runtime.enter();
+        Poller::current().expect("a poller")
+    };
+    drop(runtime);
+    assert!(
+        !poller.running(),
+        "the poller runs on after its runtime ended before its task first ran: its \
+         sockets would wait forever instead of failing"
+    );
+}
