@@ -26,7 +26,8 @@ With uWebSockets measured, a section gives every server's deliveries per second 
 CPU and server CPU seconds per million deliveries over uWebSockets' (medians of the
 interleaved runs, and run by run), and a goal line: the chat's deliveries per server
 CPU-second at 64 B over uWebSockets', which must be at least --goal (issue 30: 1.2), or
-the exit status is 1.
+the exit status is 1. With two idle counts or more, the chat's RSS per added connection
+must be at most --idle-goal bytes (issue 30: 1024), or the exit status is 1 too.
 
 Output: OUT/results-<timestamp>.json (every raw run, the aggregates and the machine),
 OUT/summary.md (also printed) and OUT/fanout.svg (deliveries/s against N, one panel per
@@ -84,6 +85,8 @@ MARKERS = {"chat": "circle", "chat-deflate": "circle", "chat-1t": "circle", "axu
 # at 64 B, at least this many times uWebSockets' deliveries per second of server CPU.
 PEER = "uws"
 GOAL = 1.2
+# Issue 30: an idle chat connection at 1 KiB, as RSS per added connection.
+IDLE_GOAL = 1024
 
 
 def int_list_or_empty(text: str) -> list[int]:
@@ -139,6 +142,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="exit 1 unless the chat's deliveries per server CPU-second at 64 B "
                              "are at least this many times uWebSockets' (when it is measured; "
                              "0: no goal)")
+    parser.add_argument("--idle-goal", type=float, default=IDLE_GOAL,
+                        help="exit 1 unless the chat's RSS per added idle connection (the slope, "
+                             "with two idle counts or more) is at most this many bytes (0: no "
+                             "goal)")
     parser.add_argument("--json", action="store_true",
                         help="pad messages with chat-like JSON (for chat-deflate), not x's")
     parser.add_argument("--no-build", action="store_true", help="skip cargo build")
@@ -557,6 +564,12 @@ def markdown(report: dict) -> str:
                     f"| {'' if name == 'chat' else ratio(r)} |"
                 )
         lines += idle_slopes(idle, servers)
+    idle_goal = report.get("idle_goal")
+    if idle_goal:
+        value = idle_goal["bytes"]
+        lines += ["", f"**Goal (issue 30): the chat's RSS per added idle connection: "
+                  f"{'–' if value is None else f'{value:,.0f}'} bytes**; wanted ≤ "
+                  f"{idle_goal['goal']:,.0f}: {'met' if idle_goal['met'] else 'MISSED'}."]
     failed = [r for r in report["runs"] if not r["ok"]]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
@@ -758,6 +771,15 @@ def idle_counts(args: argparse.Namespace) -> list[int]:
     return sorted({n for n in args.idle_clients if n > 0})
 
 
+def idle_slope(idle: list[dict], name: str) -> float | None:
+    """`name`'s RSS per added idle connection: the least-squares slope of the RSS its idle
+    connections added (medians) against their count; None with fewer than two counts."""
+    stats = [(agg["clients"], (agg["servers"].get(name) or {}).get("rss_per_conn_bytes"))
+             for agg in idle]
+    line = fit([(n, stat["median"] * n) for n, stat in stats if stat])
+    return line[1] if line and len(idle) >= 2 else None
+
+
 def idle_slopes(idle: list[dict], servers: list[str]) -> list[str]:
     """Markdown rows: each server's RSS per added connection (the least-squares slope of
     the RSS its idle connections added, from the medians, against their count), and the
@@ -766,13 +788,7 @@ def idle_slopes(idle: list[dict], servers: list[str]) -> list[str]:
         return []
     low, high = idle[0], idle[-1]
 
-    def slope(name: str) -> float | None:
-        stats = [(agg["clients"], (agg["servers"].get(name) or {}).get("rss_per_conn_bytes"))
-                 for agg in idle]
-        line = fit([(n, stat["median"] * n) for n, stat in stats if stat])
-        return line[1] if line else None
-
-    slopes = {name: slope(name) for name in servers}
+    slopes = {name: idle_slope(idle, name) for name in servers}
     rows = ["", f"RSS per connection added from {low['clients']} to {high['clients']} idle "
             "connections (the slope, fitted over every count: without what the first "
             "connections cost once):", "",
@@ -862,6 +878,11 @@ def main(argv: list[str]) -> int:
     report["aggregates"] = aggregate(report["runs"], servers)
     if args.goal and PEER in args.servers and "chat" in servers:
         report["goal"] = {"goal": args.goal, "cells": peer_goal(report["aggregates"], args.goal)}
+    idle = [a for a in report["aggregates"] if a["kind"] == "idle"]
+    if args.idle_goal and "chat" in servers and len(idle) >= 2:
+        value = idle_slope(idle, "chat")
+        report["idle_goal"] = {"goal": args.idle_goal, "bytes": value,
+                               "met": value is not None and value <= args.idle_goal}
     if not write_svg(svg_path, report["aggregates"], servers, args.runs, args.dry_run):
         report["plot_file"] = None
     save(report, results_path)
@@ -874,7 +895,12 @@ def main(argv: list[str]) -> int:
     if missed:
         log(f"goal missed: the chat's deliveries per server CPU-second at 64 B are under "
             f"{args.goal:g}x uWebSockets' at N = {', '.join(str(c['clients']) for c in missed)}")
-    return 0 if all(r["ok"] for r in report["runs"]) and not missed else 1
+    idle_missed = report.get("idle_goal") and not report["idle_goal"]["met"]
+    if idle_missed:
+        log(f"goal missed: the chat's RSS per added idle connection is above "
+            f"{args.idle_goal:,.0f} bytes")
+    ok = all(r["ok"] for r in report["runs"])
+    return 0 if ok and not missed and not idle_missed else 1
 
 
 if __name__ == "__main__":
