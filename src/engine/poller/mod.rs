@@ -100,21 +100,19 @@ impl Poller {
     ) -> io::Result<(PolledRead, PolledWrite)> {
         // Non-blocking, as tokio left it.
         let socket = socket.into_std()?;
-        let token = {
+        let watched = {
             let mut slots = lock(&self.slots);
-            match slots.free.pop() {
-                Some(token) => token,
-                None => {
-                    slots.watched.push(Weak::new());
-                    slots.watched.len() - 1
-                }
+            let token = slots.free.pop().unwrap_or(slots.watched.len());
+            let watched = Arc::new(Watched::new(socket, token, self.clone()));
+            // Listed before it is registered, so that no event of it finds the slot empty.
+            let listed = Arc::downgrade(&watched);
+            match slots.watched.get_mut(token) {
+                Some(slot) => *slot = listed,
+                None => slots.watched.push(listed),
             }
+            watched
         };
-        let watched = Arc::new(Watched::new(socket, token, self.clone()));
-        // Listed before it is registered, so that no event of it finds the slot empty.
-        if let Some(slot) = lock(&self.slots).watched.get_mut(token) {
-            *slot = Arc::downgrade(&watched);
-        }
+        // Outside the lock: on an error `watched` is dropped, which releases its token.
         watched.register(&self.registry)?;
         Ok(socket::halves(watched))
     }
