@@ -7,7 +7,7 @@
 //! the connection's own task runs: the protocol's answers, the timers and the limits of a
 //! live connection ([`session`], [`keepalive`], [`rate_limit`], on the millisecond
 //! [`clock`]), with the [`metrics`] they count into, the [`poller`] that watches plain
-//! sockets, what a server's connections share
+//! sockets (chosen in [`tcp`]), what a server's connections share
 //! ([`shared`]: the [`settings`], the counters, the [`budget`]), and giving memory back after
 //! a storm ([`memory`]). Crate-internal; the engine knows the protocol layer and
 //! nothing of connections' handles, handlers, collections, backplanes or HTTP.
@@ -31,4 +31,5 @@ pub(crate) mod session;
 pub(crate) mod settings;
 pub(crate) mod shared;
 pub(crate) mod sync;
+pub(crate) mod tcp;
 pub(crate) mod writer;

@@ -21,6 +21,7 @@ use tokio::io::AsyncWrite;
 
 use crate::engine::memory;
 use crate::engine::queue::{self, Outbound, OutboundQueue};
+use crate::engine::tcp::TcpWrite;
 use crate::protocol::close::CloseFrame;
 
 /// Most slices handed to one vectored write (Linux allows 1024).
@@ -46,13 +47,6 @@ thread_local! {
     /// held per connection.
     static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_JOINED_WRITE));
 }
-
-/// A plain TCP socket's write half: in the crate's own poller where there is one.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) type TcpWrite = crate::engine::poller::PolledWrite;
-/// A plain TCP socket's write half: in the crate's own poller where there is one.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) type TcpWrite = tokio::net::tcp::OwnedWriteHalf;
 
 /// The socket's write half: a plain TCP one as it is, any other (TLS, hyper's upgraded
 /// stream) boxed. Every idle connection holds one, and boxing the TCP one would cost each

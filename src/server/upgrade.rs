@@ -15,9 +15,8 @@ use tracing::Instrument;
 use crate::connection::driver::{self, Socket};
 use crate::connection::handler::WebSocketHandler;
 use crate::connection::{Connection, RequestParts};
-#[cfg(any(target_os = "linux", target_os = "android"))]
-use crate::engine::poller::{PolledRead, Poller};
-use crate::engine::writer::{TcpWrite, WriteIo};
+use crate::engine::tcp;
+use crate::engine::writer::WriteIo;
 use crate::protocol::deflate;
 use crate::protocol::handshake::{check_head, Accept, HandshakeError};
 use crate::server::address::{client_address, peer_address};
@@ -403,7 +402,7 @@ impl WebSocketUpgrade {
                 // one, holding what waiting for hyper took besides, ends here.
                 Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     // A plain TCP socket: its halves need no lock between reading and writing.
-                    Ok(parts) => match split_tcp(parts.io.into_inner()) {
+                    Ok(parts) => match tcp::split(parts.io.into_inner()) {
                         Ok((read, write)) => {
                             let socket = Socket {
                                 read,
@@ -496,23 +495,6 @@ impl WebSocketUpgrade {
     }
 }
 
-/// A plain socket's read half.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-type TcpRead = PolledRead;
-/// A plain socket's read half.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-type TcpRead = tokio::net::tcp::OwnedReadHalf;
-
-/// An upgraded plain socket's halves. On Linux the socket leaves tokio's reactor for the
-/// engine's poller, where an idle one costs a fraction of what tokio's registration does
-/// (`engine/poller`).
-fn split_tcp(socket: TcpStream) -> std::io::Result<(TcpRead, TcpWrite)> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    return Poller::current()?.adopt(socket);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    return Ok(socket.into_split());
-}
-
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
@@ -522,10 +504,10 @@ mod tests {
     use crate::connection::driver::{self, Socket};
     use crate::connection::handler::WebSocketHandler;
     use crate::connection::{Connection, RequestParts};
+    use crate::engine::tcp::{self, TcpRead};
     use crate::engine::writer::WriteIo;
     use crate::server::lease::Lease;
     use crate::server::limit::ConnectionLimit;
-    use crate::server::upgrade::{split_tcp, TcpRead};
     use crate::server::WebSocketServer;
 
     /// A handler with no state: what is left is the crate's own share of a connection.
@@ -562,7 +544,7 @@ mod tests {
         let conn = Connection::new(parts, None, server.engine(), None);
         let permit = ConnectionLimit::admit(server.limit()).expect("no limit");
         let lease = Lease::new(permit, None, server.track(&conn).expect("open"), None);
-        let (read, write) = split_tcp(accepted).expect("watched");
+        let (read, write) = tcp::split(accepted).expect("watched");
         let socket = Socket {
             read,
             leftover: &[],
