@@ -17,7 +17,11 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn adopted_pair() -> (PolledRead, PolledWrite, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let (peer, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+    let (peer, accepted) = timeout(WAIT, async {
+        tokio::join!(TcpStream::connect(address), listener.accept())
+    })
+    .await
+    .expect("no connection to 127.0.0.1 within 10 s");
     let (ours, _) = accepted.expect("accept");
     let (read, write) = Poller::current()
         .expect("a poller")
@@ -145,7 +149,10 @@ async fn many_sockets_wait_and_are_woken_each_by_its_own_peer() {
         assert_eq!(u32::from_le_bytes(buf), i as u32);
     }
     for task in tasks {
-        task.await.expect("an echoing task failed");
+        timeout(WAIT, task)
+            .await
+            .expect("an echoing task had not ended 10 s after its echo arrived")
+            .expect("an echoing task failed");
     }
 }
 
