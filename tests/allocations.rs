@@ -473,20 +473,24 @@ impl WebSocketHandler for Keeps {
 }
 
 /// What a room of one member costs the heap (a user's index: a `Rooms` keyed by user, each
-/// room one tab): the room's collection, its member, the connection's membership, and the
-/// key (one `String`). Its callback to drop the room once empty is shared by every room, not
-/// a box and a copy of the key each. The maps that find rooms are grown first, by as many
-/// rooms joined and left, so that their growth (a hash map's, in steps) is not counted.
+/// room one tab): the room's collection with its member in place, the connection's
+/// membership, and the room's slot in the rooms' one table (its growth counted: at 150
+/// rooms, 256 slots of a key and a pointer). The key (one `String`) is made before counting.
+/// Its callback to drop the room once empty is shared by every room, not a box and a copy
+/// of the key each.
 #[test]
 fn a_room_of_one_holds_at_most_its_budget_of_heap_bytes() {
-    const BUDGET: i64 = 130;
+    // 136 measured: the collection 88, the membership 16 and the table's share, less the
+    // keys' vector (24 a room) freed as they move in. 235 with a second map, from the
+    // collection's address to the key, and the member in an allocation of its own.
+    const BUDGET: i64 = 140;
     const ROOMS: usize = 150;
     let _serial = one_at_a_time();
     let per_room = counted_runtime().block_on(async {
         let addr = serve_plain(Keeps).await;
         let request = common::raw_handshake("/user");
         let clients = std::thread::spawn(move || {
-            (0..2 * ROOMS)
+            (0..ROOMS)
                 .map(|_| {
                     let mut socket = std::net::TcpStream::connect(addr).expect("connect");
                     upgrade(&mut socket, &request);
@@ -495,22 +499,15 @@ fn a_room_of_one_holds_at_most_its_budget_of_heap_bytes() {
                 .collect::<Vec<_>>()
         });
         within("every connection's on_open", async {
-            while KEPT.lock().map_or(0, |kept| kept.len()) < 2 * ROOMS {
+            while KEPT.lock().map_or(0, |kept| kept.len()) < ROOMS {
                 tokio::task::yield_now().await;
             }
         })
         .await;
         let connections = std::mem::take(&mut *KEPT.lock().expect("the kept connections"));
-        let (first, counted) = connections.split_at(ROOMS);
+        let counted = &connections[..];
         let keys = || (0..ROOMS).map(|n| format!("user-{n:05}"));
         let users: websocket_handler::Rooms<String> = websocket_handler::Rooms::new();
-        for (key, conn) in keys().zip(first) {
-            assert!(users.join(key, conn), "joined");
-        }
-        for (key, conn) in keys().zip(first) {
-            assert!(users.leave(&key, conn.id()), "left");
-        }
-        assert!(users.is_empty(), "every room went with its last member");
         let keys: Vec<String> = keys().collect();
         let before = LIVE_BYTES.load(Ordering::Acquire);
         for (key, conn) in keys.into_iter().zip(counted) {

@@ -47,8 +47,8 @@ struct Inner {
 
 /// A set of connections (a collection) that a connection leaves when it closes. The
 /// connection layer knows sets only through this, so that it does not depend on the
-/// fan-out layer above it.
-pub(crate) trait Membership: Send + Sync + 'static {
+/// fan-out layer above it (which finds its own sets among them as `Any`).
+pub(crate) trait Membership: std::any::Any + Send + Sync + 'static {
     /// Removes the connection, if it is there.
     fn remove_member(&self, id: ConnectionId);
     /// Whether the connection is there.

@@ -1,8 +1,9 @@
 //! A shared set of live connections with broadcast.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use once_cell::race::OnceBox;
+use smallvec::SmallVec;
 
 use crate::connection::{Connection, Membership};
 use crate::engine::core::Core;
@@ -53,19 +54,30 @@ pub(crate) struct Members {
     /// A mutex, not a read-write lock: eight bytes smaller, and a small collection is
     /// broadcast to in well under a microsecond.
     small: Mutex<Shard>,
-    sharded: OnceBox<[RwLock<Shard>; SHARDS]>,
+    /// The shards and the history, which most collections (a user's tabs) never have:
+    /// one pointer for both.
+    rare: OnceBox<Rare>,
     /// Called when a removal leaves the set empty: how [`Rooms`](crate::Rooms) drops
     /// empty rooms. One callback shared by all the rooms of a `Rooms`, which finds the room
-    /// by the collection's address: no allocation per room.
-    on_empty: OnceLock<OnEmpty>,
+    /// by [`key_hash`](Self::key_hash) and the collection's address: no allocation per
+    /// room. Set when the collection is made, so a plain field: one word.
+    on_empty: Option<OnEmpty>,
+    /// The hash of the room's key, for a collection that is a room of a `Rooms`: so the
+    /// rooms need no second map, from collection to key (see [`Bare::key_hash`]).
+    key_hash: u64,
+    /// What members need compressed, so that a broadcast compresses before any lock.
+    compress_as: CompressAs,
+}
+
+/// What few collections have, behind one pointer in [`Members`].
+#[derive(Default)]
+struct Rare {
+    /// Past [`SMALL_MAX`] members: see [`Members`].
+    sharded: OnceBox<[RwLock<Shard>; SHARDS]>,
     /// Set by [`WebSocketCollection::with_history`]. Held while a broadcast is given its
     /// position and delivered, so that a resume sees every broadcast either in the
     /// history or live, never both and never neither.
-    /// Boxed: most collections (a user's tabs) keep none, and this is what each of them
-    /// pays for the option.
     history: OnceBox<Kept>,
-    /// What members need compressed, so that a broadcast compresses before any lock.
-    compress_as: CompressAs,
 }
 
 /// A collection's history, and the frames its resumes share.
@@ -74,8 +86,12 @@ struct Kept {
     replays: ReplayFrames,
 }
 
-/// What [`Members::on_empty`] calls: shared, so that many collections cost one.
-pub(crate) type OnEmpty = Arc<dyn Fn(Emptied<'_>) + Send + Sync>;
+/// What [`Members::on_empty`] calls: shared, so that many collections cost one; and a
+/// thin pointer, one word in each of them.
+pub(crate) type OnEmpty = Arc<EmptyCallback>;
+
+/// The function behind an [`OnEmpty`].
+pub(crate) struct EmptyCallback(pub(crate) Box<dyn Fn(Emptied<'_>) + Send + Sync>);
 
 /// Ids are sequential, so `id % SHARDS` spreads connections evenly.
 const SHARDS: usize = 16;
@@ -88,10 +104,11 @@ const SMALL_MAX: usize = 32;
 /// without following a pointer: a sixteenth of a 10,000-member room is some 600 of them,
 /// under a microsecond, and a hash index would cost every small room (a user's few tabs)
 /// about 100 bytes more. One vector, not one per field: most collections (a user's tabs)
-/// have one or two members, and each vector is an allocation of its own.
+/// have one or two members, and each vector is an allocation of its own; and the first
+/// member in place, so that a collection of one (a user with one tab) is one allocation.
 #[derive(Default)]
 struct Shard {
-    list: Vec<Member>,
+    list: SmallVec<[Member; 1]>,
 }
 
 struct Member {
@@ -114,10 +131,6 @@ impl Shard {
             self.list[at].tagged |= tagged;
             return false;
         }
-        if self.list.capacity() == 0 {
-            // Room for exactly the first: most collections stay that small.
-            self.list.reserve_exact(1);
-        }
         self.list.push(Member {
             id: connection.id(),
             connection,
@@ -138,9 +151,9 @@ impl Default for Members {
     fn default() -> Self {
         Members {
             small: Mutex::default(),
-            sharded: OnceBox::new(),
-            on_empty: OnceLock::new(),
-            history: OnceBox::new(),
+            rare: OnceBox::new(),
+            on_empty: None,
+            key_hash: 0,
             compress_as: CompressAs::default(),
         }
     }
@@ -158,13 +171,25 @@ fn shard_of(shards: &[RwLock<Shard>; SHARDS], id: ConnectionId) -> &RwLock<Shard
 }
 
 impl Members {
+    fn sharded(&self) -> Option<&[RwLock<Shard>; SHARDS]> {
+        self.rare.get()?.sharded.get()
+    }
+
+    fn history(&self) -> Option<&Kept> {
+        self.rare.get()?.history.get()
+    }
+
+    fn rare(&self) -> &Rare {
+        self.rare.get_or_init(Box::default)
+    }
+
     /// The layout, with `small` locked if that is where the members are.
     fn layout(&self) -> Layout<'_, MutexGuard<'_, Shard>> {
-        if let Some(shards) = self.sharded.get() {
+        if let Some(shards) = self.sharded() {
             return Layout::Sharded(shards);
         }
         let small = lock(&self.small);
-        match self.sharded.get() {
+        match self.sharded() {
             Some(shards) => Layout::Sharded(shards),
             None => Layout::Small(small),
         }
@@ -193,9 +218,9 @@ impl Members {
         for member in small.list.drain(..) {
             write(shard_of(&shards, member.id)).list.push(member);
         }
-        small.list = Vec::new();
+        small.list = SmallVec::new();
         // Only this thread sets it: it holds `small`'s lock and found it unset.
-        let _ = self.sharded.set(shards);
+        let _ = self.rare().sharded.set(shards);
     }
 
     pub(crate) fn remove(&self, id: ConnectionId) -> Option<Connection> {
@@ -205,8 +230,8 @@ impl Members {
         };
         // No lock held: the callback takes its own.
         if part_empty && self.len() == 0 {
-            if let Some(on_empty) = self.on_empty.get() {
-                on_empty(Emptied(self));
+            if let Some(on_empty) = &self.on_empty {
+                (on_empty.0)(Emptied(self));
             }
         }
         Some(removed)
@@ -256,7 +281,7 @@ impl Members {
         include: impl Fn(ConnectionId) -> bool,
     ) -> usize {
         let mut plain = Frames::new(message.clone(), self.compress_as.get(false));
-        let Some(history) = self.history.get() else {
+        let Some(history) = self.history() else {
             return self.deliver(&mut plain, None, include);
         };
         let (tag_fn, likely) = {
@@ -496,7 +521,7 @@ impl WebSocketCollection {
         still_here: &StillHere<'_>,
     ) -> ResumeStep {
         let members = &self.members;
-        let Some(history) = members.history.get() else {
+        let Some(history) = members.history() else {
             return ResumeStep::Done(Err(ResumeError::NoHistory));
         };
         let core = connection.core();
@@ -585,7 +610,7 @@ impl WebSocketCollection {
         still_here: &StillHere<'_>,
     ) -> Finish {
         let members = &self.members;
-        let Some(history) = members.history.get() else {
+        let Some(history) = members.history() else {
             return Finish::Done(Err(ResumeError::NoHistory));
         };
         let core = connection.core();
@@ -647,7 +672,7 @@ impl WebSocketCollection {
         still_here: &StillHere<'_>,
     ) -> Option<ResumeStep> {
         let members = &self.members;
-        let history = members.history.get()?;
+        let history = members.history()?;
         let Some(held) = still_here() else {
             return Some(ResumeStep::Moved(*progress));
         };
@@ -694,7 +719,7 @@ impl WebSocketCollection {
             ring: Mutex::new(Ring::new(history)),
             replays: ReplayFrames::default(),
         });
-        if self.members.history.set(kept).is_err() {
+        if self.members.rare().history.set(kept).is_err() {
             tracing::warn!(
                 "with_history: the collection already keeps a history; this one is ignored"
             );
@@ -704,7 +729,7 @@ impl WebSocketCollection {
 
     /// Drops the history's oldest messages while the budget it shares is over.
     pub(crate) fn trim_history_to_budget(&self) {
-        if let Some(history) = self.members.history.get() {
+        if let Some(history) = self.members.history() {
             lock(&history.ring).trim_to_budget();
         }
     }
@@ -713,8 +738,7 @@ impl WebSocketCollection {
     /// broadcast anything.
     pub fn last_position(&self) -> Option<Position> {
         self.members
-            .history
-            .get()
+            .history()
             .and_then(|history| lock(&history.ring).last())
     }
 
@@ -833,10 +857,19 @@ impl WebSocketCollection {
         (collection, members)
     }
 
-    /// Calls `on_empty` whenever a removal leaves the collection empty (once set), with
-    /// the collection that emptied.
-    pub(crate) fn set_on_empty(&self, on_empty: OnEmpty) {
-        let _ = self.members.on_empty.set(on_empty);
+    /// An empty collection that is a room of a [`Rooms`](crate::Rooms): `on_empty` is
+    /// called whenever a removal leaves it empty, with the collection that emptied, and
+    /// `key_hash` is its key's hash there (see [`Bare::key_hash`]).
+    pub(crate) fn room(on_empty: OnEmpty, key_hash: u64) -> Self {
+        let members = Members {
+            on_empty: Some(on_empty),
+            key_hash,
+            ..Members::default()
+        };
+        WebSocketCollection {
+            members: Arc::new(members),
+            relay: None,
+        }
     }
 
     /// The backplane topic, if the collection has a backplane.
@@ -1014,6 +1047,11 @@ impl Emptied<'_> {
     pub(crate) fn address(&self) -> usize {
         std::ptr::from_ref(self.0).cast::<()>() as usize
     }
+
+    /// As [`Bare::key_hash`].
+    pub(crate) fn key_hash(&self) -> u64 {
+        self.0.key_hash
+    }
 }
 
 /// A collection without a backplane of its own, as a map of many keeps it: one pointer,
@@ -1052,6 +1090,20 @@ impl Bare {
     pub(crate) fn address(&self) -> usize {
         Arc::as_ptr(&self.0).cast::<()>() as usize
     }
+
+    /// The hash of its key, for a room of a [`Rooms`](crate::Rooms) (made by
+    /// [`WebSocketCollection::room`]); 0 otherwise.
+    pub(crate) fn key_hash(&self) -> u64 {
+        self.0.key_hash
+    }
+}
+
+impl Bare {
+    /// The collection behind one of a connection's memberships, if it is one.
+    pub(crate) fn of_membership(membership: Arc<dyn Membership>) -> Option<Bare> {
+        let any: Arc<dyn std::any::Any + Send + Sync> = membership;
+        any.downcast::<Members>().ok().map(Bare)
+    }
 }
 
 impl WebSocketCollection {
@@ -1072,7 +1124,7 @@ impl std::fmt::Debug for WebSocketCollection {
 
 #[cfg(test)]
 mod tests {
-    use super::{WebSocketCollection, SHARDS, SMALL_MAX};
+    use super::{Members, WebSocketCollection, SHARDS, SMALL_MAX};
     use crate::connection::{Connection, RequestParts};
     use crate::engine::flush::HasCore;
     use crate::engine::queue::Outbound;
@@ -1119,7 +1171,7 @@ mod tests {
         assert_eq!(room.last_position().map(|p| p.offset()), Some(5));
         let first = Position::new(room.last_position().expect("a position").epoch(), 1);
         assert!(
-            super::lock(&room.members.history.get().expect("a history").ring)
+            super::lock(&room.members.history().expect("a history").ring)
                 .after(first)
                 .is_err(),
             "the first history (2 messages) holds, not the second"
@@ -1178,7 +1230,7 @@ mod tests {
             assert!(!room.add(conn.clone()), "added twice");
             assert_eq!(room.len(), n + 1);
         }
-        assert!(room.members.sharded.get().is_some(), "moved into shards");
+        assert!(room.members.sharded().is_some(), "moved into shards");
         assert_eq!(room.broadcast("one"), members.len());
         for conn in &members {
             assert_eq!(conn.core().queue.depth(), 1, "each member gets it once");
@@ -1276,6 +1328,28 @@ mod tests {
         assert_eq!(
             a.send("x"),
             Err(crate::error::SendError::QueueFull { capacity: 4 })
+        );
+    }
+
+    /// A collection of one member (a user's one tab, a room of one) is one allocation: its
+    /// member in place, the rare parts behind one pointer. With the `Arc`'s two counts it
+    /// must stay within 88 bytes, which malloc serves from a 96-byte chunk; 8 more would
+    /// take a 112-byte one, as it did before the member was in place (and a second
+    /// allocation for the member, a 32-byte one).
+    #[test]
+    fn a_collection_of_one_is_one_allocation_of_at_most_88_bytes() {
+        let allocation = std::mem::size_of::<Members>() + 2 * 8;
+        assert!(
+            allocation <= 88,
+            "a collection's shared part is {allocation} bytes with its counts, above 88"
+        );
+        let room = WebSocketCollection::new();
+        let member = connection();
+        assert!(room.add(member.clone()));
+        let inline = !room.members.small.lock().expect("the lock").list.spilled();
+        assert!(
+            inline,
+            "the one member is in place, not in an allocation of its own"
         );
     }
 }

@@ -1,16 +1,19 @@
 //! Rooms: many collections under keys, created on first join and dropped when empty.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::connection::{Connection, Membership};
+use hashbrown::HashTable;
+
+use crate::connection::Connection;
 use crate::engine::id::ConnectionId;
 use crate::engine::sync::lock;
 use crate::fanout::collection::{
-    Bare, Emptied, Held, OnEmpty, ResumeProgress, ResumeStep, WebSocketCollection,
+    Bare, Emptied, EmptyCallback, Held, OnEmpty, ResumeProgress, ResumeStep, WebSocketCollection,
 };
 use crate::fanout::history::{History, HistoryBudget, Position, ResumeError, Resumed};
 use crate::fanout::relay::{Relay, RoomDelivery};
@@ -71,17 +74,78 @@ struct Shared<K> {
 }
 
 struct RoomMap<K> {
-    by_key: HashMap<K, Bare>,
+    by_key: ByKey<K>,
     /// With a backplane: the same rooms by their name there, for delivering what arrives.
     by_name: HashMap<String, Bare>,
     /// With a history: the rooms that emptied, oldest first, each once. Their history is
     /// kept for the members that come back (see [`Rooms::keep_empty_rooms`]). A room
     /// joined again stays listed until it is next emptied or reaches the front.
     emptied: VecDeque<K>,
-    /// The rooms by their collection's address, for [`Rooms::rooms_of`] and for the
-    /// callback that drops a room once empty: a collection is not freed while it is here,
-    /// so its address names it.
-    by_address: HashMap<usize, K>,
+}
+
+/// The rooms by key; and by collection, for [`Rooms::rooms_of`] and for the callback that
+/// drops a room once empty: a room's collection keeps its key's hash
+/// ([`Bare::key_hash`]), under which the room is found by the collection's address (a
+/// collection is not freed while it is here, so its address names it). One table, not a
+/// second map from address to key: a room of one member (a user's one tab) is some 40
+/// bytes smaller.
+struct ByKey<K> {
+    rooms: HashTable<Room<K>>,
+    hasher: RandomState,
+}
+
+struct Room<K> {
+    key: K,
+    collection: Bare,
+}
+
+impl<K: Eq + Hash> ByKey<K> {
+    fn new() -> Self {
+        ByKey {
+            rooms: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The hash a room of this key is made with and found under.
+    fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn get(&self, key: &K) -> Option<&Bare> {
+        let hash = self.hash(key);
+        let room = self.rooms.find(hash, |room| room.key == *key)?;
+        Some(&room.collection)
+    }
+
+    /// Adds a room whose key is not here yet, its collection made with the key's hash.
+    fn insert(&mut self, key: K, collection: Bare) {
+        self.rooms
+            .insert_unique(collection.key_hash(), Room { key, collection }, |room| {
+                // The stored hash: growing the table calls no `Hash` of the user's.
+                room.collection.key_hash()
+            });
+    }
+
+    fn remove(&mut self, key: &K) -> Option<Bare> {
+        let hash = self.hash(key);
+        let found = self.rooms.find_entry(hash, |room| room.key == *key).ok()?;
+        Some(found.remove().0.collection)
+    }
+
+    /// The key of the room whose collection this is, if it is one here.
+    fn key_of(&self, collection_hash: u64, address: usize) -> Option<&K> {
+        let room = self
+            .rooms
+            .find(collection_hash, |room| room.collection.address() == address)?;
+        Some(&room.key)
+    }
+}
+
+impl<K> ByKey<K> {
+    fn iter(&self) -> impl Iterator<Item = (&K, &Bare)> {
+        self.rooms.iter().map(|room| (&room.key, &room.collection))
+    }
 }
 
 /// Empty rooms whose history is kept by default (with a history), so that a client whose
@@ -119,10 +183,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         Rooms {
             shared: Arc::new(Shared {
                 rooms: Mutex::new(RoomMap {
-                    by_key: HashMap::new(),
+                    by_key: ByKey::new(),
                     by_name: HashMap::new(),
                     emptied: VecDeque::new(),
-                    by_address: HashMap::new(),
                 }),
                 remote: OnceLock::new(),
                 history: OnceLock::new(),
@@ -265,18 +328,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         if let Some(collection) = rooms.by_key.get(room) {
             return (collection.collection(), false);
         }
-        let mut collection = WebSocketCollection::new();
+        let hash = rooms.by_key.hash(room);
+        let mut collection = WebSocketCollection::room(self.drop_when_empty(), hash);
         if let Some(history) = self.shared.history.get() {
             collection = collection.with_history(history.clone());
         }
-        collection.set_on_empty(self.drop_when_empty());
         if let Some(remote) = self.shared.remote.get() {
             let name = (remote.name)(room);
             rooms.by_name.insert(name, collection.bare());
         }
-        rooms
-            .by_address
-            .insert(collection.bare().address(), room.clone());
         rooms.by_key.insert(room.clone(), collection.bare());
         (collection, true)
     }
@@ -396,15 +456,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         let memberships = connection.memberships();
         let rooms = self.lock();
         memberships
-            .iter()
-            .filter_map(|membership| rooms.by_address.get(&address_of(membership)))
-            .filter(|room| {
-                rooms
+            .into_iter()
+            .filter_map(Bare::of_membership)
+            .filter(|collection| collection.contains(connection.id()))
+            .filter_map(|collection| {
+                let key = rooms
                     .by_key
-                    .get(*room)
-                    .is_some_and(|collection| collection.contains(connection.id()))
+                    .key_of(collection.key_hash(), collection.address());
+                key.cloned()
             })
-            .cloned()
             .collect()
     }
 
@@ -413,8 +473,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
         let rooms = self.lock();
         rooms
             .by_key
-            .values()
-            .filter(|room| !room.is_empty())
+            .iter()
+            .filter(|(_, room)| !room.is_empty())
             .count()
     }
 
@@ -430,12 +490,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     fn drop_when_empty(&self) -> OnEmpty {
         let callback = self.shared.on_empty.get_or_init(|| {
             let shared: Weak<Shared<K>> = Arc::downgrade(&self.shared);
-            Arc::new(move |members: Emptied<'_>| {
+            Arc::new(EmptyCallback(Box::new(move |members: Emptied<'_>| {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
                 let mut rooms = lock(&shared.rooms);
-                let Some(room) = rooms.by_address.get(&members.address()).cloned() else {
+                let room = rooms.by_key.key_of(members.key_hash(), members.address());
+                let Some(room) = room.cloned() else {
                     return;
                 };
                 let is_this_one_and_empty = rooms
@@ -460,7 +521,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
                         rooms.remove(&oldest, shared.remote.get());
                     }
                 }
-            })
+            })))
         });
         callback.clone()
     }
@@ -470,16 +531,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     }
 }
 
-/// The address of the collection behind `membership`, as [`Bare::address`] gives it.
-fn address_of(membership: &Arc<dyn Membership>) -> usize {
-    Arc::as_ptr(membership).cast::<()>() as usize
-}
-
 impl<K: Eq + Hash> RoomMap<K> {
     fn remove(&mut self, room: &K, remote: Option<&Remote<K>>) {
-        if let Some(collection) = self.by_key.remove(room) {
-            self.by_address.remove(&collection.address());
-        }
+        self.by_key.remove(room);
         if let Some(remote) = remote {
             self.by_name.remove(&(remote.name)(room));
         }
@@ -573,7 +627,7 @@ mod tests {
     }
 
     fn keys(rooms: &Rooms<&'static str>) -> Vec<&'static str> {
-        let mut keys: Vec<_> = rooms.lock().by_key.keys().copied().collect();
+        let mut keys: Vec<_> = rooms.lock().by_key.iter().map(|(key, _)| *key).collect();
         keys.sort_unstable();
         keys
     }
