@@ -559,9 +559,17 @@ mod tests {
             "a connection's task future is {future} bytes with a handler of none, above 112: \
              a task with the chat's handler no longer fits 256 bytes ({parts:?})"
         );
+        // 296 is the most glibc's malloc serves from a 304-byte chunk (its 8-byte header on
+        // top); 304 took a 320-byte one, as it did while the write half of a plain socket
+        // was a word bigger. Elsewhere the write half is tokio's, two words.
+        let most = if cfg!(any(target_os = "linux", target_os = "android")) {
+            296
+        } else {
+            304
+        };
         assert!(
-            shared <= 304,
-            "the state a connection's handles share is {shared} bytes, above 304"
+            shared <= most,
+            "the state a connection's handles share is {shared} bytes, above {most}"
         );
         drop((task, client));
     }

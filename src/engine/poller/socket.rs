@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -49,6 +49,10 @@ pub(super) struct Watched {
     /// [`Readiness`] bits the poller set since a half last looked: an event that came
     /// between a read that would block and the waker's registration is seen here.
     ready: AtomicU8,
+    /// The write half shut the sending direction down: dropping it need not. Here, in
+    /// what was padding, rather than beside the write half's pointer, where it would
+    /// make the half (and every connection's writer) a word bigger.
+    write_shut: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -60,6 +64,7 @@ impl Watched {
             token,
             poller,
             ready: AtomicU8::new(0),
+            write_shut: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         }
@@ -141,27 +146,22 @@ impl Drop for Watched {
 
 /// The read and write halves of `watched`.
 pub(super) fn halves(watched: Arc<Watched>) -> (PolledRead, PolledWrite) {
-    let write = PolledWrite {
-        watched: watched.clone(),
-        shut_on_drop: true,
-    };
-    (PolledRead(watched), write)
+    (PolledRead(watched.clone()), PolledWrite(watched))
 }
 
 /// The half a connection's task reads with.
 pub(crate) struct PolledRead(Arc<Watched>);
 
 /// The half the connection's writer writes with. Like tokio's `OwnedWriteHalf`, it shuts
-/// the socket's sending direction down when dropped, if that was not done before.
-pub(crate) struct PolledWrite {
-    watched: Arc<Watched>,
-    shut_on_drop: bool,
-}
+/// the socket's sending direction down when dropped, if that was not done before. One
+/// pointer, so that a connection's writer holds it in two words with its other kind of
+/// stream (see `WriteIo`).
+pub(crate) struct PolledWrite(Arc<Watched>);
 
 impl Drop for PolledWrite {
     fn drop(&mut self) {
-        if self.shut_on_drop {
-            let _ = self.watched.socket.shutdown(Shutdown::Write);
+        if !self.0.write_shut.load(Ordering::Acquire) {
+            let _ = self.0.socket.shutdown(Shutdown::Write);
         }
     }
 }
@@ -188,7 +188,7 @@ impl AsyncWrite for PolledWrite {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.watched
+        self.0
             .poll_io(cx, Readiness::WRITE, |mut socket| socket.write(buf))
     }
 
@@ -197,7 +197,7 @@ impl AsyncWrite for PolledWrite {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.watched.poll_io(cx, Readiness::WRITE, |mut socket| {
+        self.0.poll_io(cx, Readiness::WRITE, |mut socket| {
             socket.write_vectored(bufs)
         })
     }
@@ -210,10 +210,10 @@ impl AsyncWrite for PolledWrite {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let shut = self.watched.socket.shutdown(Shutdown::Write);
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shut = self.0.socket.shutdown(Shutdown::Write);
         if shut.is_ok() {
-            self.shut_on_drop = false;
+            self.0.write_shut.store(true, Ordering::Release);
         }
         Poll::Ready(shut)
     }
