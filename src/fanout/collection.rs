@@ -100,6 +100,9 @@ const SHARDS: usize = 16;
 /// collection (a user's tabs) some 200 bytes more than it holds.
 const SMALL_MAX: usize = 32;
 
+/// From this many members on, a shard's list grows by half instead of doubling.
+const GROW_BY_HALF_FROM: usize = 64;
+
 /// A dense list for fast iteration, each member's id beside it, to find one by a scan
 /// without following a pointer: a sixteenth of a 10,000-member room is some 600 of them,
 /// under a microsecond, and a hash index would cost every small room (a user's few tabs)
@@ -130,6 +133,12 @@ impl Shard {
             // Already there: asking for tags again still takes.
             self.list[at].tagged |= tagged;
             return false;
+        }
+        let len = self.list.len();
+        if len == self.list.capacity() && len >= GROW_BY_HALF_FROM {
+            // A big room's shard grows by half, not by double: a quarter spare on average,
+            // not half as much as it holds (24 bytes a member).
+            self.list.reserve_exact(len / 2);
         }
         self.list.push(Member {
             id: connection.id(),
