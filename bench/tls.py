@@ -27,6 +27,8 @@ measurement, in interleaved order (run 1 of every case, then run 2, ...).
 
 `--goal X` (default 3) fails the run (exit status 1) unless, at 64 B, the chat's median
 deliveries/s is at least X times axum's over TLS with HTTP/1.1 and over HTTP/2 alike.
+`--idle-goal BYTES` (default 3,072, issue 30's target; 0: none) fails it too when the chat's
+median RSS per idle connection over TLS with HTTP/1.1 is above BYTES.
 Output: a Markdown summary on stdout and `bench/results/tls-<timestamp>.json`.
 """
 
@@ -68,6 +70,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sizes", type=lambda t: benchlib.int_list(t, positive=True),
                         default=[64, 4096], help="message sizes, comma-separated")
     parser.add_argument("--goal", type=float, default=3.0)
+    parser.add_argument("--idle-goal", type=int, default=3072,
+                        help="most bytes of RSS per idle TLS (HTTP/1.1) chat connection "
+                             "(0: no goal)")
     parser.add_argument("--baseline-rev", help="also measure the chat of this git revision")
     parser.add_argument("--baseline-target", type=Path,
                         help="cargo target directory for the baseline (default: a temporary one)")
@@ -176,13 +181,20 @@ def main(argv: list[str]) -> int:
         lines += ["", "goal (64 B, chat >= {:g}x axum over TLS, HTTP/1.1 and HTTP/2): {}".format(
             args.goal, "met" if met else "MISSED") + " (" + ", ".join(
             f"{transport} {benchlib.ratio(times)}" for transport, times in goals) + ")"]
+    idle_met = True
+    if args.idle_goal and args.idle_runs:
+        idle = median("idle", "chat", HTTP1, "rss_per_conn_bytes")
+        idle_met = idle is not None and idle <= args.idle_goal
+        lines += ["", "idle goal (chat, TLS, HTTP/1.1, RSS per connection <= {:,} bytes): {}".format(
+            args.idle_goal, "met" if idle_met else "MISSED") + (
+            f" ({idle:,.0f})" if idle is not None else " (not measured)")]
     summary = "\n".join(lines)
     print(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"tls-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"records": records, "summary": summary}, indent=1))
     log(f"wrote {path}")
-    return 0 if met or args.skip_axum else 1
+    return 0 if (met or args.skip_axum) and idle_met else 1
 
 
 if __name__ == "__main__":
