@@ -455,15 +455,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
     pub fn rooms_of(&self, connection: &Connection) -> Vec<K> {
         let memberships = connection.memberships();
         let rooms = self.lock();
+        // The rooms of this `Rooms` first: only their collections are locked to check.
         memberships
             .into_iter()
             .filter_map(Bare::of_membership)
-            .filter(|collection| collection.contains(connection.id()))
             .filter_map(|collection| {
                 let key = rooms
                     .by_key
-                    .key_of(collection.key_hash(), collection.address());
-                key.cloned()
+                    .key_of(collection.key_hash(), collection.address())?;
+                collection.contains(connection.id()).then(|| key.clone())
             })
             .collect()
     }
