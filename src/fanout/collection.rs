@@ -1105,9 +1105,7 @@ impl Bare {
     pub(crate) fn key_hash(&self) -> u64 {
         self.0.key_hash
     }
-}
 
-impl Bare {
     /// The collection behind one of a connection's memberships, if it is one.
     pub(crate) fn of_membership(membership: Arc<dyn Membership>) -> Option<Bare> {
         let any: Arc<dyn std::any::Any + Send + Sync> = membership;

@@ -113,7 +113,11 @@ impl<K: Eq + Hash> ByKey<K> {
     }
 
     fn get(&self, key: &K) -> Option<&Bare> {
-        let hash = self.hash(key);
+        self.get_hashed(self.hash(key), key)
+    }
+
+    /// [`get`](Self::get) with the key's hash already made.
+    fn get_hashed(&self, hash: u64, key: &K) -> Option<&Bare> {
         let room = self.rooms.find(hash, |room| room.key == *key)?;
         Some(&room.collection)
     }
@@ -325,10 +329,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Rooms<K> {
 
     /// The room's collection, made if there is none; and whether it was made.
     fn room_to_join(&self, rooms: &mut RoomMap<K>, room: &K) -> (WebSocketCollection, bool) {
-        if let Some(collection) = rooms.by_key.get(room) {
+        // Hashed once: the key's `Hash` is the user's, and runs under the rooms' lock.
+        let hash = rooms.by_key.hash(room);
+        if let Some(collection) = rooms.by_key.get_hashed(hash, room) {
             return (collection.collection(), false);
         }
-        let hash = rooms.by_key.hash(room);
         let mut collection = WebSocketCollection::room(self.drop_when_empty(), hash);
         if let Some(history) = self.shared.history.get() {
             collection = collection.with_history(history.clone());
